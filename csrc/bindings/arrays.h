@@ -1,0 +1,20 @@
+// NumPy arrays for the arenas: 64-byte aligned buffers and views into them.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+
+#include "../multi_tensor.h"
+
+namespace py = pybind11;
+
+namespace fusedopt {
+
+// A 1-d array of n elements whose data starts on a 64-byte boundary.
+py::object aligned_empty(std::size_t n, Dtype dtype);
+// A C-contiguous view of `shape` into `arena` starting at element `offset`.
+py::object arena_view(py::handle arena, Dtype dtype, std::size_t offset, const std::vector<Py_ssize_t>& shape);
+// Data pointer of an arena after checking it is what the plan needs.
+void* arena_data(py::handle arena, Dtype dtype, std::size_t need, const char* what);
+
+}  // namespace fusedopt

@@ -1,0 +1,10 @@
+// NumPy's C API, shared by the binding translation units: module.cpp imports
+// it (FUSEDOPT_IMPORT_NUMPY), the others only use it.
+#pragma once
+#define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL fusedopt_ARRAY_API
+#ifndef FUSEDOPT_IMPORT_NUMPY
+#define NO_IMPORT_ARRAY
+#endif
+#include <Python.h>
+#include <numpy/arrayobject.h>

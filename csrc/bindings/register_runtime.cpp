@@ -1,0 +1,76 @@
+// Binding of run-time settings: SIMD level, threads, build facts, and the
+// bandwidth probe used by the benchmarks.
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "../dispatch.h"
+#include "../multi_tensor.h"
+#include "numpy_api.h"
+#include "registry.h"
+
+namespace fusedopt {
+
+namespace {
+
+float* probe_data(py::handle a, std::size_t n, const char* name) {
+  PyObject* o = a.ptr();
+  if (!PyArray_Check(o) || PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != NPY_FLOAT ||
+      !PyArray_ISCARRAY(reinterpret_cast<PyArrayObject*>(o)) ||
+      static_cast<std::size_t>(PyArray_SIZE(reinterpret_cast<PyArrayObject*>(o))) != n)
+    throw py::value_error(std::string("probe: ") + name + " must be a writeable C-contiguous float32 array like g");
+  return static_cast<float*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(o)));
+}
+
+std::string compiler() {
+#if defined(__clang__)
+  return "clang " __clang_version__;
+#elif defined(__GNUC__)
+  return "gcc " __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+}  // namespace
+
+void register_runtime(py::module_& m) {
+  m.def("simd_level", &simd_level, "The SIMD level in use: 'avx512', 'avx2' or 'baseline'.");
+  m.def("simd_levels_compiled", &simd_levels_compiled, "SIMD levels compiled into this build, best first.");
+  m.def("simd_levels_supported", &simd_levels_supported, "Compiled SIMD levels this CPU can run, best first.");
+  m.def("_set_simd_level", [](const std::string& l) {
+    try {
+      set_simd_level(l);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("level"), "Switch SIMD level (for tests); FUSEDOPT_SIMD does the same at import.");
+  m.def("get_num_threads", &get_num_threads, "Threads a large step uses (default: OMP_NUM_THREADS, else the cores).");
+  m.def("set_num_threads", [](int n) {
+    try {
+      set_num_threads(n);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("n"), "Set the threads a large step uses (1 without OpenMP).");
+  m.def("have_openmp", &have_openmp);
+  m.attr("compiler") = compiler();
+  m.attr("chunk_elements") = kChunk;
+  m.attr("serial_below") = kSerialBelow;
+  m.def(
+      "probe",
+      [](py::handle g, py::handle p, py::handle mm, py::handle v) {
+        if (!PyArray_Check(g.ptr())) throw py::type_error("probe: g must be a float32 array");
+        const std::size_t n = static_cast<std::size_t>(PyArray_SIZE(reinterpret_cast<PyArrayObject*>(g.ptr())));
+        float* pg = probe_data(g, n, "g");
+        float* pp = probe_data(p, n, "p");
+        float* pm = probe_data(mm, n, "m");
+        float* pv = probe_data(v, n, "v");
+        py::gil_scoped_release nogil;
+        return run_probe(pg, pp, pm, pv, n);
+      },
+      py::arg("g"), py::arg("p"), py::arg("m"), py::arg("v"),
+      "Seconds for one pass reading g, p, m, v and writing p, m, v (ADAM's in-place traffic).");
+}
+
+}  // namespace fusedopt

@@ -1,0 +1,151 @@
+// Binding of the fused step: checks every tensor of the step (nothing is
+// modified until all of them pass), then runs the kernel without the GIL.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "../dispatch.h"
+#include "arrays.h"
+#include "numpy_api.h"
+#include "registry.h"
+#include "tree.h"
+
+namespace fusedopt {
+
+namespace {
+
+std::string where(const char* name, const LeafSpec& s) {
+  return s.path.empty() ? std::string(name) : std::string(name) + " at " + s.path;
+}
+
+const char* dtype_name(Dtype d) { return d == F32 ? "float32" : "float64"; }
+
+std::string shape_of(PyArrayObject* a) {
+  std::string out = "(";
+  for (int i = 0; i < PyArray_NDIM(a); ++i) out += (i ? ", " : "") + std::to_string(PyArray_DIMS(a)[i]);
+  return out + (PyArray_NDIM(a) == 1 ? ",)" : ")");
+}
+
+std::string type_of(PyObject* o) {
+  if (PyArray_Check(o))
+    return "dtype " + py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(reinterpret_cast<PyArrayObject*>(o))))).cast<std::string>();
+  return Py_TYPE(o)->tp_name;
+}
+
+// Checks one leaf against its spec (array, dtype, shape); returns it as an array.
+PyArrayObject* check_leaf(const Plan& plan, std::size_t l, PyObject* o, const char* name) {
+  const LeafSpec& s = plan.leaves()[l];
+  const int want = s.dtype == F32 ? NPY_FLOAT : NPY_DOUBLE;
+  if (!PyArray_Check(o) || PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != want)
+    throw py::type_error(where(name, s) + ": expected a " + dtype_name(s.dtype) + " numpy array (as on the first step), got " +
+                         type_of(o));
+  PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
+  const bool same = PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
+                    std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
+  if (!same) throw py::value_error(where(name, s) + ": expected shape " + plan.shape_str(l) + ", got " + shape_of(a));
+  return a;
+}
+
+template <class T>
+bool all_finite(const T* x, std::size_t n) {
+  bool ok = true;
+  for (std::size_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+  return ok;
+}
+
+bool leaf_finite(const void* data, const LeafSpec& s) {
+  return s.dtype == F32 ? all_finite(static_cast<const float*>(data), s.size)
+                        : all_finite(static_cast<const double*>(data), s.size);
+}
+
+py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, const std::string& gname, py::handle params,
+                      py::handle m32, py::handle m64, py::handle v32, py::handle v64, double lr, double w, double w2,
+                      py::handle sumsq, bool check_finite) {
+  if (mode >= MODE_LIMIT || !kernels().f32[mode]) throw py::value_error("unknown step mode " + std::to_string(mode));
+  const unsigned dir = mode_dir(mode), out = mode_out(mode);
+  const bool needs_m = mode_mean(mode) != MOMENT_NONE || dir == DIR_M || dir == DIR_NORM_M;
+  const bool needs_v = mode_sq(mode) != MOMENT_NONE || dir == DIR_NORM_G || dir == DIR_NORM_M;
+  const bool needs_p = out == OUT_INPLACE || out == OUT_BOTH;
+  const bool needs_out = out == OUT_WRITE || out == OUT_BOTH;
+  const auto& specs = plan.leaves();
+  std::vector<LeafData> data(specs.size());
+  std::vector<py::object> copies;  // contiguous copies of strided gradients
+
+  const char* gn = gname.c_str();
+  plan.walk(grad.ptr(), gn, [&](std::size_t l, PyObject* o) {
+    PyArrayObject* a = check_leaf(plan, l, o, gn);
+    if (!PyArray_ISCARRAY_RO(a) || !PyArray_ISNOTSWAPPED(a)) {
+      PyObject* c = PyArray_FromAny(o, PyArray_DescrFromType(PyArray_TYPE(a)), 0, 0,
+                                    NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
+      if (!c) throw py::error_already_set();
+      copies.push_back(py::reinterpret_steal<py::object>(c));
+      a = reinterpret_cast<PyArrayObject*>(c);
+    }
+    data[l].dtype = specs[l].dtype;
+    data[l].g = PyArray_DATA(a);
+  });
+  if (needs_p) {
+    plan.walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
+      const LeafSpec& s = specs[l];
+      if (PyArray_Check(o) && PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != (s.dtype == F32 ? NPY_FLOAT : NPY_DOUBLE))
+        throw py::type_error(where("params", s) + ": dtype " + type_of(o).substr(6) + " does not match the gradient's " +
+                             dtype_name(s.dtype));
+      PyArrayObject* a = check_leaf(plan, l, o, "params");
+      if (!PyArray_ISWRITEABLE(a)) throw py::value_error(where("params", s) + ": the array is read-only; it must be writeable to be stepped in place");
+      if (!PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
+        throw py::value_error(where("params", s) + ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
+      data[l].p = PyArray_DATA(a);
+    });
+  }
+  void* mbase[2] = {nullptr, nullptr};
+  void* vbase[2] = {nullptr, nullptr};
+  for (Dtype d : {F32, F64}) {
+    if (plan.arena_size(d) == 0) continue;
+    if (needs_m) mbase[d] = arena_data(d == F32 ? m32 : m64, d, plan.arena_size(d), "mean");
+    if (needs_v) vbase[d] = arena_data(d == F32 ? v32 : v64, d, plan.arena_size(d), "mean square");
+  }
+  double* sums = nullptr;
+  if ((mode & SCALE) && !sumsq.is_none()) {
+    sums = static_cast<double*>(arena_data(sumsq, F64, specs.size(), "sum of squares"));
+  }
+  if (check_finite)
+    for (std::size_t l = 0; l < specs.size(); ++l)
+      if (!leaf_finite(data[l].g, specs[l])) {
+        PyErr_SetString(PyExc_FloatingPointError,
+                        (where(gn, specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
+        throw py::error_already_set();
+      }
+  py::object outs[2] = {py::none(), py::none()};
+  void* obase[2] = {nullptr, nullptr};
+  if (needs_out)
+    for (Dtype d : {F32, F64})
+      if (plan.arena_size(d) > 0) {
+        outs[d] = aligned_empty(plan.arena_size(d), d);
+        obase[d] = arena_data(outs[d], d, plan.arena_size(d), "output");
+      }
+  for (std::size_t l = 0; l < specs.size(); ++l) {
+    const LeafSpec& s = specs[l];
+    const std::size_t bytes = s.offset * (s.dtype == F32 ? 4 : 8);
+    auto at = [&](void* base) { return base ? static_cast<void*>(static_cast<char*>(base) + bytes) : nullptr; };
+    data[l].m = at(mbase[s.dtype]);
+    data[l].v = at(vbase[s.dtype]);
+    data[l].out = at(obase[s.dtype]);
+  }
+  {
+    py::gil_scoped_release nogil;
+    run_step(mode, plan.layout(), data, Hyper{lr, w, w2}, sums);
+  }
+  if (!needs_out) return py::none();
+  return plan.views(outs[F32], outs[F64]);
+}
+
+}  // namespace
+
+void register_step(py::module_& m) {
+  m.def("step", &fused_step, py::arg("plan"), py::arg("mode"), py::arg("grad"), py::arg("grad_name"),
+        py::arg("params"), py::arg("m32"), py::arg("m64"), py::arg("v32"), py::arg("v64"), py::arg("lr"),
+        py::arg("w"), py::arg("w2"), py::arg("sumsq"), py::arg("check_finite"),
+        "One fused step over every leaf of `grad` (see fusedopt.optimizers for the modes).");
+}
+
+}  // namespace fusedopt

@@ -1,0 +1,11 @@
+// Each binding topic registers its functions on the module.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace fusedopt {
+void register_step(pybind11::module_& m);
+void register_tree(pybind11::module_& m);
+void register_runtime(pybind11::module_& m);
+}  // namespace fusedopt

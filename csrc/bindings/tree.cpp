@@ -1,0 +1,187 @@
+#include "tree.h"
+
+#include "numpy_api.h"
+
+namespace fusedopt {
+
+namespace {
+
+bool is_namedtuple(py::handle obj) {
+  return PyTuple_Check(obj.ptr()) && !PyTuple_CheckExact(obj.ptr()) && py::hasattr(obj, "_fields");
+}
+
+std::string type_name(PyObject* obj) { return Py_TYPE(obj)->tp_name; }
+
+std::string join_path(const std::string& parent, const std::string& child) {
+  return parent + child;
+}
+
+}  // namespace
+
+Plan::Plan(py::handle tree, const std::string& name) {
+  (void)name;
+  record(tree, "");
+  std::vector<std::size_t> sizes;
+  sizes.reserve(leaves_.size());
+  for (auto& leaf : leaves_) {
+    leaf.offset = arena_size_[leaf.dtype];
+    // Each leaf starts on a 64-byte boundary of its arena.
+    const std::size_t per_line = leaf.dtype == F32 ? 16 : 8;
+    arena_size_[leaf.dtype] += (leaf.size + per_line - 1) / per_line * per_line;
+    sizes.push_back(leaf.size);
+  }
+  layout_ = std::make_unique<ChunkLayout>(sizes);
+}
+
+void Plan::record(py::handle obj, const std::string& path) {
+  const std::size_t here = nodes_.size();
+  nodes_.push_back(Node{});
+  nodes_[here].path = path;
+  PyObject* o = obj.ptr();
+  auto children = [&](Node::Kind kind, std::size_t count) {
+    nodes_[here].kind = kind;
+    nodes_[here].type = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(Py_TYPE(o)));
+    nodes_[here].nchild = count;
+  };
+  if (PyArray_Check(o)) {
+    PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
+    const int t = PyArray_TYPE(a);
+    if (t != NPY_FLOAT && t != NPY_DOUBLE)
+      throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
+                           ": expected a float32 or float64 array, got dtype " +
+                           py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>());
+    LeafSpec spec;
+    spec.dtype = t == NPY_FLOAT ? F32 : F64;
+    spec.shape.assign(PyArray_DIMS(a), PyArray_DIMS(a) + PyArray_NDIM(a));
+    spec.size = static_cast<std::size_t>(PyArray_SIZE(a));
+    spec.offset = 0;
+    spec.path = path;
+    nodes_[here].kind = Node::LEAF;
+    nodes_[here].leaf = leaves_.size();
+    leaves_.push_back(std::move(spec));
+  } else if (is_namedtuple(obj)) {
+    const Py_ssize_t n = PyTuple_GET_SIZE(o);
+    children(Node::NAMEDTUPLE, static_cast<std::size_t>(n));
+    py::tuple fields = obj.attr("_fields");
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      const std::string field = py::str(fields[i]);
+      record(PyTuple_GET_ITEM(o, i), path.empty() ? field : join_path(path, "." + field));
+    }
+  } else if (PyTuple_Check(o)) {
+    const Py_ssize_t n = PyTuple_GET_SIZE(o);
+    children(Node::TUPLE, static_cast<std::size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) record(PyTuple_GET_ITEM(o, i), join_path(path, "[" + std::to_string(i) + "]"));
+  } else if (PyList_Check(o)) {
+    const Py_ssize_t n = PyList_GET_SIZE(o);
+    children(Node::LIST, static_cast<std::size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      py::object item = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(o, i));
+      record(item, join_path(path, "[" + std::to_string(i) + "]"));
+    }
+  } else if (PyDict_Check(o)) {
+    children(Node::DICT, static_cast<std::size_t>(PyDict_Size(o)));
+    py::dict d = py::reinterpret_borrow<py::dict>(obj);
+    std::vector<py::object> keys;
+    for (auto item : d) keys.push_back(py::reinterpret_borrow<py::object>(item.first));
+    nodes_[here].keys = keys;
+    for (const auto& key : keys)
+      record(d[key], join_path(path, "[" + py::repr(key).cast<std::string>() + "]"));
+  } else {
+    throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
+                         ": expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, got " +
+                         type_name(o));
+  }
+}
+
+std::string Plan::shape_str(std::size_t leaf) const {
+  const auto& s = leaves_[leaf].shape;
+  std::string out = "(";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+std::string Plan::describe(std::size_t node) const {
+  const Node& n = nodes_[node];
+  const std::string count = std::to_string(n.nchild);
+  switch (n.kind) {
+    case Node::LEAF: return "an array";
+    case Node::TUPLE: return "a " + std::string(reinterpret_cast<PyTypeObject*>(n.type.ptr())->tp_name) + " of " + count + " entries";
+    case Node::LIST: return "a " + std::string(reinterpret_cast<PyTypeObject*>(n.type.ptr())->tp_name) + " of " + count + " entries";
+    case Node::NAMEDTUPLE: return "a " + py::str(n.type.attr("__name__")).cast<std::string>() + " namedtuple";
+    case Node::DICT: {
+      std::string keys;
+      for (const auto& k : n.keys) keys += (keys.empty() ? "" : ", ") + py::repr(k).cast<std::string>();
+      return "a " + std::string(reinterpret_cast<PyTypeObject*>(n.type.ptr())->tp_name) + " with keys [" + keys + "]";
+    }
+  }
+  return "?";
+}
+
+void Plan::mismatch(std::size_t node, PyObject* obj, const char* name) const {
+  const Node& n = nodes_[node];
+  std::string got = type_name(obj);
+  if (PyTuple_Check(obj) || PyList_Check(obj) || PyDict_Check(obj))
+    got += " of " + std::to_string(PyObject_Length(obj)) + " entries";
+  throw StructureError(std::string(name) + (n.path.empty() ? "" : " at " + n.path) +
+                       " does not match the structure it is stepped with: expected " + describe(node) +
+                       ", got " + got);
+}
+
+py::object Plan::build(std::size_t& i, const std::vector<py::object>& leaves) const {
+  const Node& node = nodes_[i++];
+  switch (node.kind) {
+    case Node::LEAF:
+      return leaves[node.leaf];
+    case Node::TUPLE: {
+      py::tuple t(node.nchild);
+      for (std::size_t k = 0; k < node.nchild; ++k) t[k] = build(i, leaves);
+      if (node.type.ptr() == reinterpret_cast<PyObject*>(&PyTuple_Type)) return std::move(t);
+      return node.type(t);
+    }
+    case Node::NAMEDTUPLE: {
+      py::tuple t(node.nchild);
+      for (std::size_t k = 0; k < node.nchild; ++k) t[k] = build(i, leaves);
+      return node.type(*t);
+    }
+    case Node::LIST: {
+      py::list l(node.nchild);
+      for (std::size_t k = 0; k < node.nchild; ++k) l[k] = build(i, leaves);
+      if (node.type.ptr() == reinterpret_cast<PyObject*>(&PyList_Type)) return std::move(l);
+      return node.type(l);
+    }
+    case Node::DICT: {
+      py::dict d;
+      for (const auto& key : node.keys) d[key] = build(i, leaves);
+      if (node.type.ptr() == reinterpret_cast<PyObject*>(&PyDict_Type)) return std::move(d);
+      return node.type(d);
+    }
+  }
+  throw std::logic_error("corrupt plan");
+}
+
+py::object Plan::unflatten(const std::vector<py::object>& leaves) const {
+  if (leaves.size() != leaves_.size())
+    throw py::value_error("unflatten needs " + std::to_string(leaves_.size()) + " leaves, got " +
+                          std::to_string(leaves.size()));
+  std::size_t i = 0;
+  return build(i, leaves);
+}
+
+}  // namespace fusedopt
+
+#include "arrays.h"
+
+namespace fusedopt {
+
+py::object Plan::views(py::handle arena32, py::handle arena64) const {
+  std::vector<py::object> leaves;
+  leaves.reserve(leaves_.size());
+  for (const auto& s : leaves_) {
+    py::handle arena = s.dtype == F32 ? arena32 : arena64;
+    arena_data(arena, s.dtype, arena_size_[s.dtype], "view");
+    leaves.push_back(arena_view(arena, s.dtype, s.offset, s.shape));
+  }
+  return unflatten(leaves);
+}
+
+}  // namespace fusedopt

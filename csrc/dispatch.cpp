@@ -1,0 +1,109 @@
+#include "dispatch.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+namespace fusedopt {
+namespace baseline { void fill_table(KernelTable&); }
+#ifdef FUSEDOPT_HAVE_AVX2
+namespace avx2 { void fill_table(KernelTable&); }
+#endif
+#ifdef FUSEDOPT_HAVE_AVX512
+namespace avx512 { void fill_table(KernelTable&); }
+#endif
+
+namespace {
+
+struct Level {
+  const char* name;
+  void (*fill)(KernelTable&);
+  bool (*cpu_has)();
+};
+
+bool always() { return true; }
+#if defined(__x86_64__) || defined(__i386__)
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+bool has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("fma");
+}
+#endif
+
+// Best first.
+const std::vector<Level>& levels() {
+  static const std::vector<Level> all = {
+#ifdef FUSEDOPT_HAVE_AVX512
+      {"avx512", &avx512::fill_table, &has_avx512},
+#endif
+#ifdef FUSEDOPT_HAVE_AVX2
+      {"avx2", &avx2::fill_table, &has_avx2},
+#endif
+      {"baseline", &baseline::fill_table, &always},
+  };
+  return all;
+}
+
+struct Tables {
+  std::vector<KernelTable> by_level;  // same order as levels()
+  std::size_t current = 0;
+  Tables() : by_level(levels().size()) {
+    for (std::size_t i = 0; i < levels().size(); ++i) levels()[i].fill(by_level[i]);
+    std::size_t best = levels().size() - 1;
+    for (std::size_t i = 0; i < levels().size(); ++i)
+      if (levels()[i].cpu_has()) { best = i; break; }
+    current = best;
+    // The environment may only lower the level (a higher one could crash).
+    if (const char* forced = std::getenv("FUSEDOPT_SIMD")) {
+      const std::string want(forced);
+      bool known = false;
+      for (std::size_t i = 0; i < levels().size(); ++i)
+        if (want == levels()[i].name) {
+          known = true;
+          if (i >= best) current = i;
+        }
+      if (!known && want != "avx512" && want != "avx2")
+        throw std::invalid_argument("FUSEDOPT_SIMD must be avx512, avx2 or baseline, not '" + want + "'");
+    }
+  }
+};
+
+Tables& tables() {
+  static Tables t;
+  return t;
+}
+
+}  // namespace
+
+const KernelTable& kernels() { return tables().by_level[tables().current]; }
+
+std::string simd_level() { return levels()[tables().current].name; }
+
+std::vector<std::string> simd_levels_compiled() {
+  std::vector<std::string> out;
+  for (const auto& l : levels()) out.emplace_back(l.name);
+  return out;
+}
+
+std::vector<std::string> simd_levels_supported() {
+  std::vector<std::string> out;
+  for (const auto& l : levels())
+    if (l.cpu_has()) out.emplace_back(l.name);
+  return out;
+}
+
+void set_simd_level(const std::string& level) {
+  for (std::size_t i = 0; i < levels().size(); ++i)
+    if (level == levels()[i].name) {
+      if (!levels()[i].cpu_has()) throw std::invalid_argument("this CPU cannot run SIMD level '" + level + "'");
+      tables().current = i;
+      return;
+    }
+  throw std::invalid_argument("SIMD level '" + level + "' is not compiled into this build");
+}
+
+}  // namespace fusedopt

@@ -1,0 +1,61 @@
+// What one fused step does, encoded as a small integer so that every variant
+// is a compile-time template argument of the same kernel (no copied loops).
+#pragma once
+#include <cstddef>
+
+namespace fusedopt {
+
+// Moment update: none, first call (m = g / v = g*g), or running average.
+enum MomentOp : unsigned { MOMENT_NONE = 0, MOMENT_INIT = 1, MOMENT_EMA = 2 };
+// Direction of the step: none (memory update only), g, m,
+// x / sqrt(EPS + v) with x = g (RMSProp, normalize) or x = m (ADAM).
+enum DirOp : unsigned { DIR_NONE = 0, DIR_G = 1, DIR_M = 2, DIR_NORM_G = 3, DIR_NORM_M = 4 };
+// Where the result goes: nowhere, an output array, p -= d in place, or both.
+enum OutOp : unsigned { OUT_NONE = 0, OUT_WRITE = 1, OUT_INPLACE = 2, OUT_BOTH = 3 };
+
+constexpr unsigned MEAN_SHIFT = 0;   // 2 bits
+constexpr unsigned SQ_SHIFT = 2;     // 2 bits
+constexpr unsigned DIR_SHIFT = 4;    // 3 bits
+constexpr unsigned OUT_SHIFT = 7;    // 2 bits
+constexpr unsigned UNBIASED = 1u << 9;   // v / (1 - w2) before the sqrt
+constexpr unsigned MEAN_DIV = 1u << 10;  // x / (1 - w) (exact no-op when w == 0, so skipped then)
+constexpr unsigned SCALE = 1u << 11;     // d = lr * d, and sum(d*d) is accumulated
+constexpr unsigned MODE_LIMIT = 1u << 12;
+
+constexpr unsigned make_mode(unsigned mean, unsigned sq, unsigned dir, unsigned out, unsigned flags) {
+  return (mean << MEAN_SHIFT) | (sq << SQ_SHIFT) | (dir << DIR_SHIFT) | (out << OUT_SHIFT) | flags;
+}
+constexpr unsigned mode_mean(unsigned m) { return (m >> MEAN_SHIFT) & 3u; }
+constexpr unsigned mode_sq(unsigned m) { return (m >> SQ_SHIFT) & 3u; }
+constexpr unsigned mode_dir(unsigned m) { return (m >> DIR_SHIFT) & 7u; }
+constexpr unsigned mode_out(unsigned m) { return (m >> OUT_SHIFT) & 3u; }
+
+// Scalars of one step, already rounded to the leaf's dtype by the caller.
+template <class T>
+struct StepScalars {
+  T lr, w, one_minus_w, w2, one_minus_w2, eps;
+};
+
+// Pointers of one segment (a contiguous piece of one leaf); unused ones are null.
+template <class T>
+struct Segment {
+  const T* g;
+  T* p;
+  T* m;
+  T* v;
+  T* out;
+  std::size_t n;
+};
+
+// A kernel runs one segment and returns sum(d*d) over it (0 when !SCALE).
+template <class T>
+using KernelFn = double (*)(const Segment<T>&, const StepScalars<T>&);
+
+struct KernelTable {
+  KernelFn<float> f32[MODE_LIMIT];
+  KernelFn<double> f64[MODE_LIMIT];
+  KernelFn<float> probe;  // bandwidth probe, see step_math.h
+  const char* name;
+};
+
+}  // namespace fusedopt

@@ -1,0 +1,29 @@
+// Compiled once per instruction set (see CMakeLists.txt): FUSEDOPT_ISA names
+// the namespace of this copy, and the flags of its target pick the SIMD width.
+#include <utility>
+#include "mode_list.h"
+#include "step_math.h"
+
+#ifndef FUSEDOPT_ISA
+#error "FUSEDOPT_ISA must name the instruction set of this translation unit"
+#endif
+#define FUSEDOPT_STR2(x) #x
+#define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA {
+
+template <std::size_t... I>
+static void fill(KernelTable& t, std::index_sequence<I...>) {
+  ((t.f32[kModes[I]] = &run_segment<float, kModes[I]>), ...);
+  ((t.f64[kModes[I]] = &run_segment<double, kModes[I]>), ...);
+}
+
+void fill_table(KernelTable& t) {
+  fill(t, std::make_index_sequence<kModes.size()>{});
+  t.probe = &run_probe;
+  t.name = FUSEDOPT_STR(FUSEDOPT_ISA);
+}
+
+}  // namespace FUSEDOPT_ISA
+}  // namespace fusedopt

@@ -1,0 +1,149 @@
+#include "multi_tensor.h"
+
+#include <chrono>
+#include <stdexcept>
+#include "dispatch.h"
+
+#ifdef FUSEDOPT_OPENMP
+#include <omp.h>
+#endif
+
+namespace fusedopt {
+
+ChunkLayout::ChunkLayout(const std::vector<std::size_t>& leaf_sizes) {
+  // Leaves are laid end to end, each starting on a multiple of 16 elements.
+  std::vector<std::size_t> start(leaf_sizes.size());
+  std::size_t pos = 0;
+  for (std::size_t l = 0; l < leaf_sizes.size(); ++l) {
+    start[l] = pos;
+    pos += (leaf_sizes[l] + 15) / 16 * 16;
+  }
+  total_ = pos;
+  const std::size_t chunks = (pos + kChunk - 1) / kChunk;
+  chunk_first_.reserve(chunks + 1);
+  std::size_t l = 0;
+  for (std::size_t c = 0; c < chunks; ++c) {
+    chunk_first_.push_back(pieces_.size());
+    const std::size_t lo = c * kChunk, hi = lo + kChunk;
+    while (l < leaf_sizes.size() && start[l] + leaf_sizes[l] <= lo) ++l;
+    for (std::size_t k = l; k < leaf_sizes.size() && start[k] < hi; ++k) {
+      const std::size_t b = lo > start[k] ? lo - start[k] : 0;
+      const std::size_t e = std::min(hi - start[k], leaf_sizes[k]);
+      if (e > b) pieces_.push_back({k, b, e});
+    }
+  }
+  chunk_first_.push_back(pieces_.size());
+}
+
+namespace {
+
+int g_threads = 0;  // 0: not chosen yet
+
+template <class T>
+StepScalars<T> scalars(const Hyper& h) {
+  StepScalars<T> c;
+  c.lr = static_cast<T>(h.lr);
+  c.w = static_cast<T>(h.w);
+  c.one_minus_w = T(1) - c.w;
+  c.w2 = static_cast<T>(h.w2);
+  c.one_minus_w2 = T(1) - c.w2;
+  c.eps = static_cast<T>(1.0 / 8388608.0);  // float32 machine epsilon, 2**-23
+  return c;
+}
+
+template <class T>
+T* at(void* base, std::size_t offset) {
+  return base ? static_cast<T*>(base) + offset : nullptr;
+}
+
+template <class T>
+double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e, const StepScalars<T>& c) {
+  Segment<T> s{at<T>(const_cast<void*>(d.g), b), at<T>(d.p, b), at<T>(d.m, b), at<T>(d.v, b), at<T>(d.out, b), e - b};
+  return fn(s, c);
+}
+
+template <class Body>
+void for_chunks(std::size_t chunks, bool parallel, Body body) {
+#ifdef FUSEDOPT_OPENMP
+  if (parallel && get_num_threads() > 1) {
+    const long long n = static_cast<long long>(chunks);
+#pragma omp parallel for schedule(static) num_threads(get_num_threads())
+    for (long long c = 0; c < n; ++c) body(static_cast<std::size_t>(c));
+    return;
+  }
+#else
+  (void)parallel;
+#endif
+  for (std::size_t c = 0; c < chunks; ++c) body(c);
+}
+
+}  // namespace
+
+void run_step(unsigned mode, const ChunkLayout& layout, const std::vector<LeafData>& leaves,
+              const Hyper& hyper, double* sumsq) {
+  if (mode >= MODE_LIMIT) throw std::invalid_argument("unknown step mode");
+  const KernelTable& t = kernels();
+  const KernelFn<float> f32 = t.f32[mode];
+  const KernelFn<double> f64 = t.f64[mode];
+  if (!f32 || !f64) throw std::invalid_argument("step mode " + std::to_string(mode) + " is not compiled");
+  const StepScalars<float> c32 = scalars<float>(hyper);
+  const StepScalars<double> c64 = scalars<double>(hyper);
+  const auto& pieces = layout.pieces();
+  std::vector<double> partial(pieces.size());
+  for_chunks(layout.num_chunks(), layout.total() >= kSerialBelow, [&](std::size_t c) {
+    for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {
+      const auto& pc = pieces[k];
+      const LeafData& d = leaves[pc.leaf];
+      partial[k] = d.dtype == F32 ? run_piece(f32, d, pc.begin, pc.end, c32)
+                                  : run_piece(f64, d, pc.begin, pc.end, c64);
+    }
+  });
+  if (!sumsq || !(mode & SCALE)) return;
+  for (std::size_t l = 0; l < leaves.size(); ++l) sumsq[l] = 0.0;
+  for (std::size_t k = 0; k < pieces.size(); ++k) sumsq[pieces[k].leaf] += partial[k];  // piece order
+}
+
+double run_probe(float* g, float* p, float* m, float* v, std::size_t n) {
+  const ChunkLayout layout({n});
+  const KernelFn<float> fn = kernels().probe;
+  const StepScalars<float> none{};
+  const LeafData d{F32, g, p, m, v, nullptr};
+  const auto t0 = std::chrono::steady_clock::now();
+  for_chunks(layout.num_chunks(), n >= kSerialBelow, [&](std::size_t c) {
+    for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {
+      const auto& pc = layout.pieces()[k];
+      run_piece(fn, d, pc.begin, pc.end, none);
+    }
+  });
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int get_num_threads() {
+  if (g_threads == 0) {
+#ifdef FUSEDOPT_OPENMP
+    g_threads = omp_get_max_threads();  // honours OMP_NUM_THREADS, else the cores
+#else
+    g_threads = 1;
+#endif
+  }
+  return g_threads;
+}
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("set_num_threads needs n >= 1, got " + std::to_string(n));
+#ifdef FUSEDOPT_OPENMP
+  g_threads = n;
+#else
+  g_threads = 1;
+#endif
+}
+
+bool have_openmp() {
+#ifdef FUSEDOPT_OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace fusedopt

@@ -1,0 +1,66 @@
+// Runs one fused step over every leaf of a tree: the total element range is
+// cut into fixed chunks that threads share; per-leaf sums come back in a
+// fixed order, so results are the same bits for every thread count.
+#pragma once
+#include <cstddef>
+#include <vector>
+#include "kernel_modes.h"
+
+namespace fusedopt {
+
+enum Dtype : int { F32 = 0, F64 = 1 };
+
+// Elements per chunk: a multiple of 16 floats, so chunk starts inside a leaf
+// stay on 64-byte boundaries of its (64-byte aligned) arena.
+constexpr std::size_t kChunk = 2048;
+// Below this many elements a step runs on the calling thread only.
+constexpr std::size_t kSerialBelow = 32768;
+
+// Where each leaf's chunks lie; depends only on the leaves' sizes, so it is
+// computed once per tree structure.
+class ChunkLayout {
+ public:
+  struct Piece {
+    std::size_t leaf, begin, end;  // element range inside the leaf
+  };
+  explicit ChunkLayout(const std::vector<std::size_t>& leaf_sizes);
+  std::size_t num_chunks() const { return chunk_first_.size() - 1; }
+  std::size_t total() const { return total_; }
+  const std::vector<Piece>& pieces() const { return pieces_; }
+  // Pieces of chunk c are pieces()[chunk_first(c) .. chunk_first(c+1)).
+  std::size_t chunk_first(std::size_t c) const { return chunk_first_[c]; }
+
+ private:
+  std::vector<Piece> pieces_;
+  std::vector<std::size_t> chunk_first_;
+  std::size_t total_ = 0;
+};
+
+// Pointers of one leaf for this step; null where the mode does not use them.
+struct LeafData {
+  Dtype dtype;
+  const void* g;
+  void* p;
+  void* m;
+  void* v;
+  void* out;
+};
+
+struct Hyper {
+  double lr, w, w2;
+};
+
+// Runs `mode` over all leaves; writes sum(d*d) of each leaf into sumsq (when
+// not null and the mode scales by lr). Call without the GIL.
+void run_step(unsigned mode, const ChunkLayout& layout, const std::vector<LeafData>& leaves,
+              const Hyper& hyper, double* sumsq);
+
+// Seconds for one pass of the bandwidth probe over n floats per array, with
+// the same chunking and threads as run_step.
+double run_probe(float* g, float* p, float* m, float* v, std::size_t n);
+
+int get_num_threads();
+void set_num_threads(int n);
+bool have_openmp();
+
+}  // namespace fusedopt

@@ -1,0 +1,398 @@
+"""Gradient optimizers with fused C++ steps; a drop-in for paysage's ``optimizers``.
+
+Every step is one call into ``fusedopt._core`` for the whole gradient tree.
+Two ways to step:
+
+* paysage path: ``optimizer.update(model, grad)`` where ``model`` has
+  ``parameter_update(delta)``; ``delta = lr * direction`` is handed to it.
+* in-place path: ``optimizer.update(params, grad)`` where ``params`` is a tree
+  of writeable C-contiguous arrays shaped like ``grad``: ``p -= lr * direction``
+  without materializing ``delta``.
+
+See SPEC section 3 for the exact float semantics (bit-identical to paysage).
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _core, schedules
+
+__all__ = ["GradientMemory", "Optimizer", "Gradient", "Momentum", "RMSProp", "ADAM",
+           "gradient", "momentum", "rmsprop", "adam"]
+
+_B = _core.MODE_BITS
+NONE, INIT, EMA = _B["MOMENT_NONE"], _B["MOMENT_INIT"], _B["MOMENT_EMA"]
+DIR_NONE, DIR_G, DIR_M, DIR_NORM_G, DIR_NORM_M = (
+    _B["DIR_NONE"], _B["DIR_G"], _B["DIR_M"], _B["DIR_NORM_G"], _B["DIR_NORM_M"])
+OUT_NONE, OUT_WRITE, OUT_INPLACE, OUT_BOTH = (
+    _B["OUT_NONE"], _B["OUT_WRITE"], _B["OUT_INPLACE"], _B["OUT_BOTH"])
+UNBIASED, MEAN_DIV, SCALE = _B["UNBIASED"], _B["MEAN_DIV"], _B["SCALE"]
+
+
+def _mode(mean, sq, direction, out, flags):
+    return ((mean << _B["MEAN_SHIFT"]) | (sq << _B["SQ_SHIFT"]) | (direction << _B["DIR_SHIFT"])
+            | (out << _B["OUT_SHIFT"]) | flags)
+
+
+def _check_weight(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1), got {type(value).__name__}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return np.float32(value)
+
+
+class GradientMemory:
+    """Running averages of the first two moments of the gradients.
+
+    ``mean_gradient`` and ``mean_square_gradient`` are trees shaped like the
+    gradient (or None before the first update), made of views into one
+    64-byte aligned arena per dtype.
+    """
+
+    def __init__(self, mean_weight=0.9, mean_square_weight=0.0):
+        """Create a gradient memory.
+
+        Args:
+            mean_weight (float in [0, 1)): how strongly to weight the previous mean.
+            mean_square_weight (float in [0, 1)): how strongly to weight the
+                previous mean square.
+        """
+        self.mean_weight = _check_weight("mean_weight", mean_weight)
+        self.mean_square_weight = _check_weight("mean_square_weight", mean_square_weight)
+        self._plan = None      # structure of the gradients, fixed while moments exist
+        self._sumsq = None     # per-leaf sum(delta**2) of the last optimizer step
+        self._m = None         # (float32 arena, float64 arena) of the mean
+        self._v = None         # same for the mean square
+        self._m_tree = None
+        self._v_tree = None
+
+    # -- moments as trees of views ------------------------------------------------
+    @property
+    def mean_gradient(self):
+        """Running mean of the gradients (tree of arrays), or None."""
+        return self._m_tree
+
+    @mean_gradient.setter
+    def mean_gradient(self, tree):
+        self._m, self._m_tree = self._assign(tree)
+
+    @property
+    def mean_square_gradient(self):
+        """Running mean of the squared gradients (tree of arrays), or None."""
+        return self._v_tree
+
+    @mean_square_gradient.setter
+    def mean_square_gradient(self, tree):
+        self._v, self._v_tree = self._assign(tree)
+
+    def _assign(self, tree):
+        """Arena and view tree holding a copy of `tree` (None clears)."""
+        if tree is None:
+            return None, None
+        plan = self._plan if self._plan is not None else _core.Plan(tree, "moment")
+        sources = plan.flatten(tree, "moment")
+        arenas = self._new_arenas(plan)
+        views = plan.views(*arenas)
+        for path, dst, src in zip(plan.paths, plan.flatten(views), sources):
+            src = np.asarray(src)
+            if src.shape != dst.shape or src.dtype != dst.dtype:
+                raise ValueError(f"moment at {path or 'the root'}: expected {dst.dtype} of shape {dst.shape}, "
+                                 f"got {src.dtype} of shape {src.shape}")
+            dst[...] = src
+        self._adopt(plan)
+        return arenas, views
+
+    @staticmethod
+    def _new_arenas(plan):
+        n32, n64 = plan.arena_sizes
+        return _core.aligned_empty(n32, "float32"), _core.aligned_empty(n64, "float64")
+
+    def _adopt(self, plan):
+        if plan is not self._plan:
+            self._plan = plan
+            self._sumsq = np.zeros(plan.num_leaves)
+
+    def reset(self):
+        """Forget both moments (the next gradient may have another structure)."""
+        self._m = self._v = self._m_tree = self._v_tree = None
+        self._plan = None
+        self._sumsq = None
+
+    # -- the one call into C++ ----------------------------------------------------
+    def _run(self, grad, mean, sq, direction, out, flags, params=None, lr=0.0,
+             check_finite=False, name="grad"):
+        """One fused kernel call over the whole tree; state changes only on success."""
+        args = (grad, mean, sq, direction, out, flags, params, lr, check_finite, name)
+        if self._plan is None:
+            return self._call(_core.Plan(grad, name), *args)
+        try:
+            return self._call(self._plan, *args)
+        except (TypeError, ValueError):
+            if self._m is not None or self._v is not None:
+                raise
+            # No moments yet: a gradient of another structure simply starts over.
+            return self._call(_core.Plan(grad, name), *args)
+
+    def _call(self, plan, grad, mean, sq, direction, out, flags, params, lr, check_finite, name):
+        m = self._m if mean != INIT else self._new_arenas(plan)
+        v = self._v if sq != INIT else self._new_arenas(plan)
+        sums = self._sumsq if plan is self._plan else np.zeros(plan.num_leaves)
+        result = _core.step(plan, _mode(mean, sq, direction, out, flags), grad, name, params,
+                            *(m or (None, None)), *(v or (None, None)), lr,
+                            float(self.mean_weight), float(self.mean_square_weight), sums, check_finite)
+        self._commit(plan, sums, mean, sq, m, v)
+        return result
+
+    def _commit(self, plan, sums, mean, sq, m, v):
+        if plan is not self._plan:
+            self._plan, self._sumsq = plan, sums
+        if mean == INIT:
+            self._m, self._m_tree = m, plan.views(*m)
+        if sq == INIT:
+            self._v, self._v_tree = v, plan.views(*v)
+
+    # -- paysage's GradientMemory API ----------------------------------------------
+    def update_mean(self, grad):
+        """Update the running mean: m = g on the first call, then m = w*m + (1-w)*g."""
+        self._run(grad, INIT if self._m is None else EMA, NONE, DIR_NONE, OUT_NONE, 0)
+
+    def update_mean_square(self, grad):
+        """Update the running mean square: v = g*g first, then v = w2*v + ((1-w2)*g)*g."""
+        self._run(grad, NONE, INIT if self._v is None else EMA, DIR_NONE, OUT_NONE, 0)
+
+    def update(self, grad):
+        """Update the mean (if mean_weight != 0) and the mean square (if mean_square_weight != 0)."""
+        mean = (INIT if self._m is None else EMA) if self.mean_weight else NONE
+        sq = (INIT if self._v is None else EMA) if self.mean_square_weight else NONE
+        if mean or sq:
+            self._run(grad, mean, sq, DIR_NONE, OUT_NONE, 0)
+
+    def normalize(self, grad, unbiased=False):
+        """Return grad / sqrt(EPS + v), or with unbiased=True
+        (grad / (1 - w)) / sqrt(EPS + v / (1 - w2)); grad itself when there is no mean square yet."""
+        if self._v is None:
+            return grad
+        flags = (UNBIASED | (MEAN_DIV if self.mean_weight else 0)) if unbiased else 0
+        return self._run(grad, NONE, NONE, DIR_NORM_G, OUT_WRITE, flags, name="grad")
+
+
+_DEFAULT_STEPSIZE = schedules.Constant(initial=0.001)
+
+
+def _as_schedule(stepsize):
+    if isinstance(stepsize, bool):
+        raise TypeError("stepsize must be a schedule or a float, got bool")
+    if isinstance(stepsize, numbers.Real):
+        return schedules.Constant(initial=float(stepsize))
+    if not hasattr(stepsize, "__next__"):
+        raise TypeError(f"stepsize must be a schedule (an object with __next__) or a float, "
+                        f"got {type(stepsize).__name__}")
+    return stepsize
+
+
+class Optimizer:
+    """Base class of the optimizers: learning rate, convergence check, fused stepping."""
+
+    def __init__(self, stepsize=_DEFAULT_STEPSIZE, tolerance=1e-7, ascent=False, *,
+                 check_finite=False, keep_delta=False):
+        """Create an optimizer.
+
+        Args:
+            stepsize (schedule or float; optional): the stepsize schedule.
+            tolerance (float; optional): the gradient magnitude to declare convergence.
+            ascent (bool; optional): step up the gradient instead of down.
+            check_finite (bool; keyword): raise FloatingPointError on a NaN or Inf
+                gradient (nothing is modified) instead of propagating it.
+            keep_delta (bool; keyword): on the in-place path also keep ``delta``.
+        """
+        # The shared default is copied so that no two optimizers share a schedule by accident.
+        self.stepsize = stepsize.copy() if stepsize is _DEFAULT_STEPSIZE else stepsize
+        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real):
+            raise TypeError(f"tolerance must be a real number >= 0, got {type(tolerance).__name__}")
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+        self.tolerance = tolerance
+        self.ascent = bool(ascent)
+        self.check_finite = bool(check_finite)
+        self.keep_delta = bool(keep_delta)
+        self.lr = None          # float32 rate set by update_lr(); None: use stepsize.value
+        self.delta = None
+        self.step_count = 0
+        self._conv_n = None     # (plan, n) for check_convergence
+        self._model_types = {}  # type -> has parameter_update
+
+    @property
+    def stepsize(self):
+        """The stepsize schedule (a float assigned here becomes a Constant)."""
+        return self._stepsize
+
+    @stepsize.setter
+    def stepsize(self, value):
+        self._stepsize = _as_schedule(value)
+
+    def update_lr(self):
+        """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time)."""
+        self.lr = np.float32(next(self._stepsize))
+
+    def _signed_lr(self):
+        lr = self.lr if self.lr is not None else np.float32(self._stepsize.value)
+        return -float(lr) if self.ascent else float(lr)
+
+    def check_convergence(self):
+        """True when sqrt(sum over leaves of mean(delta**2) / n) <= tolerance.
+
+        n is len(grad.layers) + len(grad.weights) for a paysage Gradient, else the
+        number of leaves. False before the first update.
+        """
+        mem = self._memory
+        if self.step_count == 0 or mem._plan is None:
+            return False
+        sizes = np.asarray(mem._plan.leaf_sizes, dtype=np.float64)
+        means = np.divide(mem._sumsq, sizes, out=np.zeros_like(sizes), where=sizes > 0)
+        return math.sqrt(float(np.sum(means)) / self._conv_n[1]) <= self.tolerance
+
+    def reset(self):
+        """Reset the gradient memory."""
+        self._memory.reset()
+
+    def _direction(self, mem):
+        """(mean op, mean-square op, direction, flags) of this optimizer's kernel."""
+        raise NotImplementedError
+
+    def update(self, model, grad):
+        """Take one step.
+
+        Args:
+            model: a paysage model (has ``parameter_update(delta)``), or a tree of
+                writeable C-contiguous arrays shaped like grad, stepped in place.
+            grad: the gradient tree (never modified nor kept).
+        """
+        kind = type(model)
+        is_model = self._model_types.get(kind)
+        if is_model is None:
+            is_model = self._model_types[kind] = hasattr(model, "parameter_update")
+        mem = self._memory
+        mean, sq, direction, flags = self._direction(mem)
+        if is_model:
+            delta = mem._run(grad, mean, sq, direction, OUT_WRITE, flags | SCALE, None,
+                             self._signed_lr(), self.check_finite)
+        else:
+            out = OUT_BOTH if self.keep_delta else OUT_INPLACE
+            delta = mem._run(grad, mean, sq, direction, out, flags | SCALE, model,
+                             self._signed_lr(), self.check_finite)
+        self.step_count += 1
+        self.delta = delta
+        if self._conv_n is None or self._conv_n[0] is not mem._plan:
+            self._conv_n = (mem._plan, _count_for_rms(grad, mem._plan))
+        if is_model:
+            model.parameter_update(delta)
+
+
+def _count_for_rms(grad, plan):
+    """paysage divides by len(layers) + len(weights); other trees by their leaf count."""
+    if hasattr(grad, "layers") and hasattr(grad, "weights"):
+        return max(len(grad.layers) + len(grad.weights), 1)
+    return max(plan.num_leaves, 1)
+
+
+def _moment_op(weight, arena):
+    """Which moment update a step does: none when the weight is 0, else init or EMA."""
+    if not weight:
+        return NONE
+    return INIT if arena is None else EMA
+
+
+class Gradient(Optimizer):
+    """Vanilla gradient optimizer: delta = lr * g."""
+
+    def __init__(self, stepsize=_DEFAULT_STEPSIZE, tolerance=1e-7, ascent=False, **options):
+        """Create a gradient ascent/descent optimizer (alias ``gradient``)."""
+        super().__init__(stepsize, tolerance, ascent, **options)
+        self._memory = GradientMemory(0.0, 0.0)  # holds the tree plan only
+
+    def reset(self):
+        """Does nothing: plain gradient steps keep no memory."""
+
+    def _direction(self, mem):
+        return NONE, NONE, DIR_G, 0
+
+
+class Momentum(Optimizer):
+    """Stochastic gradient descent with momentum (Qian, 1999): delta = lr * m."""
+
+    def __init__(self, stepsize=_DEFAULT_STEPSIZE, momentum=0.9, tolerance=1e-7, ascent=False, **options):
+        """Create a momentum optimizer (alias ``momentum``).
+
+        With momentum=0 the mean is never updated and the step is lr * g.
+        """
+        super().__init__(stepsize, tolerance, ascent, **options)
+        self.memory = GradientMemory(mean_weight=momentum, mean_square_weight=0)
+
+    @property
+    def _memory(self):
+        return self.memory
+
+    def _direction(self, mem):
+        mean = _moment_op(mem.mean_weight, mem._m)
+        return (mean, NONE, DIR_M, 0) if mean else (NONE, NONE, DIR_G, 0)
+
+
+class RMSProp(Optimizer):
+    """RMSProp (Hinton, Coursera lecture 6e): delta = lr * g / sqrt(EPS + v / (1 - w2))."""
+
+    def __init__(self, stepsize=_DEFAULT_STEPSIZE, mean_square_weight=0.9, tolerance=1e-7, ascent=False,
+                 **options):
+        """Create an RMSProp optimizer (alias ``rmsprop``).
+
+        With mean_square_weight=0 there is no mean square and the step is lr * g.
+        """
+        super().__init__(stepsize, tolerance, ascent, **options)
+        self.memory = GradientMemory(mean_weight=0, mean_square_weight=mean_square_weight)
+
+    @property
+    def _memory(self):
+        return self.memory
+
+    def _direction(self, mem):
+        sq = _moment_op(mem.mean_square_weight, mem._v)
+        if not sq:
+            return NONE, NONE, DIR_G, 0
+        return NONE, sq, DIR_NORM_G, UNBIASED | (MEAN_DIV if mem.mean_weight else 0)
+
+
+class ADAM(Optimizer):
+    """ADAM (Kingma & Ba, 2015) with paysage's constant unbiasing:
+    delta = lr * (m / (1 - w)) / sqrt(EPS + v / (1 - w2))."""
+
+    def __init__(self, stepsize=_DEFAULT_STEPSIZE, mean_weight=0.9, mean_square_weight=0.999, tolerance=1e-7,
+                 ascent=False, **options):
+        """Create an ADAM optimizer (alias ``adam``).
+
+        A weight of 0 drops that moment: mean_weight=0 steps with g in place of m,
+        mean_square_weight=0 steps with m alone (momentum).
+        """
+        super().__init__(stepsize, tolerance, ascent, **options)
+        self.memory = GradientMemory(mean_weight=mean_weight, mean_square_weight=mean_square_weight)
+
+    @property
+    def _memory(self):
+        return self.memory
+
+    def _direction(self, mem):
+        mean = _moment_op(mem.mean_weight, mem._m)
+        sq = _moment_op(mem.mean_square_weight, mem._v)
+        if mean and sq:
+            return mean, sq, DIR_NORM_M, UNBIASED | MEAN_DIV
+        if sq:
+            return NONE, sq, DIR_NORM_G, UNBIASED
+        if mean:
+            return mean, NONE, DIR_M, 0
+        return NONE, NONE, DIR_G, 0
+
+
+gradient = Gradient
+momentum = Momentum
+rmsprop = RMSProp
+adam = ADAM
