@@ -41,7 +41,7 @@ int g_threads = 0;  // 0: not chosen yet
 
 template <class T>
 StepScalars<T> scalars(const Hyper& h) {
-  StepScalars<T> c;
+  StepScalars<T> c{};
   c.lr = static_cast<T>(h.lr);
   c.w = static_cast<T>(h.w);
   c.one_minus_w = T(1) - c.w;

@@ -1,84 +1,107 @@
 // The element math of every fused step (SPEC section 3), in paysage's exact
-// operation order. Compiled with -ffp-contract=off and without -ffast-math so
-// that each operation rounds as NumPy's float32/float64 operations do.
+// operation order, written once for scalars and 16-lane vectors alike.
+// Compiled with -ffp-contract=off and without -ffast-math so that each
+// operation rounds as NumPy's float32/float64 operations do.
 #pragma once
-#include <cmath>
 #include <cstddef>
 #include "kernel_modes.h"
+#include "simd_vec.h"
 
 namespace fusedopt {
 
-// Number of independent sum(d*d) accumulators: a fixed lane count keeps the
-// reduction order, and so its bits, the same on every instruction set.
-constexpr std::size_t kLanes = 16;
+// The values of one element (or 16 lanes) as a step sees and leaves them.
+template <class V>
+struct Lanes {
+  V g, m, v, p, d;
+};
 
-template <class T, unsigned MODE>
-inline T step_element(const Segment<T>& s, const StepScalars<T>& c, std::size_t i) {
-  constexpr unsigned mean = mode_mean(MODE), sq = mode_sq(MODE), dir = mode_dir(MODE),
-                     out = mode_out(MODE);
-  const T g = s.g[i];
-  T m{}, v{};
-  if constexpr (mean == MOMENT_INIT) {
-    m = g;
-    s.m[i] = m;
-  } else if constexpr (mean == MOMENT_EMA) {
-    m = (c.w * s.m[i]) + (c.one_minus_w * g);
-    s.m[i] = m;
-  } else if constexpr (dir == DIR_M || dir == DIR_NORM_M) {
-    m = s.m[i];
+template <unsigned MODE>
+constexpr bool reads_m() {
+  return mode_mean(MODE) == MOMENT_EMA ||
+         (mode_mean(MODE) == MOMENT_NONE && (mode_dir(MODE) == DIR_M || mode_dir(MODE) == DIR_NORM_M));
+}
+template <unsigned MODE>
+constexpr bool reads_v() {
+  return mode_sq(MODE) == MOMENT_EMA ||
+         (mode_sq(MODE) == MOMENT_NONE && (mode_dir(MODE) == DIR_NORM_G || mode_dir(MODE) == DIR_NORM_M));
+}
+template <unsigned MODE>
+constexpr bool steps_p() { return mode_out(MODE) == OUT_INPLACE || mode_out(MODE) == OUT_BOTH; }
+template <unsigned MODE>
+constexpr bool writes_out() { return mode_out(MODE) == OUT_WRITE || mode_out(MODE) == OUT_BOTH; }
+
+// V is T or a native vector of T; scalars of c broadcast over lanes.
+template <unsigned MODE, class V, class T>
+FUSEDOPT_INLINE void step_math(Lanes<V>& x, const StepScalars<T>& c) {
+  constexpr unsigned mean = mode_mean(MODE), sq = mode_sq(MODE), dir = mode_dir(MODE);
+  if constexpr (mean == MOMENT_INIT) x.m = x.g;
+  if constexpr (mean == MOMENT_EMA) x.m = (c.w * x.m) + (c.one_minus_w * x.g);
+  if constexpr (sq == MOMENT_INIT) x.v = x.g * x.g;
+  if constexpr (sq == MOMENT_EMA) x.v = (c.w2 * x.v) + ((c.one_minus_w2 * x.g) * x.g);  // not (1-w2)*(g*g)
+  if constexpr (dir == DIR_G) x.d = x.g;
+  if constexpr (dir == DIR_M) x.d = x.m;
+  if constexpr (dir == DIR_NORM_G || dir == DIR_NORM_M) {
+    V num = dir == DIR_NORM_M ? x.m : x.g;
+    V den = x.v;
+    if constexpr ((MODE & MEAN_DIV) != 0) num = num / c.one_minus_w;
+    if constexpr ((MODE & UNBIASED) != 0) den = den / c.one_minus_w2;
+    x.d = num / vsqrt(c.eps + den);
   }
-  if constexpr (sq == MOMENT_INIT) {
-    v = g * g;
-    s.v[i] = v;
-  } else if constexpr (sq == MOMENT_EMA) {
-    v = (c.w2 * s.v[i]) + ((c.one_minus_w2 * g) * g);  // not (1 - w2) * (g * g)
-    s.v[i] = v;
-  } else if constexpr (dir == DIR_NORM_G || dir == DIR_NORM_M) {
-    v = s.v[i];
-  }
-  T d{};
-  if constexpr (dir == DIR_G) {
-    d = g;
-  } else if constexpr (dir == DIR_M) {
-    d = m;
-  } else if constexpr (dir == DIR_NORM_G || dir == DIR_NORM_M) {
-    T x = dir == DIR_NORM_M ? m : g;
-    if constexpr ((MODE & MEAN_DIV) != 0) x = x / c.one_minus_w;
-    if constexpr ((MODE & UNBIASED) != 0) v = v / c.one_minus_w2;
-    d = x / std::sqrt(c.eps + v);
-  }
-  if constexpr ((MODE & SCALE) != 0) d = c.lr * d;
-  if constexpr (out == OUT_WRITE || out == OUT_BOTH) s.out[i] = d;
-  if constexpr (out == OUT_INPLACE || out == OUT_BOTH) s.p[i] = s.p[i] - d;
-  return d;
+  if constexpr ((MODE & SCALE) != 0) x.d = c.lr * x.d;
+  if constexpr (steps_p<MODE>()) x.p = x.p - x.d;
 }
 
-// One segment: full blocks of kLanes elements, then the tail; d*d is rounded
-// in T (as numpy's square) and accumulated per lane in double.
+// Loads, computes and stores W consecutive elements starting at i (W = 1 or 16).
+template <unsigned MODE, class V, class T>
+FUSEDOPT_INLINE V step_at(const Segment<T>& s, const StepScalars<T>& c, std::size_t i) {
+  Lanes<V> x{};
+  x.g = load<V>(s.g + i);
+  if constexpr (reads_m<MODE>()) x.m = load<V>(s.m + i);
+  if constexpr (reads_v<MODE>()) x.v = load<V>(s.v + i);
+  if constexpr (steps_p<MODE>()) x.p = load<V>(s.p + i);
+  step_math<MODE>(x, c);
+  if constexpr (mode_mean(MODE) != MOMENT_NONE) store(s.m + i, x.m);
+  if constexpr (mode_sq(MODE) != MOMENT_NONE) store(s.v + i, x.v);
+  if constexpr (steps_p<MODE>()) store(s.p + i, x.p);
+  if constexpr (writes_out<MODE>()) store(s.out + i, x.d);
+  return x.d;
+}
+
+// Number of sum(d*d) accumulators: element i goes to lane i mod 16 on every
+// instruction set (one zmm, two ymm or four xmm of floats per 16 lanes), so
+// the sum has the same bits whatever SIMD level runs.
+constexpr std::size_t kLanes = 16;
+
+// One segment: 16 elements at a time (as native vectors), then the tail. With
+// SCALE, d*d is rounded in T (as numpy's square) and summed per lane, then the
+// 16 lanes in order in double.
 template <class T, unsigned MODE>
-double run_segment(const Segment<T>& s, const StepScalars<T>& c) {
+double run_segment(const Segment<T>& seg, const StepScalars<T>& scalars) {
+  // Local copies: the compiler then knows the element stores cannot change
+  // the pointers or scalars, and keeps them in registers.
+  const Segment<T> s = seg;
+  const StepScalars<T> c = scalars;
+  using V = typename Vec<T>::type;
+  constexpr std::size_t L = Vec<T>::lanes, K = kLanes / L;
+  static_assert(K * L == kLanes, "a native vector must divide 16 lanes");
   constexpr bool reduce = (MODE & SCALE) != 0;
-  double acc[kLanes] = {};
+  V acc[K] = {};
   std::size_t i = 0;
-  for (; i + kLanes <= s.n; i += kLanes) {
-    T d[kLanes];
-    for (std::size_t j = 0; j < kLanes; ++j) d[j] = step_element<T, MODE>(s, c, i + j);
-    if constexpr (reduce)
-      for (std::size_t j = 0; j < kLanes; ++j) acc[j] += static_cast<double>(d[j] * d[j]);
-  }
+  for (; i + kLanes <= s.n; i += kLanes)
+    for (std::size_t k = 0; k < K; ++k) {
+      const V d = step_at<MODE, V>(s, c, i + k * L);
+      if constexpr (reduce) acc[k] += d * d;
+    }
+  T lane[kLanes] = {};
   for (std::size_t j = 0; i + j < s.n; ++j) {
-    const T d = step_element<T, MODE>(s, c, i + j);
-    if constexpr (reduce) acc[j] += static_cast<double>(d * d);
+    const T d = step_at<MODE, T>(s, c, i + j);
+    lane[j] = d * d;
   }
   double total = 0.0;
   if constexpr (reduce)
-    for (std::size_t j = 0; j < kLanes; ++j) total += acc[j];
+    for (std::size_t j = 0; j < kLanes; ++j) total += static_cast<double>(acc[j / L][j % L] + lane[j]);
   return total;
 }
-
-}  // namespace fusedopt
-
-namespace fusedopt {
 
 // Bandwidth probe with ADAM's in-place traffic (read g, p, m, v; write p, m,
 // v) and trivial arithmetic: what the memory system allows a fused step.
@@ -93,3 +116,4 @@ inline double run_probe(const Segment<float>& s, const StepScalars<float>&) {
 }
 
 }  // namespace fusedopt
+

@@ -58,7 +58,7 @@ bool leaf_finite(const void* data, const LeafSpec& s) {
                         : all_finite(static_cast<const double*>(data), s.size);
 }
 
-py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, const std::string& gname, py::handle params,
+py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str gname, py::handle params,
                       py::handle m32, py::handle m64, py::handle v32, py::handle v64, double lr, double w, double w2,
                       py::handle sumsq, bool check_finite) {
   if (mode >= MODE_LIMIT || !kernels().f32[mode]) throw py::value_error("unknown step mode " + std::to_string(mode));
@@ -71,7 +71,8 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, const st
   std::vector<LeafData> data(specs.size());
   std::vector<py::object> copies;  // contiguous copies of strided gradients
 
-  const char* gn = gname.c_str();
+  const char* gn = PyUnicode_AsUTF8(gname.ptr());  // cached by Python: no copy per step
+  if (!gn) throw py::error_already_set();
   plan.walk(grad.ptr(), gn, [&](std::size_t l, PyObject* o) {
     PyArrayObject* a = check_leaf(plan, l, o, gn);
     if (!PyArray_ISCARRAY_RO(a) || !PyArray_ISNOTSWAPPED(a)) {

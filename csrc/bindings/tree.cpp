@@ -33,7 +33,14 @@ Plan::Plan(py::handle tree, const std::string& name) {
   layout_ = std::make_unique<ChunkLayout>(sizes);
 }
 
-void Plan::record(py::handle obj, const std::string& path) {
+// Deeper trees are refused: a container that contains itself would otherwise
+// recurse until the C stack overflows.
+constexpr int kMaxDepth = 1000;
+
+void Plan::record(py::handle obj, const std::string& path, int depth) {
+  if (depth > kMaxDepth)
+    throw py::value_error("at " + path.substr(0, 60) + "...: the tree is nested more than " + std::to_string(kMaxDepth) +
+                          " levels deep (does a container contain itself?)");
   const std::size_t here = nodes_.size();
   nodes_.push_back(Node{});
   nodes_[here].path = path;
@@ -65,18 +72,18 @@ void Plan::record(py::handle obj, const std::string& path) {
     py::tuple fields = obj.attr("_fields");
     for (Py_ssize_t i = 0; i < n; ++i) {
       const std::string field = py::str(fields[i]);
-      record(PyTuple_GET_ITEM(o, i), path.empty() ? field : join_path(path, "." + field));
+      record(PyTuple_GET_ITEM(o, i), path.empty() ? field : join_path(path, "." + field), depth + 1);
     }
   } else if (PyTuple_Check(o)) {
     const Py_ssize_t n = PyTuple_GET_SIZE(o);
     children(Node::TUPLE, static_cast<std::size_t>(n));
-    for (Py_ssize_t i = 0; i < n; ++i) record(PyTuple_GET_ITEM(o, i), join_path(path, "[" + std::to_string(i) + "]"));
+    for (Py_ssize_t i = 0; i < n; ++i) record(PyTuple_GET_ITEM(o, i), join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
   } else if (PyList_Check(o)) {
     const Py_ssize_t n = PyList_GET_SIZE(o);
     children(Node::LIST, static_cast<std::size_t>(n));
     for (Py_ssize_t i = 0; i < n; ++i) {
       py::object item = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(o, i));
-      record(item, join_path(path, "[" + std::to_string(i) + "]"));
+      record(item, join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
     }
   } else if (PyDict_Check(o)) {
     children(Node::DICT, static_cast<std::size_t>(PyDict_Size(o)));
@@ -85,7 +92,7 @@ void Plan::record(py::handle obj, const std::string& path) {
     for (auto item : d) keys.push_back(py::reinterpret_borrow<py::object>(item.first));
     nodes_[here].keys = keys;
     for (const auto& key : keys)
-      record(d[key], join_path(path, "[" + py::repr(key).cast<std::string>() + "]"));
+      record(d[key], join_path(path, "[" + py::repr(key).cast<std::string>() + "]"), depth + 1);
   } else {
     throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
                          ": expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, got " +

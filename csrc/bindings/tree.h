@@ -63,7 +63,7 @@ class Plan {
   std::string describe(std::size_t node) const;
 
  private:
-  void record(py::handle obj, const std::string& path);
+  void record(py::handle obj, const std::string& path, int depth = 0);
   py::object build(std::size_t& node, const std::vector<py::object>& leaves) const;
 
   template <class Visit>
