@@ -120,7 +120,7 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
   void* obase[2] = {nullptr, nullptr};
   if (needs_out)
     for (Dtype d : {F32, F64})
-      if (plan.arena_size(d) > 0) {
+      if (plan.uses(d)) {  // even when all its leaves are empty: they still need views
         outs[d] = aligned_empty(plan.arena_size(d), d);
         obase[d] = arena_data(outs[d], d, plan.arena_size(d), "output");
       }

@@ -25,6 +25,7 @@ Plan::Plan(py::handle tree, const std::string& name) {
   sizes.reserve(leaves_.size());
   for (auto& leaf : leaves_) {
     leaf.offset = arena_size_[leaf.dtype];
+    uses_[leaf.dtype] = true;
     // Each leaf starts on a 64-byte boundary of its arena.
     const std::size_t per_line = leaf.dtype == F32 ? 16 : 8;
     arena_size_[leaf.dtype] += (leaf.size + per_line - 1) / per_line * per_line;

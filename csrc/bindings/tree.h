@@ -58,6 +58,7 @@ class Plan {
 
   const std::vector<LeafSpec>& leaves() const { return leaves_; }
   std::size_t arena_size(Dtype d) const { return arena_size_[d]; }
+  bool uses(Dtype d) const { return uses_[d]; }
   const ChunkLayout& layout() const { return *layout_; }
   std::string shape_str(std::size_t leaf) const;
   std::string describe(std::size_t node) const;
@@ -73,6 +74,7 @@ class Plan {
   std::vector<Node> nodes_;  // pre-order
   std::vector<LeafSpec> leaves_;
   std::size_t arena_size_[2] = {0, 0};
+  bool uses_[2] = {false, false};  // some leaf has this dtype
   std::unique_ptr<ChunkLayout> layout_;
 };
 
