@@ -15,7 +15,16 @@
 // from an out-of-line call would pass through memory.
 #define FUSEDOPT_INLINE inline __attribute__((always_inline))
 
+#ifndef FUSEDOPT_ISA
+#error "include only from a translation unit compiled for one instruction set (kernels_isa.cpp)"
+#endif
+
+// Everything here lives in the namespace of the instruction set being
+// compiled: the same template compiled with other flags in another
+// translation unit must stay a different function, or the linker would keep
+// one copy for all levels (and could run AVX-512 code on the baseline path).
 namespace fusedopt {
+namespace FUSEDOPT_ISA {
 
 #if defined(__AVX512F__)
 constexpr std::size_t kVecBytes = 64;
@@ -73,4 +82,5 @@ FUSEDOPT_INLINE Vec<double>::type vsqrt(Vec<double>::type x) {
 #endif
 }
 
+}  // namespace FUSEDOPT_ISA
 }  // namespace fusedopt

@@ -7,7 +7,16 @@
 #include "kernel_modes.h"
 #include "simd_vec.h"
 
+#ifndef FUSEDOPT_ISA
+#error "include only from a translation unit compiled for one instruction set (kernels_isa.cpp)"
+#endif
+
+// Everything here lives in the namespace of the instruction set being
+// compiled: the same template compiled with other flags in another
+// translation unit must stay a different function, or the linker would keep
+// one copy for all levels (and could run AVX-512 code on the baseline path).
 namespace fusedopt {
+namespace FUSEDOPT_ISA {
 
 // The values of one element (or 16 lanes) as a step sees and leaves them.
 template <class V>
@@ -115,5 +124,6 @@ inline double run_probe(const Segment<float>& s, const StepScalars<float>&) {
   return 0.0;
 }
 
+}  // namespace FUSEDOPT_ISA
 }  // namespace fusedopt
 
