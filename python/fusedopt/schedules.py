@@ -111,13 +111,17 @@ class Step(Schedule):
         return current
 
 
-class ExponentialDecay(Schedule):
-    """x(t + 1) = coefficient * x(t)."""
+class _Decay(Schedule):
+    """A schedule with an initial value and a decay coefficient."""
 
     def __init__(self, initial=1.0, coefficient=0.9, value=None):
         self.initial = initial
         self.coefficient = coefficient
         self._start(value)
+
+
+class ExponentialDecay(_Decay):
+    """x(t + 1) = coefficient * x(t)."""
 
     def __next__(self):
         current = np.float32(self.value)
@@ -125,13 +129,8 @@ class ExponentialDecay(Schedule):
         return current
 
 
-class PowerLawDecay(Schedule):
+class PowerLawDecay(_Decay):
     """1 / x(t + 1) = 1 / x(t) + coefficient."""
-
-    def __init__(self, initial=1.0, coefficient=0.9, value=None):
-        self.initial = initial
-        self.coefficient = coefficient
-        self._start(value)
 
     def __next__(self):
         current = np.float32(self.value)
