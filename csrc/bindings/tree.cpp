@@ -32,6 +32,9 @@ Plan::Plan(py::handle tree, const std::string& name) {
     sizes.push_back(leaf.size);
   }
   layout_ = std::make_unique<ChunkLayout>(sizes);
+  // Rebuild the containers once now, so that one that cannot be rebuilt is refused
+  // before any step runs rather than after its kernel.
+  unflatten(std::vector<py::object>(leaves_.size(), py::none()));
 }
 
 // Deeper trees are refused: a container that contains itself would otherwise
@@ -135,6 +138,33 @@ void Plan::mismatch(std::size_t node, PyObject* obj, const char* name) const {
                        ", got " + got);
 }
 
+namespace {
+
+// type(node)(entries) must give back a container of that very type with every entry:
+// a defaultdict, or a subclass with a constructor of its own, may not.
+template <class Make>
+py::object rebuilt(const Node& node, Make&& make) {
+  auto where = [&] {  // only on error: this runs for every namedtuple of every delta tree
+    return "at " + (node.path.empty() ? std::string("the root") : node.path) + ": a " +
+           reinterpret_cast<PyTypeObject*>(node.type.ptr())->tp_name;
+  };
+  py::object out;
+  try {
+    out = make();
+  } catch (py::error_already_set& e) {
+    throw py::type_error(where() + " cannot be rebuilt from its entries (" + e.what() +
+                         "); use a list, tuple, dict or namedtuple");
+  }
+  Py_ssize_t n = PyObject_Length(out.ptr());
+  if (n < 0) PyErr_Clear();
+  if (Py_TYPE(out.ptr()) != reinterpret_cast<PyTypeObject*>(node.type.ptr()) || n != static_cast<Py_ssize_t>(node.nchild))
+    throw py::type_error(where() + " is not rebuilt with its entries by calling its class on them; use a list, tuple, "
+                         "dict or namedtuple");
+  return out;
+}
+
+}  // namespace
+
 py::object Plan::build(std::size_t& i, const std::vector<py::object>& leaves) const {
   const Node& node = nodes_[i++];
   switch (node.kind) {
@@ -144,24 +174,24 @@ py::object Plan::build(std::size_t& i, const std::vector<py::object>& leaves) co
       py::tuple t(node.nchild);
       for (std::size_t k = 0; k < node.nchild; ++k) t[k] = build(i, leaves);
       if (node.type.ptr() == reinterpret_cast<PyObject*>(&PyTuple_Type)) return std::move(t);
-      return node.type(t);
+      return rebuilt(node, [&] { return node.type(t); });
     }
     case Node::NAMEDTUPLE: {
       py::tuple t(node.nchild);
       for (std::size_t k = 0; k < node.nchild; ++k) t[k] = build(i, leaves);
-      return node.type(*t);
+      return rebuilt(node, [&] { return node.type(*t); });
     }
     case Node::LIST: {
       py::list l(node.nchild);
       for (std::size_t k = 0; k < node.nchild; ++k) l[k] = build(i, leaves);
       if (node.type.ptr() == reinterpret_cast<PyObject*>(&PyList_Type)) return std::move(l);
-      return node.type(l);
+      return rebuilt(node, [&] { return node.type(l); });
     }
     case Node::DICT: {
       py::dict d;
       for (const auto& key : node.keys) d[key] = build(i, leaves);
       if (node.type.ptr() == reinterpret_cast<PyObject*>(&PyDict_Type)) return std::move(d);
-      return node.type(d);
+      return rebuilt(node, [&] { return node.type(d); });
     }
   }
   throw std::logic_error("corrupt plan");

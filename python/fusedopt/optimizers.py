@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from . import _core, schedules
+from . import _core, _state, schedules
 
 __all__ = ["GradientMemory", "Optimizer", "Gradient", "Momentum", "RMSProp", "ADAM",
            "gradient", "momentum", "rmsprop", "adam"]
@@ -38,9 +38,11 @@ def _mode(mean, sq, direction, out, flags):
 def _check_weight(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1), got {type(value).__name__}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return np.float32(value)
+    weight = np.float32(value)  # the kernels compute with the float32 value
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) as a float32, got {value!r}"
+                         + (" (it rounds to 1.0)" if weight == 1.0 else ""))
+    return weight
 
 
 class GradientMemory:
@@ -51,6 +53,8 @@ class GradientMemory:
     64-byte aligned arena per dtype.
     """
 
+    _pending = None  # moments loaded by load_state_dict, waiting for a gradient's structure (_state)
+
     def __init__(self, mean_weight=0.9, mean_square_weight=0.0):
         """Create a gradient memory.
 
@@ -59,14 +63,35 @@ class GradientMemory:
             mean_square_weight (float in [0, 1)): how strongly to weight the
                 previous mean square.
         """
-        self.mean_weight = _check_weight("mean_weight", mean_weight)
-        self.mean_square_weight = _check_weight("mean_square_weight", mean_square_weight)
+        self.mean_weight = mean_weight
+        self.mean_square_weight = mean_square_weight
         self._plan = None      # structure of the gradients, fixed while moments exist
         self._sumsq = None     # per-leaf sum(delta**2) of the last optimizer step
         self._m = None         # (float32 arena, float64 arena) of the mean
         self._v = None         # same for the mean square
         self._m_tree = None
         self._v_tree = None
+        self._token = object()  # replaced whenever plan, arenas or weights change
+
+    @property
+    def mean_weight(self):
+        """Weight of the previous mean (float32)."""
+        return self._w
+
+    @mean_weight.setter
+    def mean_weight(self, value):
+        self._w = _check_weight("mean_weight", value)
+        self._token = object()
+
+    @property
+    def mean_square_weight(self):
+        """Weight of the previous mean square (float32)."""
+        return self._w2
+
+    @mean_square_weight.setter
+    def mean_square_weight(self, value):
+        self._w2 = _check_weight("mean_square_weight", value)
+        self._token = object()
 
     # -- moments as trees of views ------------------------------------------------
     @property
@@ -76,7 +101,10 @@ class GradientMemory:
 
     @mean_gradient.setter
     def mean_gradient(self, tree):
+        if self._pending is not None:
+            _state.settle_pending(self, tree, "m")
         self._m, self._m_tree = self._assign(tree)
+        self._token = object()
 
     @property
     def mean_square_gradient(self):
@@ -85,7 +113,10 @@ class GradientMemory:
 
     @mean_square_gradient.setter
     def mean_square_gradient(self, tree):
+        if self._pending is not None:
+            _state.settle_pending(self, tree, "v")
         self._v, self._v_tree = self._assign(tree)
+        self._token = object()
 
     def _assign(self, tree):
         """Arena and view tree holding a copy of `tree` (None clears)."""
@@ -119,6 +150,8 @@ class GradientMemory:
         self._m = self._v = self._m_tree = self._v_tree = None
         self._plan = None
         self._sumsq = None
+        self._pending = None
+        self._token = object()
 
     # -- the one call into C++ ----------------------------------------------------
     def _run(self, grad, mean, sq, direction, out, flags, params=None, lr=0.0,
@@ -146,6 +179,8 @@ class GradientMemory:
         return result
 
     def _commit(self, plan, sums, mean, sq, m, v):
+        if plan is not self._plan or mean == INIT or sq == INIT:
+            self._token = object()
         if plan is not self._plan:
             self._plan, self._sumsq = plan, sums
         if mean == INIT:
@@ -156,14 +191,20 @@ class GradientMemory:
     # -- paysage's GradientMemory API ----------------------------------------------
     def update_mean(self, grad):
         """Update the running mean: m = g on the first call, then m = w*m + (1-w)*g."""
+        if self._pending is not None:
+            _state.bind_pending(self, grad)
         self._run(grad, INIT if self._m is None else EMA, NONE, DIR_NONE, OUT_NONE, 0)
 
     def update_mean_square(self, grad):
         """Update the running mean square: v = g*g first, then v = w2*v + ((1-w2)*g)*g."""
+        if self._pending is not None:
+            _state.bind_pending(self, grad)
         self._run(grad, NONE, INIT if self._v is None else EMA, DIR_NONE, OUT_NONE, 0)
 
     def update(self, grad):
         """Update the mean (if mean_weight != 0) and the mean square (if mean_square_weight != 0)."""
+        if self._pending is not None:
+            _state.bind_pending(self, grad)
         mean = (INIT if self._m is None else EMA) if self.mean_weight else NONE
         sq = (INIT if self._v is None else EMA) if self.mean_square_weight else NONE
         if mean or sq:
@@ -172,10 +213,27 @@ class GradientMemory:
     def normalize(self, grad, unbiased=False):
         """Return grad / sqrt(EPS + v), or with unbiased=True
         (grad / (1 - w)) / sqrt(EPS + v / (1 - w2)); grad itself when there is no mean square yet."""
+        if self._pending is not None:
+            _state.bind_pending(self, grad)
         if self._v is None:
             return grad
         flags = (UNBIASED | (MEAN_DIV if self.mean_weight else 0)) if unbiased else 0
         return self._run(grad, NONE, NONE, DIR_NORM_G, OUT_WRITE, flags, name="grad")
+
+    # -- state (fusedopt._state) -----------------------------------------------------
+    def state_dict(self):
+        """The weights and moments as plain numpy arrays and Python scalars (versioned)."""
+        return _state.memory_state_dict(self)
+
+    def load_state_dict(self, state):
+        """Restore a state_dict() (also as read back by np.load); checked fully before anything changes."""
+        _state.load_memory_state_dict(self, state)
+
+    def __getstate__(self):
+        return _state.memory_getstate(self)
+
+    def __setstate__(self, state):
+        _state.memory_setstate(self, state)
 
 
 _DEFAULT_STEPSIZE = schedules.Constant(initial=0.001)
@@ -222,6 +280,7 @@ class Optimizer:
         self.step_count = 0
         self._conv_n = None     # (plan, n) for check_convergence
         self._model_types = {}  # type -> has parameter_update
+        self._fast = None       # cached arguments of the steady-state kernel call
 
     @property
     def stepsize(self):
@@ -247,7 +306,7 @@ class Optimizer:
         number of leaves. False before the first update.
         """
         mem = self._memory
-        if self.step_count == 0 or mem._plan is None:
+        if self.step_count == 0 or mem._plan is None or self._conv_n is None:  # None: state just loaded
             return False
         sizes = np.asarray(mem._plan.leaf_sizes, dtype=np.float64)
         means = np.divide(mem._sumsq, sizes, out=np.zeros_like(sizes), where=sizes > 0)
@@ -256,6 +315,24 @@ class Optimizer:
     def reset(self):
         """Reset the gradient memory."""
         self._memory.reset()
+
+    # -- state (fusedopt._state) -----------------------------------------------------
+    def state_dict(self):
+        """Everything needed to resume training bit-exactly, as plain numpy arrays and Python
+        scalars (versioned; np.savez stores it): moments per leaf with their paths, lr,
+        step_count, the schedule's configuration, the hyper-parameters and the optimizer kind."""
+        return _state.optimizer_state_dict(self)
+
+    def load_state_dict(self, state):
+        """Restore a state_dict() (also as read back by np.load) into this optimizer, which must
+        be of the same kind; everything is checked before anything changes."""
+        _state.load_optimizer_state_dict(self, state)
+
+    def __getstate__(self):
+        return _state.optimizer_getstate(self)
+
+    def __setstate__(self, state):
+        _state.optimizer_setstate(self, state)
 
     def _direction(self, mem):
         """(mean op, mean-square op, direction, flags) of this optimizer's kernel."""
@@ -274,26 +351,48 @@ class Optimizer:
         if is_model is None:
             is_model = self._model_types[kind] = hasattr(model, "parameter_update")
         mem = self._memory
-        mean, sq, direction, flags = self._direction(mem)
-        if is_model:
-            delta = mem._run(grad, mean, sq, direction, OUT_WRITE, flags | SCALE, None,
-                             self._signed_lr(), self.check_finite)
+        if mem._pending is not None:
+            _state.bind_pending(mem, grad)
+        lr = self.lr if self.lr is not None else np.float32(self._stepsize.value)
+        lr = -float(lr) if self.ascent else float(lr)
+        params = None if is_model else model
+        fast = self._fast
+        if fast is not None and fast[0] is mem._token and fast[1] is is_model and fast[2] is self.keep_delta:
+            # Steady state: the same kernel as last step, all arguments cached.
+            try:
+                delta = _core.step(fast[3], fast[4], grad, "grad", params, fast[5], fast[6], fast[7], fast[8],
+                                   lr, fast[9], fast[10], fast[11], self.check_finite)
+            except (TypeError, ValueError, FloatingPointError):
+                delta = self._slow_update(mem, is_model, params, grad, lr)
         else:
-            out = OUT_BOTH if self.keep_delta else OUT_INPLACE
-            delta = mem._run(grad, mean, sq, direction, out, flags | SCALE, model,
-                             self._signed_lr(), self.check_finite)
+            delta = self._slow_update(mem, is_model, params, grad, lr)
         self.step_count += 1
         self.delta = delta
-        if self._conv_n is None or self._conv_n[0] is not mem._plan:
-            self._conv_n = (mem._plan, _count_for_rms(grad, mem._plan))
         if is_model:
             model.parameter_update(delta)
+
+    def _slow_update(self, mem, is_model, params, grad, lr):
+        """A step that may start moments or a new structure; then caches the steady-state call."""
+        mean, sq, direction, flags = self._direction(mem)
+        out = OUT_WRITE if is_model else (OUT_BOTH if self.keep_delta else OUT_INPLACE)
+        delta = mem._run(grad, mean, sq, direction, out, flags | SCALE, params, lr, self.check_finite)
+        if self._conv_n is None or self._conv_n[0] is not mem._plan:
+            self._conv_n = (mem._plan, _count_for_rms(grad, mem._plan))
+        mean, sq, direction, flags = self._direction(mem)
+        if INIT not in (mean, sq):
+            m, v = mem._m or (None, None), mem._v or (None, None)
+            self._fast = (mem._token, is_model, self.keep_delta, mem._plan, _mode(mean, sq, direction, out, flags | SCALE),
+                          *m, *v, float(mem.mean_weight), float(mem.mean_square_weight), mem._sumsq)
+        return delta
 
 
 def _count_for_rms(grad, plan):
     """paysage divides by len(layers) + len(weights); other trees by their leaf count."""
     if hasattr(grad, "layers") and hasattr(grad, "weights"):
-        return max(len(grad.layers) + len(grad.weights), 1)
+        try:
+            return max(len(grad.layers) + len(grad.weights), 1)
+        except TypeError:  # fields without a length: not a paysage Gradient after all
+            pass
     return max(plan.num_leaves, 1)
 
 
