@@ -1,0 +1,89 @@
+# Type stubs for fusedopt._core, the C++ extension (csrc/bindings/*.cpp).
+# tests/test_config.py checks that every public name of the module is here.
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+_Arena = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+
+# Bit fields of a step mode (csrc/kernel_modes.h): MOMENT_*, DIR_*, OUT_*, *_SHIFT, UNBIASED, MEAN_DIV, SCALE.
+MODE_BITS: dict[str, int]
+# The step modes compiled into the kernels (csrc/mode_list.h).
+compiled_modes: tuple[int, ...]
+# The compiler that built the extension, e.g. "gcc 12.2.0".
+compiler: str
+# Elements per chunk that one thread steps at a time.
+chunk_elements: int
+# Steps with fewer elements than this run on the calling thread only.
+serial_below: int
+
+class StructureError(ValueError):
+    """A tree does not have the structure its plan recorded."""
+
+class Plan:
+    """The structure of a tree, recorded once; leaves laid out in 64-byte aligned arenas."""
+
+    def __init__(self, tree: Any, name: str = "grad") -> None: ...
+    @property
+    def num_leaves(self) -> int: ...
+    @property
+    def arena_sizes(self) -> tuple[int, int]: ...
+    @property
+    def leaf_sizes(self) -> list[int]: ...
+    @property
+    def leaf_dtypes(self) -> list[Literal["float32", "float64"]]: ...
+    @property
+    def paths(self) -> list[str]: ...
+    @property
+    def shapes(self) -> list[tuple[int, ...]]: ...
+    def views(self, arena32: _Arena | None, arena64: _Arena | None) -> Any:
+        """A tree of this structure whose leaves are views into the two arenas."""
+    def unflatten(self, leaves: Sequence[Any]) -> Any: ...
+    def flatten(self, tree: Any, name: str = "tree") -> list[Any]:
+        """The leaves of `tree`, after checking its containers match."""
+
+def aligned_empty(n: int, dtype: Literal["float32", "float64"]) -> _Arena:
+    """A 1-d uninitialised array whose data starts on a 64-byte boundary."""
+
+def step(
+    plan: Plan,
+    mode: int,
+    grad: Any,
+    grad_name: str,
+    params: Any,
+    m32: _Arena | None,
+    m64: _Arena | None,
+    v32: _Arena | None,
+    v64: _Arena | None,
+    lr: float,
+    w: float,
+    w2: float,
+    sumsq: npt.NDArray[np.float64] | None,
+    check_finite: bool,
+) -> Any:
+    """One fused step over every leaf of `grad`; returns the output tree, or None when the mode writes none."""
+
+def simd_level() -> Literal["avx512", "avx2", "baseline"]:
+    """The SIMD level in use: 'avx512', 'avx2' or 'baseline'."""
+
+def simd_levels_compiled() -> list[str]:
+    """SIMD levels compiled into this build, best first."""
+
+def simd_levels_supported() -> list[str]:
+    """Compiled SIMD levels this CPU can run, best first."""
+
+def _set_simd_level(level: str) -> None:
+    """Switch SIMD level (for tests); FUSEDOPT_SIMD does the same at import."""
+
+def get_num_threads() -> int:
+    """Threads a large step uses (default: OMP_NUM_THREADS, else the cores)."""
+
+def set_num_threads(n: int) -> None:
+    """Set the threads a large step uses (1 without OpenMP)."""
+
+def have_openmp() -> bool: ...
+def probe(
+    g: npt.NDArray[np.float32], p: npt.NDArray[np.float32], m: npt.NDArray[np.float32], v: npt.NDArray[np.float32]
+) -> float:
+    """Seconds for one pass reading g, p, m, v and writing p, m, v (ADAM's in-place traffic)."""
