@@ -67,10 +67,12 @@ void for_chunks(std::size_t chunks, bool parallel, Body body) {
 #ifdef FUSEDOPT_OPENMP
   if (parallel && get_num_threads() > 1) {
     const long long n = static_cast<long long>(chunks);
-    // Dynamic: a thread that starts late (woken from sleep, or descheduled
-    // on a busy machine) takes fewer chunks instead of holding back the step.
-    // Results do not depend on which thread runs a chunk (sums go by piece).
-#pragma omp parallel for schedule(dynamic, 4) num_threads(get_num_threads())
+    // Guided: big runs of chunks first (long streams for the prefetchers on
+    // large steps), smaller ones at the end, so a thread that starts late
+    // (woken from sleep, or descheduled on a busy machine) takes fewer chunks
+    // instead of holding the step back. Results do not depend on which thread
+    // runs a chunk: sums go by piece.
+#pragma omp parallel for schedule(guided, 4) num_threads(get_num_threads())
     for (long long c = 0; c < n; ++c) body(static_cast<std::size_t>(c));
     return;
   }

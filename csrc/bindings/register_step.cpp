@@ -1,6 +1,8 @@
 // Binding of the fused step: checks every tensor of the step (nothing is
 // modified until all of them pass), then runs the kernel without the GIL.
+#include <algorithm>
 #include <cmath>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -58,6 +60,23 @@ bool leaf_finite(const void* data, const LeafSpec& s) {
                         : all_finite(static_cast<const double*>(data), s.size);
 }
 
+// Two parameter leaves sharing memory would be stepped twice (and raced by
+// threads): refuse them, naming both.
+void check_no_overlap(const Plan& plan, const std::vector<LeafData>& data) {
+  const auto& specs = plan.leaves();
+  std::vector<std::pair<const char*, std::size_t>> spans;  // start, leaf
+  spans.reserve(specs.size());
+  for (std::size_t l = 0; l < specs.size(); ++l)
+    if (specs[l].size > 0) spans.emplace_back(static_cast<const char*>(data[l].p), l);
+  std::sort(spans.begin(), spans.end());
+  for (std::size_t k = 1; k < spans.size(); ++k) {
+    const LeafSpec& prev = specs[spans[k - 1].second];
+    if (spans[k - 1].first + prev.size * (prev.dtype == F32 ? 4 : 8) > spans[k].first)
+      throw py::value_error(where("params", specs[spans[k].second]) + ": shares memory with " +
+                            where("params", prev) + "; each parameter must be its own array");
+  }
+}
+
 py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str gname, py::handle params,
                       py::handle m32, py::handle m64, py::handle v32, py::handle v64, double lr, double w, double w2,
                       py::handle sumsq, bool check_finite) {
@@ -97,6 +116,7 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
         throw py::value_error(where("params", s) + ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
       data[l].p = PyArray_DATA(a);
     });
+    check_no_overlap(plan, data);
   }
   void* mbase[2] = {nullptr, nullptr};
   void* vbase[2] = {nullptr, nullptr};

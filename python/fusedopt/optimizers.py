@@ -295,9 +295,13 @@ class Optimizer:
         """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time)."""
         self.lr = np.float32(next(self._stepsize))
 
-    def _signed_lr(self):
-        lr = self.lr if self.lr is not None else np.float32(self._stepsize.value)
-        return -float(lr) if self.ascent else float(lr)
+    def _unset_lr(self):
+        """The rate of an update before any update_lr(): the schedule's current value."""
+        value = getattr(self._stepsize, "value", None)
+        if value is None:
+            raise TypeError(f"call update_lr() before update(): the schedule "
+                            f"{type(self._stepsize).__name__} has no current value")
+        return np.float32(value)
 
     def check_convergence(self):
         """True when sqrt(sum over leaves of mean(delta**2) / n) <= tolerance.
@@ -353,7 +357,7 @@ class Optimizer:
         mem = self._memory
         if mem._pending is not None:
             _state.bind_pending(mem, grad)
-        lr = self.lr if self.lr is not None else np.float32(self._stepsize.value)
+        lr = self.lr if self.lr is not None else self._unset_lr()
         lr = -float(lr) if self.ascent else float(lr)
         params = None if is_model else model
         fast = self._fast
