@@ -76,14 +76,16 @@ FUSEDOPT_INLINE V step_at(const Segment<T>& s, const StepScalars<T>& c, std::siz
   return x.d;
 }
 
-// Number of sum(d*d) accumulators: element i goes to lane i mod 16 on every
-// instruction set (one zmm, two ymm or four xmm of floats per 16 lanes), so
-// the sum has the same bits whatever SIMD level runs.
-constexpr std::size_t kLanes = 16;
+// Number of sum(d*d) accumulators: element i goes to lane i mod 16 of group
+// (i / 16) mod 4 on every instruction set (one zmm, two ymm or four xmm of
+// floats per 16 lanes), so the sum has the same bits whatever SIMD level runs.
+// Four groups keep four additions in flight: one accumulator would make the
+// add latency the limit of cheap steps (Gradient, Momentum).
+constexpr std::size_t kLanes = 16, kGroups = 4;
 
-// One segment: 16 elements at a time (as native vectors), then the tail. With
-// SCALE, d*d is rounded in T (as numpy's square) and summed per lane, then the
-// 16 lanes in order in double.
+// One segment: 64 elements at a time (as native vectors), then 16 at a time,
+// then the tail. With SCALE, d*d is rounded in T (as numpy's square) and
+// summed per lane, then the lanes in a fixed order in double.
 template <class T, unsigned MODE>
 double run_segment(const Segment<T>& seg, const StepScalars<T>& scalars) {
   // Local copies: the compiler then knows the element stores cannot change
@@ -94,21 +96,28 @@ double run_segment(const Segment<T>& seg, const StepScalars<T>& scalars) {
   constexpr std::size_t L = Vec<T>::lanes, K = kLanes / L;
   static_assert(K * L == kLanes, "a native vector must divide 16 lanes");
   constexpr bool reduce = (MODE & SCALE) != 0;
-  V acc[K] = {};
-  std::size_t i = 0;
-  for (; i + kLanes <= s.n; i += kLanes)
+  V acc[kGroups][K] = {};
+  auto block = [&](std::size_t i, std::size_t group) {
     for (std::size_t k = 0; k < K; ++k) {
       const V d = step_at<MODE, V>(s, c, i + k * L);
-      if constexpr (reduce) acc[k] += d * d;
+      if constexpr (reduce) acc[group][k] += d * d;
     }
+  };
+  std::size_t i = 0;
+  for (; i + kGroups * kLanes <= s.n; i += kGroups * kLanes)
+    for (std::size_t group = 0; group < kGroups; ++group) block(i + group * kLanes, group);
+  for (std::size_t group = 0; i + kLanes <= s.n; i += kLanes, ++group) block(i, group);
   T lane[kLanes] = {};
   for (std::size_t j = 0; i + j < s.n; ++j) {
     const T d = step_at<MODE, T>(s, c, i + j);
     lane[j] = d * d;
   }
   double total = 0.0;
-  if constexpr (reduce)
-    for (std::size_t j = 0; j < kLanes; ++j) total += static_cast<double>(acc[j / L][j % L] + lane[j]);
+  if constexpr (reduce) {
+    for (std::size_t group = 0; group < kGroups; ++group)
+      for (std::size_t j = 0; j < kLanes; ++j) total += static_cast<double>(acc[group][j / L][j % L]);
+    for (std::size_t j = 0; j < kLanes; ++j) total += static_cast<double>(lane[j]);
+  }
   return total;
 }
 
