@@ -1,0 +1,77 @@
+// What both C++ micro-benchmarks share: the optimizer steps they time (their
+// kernel modes and the bytes each element must move) and aligned arrays.
+#pragma once
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "kernel_modes.h"
+
+namespace fusedopt_bench {
+
+using namespace fusedopt;
+
+// The steady-state (running-average) in-place step of each optimizer, as the
+// Python layer asks for it, and the bytes one element moves: arrays read +
+// arrays written, 4 bytes each in float32.
+struct OptimizerStep {
+  const char* name;
+  unsigned mode;
+  std::size_t bytes_f32;
+};
+
+inline const std::vector<OptimizerStep>& optimizer_steps() {
+  static const std::vector<OptimizerStep> steps = {
+      // read g, p, m, v; write p, m, v
+      {"ADAM", make_mode(MOMENT_EMA, MOMENT_EMA, DIR_NORM_M, OUT_INPLACE, SCALE | UNBIASED | MEAN_DIV), 28},
+      // read g, p, v; write p, v
+      {"RMSProp", make_mode(MOMENT_NONE, MOMENT_EMA, DIR_NORM_G, OUT_INPLACE, SCALE | UNBIASED), 20},
+      // read g, p, m; write p, m
+      {"Momentum", make_mode(MOMENT_EMA, MOMENT_NONE, DIR_M, OUT_INPLACE, SCALE), 20},
+      // read g, p; write p
+      {"Gradient", make_mode(MOMENT_NONE, MOMENT_NONE, DIR_G, OUT_INPLACE, SCALE), 12},
+  };
+  return steps;
+}
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Floats = std::unique_ptr<float[], FreeDeleter>;
+
+// n floats on a 64-byte boundary (as fusedopt's arenas are), filled with a
+// fixed pattern in (lo, lo + span) so every run computes the same thing. The
+// half-step offset keeps g away from 0: v then never decays into subnormals,
+// which would time a slow path no training sees.
+inline Floats aligned_floats(std::size_t n, float lo, float span) {
+  const std::size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+  if (!p) throw std::bad_alloc();
+  for (std::size_t i = 0; i < n; ++i) p[i] = lo + span * (static_cast<float>((i * 2654435761u) % 1000u) + 0.5f) / 1000.0f;
+  return Floats(p);
+}
+
+// The four arrays of a step: g in [-1, 1), p in [-1, 1), m in [-0.1, 0.1),
+// v in [0.5, 1.5) (a mean square: positive).
+struct StepArrays {
+  Floats g, p, m, v;
+  explicit StepArrays(std::size_t n)
+      : g(aligned_floats(n, -1.0f, 2.0f)), p(aligned_floats(n, -1.0f, 2.0f)),
+        m(aligned_floats(n, -0.1f, 0.2f)), v(aligned_floats(n, 0.5f, 1.0f)) {}
+};
+
+// ADAM's defaults and a small rate: values stay finite over any number of steps.
+inline StepScalars<float> default_scalars() {
+  StepScalars<float> c;
+  c.lr = 0.001f;
+  c.w = 0.9f;
+  c.one_minus_w = 1.0f - c.w;
+  c.w2 = 0.999f;
+  c.one_minus_w2 = 1.0f - c.w2;
+  c.eps = 1.0f / 8388608.0f;
+  return c;
+}
+
+}  // namespace fusedopt_bench
