@@ -11,6 +11,8 @@ Two ways to step:
 
 See SPEC section 3 for the exact float semantics (bit-identical to paysage).
 """
+from copy import deepcopy  # noqa: F401  (paysage's optimizers module exposes both names;
+from functools import partial  # noqa: F401  the reference documentation lists them)
 import math
 import numbers
 

@@ -1,5 +1,6 @@
-"""Parameters that share memory are refused before anything changes; a schedule
-without a current value asks for update_lr() first."""
+"""Smaller API contracts: parameters that share memory are refused before
+anything changes; a schedule without a current value asks for update_lr()
+first; the module names of the reference documentation exist."""
 import numpy as np
 import pytest
 
@@ -43,3 +44,13 @@ def test_a_schedule_without_value_needs_update_lr_first():
     opt.update_lr()
     opt.update(p, np.ones(3, np.float32))
     assert np.array_equal(p, np.full(3, 0.5, np.float32))  # 1 - float32(0.5) * 1
+
+
+def test_module_names_of_the_reference_documentation_exist():
+    # paysage's optimizers module also exposes `partial` and `deepcopy`, and the
+    # original documentation lists them: they behave as functools'/copy's.
+    add = optimizers.partial(lambda a, b: a + b, 2)
+    assert add(3) == 5
+    tree = {"w": [np.ones(2, np.float32)]}
+    copied = optimizers.deepcopy(tree)
+    assert copied["w"][0] is not tree["w"][0] and np.array_equal(copied["w"][0], tree["w"][0])
