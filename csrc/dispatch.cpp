@@ -1,16 +1,10 @@
 #include "dispatch.h"
+#include "isa_tables.h"
 
 #include <cstdlib>
 #include <stdexcept>
 
 namespace fusedopt {
-namespace baseline { void fill_table(KernelTable&); }
-#ifdef FUSEDOPT_HAVE_AVX2
-namespace avx2 { void fill_table(KernelTable&); }
-#endif
-#ifdef FUSEDOPT_HAVE_AVX512
-namespace avx512 { void fill_table(KernelTable&); }
-#endif
 
 namespace {
 

@@ -8,16 +8,8 @@
 
 #include "bench_common.h"
 #include "dispatch.h"
+#include "isa_tables.h"
 
-namespace fusedopt {
-namespace baseline { void fill_table(KernelTable&); }
-#ifdef FUSEDOPT_BENCH_AVX2
-namespace avx2 { void fill_table(KernelTable&); }
-#endif
-#ifdef FUSEDOPT_BENCH_AVX512
-namespace avx512 { void fill_table(KernelTable&); }
-#endif
-}  // namespace fusedopt
 
 namespace fusedopt_bench {
 namespace {

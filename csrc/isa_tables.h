@@ -1,0 +1,10 @@
+// The table fillers of each instruction set's copy of the kernels
+// (kernels_isa.cpp); only the copies a build compiles are defined.
+#pragma once
+#include "kernel_modes.h"
+
+namespace fusedopt {
+namespace baseline { void fill_table(KernelTable&); }
+namespace avx2 { void fill_table(KernelTable&); }
+namespace avx512 { void fill_table(KernelTable&); }
+}  // namespace fusedopt
