@@ -1,5 +1,6 @@
 #include "multi_tensor.h"
 
+#include <atomic>
 #include <chrono>
 #include <stdexcept>
 #include "dispatch.h"
@@ -62,22 +63,57 @@ double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e
   return fn(s, c);
 }
 
+// Steps left to run on the calling thread only. Set after a parallel step in
+// which the other threads ran no chunk: they were not running (a busy machine,
+// or asleep longer than the step lasts), the step still had to wait for them
+// at the end of the parallel region, and the next steps would do the same.
+// Two starved steps in a row are needed (one can be a thread starting up).
+std::atomic<int> g_serial_steps{0};
+std::atomic<int> g_starved_in_a_row{0};
+constexpr int kSerialStepsAfterStarvedHelpers = 64;
+
+// Runs body(c) for every chunk c, on the calling thread or on the OpenMP team.
+// `adaptive`: give up the team for a while when it did not help (see above).
 template <class Body>
-void for_chunks(std::size_t chunks, bool parallel, Body body) {
+void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
 #ifdef FUSEDOPT_OPENMP
-  if (parallel && get_num_threads() > 1) {
+  bool team = parallel && get_num_threads() > 1;
+  if (team && adaptive && g_serial_steps.load(std::memory_order_relaxed) > 0) {
+    g_serial_steps.fetch_sub(1, std::memory_order_relaxed);
+    team = false;
+  }
+  if (team) {
     const long long n = static_cast<long long>(chunks);
+    std::atomic<long long> by_helpers{0};
     // Guided: big runs of chunks first (long streams for the prefetchers on
     // large steps), smaller ones at the end, so a thread that starts late
     // (woken from sleep, or descheduled on a busy machine) takes fewer chunks
     // instead of holding the step back. Results do not depend on which thread
     // runs a chunk: sums go by piece.
-#pragma omp parallel for schedule(guided, 4) num_threads(get_num_threads())
-    for (long long c = 0; c < n; ++c) body(static_cast<std::size_t>(c));
+#pragma omp parallel num_threads(get_num_threads())
+    {
+      long long mine = 0;
+#pragma omp for schedule(guided, 4) nowait
+      for (long long c = 0; c < n; ++c) {
+        body(static_cast<std::size_t>(c));
+        ++mine;
+      }
+      if (omp_get_thread_num() != 0) by_helpers.fetch_add(mine, std::memory_order_relaxed);
+    }
+    if (adaptive && n >= 8) {
+      const bool starved = by_helpers.load() == 0;
+      const int in_a_row = starved ? g_starved_in_a_row.fetch_add(1) + 1 : 0;
+      if (!starved) g_starved_in_a_row.store(0);
+      if (in_a_row >= 2) {
+        g_serial_steps.store(kSerialStepsAfterStarvedHelpers, std::memory_order_relaxed);
+        g_starved_in_a_row.store(0);
+      }
+    }
     return;
   }
 #else
   (void)parallel;
+  (void)adaptive;
 #endif
   for (std::size_t c = 0; c < chunks; ++c) body(c);
 }
@@ -95,7 +131,7 @@ void run_step(unsigned mode, const ChunkLayout& layout, const std::vector<LeafDa
   const StepScalars<double> c64 = scalars<double>(hyper);
   const auto& pieces = layout.pieces();
   std::vector<double> partial(pieces.size());
-  for_chunks(layout.num_chunks(), layout.total() >= kSerialBelow, [&](std::size_t c) {
+  for_chunks(layout.num_chunks(), layout.total() >= kSerialBelow, true, [&](std::size_t c) {
     for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {
       const auto& pc = pieces[k];
       const LeafData& d = leaves[pc.leaf];
@@ -114,7 +150,7 @@ double run_probe(float* g, float* p, float* m, float* v, std::size_t n) {
   const StepScalars<float> none{};
   const LeafData d{F32, g, p, m, v, nullptr};
   const auto t0 = std::chrono::steady_clock::now();
-  for_chunks(layout.num_chunks(), n >= kSerialBelow, [&](std::size_t c) {
+  for_chunks(layout.num_chunks(), n >= kSerialBelow, false, [&](std::size_t c) {
     for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {
       const auto& pc = layout.pieces()[k];
       run_piece(fn, d, pc.begin, pc.end, none);
