@@ -67,9 +67,12 @@ double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e
 // which the other threads ran no chunk: they were not running (a busy machine,
 // or asleep longer than the step lasts), the step still had to wait for them
 // at the end of the parallel region, and the next steps would do the same.
-// Two starved steps in a row are needed (one can be a thread starting up).
+// Two starved steps in a row are needed (one can be a thread starting up),
+// and only steps up to 4x the starved one's size give up the team: a helper
+// that sleeps through a short step still pays off on a long one.
 std::atomic<int> g_serial_steps{0};
 std::atomic<int> g_starved_in_a_row{0};
+std::atomic<std::size_t> g_starved_chunks{0};
 constexpr int kSerialStepsAfterStarvedHelpers = 64;
 
 // Runs body(c) for every chunk c, on the calling thread or on the OpenMP team.
@@ -78,7 +81,8 @@ template <class Body>
 void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
 #ifdef FUSEDOPT_OPENMP
   bool team = parallel && get_num_threads() > 1;
-  if (team && adaptive && g_serial_steps.load(std::memory_order_relaxed) > 0) {
+  if (team && adaptive && g_serial_steps.load(std::memory_order_relaxed) > 0 &&
+      chunks <= 4 * g_starved_chunks.load(std::memory_order_relaxed)) {
     g_serial_steps.fetch_sub(1, std::memory_order_relaxed);
     team = false;
   }
@@ -105,6 +109,7 @@ void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
       const int in_a_row = starved ? g_starved_in_a_row.fetch_add(1) + 1 : 0;
       if (!starved) g_starved_in_a_row.store(0);
       if (in_a_row >= 2) {
+        g_starved_chunks.store(chunks, std::memory_order_relaxed);
         g_serial_steps.store(kSerialStepsAfterStarvedHelpers, std::memory_order_relaxed);
         g_starved_in_a_row.store(0);
       }
