@@ -212,13 +212,13 @@ py::object Plan::unflatten(const std::vector<py::object>& leaves) const {
 namespace fusedopt {
 
 py::object Plan::views(py::handle arena32, py::handle arena64) const {
+  // Each arena is checked once, not once per leaf.
+  for (Dtype d : {F32, F64})
+    if (uses_[d]) arena_data(d == F32 ? arena32 : arena64, d, arena_size_[d], "view");
   std::vector<py::object> leaves;
   leaves.reserve(leaves_.size());
-  for (const auto& s : leaves_) {
-    py::handle arena = s.dtype == F32 ? arena32 : arena64;
-    arena_data(arena, s.dtype, arena_size_[s.dtype], "view");
-    leaves.push_back(arena_view(arena, s.dtype, s.offset, s.shape));
-  }
+  for (const auto& s : leaves_)
+    leaves.push_back(arena_view(s.dtype == F32 ? arena32 : arena64, s.dtype, s.offset, s.shape));
   return unflatten(leaves);
 }
 

@@ -47,6 +47,32 @@ def _check_weight(name, value):
     return weight
 
 
+def _weight_property(name, attr, doc):
+    """A float32 weight in [0, 1); setting it invalidates the cached kernel call."""
+    def get(self):
+        return getattr(self, attr)
+
+    def set(self, value):
+        setattr(self, attr, _check_weight(name, value))
+        self._token = object()
+    return property(get, set, doc=doc)
+
+
+def _moment_property(which, doc):
+    """mean_gradient ("m") or mean_square_gradient ("v") of a GradientMemory."""
+    def get(self):
+        return getattr(self, f"_{which}_tree")
+
+    def set(self, tree):
+        if self._pending is not None:
+            _state.settle_pending(self, tree, which)
+        arenas, views = self._assign(tree)
+        setattr(self, f"_{which}", arenas)
+        setattr(self, f"_{which}_tree", views)
+        self._token = object()
+    return property(get, set, doc=doc)
+
+
 class GradientMemory:
     """Running averages of the first two moments of the gradients.
 
@@ -75,50 +101,12 @@ class GradientMemory:
         self._v_tree = None
         self._token = object()  # replaced whenever plan, arenas or weights change
 
-    @property
-    def mean_weight(self):
-        """Weight of the previous mean (float32)."""
-        return self._w
-
-    @mean_weight.setter
-    def mean_weight(self, value):
-        self._w = _check_weight("mean_weight", value)
-        self._token = object()
-
-    @property
-    def mean_square_weight(self):
-        """Weight of the previous mean square (float32)."""
-        return self._w2
-
-    @mean_square_weight.setter
-    def mean_square_weight(self, value):
-        self._w2 = _check_weight("mean_square_weight", value)
-        self._token = object()
-
-    # -- moments as trees of views ------------------------------------------------
-    @property
-    def mean_gradient(self):
-        """Running mean of the gradients (tree of arrays), or None."""
-        return self._m_tree
-
-    @mean_gradient.setter
-    def mean_gradient(self, tree):
-        if self._pending is not None:
-            _state.settle_pending(self, tree, "m")
-        self._m, self._m_tree = self._assign(tree)
-        self._token = object()
-
-    @property
-    def mean_square_gradient(self):
-        """Running mean of the squared gradients (tree of arrays), or None."""
-        return self._v_tree
-
-    @mean_square_gradient.setter
-    def mean_square_gradient(self, tree):
-        if self._pending is not None:
-            _state.settle_pending(self, tree, "v")
-        self._v, self._v_tree = self._assign(tree)
-        self._token = object()
+    mean_weight = _weight_property("mean_weight", "_w", "Weight of the previous mean (float32).")
+    mean_square_weight = _weight_property("mean_square_weight", "_w2",
+                                          "Weight of the previous mean square (float32).")
+    # Trees of views into the arenas, or None; assigning a tree copies it in.
+    mean_gradient = _moment_property("m", "Running mean of the gradients (tree of arrays), or None.")
+    mean_square_gradient = _moment_property("v", "Running mean of the squared gradients (tree of arrays), or None.")
 
     def _assign(self, tree):
         """Arena and view tree holding a copy of `tree` (None clears)."""
