@@ -31,9 +31,12 @@ constexpr unsigned mode_dir(unsigned m) { return (m >> DIR_SHIFT) & 7u; }
 constexpr unsigned mode_out(unsigned m) { return (m >> OUT_SHIFT) & 3u; }
 
 // Scalars of one step, already rounded to the leaf's dtype by the caller.
+// inv_one_minus_w(2) is 1 / one_minus_w(2) when that divisor passed the
+// table's check_divisor (exact_division.h), else 0: divide with the divider.
 template <class T>
 struct StepScalars {
   T lr, w, one_minus_w, w2, one_minus_w2, eps;
+  T inv_one_minus_w = 0, inv_one_minus_w2 = 0;
 };
 
 // Pointers of one segment (a contiguous piece of one leaf); unused ones are null.
@@ -55,6 +58,7 @@ struct KernelTable {
   KernelFn<float> f32[MODE_LIMIT];
   KernelFn<double> f64[MODE_LIMIT];
   KernelFn<float> probe;  // bandwidth probe, see step_math.h
+  bool (*check_divisor)(float c, float r);  // see exact_division.h; null below AVX-512
   const char* name;
 };
 

@@ -22,6 +22,7 @@ static void fill(KernelTable& t, std::index_sequence<I...>) {
 void fill_table(KernelTable& t) {
   fill(t, std::make_index_sequence<kModes.size()>{});
   t.probe = &run_probe;
+  t.check_divisor = kHaveExactDivision ? &check_divisor : nullptr;
   t.name = FUSEDOPT_STR(FUSEDOPT_ISA);
 }
 

@@ -3,7 +3,9 @@
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
+#include <type_traits>
 #include "dispatch.h"
+#include "exact_divisors.h"
 
 #ifdef FUSEDOPT_OPENMP
 #include <omp.h>
@@ -41,7 +43,7 @@ namespace {
 int g_threads = 0;  // 0: not chosen yet
 
 template <class T>
-StepScalars<T> scalars(const Hyper& h) {
+StepScalars<T> scalars(const Hyper& h, unsigned mode) {
   StepScalars<T> c{};
   c.lr = static_cast<T>(h.lr);
   c.w = static_cast<T>(h.w);
@@ -49,6 +51,10 @@ StepScalars<T> scalars(const Hyper& h) {
   c.w2 = static_cast<T>(h.w2);
   c.one_minus_w2 = T(1) - c.w2;
   c.eps = static_cast<T>(1.0 / 8388608.0);  // float32 machine epsilon, 2**-23
+  if constexpr (std::is_same_v<T, float>) {  // float64 has no exhaustive check: the divider
+    if (mode & MEAN_DIV) c.inv_one_minus_w = exact_reciprocal(c.one_minus_w);
+    if (mode & UNBIASED) c.inv_one_minus_w2 = exact_reciprocal(c.one_minus_w2);
+  }
   return c;
 }
 
@@ -132,8 +138,11 @@ void run_step(unsigned mode, const ChunkLayout& layout, const std::vector<LeafDa
   const KernelFn<float> f32 = t.f32[mode];
   const KernelFn<double> f64 = t.f64[mode];
   if (!f32 || !f64) throw std::invalid_argument("step mode " + std::to_string(mode) + " is not compiled");
-  const StepScalars<float> c32 = scalars<float>(hyper);
-  const StepScalars<double> c64 = scalars<double>(hyper);
+  bool any32 = false, any64 = false;
+  for (const auto& d : leaves) (d.dtype == F32 ? any32 : any64) = true;
+  // Only a dtype the tree has pays for its divisors' lookup.
+  const StepScalars<float> c32 = scalars<float>(hyper, any32 ? mode : 0u);
+  const StepScalars<double> c64 = scalars<double>(hyper, any64 ? mode : 0u);
   const auto& pieces = layout.pieces();
   std::vector<double> partial(pieces.size());
   for_chunks(layout.num_chunks(), layout.total() >= kSerialBelow, true, [&](std::size_t c) {

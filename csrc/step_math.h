@@ -4,7 +4,9 @@
 // operation rounds as NumPy's float32/float64 operations do.
 #pragma once
 #include <cstddef>
+#include <type_traits>
 #include "kernel_modes.h"
+#include "exact_division.h"
 #include "simd_vec.h"
 
 #ifndef FUSEDOPT_ISA
@@ -39,8 +41,14 @@ constexpr bool steps_p() { return mode_out(MODE) == OUT_INPLACE || mode_out(MODE
 template <unsigned MODE>
 constexpr bool writes_out() { return mode_out(MODE) == OUT_WRITE || mode_out(MODE) == OUT_BOTH; }
 
-// V is T or a native vector of T; scalars of c broadcast over lanes.
-template <unsigned MODE, class V, class T>
+// Whether MODE divides v by 1 - w2 (and maybe x by 1 - w): the modes whose
+// divisions exact_division.h speeds up (every ADAM and RMSProp step).
+template <unsigned MODE>
+constexpr bool divides_by_constants() { return (MODE & UNBIASED) != 0; }
+
+// V is T or a native vector of T; scalars of c broadcast over lanes. EXACT:
+// divide by the constants with checked FMAs (exact_division.h).
+template <unsigned MODE, bool EXACT, class V, class T>
 FUSEDOPT_INLINE void step_math(Lanes<V>& x, const StepScalars<T>& c) {
   constexpr unsigned mean = mode_mean(MODE), sq = mode_sq(MODE), dir = mode_dir(MODE);
   if constexpr (mean == MOMENT_INIT) x.m = x.g;
@@ -52,8 +60,7 @@ FUSEDOPT_INLINE void step_math(Lanes<V>& x, const StepScalars<T>& c) {
   if constexpr (dir == DIR_NORM_G || dir == DIR_NORM_M) {
     V num = dir == DIR_NORM_M ? x.m : x.g;
     V den = x.v;
-    if constexpr ((MODE & MEAN_DIV) != 0) num = num / c.one_minus_w;
-    if constexpr ((MODE & UNBIASED) != 0) den = den / c.one_minus_w2;
+    divide_by_constants<EXACT, (MODE & MEAN_DIV) != 0, (MODE & UNBIASED) != 0>(num, den, c);
     x.d = num / vsqrt(c.eps + den);
   }
   if constexpr ((MODE & SCALE) != 0) x.d = c.lr * x.d;
@@ -61,14 +68,14 @@ FUSEDOPT_INLINE void step_math(Lanes<V>& x, const StepScalars<T>& c) {
 }
 
 // Loads, computes and stores W consecutive elements starting at i (W = 1 or 16).
-template <unsigned MODE, class V, class T>
+template <unsigned MODE, bool EXACT, class V, class T>
 FUSEDOPT_INLINE V step_at(const Segment<T>& s, const StepScalars<T>& c, std::size_t i) {
   Lanes<V> x{};
   x.g = load<V>(s.g + i);
   if constexpr (reads_m<MODE>()) x.m = load<V>(s.m + i);
   if constexpr (reads_v<MODE>()) x.v = load<V>(s.v + i);
   if constexpr (steps_p<MODE>()) x.p = load<V>(s.p + i);
-  step_math<MODE>(x, c);
+  step_math<MODE, EXACT>(x, c);
   if constexpr (mode_mean(MODE) != MOMENT_NONE) store(s.m + i, x.m);
   if constexpr (mode_sq(MODE) != MOMENT_NONE) store(s.v + i, x.v);
   if constexpr (steps_p<MODE>()) store(s.p + i, x.p);
@@ -86,8 +93,8 @@ constexpr std::size_t kLanes = 16, kGroups = 4;
 // One segment: 64 elements at a time (as native vectors), then 16 at a time,
 // then the tail. With SCALE, d*d is rounded in T (as numpy's square) and
 // summed per lane, then the lanes in a fixed order in double.
-template <class T, unsigned MODE>
-double run_segment(const Segment<T>& seg, const StepScalars<T>& scalars) {
+template <class T, unsigned MODE, bool EXACT>
+double run_segment_with(const Segment<T>& seg, const StepScalars<T>& scalars) {
   // Local copies: the compiler then knows the element stores cannot change
   // the pointers or scalars, and keeps them in registers.
   const Segment<T> s = seg;
@@ -99,18 +106,23 @@ double run_segment(const Segment<T>& seg, const StepScalars<T>& scalars) {
   constexpr bool reduce = (MODE & SCALE) != 0;
   V acc[kGroups][K] = {};
   auto block = [&](std::size_t i, std::size_t group) {
+#pragma GCC unroll 4
     for (std::size_t k = 0; k < K; ++k) {
-      const V d = step_at<MODE, V>(s, c, i + k * L);
+      const V d = step_at<MODE, EXACT, V>(s, c, i + k * L);
       if constexpr (reduce) acc[group][k] += d * d;
     }
   };
   std::size_t i = 0;
-  for (; i + kGroups * kLanes <= s.n; i += kGroups * kLanes)
+  // Unrolled so the accumulators stay in registers (a branch in the element
+  // math, as EXACT division has, otherwise keeps GCC from unrolling).
+  for (; i + kGroups * kLanes <= s.n; i += kGroups * kLanes) {
+#pragma GCC unroll 4
     for (std::size_t group = 0; group < kGroups; ++group) block(i + group * kLanes, group);
+  }
   for (std::size_t group = 0; i + kLanes <= s.n; i += kLanes, ++group) block(i, group);
   T lane[kLanes] = {};
   for (std::size_t j = 0; i + j < s.n; ++j) {
-    const T d = step_at<MODE, T>(s, c, i + j);
+    const T d = step_at<MODE, false, T>(s, c, i + j);
     lane[j] = d * d;
   }
   double total = 0.0;
@@ -122,6 +134,19 @@ double run_segment(const Segment<T>& seg, const StepScalars<T>& scalars) {
     for (std::size_t j = 0; j < kLanes; ++j) total += static_cast<double>(lane[j]);
   }
   return total;
+}
+
+// The kernel of MODE: with FMA division by the constants when this level has
+// it and the caller checked both divisors (non-zero reciprocals), else the
+// divider. Decided once per segment, not per vector.
+template <class T, unsigned MODE>
+double run_segment(const Segment<T>& seg, const StepScalars<T>& c) {
+  if constexpr (std::is_same_v<T, float> && kHaveExactDivision && divides_by_constants<MODE>()) {
+    const bool ready = ((MODE & MEAN_DIV) == 0 || c.inv_one_minus_w != 0.0f) &&
+                       ((MODE & UNBIASED) == 0 || c.inv_one_minus_w2 != 0.0f);
+    if (ready) return run_segment_with<T, MODE, true>(seg, c);
+  }
+  return run_segment_with<T, MODE, false>(seg, c);
 }
 
 // Bandwidth probe with ADAM's in-place traffic (read g, p, m, v; write p, m,

@@ -28,6 +28,7 @@ def expected_lines(c):
         ("SIMD levels compiled in", ", ".join(c["simd_compiled"])),
         ("SIMD levels supported", ", ".join(c["simd_supported"])),
         ("SIMD level selected", f"{c['simd_selected']} (FUSEDOPT_SIMD {env})"),
+        ("division by 1-w, 1-w2", "FMAs for float32" if c["fma_division"] else "divider"),
         ("OpenMP", f"{'on' if c['openmp'] else 'off'}, {c['num_threads']} threads"),
         ("compiler", c["compiler"]),
         ("extension", c["extension"]),
@@ -58,6 +59,8 @@ def test_config_reports_the_extension_state():
     assert c["simd_supported"] == [lvl for lvl in c["simd_compiled"] if lvl in c["simd_supported"]]
     assert "baseline" in c["simd_supported"]
     assert c["simd_selected"] == fusedopt.simd_level() and c["simd_selected"] in c["simd_supported"]
+    # FMA division by the constants is on by default, on AVX-512 only (csrc/exact_division.h).
+    assert c["fma_division"] == (c["simd_selected"] == "avx512")
     assert c["openmp"] is _core.have_openmp()
     assert c["num_threads"] == fusedopt.get_num_threads() >= 1
     assert c["compiler"] == _core.compiler and c["compiler"] != ""
@@ -80,6 +83,7 @@ def test_show_config_follows_simd_level_and_threads():
         show_config(file=out)
         text = out.getvalue()
         assert "  SIMD level selected     : baseline (" in text
+        assert "  division by 1-w, 1-w2   : divider\n" in text
         assert f"  OpenMP                  : {'on' if _core.have_openmp() else 'off'}, 1 threads\n" in text
     finally:
         _core._set_simd_level(before_level)
@@ -92,7 +96,7 @@ def test_python_m_fusedopt_prints_config(tmp_path):
     run = subprocess.run([sys.executable, "-m", "fusedopt"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    c = dict(config(), simd_selected="baseline", simd_env="baseline", num_threads=1)
+    c = dict(config(), simd_selected="baseline", simd_env="baseline", num_threads=1, fma_division=False)
     check_lines(run.stdout, c)
 
 

@@ -62,8 +62,10 @@ struct StepArrays {
         m(aligned_floats(n, -0.1f, 0.2f)), v(aligned_floats(n, 0.5f, 1.0f)) {}
 };
 
-// ADAM's defaults and a small rate: values stay finite over any number of steps.
-inline StepScalars<float> default_scalars() {
+// ADAM's defaults and a small rate: values stay finite over any number of
+// steps. With `table`, its FMA division by 1 - w and 1 - w2 is used where that
+// divisor passes the table's check (as run_step does); without, the divider.
+inline StepScalars<float> default_scalars(const KernelTable* table = nullptr) {
   StepScalars<float> c;
   c.lr = 0.001f;
   c.w = 0.9f;
@@ -71,6 +73,10 @@ inline StepScalars<float> default_scalars() {
   c.w2 = 0.999f;
   c.one_minus_w2 = 1.0f - c.w2;
   c.eps = 1.0f / 8388608.0f;
+  if (table && table->check_divisor) {
+    if (table->check_divisor(c.one_minus_w, 1.0f / c.one_minus_w)) c.inv_one_minus_w = 1.0f / c.one_minus_w;
+    if (table->check_divisor(c.one_minus_w2, 1.0f / c.one_minus_w2)) c.inv_one_minus_w2 = 1.0f / c.one_minus_w2;
+  }
   return c;
 }
 

@@ -43,10 +43,11 @@ std::vector<Level> runnable_levels() {
   return out;
 }
 
-void kernel_bench(benchmark::State& state, KernelFn<float> fn, std::size_t bytes_per_element) {
+void kernel_bench(benchmark::State& state, KernelFn<float> fn, std::size_t bytes_per_element,
+                  const KernelTable* exact_division) {
   const std::size_t n = static_cast<std::size_t>(state.range(0));
   StepArrays a(n);
-  const StepScalars<float> c = default_scalars();
+  const StepScalars<float> c = default_scalars(exact_division);
   const Segment<float> s{a.g.get(), a.p.get(), a.m.get(), a.v.get(), nullptr, n};
   for (auto _ : state) {
     double sumsq = fn(s, c);
@@ -70,9 +71,15 @@ int main(int argc, char** argv) {
     for (const auto& level : levels) {
       const KernelFn<float> fn = level.table.f32[step.mode];
       if (!fn) continue;  // not compiled for this mode: nothing to time
-      auto* b = benchmark::RegisterBenchmark((std::string("kernel/") + step.name + "/" + level.name).c_str(),
-                                             kernel_bench, fn, step.bytes_f32);
-      for (int64_t n : sizes) b->Arg(n);
+      // "/divider": the same kernel dividing by 1 - w and 1 - w2 with the
+      // divider, to show what the FMA division (exact_division.h) gains.
+      for (bool exact : {true, false}) {
+        if (!exact && (!level.table.check_divisor || !(step.mode & UNBIASED))) continue;
+        const std::string name = std::string("kernel/") + step.name + "/" + level.name + (exact ? "" : "/divider");
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), kernel_bench, fn, step.bytes_f32,
+                                               exact ? &level.table : nullptr);
+        for (int64_t n : sizes) b->Arg(n);
+      }
     }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

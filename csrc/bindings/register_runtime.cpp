@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "../dispatch.h"
+#include "../exact_divisors.h"
 #include "../multi_tensor.h"
 #include "numpy_api.h"
 #include "registry.h"
@@ -54,6 +55,17 @@ void register_runtime(py::module_& m) {
     }
   }, py::arg("n"), "Set the threads a large step uses (1 without OpenMP).");
   m.def("have_openmp", &have_openmp);
+  m.def("_set_exact_division", &set_exact_division, py::arg("on"),
+        "Divide float32 leaves by 1 - w and 1 - w2 with checked FMAs (on, default) or the divider (off).");
+  m.def("_exact_division", &exact_division, "Whether checked FMA division by the step's constants is on.");
+  m.def("_exact_division_active", &exact_division_active,
+        "Whether it is on and the selected SIMD level has it (AVX-512).");
+  m.def("_check_divisor", [](float c, float r) {
+    bool (*check)(float, float) = kernels().check_divisor;
+    return check != nullptr && check(c, r);
+  }, py::arg("c"), py::arg("r"), "Whether the selected level's FMA division by c with reciprocal r equals the divider on [1, 2).");
+  m.def("_exact_reciprocal", &exact_reciprocal, py::arg("c"),
+        "1/c if float32 division by c may use FMAs at the selected level (checked once per c), else 0.");
   m.attr("compiler") = compiler();
   m.attr("chunk_elements") = kChunk;
   m.attr("serial_below") = kSerialBelow;

@@ -11,6 +11,9 @@ import numpy as np
 from . import _core
 
 
+FMA_DIVISION = "FMAs for float32, checked per constant (divider for float64)"
+
+
 def config():
     """The facts ``show_config`` prints, as a dict of plain Python values."""
     from . import __version__
@@ -21,6 +24,7 @@ def config():
         "simd_supported": list(_core.simd_levels_supported()),
         "simd_selected": _core.simd_level(),
         "simd_env": os.environ.get("FUSEDOPT_SIMD"),
+        "fma_division": bool(_core._exact_division_active()),
         "openmp": bool(_core.have_openmp()),
         "num_threads": int(_core.get_num_threads()),
         "compiler": str(_core.compiler),
@@ -32,8 +36,9 @@ def config():
 
 
 def show_config(file=None):
-    """Prints version, SIMD levels (compiled in, supported by this CPU, in use),
-    OpenMP and its thread count, and the compiler that built the extension."""
+    """Prints version, SIMD levels (compiled in, supported by this CPU, in use), how
+    float32 steps divide by 1 - w and 1 - w2, OpenMP and its thread count, and the
+    compiler that built the extension."""
     c = config()
     env = c["simd_env"] if c["simd_env"] is not None else "not set"
     lines = [
@@ -41,6 +46,7 @@ def show_config(file=None):
         f"  SIMD levels compiled in : {', '.join(c['simd_compiled'])}",
         f"  SIMD levels supported   : {', '.join(c['simd_supported'])} (this CPU, {c['machine']})",
         f"  SIMD level selected     : {c['simd_selected']} (FUSEDOPT_SIMD {env})",
+        f"  division by 1-w, 1-w2   : {FMA_DIVISION if c['fma_division'] else 'divider'}",
         f"  OpenMP                  : {'on' if c['openmp'] else 'off'}, {c['num_threads']} threads",
         f"  compiler                : {c['compiler']}",
         f"  extension               : {c['extension']}",

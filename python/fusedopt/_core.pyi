@@ -83,6 +83,21 @@ def set_num_threads(n: int) -> None:
     """Set the threads a large step uses (1 without OpenMP)."""
 
 def have_openmp() -> bool: ...
+def _set_exact_division(on: bool) -> None:
+    """Divide float32 leaves by 1 - w and 1 - w2 with checked FMAs (on, default) or the divider (off)."""
+
+def _exact_division() -> bool:
+    """Whether checked FMA division by the step's constants is on."""
+
+def _exact_division_active() -> bool:
+    """Whether it is on and the selected SIMD level has it (AVX-512)."""
+
+def _check_divisor(c: float, r: float) -> bool:
+    """Whether the selected level's FMA division by c with reciprocal r equals the divider on [1, 2)."""
+
+def _exact_reciprocal(c: float) -> float:
+    """1/c if float32 division by c may use FMAs at the selected level (checked once per c), else 0."""
+
 def probe(
     g: npt.NDArray[np.float32], p: npt.NDArray[np.float32], m: npt.NDArray[np.float32], v: npt.NDArray[np.float32]
 ) -> float:
