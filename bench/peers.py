@@ -63,6 +63,23 @@ def make_fusedopt_inplace(name, params, grads):
     return functools.partial(_fusedopt_optimizer(name).update, params, grads)
 
 
+def make_fusedopt_divider(name, params, grads):
+    """fusedopt's in-place path with float32 division by 1 - w and 1 - w2 on the
+    divider, as without csrc/exact_division.h: what the FMA division gains."""
+    if name not in ("ADAM", "RMSProp"):
+        raise Skip(f"{name} does not divide by 1 - w or 1 - w2")
+    from fusedopt import _core
+    step = make_fusedopt_inplace(name, params, grads)
+
+    def divider_step():
+        _core._set_exact_division(False)
+        try:
+            step()
+        finally:
+            _core._set_exact_division(True)
+    return divider_step
+
+
 class ArrayModel:
     """The least a paysage model does with a delta: p = p - delta, in place."""
 
@@ -281,6 +298,7 @@ def implementations(name):
     """The implementations run for optimizer `name`, fusedopt in-place first."""
     impls = [
         Implementation("fusedopt_inplace", "fusedopt in-place", make_fusedopt_inplace),
+        Implementation("fusedopt_divider", "fusedopt in-place, divider only", make_fusedopt_divider),
         Implementation("fusedopt_paysage", "fusedopt paysage path*", make_fusedopt_paysage),
         Implementation("numpy", "numpy float32 (out=)", make_numpy),
         Implementation("numexpr", "numexpr, paysage style", make_numexpr),

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <utility>
@@ -12,7 +13,13 @@ namespace fusedopt {
 
 namespace {
 
-std::atomic<bool> g_enabled{true};
+// FUSEDOPT_FMA_DIVISION=0 (or "off") in the environment turns it off.
+bool enabled_by_environment() {
+  const char* v = std::getenv("FUSEDOPT_FMA_DIVISION");
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+}
+
+std::atomic<bool> g_enabled{enabled_by_environment()};
 std::mutex g_mutex;
 // (bits of c, passed the check). Training uses one or two constants; the
 // bound only keeps a program that keeps changing its weights from growing it.

@@ -9,8 +9,8 @@ namespace fusedopt {
 // divider (checked on first use of c), else 0.
 float exact_reciprocal(float c);
 
-// On by default; off makes every step use the divider (tests and benchmarks
-// compare the two). Thread-safe.
+// On unless FUSEDOPT_FMA_DIVISION=0 (or off) is set; off makes every step use
+// the divider (tests and benchmarks compare the two). Thread-safe.
 void set_exact_division(bool on);
 bool exact_division();
 // On, and the selected SIMD level has it (AVX-512).

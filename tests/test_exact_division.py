@@ -3,6 +3,10 @@
 checked over all 2^23 significands before use, and vectors with a lane outside
 [2^-60, 2^100) (zeros, subnormals, huge values, Inf, NaN) fall back to the divider.
 Compared bit for bit with the NumPy reference of SPEC 3 and with the divider-only kernels."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -211,3 +215,13 @@ def test_large_steps_equal_the_divider_only_kernels(threads, exact_division_on, 
         a, b = (x[0] if isinstance(x, list) else x for x in (a, b))
         assert same(a, b)
         assert same(a, c[0] if isinstance(c, list) else c)
+
+
+@pytest.mark.parametrize("value,active", [("0", False), ("off", False), ("1", HAVE_AVX512)])
+def test_environment_turns_it_off(value, active):
+    """FUSEDOPT_FMA_DIVISION is read when the extension loads: a fresh interpreter."""
+    env = dict(os.environ, FUSEDOPT_FMA_DIVISION=value)
+    code = "from fusedopt import _core; print(_core._exact_division_active(), _core._exact_reciprocal(0.5))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(active), "2.0" if active else "0.0"]
