@@ -1,7 +1,15 @@
 #include "arrays.h"
 
 #include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <new>
 #include <string>
+#include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "numpy_api.h"
 
@@ -9,7 +17,85 @@ namespace fusedopt {
 
 namespace {
 int npy_type(Dtype d) { return d == F32 ? NPY_FLOAT : NPY_DOUBLE; }
+
+// Buffers of output arenas whose arrays have died, kept for the next step.
+// The paysage path allocates a delta arena every step, and the previous one
+// dies a step later (when optimizer.delta moves on): a fresh buffer of tens
+// of MB costs its page faults and the kernel's zeroing of every page, more
+// than the step itself. A buffer only comes back here when no array uses it.
+struct Block {
+  void* data;
+  std::size_t bytes;
+};
+constexpr std::size_t kRecycleFrom = std::size_t(1) << 20;  // below: malloc reuses memory anyway
+constexpr std::size_t kRecycleKeep = 2;                      // the previous delta, and one spare
+std::mutex g_pool_mutex;
+std::vector<Block>& pool() {
+  static auto* blocks = new std::vector<Block>();  // never destroyed: capsules may outlive statics
+  return *blocks;
+}
+
+void* take_block(std::size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    auto& blocks = pool();
+    for (auto it = blocks.rbegin(); it != blocks.rend(); ++it)
+      if (it->bytes == bytes) {
+        void* data = it->data;
+        blocks.erase(std::next(it).base());
+        return data;
+      }
+  }
+  void* data = std::aligned_alloc(64, bytes);
+  if (!data) throw std::bad_alloc();
+#ifdef __linux__
+  madvise(data, bytes, MADV_HUGEPAGE);  // as NumPy does for its large arrays; a hint only
+#endif
+  return data;
+}
+
+void give_back(PyObject* capsule) {
+  auto* block = static_cast<Block*>(PyCapsule_GetPointer(capsule, "fusedopt.block"));
+  if (!block) return;
+  void* drop = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    auto& blocks = pool();
+    blocks.push_back(*block);
+    if (blocks.size() > kRecycleKeep) {
+      drop = blocks.front().data;
+      blocks.erase(blocks.begin());
+    }
+  }
+  std::free(drop);
+  delete block;
+}
 }  // namespace
+
+py::object recycled_empty(std::size_t n, Dtype dtype) {
+  const std::size_t item = dtype == F32 ? 4 : 8;
+  const std::size_t bytes = (n * item + 63) / 64 * 64;
+  if (bytes < kRecycleFrom) return aligned_empty(n, dtype);
+  auto* block = new Block{take_block(bytes), bytes};
+  PyObject* owner = PyCapsule_New(block, "fusedopt.block", &give_back);
+  if (!owner) {
+    std::free(block->data);
+    delete block;
+    throw py::error_already_set();
+  }
+  npy_intp dims = static_cast<npy_intp>(n);
+  PyObject* arr = PyArray_New(&PyArray_Type, 1, &dims, npy_type(dtype), nullptr, block->data, 0, NPY_ARRAY_CARRAY,
+                              nullptr);
+  if (!arr) {
+    Py_DECREF(owner);  // gives the buffer back
+    throw py::error_already_set();
+  }
+  if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(arr), owner) < 0) {  // steals owner
+    Py_DECREF(arr);
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(arr);
+}
 
 py::object arena_view(py::handle arena, Dtype dtype, std::size_t offset, const std::vector<Py_ssize_t>& shape) {
   PyArrayObject* base = reinterpret_cast<PyArrayObject*>(arena.ptr());

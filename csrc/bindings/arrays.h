@@ -12,6 +12,9 @@ namespace fusedopt {
 
 // A 1-d array of n elements whose data starts on a 64-byte boundary.
 py::object aligned_empty(std::size_t n, Dtype dtype);
+// The same for an output arena (a step's delta): large ones reuse the buffer
+// of an output arena that no array uses any more (see arrays.cpp).
+py::object recycled_empty(std::size_t n, Dtype dtype);
 // A C-contiguous view of `shape` into `arena` starting at element `offset`.
 py::object arena_view(py::handle arena, Dtype dtype, std::size_t offset, const std::vector<Py_ssize_t>& shape);
 // Data pointer of an arena after checking it is what the plan needs.

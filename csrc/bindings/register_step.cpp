@@ -141,7 +141,7 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
   if (needs_out)
     for (Dtype d : {F32, F64})
       if (plan.uses(d)) {  // even when all its leaves are empty: they still need views
-        outs[d] = aligned_empty(plan.arena_size(d), d);
+        outs[d] = recycled_empty(plan.arena_size(d), d);
         obase[d] = arena_data(outs[d], d, plan.arena_size(d), "output");
       }
   for (std::size_t l = 0; l < specs.size(); ++l) {
