@@ -217,11 +217,17 @@ def test_large_steps_equal_the_divider_only_kernels(threads, exact_division_on, 
         assert same(a, c[0] if isinstance(c, list) else c)
 
 
-@pytest.mark.parametrize("value,active", [("0", False), ("off", False), ("1", HAVE_AVX512)])
-def test_environment_turns_it_off(value, active):
-    """FUSEDOPT_FMA_DIVISION is read when the extension loads: a fresh interpreter."""
+@pytest.mark.parametrize("value,on", [("0", False), ("off", False), ("1", True)])
+def test_environment_turns_it_off(value, on):
+    """FUSEDOPT_FMA_DIVISION is read when the extension loads: a fresh interpreter (at the level
+    FUSEDOPT_SIMD gives it, if set: only AVX-512 uses the FMA division)."""
     env = dict(os.environ, FUSEDOPT_FMA_DIVISION=value)
-    code = "from fusedopt import _core; print(_core._exact_division_active(), _core._exact_reciprocal(0.5))"
+    code = ("from fusedopt import _core; "
+            "print(_core._exact_division(), _core._exact_division_active(), _core.simd_level(), "
+            "_core._exact_reciprocal(0.5))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(active), "2.0" if active else "0.0"]
+    switch, active, level, reciprocal = out.stdout.split()
+    assert switch == str(on)
+    assert active == str(on and level == "avx512")
+    assert reciprocal == ("2.0" if active == "True" else "0.0")
