@@ -92,7 +92,7 @@ class ArrayModel:
 
 
 def make_fusedopt_paysage(name, params, grads):
-    """fusedopt's paysage path: the kernel writes a fresh delta tree and the
+    """fusedopt's paysage path: the kernel writes a new delta tree and the
     model subtracts it (its time includes the model's subtraction)."""
     return functools.partial(_fusedopt_optimizer(name).update, ArrayModel(params), grads)
 
