@@ -1,5 +1,6 @@
 #include "multi_tensor.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
@@ -69,17 +70,43 @@ double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e
   return fn(s, c);
 }
 
-// Steps left to run on the calling thread only. Set after a parallel step in
-// which the other threads ran no chunk: they were not running (a busy machine,
-// or asleep longer than the step lasts), the step still had to wait for them
-// at the end of the parallel region, and the next steps would do the same.
-// Two starved steps in a row are needed (one can be a thread starting up),
-// and only steps up to 4x the starved one's size give up the team: a helper
-// that sleeps through a short step still pays off on a long one.
+// When the team does not help, steps run on the calling thread for a while.
+// A parallel step is "bad" when the other threads ran no chunk (they were
+// not running: a busy machine, or asleep longer than the step lasts) or when
+// the calling thread, done with its chunks, then waited at the end of the
+// parallel region longer than it had worked (and over 100 us): a helper was
+// descheduled mid-chunk, typically by another library's spinning threads
+// (OpenBLAS's spin for ~0.1 s after each matrix product, as in a paysage
+// training loop). One stall, or two starved steps in a row (one can be the
+// team starting up), and the next `window` steps of up to 4x the bad one's size
+// run serially (a helper that sleeps through a short step still pays off on
+// a long one). The window doubles, up to 4096 steps, while the team keeps
+// failing its retries, and is back at 64 after a good parallel step.
+constexpr int kFirstSerialWindow = 64, kLastSerialWindow = 4096;
+constexpr double kStallSeconds = 100e-6;
 std::atomic<int> g_serial_steps{0};
-std::atomic<int> g_starved_in_a_row{0};
-std::atomic<std::size_t> g_starved_chunks{0};
-constexpr int kSerialStepsAfterStarvedHelpers = 64;
+std::atomic<int> g_bad_in_a_row{0};
+std::atomic<int> g_serial_window{kFirstSerialWindow};
+std::atomic<std::size_t> g_bad_chunks{0};
+
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+void judge_parallel_step(std::size_t chunks, bool starved, double worked, double waited) {
+  const bool stalled = waited > std::max(kStallSeconds, worked);
+  if (!starved && !stalled) {
+    g_bad_in_a_row.store(0, std::memory_order_relaxed);
+    g_serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
+    return;
+  }
+  // A stall is evidence enough; a starved step may be the team starting up.
+  if (g_bad_in_a_row.fetch_add(1, std::memory_order_relaxed) + 1 < (stalled ? 1 : 2)) return;
+  const int window = g_serial_window.load(std::memory_order_relaxed);
+  g_bad_chunks.store(chunks, std::memory_order_relaxed);
+  g_serial_steps.store(window, std::memory_order_relaxed);
+  g_serial_window.store(std::min(2 * window, kLastSerialWindow), std::memory_order_relaxed);
+  g_bad_in_a_row.store(0, std::memory_order_relaxed);
+}
 
 // Runs body(c) for every chunk c, on the calling thread or on the OpenMP team.
 // `adaptive`: give up the team for a while when it did not help (see above).
@@ -88,13 +115,15 @@ void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
 #ifdef FUSEDOPT_OPENMP
   bool team = parallel && get_num_threads() > 1;
   if (team && adaptive && g_serial_steps.load(std::memory_order_relaxed) > 0 &&
-      chunks <= 4 * g_starved_chunks.load(std::memory_order_relaxed)) {
+      chunks <= 4 * g_bad_chunks.load(std::memory_order_relaxed)) {
     g_serial_steps.fetch_sub(1, std::memory_order_relaxed);
     team = false;
   }
   if (team) {
     const long long n = static_cast<long long>(chunks);
     std::atomic<long long> by_helpers{0};
+    const Clock::time_point start = Clock::now();
+    Clock::time_point caller_done = start;
     // Guided: big runs of chunks first (long streams for the prefetchers on
     // large steps), smaller ones at the end, so a thread that starts late
     // (woken from sleep, or descheduled on a busy machine) takes fewer chunks
@@ -108,18 +137,14 @@ void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
         body(static_cast<std::size_t>(c));
         ++mine;
       }
-      if (omp_get_thread_num() != 0) by_helpers.fetch_add(mine, std::memory_order_relaxed);
+      if (omp_get_thread_num() != 0)
+        by_helpers.fetch_add(mine, std::memory_order_relaxed);
+      else
+        caller_done = Clock::now();
     }
-    if (adaptive && n >= 8) {
-      const bool starved = by_helpers.load() == 0;
-      const int in_a_row = starved ? g_starved_in_a_row.fetch_add(1) + 1 : 0;
-      if (!starved) g_starved_in_a_row.store(0);
-      if (in_a_row >= 2) {
-        g_starved_chunks.store(chunks, std::memory_order_relaxed);
-        g_serial_steps.store(kSerialStepsAfterStarvedHelpers, std::memory_order_relaxed);
-        g_starved_in_a_row.store(0);
-      }
-    }
+    if (adaptive && n >= 8)
+      judge_parallel_step(chunks, by_helpers.load() == 0, seconds(start, caller_done),
+                          seconds(caller_done, Clock::now()));
     return;
   }
 #else
