@@ -129,6 +129,9 @@ def main(argv=None):
     print(f"paysage RBM {args.visible}x{args.hidden} ({n_params} parameters), {args.rows // args.batch} batches "
           f"of {args.batch} per epoch; median of {args.epochs} epochs; fusedopt simd={fusedopt.simd_level()} "
           f"threads={fusedopt.get_num_threads()}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    calls = args.rows // args.batch  # optimizer.update calls per epoch
+    print(f"epoch: median time of one epoch; update: time inside optimizer.update per call (its total in the "
+          f"epoch / {calls}); share: update's part of the epoch")
     head = (f"{'optimizer':<10} {'epoch paysage':>14} {'epoch fusedopt':>15} {'update paysage':>15} "
             f"{'update fusedopt':>16} {'share before':>13} {'share after':>12} {'update x':>9} {'identical':>10}")
     print(head)
@@ -136,7 +139,7 @@ def main(argv=None):
     for r in rows:
         p, f = r["paysage"], r["fusedopt"]
         print(f"{r['optimizer']:<10} {p['epoch_s'] * 1e3:>11.1f} ms {f['epoch_s'] * 1e3:>12.1f} ms "
-              f"{p['update_s'] * 1e3:>12.2f} ms {f['update_s'] * 1e3:>13.2f} ms {p['share']:>13.1%} "
+              f"{p['update_s'] * 1e6 / calls:>12.0f} us {f['update_s'] * 1e6 / calls:>13.0f} us {p['share']:>13.1%} "
               f"{f['share']:>12.1%} {r['update_speedup']:>8.1f}x {str(r['identical_params']):>10}")
 
     result = {
