@@ -160,9 +160,47 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
   return plan.views(outs[F32], outs[F64]);
 }
 
+// One optimizer's steady-state step with everything but the gradient, the
+// parameters and the rate bound once (Optimizer.update's fast path): a call
+// with four arguments instead of fourteen costs ~0.3 us less per step, which
+// is a third of a small step's time.
+class BoundStep {
+  static const Plan* as_plan(const py::object& o) {
+    if (!py::isinstance<Plan>(o)) throw py::type_error("plan must be a fusedopt._core.Plan");
+    return o.cast<const Plan*>();
+  }
+
+ public:
+  BoundStep(py::object plan, unsigned mode, py::str gname, py::object m32, py::object m64, py::object v32,
+            py::object v64, double w, double w2, py::object sumsq)
+      : plan_obj_(std::move(plan)), plan_(as_plan(plan_obj_)), mode_(mode), gname_(std::move(gname)),
+        m32_(std::move(m32)), m64_(std::move(m64)), v32_(std::move(v32)), v64_(std::move(v64)), w_(w), w2_(w2),
+        sumsq_(std::move(sumsq)) {}
+
+  py::object operator()(py::handle grad, py::handle params, double lr, bool check_finite) const {
+    return fused_step(*plan_, mode_, grad, gname_, params, m32_, m64_, v32_, v64_, lr, w_, w2_, sumsq_, check_finite);
+  }
+
+ private:
+  py::object plan_obj_;  // keeps plan_ alive
+  const Plan* plan_;
+  unsigned mode_;
+  py::str gname_;
+  py::object m32_, m64_, v32_, v64_;
+  double w_, w2_;
+  py::object sumsq_;
+};
+
 }  // namespace
 
 void register_step(py::module_& m) {
+  py::class_<BoundStep>(m, "BoundStep", "step() with all but grad, params, lr and check_finite bound.")
+      .def(py::init<py::object, unsigned, py::str, py::object, py::object, py::object, py::object, double, double,
+                    py::object>(),
+           py::arg("plan"), py::arg("mode"), py::arg("grad_name"), py::arg("m32"), py::arg("m64"), py::arg("v32"),
+           py::arg("v64"), py::arg("w"), py::arg("w2"), py::arg("sumsq"))
+      .def("__call__", &BoundStep::operator(), py::arg("grad"), py::arg("params"), py::arg("lr"),
+           py::arg("check_finite"), "The bound step on this gradient (see step()).");
   m.def("step", &fused_step, py::arg("plan"), py::arg("mode"), py::arg("grad"), py::arg("grad_name"),
         py::arg("params"), py::arg("m32"), py::arg("m64"), py::arg("v32"), py::arg("v64"), py::arg("lr"),
         py::arg("w"), py::arg("w2"), py::arg("sumsq"), py::arg("check_finite"),

@@ -64,6 +64,25 @@ def step(
 ) -> Any:
     """One fused step over every leaf of `grad`; returns the output tree, or None when the mode writes none."""
 
+class BoundStep:
+    """step() with all but grad, params, lr and check_finite bound (Optimizer.update's steady state)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        mode: int,
+        grad_name: str,
+        m32: _Arena | None,
+        m64: _Arena | None,
+        v32: _Arena | None,
+        v64: _Arena | None,
+        w: float,
+        w2: float,
+        sumsq: npt.NDArray[np.float64] | None,
+    ) -> None: ...
+    def __call__(self, grad: Any, params: Any, lr: float, check_finite: bool) -> Any:
+        """The bound step on this gradient (see step())."""
+
 def simd_level() -> Literal["avx512", "avx2", "baseline"]:
     """The SIMD level in use: 'avx512', 'avx2' or 'baseline'."""
 

@@ -485,6 +485,7 @@ def optimizer_getstate(opt):
     state = dict(opt.__dict__)
     state.pop("_model_types", None)  # caches (model classes, the last kernel call): rebuilt on use
     state.pop("_fast", None)
+    state.pop("_unset_lr_cache", None)
     conv = state.pop("_conv_n", None)
     # The Plan in _conv_n is the memory's (rebuilt on unpickling); a stale one is recomputed anyway.
     state["_conv_count"] = conv[1] if conv is not None and conv[0] is opt._memory._plan else None

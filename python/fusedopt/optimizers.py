@@ -243,6 +243,8 @@ def _as_schedule(stepsize):
 class Optimizer:
     """Base class of the optimizers: learning rate, convergence check, fused stepping."""
 
+    _unset_lr_cache = None  # (stepsize.value, its float32 as a float) for updates before update_lr()
+
     def __init__(self, stepsize=_DEFAULT_STEPSIZE, tolerance=1e-7, ascent=False, *,
                  check_finite=False, keep_delta=False):
         """Create an optimizer.
@@ -270,7 +272,7 @@ class Optimizer:
         self.step_count = 0
         self._conv_n = None     # (plan, n) for check_convergence
         self._model_types = {}  # type -> has parameter_update
-        self._fast = None       # cached arguments of the steady-state kernel call
+        self._fast = None       # (model type, keep_delta, memory, token, is_model, BoundStep) of the last step
 
     @property
     def stepsize(self):
@@ -286,12 +288,18 @@ class Optimizer:
         self.lr = np.float32(next(self._stepsize))
 
     def _unset_lr(self):
-        """The rate of an update before any update_lr(): the schedule's current value."""
+        """The rate of an update before any update_lr(): float32(stepsize.value), as a float.
+        Cached for the same value object (np.float32() alone costs more than a small step)."""
         value = getattr(self._stepsize, "value", None)
+        cached = self._unset_lr_cache
+        if cached is not None and cached[0] is value:
+            return cached[1]
         if value is None:
             raise TypeError(f"call update_lr() before update(): the schedule "
                             f"{type(self._stepsize).__name__} has no current value")
-        return np.float32(value)
+        rate = float(np.float32(value))
+        self._unset_lr_cache = (value, rate)
+        return rate
 
     def check_convergence(self):
         """True when sqrt(sum over leaves of mean(delta**2) / n) <= tolerance.
@@ -340,33 +348,40 @@ class Optimizer:
                 writeable C-contiguous arrays shaped like grad, stepped in place.
             grad: the gradient tree (never modified nor kept).
         """
-        kind = type(model)
-        is_model = self._model_types.get(kind)
-        if is_model is None:
-            is_model = self._model_types[kind] = hasattr(model, "parameter_update")
-        mem = self._memory
-        if mem._pending is not None:
-            _state.bind_pending(mem, grad)
-        lr = self.lr if self.lr is not None else self._unset_lr()
-        lr = -float(lr) if self.ascent else float(lr)
-        params = None if is_model else model
         fast = self._fast
-        if fast is not None and fast[0] is mem._token and fast[1] is is_model and fast[2] is self.keep_delta:
-            # Steady state: the same kernel as last step, all arguments cached.
+        if (fast is not None and type(model) is fast[0] and self.keep_delta is fast[1]
+                and fast[2]._token is fast[3] and fast[2]._pending is None and self._memory is fast[2]):
+            # Steady state: the same kernel as last step, all but grad, params and lr bound.
+            is_model = fast[4]
+            lr = self.lr
+            lr = float(lr) if lr is not None else self._unset_lr()
+            if self.ascent:
+                lr = -lr
             try:
-                delta = _core.step(fast[3], fast[4], grad, "grad", params, fast[5], fast[6], fast[7], fast[8],
-                                   lr, fast[9], fast[10], fast[11], self.check_finite)
-            except (TypeError, ValueError, FloatingPointError):
-                delta = self._slow_update(mem, is_model, params, grad, lr)
+                delta = fast[5](grad, None if is_model else model, lr, self.check_finite)
+            except (TypeError, ValueError, FloatingPointError):  # the slow path says what is wrong
+                delta = self._slow_update(self._memory, fast[0], is_model, None if is_model else model, grad, lr)
         else:
-            delta = self._slow_update(mem, is_model, params, grad, lr)
+            kind = type(model)
+            is_model = self._model_types.get(kind)
+            if is_model is None:
+                is_model = self._model_types[kind] = hasattr(model, "parameter_update")
+            mem = self._memory
+            if mem._pending is not None:
+                _state.bind_pending(mem, grad)
+            lr = self.lr
+            lr = float(lr) if lr is not None else self._unset_lr()
+            if self.ascent:
+                lr = -lr
+            delta = self._slow_update(mem, kind, is_model, None if is_model else model, grad, lr)
         self.step_count += 1
         self.delta = delta
         if is_model:
             model.parameter_update(delta)
 
-    def _slow_update(self, mem, is_model, params, grad, lr):
-        """A step that may start moments or a new structure; then caches the steady-state call."""
+    def _slow_update(self, mem, kind, is_model, params, grad, lr):
+        """A step that may start moments or a new structure; then binds the steady-state call."""
+        self._fast = None
         mean, sq, direction, flags = self._direction(mem)
         out = OUT_WRITE if is_model else (OUT_BOTH if self.keep_delta else OUT_INPLACE)
         delta = mem._run(grad, mean, sq, direction, out, flags | SCALE, params, lr, self.check_finite)
@@ -375,8 +390,9 @@ class Optimizer:
         mean, sq, direction, flags = self._direction(mem)
         if INIT not in (mean, sq):
             m, v = mem._m or (None, None), mem._v or (None, None)
-            self._fast = (mem._token, is_model, self.keep_delta, mem._plan, _mode(mean, sq, direction, out, flags | SCALE),
-                          *m, *v, float(mem.mean_weight), float(mem.mean_square_weight), mem._sumsq)
+            bound = _core.BoundStep(mem._plan, _mode(mean, sq, direction, out, flags | SCALE), "grad", *m, *v,
+                                    float(mem.mean_weight), float(mem.mean_square_weight), mem._sumsq)
+            self._fast = (kind, self.keep_delta, mem, mem._token, is_model, bound)
         return delta
 
 

@@ -1,0 +1,134 @@
+"""Optimizer.update's steady state binds everything but grad, params and the rate
+into one _core.BoundStep, and caches float32(stepsize.value) for updates before
+update_lr(). Anything changed between two steps must still take effect: each test
+changes one thing mid-run and checks every step bit for bit against the NumPy
+reference (tests/reference.py)."""
+import numpy as np
+import pytest
+
+from fusedopt import _core, optimizers, schedules
+from fusedopt.optimizers import DIR_NORM_M, EMA, MEAN_DIV, OUT_INPLACE, SCALE, UNBIASED, _mode
+from reference import (RATE_GENERATORS, RefMemory, RefOptimizer, Runner, flatten, like_tree, memory_weights,
+                       random_tree)
+
+f32 = np.float32
+
+
+def test_rate_before_update_lr_follows_the_schedule_value(rng):
+    # Gradient in place: p - (float32(value) * g), with the rate read from stepsize.value every step.
+    opt = optimizers.Gradient(stepsize=schedules.Constant(initial=0.5))
+    p = rng.standard_normal(33).astype(f32)
+    for value, ascent in ((None, False), (None, False), (0.1, False), (np.float64(0.7), False), (0.7, True)):
+        if value is not None:
+            opt.stepsize.value = value  # the same schedule object, a new value: the cache must see it
+        opt.ascent = ascent
+        rate = f32(opt.stepsize.value) * (f32(-1) if ascent else f32(1))
+        g = rng.standard_normal(33).astype(f32)
+        want = p - (rate * g)
+        opt.update(p, g)
+        assert np.array_equal(p, want)
+    opt.stepsize = 0.3  # a new schedule
+    g = rng.standard_normal(33).astype(f32)
+    want = p - ((-f32(0.3)) * g)
+    opt.update(p, g)
+    assert np.array_equal(p, want)
+    assert opt.lr is None
+
+
+def test_rate_cache_is_not_pickled(rng):
+    import pickle
+    opt = optimizers.ADAM(stepsize=0.25)
+    p = rng.standard_normal(5).astype(f32)
+    opt.update(p, rng.standard_normal(5).astype(f32))
+    assert opt._unset_lr_cache is not None
+    assert "_unset_lr_cache" not in opt.__getstate__()
+    assert pickle.loads(pickle.dumps(opt))._unset_lr_cache is None
+
+
+CHANGES = ("keep_delta", "ascent", "update_lr", "path", "new_memory", "mean_weight", "mean_square_weight", "reset")
+
+
+# Weights an optimizer keeps (Gradient has no memory; Momentum has no mean square, RMSProp no mean).
+_HAS = {"gradient": (), "momentum": ("new_memory", "mean_weight"), "rmsprop": ("new_memory", "mean_square_weight"),
+        "adam": ("new_memory", "mean_weight", "mean_square_weight")}
+
+
+@pytest.mark.parametrize("kind,change", [(k, c) for k in _HAS for c in CHANGES
+                                         if c not in ("new_memory", "mean_weight", "mean_square_weight")
+                                         or c in _HAS[k]])
+def test_a_change_between_steady_steps_takes_effect(kind, change, rng):
+    cls = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum,
+           "rmsprop": optimizers.RMSProp, "adam": optimizers.ADAM}[kind]
+    params = random_tree("dict", rng, "mixed")
+    opt = cls(stepsize=schedules.ExponentialDecay(initial=0.05, coefficient=0.8))
+    ref = RefOptimizer(kind, RATE_GENERATORS["ExponentialDecay"](initial=0.05, coefficient=0.8),
+                       unstepped_value=0.05)
+    runner = Runner(opt, ref, "inplace", params)
+    for _ in range(3):  # the third step runs through the bound call
+        runner.step(like_tree(params, rng))
+    assert opt._fast is not None
+    keep_delta = False
+    if change == "keep_delta":
+        opt.keep_delta = keep_delta = True
+    elif change == "ascent":
+        opt.ascent = ref.ascent = True
+    elif change == "update_lr":
+        runner.update_lr()
+        runner.update_lr()
+    elif change == "path":  # the same optimizer now steps a paysage-like model
+        runner = Runner(opt, ref, "paysage", runner.params)
+    elif change == "new_memory":
+        opt.memory = optimizers.GradientMemory(*memory_weights(kind))
+        ref.memory = RefMemory(*memory_weights(kind))
+    elif change in ("mean_weight", "mean_square_weight"):
+        setattr(opt.memory, change, 0.5)
+        setattr(ref.memory, "w" if change == "mean_weight" else "w2", f32(0.5))
+    elif change == "reset":
+        opt.reset()
+        ref.memory.mean = ref.memory.mean_square = None
+    runner.keep_delta = keep_delta
+    for _ in range(3):
+        runner.step(like_tree(params, rng))
+
+
+def test_bound_step_equals_step_bit_for_bit(rng):
+    opt = optimizers.ADAM(stepsize=0.01)
+    params = random_tree("list", rng, "mixed")
+    for _ in range(2):
+        opt.update(params, like_tree(params, rng))
+    bound, mem = opt._fast[-1], opt.memory
+    grad = like_tree(params, rng)
+    twin = [np.array(a, copy=True) for a in flatten(params)]
+    moments = [np.array(a, copy=True) for a in mem._m + mem._v]
+    bound(grad, params, 0.01, False)
+    stepped = [np.array(a, copy=True) for a in flatten(params)]
+    after = [np.array(a, copy=True) for a in mem._m + mem._v]
+    for arena, saved in zip(mem._m + mem._v, moments):  # the same step again, through step()
+        arena[...] = saved
+    tree = mem._plan.unflatten(twin)
+    _core.step(mem._plan, _mode(EMA, EMA, DIR_NORM_M, OUT_INPLACE, UNBIASED | MEAN_DIV | SCALE), grad, "grad",
+               tree, *mem._m, *mem._v, 0.01, float(mem.mean_weight), float(mem.mean_square_weight),
+               np.zeros(mem._plan.num_leaves), False)
+    for a, b in zip(flatten(tree), stepped):
+        assert np.array_equal(a, b)
+    for a, b in zip(mem._m + mem._v, after):
+        assert np.array_equal(a, b)
+
+
+def test_bound_step_refuses_what_is_not_a_plan():
+    with pytest.raises(TypeError, match="plan must be a fusedopt._core.Plan"):
+        _core.BoundStep(object(), 0, "grad", None, None, None, None, 0.9, 0.999, None)
+
+
+def test_exact_reciprocal_is_stable_across_many_constants():
+    # More constants than the lock-free cache of recent results holds (4), each asked twice
+    # in rotation: every answer is the first one, and that is 1/c exactly when the check passes.
+    constants = [float(f32(1) - f32(w)) for w in (0.9, 0.99, 0.999, 0.5, 0.7, 0.95, 0.3)] + [2.0 ** -30]
+    first = [_core._exact_reciprocal(c) for c in constants]
+    for _ in range(2):
+        assert [_core._exact_reciprocal(c) for c in constants] == first
+    for c, r in zip(constants, first):
+        if _core._exact_division_active() and 2.0 ** -24 <= c <= 2.0 ** 24:
+            assert r == float(f32(1) / f32(c)) and _core._check_divisor(c, r)
+        else:
+            assert r == 0.0
