@@ -71,41 +71,45 @@ double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e
 }
 
 // When the team does not help, steps run on the calling thread for a while.
-// A parallel step is "bad" when the other threads ran no chunk (they were
-// not running: a busy machine, or asleep longer than the step lasts) or when
-// the calling thread, done with its chunks, then waited at the end of the
-// parallel region longer than it had worked (and over 100 us): a helper was
-// descheduled mid-chunk, typically by another library's spinning threads
-// (OpenBLAS's spin for ~0.1 s after each matrix product, as in a paysage
-// training loop). One stall, or two starved steps in a row (one can be the
-// team starting up), and the next `window` steps of up to 4x the bad one's size
-// run serially (a helper that sleeps through a short step still pays off on
-// a long one). The window doubles, up to 4096 steps, while the team keeps
-// failing its retries, and is back at 64 after a good parallel step.
+// Each parallel step is judged when it ends by r = its time / the time one
+// thread would have taken, estimated from the calling thread's own chunks
+// (worked * chunks / chunks it ran): about 1/threads when the team helps,
+// above 1 when a helper never came (asleep, or no core free) or was
+// descheduled mid-chunk (another process; or another library's spinning
+// threads, as OpenBLAS's for ~0.1 s after each matrix product in a paysage
+// training loop). A running mean of r (weight 1/8, starting at 1/threads)
+// above 1 sends the next `window` steps of up to 4x this size to the calling
+// thread alone: one step at 4.5x the serial time does it at once, while the
+// odd slow step of a noisy virtual machine does not (that took 64 serial
+// steps per stall before, ~45% of the steps of a 1e6 loop on a noisy day).
+// The window doubles, up to 4096 steps, while the retries keep failing, and
+// is back at 64 after a parallel step that keeps the mean at or below 1.
 constexpr int kFirstSerialWindow = 64, kLastSerialWindow = 4096;
-constexpr double kStallSeconds = 100e-6;
+constexpr double kRatioWeight = 1.0 / 8;
 std::atomic<int> g_serial_steps{0};
-std::atomic<int> g_bad_in_a_row{0};
 std::atomic<int> g_serial_window{kFirstSerialWindow};
 std::atomic<std::size_t> g_bad_chunks{0};
+std::atomic<double> g_mean_ratio{-1.0};  // < 0: start from 1/threads
 
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-void judge_parallel_step(std::size_t chunks, bool starved, double worked, double waited) {
-  const bool stalled = waited > std::max(kStallSeconds, worked);
-  if (!starved && !stalled) {
-    g_bad_in_a_row.store(0, std::memory_order_relaxed);
+void judge_parallel_step(std::size_t chunks, std::size_t by_caller, int threads, double worked, double waited) {
+  if (by_caller == 0 || !(worked > 0.0)) return;  // nothing to estimate the serial time from
+  const double r = (worked + waited) / (worked * static_cast<double>(chunks) / static_cast<double>(by_caller));
+  double mean = g_mean_ratio.load(std::memory_order_relaxed);
+  if (mean < 0.0) mean = 1.0 / threads;
+  mean += kRatioWeight * (r - mean);
+  if (mean <= 1.0) {
+    g_mean_ratio.store(mean, std::memory_order_relaxed);
     g_serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
     return;
   }
-  // A stall is evidence enough; a starved step may be the team starting up.
-  if (g_bad_in_a_row.fetch_add(1, std::memory_order_relaxed) + 1 < (stalled ? 1 : 2)) return;
   const int window = g_serial_window.load(std::memory_order_relaxed);
   g_bad_chunks.store(chunks, std::memory_order_relaxed);
   g_serial_steps.store(window, std::memory_order_relaxed);
   g_serial_window.store(std::min(2 * window, kLastSerialWindow), std::memory_order_relaxed);
-  g_bad_in_a_row.store(0, std::memory_order_relaxed);
+  g_mean_ratio.store(-1.0, std::memory_order_relaxed);  // the retry starts a new mean
 }
 
 // Runs body(c) for every chunk c, on the calling thread or on the OpenMP team.
@@ -121,6 +125,7 @@ void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
   }
   if (team) {
     const long long n = static_cast<long long>(chunks);
+    const int threads = get_num_threads();
     std::atomic<long long> by_helpers{0};
     const Clock::time_point start = Clock::now();
     Clock::time_point caller_done = start;
@@ -129,7 +134,7 @@ void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
     // (woken from sleep, or descheduled on a busy machine) takes fewer chunks
     // instead of holding the step back. Results do not depend on which thread
     // runs a chunk: sums go by piece.
-#pragma omp parallel num_threads(get_num_threads())
+#pragma omp parallel num_threads(threads)
     {
       long long mine = 0;
 #pragma omp for schedule(guided, 4) nowait
@@ -143,8 +148,8 @@ void for_chunks(std::size_t chunks, bool parallel, bool adaptive, Body body) {
         caller_done = Clock::now();
     }
     if (adaptive && n >= 8)
-      judge_parallel_step(chunks, by_helpers.load() == 0, seconds(start, caller_done),
-                          seconds(caller_done, Clock::now()));
+      judge_parallel_step(chunks, chunks - static_cast<std::size_t>(by_helpers.load()), threads,
+                          seconds(start, caller_done), seconds(caller_done, Clock::now()));
     return;
   }
 #else
@@ -196,6 +201,19 @@ double run_probe(float* g, float* p, float* m, float* v, std::size_t n) {
     }
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int judge_parallel_step_for_test(std::size_t chunks, std::size_t by_caller, int threads, double worked,
+                                 double waited) {
+  judge_parallel_step(chunks, by_caller, threads, worked, waited);
+  return g_serial_steps.load(std::memory_order_relaxed);
+}
+
+void reset_parallel_judge() {
+  g_serial_steps.store(0, std::memory_order_relaxed);
+  g_serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
+  g_bad_chunks.store(0, std::memory_order_relaxed);
+  g_mean_ratio.store(-1.0, std::memory_order_relaxed);
 }
 
 int get_num_threads() {

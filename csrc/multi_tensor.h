@@ -61,6 +61,14 @@ double run_probe(float* g, float* p, float* m, float* v, std::size_t n);
 
 int get_num_threads();
 void set_num_threads(int n);
+
+// The rule that sends steps to one thread when the team does not help
+// (multi_tensor.cpp), for tests: judge a parallel step of `chunks` chunks of
+// which the calling thread ran `by_caller`, working `worked` seconds and then
+// waiting `waited`; returns the serial steps now ahead. reset_parallel_judge()
+// forgets every judgement (the state of a fresh process).
+int judge_parallel_step_for_test(std::size_t chunks, std::size_t by_caller, int threads, double worked, double waited);
+void reset_parallel_judge();
 bool have_openmp();
 
 }  // namespace fusedopt

@@ -66,6 +66,10 @@ void register_runtime(py::module_& m) {
   }, py::arg("c"), py::arg("r"), "Whether the selected level's FMA division by c with reciprocal r equals the divider on [1, 2).");
   m.def("_exact_reciprocal", &exact_reciprocal, py::arg("c"),
         "1/c if float32 division by c may use FMAs at the selected level (checked once per c), else 0.");
+  m.def("_judge_parallel_step", &judge_parallel_step_for_test, py::arg("chunks"), py::arg("by_caller"),
+        py::arg("threads"), py::arg("worked"), py::arg("waited"),
+        "Judge a parallel step with these figures (as the step does); returns the serial steps now ahead.");
+  m.def("_reset_parallel_judge", &reset_parallel_judge, "Forget every judgement of parallel steps.");
   m.attr("compiler") = compiler();
   m.attr("chunk_elements") = kChunk;
   m.attr("serial_below") = kSerialBelow;

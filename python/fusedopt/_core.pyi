@@ -114,6 +114,12 @@ def _exact_division_active() -> bool:
 def _check_divisor(c: float, r: float) -> bool:
     """Whether the selected level's FMA division by c with reciprocal r equals the divider on [1, 2)."""
 
+def _judge_parallel_step(chunks: int, by_caller: int, threads: int, worked: float, waited: float) -> int:
+    """Judge a parallel step with these figures (as the step does); returns the serial steps now ahead."""
+
+def _reset_parallel_judge() -> None:
+    """Forget every judgement of parallel steps."""
+
 def _exact_reciprocal(c: float) -> float:
     """1/c if float32 division by c may use FMAs at the selected level (checked once per c), else 0."""
 
