@@ -5,8 +5,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <utility>
-#include <vector>
 #include "dispatch.h"
 
 namespace fusedopt {
@@ -20,18 +18,25 @@ bool enabled_by_environment() {
 }
 
 std::atomic<bool> g_enabled{enabled_by_environment()};
-std::mutex g_mutex;
-// (bits of c, passed the check). Training uses one or two constants; the
-// bound only keeps a program that keeps changing its weights from growing it.
-std::vector<std::pair<std::uint32_t, bool>> g_checked;
+// Constants checked so far, filled from the front and read without a lock on
+// every step (a mutex here cost ~5% of a 1000-element step): each entry is
+// bits of c << 2 | passed << 1 | 1, 0 when empty. Training uses one or two
+// constants; the bound only keeps a program that keeps changing its weights
+// from growing it (the table then starts over).
 constexpr std::size_t kMaxRemembered = 64;
-// The last results, read without the lock on every step (the lock and the
-// search cost ~5% of a 1000-element step): bits << 2 | passed << 1 | 1, 0 empty.
-constexpr std::size_t kRecent = 4;
-std::atomic<std::uint64_t> g_recent[kRecent];
-std::size_t g_recent_next = 0;  // under g_mutex
+std::atomic<std::uint64_t> g_checked[kMaxRemembered];
+std::size_t g_count = 0;  // entries in use, under g_mutex
+std::mutex g_mutex;       // one check and one insertion at a time
 
-std::uint64_t pack(std::uint32_t bits, bool ok) { return (std::uint64_t{bits} << 2) | (ok ? 2u : 0u) | 1u; }
+// 1: c passed the check, 0: it failed, -1: not checked yet.
+int remembered(std::uint32_t bits) {
+  for (const auto& e : g_checked) {
+    const std::uint64_t v = e.load(std::memory_order_relaxed);
+    if (v == 0) break;
+    if ((v >> 2) == bits) return static_cast<int>((v >> 1) & 1u);
+  }
+  return -1;
+}
 
 }  // namespace
 
@@ -41,23 +46,23 @@ float exact_reciprocal(float c) {
   if (!check) return 0.0f;  // not AVX-512: its kernels ignore the reciprocal
   std::uint32_t bits;
   std::memcpy(&bits, &c, sizeof bits);
-  for (const auto& r : g_recent) {
-    const std::uint64_t e = r.load(std::memory_order_relaxed);
-    if ((e | 2u) == pack(bits, true)) return (e & 2u) ? 1.0f / c : 0.0f;
+  int ok = remembered(bits);
+  if (ok < 0) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    ok = remembered(bits);  // another thread may have checked it meanwhile
+    if (ok < 0) {
+      // The result does not depend on the level: FMA and division are
+      // correctly rounded IEEE operations on every level that has them.
+      ok = check(c, 1.0f / c) ? 1 : 0;
+      if (g_count == kMaxRemembered) {
+        for (auto& e : g_checked) e.store(0, std::memory_order_relaxed);
+        g_count = 0;
+      }
+      const std::uint64_t entry = (std::uint64_t{bits} << 2) | (static_cast<std::uint64_t>(ok) << 1) | 1u;
+      g_checked[g_count++].store(entry, std::memory_order_relaxed);
+    }
   }
-  std::lock_guard<std::mutex> lock(g_mutex);
-  auto remember = [&](bool ok) {
-    g_recent[g_recent_next++ % kRecent].store(pack(bits, ok), std::memory_order_relaxed);
-    return ok ? 1.0f / c : 0.0f;
-  };
-  for (const auto& [b, ok] : g_checked)
-    if (b == bits) return remember(ok);
-  // The result does not depend on the level: FMA and division are correctly
-  // rounded IEEE operations on every level that has them.
-  const bool ok = check(c, 1.0f / c);
-  if (g_checked.size() >= kMaxRemembered) g_checked.clear();
-  g_checked.emplace_back(bits, ok);
-  return remember(ok);
+  return ok ? 1.0f / c : 0.0f;
 }
 
 void set_exact_division(bool on) { g_enabled.store(on, std::memory_order_relaxed); }

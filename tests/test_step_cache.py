@@ -121,8 +121,8 @@ def test_bound_step_refuses_what_is_not_a_plan():
 
 
 def test_exact_reciprocal_is_stable_across_many_constants():
-    # More constants than the lock-free cache of recent results holds (4), each asked twice
-    # in rotation: every answer is the first one, and that is 1/c exactly when the check passes.
+    # Several constants, each asked again in rotation (answers then come from the lock-free
+    # table): every answer is the first one, and that is 1/c exactly when the check passes.
     constants = [float(f32(1) - f32(w)) for w in (0.9, 0.99, 0.999, 0.5, 0.7, 0.95, 0.3)] + [2.0 ** -30]
     first = [_core._exact_reciprocal(c) for c in constants]
     for _ in range(2):

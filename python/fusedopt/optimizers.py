@@ -348,19 +348,20 @@ class Optimizer:
                 writeable C-contiguous arrays shaped like grad, stepped in place.
             grad: the gradient tree (never modified nor kept).
         """
+        lr = self.lr
+        lr = float(lr) if lr is not None else self._unset_lr()
+        if self.ascent:
+            lr = -lr
         fast = self._fast
         if (fast is not None and type(model) is fast[0] and self.keep_delta is fast[1]
                 and fast[2]._token is fast[3] and fast[2]._pending is None and self._memory is fast[2]):
             # Steady state: the same kernel as last step, all but grad, params and lr bound.
-            is_model = fast[4]
-            lr = self.lr
-            lr = float(lr) if lr is not None else self._unset_lr()
-            if self.ascent:
-                lr = -lr
+            kind, mem, is_model = fast[0], fast[2], fast[4]
+            params = None if is_model else model
             try:
-                delta = fast[5](grad, None if is_model else model, lr, self.check_finite)
+                delta = fast[5](grad, params, lr, self.check_finite)
             except (TypeError, ValueError, FloatingPointError):  # the slow path says what is wrong
-                delta = self._slow_update(self._memory, fast[0], is_model, None if is_model else model, grad, lr)
+                delta = self._slow_update(mem, kind, is_model, params, grad, lr)
         else:
             kind = type(model)
             is_model = self._model_types.get(kind)
@@ -369,10 +370,6 @@ class Optimizer:
             mem = self._memory
             if mem._pending is not None:
                 _state.bind_pending(mem, grad)
-            lr = self.lr
-            lr = float(lr) if lr is not None else self._unset_lr()
-            if self.ascent:
-                lr = -lr
             delta = self._slow_update(mem, kind, is_model, None if is_model else model, grad, lr)
         self.step_count += 1
         self.delta = delta
