@@ -13,9 +13,6 @@ enum Dtype : int { F32 = 0, F64 = 1 };
 // Elements per chunk: a multiple of 16 floats, so chunk starts inside a leaf
 // stay on 64-byte boundaries of its (64-byte aligned) arena.
 constexpr std::size_t kChunk = 2048;
-// Below this many elements a step runs on the calling thread only.
-constexpr std::size_t kSerialBelow = 32768;
-
 // Where each leaf's chunks lie; depends only on the leaves' sizes, so it is
 // computed once per tree structure.
 class ChunkLayout {
@@ -58,17 +55,5 @@ void run_step(unsigned mode, const ChunkLayout& layout, const std::vector<LeafDa
 // Seconds for one pass of the bandwidth probe over n floats per array, with
 // the same chunking and threads as run_step.
 double run_probe(float* g, float* p, float* m, float* v, std::size_t n);
-
-int get_num_threads();
-void set_num_threads(int n);
-
-// The rule that sends steps to one thread when the team does not help
-// (multi_tensor.cpp), for tests: judge a parallel step of `chunks` chunks of
-// which the calling thread ran `by_caller`, working `worked` seconds and then
-// waiting `waited`; returns the serial steps now ahead. reset_parallel_judge()
-// forgets every judgement (the state of a fresh process).
-int judge_parallel_step_for_test(std::size_t chunks, std::size_t by_caller, int threads, double worked, double waited);
-void reset_parallel_judge();
-bool have_openmp();
 
 }  // namespace fusedopt

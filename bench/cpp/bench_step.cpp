@@ -10,6 +10,7 @@
 #include "bench_common.h"
 #include "dispatch.h"
 #include "multi_tensor.h"
+#include "threads.h"
 
 namespace fusedopt_bench {
 namespace {

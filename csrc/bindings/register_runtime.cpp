@@ -7,6 +7,7 @@
 #include "../dispatch.h"
 #include "../exact_divisors.h"
 #include "../multi_tensor.h"
+#include "../threads.h"
 #include "numpy_api.h"
 #include "registry.h"
 
