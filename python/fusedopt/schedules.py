@@ -8,15 +8,23 @@ import sys
 
 import numpy as np
 
+# The schedules a state may name; Schedule and _Decay are bases, not schedules.
+_SCHEDULES = ("Constant", "Linear", "Step", "ExponentialDecay", "PowerLawDecay")
+
 __all__ = ["Schedule", "Constant", "Linear", "Step", "ExponentialDecay", "PowerLawDecay", "schedule_from_config"]
+
+
+def is_schedule_class(cls):
+    """Whether `cls` is one of the schedules of this module (not the bases Schedule or _Decay)."""
+    return isinstance(cls, type) and cls.__name__ in _SCHEDULES and getattr(sys.modules[__name__], cls.__name__) is cls
 
 
 def schedule_from_config(config):
     """Build a schedule from ``[class name, attributes]`` (see ``get_config``)."""
     name, attrs = config
-    cls = getattr(sys.modules[__name__], name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Schedule)):
-        raise ValueError(f"unknown schedule class {name!r}")
+    cls = getattr(sys.modules[__name__], name, None) if isinstance(name, str) else None
+    if not is_schedule_class(cls):
+        raise ValueError(f"unknown schedule class {name!r} (one of {', '.join(_SCHEDULES)} expected)")
     attrs = dict(attrs)
     extra = {k: attrs.pop(k) for k in cls._state_attrs if k in attrs}
     schedule = cls(**attrs)
