@@ -54,12 +54,7 @@ def _moment_property(which, doc):
         return getattr(self, f"_{which}_tree")
 
     def set(self, tree):
-        if self._pending is not None:
-            self._settle_pending(tree, which)
-        arenas, views = self._assign(tree)
-        setattr(self, f"_{which}", arenas)
-        setattr(self, f"_{which}_tree", views)
-        self._token = object()
+        self._assign_moment(which, tree)
     return property(get, set, doc=doc)
 
 
@@ -98,32 +93,42 @@ class GradientMemory:
     mean_gradient = _moment_property("m", "Running mean of the gradients (tree of arrays), or None.")
     mean_square_gradient = _moment_property("v", "Running mean of the squared gradients (tree of arrays), or None.")
 
-    def _assign(self, tree):
-        """Arena and view tree holding a copy of `tree` (None clears)."""
+    def _assign_moment(self, which, tree):
+        """Set moment `which` ("m" or "v") to a copy of `tree` (None clears it); everything is
+        checked before anything changes."""
+        pending = self._pending
         if tree is None:
-            return None, None
-        plan = self._plan if self._plan is not None else _core.Plan(tree, "moment")
-        sources = plan.flatten(tree, "moment")
-        arenas = self._new_arenas(plan)
-        views = plan.views(*arenas)
-        for path, dst, src in zip(plan.paths, plan.flatten(views), sources):
-            src = np.asarray(src)
-            if src.shape != dst.shape or src.dtype != dst.dtype:
-                raise ValueError(f"moment at {path or 'the root'}: expected {dst.dtype} of shape {dst.shape}, "
+            if pending is not None:
+                pending = pending._replace(**{which: None})
+                self._pending = pending if (pending.m is not None or pending.v is not None) else None
+            setattr(self, f"_{which}", None)
+            setattr(self, f"_{which}_tree", None)
+            self._token = object()
+            return
+        if pending is not None:  # the loaded moments attach to the structure of `tree`
+            plan = _core.Plan(tree, "grad")
+            m, v = pending.ordered(_state.match(plan, pending, "grad"))
+        else:
+            plan = self._plan if self._plan is not None else _core.Plan(tree, "moment")
+        sources = [np.asarray(src) for src in plan.flatten(tree, "moment")]
+        for path, dtype, shape, src in zip(plan.paths, plan.leaf_dtypes, plan.shapes, sources):
+            if src.shape != tuple(shape) or src.dtype != np.dtype(dtype):
+                raise ValueError(f"moment at {path or 'the root'}: expected {dtype} of shape {tuple(shape)}, "
                                  f"got {src.dtype} of shape {src.shape}")
-            dst[...] = src
-        self._adopt(plan)
-        return arenas, views
+        if pending is not None:
+            self._install(plan, *((sources, v) if which == "m" else (m, sources)))
+            return
+        arenas, views = self._filled(plan, sources)
+        if plan is not self._plan:
+            self._plan, self._sumsq = plan, np.zeros(plan.num_leaves)
+        setattr(self, f"_{which}", arenas)
+        setattr(self, f"_{which}_tree", views)
+        self._token = object()
 
     @staticmethod
     def _new_arenas(plan):
         n32, n64 = plan.arena_sizes
         return _core.aligned_empty(n32, "float32"), _core.aligned_empty(n64, "float64")
-
-    def _adopt(self, plan):
-        if plan is not self._plan:
-            self._plan = plan
-            self._sumsq = np.zeros(plan.num_leaves)
 
     def reset(self):
         """Forget both moments (the next gradient may have another structure)."""
@@ -270,15 +275,6 @@ class GradientMemory:
         """Attach moments loaded without a structure, taking it from `tree` (a gradient)."""
         plan = _core.Plan(tree, "grad")
         self._install(plan, *self._pending.ordered(_state.match(plan, self._pending, "grad")))
-
-    def _settle_pending(self, tree, which):
-        """A moment is assigned while loaded moments wait: attach them to its structure, or
-        forget the waiting one of that name when None is assigned."""
-        if tree is not None:
-            self._bind_pending(tree)
-            return
-        pending = self._pending._replace(**{which: None})
-        self._pending = pending if (pending.m is not None or pending.v is not None) else None
 
     def state_dict(self):
         """The weights and moments as plain numpy arrays and Python scalars (versioned)."""
