@@ -48,3 +48,23 @@ def count(name: str, value: Any) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return int(value)
+
+
+def rate(what: str, value: Any) -> np.float32:
+    """A learning rate as the kernels take it: the float32 value of a real scalar (a Python or
+    numpy int or float, or a 0-d array of one). A value beyond float32's range becomes +-inf,
+    as np.float32() makes it; non-finite rates are the caller's to judge (check_finite)."""
+    scalar = value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
+    if isinstance(scalar, (bool, np.bool_)) or not isinstance(scalar, numbers.Real):
+        raise TypeError(f"{what} must be a real scalar (a Python or numpy int or float, or a 0-d array of one), "
+                        f"got {type(value).__name__} {_short(value)}")
+    try:
+        with np.errstate(over="ignore"):
+            return np.float32(scalar)
+    except OverflowError:  # a Python int beyond float64
+        return np.float32(np.inf if scalar > 0 else -np.inf)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -309,6 +309,9 @@ class GradientMemory:
 _DEFAULT_STEPSIZE = schedules.Constant(initial=0.001)
 
 
+_isfinite = math.isfinite
+
+
 def _as_schedule(stepsize):
     if isinstance(stepsize, bool):
         raise TypeError("stepsize must be a schedule or a float, got bool")
@@ -364,12 +367,21 @@ class Optimizer:
         self._stepsize = _as_schedule(value)
 
     def update_lr(self):
-        """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time)."""
-        self.lr = np.float32(next(self._stepsize))
+        """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time).
+
+        Raises:
+            TypeError: the schedule returned something other than a real scalar (a Python or
+                numpy int or float, or a 0-d array of one); lr is unchanged, the schedule has
+                advanced. A non-finite rate is kept: ``update()`` refuses it when ``check_finite``
+                is True and lets it propagate otherwise.
+        """
+        value = next(self._stepsize)
+        self.lr = _checks.rate(f"the value {type(self._stepsize).__name__}.__next__() returned", value)
 
     def _unset_lr(self):
         """The rate of an update before any update_lr(): float32(stepsize.value), as a float.
-        Cached for the same value object (np.float32() alone costs more than a small step)."""
+        Cached for the same immutable value object (np.float32() alone costs more than a small
+        step); an array value may change in place, so it is read every time."""
         value = getattr(self._stepsize, "value", None)
         cached = self._unset_lr_cache
         if cached is not None and cached[0] is value:
@@ -377,8 +389,9 @@ class Optimizer:
         if value is None:
             raise TypeError(f"call update_lr() before update(): the schedule "
                             f"{type(self._stepsize).__name__} has no current value")
-        rate = float(np.float32(value))
-        self._unset_lr_cache = (value, rate)
+        rate = float(_checks.rate(f"{type(self._stepsize).__name__}.value (the rate before any update_lr())", value))
+        if not isinstance(value, np.ndarray):
+            self._unset_lr_cache = (value, rate)
         return rate
 
     def check_convergence(self):
@@ -489,6 +502,8 @@ class Optimizer:
         lr = float(lr) if lr is not None else self._unset_lr()
         if self.ascent:
             lr = -lr
+        if self.check_finite and not _isfinite(lr):
+            raise FloatingPointError(f"the learning rate is {lr!r} and check_finite is True: nothing was modified")
         fast = self._fast
         if (fast is not None and type(model) is fast[0] and self.keep_delta is fast[1]
                 and fast[2]._token is fast[3] and fast[2]._pending is None and self._memory is fast[2]):

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from . import _checks
+
 # The schedules a state may name; Schedule and _Decay are bases, not schedules.
 _SCHEDULES = ("Constant", "Linear", "Step", "ExponentialDecay", "PowerLawDecay")
 
@@ -61,6 +63,10 @@ class Schedule:
         attrs = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
         return f"{self.__class__.__name__}({attrs})"
 
+    def _current(self):
+        """float32(value), refusing what is no real scalar (np.float32 would parse "0.5")."""
+        return _checks.rate(f"{type(self).__name__}.value", self.value)
+
     def _start(self, value):
         if value is None:
             self.reset()
@@ -76,7 +82,7 @@ class Constant(Schedule):
         self._start(value)
 
     def __next__(self):
-        return np.float32(self.value)
+        return self._current()
 
 
 class Linear(Schedule):
@@ -90,7 +96,7 @@ class Linear(Schedule):
         self._start(value)
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value = np.clip(self.value - self.delta, self.minval, self.maxval)
         return current
 
@@ -113,7 +119,7 @@ class Step(Schedule):
         self.t = 0
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value = self.initial if self.t <= self.steps else self.final
         self.t += 1
         return current
@@ -132,7 +138,7 @@ class ExponentialDecay(_Decay):
     """x(t + 1) = coefficient * x(t)."""
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value *= self.coefficient
         return current
 
@@ -141,6 +147,6 @@ class PowerLawDecay(_Decay):
     """1 / x(t + 1) = 1 / x(t) + coefficient."""
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value = 1 / (1 / self.value + self.coefficient)
         return current
