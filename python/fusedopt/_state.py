@@ -334,12 +334,12 @@ def optimizer_entries(fields: OptimizerFields) -> dict[str, Any]:
 
 
 def parse_optimizer(state: Mapping[str, Any]) -> OptimizerFields:
-    """The optimizer's scalars, checked (lr must be a finite float32 value)."""
+    """The optimizer's scalars, checked (lr must be a float32 value: inf and nan are, 1e39 is not)."""
     tolerance = _checks.tolerance("state['tolerance']", _get_float(state, "tolerance"))
     flags = {key: _get_bool(state, key) for key in ("ascent", "check_finite", "keep_delta", "lr_set")}
     lr = _get_float(state, "lr")
-    if not math.isfinite(lr) or not abs(lr) <= float(np.finfo(np.float32).max):
-        raise ValueError(f"state['lr'] must be a finite float32 value, got {lr!r}")
+    if math.isfinite(lr) and abs(lr) > float(np.finfo(np.float32).max):  # np.float32() would overflow (warn)
+        raise ValueError(f"state['lr'] must be a float32 value, got {lr!r} (beyond float32's range)")
     step_count = _get_int(state, "step_count")
     if step_count < 0:
         raise ValueError(f"state['step_count'] must be >= 0, got {step_count}")

@@ -208,6 +208,18 @@ class GradientMemory:
         flags = (UNBIASED | (MEAN_DIV if self.mean_weight else 0)) if unbiased else 0
         return self._run(grad, NONE, NONE, DIR_NORM_G, OUT_WRITE, flags, name="grad")
 
+    # paysage's per-array running averages, for subclasses written as paysage's optimizers
+    # are; in SPEC's operation order (numpy's rounding, as the fused kernels round).
+    def mixer_(self, x, y):
+        """Running mean of one array, in place: x = (w * x) + ((1 - w) * y), w = mean_weight."""
+        w = x.dtype.type(self._w)
+        np.add(w * x, (x.dtype.type(1) - w) * y, out=x)
+
+    def square_mixer_(self, x, y):
+        """Running mean square of one array, in place: x = (w2 * x) + (((1 - w2) * y) * y)."""
+        w2 = x.dtype.type(self._w2)
+        np.add(w2 * x, ((x.dtype.type(1) - w2) * y) * y, out=x)
+
     # -- state (the format is fusedopt._state's) ----------------------------------------
     # A memory's state: its two weights and its moments, per leaf with their paths.
     def _saved_moments(self):
@@ -323,10 +335,53 @@ def _as_schedule(stepsize):
     return stepsize
 
 
+class _Checked:
+    """A public attribute checked on assignment (``check(name, value)`` returns what to store or
+    raises, so a refused value changes nothing). It has no ``__get__``: reads are plain
+    instance-dict reads, and the step, which reads several of these, pays nothing for them."""
+
+    def __init__(self, check, doc):
+        self._check = check
+        self.__doc__ = doc
+
+    def __set_name__(self, owner, name):
+        self._name = name
+
+    def __set__(self, obj, value):
+        obj.__dict__[self._name] = self._check(self._name, value)
+
+
+def _check_memory(name, value):
+    if not isinstance(value, GradientMemory):
+        raise TypeError(f"{name} must be a GradientMemory, got {type(value).__name__}")
+    return value
+
+
+_MEMORY_DOC = "The GradientMemory holding the moments (assign a GradientMemory)."
+
+
+def _check_lr(name, value):
+    return None if value is None else _checks.rate(name, value)
+
+
 class Optimizer:
-    """Base class of the optimizers: learning rate, convergence check, fused stepping."""
+    """Base class of the optimizers: learning rate, convergence check, fused stepping.
+
+    A subclass written as paysage's optimizers are (its own ``update`` that reads ``self.lr_``,
+    sets ``self.delta`` and uses ``self.memory``) works with the base class's ``update_lr``,
+    ``check_convergence``, ``reset`` and pickling.
+    """
 
     _unset_lr_cache = None  # (stepsize.value, its float32 as a float) for updates before update_lr()
+    _inplace_conv = False   # the last update() stepped in place: check_convergence uses the fused sums
+
+    tolerance = _Checked(_checks.tolerance, "Convergence threshold of check_convergence() (a real number >= 0).")
+    ascent = _Checked(_checks.flag, "Step up the gradient (True) instead of down.")
+    check_finite = _Checked(_checks.flag, "Raise FloatingPointError, modifying nothing, when the gradient or the "
+                                          "rate of a step is not finite (True), instead of propagating it.")
+    keep_delta = _Checked(_checks.flag, "On the in-place path also keep the step's delta in ``delta``.")
+    lr = _Checked(_check_lr, "The float32 rate of the last update_lr() (None before: steps use stepsize.value).")
+    step_count = _Checked(_checks.count, "Steps taken by update() (an integer >= 0).")
 
     def __init__(self, stepsize=_DEFAULT_STEPSIZE, tolerance=1e-7, ascent=False, *,
                  check_finite=False, keep_delta=False):
@@ -337,20 +392,16 @@ class Optimizer:
             tolerance (float; optional): the gradient magnitude to declare convergence.
             ascent (bool; optional): step up the gradient instead of down.
             check_finite (bool; keyword): raise FloatingPointError on a NaN or Inf
-                gradient (nothing is modified) instead of propagating it.
+                gradient or rate (nothing is modified) instead of propagating it.
             keep_delta (bool; keyword): on the in-place path also keep ``delta``.
         """
         # The shared default is copied so that no two optimizers share a schedule by accident.
         self.stepsize = stepsize.copy() if stepsize is _DEFAULT_STEPSIZE else stepsize
-        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real):
-            raise TypeError(f"tolerance must be a real number >= 0, got {type(tolerance).__name__}")
-        if not tolerance >= 0:
-            raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
         self.tolerance = tolerance
-        self.ascent = bool(ascent)
-        self.check_finite = bool(check_finite)
-        self.keep_delta = bool(keep_delta)
-        self.lr = None          # float32 rate set by update_lr(); None: use stepsize.value
+        self.ascent = ascent
+        self.check_finite = check_finite
+        self.keep_delta = keep_delta
+        self.lr = None
         self.delta = None
         self.step_count = 0
         self._conv_n = None     # (plan, n) for check_convergence
@@ -365,6 +416,19 @@ class Optimizer:
     @stepsize.setter
     def stepsize(self, value):
         self._stepsize = _as_schedule(value)
+
+    @property
+    def _memory(self):
+        return self.memory
+
+    @property
+    def lr_(self):
+        """paysage's name for the rate: a function that multiplies an array in place by the
+        signed rate of the next step (``lr``, or float32(stepsize.value) before any update_lr();
+        negated when ascent is True), as paysage's own subclasses apply it to their delta."""
+        lr = self.lr
+        lr = lr if lr is not None else np.float32(self._unset_lr())
+        return partial(_scale_in_place, -lr if self.ascent else lr)
 
     def update_lr(self):
         """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time).
@@ -395,21 +459,32 @@ class Optimizer:
         return rate
 
     def check_convergence(self):
-        """True when sqrt(sum over leaves of mean(delta**2) / n) <= tolerance.
+        """Whether the last step was small: True when
+        sqrt(sum over leaves of mean(delta**2) / n) <= tolerance.
 
         n is len(grad.layers) + len(grad.weights) for a paysage Gradient, else the
-        number of leaves. False before the first update.
+        number of leaves. After an in-place step the fused step's per-leaf sums give it
+        (summed in double); otherwise it is evaluated on ``delta`` exactly as paysage does
+        (float32 means, see docs/semantics-convergence.md). False before the first update
+        and right after load_state_dict().
         """
-        mem = self._memory
-        if self.step_count == 0 or mem._plan is None or self._conv_n is None:  # None: state just loaded
+        if self._inplace_conv:
+            mem = self._memory
+            if self.step_count == 0 or mem._plan is None or self._conv_n is None:  # None: state just loaded
+                return False
+            sizes = np.asarray(mem._plan.leaf_sizes, dtype=np.float64)
+            means = np.divide(mem._sumsq, sizes, out=np.zeros_like(sizes), where=sizes > 0)
+            return math.sqrt(float(np.sum(means)) / self._conv_n[1]) <= self.tolerance
+        delta = self.delta
+        if delta is None:
             return False
-        sizes = np.asarray(mem._plan.leaf_sizes, dtype=np.float64)
-        means = np.divide(mem._sumsq, sizes, out=np.zeros_like(sizes), where=sizes > 0)
-        return math.sqrt(float(np.sum(means)) / self._conv_n[1]) <= self.tolerance
+        return _rms_as_paysage(delta) <= self.tolerance
 
     def reset(self):
         """Reset the gradient memory."""
-        self._memory.reset()
+        mem = getattr(self, "_memory", None)
+        if mem is not None:
+            mem.reset()
 
     # -- state (the format is fusedopt._state's) ----------------------------------------
     # An optimizer's state: its scalars, its schedule and its memory's state.
@@ -417,7 +492,7 @@ class Optimizer:
     # Attributes __getstate__ saves in its own way, or not at all (caches rebuilt on use).
     _PICKLED_APART = frozenset({"_stepsize", "tolerance", "ascent", "check_finite", "keep_delta", "lr",
                                 "step_count", "delta", "memory", "_memory", "_conv_n", "_model_types",
-                                "_fast", "_unset_lr_cache"})
+                                "_fast", "_unset_lr_cache", "_inplace_conv"})
 
     def _fields(self):
         return _state.OptimizerFields(self.tolerance, self.ascent, self.check_finite, self.keep_delta,
@@ -433,7 +508,7 @@ class Optimizer:
         scalars (versioned; np.savez stores it): moments per leaf with their paths, lr,
         step_count, the schedule's configuration, the hyper-parameters and the optimizer kind."""
         return {**_state.header(type(self).__name__), **_state.optimizer_entries(self._fields()),
-                **_state.schedule_entries(self._stepsize), **self._memory._entries()}
+                **_state.schedule_entries(self._stepsize), **self._state_memory()._entries()}
 
     def load_state_dict(self, state):
         """Restore a state_dict() (also as read back by np.load) into this optimizer, which must
@@ -441,9 +516,10 @@ class Optimizer:
         _state.check_header(state, type(self).__name__)
         fields = _state.parse_optimizer(state)
         schedule = _state.parse_schedule(state)
-        memory = self._memory._parse(state, self._fixed_zero)
+        mem = self._state_memory()
+        memory = mem._parse(state, self._fixed_zero)
         # Everything is checked: from here on nothing raises.
-        self._memory._commit_state(*memory)
+        mem._commit_state(*memory)
         self._stepsize = schedule
         self._commit_fields(fields)
         self.delta = None
@@ -453,8 +529,8 @@ class Optimizer:
     def __getstate__(self):
         # The optimizer's scalars as in its state, its memory (pickled as such), the schedule
         # object (any class), delta as leaves of the memory's structure, and a subclass's own attributes.
-        mem, conv, delta = self._memory, self._conv_n, self.delta
-        plan = mem._plan
+        mem, conv, delta = getattr(self, "_memory", None), self._conv_n, self.delta
+        plan = None if mem is None else mem._plan
         leaves = None
         if delta is not None and plan is not None:
             try:
@@ -465,6 +541,7 @@ class Optimizer:
                 "fields": _state.optimizer_entries(self._fields()), "stepsize": self._stepsize,
                 "memory": mem, "delta": delta if leaves is None else None, "delta_leaves": leaves,
                 "conv_count": conv[1] if conv is not None and conv[0] is plan else None,
+                "conv_inplace": self._inplace_conv,
                 "extra": {k: v for k, v in self.__dict__.items() if k not in self._PICKLED_APART}}
 
     def __setstate__(self, state):
@@ -476,15 +553,23 @@ class Optimizer:
         self._fast = None
         self._stepsize = state["stepsize"]
         self._commit_fields(fields)
-        self._set_memory(mem)
-        plan = mem._plan
+        plan = None
+        if mem is not None:
+            self._set_memory(mem)
+            plan = mem._plan
         leaves = state["delta_leaves"]
         self.delta = state["delta"] if leaves is None else plan.unflatten(leaves)
+        self._inplace_conv = state["conv_inplace"]
         count = state["conv_count"]
         self._conv_n = (plan, count) if count is not None and plan is not None else None
 
     def _set_memory(self, mem):
         self.memory = mem
+
+    def _state_memory(self):
+        """The memory whose state is the optimizer's (a memoryless stand-in for a subclass without one)."""
+        mem = getattr(self, "_memory", None)
+        return mem if mem is not None else GradientMemory(0.0, 0.0)
 
     def _direction(self, mem):
         """(mean op, mean-square op, direction, flags) of this optimizer's kernel."""
@@ -523,8 +608,10 @@ class Optimizer:
             if mem._pending is not None:
                 mem._bind_pending(grad)
             delta = self._slow_update(mem, kind, is_model, None if is_model else model, grad, lr)
-        self.step_count += 1
+        state = self.__dict__  # past the checked setter: the count is an int already
+        state["step_count"] += 1
         self.delta = delta
+        self._inplace_conv = not is_model
         if is_model:
             model.parameter_update(delta)
 
@@ -543,6 +630,37 @@ class Optimizer:
                                     float(mem.mean_weight), float(mem.mean_square_weight), mem._sumsq)
             self._fast = (kind, self.keep_delta, mem, mem._token, is_model, bound)
         return delta
+
+
+def _scale_in_place(rate, x):
+    np.multiply(rate, x, out=x)
+
+
+def _mean_square(x):
+    x = np.asarray(x)
+    return np.mean(np.square(x)) if x.size else 0  # an empty leaf adds 0 (np.mean would warn, give NaN)
+
+
+def _rms_as_paysage(delta):
+    """paysage's grad_rms of a delta: per leaf np.mean(np.square(d)) in the leaf's dtype, added
+    up as paysage adds them (per namedtuple of a layer or weight first, from the integer 0, so
+    float32 throughout for float32 leaves), divided by n, square root. A tree that is not a
+    paysage Gradient adds its leaves in order and divides by their count."""
+    if hasattr(delta, "layers") and hasattr(delta, "weights"):
+        try:
+            total = 0
+            for part in (delta.layers, delta.weights):
+                for group in part:
+                    for sub in group:
+                        total += sum(_mean_square(x) for x in sub)
+            return math.sqrt(total / max(len(delta.layers) + len(delta.weights), 1))
+        except TypeError:  # fields of other shapes: not a paysage Gradient after all
+            pass
+    leaves = _core.Plan(delta, "delta").flatten(delta, "delta")
+    total = 0
+    for leaf in leaves:
+        total += _mean_square(leaf)
+    return math.sqrt(total / max(len(leaves), 1))
 
 
 def _count_for_rms(grad, plan):
@@ -571,6 +689,7 @@ class Gradient(Optimizer):
         self._memory = GradientMemory(0.0, 0.0)  # holds the tree plan only
 
     _fixed_zero = ("mean_weight", "mean_square_weight")
+    _memory = None  # not the base's property: a memory of its own, holding the tree plan only
 
     def reset(self):
         """Does nothing: plain gradient steps keep no memory."""
@@ -585,6 +704,8 @@ class Gradient(Optimizer):
 class Momentum(Optimizer):
     """Stochastic gradient descent with momentum (Qian, 1999): delta = lr * m."""
 
+    memory = _Checked(_check_memory, _MEMORY_DOC)
+
     def __init__(self, stepsize=_DEFAULT_STEPSIZE, momentum=0.9, tolerance=1e-7, ascent=False, **options):
         """Create a momentum optimizer (alias ``momentum``).
 
@@ -595,10 +716,6 @@ class Momentum(Optimizer):
 
     _fixed_zero = ("mean_square_weight",)
 
-    @property
-    def _memory(self):
-        return self.memory
-
     def _direction(self, mem):
         mean = _moment_op(mem.mean_weight, mem._m)
         return (mean, NONE, DIR_M, 0) if mean else (NONE, NONE, DIR_G, 0)
@@ -606,6 +723,8 @@ class Momentum(Optimizer):
 
 class RMSProp(Optimizer):
     """RMSProp (Hinton, Coursera lecture 6e): delta = lr * g / sqrt(EPS + v / (1 - w2))."""
+
+    memory = _Checked(_check_memory, _MEMORY_DOC)
 
     def __init__(self, stepsize=_DEFAULT_STEPSIZE, mean_square_weight=0.9, tolerance=1e-7, ascent=False,
                  **options):
@@ -618,10 +737,6 @@ class RMSProp(Optimizer):
 
     _fixed_zero = ("mean_weight",)
 
-    @property
-    def _memory(self):
-        return self.memory
-
     def _direction(self, mem):
         sq = _moment_op(mem.mean_square_weight, mem._v)
         if not sq:
@@ -633,6 +748,8 @@ class ADAM(Optimizer):
     """ADAM (Kingma & Ba, 2015) with paysage's constant unbiasing:
     delta = lr * (m / (1 - w)) / sqrt(EPS + v / (1 - w2))."""
 
+    memory = _Checked(_check_memory, _MEMORY_DOC)
+
     def __init__(self, stepsize=_DEFAULT_STEPSIZE, mean_weight=0.9, mean_square_weight=0.999, tolerance=1e-7,
                  ascent=False, **options):
         """Create an ADAM optimizer (alias ``adam``).
@@ -642,10 +759,6 @@ class ADAM(Optimizer):
         """
         super().__init__(stepsize, tolerance, ascent, **options)
         self.memory = GradientMemory(mean_weight=mean_weight, mean_square_weight=mean_square_weight)
-
-    @property
-    def _memory(self):
-        return self.memory
 
     def _direction(self, mem):
         mean = _moment_op(mem.mean_weight, mem._m)
