@@ -1,4 +1,4 @@
-"""The versioned state format of optimizers and gradient memories (docs/semantics-state.md).
+"""The versioned state format of optimizers and gradient memories.
 
 This module only reads and writes plain data: it knows the format, not the
 classes. Each class says what its state is (``GradientMemory`` its weights and

@@ -11,17 +11,39 @@ Two ways to step:
 
 See SPEC section 3 for the exact float semantics (bit-identical to paysage).
 """
+from __future__ import annotations
+
 from copy import deepcopy  # noqa: F401  (paysage's optimizers module exposes both names;
 from functools import partial  # noqa: F401  the reference documentation lists them)
 import math
 import numbers
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, TypeVar, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, _core, _state, schedules
 
 __all__ = ["GradientMemory", "Optimizer", "Gradient", "Momentum", "RMSProp", "ADAM",
-           "gradient", "momentum", "rmsprop", "adam"]
+           "gradient", "momentum", "rmsprop", "adam", "EPS"]
+
+# A tree: numpy float32/float64 arrays at the leaves of any nesting of tuple, list, dict and
+# namedtuple (paysage's Gradient among them). Not expressible as a static type: Any.
+Tree = Any
+
+#: The constant under the square root of normalize(): float32 machine epsilon, 2**-23.
+EPS = float(np.finfo(np.float32).eps)
+
+
+class Rates(Protocol):
+    """What ``stepsize`` must be: an object whose ``__next__`` returns the next rate (a real
+    scalar); fusedopt's schedules are, and a ``value`` attribute gives the rate of a step before
+    any ``update_lr()``."""
+
+    def __next__(self) -> Any: ...
+
+
+StepSize = Union[Rates, float]
 
 _B = _core.MODE_BITS
 NONE, INIT, EMA = _B["MOMENT_NONE"], _B["MOMENT_INIT"], _B["MOMENT_EMA"]
@@ -68,13 +90,17 @@ class GradientMemory:
 
     _pending = None  # moments loaded by load_state_dict, waiting for a gradient's structure (_state)
 
-    def __init__(self, mean_weight=0.9, mean_square_weight=0.0):
+    def __init__(self, mean_weight: float = 0.9, mean_square_weight: float = 0.0) -> None:
         """Create a gradient memory.
 
         Args:
-            mean_weight (float in [0, 1)): how strongly to weight the previous mean.
+            mean_weight (float in [0, 1)): how strongly to weight the previous mean
+                (stored as float32; 0 means no mean).
             mean_square_weight (float in [0, 1)): how strongly to weight the
-                previous mean square.
+                previous mean square (stored as float32; 0 means no mean square).
+
+        Raises:
+            TypeError, ValueError: a weight is not a real number whose float32 value is in [0, 1).
         """
         self.mean_weight = mean_weight
         self.mean_square_weight = mean_square_weight
@@ -86,12 +112,25 @@ class GradientMemory:
         self._v_tree = None
         self._token = object()  # replaced whenever plan, arenas or weights change
 
-    mean_weight = _weight_property("mean_weight", "_w", "Weight of the previous mean (float32).")
-    mean_square_weight = _weight_property("mean_square_weight", "_w2",
-                                          "Weight of the previous mean square (float32).")
-    # Trees of views into the arenas, or None; assigning a tree copies it in.
-    mean_gradient = _moment_property("m", "Running mean of the gradients (tree of arrays), or None.")
-    mean_square_gradient = _moment_property("v", "Running mean of the squared gradients (tree of arrays), or None.")
+    if TYPE_CHECKING:
+        @property
+        def mean_weight(self) -> np.float32: ...
+        @mean_weight.setter
+        def mean_weight(self, value: float) -> None: ...
+        @property
+        def mean_square_weight(self) -> np.float32: ...
+        @mean_square_weight.setter
+        def mean_square_weight(self, value: float) -> None: ...
+        mean_gradient: Optional[Tree]
+        mean_square_gradient: Optional[Tree]
+    else:
+        mean_weight = _weight_property("mean_weight", "_w", "Weight of the previous mean (float32).")
+        mean_square_weight = _weight_property("mean_square_weight", "_w2",
+                                              "Weight of the previous mean square (float32).")
+        # Trees of views into the arenas, or None; assigning a tree copies it in.
+        mean_gradient = _moment_property("m", "Running mean of the gradients (tree of arrays), or None.")
+        mean_square_gradient = _moment_property("v", "Running mean of the squared gradients (tree of arrays), "
+                                                     "or None.")
 
     def _assign_moment(self, which, tree):
         """Set moment `which` ("m" or "v") to a copy of `tree` (None clears it); everything is
@@ -130,7 +169,7 @@ class GradientMemory:
         n32, n64 = plan.arena_sizes
         return _core.aligned_empty(n32, "float32"), _core.aligned_empty(n64, "float64")
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget both moments (the next gradient may have another structure)."""
         self._clear()
 
@@ -177,19 +216,19 @@ class GradientMemory:
             self._v, self._v_tree = v, plan.views(*v)
 
     # -- paysage's GradientMemory API ----------------------------------------------
-    def update_mean(self, grad):
+    def update_mean(self, grad: Tree) -> None:
         """Update the running mean: m = g on the first call, then m = w*m + (1-w)*g."""
         if self._pending is not None:
             self._bind_pending(grad)
         self._run(grad, INIT if self._m is None else EMA, NONE, DIR_NONE, OUT_NONE, 0)
 
-    def update_mean_square(self, grad):
+    def update_mean_square(self, grad: Tree) -> None:
         """Update the running mean square: v = g*g first, then v = w2*v + ((1-w2)*g)*g."""
         if self._pending is not None:
             self._bind_pending(grad)
         self._run(grad, NONE, INIT if self._v is None else EMA, DIR_NONE, OUT_NONE, 0)
 
-    def update(self, grad):
+    def update(self, grad: Tree) -> None:
         """Update the mean (if mean_weight != 0) and the mean square (if mean_square_weight != 0)."""
         if self._pending is not None:
             self._bind_pending(grad)
@@ -198,7 +237,7 @@ class GradientMemory:
         if mean or sq:
             self._run(grad, mean, sq, DIR_NONE, OUT_NONE, 0)
 
-    def normalize(self, grad, unbiased=False):
+    def normalize(self, grad: Tree, unbiased: bool = False) -> Tree:
         """Return grad / sqrt(EPS + v), or with unbiased=True
         (grad / (1 - w)) / sqrt(EPS + v / (1 - w2)); grad itself when there is no mean square yet."""
         if self._pending is not None:
@@ -208,14 +247,22 @@ class GradientMemory:
         flags = (UNBIASED | (MEAN_DIV if self.mean_weight else 0)) if unbiased else 0
         return self._run(grad, NONE, NONE, DIR_NORM_G, OUT_WRITE, flags, name="grad")
 
+    def __repr__(self) -> str:
+        saved = self._saved_moments()
+        count = None if saved is None else len(saved.paths)
+        moments = "None" if saved is None else repr(f"{count} " + ("leaf" if count == 1 else "leaves") + (
+            ", waiting for a gradient" if self._pending is not None else ""))
+        return (f"GradientMemory(mean_weight={_show(self._w)}, mean_square_weight={_show(self._w2)}, "
+                f"moments={moments})")
+
     # paysage's per-array running averages, for subclasses written as paysage's optimizers
     # are; in SPEC's operation order (numpy's rounding, as the fused kernels round).
-    def mixer_(self, x, y):
+    def mixer_(self, x: npt.NDArray[np.floating[Any]], y: npt.NDArray[np.floating[Any]]) -> None:
         """Running mean of one array, in place: x = (w * x) + ((1 - w) * y), w = mean_weight."""
         w = x.dtype.type(self._w)
         np.add(w * x, (x.dtype.type(1) - w) * y, out=x)
 
-    def square_mixer_(self, x, y):
+    def square_mixer_(self, x: npt.NDArray[np.floating[Any]], y: npt.NDArray[np.floating[Any]]) -> None:
         """Running mean square of one array, in place: x = (w2 * x) + (((1 - w2) * y) * y)."""
         w2 = x.dtype.type(self._w2)
         np.add(w2 * x, ((x.dtype.type(1) - w2) * y) * y, out=x)
@@ -288,23 +335,28 @@ class GradientMemory:
         plan = _core.Plan(tree, "grad")
         self._install(plan, *self._pending.ordered(_state.match(plan, self._pending, "grad")))
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The weights and moments as plain numpy arrays and Python scalars (versioned)."""
         return {**_state.header("GradientMemory"), **self._entries()}
 
-    def load_state_dict(self, state):
-        """Restore a state_dict() (also as read back by np.load); checked fully before anything changes."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state_dict() (also as read back by np.load); checked fully before anything changes.
+
+        Raises:
+            TypeError, ValueError: the state is not a GradientMemory state of this format version,
+                or its moments do not fit the current structure (nothing is changed).
+        """
         _state.check_header(state, "GradientMemory")
         self._commit_state(*self._parse(state))
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # The plain state plus the tree structure and the convergence sums.
         plan = self._plan
         return {"pickle_version": _state.PICKLE_VERSION, "state": self.state_dict(),
                 "structure": None if plan is None else _state.structure_of(plan),
                 "sumsq": None if plan is None else np.array(self._sumsq)}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         _state.check_pickle_version(state, "GradientMemory")
         data = state["state"]
         _state.check_header(data, "GradientMemory")
@@ -333,6 +385,29 @@ def _as_schedule(stepsize):
         raise TypeError(f"stepsize must be a schedule (an object with __next__) or a float, "
                         f"got {type(stepsize).__name__}")
     return stepsize
+
+
+_OPTIONS_DOC = """
+        stepsize (schedule or float): the rate schedule (fusedopt.schedules or any object
+            with ``__next__``; a number becomes ``Constant(initial=number)``).
+        tolerance (float >= 0): check_convergence() is True when the root mean square of
+            the last delta is at most this.
+        ascent (bool): step up the gradient (``p + lr * direction``) instead of down.
+        check_finite (bool, keyword): raise FloatingPointError, modifying nothing, when a
+            gradient element or the rate is NaN or infinite; False (the default) lets them
+            propagate as numpy would.
+        keep_delta (bool, keyword): on the in-place path also keep the step's delta in
+            ``delta`` (the paysage path always keeps it: the model receives it).
+"""
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def _with_options(cls: _Class) -> _Class:
+    """Completes the Args section of an optimizer's docstring with the options every optimizer takes."""
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + _OPTIONS_DOC.rstrip("\n") + "\n    "
+    return cls
 
 
 class _Checked:
@@ -364,36 +439,50 @@ def _check_lr(name, value):
     return None if value is None else _checks.rate(name, value)
 
 
+@_with_options
 class Optimizer:
     """Base class of the optimizers: learning rate, convergence check, fused stepping.
 
     A subclass written as paysage's optimizers are (its own ``update`` that reads ``self.lr_``,
     sets ``self.delta`` and uses ``self.memory``) works with the base class's ``update_lr``,
     ``check_convergence``, ``reset`` and pickling.
+
+    Args:
     """
 
     _unset_lr_cache = None  # (stepsize.value, its float32 as a float) for updates before update_lr()
     _inplace_conv = False   # the last update() stepped in place: check_convergence uses the fused sums
 
-    tolerance = _Checked(_checks.tolerance, "Convergence threshold of check_convergence() (a real number >= 0).")
-    ascent = _Checked(_checks.flag, "Step up the gradient (True) instead of down.")
-    check_finite = _Checked(_checks.flag, "Raise FloatingPointError, modifying nothing, when the gradient or the "
-                                          "rate of a step is not finite (True), instead of propagating it.")
-    keep_delta = _Checked(_checks.flag, "On the in-place path also keep the step's delta in ``delta``.")
-    lr = _Checked(_check_lr, "The float32 rate of the last update_lr() (None before: steps use stepsize.value).")
-    step_count = _Checked(_checks.count, "Steps taken by update() (an integer >= 0).")
+    delta: Optional[Tree]
+    """The last step's delta (a tree like the gradient), or None (in-place path without keep_delta)."""
+    if TYPE_CHECKING:
+        tolerance: float
+        ascent: bool
+        check_finite: bool
+        keep_delta: bool
+        step_count: int
+        @property
+        def lr(self) -> Optional[np.float32]: ...
+        @lr.setter
+        def lr(self, value: Optional[float]) -> None: ...
+    else:
+        tolerance = _Checked(_checks.tolerance, "Convergence threshold of check_convergence() (a real number >= 0).")
+        ascent = _Checked(_checks.flag, "Step up the gradient (True) instead of down.")
+        check_finite = _Checked(_checks.flag, "Raise FloatingPointError, modifying nothing, when the gradient or the "
+                                              "rate of a step is not finite (True), instead of propagating it.")
+        keep_delta = _Checked(_checks.flag, "On the in-place path also keep the step's delta in ``delta``.")
+        lr = _Checked(_check_lr, "The float32 rate of the last update_lr() (None before: steps use "
+                                 "stepsize.value).")
+        step_count = _Checked(_checks.count, "Steps taken by update() (an integer >= 0).")
 
-    def __init__(self, stepsize=_DEFAULT_STEPSIZE, tolerance=1e-7, ascent=False, *,
-                 check_finite=False, keep_delta=False):
+    def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, tolerance: float = 1e-7, ascent: bool = False, *,
+                 check_finite: bool = False, keep_delta: bool = False) -> None:
         """Create an optimizer.
 
-        Args:
-            stepsize (schedule or float; optional): the stepsize schedule.
-            tolerance (float; optional): the gradient magnitude to declare convergence.
-            ascent (bool; optional): step up the gradient instead of down.
-            check_finite (bool; keyword): raise FloatingPointError on a NaN or Inf
-                gradient or rate (nothing is modified) instead of propagating it.
-            keep_delta (bool; keyword): on the in-place path also keep ``delta``.
+        Args: see the class's documentation.
+
+        Raises:
+            TypeError, ValueError: an argument of the wrong type or out of range, named.
         """
         # The shared default is copied so that no two optimizers share a schedule by accident.
         self.stepsize = stepsize.copy() if stepsize is _DEFAULT_STEPSIZE else stepsize
@@ -409,20 +498,20 @@ class Optimizer:
         self._fast = None       # (model type, keep_delta, memory, token, is_model, BoundStep) of the last step
 
     @property
-    def stepsize(self):
+    def stepsize(self) -> Any:
         """The stepsize schedule (a float assigned here becomes a Constant)."""
         return self._stepsize
 
     @stepsize.setter
-    def stepsize(self, value):
+    def stepsize(self, value: StepSize) -> None:
         self._stepsize = _as_schedule(value)
 
     @property
-    def _memory(self):
-        return self.memory
+    def _memory(self) -> GradientMemory:
+        return self.memory  # type: ignore[attr-defined, no-any-return]  # the subclass's
 
     @property
-    def lr_(self):
+    def lr_(self) -> Callable[[npt.NDArray[Any]], None]:
         """paysage's name for the rate: a function that multiplies an array in place by the
         signed rate of the next step (``lr``, or float32(stepsize.value) before any update_lr();
         negated when ascent is True), as paysage's own subclasses apply it to their delta."""
@@ -430,7 +519,7 @@ class Optimizer:
         lr = lr if lr is not None else np.float32(self._unset_lr())
         return partial(_scale_in_place, -lr if self.ascent else lr)
 
-    def update_lr(self):
+    def update_lr(self) -> None:
         """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time).
 
         Raises:
@@ -458,7 +547,7 @@ class Optimizer:
             self._unset_lr_cache = (value, rate)
         return rate
 
-    def check_convergence(self):
+    def check_convergence(self) -> bool:
         """Whether the last step was small: True when
         sqrt(sum over leaves of mean(delta**2) / n) <= tolerance.
 
@@ -480,7 +569,7 @@ class Optimizer:
             return False
         return _rms_as_paysage(delta) <= self.tolerance
 
-    def reset(self):
+    def reset(self) -> None:
         """Reset the gradient memory."""
         mem = getattr(self, "_memory", None)
         if mem is not None:
@@ -503,16 +592,21 @@ class Optimizer:
         self.check_finite, self.keep_delta = fields.check_finite, fields.keep_delta
         self.lr, self.step_count = fields.lr, fields.step_count
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume training bit-exactly, as plain numpy arrays and Python
         scalars (versioned; np.savez stores it): moments per leaf with their paths, lr,
         step_count, the schedule's configuration, the hyper-parameters and the optimizer kind."""
         return {**_state.header(type(self).__name__), **_state.optimizer_entries(self._fields()),
                 **_state.schedule_entries(self._stepsize), **self._state_memory()._entries()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict() (also as read back by np.load) into this optimizer, which must
-        be of the same kind; everything is checked before anything changes."""
+        be of the same kind; everything is checked before anything changes.
+
+        Raises:
+            TypeError, ValueError: the state is not one of this kind and format version, or a
+                value in it does not fit (named); the optimizer is unchanged.
+        """
         _state.check_header(state, type(self).__name__)
         fields = _state.parse_optimizer(state)
         schedule = _state.parse_schedule(state)
@@ -526,7 +620,7 @@ class Optimizer:
         self._conv_n = None  # check_convergence() is False until the next update
         self._fast = None
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # The optimizer's scalars as in its state, its memory (pickled as such), the schedule
         # object (any class), delta as leaves of the memory's structure, and a subclass's own attributes.
         mem, conv, delta = getattr(self, "_memory", None), self._conv_n, self.delta
@@ -544,7 +638,7 @@ class Optimizer:
                 "conv_inplace": self._inplace_conv,
                 "extra": {k: v for k, v in self.__dict__.items() if k not in self._PICKLED_APART}}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         _state.check_pickle_version(state, "optimizer")
         fields = _state.parse_optimizer(state["fields"])
         mem = state["memory"]
@@ -571,11 +665,21 @@ class Optimizer:
         mem = getattr(self, "_memory", None)
         return mem if mem is not None else GradientMemory(0.0, 0.0)
 
+    def __repr__(self) -> str:
+        parts = [f"stepsize={self._stepsize!r}"]
+        parts += [f"{name}={_show(value)}" for name, value in self._hyper_parameters()]
+        parts += [f"{name}={getattr(self, name)!r}" for name in ("tolerance", "ascent", "check_finite", "keep_delta")]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _hyper_parameters(self) -> list[tuple[str, Any]]:
+        """The class's own constructor arguments, as __repr__ shows them."""
+        return []
+
     def _direction(self, mem):
         """(mean op, mean-square op, direction, flags) of this optimizer's kernel."""
         raise NotImplementedError
 
-    def update(self, model, grad):
+    def update(self, model: Any, grad: Tree) -> None:
         """Take one step.
 
         Args:
@@ -632,6 +736,11 @@ class Optimizer:
         return delta
 
 
+def _show(value: Any) -> str:
+    """A float32 hyper-parameter as written (0.9, not 0.8999999761581421)."""
+    return str(value) if isinstance(value, np.floating) else repr(value)
+
+
 def _scale_in_place(rate, x):
     np.multiply(rate, x, out=x)
 
@@ -680,34 +789,52 @@ def _moment_op(weight, arena):
     return INIT if arena is None else EMA
 
 
+@_with_options
 class Gradient(Optimizer):
-    """Vanilla gradient optimizer: delta = lr * g."""
+    """Vanilla gradient optimizer: delta = lr * g.
 
-    def __init__(self, stepsize=_DEFAULT_STEPSIZE, tolerance=1e-7, ascent=False, **options):
-        """Create a gradient ascent/descent optimizer (alias ``gradient``)."""
+    Args:
+    """
+
+    def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, tolerance: float = 1e-7, ascent: bool = False,
+                 **options: bool) -> None:
+        """Create a gradient ascent/descent optimizer (alias ``gradient``); options: check_finite, keep_delta."""
         super().__init__(stepsize, tolerance, ascent, **options)
         self._memory = GradientMemory(0.0, 0.0)  # holds the tree plan only
 
     _fixed_zero = ("mean_weight", "mean_square_weight")
     _memory = None  # not the base's property: a memory of its own, holding the tree plan only
 
-    def reset(self):
+    def reset(self) -> None:
         """Does nothing: plain gradient steps keep no memory."""
 
     def _set_memory(self, mem):
         self._memory = mem
 
+    def _hyper_parameters(self) -> list[tuple[str, Any]]:
+        return []
+
     def _direction(self, mem):
         return NONE, NONE, DIR_G, 0
 
 
+@_with_options
 class Momentum(Optimizer):
-    """Stochastic gradient descent with momentum (Qian, 1999): delta = lr * m."""
+    """Stochastic gradient descent with momentum (Qian, 1999): delta = lr * m, where
+    m = g at the first step, then m = (w * m) + ((1 - w) * g) with w = momentum.
 
-    memory = _Checked(_check_memory, _MEMORY_DOC)
+    Args:
+        momentum (float in [0, 1)): the weight w of the previous mean (float32); 0 steps lr * g.
+    """
 
-    def __init__(self, stepsize=_DEFAULT_STEPSIZE, momentum=0.9, tolerance=1e-7, ascent=False, **options):
-        """Create a momentum optimizer (alias ``momentum``).
+    if TYPE_CHECKING:
+        memory: GradientMemory
+    else:
+        memory = _Checked(_check_memory, _MEMORY_DOC)
+
+    def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, momentum: float = 0.9, tolerance: float = 1e-7,
+                 ascent: bool = False, **options: bool) -> None:
+        """Create a momentum optimizer (alias ``momentum``); options: check_finite, keep_delta.
 
         With momentum=0 the mean is never updated and the step is lr * g.
         """
@@ -716,19 +843,33 @@ class Momentum(Optimizer):
 
     _fixed_zero = ("mean_square_weight",)
 
+    def _hyper_parameters(self) -> list[tuple[str, Any]]:
+        return [("momentum", self.memory.mean_weight)]
+
     def _direction(self, mem):
         mean = _moment_op(mem.mean_weight, mem._m)
         return (mean, NONE, DIR_M, 0) if mean else (NONE, NONE, DIR_G, 0)
 
 
+@_with_options
 class RMSProp(Optimizer):
-    """RMSProp (Hinton, Coursera lecture 6e): delta = lr * g / sqrt(EPS + v / (1 - w2))."""
+    """RMSProp (Hinton, Coursera lecture 6e): delta = lr * g / sqrt(EPS + v / (1 - w2)), where
+    v = g * g at the first step, then v = (w2 * v) + (((1 - w2) * g) * g), and EPS = 2**-23
+    (float32 machine epsilon, about 1.19e-07).
 
-    memory = _Checked(_check_memory, _MEMORY_DOC)
+    Args:
+        mean_square_weight (float in [0, 1)): the weight w2 of the previous mean square
+            (float32); 0 steps lr * g.
+    """
 
-    def __init__(self, stepsize=_DEFAULT_STEPSIZE, mean_square_weight=0.9, tolerance=1e-7, ascent=False,
-                 **options):
-        """Create an RMSProp optimizer (alias ``rmsprop``).
+    if TYPE_CHECKING:
+        memory: GradientMemory
+    else:
+        memory = _Checked(_check_memory, _MEMORY_DOC)
+
+    def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, mean_square_weight: float = 0.9,
+                 tolerance: float = 1e-7, ascent: bool = False, **options: bool) -> None:
+        """Create an RMSProp optimizer (alias ``rmsprop``); options: check_finite, keep_delta.
 
         With mean_square_weight=0 there is no mean square and the step is lr * g.
         """
@@ -737,6 +878,9 @@ class RMSProp(Optimizer):
 
     _fixed_zero = ("mean_weight",)
 
+    def _hyper_parameters(self) -> list[tuple[str, Any]]:
+        return [("mean_square_weight", self.memory.mean_square_weight)]
+
     def _direction(self, mem):
         sq = _moment_op(mem.mean_square_weight, mem._v)
         if not sq:
@@ -744,21 +888,45 @@ class RMSProp(Optimizer):
         return NONE, sq, DIR_NORM_G, UNBIASED | (MEAN_DIV if mem.mean_weight else 0)
 
 
+@_with_options
 class ADAM(Optimizer):
-    """ADAM (Kingma & Ba, 2015) with paysage's constant unbiasing:
-    delta = lr * (m / (1 - w)) / sqrt(EPS + v / (1 - w2))."""
+    """ADAM (Kingma & Ba, 2015) as paysage computes it:
+    delta = lr * (m / (1 - w)) / sqrt(EPS + v / (1 - w2)).
 
-    memory = _Checked(_check_memory, _MEMORY_DOC)
+    m and v are the memory's running mean and mean square (m = g and v = g * g at the first
+    step, then m = (w * m) + ((1 - w) * g) and v = (w2 * v) + (((1 - w2) * g) * g)), and
+    EPS = 2**-23, float32 machine epsilon (about 1.19e-07), inside the square root.
 
-    def __init__(self, stepsize=_DEFAULT_STEPSIZE, mean_weight=0.9, mean_square_weight=0.999, tolerance=1e-7,
-                 ascent=False, **options):
-        """Create an ADAM optimizer (alias ``adam``).
+    This is paysage's ADAM, not textbook Adam: the unbiasing divides by the constants 1 - w
+    and 1 - w2 (not 1 - w**t), and the first moment starts at g (not 0). At the default
+    weights a step therefore moves each parameter by about 0.32 * lr, where textbook Adam's
+    first steps move it by lr.
+
+    Args:
+        mean_weight (float in [0, 1)): the weight w of the previous mean (float32); 0 steps with
+            g in place of m.
+        mean_square_weight (float in [0, 1)): the weight w2 of the previous mean square
+            (float32); 0 steps with m alone (momentum).
+    """
+
+    if TYPE_CHECKING:
+        memory: GradientMemory
+    else:
+        memory = _Checked(_check_memory, _MEMORY_DOC)
+
+    def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, mean_weight: float = 0.9,
+                 mean_square_weight: float = 0.999, tolerance: float = 1e-7, ascent: bool = False,
+                 **options: bool) -> None:
+        """Create an ADAM optimizer (alias ``adam``); options: check_finite, keep_delta.
 
         A weight of 0 drops that moment: mean_weight=0 steps with g in place of m,
         mean_square_weight=0 steps with m alone (momentum).
         """
         super().__init__(stepsize, tolerance, ascent, **options)
         self.memory = GradientMemory(mean_weight=mean_weight, mean_square_weight=mean_square_weight)
+
+    def _hyper_parameters(self) -> list[tuple[str, Any]]:
+        return [("mean_weight", self.memory.mean_weight), ("mean_square_weight", self.memory.mean_square_weight)]
 
     def _direction(self, mem):
         mean = _moment_op(mem.mean_weight, mem._m)
