@@ -1,5 +1,8 @@
 #include "tree.h"
 
+#include <cctype>
+#include <unordered_set>
+
 #include "numpy_api.h"
 
 namespace fusedopt {
@@ -16,11 +19,47 @@ std::string join_path(const std::string& parent, const std::string& child) {
   return parent + child;
 }
 
+// repr(key) without the " at 0x..." of default reprs ("<Class object at
+// 0x...>"): paths are saved in state_dict() and must read the same in another
+// process. Other reprs (strings, numbers) are kept as they are.
+std::string key_label(py::handle key) {
+  std::string r = py::repr(key).cast<std::string>();
+  if (r.size() < 2 || r.front() != '<' || r.back() != '>') return r;
+  for (std::size_t at = r.find(" at 0x"); at != std::string::npos; at = r.find(" at 0x", at)) {
+    std::size_t end = at + 6;
+    while (end < r.size() && std::isxdigit(static_cast<unsigned char>(r[end]))) ++end;
+    r.erase(at, end - at);
+  }
+  return r;
+}
+
+// Labels made unique in order: the second "x" becomes "x#2", the third "x#3"
+// (and a label taken already by a later one moves on to the next number).
+void make_unique(std::vector<std::string>& labels) {
+  std::unordered_set<std::string> seen;
+  for (auto& label : labels) {
+    if (seen.insert(label).second) continue;
+    for (int k = 2;; ++k) {
+      std::string next = label + "#" + std::to_string(k);
+      if (seen.insert(next).second) {
+        label = std::move(next);
+        break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Plan::Plan(py::handle tree, const std::string& name) {
   (void)name;
   record(tree, "");
+  // Labels are unique inside each dict, but a custom repr may still spell a
+  // whole path of another branch: leaf paths are made unique as a last step.
+  std::vector<std::string> paths;
+  for (const auto& leaf : leaves_) paths.push_back(leaf.path);
+  make_unique(paths);
+  for (std::size_t l = 0; l < leaves_.size(); ++l) leaves_[l].path = std::move(paths[l]);
   std::vector<std::size_t> sizes;
   sizes.reserve(leaves_.size());
   for (auto& leaf : leaves_) {
@@ -95,8 +134,11 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
     std::vector<py::object> keys;
     for (auto item : d) keys.push_back(py::reinterpret_borrow<py::object>(item.first));
     nodes_[here].keys = keys;
-    for (const auto& key : keys)
-      record(d[key], join_path(path, "[" + py::repr(key).cast<std::string>() + "]"), depth + 1);
+    std::vector<std::string> labels;
+    for (const auto& key : keys) labels.push_back(key_label(key));
+    make_unique(labels);
+    for (std::size_t k = 0; k < keys.size(); ++k)
+      record(d[keys[k]], join_path(path, "[" + labels[k] + "]"), depth + 1);
   } else {
     throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
                          ": expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, got " +
