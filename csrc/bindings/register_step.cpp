@@ -21,6 +21,8 @@ std::string where(const char* name, const LeafSpec& s) {
 }
 
 const char* dtype_name(Dtype d) { return d == F32 ? "float32" : "float64"; }
+std::size_t item_size(Dtype d) { return d == F32 ? 4 : 8; }
+constexpr std::size_t kNoLeaf = static_cast<std::size_t>(-1);
 
 std::string shape_of(PyArrayObject* a) {
   std::string out = "(";
@@ -60,21 +62,39 @@ bool leaf_finite(const void* data, const LeafSpec& s) {
                         : all_finite(static_cast<const double*>(data), s.size);
 }
 
-// Two parameter leaves sharing memory would be stepped twice (and raced by
-// threads): refuse them, naming both.
-void check_no_overlap(const Plan& plan, const std::vector<LeafData>& data) {
-  const auto& specs = plan.leaves();
-  std::vector<std::pair<const char*, std::size_t>> spans;  // start, leaf
-  spans.reserve(specs.size());
-  for (std::size_t l = 0; l < specs.size(); ++l)
-    if (specs[l].size > 0) spans.emplace_back(static_cast<const char*>(data[l].p), l);
-  std::sort(spans.begin(), spans.end());
+// A byte range one step writes or reads as state, and whose it is.
+struct Span {
+  const char* begin;
+  const char* end;
+  const char* what;  // "params" (then `leaf` names it) or the arena's name
+  std::size_t leaf;
+};
+
+std::string span_name(const Plan& plan, const Span& s) {
+  return s.leaf == kNoLeaf ? "the optimizer's " + std::string(s.what) + " arena" : where(s.what, plan.leaves()[s.leaf]);
+}
+
+// Parameters, moment arenas and sums must not share memory: a parameter in
+// another's memory would be stepped twice (and raced by threads), one in a
+// moment arena would corrupt the optimizer's own state. Sorts `spans`.
+void refuse_overlaps(const Plan& plan, std::vector<Span>& spans) {
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
   for (std::size_t k = 1; k < spans.size(); ++k) {
-    const LeafSpec& prev = specs[spans[k - 1].second];
-    if (spans[k - 1].first + prev.size * (prev.dtype == F32 ? 4 : 8) > spans[k].first)
-      throw py::value_error(where("params", specs[spans[k].second]) + ": shares memory with " +
-                            where("params", prev) + "; each parameter must be its own array");
+    const Span& prev = spans[k - 1];
+    const Span& next = spans[k];
+    if (prev.end <= next.begin) continue;
+    const Span& param = next.leaf != kNoLeaf ? next : prev;
+    const Span& other = &param == &next ? prev : next;
+    throw py::value_error(span_name(plan, param) + ": shares memory with " + span_name(plan, other) +
+                          (other.leaf == kNoLeaf ? " (the optimizer's own state cannot be stepped as parameters)"
+                                                 : "; each parameter must be its own array"));
   }
+}
+
+// Whether [begin, end) overlaps any of `spans` (sorted, disjoint).
+bool overlaps(const std::vector<Span>& spans, const char* begin, const char* end) {
+  auto it = std::upper_bound(spans.begin(), spans.end(), begin, [](const char* b, const Span& s) { return b < s.end; });
+  return it != spans.end() && it->begin < end;
 }
 
 py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str gname, py::handle params,
@@ -88,23 +108,32 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
   const bool needs_out = out == OUT_WRITE || out == OUT_BOTH;
   const auto& specs = plan.leaves();
   std::vector<LeafData> data(specs.size());
-  std::vector<py::object> copies;  // contiguous copies of strided gradients
+  // Every array the kernel touches stays referenced here until it returns: other
+  // threads run while the GIL is released and may drop the trees' references.
+  std::vector<py::object> keep;
+  keep.reserve(2 * specs.size() + 1);
+  auto hold = [&](PyObject* o) { keep.push_back(py::reinterpret_borrow<py::object>(o)); };
+  auto copy_of = [&](PyArrayObject* a) {
+    PyObject* c = PyArray_FromAny(reinterpret_cast<PyObject*>(a), PyArray_DescrFromType(PyArray_TYPE(a)), 0, 0,
+                                  NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
+    if (!c) throw py::error_already_set();
+    keep.push_back(py::reinterpret_steal<py::object>(c));
+    return PyArray_DATA(reinterpret_cast<PyArrayObject*>(c));
+  };
 
   const char* gn = PyUnicode_AsUTF8(gname.ptr());  // cached by Python: no copy per step
   if (!gn) throw py::error_already_set();
+  std::vector<PyArrayObject*> garrays(specs.size());
   plan.walk(grad.ptr(), gn, [&](std::size_t l, PyObject* o) {
     PyArrayObject* a = check_leaf(plan, l, o, gn);
-    if (!PyArray_ISCARRAY_RO(a) || !PyArray_ISNOTSWAPPED(a)) {
-      PyObject* c = PyArray_FromAny(o, PyArray_DescrFromType(PyArray_TYPE(a)), 0, 0,
-                                    NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
-      if (!c) throw py::error_already_set();
-      copies.push_back(py::reinterpret_steal<py::object>(c));
-      a = reinterpret_cast<PyArrayObject*>(c);
-    }
+    hold(o);
+    garrays[l] = a;
     data[l].dtype = specs[l].dtype;
-    data[l].g = PyArray_DATA(a);
+    data[l].g = PyArray_ISCARRAY_RO(a) && PyArray_ISNOTSWAPPED(a) ? PyArray_DATA(a) : copy_of(a);
   });
+  std::vector<Span> spans;  // what the step writes, or reads as its own state
   if (needs_p) {
+    spans.reserve(specs.size() + 5);
     plan.walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
       const LeafSpec& s = specs[l];
       if (PyArray_Check(o) && PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != (s.dtype == F32 ? NPY_FLOAT : NPY_DOUBLE))
@@ -114,21 +143,46 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
       if (!PyArray_ISWRITEABLE(a)) throw py::value_error(where("params", s) + ": the array is read-only; it must be writeable to be stepped in place");
       if (!PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
         throw py::value_error(where("params", s) + ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
+      hold(o);
       data[l].p = PyArray_DATA(a);
+      const char* b = static_cast<const char*>(data[l].p);
+      if (s.size > 0) spans.push_back({b, b + s.size * item_size(s.dtype), "params", l});
     });
-    check_no_overlap(plan, data);
   }
   void* mbase[2] = {nullptr, nullptr};
   void* vbase[2] = {nullptr, nullptr};
+  auto state_span = [&](void* base, Dtype d, std::size_t n, const char* what) {
+    if (base && n > 0) spans.push_back({static_cast<const char*>(base), static_cast<const char*>(base) + n * item_size(d), what, kNoLeaf});
+  };
   for (Dtype d : {F32, F64}) {
     if (plan.arena_size(d) == 0) continue;
-    if (needs_m) mbase[d] = arena_data(d == F32 ? m32 : m64, d, plan.arena_size(d), "mean");
-    if (needs_v) vbase[d] = arena_data(d == F32 ? v32 : v64, d, plan.arena_size(d), "mean square");
+    py::handle ma = d == F32 ? m32 : m64, va = d == F32 ? v32 : v64;
+    if (needs_m) {
+      mbase[d] = arena_data(ma, d, plan.arena_size(d), "mean");
+      hold(ma.ptr());
+      state_span(mbase[d], d, plan.arena_size(d), "mean");
+    }
+    if (needs_v) {
+      vbase[d] = arena_data(va, d, plan.arena_size(d), "mean square");
+      hold(va.ptr());
+      state_span(vbase[d], d, plan.arena_size(d), "mean square");
+    }
   }
   double* sums = nullptr;
   if ((mode & SCALE) && !sumsq.is_none()) {
     sums = static_cast<double*>(arena_data(sumsq, F64, specs.size(), "sum of squares"));
+    hold(sumsq.ptr());
+    state_span(sums, F64, specs.size(), "sum of squares");
   }
+  refuse_overlaps(plan, spans);
+  // A gradient in memory the step writes is read as it was before the step
+  // (numpy's p - lr * g.copy()), whatever the SIMD width or thread count.
+  if (!spans.empty())
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      const char* b = static_cast<const char*>(data[l].g);
+      if (specs[l].size > 0 && overlaps(spans, b, b + specs[l].size * item_size(specs[l].dtype)))
+        data[l].g = copy_of(garrays[l]);
+    }
   if (check_finite)
     for (std::size_t l = 0; l < specs.size(); ++l)
       if (!leaf_finite(data[l].g, specs[l])) {
@@ -146,7 +200,7 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
       }
   for (std::size_t l = 0; l < specs.size(); ++l) {
     const LeafSpec& s = specs[l];
-    const std::size_t bytes = s.offset * (s.dtype == F32 ? 4 : 8);
+    const std::size_t bytes = s.offset * item_size(s.dtype);
     auto at = [&](void* base) { return base ? static_cast<void*>(static_cast<char*>(base) + bytes) : nullptr; };
     data[l].m = at(mbase[s.dtype]);
     data[l].v = at(vbase[s.dtype]);

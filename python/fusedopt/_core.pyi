@@ -17,6 +17,8 @@ compiler: str
 chunk_elements: int
 # Steps with fewer elements than this run on the calling thread only.
 serial_below: int
+# The largest count set_num_threads accepts: 4 per CPU, at least 256.
+max_threads: int
 
 class StructureError(ValueError):
     """A tree does not have the structure its plan recorded."""
@@ -96,10 +98,10 @@ def _set_simd_level(level: str) -> None:
     """Switch SIMD level (for tests); FUSEDOPT_SIMD does the same at import."""
 
 def get_num_threads() -> int:
-    """Threads a large step uses (default: OMP_NUM_THREADS, else the cores)."""
+    """Threads a large step uses (default: OMP_NUM_THREADS, else the cores; 1 in a child forked after a threaded step)."""
 
 def set_num_threads(n: int) -> None:
-    """Set the threads a large step uses (1 without OpenMP)."""
+    """Set the threads a large step uses: 1..max_threads (1 without OpenMP)."""
 
 def have_openmp() -> bool: ...
 def _set_exact_division(on: bool) -> None:
