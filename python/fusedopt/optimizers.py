@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-from . import _core, _state, schedules
+from . import _checks, _core, _state, schedules
 
 __all__ = ["GradientMemory", "Optimizer", "Gradient", "Momentum", "RMSProp", "ADAM",
            "gradient", "momentum", "rmsprop", "adam"]
@@ -37,23 +37,13 @@ def _mode(mean, sq, direction, out, flags):
             | (out << _B["OUT_SHIFT"]) | flags)
 
 
-def _check_weight(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number in [0, 1), got {type(value).__name__}")
-    weight = np.float32(value)  # the kernels compute with the float32 value
-    if not 0.0 <= weight < 1.0:
-        raise ValueError(f"{name} must be in [0, 1) as a float32, got {value!r}"
-                         + (" (it rounds to 1.0)" if weight == 1.0 else ""))
-    return weight
-
-
 def _weight_property(name, attr, doc):
     """A float32 weight in [0, 1); setting it invalidates the cached kernel call."""
     def get(self):
         return getattr(self, attr)
 
     def set(self, value):
-        setattr(self, attr, _check_weight(name, value))
+        setattr(self, attr, _checks.weight(name, value))
         self._token = object()
     return property(get, set, doc=doc)
 
@@ -64,12 +54,7 @@ def _moment_property(which, doc):
         return getattr(self, f"_{which}_tree")
 
     def set(self, tree):
-        if self._pending is not None:
-            _state.settle_pending(self, tree, which)
-        arenas, views = self._assign(tree)
-        setattr(self, f"_{which}", arenas)
-        setattr(self, f"_{which}_tree", views)
-        self._token = object()
+        self._assign_moment(which, tree)
     return property(get, set, doc=doc)
 
 
@@ -108,35 +93,48 @@ class GradientMemory:
     mean_gradient = _moment_property("m", "Running mean of the gradients (tree of arrays), or None.")
     mean_square_gradient = _moment_property("v", "Running mean of the squared gradients (tree of arrays), or None.")
 
-    def _assign(self, tree):
-        """Arena and view tree holding a copy of `tree` (None clears)."""
+    def _assign_moment(self, which, tree):
+        """Set moment `which` ("m" or "v") to a copy of `tree` (None clears it); everything is
+        checked before anything changes."""
+        pending = self._pending
         if tree is None:
-            return None, None
-        plan = self._plan if self._plan is not None else _core.Plan(tree, "moment")
-        sources = plan.flatten(tree, "moment")
-        arenas = self._new_arenas(plan)
-        views = plan.views(*arenas)
-        for path, dst, src in zip(plan.paths, plan.flatten(views), sources):
-            src = np.asarray(src)
-            if src.shape != dst.shape or src.dtype != dst.dtype:
-                raise ValueError(f"moment at {path or 'the root'}: expected {dst.dtype} of shape {dst.shape}, "
+            if pending is not None:
+                pending = pending._replace(**{which: None})
+                self._pending = pending if (pending.m is not None or pending.v is not None) else None
+            setattr(self, f"_{which}", None)
+            setattr(self, f"_{which}_tree", None)
+            self._token = object()
+            return
+        if pending is not None:  # the loaded moments attach to the structure of `tree`
+            plan = _core.Plan(tree, "grad")
+            m, v = pending.ordered(_state.match(plan, pending, "grad"))
+        else:
+            plan = self._plan if self._plan is not None else _core.Plan(tree, "moment")
+        sources = [np.asarray(src) for src in plan.flatten(tree, "moment")]
+        for path, dtype, shape, src in zip(plan.paths, plan.leaf_dtypes, plan.shapes, sources):
+            if src.shape != tuple(shape) or src.dtype != np.dtype(dtype):
+                raise ValueError(f"moment at {path or 'the root'}: expected {dtype} of shape {tuple(shape)}, "
                                  f"got {src.dtype} of shape {src.shape}")
-            dst[...] = src
-        self._adopt(plan)
-        return arenas, views
+        if pending is not None:
+            self._install(plan, *((sources, v) if which == "m" else (m, sources)))
+            return
+        arenas, views = self._filled(plan, sources)
+        if plan is not self._plan:
+            self._plan, self._sumsq = plan, np.zeros(plan.num_leaves)
+        setattr(self, f"_{which}", arenas)
+        setattr(self, f"_{which}_tree", views)
+        self._token = object()
 
     @staticmethod
     def _new_arenas(plan):
         n32, n64 = plan.arena_sizes
         return _core.aligned_empty(n32, "float32"), _core.aligned_empty(n64, "float64")
 
-    def _adopt(self, plan):
-        if plan is not self._plan:
-            self._plan = plan
-            self._sumsq = np.zeros(plan.num_leaves)
-
     def reset(self):
         """Forget both moments (the next gradient may have another structure)."""
+        self._clear()
+
+    def _clear(self):
         self._m = self._v = self._m_tree = self._v_tree = None
         self._plan = None
         self._sumsq = None
@@ -182,19 +180,19 @@ class GradientMemory:
     def update_mean(self, grad):
         """Update the running mean: m = g on the first call, then m = w*m + (1-w)*g."""
         if self._pending is not None:
-            _state.bind_pending(self, grad)
+            self._bind_pending(grad)
         self._run(grad, INIT if self._m is None else EMA, NONE, DIR_NONE, OUT_NONE, 0)
 
     def update_mean_square(self, grad):
         """Update the running mean square: v = g*g first, then v = w2*v + ((1-w2)*g)*g."""
         if self._pending is not None:
-            _state.bind_pending(self, grad)
+            self._bind_pending(grad)
         self._run(grad, NONE, INIT if self._v is None else EMA, DIR_NONE, OUT_NONE, 0)
 
     def update(self, grad):
         """Update the mean (if mean_weight != 0) and the mean square (if mean_square_weight != 0)."""
         if self._pending is not None:
-            _state.bind_pending(self, grad)
+            self._bind_pending(grad)
         mean = (INIT if self._m is None else EMA) if self.mean_weight else NONE
         sq = (INIT if self._v is None else EMA) if self.mean_square_weight else NONE
         if mean or sq:
@@ -204,29 +202,114 @@ class GradientMemory:
         """Return grad / sqrt(EPS + v), or with unbiased=True
         (grad / (1 - w)) / sqrt(EPS + v / (1 - w2)); grad itself when there is no mean square yet."""
         if self._pending is not None:
-            _state.bind_pending(self, grad)
+            self._bind_pending(grad)
         if self._v is None:
             return grad
         flags = (UNBIASED | (MEAN_DIV if self.mean_weight else 0)) if unbiased else 0
         return self._run(grad, NONE, NONE, DIR_NORM_G, OUT_WRITE, flags, name="grad")
 
-    # -- state (fusedopt._state) -----------------------------------------------------
+    # -- state (the format is fusedopt._state's) ----------------------------------------
+    # A memory's state: its two weights and its moments, per leaf with their paths.
+    def _saved_moments(self):
+        """The moments as a _state.Moments of views (or the loaded ones still waiting), or None."""
+        if self._pending is not None:
+            return self._pending
+        if self._m is None and self._v is None:
+            return None
+        plan = self._plan
+        leaves = lambda tree: None if tree is None else list(plan.flatten(tree))  # noqa: E731
+        return _state.Moments(plan.paths, plan.leaf_dtypes, plan.shapes, leaves(self._m_tree), leaves(self._v_tree))
+
+    def _entries(self):
+        return _state.memory_entries((self._w, self._w2), self._saved_moments())
+
+    def _parse(self, state, fixed_zero=()):
+        """Check a state's weights and moments against this memory; returns what _commit_state takes."""
+        weights = _state.parse_weights(state, fixed_zero)
+        saved = _state.parse_moments(state)
+        return weights, saved, self._attachment(saved)
+
+    def _attachment(self, saved):
+        """How loaded moments attach: (plan, leaf order) to install under now, or None to wait for
+        the next gradient."""
+        plan = self._plan
+        if saved is None or plan is None:
+            return None
+        if self._m is not None or self._v is not None:  # a fixed structure (reset() frees it)
+            return plan, _state.match(plan, saved, "the optimizer's current gradient structure")
+        try:
+            return plan, _state.match(plan, saved, "")
+        except ValueError:
+            return None  # a memoryless structure may change: wait for the next gradient
+
+    def _commit_state(self, weights, saved, attach):
+        """Install what _parse checked; cannot fail half-way."""
+        if attach is not None:
+            plan, order = attach
+            self._install(plan, *saved.ordered(order))
+        else:
+            self._clear()
+            self._pending = saved
+        self._w, self._w2 = weights
+        self._token = object()
+
+    def _install(self, plan, m, v, sumsq=None):
+        """Copy moments (lists of leaves in plan order, or None) into fresh arenas under `plan`."""
+        m_arenas, m_tree = self._filled(plan, m)
+        v_arenas, v_tree = self._filled(plan, v)
+        sums = np.zeros(plan.num_leaves) if sumsq is None else np.array(sumsq, dtype=np.float64)
+        self._plan, self._sumsq, self._pending = plan, sums, None
+        self._m, self._m_tree, self._v, self._v_tree = m_arenas, m_tree, v_arenas, v_tree
+        self._token = object()  # invalidates the optimizers' cached kernel call
+
+    def _filled(self, plan, leaves):
+        if leaves is None:
+            return None, None
+        arenas = self._new_arenas(plan)
+        views = plan.views(*arenas)
+        for dst, src in zip(plan.flatten(views), leaves):
+            dst[...] = src
+        return arenas, views
+
+    def _bind_pending(self, tree):
+        """Attach moments loaded without a structure, taking it from `tree` (a gradient)."""
+        plan = _core.Plan(tree, "grad")
+        self._install(plan, *self._pending.ordered(_state.match(plan, self._pending, "grad")))
+
     def state_dict(self):
         """The weights and moments as plain numpy arrays and Python scalars (versioned)."""
-        return _state.memory_state_dict(self)
+        return {**_state.header("GradientMemory"), **self._entries()}
 
     def load_state_dict(self, state):
         """Restore a state_dict() (also as read back by np.load); checked fully before anything changes."""
-        _state.load_memory_state_dict(self, state)
+        _state.check_header(state, "GradientMemory")
+        self._commit_state(*self._parse(state))
 
     def __getstate__(self):
-        return _state.memory_getstate(self)
+        # The plain state plus the tree structure and the convergence sums.
+        plan = self._plan
+        return {"pickle_version": _state.PICKLE_VERSION, "state": self.state_dict(),
+                "structure": None if plan is None else _state.structure_of(plan),
+                "sumsq": None if plan is None else np.array(self._sumsq)}
 
     def __setstate__(self, state):
-        _state.memory_setstate(self, state)
+        _state.check_pickle_version(state, "GradientMemory")
+        data = state["state"]
+        _state.check_header(data, "GradientMemory")
+        weights, saved = _state.parse_weights(data), _state.parse_moments(data)
+        GradientMemory.__init__(self, *weights)
+        if state["structure"] is not None:
+            plan = _state.plan_from_structure(state["structure"])
+            m, v = (None, None) if saved is None else saved.ordered(_state.match_in_order(plan, saved))
+            self._install(plan, m, v, state["sumsq"])
+        elif saved is not None:
+            self._pending = saved
 
 
 _DEFAULT_STEPSIZE = schedules.Constant(initial=0.001)
+
+
+_isfinite = math.isfinite
 
 
 def _as_schedule(stepsize):
@@ -284,12 +367,21 @@ class Optimizer:
         self._stepsize = _as_schedule(value)
 
     def update_lr(self):
-        """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time)."""
-        self.lr = np.float32(next(self._stepsize))
+        """Advance the schedule: lr = float32(next(stepsize)) (negated for ascent at step time).
+
+        Raises:
+            TypeError: the schedule returned something other than a real scalar (a Python or
+                numpy int or float, or a 0-d array of one); lr is unchanged, the schedule has
+                advanced. A non-finite rate is kept: ``update()`` refuses it when ``check_finite``
+                is True and lets it propagate otherwise.
+        """
+        value = next(self._stepsize)
+        self.lr = _checks.rate(f"the value {type(self._stepsize).__name__}.__next__() returned", value)
 
     def _unset_lr(self):
         """The rate of an update before any update_lr(): float32(stepsize.value), as a float.
-        Cached for the same value object (np.float32() alone costs more than a small step)."""
+        Cached for the same immutable value object (np.float32() alone costs more than a small
+        step); an array value may change in place, so it is read every time."""
         value = getattr(self._stepsize, "value", None)
         cached = self._unset_lr_cache
         if cached is not None and cached[0] is value:
@@ -297,8 +389,9 @@ class Optimizer:
         if value is None:
             raise TypeError(f"call update_lr() before update(): the schedule "
                             f"{type(self._stepsize).__name__} has no current value")
-        rate = float(np.float32(value))
-        self._unset_lr_cache = (value, rate)
+        rate = float(_checks.rate(f"{type(self._stepsize).__name__}.value (the rate before any update_lr())", value))
+        if not isinstance(value, np.ndarray):
+            self._unset_lr_cache = (value, rate)
         return rate
 
     def check_convergence(self):
@@ -318,23 +411,80 @@ class Optimizer:
         """Reset the gradient memory."""
         self._memory.reset()
 
-    # -- state (fusedopt._state) -----------------------------------------------------
+    # -- state (the format is fusedopt._state's) ----------------------------------------
+    # An optimizer's state: its scalars, its schedule and its memory's state.
+    _fixed_zero = ()  # the memory weights that must be 0 in a state (moments this class has not)
+    # Attributes __getstate__ saves in its own way, or not at all (caches rebuilt on use).
+    _PICKLED_APART = frozenset({"_stepsize", "tolerance", "ascent", "check_finite", "keep_delta", "lr",
+                                "step_count", "delta", "memory", "_memory", "_conv_n", "_model_types",
+                                "_fast", "_unset_lr_cache"})
+
+    def _fields(self):
+        return _state.OptimizerFields(self.tolerance, self.ascent, self.check_finite, self.keep_delta,
+                                      self.lr, self.step_count)
+
+    def _commit_fields(self, fields):
+        self.tolerance, self.ascent = fields.tolerance, fields.ascent
+        self.check_finite, self.keep_delta = fields.check_finite, fields.keep_delta
+        self.lr, self.step_count = fields.lr, fields.step_count
+
     def state_dict(self):
         """Everything needed to resume training bit-exactly, as plain numpy arrays and Python
         scalars (versioned; np.savez stores it): moments per leaf with their paths, lr,
         step_count, the schedule's configuration, the hyper-parameters and the optimizer kind."""
-        return _state.optimizer_state_dict(self)
+        return {**_state.header(type(self).__name__), **_state.optimizer_entries(self._fields()),
+                **_state.schedule_entries(self._stepsize), **self._memory._entries()}
 
     def load_state_dict(self, state):
         """Restore a state_dict() (also as read back by np.load) into this optimizer, which must
         be of the same kind; everything is checked before anything changes."""
-        _state.load_optimizer_state_dict(self, state)
+        _state.check_header(state, type(self).__name__)
+        fields = _state.parse_optimizer(state)
+        schedule = _state.parse_schedule(state)
+        memory = self._memory._parse(state, self._fixed_zero)
+        # Everything is checked: from here on nothing raises.
+        self._memory._commit_state(*memory)
+        self._stepsize = schedule
+        self._commit_fields(fields)
+        self.delta = None
+        self._conv_n = None  # check_convergence() is False until the next update
+        self._fast = None
 
     def __getstate__(self):
-        return _state.optimizer_getstate(self)
+        # The optimizer's scalars as in its state, its memory (pickled as such), the schedule
+        # object (any class), delta as leaves of the memory's structure, and a subclass's own attributes.
+        mem, conv, delta = self._memory, self._conv_n, self.delta
+        plan = mem._plan
+        leaves = None
+        if delta is not None and plan is not None:
+            try:
+                leaves = plan.flatten(delta, "delta")
+            except (TypeError, ValueError):  # a subclass's own delta: pickled as it is
+                pass
+        return {"pickle_version": _state.PICKLE_VERSION, "kind": type(self).__name__,
+                "fields": _state.optimizer_entries(self._fields()), "stepsize": self._stepsize,
+                "memory": mem, "delta": delta if leaves is None else None, "delta_leaves": leaves,
+                "conv_count": conv[1] if conv is not None and conv[0] is plan else None,
+                "extra": {k: v for k, v in self.__dict__.items() if k not in self._PICKLED_APART}}
 
     def __setstate__(self, state):
-        _state.optimizer_setstate(self, state)
+        _state.check_pickle_version(state, "optimizer")
+        fields = _state.parse_optimizer(state["fields"])
+        mem = state["memory"]
+        self.__dict__.update(state["extra"])
+        self._model_types = {}
+        self._fast = None
+        self._stepsize = state["stepsize"]
+        self._commit_fields(fields)
+        self._set_memory(mem)
+        plan = mem._plan
+        leaves = state["delta_leaves"]
+        self.delta = state["delta"] if leaves is None else plan.unflatten(leaves)
+        count = state["conv_count"]
+        self._conv_n = (plan, count) if count is not None and plan is not None else None
+
+    def _set_memory(self, mem):
+        self.memory = mem
 
     def _direction(self, mem):
         """(mean op, mean-square op, direction, flags) of this optimizer's kernel."""
@@ -352,6 +502,8 @@ class Optimizer:
         lr = float(lr) if lr is not None else self._unset_lr()
         if self.ascent:
             lr = -lr
+        if self.check_finite and not _isfinite(lr):
+            raise FloatingPointError(f"the learning rate is {lr!r} and check_finite is True: nothing was modified")
         fast = self._fast
         if (fast is not None and type(model) is fast[0] and self.keep_delta is fast[1]
                 and fast[2]._token is fast[3] and fast[2]._pending is None and self._memory is fast[2]):
@@ -369,7 +521,7 @@ class Optimizer:
                 is_model = self._model_types[kind] = hasattr(model, "parameter_update")
             mem = self._memory
             if mem._pending is not None:
-                _state.bind_pending(mem, grad)
+                mem._bind_pending(grad)
             delta = self._slow_update(mem, kind, is_model, None if is_model else model, grad, lr)
         self.step_count += 1
         self.delta = delta
@@ -418,8 +570,13 @@ class Gradient(Optimizer):
         super().__init__(stepsize, tolerance, ascent, **options)
         self._memory = GradientMemory(0.0, 0.0)  # holds the tree plan only
 
+    _fixed_zero = ("mean_weight", "mean_square_weight")
+
     def reset(self):
         """Does nothing: plain gradient steps keep no memory."""
+
+    def _set_memory(self, mem):
+        self._memory = mem
 
     def _direction(self, mem):
         return NONE, NONE, DIR_G, 0
@@ -435,6 +592,8 @@ class Momentum(Optimizer):
         """
         super().__init__(stepsize, tolerance, ascent, **options)
         self.memory = GradientMemory(mean_weight=momentum, mean_square_weight=0)
+
+    _fixed_zero = ("mean_square_weight",)
 
     @property
     def _memory(self):
@@ -456,6 +615,8 @@ class RMSProp(Optimizer):
         """
         super().__init__(stepsize, tolerance, ascent, **options)
         self.memory = GradientMemory(mean_weight=0, mean_square_weight=mean_square_weight)
+
+    _fixed_zero = ("mean_weight",)
 
     @property
     def _memory(self):

@@ -8,15 +8,25 @@ import sys
 
 import numpy as np
 
+from . import _checks
+
+# The schedules a state may name; Schedule and _Decay are bases, not schedules.
+_SCHEDULES = ("Constant", "Linear", "Step", "ExponentialDecay", "PowerLawDecay")
+
 __all__ = ["Schedule", "Constant", "Linear", "Step", "ExponentialDecay", "PowerLawDecay", "schedule_from_config"]
+
+
+def is_schedule_class(cls):
+    """Whether `cls` is one of the schedules of this module (not the bases Schedule or _Decay)."""
+    return isinstance(cls, type) and cls.__name__ in _SCHEDULES and getattr(sys.modules[__name__], cls.__name__) is cls
 
 
 def schedule_from_config(config):
     """Build a schedule from ``[class name, attributes]`` (see ``get_config``)."""
     name, attrs = config
-    cls = getattr(sys.modules[__name__], name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Schedule)):
-        raise ValueError(f"unknown schedule class {name!r}")
+    cls = getattr(sys.modules[__name__], name, None) if isinstance(name, str) else None
+    if not is_schedule_class(cls):
+        raise ValueError(f"unknown schedule class {name!r} (one of {', '.join(_SCHEDULES)} expected)")
     attrs = dict(attrs)
     extra = {k: attrs.pop(k) for k in cls._state_attrs if k in attrs}
     schedule = cls(**attrs)
@@ -53,6 +63,10 @@ class Schedule:
         attrs = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
         return f"{self.__class__.__name__}({attrs})"
 
+    def _current(self):
+        """float32(value), refusing what is no real scalar (np.float32 would parse "0.5")."""
+        return _checks.rate(f"{type(self).__name__}.value", self.value)
+
     def _start(self, value):
         if value is None:
             self.reset()
@@ -68,7 +82,7 @@ class Constant(Schedule):
         self._start(value)
 
     def __next__(self):
-        return np.float32(self.value)
+        return self._current()
 
 
 class Linear(Schedule):
@@ -82,7 +96,7 @@ class Linear(Schedule):
         self._start(value)
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value = np.clip(self.value - self.delta, self.minval, self.maxval)
         return current
 
@@ -105,7 +119,7 @@ class Step(Schedule):
         self.t = 0
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value = self.initial if self.t <= self.steps else self.final
         self.t += 1
         return current
@@ -124,7 +138,7 @@ class ExponentialDecay(_Decay):
     """x(t + 1) = coefficient * x(t)."""
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value *= self.coefficient
         return current
 
@@ -133,6 +147,6 @@ class PowerLawDecay(_Decay):
     """1 / x(t + 1) = 1 / x(t) + coefficient."""
 
     def __next__(self):
-        current = np.float32(self.value)
+        current = self._current()
         self.value = 1 / (1 / self.value + self.coefficient)
         return current
