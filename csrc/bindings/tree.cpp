@@ -96,12 +96,12 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
   if (PyArray_Check(o)) {
     PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
     const int t = PyArray_TYPE(a);
-    if (t != NPY_FLOAT && t != NPY_DOUBLE)
+    if (t != npy_type_number(F32) && t != npy_type_number(F64))
       throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
                            ": expected a float32 or float64 array, got dtype " +
                            py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>());
     LeafSpec spec;
-    spec.dtype = t == NPY_FLOAT ? F32 : F64;
+    spec.dtype = t == npy_type_number(F32) ? F32 : F64;
     spec.shape.assign(PyArray_DIMS(a), PyArray_DIMS(a) + PyArray_NDIM(a));
     spec.size = static_cast<std::size_t>(PyArray_SIZE(a));
     spec.offset = 0;
@@ -146,11 +146,10 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
   }
 }
 
-std::string Plan::shape_str(std::size_t leaf) const {
-  const auto& s = leaves_[leaf].shape;
+std::string shape_string(const Py_ssize_t* dims, std::size_t ndim) {
   std::string out = "(";
-  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + (s.size() == 1 ? ",)" : ")");
+  for (std::size_t i = 0; i < ndim; ++i) out += (i ? ", " : "") + std::to_string(dims[i]);
+  return out + (ndim == 1 ? ",)" : ")");
 }
 
 std::string Plan::describe(std::size_t node) const {
