@@ -2,9 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <stdexcept>
+#include <cstdlib>
 #include <string>
+#include <thread>
+
+#include <pthread.h>
 
 #ifdef FUSEDOPT_OPENMP
 #include <omp.h>
@@ -14,7 +19,18 @@ namespace fusedopt {
 
 namespace {
 
-int g_threads = 0;  // 0: not chosen yet
+// Written by set_num_threads while other threads run steps without the GIL.
+std::atomic<int> g_threads{0};  // 0: not chosen yet
+
+// libgomp's thread team does not survive fork(): a child that enters a parallel
+// region after the parent had one waits forever for threads that do not exist.
+// So a child forked after the first team runs every step on its calling thread.
+std::atomic<bool> g_team_started{false};
+std::atomic<bool> g_team_lost{false};
+void after_fork_in_child() {
+  if (g_team_started.load(std::memory_order_relaxed)) g_team_lost.store(true, std::memory_order_relaxed);
+}
+[[maybe_unused]] const bool g_atfork_registered = pthread_atfork(nullptr, nullptr, &after_fork_in_child) == 0;
 
 // When the team does not help, steps run on the calling thread for a while.
 // Each parallel step is judged when it ends by r = its time / the time one
@@ -73,6 +89,7 @@ void for_each_chunk_fn(std::size_t chunks, bool parallel, bool adaptive, ChunkFn
   if (team) {
     const long long n = static_cast<long long>(chunks);
     const int threads = get_num_threads();
+    g_team_started.store(true, std::memory_order_relaxed);
     std::atomic<long long> by_helpers{0};
     const Clock::time_point start = Clock::now();
     Clock::time_point caller_done = start;
@@ -120,23 +137,68 @@ void reset_parallel_judge() {
   g_mean_ratio.store(-1.0, std::memory_order_relaxed);
 }
 
-int get_num_threads() {
-  if (g_threads == 0) {
-#ifdef FUSEDOPT_OPENMP
-    g_threads = omp_get_max_threads();  // honours OMP_NUM_THREADS, else the cores
-#else
-    g_threads = 1;
-#endif
-  }
-  return g_threads;
+int max_threads() {
+  static const int bound = [] {
+    const unsigned cpus = std::thread::hardware_concurrency();
+    return std::max(kMinThreadBound, static_cast<int>(std::min(cpus, 1u << 20)) * kThreadsPerCpu);
+  }();
+  return bound;
 }
 
-void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("set_num_threads needs n >= 1, got " + std::to_string(n));
+namespace {
+// The thread count of a fresh process, and why OMP_NUM_THREADS was not used
+// (empty when it was, or is not set).
+int default_threads(std::string& problem) {
 #ifdef FUSEDOPT_OPENMP
-  g_threads = n;
+  const int cpus = std::max(1, std::min(omp_get_num_procs(), max_threads()));  // the CPUs this process may use
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  if (env == nullptr || *env == '\0') return std::min(omp_get_max_threads(), max_threads());
+  // Its first entry sets the outer team (the rest are nested levels, unused here).
+  const std::string first = std::string(env).substr(0, std::string(env).find(','));
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(first.c_str(), &end, 10);
+  const bool number = !first.empty() && end && *end == '\0' && errno == 0;
+  if (number && n >= 1 && n <= max_threads()) return static_cast<int>(n);
+  problem = "OMP_NUM_THREADS=" + std::string(env) + " is not a thread count in 1.." + std::to_string(max_threads()) +
+            " (4 per CPU at most, see fusedopt.set_num_threads); fusedopt uses " + std::to_string(cpus) +
+            " threads, one per CPU this process may run on";
+  return cpus;
 #else
-  g_threads = 1;
+  (void)problem;
+  return 1;
+#endif
+}
+}  // namespace
+
+std::string init_num_threads() {
+  std::string problem;
+  const int n = default_threads(problem);
+  int unset = 0;
+  g_threads.compare_exchange_strong(unset, n);
+  return problem;
+}
+
+int get_num_threads() {
+  if (g_team_lost.load(std::memory_order_relaxed)) return 1;
+  int n = g_threads.load(std::memory_order_relaxed);
+  if (n == 0) {
+    init_num_threads();
+    n = g_threads.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+void set_num_threads(long long n) {
+  if (n < 1) throw std::invalid_argument("set_num_threads needs n >= 1, got " + std::to_string(n));
+  if (n > max_threads())
+    throw std::invalid_argument("set_num_threads: n must be at most " + std::to_string(max_threads()) + ", got " +
+                                std::to_string(n) + " (4 threads per CPU, at least 256: more threads only share the " +
+                                "same cores, and each costs a stack and a place in every step's barrier)");
+#ifdef FUSEDOPT_OPENMP
+  g_threads.store(static_cast<int>(n), std::memory_order_relaxed);
+#else
+  g_threads.store(1, std::memory_order_relaxed);
 #endif
 }
 

@@ -9,7 +9,7 @@ Two ways to step:
   of writeable C-contiguous arrays shaped like ``grad``: ``p -= lr * direction``
   without materializing ``delta``.
 
-See SPEC section 3 for the exact float semantics (bit-identical to paysage).
+See docs/semantics.md for the exact float semantics (bit-identical to paysage).
 """
 from __future__ import annotations
 
@@ -45,29 +45,39 @@ class Rates(Protocol):
 
 StepSize = Union[Rates, float]
 
-_B = _core.MODE_BITS
-NONE, INIT, EMA = _B["MOMENT_NONE"], _B["MOMENT_INIT"], _B["MOMENT_EMA"]
-DIR_NONE, DIR_G, DIR_M, DIR_NORM_G, DIR_NORM_M = (
-    _B["DIR_NONE"], _B["DIR_G"], _B["DIR_M"], _B["DIR_NORM_G"], _B["DIR_NORM_M"])
-OUT_NONE, OUT_WRITE, OUT_INPLACE, OUT_BOTH = (
-    _B["OUT_NONE"], _B["OUT_WRITE"], _B["OUT_INPLACE"], _B["OUT_BOTH"])
-UNBIASED, MEAN_DIV, SCALE = _B["UNBIASED"], _B["MEAN_DIV"], _B["SCALE"]
+Rule, Output = _core.Rule, _core.Output
 
 
-def _mode(mean, sq, direction, out, flags):
-    return ((mean << _B["MEAN_SHIFT"]) | (sq << _B["SQ_SHIFT"]) | (direction << _B["DIR_SHIFT"])
-            | (out << _B["OUT_SHIFT"]) | flags)
+# GradientMemory.update's rule by (mean_weight != 0, mean_square_weight != 0).
+_MEMORY_UPDATES = {(True, True): Rule.UPDATE_BOTH, (True, False): Rule.UPDATE_MEAN,
+                   (False, True): Rule.UPDATE_MEAN_SQUARE, (False, False): None}
+
+
+def _native_property(name, doc):
+    """An attribute of the memory's native state (fusedopt._core.State)."""
+    return property(lambda self: getattr(self._native, name),
+                    lambda self, value: setattr(self._native, name, value), doc=doc)
 
 
 def _weight_property(name, attr, doc):
-    """A float32 weight in [0, 1); setting it invalidates the cached kernel call."""
+    """A float32 weight in [0, 1), checked on assignment."""
     def get(self):
         return getattr(self, attr)
 
     def set(self, value):
         setattr(self, attr, _checks.weight(name, value))
-        self._token = object()
     return property(get, set, doc=doc)
+
+
+def _float32_slot(slot, native_name):
+    """`_w` / `_w2`: the float32 weight, mirrored as a double in the native state."""
+    def get(self):
+        return self.__dict__[slot]
+
+    def set(self, value):
+        self.__dict__[slot] = value
+        setattr(self._native, native_name, float(value))
+    return property(get, set)
 
 
 def _moment_property(which, doc):
@@ -102,15 +112,20 @@ class GradientMemory:
         Raises:
             TypeError, ValueError: a weight is not a real number whose float32 value is in [0, 1).
         """
+        # Plan, moment arenas, per-leaf sums and weights live in the native state, which
+        # commits them together with each step.
+        self._native = _core.State()
         self.mean_weight = mean_weight
         self.mean_square_weight = mean_square_weight
-        self._plan = None      # structure of the gradients, fixed while moments exist
-        self._sumsq = None     # per-leaf sum(delta**2) of the last optimizer step
-        self._m = None         # (float32 arena, float64 arena) of the mean
-        self._v = None         # same for the mean square
-        self._m_tree = None
-        self._v_tree = None
-        self._token = object()  # replaced whenever plan, arenas or weights change
+
+    _plan = _native_property("plan", "Structure of the gradients (a Plan), fixed while moments exist, or None.")
+    _sumsq = _native_property("sums", "Per-leaf sum(delta**2) of the last optimizer step.")
+    _m = _native_property("mean", "(float32 arena, float64 arena) of the mean, or None.")
+    _v = _native_property("mean_square", "The same for the mean square.")
+    _m_tree = _native_property("mean_tree", "Tree of views into the mean's arenas, or None.")
+    _v_tree = _native_property("mean_square_tree", "Tree of views into the mean square's arenas, or None.")
+    _w = _float32_slot("_w32", "w")
+    _w2 = _float32_slot("_w2_32", "w2")
 
     if TYPE_CHECKING:
         @property
@@ -142,7 +157,6 @@ class GradientMemory:
                 self._pending = pending if (pending.m is not None or pending.v is not None) else None
             setattr(self, f"_{which}", None)
             setattr(self, f"_{which}_tree", None)
-            self._token = object()
             return
         if pending is not None:  # the loaded moments attach to the structure of `tree`
             plan = _core.Plan(tree, "grad")
@@ -162,7 +176,6 @@ class GradientMemory:
             self._plan, self._sumsq = plan, np.zeros(plan.num_leaves)
         setattr(self, f"_{which}", arenas)
         setattr(self, f"_{which}_tree", views)
-        self._token = object()
 
     @staticmethod
     def _new_arenas(plan):
@@ -178,64 +191,27 @@ class GradientMemory:
         self._plan = None
         self._sumsq = None
         self._pending = None
-        self._token = object()
-
-    # -- the one call into C++ ----------------------------------------------------
-    def _run(self, grad, mean, sq, direction, out, flags, params=None, lr=0.0,
-             check_finite=False, name="grad"):
-        """One fused kernel call over the whole tree; state changes only on success."""
-        args = (grad, mean, sq, direction, out, flags, params, lr, check_finite, name)
-        if self._plan is None:
-            return self._call(_core.Plan(grad, name), *args)
-        try:
-            return self._call(self._plan, *args)
-        except (TypeError, ValueError):
-            if self._m is not None or self._v is not None:
-                raise
-            # No moments yet: a gradient of another structure simply starts over.
-            return self._call(_core.Plan(grad, name), *args)
-
-    def _call(self, plan, grad, mean, sq, direction, out, flags, params, lr, check_finite, name):
-        m = self._m if mean != INIT else self._new_arenas(plan)
-        v = self._v if sq != INIT else self._new_arenas(plan)
-        sums = self._sumsq if plan is self._plan else np.zeros(plan.num_leaves)
-        result = _core.step(plan, _mode(mean, sq, direction, out, flags), grad, name, params,
-                            *(m or (None, None)), *(v or (None, None)), lr,
-                            float(self.mean_weight), float(self.mean_square_weight), sums, check_finite)
-        self._commit(plan, sums, mean, sq, m, v)
-        return result
-
-    def _commit(self, plan, sums, mean, sq, m, v):
-        if plan is not self._plan or mean == INIT or sq == INIT:
-            self._token = object()
-        if plan is not self._plan:
-            self._plan, self._sumsq = plan, sums
-        if mean == INIT:
-            self._m, self._m_tree = m, plan.views(*m)
-        if sq == INIT:
-            self._v, self._v_tree = v, plan.views(*v)
 
     # -- paysage's GradientMemory API ----------------------------------------------
     def update_mean(self, grad: Tree) -> None:
         """Update the running mean: m = g on the first call, then m = w*m + (1-w)*g."""
         if self._pending is not None:
             self._bind_pending(grad)
-        self._run(grad, INIT if self._m is None else EMA, NONE, DIR_NONE, OUT_NONE, 0)
+        self._native.step(None, Rule.UPDATE_MEAN, Output.NONE, grad, None, 0.0, False)
 
     def update_mean_square(self, grad: Tree) -> None:
         """Update the running mean square: v = g*g first, then v = w2*v + ((1-w2)*g)*g."""
         if self._pending is not None:
             self._bind_pending(grad)
-        self._run(grad, NONE, INIT if self._v is None else EMA, DIR_NONE, OUT_NONE, 0)
+        self._native.step(None, Rule.UPDATE_MEAN_SQUARE, Output.NONE, grad, None, 0.0, False)
 
     def update(self, grad: Tree) -> None:
         """Update the mean (if mean_weight != 0) and the mean square (if mean_square_weight != 0)."""
         if self._pending is not None:
             self._bind_pending(grad)
-        mean = (INIT if self._m is None else EMA) if self.mean_weight else NONE
-        sq = (INIT if self._v is None else EMA) if self.mean_square_weight else NONE
-        if mean or sq:
-            self._run(grad, mean, sq, DIR_NONE, OUT_NONE, 0)
+        rule = _MEMORY_UPDATES[bool(self.mean_weight), bool(self.mean_square_weight)]
+        if rule is not None:
+            self._native.step(None, rule, Output.NONE, grad, None, 0.0, False)
 
     def normalize(self, grad: Tree, unbiased: bool = False) -> Tree:
         """Return grad / sqrt(EPS + v), or with unbiased=True
@@ -244,8 +220,9 @@ class GradientMemory:
             self._bind_pending(grad)
         if self._v is None:
             return grad
-        flags = (UNBIASED | (MEAN_DIV if self.mean_weight else 0)) if unbiased else 0
-        return self._run(grad, NONE, NONE, DIR_NORM_G, OUT_WRITE, flags, name="grad")
+        rule = (Rule.NORMALIZE_UNBIASED_MEAN if self.mean_weight else Rule.NORMALIZE_UNBIASED) if unbiased \
+            else Rule.NORMALIZE
+        return self._native.step(None, rule, Output.DELTA, grad, None, 0.0, False)
 
     def __repr__(self) -> str:
         saved = self._saved_moments()
@@ -310,7 +287,6 @@ class GradientMemory:
             self._clear()
             self._pending = saved
         self._w, self._w2 = weights
-        self._token = object()
 
     def _install(self, plan, m, v, sumsq=None):
         """Copy moments (lists of leaves in plan order, or None) into fresh arenas under `plan`."""
@@ -319,7 +295,6 @@ class GradientMemory:
         sums = np.zeros(plan.num_leaves) if sumsq is None else np.array(sumsq, dtype=np.float64)
         self._plan, self._sumsq, self._pending = plan, sums, None
         self._m, self._m_tree, self._v, self._v_tree = m_arenas, m_tree, v_arenas, v_tree
-        self._token = object()  # invalidates the optimizers' cached kernel call
 
     def _filled(self, plan, leaves):
         if leaves is None:
@@ -451,7 +426,6 @@ class Optimizer:
     """
 
     _unset_lr_cache = None  # (stepsize.value, its float32 as a float) for updates before update_lr()
-    _inplace_conv = False   # the last update() stepped in place: check_convergence uses the fused sums
 
     delta: Optional[Tree]
     """The last step's delta (a tree like the gradient), or None (in-place path without keep_delta)."""
@@ -493,9 +467,7 @@ class Optimizer:
         self.lr = None
         self.delta = None
         self.step_count = 0
-        self._conv_n = None     # (plan, n) for check_convergence
         self._model_types = {}  # type -> has parameter_update
-        self._fast = None       # (model type, keep_delta, memory, token, is_model, BoundStep) of the last step
 
     @property
     def stepsize(self) -> Any:
@@ -557,17 +529,44 @@ class Optimizer:
         (float32 means, see docs/semantics-convergence.md). False before the first update
         and right after load_state_dict().
         """
-        if self._inplace_conv:
-            mem = self._memory
-            if self.step_count == 0 or mem._plan is None or self._conv_n is None:  # None: state just loaded
+        mem = getattr(self, "_memory", None)
+        if mem is not None and mem._native.conv_inplace:
+            count = mem._native.conv_count  # None: no step since the state was loaded
+            if self.step_count == 0 or mem._plan is None or count is None:
                 return False
             sizes = np.asarray(mem._plan.leaf_sizes, dtype=np.float64)
             means = np.divide(mem._sumsq, sizes, out=np.zeros_like(sizes), where=sizes > 0)
-            return math.sqrt(float(np.sum(means)) / self._conv_n[1]) <= self.tolerance
+            return math.sqrt(float(np.sum(means)) / count) <= self.tolerance
         delta = self.delta
         if delta is None:
             return False
         return _rms_as_paysage(delta) <= self.tolerance
+
+    # The convergence state lives in the memory's native state, committed with each step.
+    @property
+    def _conv_n(self):
+        """(plan, n) of check_convergence, or None until the next step."""
+        mem = getattr(self, "_memory", None)
+        count = None if mem is None else mem._native.conv_count
+        return None if count is None else (mem._plan, count)
+
+    @_conv_n.setter
+    def _conv_n(self, value):
+        mem = getattr(self, "_memory", None)
+        if mem is not None:
+            mem._native.conv_count = None if value is None else value[1]
+
+    @property
+    def _inplace_conv(self):
+        """Whether the last step was in place (check_convergence then uses the fused sums)."""
+        mem = getattr(self, "_memory", None)
+        return mem is not None and mem._native.conv_inplace
+
+    @_inplace_conv.setter
+    def _inplace_conv(self, value):
+        mem = getattr(self, "_memory", None)
+        if mem is not None:
+            mem._native.conv_inplace = value
 
     def reset(self) -> None:
         """Reset the gradient memory."""
@@ -581,7 +580,7 @@ class Optimizer:
     # Attributes __getstate__ saves in its own way, or not at all (caches rebuilt on use).
     _PICKLED_APART = frozenset({"_stepsize", "tolerance", "ascent", "check_finite", "keep_delta", "lr",
                                 "step_count", "delta", "memory", "_memory", "_conv_n", "_model_types",
-                                "_fast", "_unset_lr_cache", "_inplace_conv"})
+                                "_unset_lr_cache"})
 
     def _fields(self):
         return _state.OptimizerFields(self.tolerance, self.ascent, self.check_finite, self.keep_delta,
@@ -618,7 +617,6 @@ class Optimizer:
         self._commit_fields(fields)
         self.delta = None
         self._conv_n = None  # check_convergence() is False until the next update
-        self._fast = None
 
     def __getstate__(self) -> dict[str, Any]:
         # The optimizer's scalars as in its state, its memory (pickled as such), the schedule
@@ -644,7 +642,6 @@ class Optimizer:
         mem = state["memory"]
         self.__dict__.update(state["extra"])
         self._model_types = {}
-        self._fast = None
         self._stepsize = state["stepsize"]
         self._commit_fields(fields)
         plan = None
@@ -675,12 +672,14 @@ class Optimizer:
         """The class's own constructor arguments, as __repr__ shows them."""
         return []
 
-    def _direction(self, mem):
-        """(mean op, mean-square op, direction, flags) of this optimizer's kernel."""
-        raise NotImplementedError
+    _rule = Rule.GRADIENT  # the named rule of a subclass (a weight of 0 drops its moment)
 
     def update(self, model: Any, grad: Tree) -> None:
         """Take one step.
+
+        Parameters, moments, step_count, delta, the convergence sums and (paysage path) the
+        model's update are committed together by one native call: an exception, one from a
+        signal handler included, leaves them all as before the step or all as after it.
 
         Args:
             model: a paysage model (has ``parameter_update(delta)``), or a tree of
@@ -693,47 +692,18 @@ class Optimizer:
             lr = -lr
         if self.check_finite and not _isfinite(lr):
             raise FloatingPointError(f"the learning rate is {lr!r} and check_finite is True: nothing was modified")
-        fast = self._fast
-        if (fast is not None and type(model) is fast[0] and self.keep_delta is fast[1]
-                and fast[2]._token is fast[3] and fast[2]._pending is None and self._memory is fast[2]):
-            # Steady state: the same kernel as last step, all but grad, params and lr bound.
-            kind, mem, is_model = fast[0], fast[2], fast[4]
-            params = None if is_model else model
-            try:
-                delta = fast[5](grad, params, lr, self.check_finite)
-            except (TypeError, ValueError, FloatingPointError):  # the slow path says what is wrong
-                delta = self._slow_update(mem, kind, is_model, params, grad, lr)
-        else:
-            kind = type(model)
-            is_model = self._model_types.get(kind)
-            if is_model is None:
-                is_model = self._model_types[kind] = hasattr(model, "parameter_update")
-            mem = self._memory
-            if mem._pending is not None:
-                mem._bind_pending(grad)
-            delta = self._slow_update(mem, kind, is_model, None if is_model else model, grad, lr)
-        state = self.__dict__  # past the checked setter: the count is an int already
-        state["step_count"] += 1
-        self.delta = delta
-        self._inplace_conv = not is_model
-        if is_model:
-            model.parameter_update(delta)
+        kind = type(model)
+        is_model = self._model_types.get(kind)
+        if is_model is None:
+            is_model = self._model_types[kind] = hasattr(model, "parameter_update")
+        mem = self._memory
+        if mem._pending is not None:
+            mem._bind_pending(grad)
+        output = _DELTA if is_model else (_BOTH if self.keep_delta else _IN_PLACE)
+        mem._native.step(self, self._rule, output, grad, model, lr, self.check_finite)
 
-    def _slow_update(self, mem, kind, is_model, params, grad, lr):
-        """A step that may start moments or a new structure; then binds the steady-state call."""
-        self._fast = None
-        mean, sq, direction, flags = self._direction(mem)
-        out = OUT_WRITE if is_model else (OUT_BOTH if self.keep_delta else OUT_INPLACE)
-        delta = mem._run(grad, mean, sq, direction, out, flags | SCALE, params, lr, self.check_finite)
-        if self._conv_n is None or self._conv_n[0] is not mem._plan:
-            self._conv_n = (mem._plan, _count_for_rms(grad, mem._plan))
-        mean, sq, direction, flags = self._direction(mem)
-        if INIT not in (mean, sq):
-            m, v = mem._m or (None, None), mem._v or (None, None)
-            bound = _core.BoundStep(mem._plan, _mode(mean, sq, direction, out, flags | SCALE), "grad", *m, *v,
-                                    float(mem.mean_weight), float(mem.mean_square_weight), mem._sumsq)
-            self._fast = (kind, self.keep_delta, mem, mem._token, is_model, bound)
-        return delta
+
+_DELTA, _BOTH, _IN_PLACE = Output.DELTA, Output.BOTH, Output.IN_PLACE
 
 
 def _show(value: Any) -> str:
@@ -772,23 +742,6 @@ def _rms_as_paysage(delta):
     return math.sqrt(total / max(len(leaves), 1))
 
 
-def _count_for_rms(grad, plan):
-    """paysage divides by len(layers) + len(weights); other trees by their leaf count."""
-    if hasattr(grad, "layers") and hasattr(grad, "weights"):
-        try:
-            return max(len(grad.layers) + len(grad.weights), 1)
-        except TypeError:  # fields without a length: not a paysage Gradient after all
-            pass
-    return max(plan.num_leaves, 1)
-
-
-def _moment_op(weight, arena):
-    """Which moment update a step does: none when the weight is 0, else init or EMA."""
-    if not weight:
-        return NONE
-    return INIT if arena is None else EMA
-
-
 @_with_options
 class Gradient(Optimizer):
     """Vanilla gradient optimizer: delta = lr * g.
@@ -813,9 +766,6 @@ class Gradient(Optimizer):
 
     def _hyper_parameters(self) -> list[tuple[str, Any]]:
         return []
-
-    def _direction(self, mem):
-        return NONE, NONE, DIR_G, 0
 
 
 @_with_options
@@ -842,13 +792,11 @@ class Momentum(Optimizer):
         self.memory = GradientMemory(mean_weight=momentum, mean_square_weight=0)
 
     _fixed_zero = ("mean_square_weight",)
+    _rule = Rule.MOMENTUM
 
     def _hyper_parameters(self) -> list[tuple[str, Any]]:
         return [("momentum", self.memory.mean_weight)]
 
-    def _direction(self, mem):
-        mean = _moment_op(mem.mean_weight, mem._m)
-        return (mean, NONE, DIR_M, 0) if mean else (NONE, NONE, DIR_G, 0)
 
 
 @_with_options
@@ -877,15 +825,11 @@ class RMSProp(Optimizer):
         self.memory = GradientMemory(mean_weight=0, mean_square_weight=mean_square_weight)
 
     _fixed_zero = ("mean_weight",)
+    _rule = Rule.RMSPROP
 
     def _hyper_parameters(self) -> list[tuple[str, Any]]:
         return [("mean_square_weight", self.memory.mean_square_weight)]
 
-    def _direction(self, mem):
-        sq = _moment_op(mem.mean_square_weight, mem._v)
-        if not sq:
-            return NONE, NONE, DIR_G, 0
-        return NONE, sq, DIR_NORM_G, UNBIASED | (MEAN_DIV if mem.mean_weight else 0)
 
 
 @_with_options
@@ -925,19 +869,10 @@ class ADAM(Optimizer):
         super().__init__(stepsize, tolerance, ascent, **options)
         self.memory = GradientMemory(mean_weight=mean_weight, mean_square_weight=mean_square_weight)
 
+    _rule = Rule.ADAM
+
     def _hyper_parameters(self) -> list[tuple[str, Any]]:
         return [("mean_weight", self.memory.mean_weight), ("mean_square_weight", self.memory.mean_square_weight)]
-
-    def _direction(self, mem):
-        mean = _moment_op(mem.mean_weight, mem._m)
-        sq = _moment_op(mem.mean_square_weight, mem._v)
-        if mean and sq:
-            return mean, sq, DIR_NORM_M, UNBIASED | MEAN_DIV
-        if sq:
-            return NONE, sq, DIR_NORM_G, UNBIASED
-        if mean:
-            return mean, NONE, DIR_M, 0
-        return NONE, NONE, DIR_G, 0
 
 
 gradient = Gradient
