@@ -352,8 +352,11 @@ class State {
   }
   static py::object free_spare(py::object& spare, const Plan& plan) {
     if (!spare.is_none() && Py_REFCNT(spare.ptr()) == 1 && unshared(PyTuple_GET_ITEM(spare.ptr(), 0)) &&
-        unshared(PyTuple_GET_ITEM(spare.ptr(), 1)))
-      return std::move(spare);
+        unshared(PyTuple_GET_ITEM(spare.ptr(), 1))) {
+      py::object out = std::move(spare);
+      spare = py::none();  // a moved-from object is null, not None
+      return out;
+    }
     spare = py::none();
     return new_arenas(plan);
   }
@@ -397,7 +400,13 @@ class State {
     }
     if (deferred) {
       model_called = true;
-      target.attr("parameter_update")(P.delta);
+      try {
+        target.attr("parameter_update")(P.delta);
+      } catch (...) {  // nothing commits; the second buffers stay for the next step
+        if (!start_m && !m_out.is(m)) m_spare_ = m_out;
+        if (!start_v && !v_out.is(v)) v_spare_ = v_out;
+        throw;
+      }
     }
     // Commit: from here on nothing runs Python code or raises.
     if (!same_plan) {
