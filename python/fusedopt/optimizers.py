@@ -480,7 +480,7 @@ class Optimizer:
 
     @property
     def _memory(self) -> GradientMemory:
-        return self.memory  # type: ignore[attr-defined, no-any-return]  # the subclass's
+        return self.memory  # type: ignore[no-any-return]  # the subclass's
 
     @property
     def lr_(self) -> Callable[[npt.NDArray[Any]], None]:
@@ -576,7 +576,7 @@ class Optimizer:
 
     # -- state (the format is fusedopt._state's) ----------------------------------------
     # An optimizer's state: its scalars, its schedule and its memory's state.
-    _fixed_zero = ()  # the memory weights that must be 0 in a state (moments this class has not)
+    _fixed_zero: tuple[str, ...] = ()  # the memory weights that must be 0 in a state (moments this class has not)
     # Attributes __getstate__ saves in its own way, or not at all (caches rebuilt on use).
     _PICKLED_APART = frozenset({"_stepsize", "tolerance", "ascent", "check_finite", "keep_delta", "lr",
                                 "step_count", "delta", "memory", "_memory", "_conv_n", "_model_types",
@@ -756,7 +756,7 @@ class Gradient(Optimizer):
         self._memory = GradientMemory(0.0, 0.0)  # holds the tree plan only
 
     _fixed_zero = ("mean_weight", "mean_square_weight")
-    _memory = None  # not the base's property: a memory of its own, holding the tree plan only
+    _memory = None  # type: ignore[assignment]  # not the base's property: its own memory, holding the plan only
 
     def reset(self) -> None:
         """Does nothing: plain gradient steps keep no memory."""
