@@ -179,7 +179,7 @@ def _fingerprint(opt):
 
 @pytest.mark.parametrize("path", ["inplace", "paysage"])
 def test_pickle_and_deepcopy_as_deep_as_stepping(path, rng):
-    depth = 999  # the root is level 0: the leaf sits at level 1000, the deepest a Plan takes
+    depth = 1000  # containers around the leaf: the deepest a Plan takes (1001 is refused)
     p0, g = rng.standard_normal(7).astype(np.float32), rng.standard_normal(7).astype(np.float32)
     grad = _nested(depth, g)
     opt = optimizers.ADAM(0.01, keep_delta=True)
