@@ -127,10 +127,20 @@ static_assert(specs_in_order(), "kRuleSpecs must list the rules in the order of 
 static_assert(modes_distinct(), "two (rule, phase, output) entries map to the same kernel");
 
 // Index of (rule, phase, output) in kKernels, or -1 when the rule has no such step.
+constexpr auto kKernelIndex = [] {
+  std::array<int, kNumRules * kNumPhases * kNumOutputs> a{};
+  for (auto& x : a) x = -1;
+  for (std::size_t i = 0; i < kKernels.size(); ++i) {
+    const KernelEntry& k = kKernels[i];
+    a[(static_cast<unsigned>(k.rule) * kNumPhases + static_cast<unsigned>(k.phase)) * kNumOutputs +
+      static_cast<unsigned>(k.output)] = static_cast<int>(i);
+  }
+  return a;
+}();
 constexpr int kernel_index(Rule r, Phase ph, Output out) {
-  for (std::size_t i = 0; i < kKernels.size(); ++i)
-    if (kKernels[i].rule == r && kKernels[i].phase == ph && kKernels[i].output == out) return static_cast<int>(i);
-  return -1;
+  const unsigned ri = static_cast<unsigned>(r), pi = static_cast<unsigned>(ph), oi = static_cast<unsigned>(out);
+  if (ri >= kNumRules || pi >= kNumPhases || oi >= kNumOutputs) return -1;
+  return kKernelIndex[(ri * kNumPhases + pi) * kNumOutputs + oi];
 }
 
 }  // namespace fusedopt

@@ -42,16 +42,26 @@ void after_fork_in_child() {
 // training loop). A running mean of r (weight 1/8, starting at 1/threads)
 // above 1 sends the next `window` steps of up to 4x this size to the calling
 // thread alone: one step at 4.5x the serial time does it at once, while the
-// odd slow step of a noisy virtual machine does not (that took 64 serial
-// steps per stall before, ~45% of the steps of a 1e6 loop on a noisy day).
+// odd slow step of a noisy virtual machine does not.
 // The window doubles, up to 4096 steps, while the retries keep failing, and
 // is back at 64 after a parallel step that keeps the mean at or below 1.
 constexpr int kFirstSerialWindow = 64, kLastSerialWindow = 4096;
 constexpr double kRatioWeight = 1.0 / 8;
-std::atomic<int> g_serial_steps{0};
-std::atomic<int> g_serial_window{kFirstSerialWindow};
-std::atomic<std::size_t> g_bad_chunks{0};
-std::atomic<double> g_mean_ratio{-1.0};  // < 0: start from 1/threads
+// The judge's state: shared by every thread that steps, hence atomics (a
+// judgement racing another only misjudges one step, never a result).
+struct JudgeState {
+  std::atomic<int> serial_steps{0};                   // steps still to run serially
+  std::atomic<int> serial_window{kFirstSerialWindow};  // serial steps after the next bad judgement
+  std::atomic<std::size_t> bad_chunks{0};             // size of the step judged bad
+  std::atomic<double> mean_ratio{-1.0};               // running mean of r; < 0: start from 1/threads
+  void reset() {
+    serial_steps.store(0, std::memory_order_relaxed);
+    serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
+    bad_chunks.store(0, std::memory_order_relaxed);
+    mean_ratio.store(-1.0, std::memory_order_relaxed);
+  }
+};
+JudgeState g_judge;
 
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
@@ -59,19 +69,19 @@ double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 void judge_parallel_step(std::size_t chunks, std::size_t by_caller, int threads, double worked, double waited) {
   if (by_caller == 0 || !(worked > 0.0)) return;  // nothing to estimate the serial time from
   const double r = (worked + waited) / (worked * static_cast<double>(chunks) / static_cast<double>(by_caller));
-  double mean = g_mean_ratio.load(std::memory_order_relaxed);
+  double mean = g_judge.mean_ratio.load(std::memory_order_relaxed);
   if (mean < 0.0) mean = 1.0 / threads;
   mean += kRatioWeight * (r - mean);
   if (mean <= 1.0) {
-    g_mean_ratio.store(mean, std::memory_order_relaxed);
-    g_serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
+    g_judge.mean_ratio.store(mean, std::memory_order_relaxed);
+    g_judge.serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
     return;
   }
-  const int window = g_serial_window.load(std::memory_order_relaxed);
-  g_bad_chunks.store(chunks, std::memory_order_relaxed);
-  g_serial_steps.store(window, std::memory_order_relaxed);
-  g_serial_window.store(std::min(2 * window, kLastSerialWindow), std::memory_order_relaxed);
-  g_mean_ratio.store(-1.0, std::memory_order_relaxed);  // the retry starts a new mean
+  const int window = g_judge.serial_window.load(std::memory_order_relaxed);
+  g_judge.bad_chunks.store(chunks, std::memory_order_relaxed);
+  g_judge.serial_steps.store(window, std::memory_order_relaxed);
+  g_judge.serial_window.store(std::min(2 * window, kLastSerialWindow), std::memory_order_relaxed);
+  g_judge.mean_ratio.store(-1.0, std::memory_order_relaxed);  // the retry starts a new mean
 }
 
 // Runs body(c) for every chunk c, on the calling thread or on the OpenMP team.
@@ -81,9 +91,9 @@ void judge_parallel_step(std::size_t chunks, std::size_t by_caller, int threads,
 void for_each_chunk_fn(std::size_t chunks, bool parallel, bool adaptive, ChunkFn fn, void* ctx) {
 #ifdef FUSEDOPT_OPENMP
   bool team = parallel && get_num_threads() > 1;
-  if (team && adaptive && g_serial_steps.load(std::memory_order_relaxed) > 0 &&
-      chunks <= 4 * g_bad_chunks.load(std::memory_order_relaxed)) {
-    g_serial_steps.fetch_sub(1, std::memory_order_relaxed);
+  if (team && adaptive && g_judge.serial_steps.load(std::memory_order_relaxed) > 0 &&
+      chunks <= 4 * g_judge.bad_chunks.load(std::memory_order_relaxed)) {
+    g_judge.serial_steps.fetch_sub(1, std::memory_order_relaxed);
     team = false;
   }
   if (team) {
@@ -127,15 +137,10 @@ void for_each_chunk_fn(std::size_t chunks, bool parallel, bool adaptive, ChunkFn
 int judge_parallel_step_for_test(std::size_t chunks, std::size_t by_caller, int threads, double worked,
                                  double waited) {
   judge_parallel_step(chunks, by_caller, threads, worked, waited);
-  return g_serial_steps.load(std::memory_order_relaxed);
+  return g_judge.serial_steps.load(std::memory_order_relaxed);
 }
 
-void reset_parallel_judge() {
-  g_serial_steps.store(0, std::memory_order_relaxed);
-  g_serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
-  g_bad_chunks.store(0, std::memory_order_relaxed);
-  g_mean_ratio.store(-1.0, std::memory_order_relaxed);
-}
+void reset_parallel_judge() { g_judge.reset(); }
 
 int max_threads() {
   static const int bound = [] {

@@ -117,6 +117,7 @@ struct Prepared {
   std::vector<LeafData> data;
   std::vector<py::object> keep;
   std::vector<double> sums;  // sum(d*d) per leaf, committed by the caller
+  double* sums_target = nullptr;  // or written straight into the state's sums
   py::object delta = py::none();
 };
 
@@ -228,7 +229,7 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     data[l].v_out = at(base[3][s.dtype]);
     data[l].out = at(obase[s.dtype]);
   }
-  if (mode & SCALE) P.sums.assign(specs.size(), 0.0);
+  if ((mode & SCALE) && !P.sums_target) P.sums.assign(specs.size(), 0.0);
 }
 
 // The rule that a step of `rule` is when a weight is 0: that moment is dropped.
@@ -282,6 +283,13 @@ bool sums_fit(py::handle sums, std::size_t n) {
          static_cast<std::size_t>(PyArray_SIZE(a)) == n;
 }
 
+// Attribute names, interned once (a step sets two of them).
+PyObject* interned(const char* name) {
+  PyObject* s = PyUnicode_InternFromString(name);
+  if (!s) throw py::error_already_set();
+  return s;  // kept for the life of the process
+}
+
 class State {
  public:
   py::object plan = py::none();       // Plan of the gradients, or None
@@ -304,6 +312,7 @@ class State {
   void set_plan(py::object p) {
     if (!p.is_none() && !py::isinstance<Plan>(p)) throw py::type_error("plan must be a fusedopt._core.Plan or None");
     plan = std::move(p);
+    plan_ptr_ = plan.is_none() ? nullptr : &plan.cast<const Plan&>();
     conv_count = -1;
     drop_spares();
   }
@@ -334,6 +343,8 @@ class State {
 
  private:
   py::object m_tree_ = py::none(), v_tree_ = py::none();
+  py::int_ one_{1};
+  const Plan* plan_ptr_ = nullptr;  // plan's C++ object (plan keeps it alive)
   py::object m_spare_ = py::none(), v_spare_ = py::none();  // second buffers of the paysage path
 
   void drop_spares() {
@@ -363,8 +374,8 @@ class State {
 
   py::object run(py::handle owner, Rule r, Output output, py::handle grad, py::handle target, double lr,
                  bool check_finite, py::object plan_obj, bool& model_called) {
-    const Plan& p = plan_obj.cast<const Plan&>();
     const bool same_plan = plan_obj.is(plan);
+    const Plan& p = same_plan && plan_ptr_ ? *plan_ptr_ : plan_obj.cast<const Plan&>();
     py::object m = same_plan ? mean : py::none(), v = same_plan ? mean_square : py::none();
     const RuleSpec& spec = spec_of(r);
     const bool start_m = spec.mean && m.is_none(), start_v = spec.sq && v.is_none();
@@ -379,29 +390,43 @@ class State {
     py::object m_out = start_m ? new_arenas(p) : (updates_m(mode) && deferred ? free_spare(m_spare_, p) : m);
     py::object v_out = start_v ? new_arenas(p) : (updates_v(mode) && deferred ? free_spare(v_spare_, p) : v);
     Prepared P;
+    // When nothing can fail after the kernel, it writes the sums in place.
+    const bool sums_in_place = !deferred && same_plan && sums_fit(sums, p.leaves().size());
+    P.sums_target = sums_in_place ? static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))) : nullptr;
     prepare(P, p, mode, grad, steps_p(mode) ? target : py::handle(Py_None), start_m ? m_out : m, m_out,
             start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite);
     const bool count_now = owner.ptr() != Py_None && (!same_plan || conv_count < 0);
     const long long count = count_now ? count_for_rms(grad, p) : conv_count;
-    // The owner's commit is written into its own dict: its attributes may have setters written
-    // in Python (checked on assignment), and Python code in the commit could take a signal.
-    // Read now, so that a missing or odd step_count fails before anything changes.
-    py::dict owner_dict;
-    py::object next_count;
+    // The owner's step_count and delta go straight into its instance dict: its attributes may
+    // have setters written in Python (checked on assignment), and Python code in the commit
+    // could take a signal between two writes. Read now, so that a missing or odd step_count
+    // fails before anything changes.
+    static PyObject* const step_count_name = interned("step_count");
+    static PyObject* const delta_name = interned("delta");
+    static PyObject* const dict_name = interned("__dict__");
+    py::object owner_dict, next_count;
     if (owner.ptr() != Py_None) {
-      owner_dict = owner.attr("__dict__");
-      next_count = owner_dict["step_count"];
-      if (!PyLong_CheckExact(next_count.ptr())) throw py::type_error("step_count must be an int");
-      next_count = next_count + py::int_(1);
+      owner_dict = py::reinterpret_steal<py::object>(PyObject_GetAttr(owner.ptr(), dict_name));
+      if (!owner_dict) throw py::error_already_set();
+      PyObject* n = PyDict_Check(owner_dict.ptr()) ? PyDict_GetItemWithError(owner_dict.ptr(), step_count_name)
+                                                   : nullptr;  // borrowed
+      if (PyErr_Occurred()) throw py::error_already_set();
+      if (!n || !PyLong_CheckExact(n)) throw py::type_error("the optimizer's step_count must be an int");
+      next_count = py::reinterpret_steal<py::object>(PyNumber_Add(n, one_.ptr()));
+      if (!next_count) throw py::error_already_set();
     }
     {
       py::gil_scoped_release nogil;
-      run_step(mode, p.layout(), P.data, Hyper{lr, w, w2}, P.sums.empty() ? nullptr : P.sums.data());
+      double* out = P.sums_target ? P.sums_target : P.sums.data();
+      run_step(mode, p.layout(), P.data, Hyper{lr, w, w2}, (mode & SCALE) ? out : nullptr);
     }
     if (deferred) {
       model_called = true;
       try {
-        target.attr("parameter_update")(P.delta);
+        static PyObject* const update_name = interned("parameter_update");
+        py::object r = py::reinterpret_steal<py::object>(
+            PyObject_CallMethodOneArg(target.ptr(), update_name, P.delta.ptr()));
+        if (!r) throw py::error_already_set();
       } catch (...) {  // nothing commits; the second buffers stay for the next step
         if (!start_m && !m_out.is(m)) m_spare_ = m_out;
         if (!start_v && !v_out.is(v)) v_spare_ = v_out;
@@ -411,6 +436,7 @@ class State {
     // Commit: from here on nothing runs Python code or raises.
     if (!same_plan) {
       plan = plan_obj;
+      plan_ptr_ = &p;
       drop_spares();
       sums = py::none();
     }
@@ -431,8 +457,9 @@ class State {
     if (owner.ptr() != Py_None) {
       conv_count = count;
       conv_inplace = output != Output::DELTA;
-      owner_dict["step_count"] = next_count;
-      owner_dict["delta"] = P.delta;
+      if (PyDict_SetItem(owner_dict.ptr(), step_count_name, next_count.ptr()) < 0 ||
+          PyDict_SetItem(owner_dict.ptr(), delta_name, P.delta.ptr()) < 0)  // only out of memory
+        throw py::error_already_set();
     }
     return P.delta;
   }
