@@ -1,6 +1,7 @@
 #include "dispatch.h"
 #include "isa_tables.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -44,13 +45,14 @@ const std::vector<Level>& levels() {
 
 struct Tables {
   std::vector<KernelTable> by_level;  // same order as levels()
-  std::size_t current = 0;
+  // Switched by set_simd_level while other threads may be running steps.
+  std::atomic<std::size_t> current{0};
   Tables() : by_level(levels().size()) {
     for (std::size_t i = 0; i < levels().size(); ++i) levels()[i].fill(by_level[i]);
     std::size_t best = levels().size() - 1;
     for (std::size_t i = 0; i < levels().size(); ++i)
       if (levels()[i].cpu_has()) { best = i; break; }
-    current = best;
+    std::size_t chosen = best;
     // The environment may only lower the level (a higher one could crash).
     if (const char* forced = std::getenv("FUSEDOPT_SIMD")) {
       const std::string want(forced);
@@ -58,11 +60,12 @@ struct Tables {
       for (std::size_t i = 0; i < levels().size(); ++i)
         if (want == levels()[i].name) {
           known = true;
-          if (i >= best) current = i;
+          if (i >= best) chosen = i;
         }
       if (!known && want != "avx512" && want != "avx2")
         throw std::invalid_argument("FUSEDOPT_SIMD must be avx512, avx2 or baseline, not '" + want + "'");
     }
+    current.store(chosen, std::memory_order_release);
   }
 };
 
@@ -73,9 +76,9 @@ Tables& tables() {
 
 }  // namespace
 
-const KernelTable& kernels() { return tables().by_level[tables().current]; }
+const KernelTable& kernels() { return tables().by_level[tables().current.load(std::memory_order_acquire)]; }
 
-std::string simd_level() { return levels()[tables().current].name; }
+std::string simd_level() { return levels()[tables().current.load(std::memory_order_acquire)].name; }
 
 std::vector<std::string> simd_levels_compiled() {
   std::vector<std::string> out;
@@ -94,7 +97,7 @@ void set_simd_level(const std::string& level) {
   for (std::size_t i = 0; i < levels().size(); ++i)
     if (level == levels()[i].name) {
       if (!levels()[i].cpu_has()) throw std::invalid_argument("this CPU cannot run SIMD level '" + level + "'");
-      tables().current = i;
+      tables().current.store(i, std::memory_order_release);
       return;
     }
   throw std::invalid_argument("SIMD level '" + level + "' is not compiled into this build");

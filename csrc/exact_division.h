@@ -12,9 +12,8 @@
 // rounding to nearest is symmetric). Vectors with any lane outside that range
 // (zeros, subnormals, huge values, Inf, NaN) use the divider.
 //
-// AVX-512 only: with 8-lane AVX2 on the Zen 4 this was measured on, the
-// multiplies and FMAs then saturate their two pipes and the step was 0-8%
-// slower than with the divider (AVX-512: 10-29% faster).
+// AVX-512 only: with 8-lane AVX2 the extra multiplies and FMAs saturate
+// their two pipes, and the divider is no slower there.
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -30,6 +30,21 @@ constexpr unsigned mode_sq(unsigned m) { return (m >> SQ_SHIFT) & 3u; }
 constexpr unsigned mode_dir(unsigned m) { return (m >> DIR_SHIFT) & 7u; }
 constexpr unsigned mode_out(unsigned m) { return (m >> OUT_SHIFT) & 3u; }
 
+// What a mode reads and writes, used by the kernels (step_math.h) and by the
+// binding that checks and passes the arrays (register_step.cpp) alike.
+constexpr bool updates_m(unsigned m) { return mode_mean(m) != MOMENT_NONE; }
+constexpr bool updates_v(unsigned m) { return mode_sq(m) != MOMENT_NONE; }
+constexpr bool dir_uses_m(unsigned m) { return mode_dir(m) == DIR_M || mode_dir(m) == DIR_NORM_M; }
+constexpr bool dir_uses_v(unsigned m) { return mode_dir(m) == DIR_NORM_G || mode_dir(m) == DIR_NORM_M; }
+// Loads the old moment: a running average, or a direction made of a moment not updated here.
+constexpr bool reads_m(unsigned m) { return mode_mean(m) == MOMENT_EMA || (!updates_m(m) && dir_uses_m(m)); }
+constexpr bool reads_v(unsigned m) { return mode_sq(m) == MOMENT_EMA || (!updates_v(m) && dir_uses_v(m)); }
+// Needs the moment arena at all.
+constexpr bool uses_m(unsigned m) { return updates_m(m) || dir_uses_m(m); }
+constexpr bool uses_v(unsigned m) { return updates_v(m) || dir_uses_v(m); }
+constexpr bool steps_p(unsigned m) { return mode_out(m) == OUT_INPLACE || mode_out(m) == OUT_BOTH; }
+constexpr bool writes_out(unsigned m) { return mode_out(m) == OUT_WRITE || mode_out(m) == OUT_BOTH; }
+
 // Scalars of one step, already rounded to the leaf's dtype by the caller.
 // inv_one_minus_w(2) is 1 / one_minus_w(2) when that divisor passed the
 // table's check_divisor (exact_division.h), else 0: divide with the divider.
@@ -39,15 +54,20 @@ struct StepScalars {
   T inv_one_minus_w = 0, inv_one_minus_w2 = 0;
 };
 
-// Pointers of one segment (a contiguous piece of one leaf); unused ones are null.
+// Pointers of one segment (a contiguous piece of one leaf); unused ones are
+// null. Moments are read from m, v and written to m_out, v_out: the same
+// arrays when the step commits in place, a second buffer when its caller
+// commits only after the model took the delta (see docs/threads-processes-signals.md).
 template <class T>
 struct Segment {
   const T* g;
   T* p;
-  T* m;
-  T* v;
+  const T* m;
+  const T* v;
   T* out;
   std::size_t n;
+  T* m_out;
+  T* v_out;
 };
 
 // A kernel runs one segment and returns sum(d*d) over it (0 when !SCALE).

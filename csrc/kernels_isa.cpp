@@ -1,7 +1,7 @@
 // Compiled once per instruction set (see CMakeLists.txt): FUSEDOPT_ISA names
 // the namespace of this copy, and the flags of its target pick the SIMD width.
 #include <utility>
-#include "mode_list.h"
+#include "rules.h"
 #include "step_math.h"
 
 #ifndef FUSEDOPT_ISA
@@ -15,12 +15,12 @@ namespace FUSEDOPT_ISA {
 
 template <std::size_t... I>
 static void fill(KernelTable& t, std::index_sequence<I...>) {
-  ((t.f32[kModes[I]] = &run_segment<float, kModes[I]>), ...);
-  ((t.f64[kModes[I]] = &run_segment<double, kModes[I]>), ...);
+  ((t.f32[kKernels[I].mode] = &run_segment<float, kKernels[I].mode>), ...);
+  ((t.f64[kKernels[I].mode] = &run_segment<double, kKernels[I].mode>), ...);
 }
 
 void fill_table(KernelTable& t) {
-  fill(t, std::make_index_sequence<kModes.size()>{});
+  fill(t, std::make_index_sequence<kKernels.size()>{});
   t.probe = &run_probe;
   t.check_divisor = kHaveExactDivision ? &check_divisor : nullptr;
   t.name = FUSEDOPT_STR(FUSEDOPT_ISA);

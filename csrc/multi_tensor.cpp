@@ -60,7 +60,8 @@ T* at(void* base, std::size_t offset) {
 
 template <class T>
 double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e, const StepScalars<T>& c) {
-  Segment<T> s{at<T>(const_cast<void*>(d.g), b), at<T>(d.p, b), at<T>(d.m, b), at<T>(d.v, b), at<T>(d.out, b), e - b};
+  Segment<T> s{at<T>(const_cast<void*>(d.g), b), at<T>(d.p, b), at<T>(d.m, b), at<T>(d.v, b), at<T>(d.out, b), e - b,
+               at<T>(d.m_out ? d.m_out : d.m, b), at<T>(d.v_out ? d.v_out : d.v, b)};
   return fn(s, c);
 }
 
@@ -98,7 +99,7 @@ double run_probe(float* g, float* p, float* m, float* v, std::size_t n) {
   const ChunkLayout layout({n});
   const KernelFn<float> fn = kernels().probe;
   const StepScalars<float> none{};
-  const LeafData d{F32, g, p, m, v, nullptr};
+  const LeafData d{F32, g, p, m, v, nullptr, m, v};
   const auto t0 = std::chrono::steady_clock::now();
   auto body = [&](std::size_t c) {
     for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {

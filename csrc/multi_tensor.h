@@ -4,11 +4,10 @@
 #pragma once
 #include <cstddef>
 #include <vector>
+#include "dtype.h"
 #include "kernel_modes.h"
 
 namespace fusedopt {
-
-enum Dtype : int { F32 = 0, F64 = 1 };
 
 // Elements per chunk: a multiple of 16 floats, so chunk starts inside a leaf
 // stay on 64-byte boundaries of its (64-byte aligned) arena.
@@ -34,6 +33,7 @@ class ChunkLayout {
 };
 
 // Pointers of one leaf for this step; null where the mode does not use them.
+// m_out, v_out: where the new moments go (null: over m, v).
 struct LeafData {
   Dtype dtype;
   const void* g;
@@ -41,6 +41,8 @@ struct LeafData {
   void* m;
   void* v;
   void* out;
+  void* m_out = nullptr;
+  void* v_out = nullptr;
 };
 
 struct Hyper {

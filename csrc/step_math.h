@@ -1,4 +1,4 @@
-// The element math of every fused step (SPEC section 3), in paysage's exact
+// The element math of every fused step (docs/semantics.md), in paysage's exact
 // operation order, written once for scalars and 16-lane vectors alike.
 // Compiled with -ffp-contract=off and without -ffast-math so that each
 // operation rounds as NumPy's float32/float64 operations do.
@@ -26,21 +26,6 @@ struct Lanes {
   V g, m, v, p, d;
 };
 
-template <unsigned MODE>
-constexpr bool reads_m() {
-  return mode_mean(MODE) == MOMENT_EMA ||
-         (mode_mean(MODE) == MOMENT_NONE && (mode_dir(MODE) == DIR_M || mode_dir(MODE) == DIR_NORM_M));
-}
-template <unsigned MODE>
-constexpr bool reads_v() {
-  return mode_sq(MODE) == MOMENT_EMA ||
-         (mode_sq(MODE) == MOMENT_NONE && (mode_dir(MODE) == DIR_NORM_G || mode_dir(MODE) == DIR_NORM_M));
-}
-template <unsigned MODE>
-constexpr bool steps_p() { return mode_out(MODE) == OUT_INPLACE || mode_out(MODE) == OUT_BOTH; }
-template <unsigned MODE>
-constexpr bool writes_out() { return mode_out(MODE) == OUT_WRITE || mode_out(MODE) == OUT_BOTH; }
-
 // Whether MODE divides v by 1 - w2 (and maybe x by 1 - w): the modes whose
 // divisions exact_division.h speeds up (every ADAM and RMSProp step).
 template <unsigned MODE>
@@ -64,7 +49,7 @@ FUSEDOPT_INLINE void step_math(Lanes<V>& x, const StepScalars<T>& c) {
     x.d = num / vsqrt(c.eps + den);
   }
   if constexpr ((MODE & SCALE) != 0) x.d = c.lr * x.d;
-  if constexpr (steps_p<MODE>()) x.p = x.p - x.d;
+  if constexpr (steps_p(MODE)) x.p = x.p - x.d;
 }
 
 // Loads, computes and stores W consecutive elements starting at i (W = 1 or 16).
@@ -72,14 +57,14 @@ template <unsigned MODE, bool EXACT, class V, class T>
 FUSEDOPT_INLINE V step_at(const Segment<T>& s, const StepScalars<T>& c, std::size_t i) {
   Lanes<V> x{};
   x.g = load<V>(s.g + i);
-  if constexpr (reads_m<MODE>()) x.m = load<V>(s.m + i);
-  if constexpr (reads_v<MODE>()) x.v = load<V>(s.v + i);
-  if constexpr (steps_p<MODE>()) x.p = load<V>(s.p + i);
+  if constexpr (reads_m(MODE)) x.m = load<V>(s.m + i);
+  if constexpr (reads_v(MODE)) x.v = load<V>(s.v + i);
+  if constexpr (steps_p(MODE)) x.p = load<V>(s.p + i);
   step_math<MODE, EXACT>(x, c);
-  if constexpr (mode_mean(MODE) != MOMENT_NONE) store(s.m + i, x.m);
-  if constexpr (mode_sq(MODE) != MOMENT_NONE) store(s.v + i, x.v);
-  if constexpr (steps_p<MODE>()) store(s.p + i, x.p);
-  if constexpr (writes_out<MODE>()) store(s.out + i, x.d);
+  if constexpr (updates_m(MODE)) store(s.m_out + i, x.m);
+  if constexpr (updates_v(MODE)) store(s.v_out + i, x.v);
+  if constexpr (steps_p(MODE)) store(s.p + i, x.p);
+  if constexpr (writes_out(MODE)) store(s.out + i, x.d);
   return x.d;
 }
 
@@ -155,8 +140,8 @@ inline double run_probe(const Segment<float>& s, const StepScalars<float>&) {
   for (std::size_t i = 0; i < s.n; ++i) {
     const float g = s.g[i];
     s.p[i] = s.p[i] + g;
-    s.m[i] = s.m[i] + g;
-    s.v[i] = s.v[i] + g;
+    s.m_out[i] = s.m[i] + g;
+    s.v_out[i] = s.v[i] + g;
   }
   return 0.0;
 }

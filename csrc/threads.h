@@ -3,6 +3,7 @@
 // go through for_each_chunk, so threads are set up and judged in one place.
 #pragma once
 #include <cstddef>
+#include <string>
 
 namespace fusedopt {
 
@@ -23,9 +24,20 @@ void for_each_chunk(std::size_t chunks, bool parallel, bool adaptive, Body& body
                     [](void* ctx, std::size_t c) { (*static_cast<Body*>(ctx))(c); }, &body);
 }
 
+// Threads a parallel step uses. 1 in a process forked after this one had run
+// a thread team (libgomp cannot start another one there).
 int get_num_threads();
-void set_num_threads(int n);
+// Throws std::invalid_argument outside 1..max_threads().
+void set_num_threads(long long n);
 bool have_openmp();
+// The largest thread count set_num_threads accepts: kThreadsPerCpu per CPU,
+// at least kMinThreadBound.
+constexpr int kThreadsPerCpu = 4, kMinThreadBound = 256;
+int max_threads();
+// Chooses the thread count of a fresh process from OMP_NUM_THREADS (else the
+// CPUs); returns why OMP_NUM_THREADS was not used (empty when it was), for a
+// warning. Call once, with the GIL, before any step.
+std::string init_num_threads();
 
 // For tests: judge a parallel step of `chunks` chunks of which the calling
 // thread ran `by_caller`, working `worked` seconds and then waiting `waited`;

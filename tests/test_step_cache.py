@@ -1,13 +1,12 @@
-"""Optimizer.update's steady state binds everything but grad, params and the rate
-into one _core.BoundStep, and caches float32(stepsize.value) for updates before
-update_lr(). Anything changed between two steps must still take effect: each test
+"""Optimizer.update is one call of its memory's native state (_core.State.step),
+which keeps plan, moments and weights from step to step, and the optimizer caches
+float32(stepsize.value) for updates before update_lr(). Anything changed between two steps must still take effect: each test
 changes one thing mid-run and checks every step bit for bit against the NumPy
 reference (tests/reference.py)."""
 import numpy as np
 import pytest
 
 from fusedopt import _core, optimizers, schedules
-from fusedopt.optimizers import DIR_NORM_M, EMA, MEAN_DIV, OUT_INPLACE, SCALE, UNBIASED, _mode
 from reference import (RATE_GENERATORS, RefMemory, RefOptimizer, Runner, flatten, like_tree, memory_weights,
                        random_tree)
 
@@ -64,9 +63,9 @@ def test_a_change_between_steady_steps_takes_effect(kind, change, rng):
     ref = RefOptimizer(kind, RATE_GENERATORS["ExponentialDecay"](initial=0.05, coefficient=0.8),
                        unstepped_value=0.05)
     runner = Runner(opt, ref, "inplace", params)
-    for _ in range(3):  # the third step runs through the bound call
+    for _ in range(3):  # the third step is a steady one
         runner.step(like_tree(params, rng))
-    assert opt._fast is not None
+    assert opt.step_count == 3
     keep_delta = False
     if change == "keep_delta":
         opt.keep_delta = keep_delta = True
@@ -91,33 +90,34 @@ def test_a_change_between_steady_steps_takes_effect(kind, change, rng):
         runner.step(like_tree(params, rng))
 
 
-def test_bound_step_equals_step_bit_for_bit(rng):
+def test_update_is_the_named_rule_on_a_native_state(rng):
+    """ADAM's steady in-place update equals Rule.ADAM stepped on a separate State
+    holding copies of the same plan, moments and weights."""
     opt = optimizers.ADAM(stepsize=0.01)
     params = random_tree("list", rng, "mixed")
     for _ in range(2):
         opt.update(params, like_tree(params, rng))
-    bound, mem = opt._fast[-1], opt.memory
+    mem = opt.memory
     grad = like_tree(params, rng)
-    twin = [np.array(a, copy=True) for a in flatten(params)]
-    moments = [np.array(a, copy=True) for a in mem._m + mem._v]
-    bound(grad, params, 0.01, False)
-    stepped = [np.array(a, copy=True) for a in flatten(params)]
-    after = [np.array(a, copy=True) for a in mem._m + mem._v]
-    for arena, saved in zip(mem._m + mem._v, moments):  # the same step again, through step()
-        arena[...] = saved
-    tree = mem._plan.unflatten(twin)
-    _core.step(mem._plan, _mode(EMA, EMA, DIR_NORM_M, OUT_INPLACE, UNBIASED | MEAN_DIV | SCALE), grad, "grad",
-               tree, *mem._m, *mem._v, 0.01, float(mem.mean_weight), float(mem.mean_square_weight),
-               np.zeros(mem._plan.num_leaves), False)
-    for a, b in zip(flatten(tree), stepped):
+    twin = mem._plan.unflatten([np.array(a, copy=True) for a in mem._plan.flatten(params)])
+    state = _core.State()
+    state.plan = mem._plan
+    state.mean = tuple(np.array(a, copy=True) for a in mem._m)
+    state.mean_square = tuple(np.array(a, copy=True) for a in mem._v)
+    state.w, state.w2 = float(mem.mean_weight), float(mem.mean_square_weight)
+    opt.update(params, grad)
+    lr = float(f32(0.01))  # the rate of an update before any update_lr()
+    assert state.step(None, _core.Rule.ADAM, _core.Output.IN_PLACE, grad, twin, lr, False) is None
+    for a, b in zip(mem._plan.flatten(twin), mem._plan.flatten(params)):
         assert np.array_equal(a, b)
-    for a, b in zip(mem._m + mem._v, after):
-        assert np.array_equal(a, b)
+    for ours, theirs in ((state.mean_tree, mem.mean_gradient), (state.mean_square_tree, mem.mean_square_gradient)):
+        for a, b in zip(mem._plan.flatten(ours), mem._plan.flatten(theirs)):  # leaves only: arena padding is never written
+            assert np.array_equal(a, b)
 
 
-def test_bound_step_refuses_what_is_not_a_plan():
+def test_state_refuses_what_is_not_a_plan():
     with pytest.raises(TypeError, match="plan must be a fusedopt._core.Plan"):
-        _core.BoundStep(object(), 0, "grad", None, None, None, None, 0.9, 0.999, None)
+        _core.State().plan = object()
 
 
 def test_exact_reciprocal_is_stable_across_many_constants():

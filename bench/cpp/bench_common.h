@@ -7,7 +7,7 @@
 #include <new>
 #include <vector>
 
-#include "kernel_modes.h"
+#include "rules.h"
 
 namespace fusedopt_bench {
 
@@ -22,16 +22,17 @@ struct OptimizerStep {
   std::size_t bytes_f32;
 };
 
+// The kernel of a steady in-place step of `rule`, from the one rule table.
+constexpr unsigned steady_in_place(Rule rule) {
+  return kKernels[static_cast<std::size_t>(kernel_index(rule, Phase::STEADY, Output::IN_PLACE))].mode;
+}
+
 inline const std::vector<OptimizerStep>& optimizer_steps() {
   static const std::vector<OptimizerStep> steps = {
-      // read g, p, m, v; write p, m, v
-      {"ADAM", make_mode(MOMENT_EMA, MOMENT_EMA, DIR_NORM_M, OUT_INPLACE, SCALE | UNBIASED | MEAN_DIV), 28},
-      // read g, p, v; write p, v
-      {"RMSProp", make_mode(MOMENT_NONE, MOMENT_EMA, DIR_NORM_G, OUT_INPLACE, SCALE | UNBIASED), 20},
-      // read g, p, m; write p, m
-      {"Momentum", make_mode(MOMENT_EMA, MOMENT_NONE, DIR_M, OUT_INPLACE, SCALE), 20},
-      // read g, p; write p
-      {"Gradient", make_mode(MOMENT_NONE, MOMENT_NONE, DIR_G, OUT_INPLACE, SCALE), 12},
+      {"ADAM", steady_in_place(Rule::ADAM), 28},          // read g, p, m, v; write p, m, v
+      {"RMSProp", steady_in_place(Rule::RMSPROP), 20},    // read g, p, v; write p, v
+      {"Momentum", steady_in_place(Rule::MOMENTUM), 20},  // read g, p, m; write p, m
+      {"Gradient", steady_in_place(Rule::GRADIENT), 12},  // read g, p; write p
   };
   return steps;
 }

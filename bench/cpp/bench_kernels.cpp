@@ -48,7 +48,7 @@ void kernel_bench(benchmark::State& state, KernelFn<float> fn, std::size_t bytes
   const std::size_t n = static_cast<std::size_t>(state.range(0));
   StepArrays a(n);
   const StepScalars<float> c = default_scalars(exact_division);
-  const Segment<float> s{a.g.get(), a.p.get(), a.m.get(), a.v.get(), nullptr, n};
+  const Segment<float> s{a.g.get(), a.p.get(), a.m.get(), a.v.get(), nullptr, n, a.m.get(), a.v.get()};
   for (auto _ : state) {
     double sumsq = fn(s, c);
     benchmark::DoNotOptimize(sumsq);

@@ -67,8 +67,8 @@ void probe_bench(benchmark::State& state) {
 
 int main(int argc, char** argv) {
   using namespace fusedopt_bench;
-  // {leaves, elements per leaf}: the sizes of SPEC section 8 (1e7 and 6.4e7
-  // left to the Python benchmark: the C++ one stays quick), and its trees.
+  // {leaves, elements per leaf}: the sizes of bench/bench_step.py (1e7 and
+  // 6.4e7 left to it: the C++ one stays quick), and its trees.
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
       {1, 1000}, {1, 100000}, {1, 1000000}, {1, 16 << 20}, {200, 4096}, {1000, 100}};
   const std::vector<int64_t> threads = {1, 2};

@@ -16,7 +16,7 @@
 namespace fusedopt {
 
 namespace {
-int npy_type(Dtype d) { return d == F32 ? NPY_FLOAT : NPY_DOUBLE; }
+int npy_type(Dtype d) { return npy_type_number(d); }
 
 // Buffers of output arenas whose arrays have died, kept for the next step.
 // The paysage path allocates a delta arena every step, and the previous one
@@ -73,7 +73,7 @@ void give_back(PyObject* capsule) {
 }  // namespace
 
 py::object recycled_empty(std::size_t n, Dtype dtype) {
-  const std::size_t item = dtype == F32 ? 4 : 8;
+  const std::size_t item = item_size(dtype);
   const std::size_t bytes = (n * item + 63) / 64 * 64;
   if (bytes < kRecycleFrom) return aligned_empty(n, dtype);
   auto* block = new Block{take_block(bytes), bytes};
@@ -99,7 +99,7 @@ py::object recycled_empty(std::size_t n, Dtype dtype) {
 
 py::object arena_view(py::handle arena, Dtype dtype, std::size_t offset, const std::vector<Py_ssize_t>& shape) {
   PyArrayObject* base = reinterpret_cast<PyArrayObject*>(arena.ptr());
-  char* data = static_cast<char*>(PyArray_DATA(base)) + offset * (dtype == F32 ? 4 : 8);
+  char* data = static_cast<char*>(PyArray_DATA(base)) + offset * item_size(dtype);
   std::vector<npy_intp> dims(shape.begin(), shape.end());
   PyObject* view = PyArray_New(&PyArray_Type, static_cast<int>(dims.size()), dims.data(), npy_type(dtype), nullptr,
                                data, 0, NPY_ARRAY_CARRAY, nullptr);
@@ -113,7 +113,7 @@ py::object arena_view(py::handle arena, Dtype dtype, std::size_t offset, const s
 }
 
 py::object aligned_empty(std::size_t n, Dtype dtype) {
-  const std::size_t item = dtype == F32 ? 4 : 8;
+  const std::size_t item = item_size(dtype);
   npy_intp raw_n = static_cast<npy_intp>(n + 64 / item);
   PyObject* raw = PyArray_EMPTY(1, &raw_n, npy_type(dtype), 0);
   if (!raw) throw py::error_already_set();
@@ -130,7 +130,7 @@ void* arena_data(py::handle arena, Dtype dtype, std::size_t need, const char* wh
   if (PyArray_TYPE(a) != npy_type(dtype) || !PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a) ||
       static_cast<std::size_t>(PyArray_SIZE(a)) < need)
     throw py::value_error(std::string(what) + " arena must be a writeable C-contiguous " +
-                          (dtype == F32 ? "float32" : "float64") + " array of at least " + std::to_string(need) +
+                          dtype_name(dtype) + " array of at least " + std::to_string(need) +
                           " elements");
   return PyArray_DATA(a);
 }

@@ -10,3 +10,9 @@
 #endif
 #include <Python.h>
 #include <numpy/arrayobject.h>
+
+#include "../dtype.h"
+
+static_assert(fusedopt::npy_type_number(fusedopt::F32) == NPY_FLOAT &&
+                  fusedopt::npy_type_number(fusedopt::F64) == NPY_DOUBLE,
+              "dtype.h's NumPy type numbers must be NumPy's");

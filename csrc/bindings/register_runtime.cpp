@@ -40,21 +40,18 @@ void register_runtime(py::module_& m) {
   m.def("simd_level", &simd_level, "The SIMD level in use: 'avx512', 'avx2' or 'baseline'.");
   m.def("simd_levels_compiled", &simd_levels_compiled, "SIMD levels compiled into this build, best first.");
   m.def("simd_levels_supported", &simd_levels_supported, "Compiled SIMD levels this CPU can run, best first.");
-  m.def("_set_simd_level", [](const std::string& l) {
-    try {
-      set_simd_level(l);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
-    }
-  }, py::arg("level"), "Switch SIMD level (for tests); FUSEDOPT_SIMD does the same at import.");
-  m.def("get_num_threads", &get_num_threads, "Threads a large step uses (default: OMP_NUM_THREADS, else the cores).");
-  m.def("set_num_threads", [](int n) {
-    try {
-      set_num_threads(n);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
-    }
-  }, py::arg("n"), "Set the threads a large step uses (1 without OpenMP).");
+  // pybind11 raises std::invalid_argument as ValueError.
+  m.def("_set_simd_level", &set_simd_level, py::arg("level"),
+        "Switch SIMD level (for tests); FUSEDOPT_SIMD does the same at import.");
+  const std::string env_problem = init_num_threads();
+  if (!env_problem.empty() && PyErr_WarnEx(PyExc_RuntimeWarning, env_problem.c_str(), 1) < 0)
+    throw py::error_already_set();
+  m.def("get_num_threads", &get_num_threads,
+        "Threads a large step uses (default: OMP_NUM_THREADS, else the cores; 1 in a child forked after a threaded "
+        "step).");
+  m.def("set_num_threads", &set_num_threads, py::arg("n"),
+        "Set the threads a large step uses: 1..max_threads (1 without OpenMP).");
+  m.attr("max_threads") = max_threads();
   m.def("have_openmp", &have_openmp);
   m.def("_set_exact_division", &set_exact_division, py::arg("on"),
         "Divide float32 leaves by 1 - w and 1 - w2 with checked FMAs (on, default) or the divider (off).");

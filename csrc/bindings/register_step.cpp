@@ -1,12 +1,17 @@
-// Binding of the fused step: checks every tensor of the step (nothing is
-// modified until all of them pass), then runs the kernel without the GIL.
+// The native state of a GradientMemory (fusedopt._core.State) and its one
+// step: checks every array of the step (nothing is modified until all pass),
+// runs the kernel without the GIL while owning a reference to every array it
+// touches, and commits moments, sums, step count and delta together
+// (docs/threads-processes-signals.md).
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
 #include <utility>
 #include <string>
 #include <vector>
 
 #include "../dispatch.h"
+#include "../rules.h"
 #include "arrays.h"
 #include "numpy_api.h"
 #include "registry.h"
@@ -20,12 +25,10 @@ std::string where(const char* name, const LeafSpec& s) {
   return s.path.empty() ? std::string(name) : std::string(name) + " at " + s.path;
 }
 
-const char* dtype_name(Dtype d) { return d == F32 ? "float32" : "float64"; }
+constexpr std::size_t kNoLeaf = static_cast<std::size_t>(-1);
 
 std::string shape_of(PyArrayObject* a) {
-  std::string out = "(";
-  for (int i = 0; i < PyArray_NDIM(a); ++i) out += (i ? ", " : "") + std::to_string(PyArray_DIMS(a)[i]);
-  return out + (PyArray_NDIM(a) == 1 ? ",)" : ")");
+  return shape_string(PyArray_DIMS(a), static_cast<std::size_t>(PyArray_NDIM(a)));
 }
 
 std::string type_of(PyObject* o) {
@@ -37,7 +40,7 @@ std::string type_of(PyObject* o) {
 // Checks one leaf against its spec (array, dtype, shape); returns it as an array.
 PyArrayObject* check_leaf(const Plan& plan, std::size_t l, PyObject* o, const char* name) {
   const LeafSpec& s = plan.leaves()[l];
-  const int want = s.dtype == F32 ? NPY_FLOAT : NPY_DOUBLE;
+  const int want = npy_type_number(s.dtype);
   if (!PyArray_Check(o) || PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != want)
     throw py::type_error(where(name, s) + ": expected a " + dtype_name(s.dtype) + " numpy array (as on the first step), got " +
                          type_of(o));
@@ -60,75 +63,143 @@ bool leaf_finite(const void* data, const LeafSpec& s) {
                         : all_finite(static_cast<const double*>(data), s.size);
 }
 
-// Two parameter leaves sharing memory would be stepped twice (and raced by
-// threads): refuse them, naming both.
-void check_no_overlap(const Plan& plan, const std::vector<LeafData>& data) {
-  const auto& specs = plan.leaves();
-  std::vector<std::pair<const char*, std::size_t>> spans;  // start, leaf
-  spans.reserve(specs.size());
-  for (std::size_t l = 0; l < specs.size(); ++l)
-    if (specs[l].size > 0) spans.emplace_back(static_cast<const char*>(data[l].p), l);
-  std::sort(spans.begin(), spans.end());
+// A byte range one step writes or reads as state, and whose it is.
+struct Span {
+  const char* begin;
+  const char* end;
+  const char* what;  // "params" (then `leaf` names it) or the arena's name
+  std::size_t leaf;
+};
+
+std::string span_name(const Plan& plan, const Span& s) {
+  return s.leaf == kNoLeaf ? "the optimizer's " + std::string(s.what) + " arena" : where(s.what, plan.leaves()[s.leaf]);
+}
+
+// Parameters, moment arenas and sums must not share memory: a parameter in
+// another's memory would be stepped twice (and raced by threads), one in a
+// moment arena would corrupt the optimizer's own state. Sorts `spans`.
+void refuse_overlaps(const Plan& plan, std::vector<Span>& spans) {
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
   for (std::size_t k = 1; k < spans.size(); ++k) {
-    const LeafSpec& prev = specs[spans[k - 1].second];
-    if (spans[k - 1].first + prev.size * (prev.dtype == F32 ? 4 : 8) > spans[k].first)
-      throw py::value_error(where("params", specs[spans[k].second]) + ": shares memory with " +
-                            where("params", prev) + "; each parameter must be its own array");
+    const Span& prev = spans[k - 1];
+    const Span& next = spans[k];
+    if (prev.end <= next.begin) continue;
+    const Span& param = next.leaf != kNoLeaf ? next : prev;
+    const Span& other = &param == &next ? prev : next;
+    throw py::value_error(span_name(plan, param) + ": shares memory with " + span_name(plan, other) +
+                          (other.leaf == kNoLeaf ? " (the optimizer's own state cannot be stepped as parameters)"
+                                                 : "; each parameter must be its own array"));
   }
 }
 
-py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str gname, py::handle params,
-                      py::handle m32, py::handle m64, py::handle v32, py::handle v64, double lr, double w, double w2,
-                      py::handle sumsq, bool check_finite) {
-  if (mode >= MODE_LIMIT || !kernels().f32[mode]) throw py::value_error("unknown step mode " + std::to_string(mode));
-  const unsigned dir = mode_dir(mode), out = mode_out(mode);
-  const bool needs_m = mode_mean(mode) != MOMENT_NONE || dir == DIR_M || dir == DIR_NORM_M;
-  const bool needs_v = mode_sq(mode) != MOMENT_NONE || dir == DIR_NORM_G || dir == DIR_NORM_M;
-  const bool needs_p = out == OUT_INPLACE || out == OUT_BOTH;
-  const bool needs_out = out == OUT_WRITE || out == OUT_BOTH;
-  const auto& specs = plan.leaves();
-  std::vector<LeafData> data(specs.size());
-  std::vector<py::object> copies;  // contiguous copies of strided gradients
+// Whether [begin, end) overlaps any of `spans` (sorted, disjoint).
+bool overlaps(const std::vector<Span>& spans, const char* begin, const char* end) {
+  auto it = std::upper_bound(spans.begin(), spans.end(), begin, [](const char* b, const Span& s) { return b < s.end; });
+  return it != spans.end() && it->begin < end;
+}
 
-  const char* gn = PyUnicode_AsUTF8(gname.ptr());  // cached by Python: no copy per step
-  if (!gn) throw py::error_already_set();
+
+// A moment's arenas, (float32 arena, float64 arena), or None.
+void* arena_of(py::handle pair, Dtype d, const Plan& plan, const char* what) {
+  if (pair.is_none()) return nullptr;
+  if (!PyTuple_Check(pair.ptr()) || PyTuple_GET_SIZE(pair.ptr()) != 2)
+    throw py::type_error(std::string(what) + " arenas must be a (float32 array, float64 array) pair");
+  return arena_data(PyTuple_GET_ITEM(pair.ptr(), d), d, plan.arena_size(d), what);
+}
+
+py::object new_arenas(const Plan& plan) {
+  return py::make_tuple(aligned_empty(plan.arena_size(F32), F32), aligned_empty(plan.arena_size(F64), F64));
+}
+
+// Everything one kernel call reads and writes, checked, and the references
+// that keep it alive until the call is over.
+struct Prepared {
+  std::vector<LeafData> data;
+  std::vector<py::object> keep;
+  std::vector<double> sums;  // sum(d*d) per leaf, committed by the caller
+  double* sums_target = nullptr;  // or written straight into the state's sums
+  py::object delta = py::none();
+};
+
+// m, v: the moments read; m_out, v_out: where new ones go (may be m, v).
+// `state` lists more of the optimizer's memory that no parameter may share.
+void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::handle params, py::handle m,
+             py::handle m_out, py::handle v, py::handle v_out, py::handle sums_array, bool check_finite) {
+  const char* gn = "grad";
+  const auto& specs = plan.leaves();
+  auto& data = P.data;
+  auto& keep = P.keep;
+  data.resize(specs.size());
+  keep.reserve(2 * specs.size() + 6);
+  auto hold = [&](PyObject* o) { keep.push_back(py::reinterpret_borrow<py::object>(o)); };
+  auto copy_of = [&](PyArrayObject* a) {
+    PyObject* c = PyArray_FromAny(reinterpret_cast<PyObject*>(a), PyArray_DescrFromType(PyArray_TYPE(a)), 0, 0,
+                                  NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
+    if (!c) throw py::error_already_set();
+    keep.push_back(py::reinterpret_steal<py::object>(c));
+    return PyArray_DATA(reinterpret_cast<PyArrayObject*>(c));
+  };
+  std::vector<PyArrayObject*> garrays(specs.size());
   plan.walk(grad.ptr(), gn, [&](std::size_t l, PyObject* o) {
     PyArrayObject* a = check_leaf(plan, l, o, gn);
-    if (!PyArray_ISCARRAY_RO(a) || !PyArray_ISNOTSWAPPED(a)) {
-      PyObject* c = PyArray_FromAny(o, PyArray_DescrFromType(PyArray_TYPE(a)), 0, 0,
-                                    NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
-      if (!c) throw py::error_already_set();
-      copies.push_back(py::reinterpret_steal<py::object>(c));
-      a = reinterpret_cast<PyArrayObject*>(c);
-    }
+    hold(o);
+    garrays[l] = a;
     data[l].dtype = specs[l].dtype;
-    data[l].g = PyArray_DATA(a);
+    data[l].g = PyArray_ISCARRAY_RO(a) && PyArray_ISNOTSWAPPED(a) ? PyArray_DATA(a) : copy_of(a);
   });
-  if (needs_p) {
+  std::vector<Span> spans;  // what the step writes, or reads as its own state
+  spans.reserve(specs.size() + 9);
+  if (steps_p(mode)) {
     plan.walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
       const LeafSpec& s = specs[l];
-      if (PyArray_Check(o) && PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != (s.dtype == F32 ? NPY_FLOAT : NPY_DOUBLE))
+      if (PyArray_Check(o) && PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != npy_type_number(s.dtype))
         throw py::type_error(where("params", s) + ": dtype " + type_of(o).substr(6) + " does not match the gradient's " +
                              dtype_name(s.dtype));
       PyArrayObject* a = check_leaf(plan, l, o, "params");
       if (!PyArray_ISWRITEABLE(a)) throw py::value_error(where("params", s) + ": the array is read-only; it must be writeable to be stepped in place");
       if (!PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
         throw py::value_error(where("params", s) + ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
+      hold(o);
       data[l].p = PyArray_DATA(a);
+      const char* b = static_cast<const char*>(data[l].p);
+      if (s.size > 0) spans.push_back({b, b + s.size * item_size(s.dtype), "params", l});
     });
-    check_no_overlap(plan, data);
   }
-  void* mbase[2] = {nullptr, nullptr};
-  void* vbase[2] = {nullptr, nullptr};
-  for (Dtype d : {F32, F64}) {
-    if (plan.arena_size(d) == 0) continue;
-    if (needs_m) mbase[d] = arena_data(d == F32 ? m32 : m64, d, plan.arena_size(d), "mean");
-    if (needs_v) vbase[d] = arena_data(d == F32 ? v32 : v64, d, plan.arena_size(d), "mean square");
+  auto state_span = [&](const void* base, Dtype d, std::size_t n, const char* what) {
+    if (base && n > 0) spans.push_back({static_cast<const char*>(base), static_cast<const char*>(base) + n * item_size(d), what, kNoLeaf});
+  };
+  void* base[4][2] = {};  // m, m_out, v, v_out per dtype
+  const py::handle pairs[4] = {m, m_out, v, v_out};
+  const bool used[4] = {uses_m(mode), updates_m(mode), uses_v(mode), updates_v(mode)};
+  const char* names[4] = {"mean", "mean", "mean square", "mean square"};
+  for (int k = 0; k < 4; ++k) {
+    if (!used[k]) continue;
+    if (pairs[k].is_none()) {
+      if (k == 0 && !reads_m(mode)) continue;  // a moment that starts here is not read
+      if (k == 2 && !reads_v(mode)) continue;
+      throw py::value_error(std::string("this step needs the ") + names[k] + ", which the state does not hold");
+    }
+    hold(pairs[k].ptr());
+    const bool same = k % 2 == 1 && pairs[k].is(pairs[k - 1]);
+    for (Dtype d : {F32, F64}) {
+      if (plan.arena_size(d) == 0) continue;
+      base[k][d] = arena_of(pairs[k], d, plan, names[k]);
+      if (!same) state_span(base[k][d], d, plan.arena_size(d), names[k]);
+    }
   }
-  double* sums = nullptr;
-  if ((mode & SCALE) && !sumsq.is_none()) {
-    sums = static_cast<double*>(arena_data(sumsq, F64, specs.size(), "sum of squares"));
+  if (!sums_array.is_none() && PyArray_Check(sums_array.ptr())) {
+    PyArrayObject* a = reinterpret_cast<PyArrayObject*>(sums_array.ptr());
+    state_span(PyArray_DATA(a), F64, static_cast<std::size_t>(PyArray_NBYTES(a)) / 8, "sum of squares");
   }
+  refuse_overlaps(plan, spans);
+  // A gradient in memory the step writes is read as it was before the step
+  // (numpy's p - lr * g.copy()), whatever the SIMD width or thread count.
+  if (!spans.empty())
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      const char* b = static_cast<const char*>(data[l].g);
+      if (specs[l].size > 0 && overlaps(spans, b, b + specs[l].size * item_size(specs[l].dtype)))
+        data[l].g = copy_of(garrays[l]);
+    }
   if (check_finite)
     for (std::size_t l = 0; l < specs.size(); ++l)
       if (!leaf_finite(data[l].g, specs[l])) {
@@ -138,73 +209,311 @@ py::object fused_step(const Plan& plan, unsigned mode, py::handle grad, py::str 
       }
   py::object outs[2] = {py::none(), py::none()};
   void* obase[2] = {nullptr, nullptr};
-  if (needs_out)
+  if (writes_out(mode)) {
     for (Dtype d : {F32, F64})
       if (plan.uses(d)) {  // even when all its leaves are empty: they still need views
         outs[d] = recycled_empty(plan.arena_size(d), d);
         obase[d] = arena_data(outs[d], d, plan.arena_size(d), "output");
       }
+    // Built before the kernel runs: the containers' constructors may run Python
+    // code, and nothing may fail once parameters or moments changed.
+    P.delta = plan.views(outs[F32], outs[F64]);
+  }
   for (std::size_t l = 0; l < specs.size(); ++l) {
     const LeafSpec& s = specs[l];
-    const std::size_t bytes = s.offset * (s.dtype == F32 ? 4 : 8);
-    auto at = [&](void* base) { return base ? static_cast<void*>(static_cast<char*>(base) + bytes) : nullptr; };
-    data[l].m = at(mbase[s.dtype]);
-    data[l].v = at(vbase[s.dtype]);
+    const std::size_t bytes = s.offset * item_size(s.dtype);
+    auto at = [&](void* b) { return b ? static_cast<void*>(static_cast<char*>(b) + bytes) : nullptr; };
+    data[l].m = at(base[0][s.dtype]);
+    data[l].m_out = at(base[1][s.dtype]);
+    data[l].v = at(base[2][s.dtype]);
+    data[l].v_out = at(base[3][s.dtype]);
     data[l].out = at(obase[s.dtype]);
   }
-  {
-    py::gil_scoped_release nogil;
-    run_step(mode, plan.layout(), data, Hyper{lr, w, w2}, sums);
-  }
-  if (!needs_out) return py::none();
-  return plan.views(outs[F32], outs[F64]);
+  if ((mode & SCALE) && !P.sums_target) P.sums.assign(specs.size(), 0.0);
 }
 
-// One optimizer's steady-state step with everything but the gradient, the
-// parameters and the rate bound once (Optimizer.update's fast path): a call
-// with four arguments instead of fourteen costs ~0.3 us less per step, which
-// is a third of a small step's time.
-class BoundStep {
-  static const Plan* as_plan(const py::object& o) {
-    if (!py::isinstance<Plan>(o)) throw py::type_error("plan must be a fusedopt._core.Plan");
-    return o.cast<const Plan*>();
+// The rule that a step of `rule` is when a weight is 0: that moment is dropped.
+Rule effective_rule(Rule rule, double w, double w2) {
+  switch (rule) {
+    case Rule::ADAM:
+      if (w == 0 && w2 == 0) return Rule::GRADIENT;
+      if (w == 0) return Rule::RMSPROP;
+      if (w2 == 0) return Rule::MOMENTUM;
+      return rule;
+    case Rule::MOMENTUM:
+      return w == 0 ? Rule::GRADIENT : rule;
+    case Rule::RMSPROP:
+      if (w2 == 0) return Rule::GRADIENT;
+      if (w != 0)
+        throw py::value_error("RMSPROP steps with a memory whose mean_weight is 0 (it keeps no mean), got " +
+                              std::to_string(w));
+      return rule;
+    default:
+      return rule;
+  }
+}
+
+Phase phase_for(const RuleSpec& s, bool start_m, bool start_v) {
+  if (start_m && start_v) return Phase::FIRST;
+  if (start_m) return s.sq ? Phase::FIRST_MEAN : Phase::FIRST;
+  if (start_v) return s.mean ? Phase::FIRST_MEAN_SQUARE : Phase::FIRST;
+  return Phase::STEADY;
+}
+
+// paysage divides the sum of per-leaf mean squares by len(layers) + len(weights);
+// other trees by their number of leaves.
+long long count_for_rms(py::handle grad, const Plan& plan) {
+  const long long leaves = std::max<long long>(static_cast<long long>(plan.leaves().size()), 1);
+  PyObject* g = grad.ptr();
+  if (!PyObject_HasAttrString(g, "layers") || !PyObject_HasAttrString(g, "weights")) return leaves;
+  py::object layers = grad.attr("layers"), weights = grad.attr("weights");
+  const Py_ssize_t a = PyObject_Length(layers.ptr()), b = a < 0 ? -1 : PyObject_Length(weights.ptr());
+  if (a < 0 || b < 0) {  // fields without a length: not a paysage Gradient after all
+    PyErr_Clear();
+    return leaves;
+  }
+  return std::max<long long>(a + b, 1);
+}
+
+// Whether `sums` can take this step's per-leaf sums.
+bool sums_fit(py::handle sums, std::size_t n) {
+  if (!PyArray_Check(sums.ptr())) return false;
+  PyArrayObject* a = reinterpret_cast<PyArrayObject*>(sums.ptr());
+  return PyArray_TYPE(a) == NPY_DOUBLE && PyArray_ISCARRAY(a) && PyArray_ISNOTSWAPPED(a) &&
+         static_cast<std::size_t>(PyArray_SIZE(a)) == n;
+}
+
+// Attribute names, interned once (a step sets two of them).
+PyObject* interned(const char* name) {
+  PyObject* s = PyUnicode_InternFromString(name);
+  if (!s) throw py::error_already_set();
+  return s;  // kept for the life of the process
+}
+
+class State {
+ public:
+  py::object plan = py::none();       // Plan of the gradients, or None
+  py::object mean = py::none();       // (float32 arena, float64 arena) or None
+  py::object mean_square = py::none();
+  py::object sums = py::none();       // float64 sum(d*d) per leaf of the last optimizer step
+  double w = 0, w2 = 0;               // the float32 weights, as doubles
+  long long conv_count = -1;          // n of check_convergence; -1: unknown until the next step
+  bool conv_inplace = false;          // the last optimizer step was in place: check_convergence uses sums
+
+  // Trees of views into the current arenas, built on first use.
+  py::object tree(bool square) {
+    py::object& cache = square ? v_tree_ : m_tree_;
+    const py::object& arenas = square ? mean_square : mean;
+    if (cache.is_none() && !arenas.is_none() && !plan.is_none())
+      cache = plan.cast<const Plan&>().views(arenas[py::int_(0)], arenas[py::int_(1)]);
+    return cache;
+  }
+  void set_tree(bool square, py::object views) { (square ? v_tree_ : m_tree_) = std::move(views); }
+  void set_plan(py::object p) {
+    if (!p.is_none() && !py::isinstance<Plan>(p)) throw py::type_error("plan must be a fusedopt._core.Plan or None");
+    plan = std::move(p);
+    plan_ptr_ = plan.is_none() ? nullptr : &plan.cast<const Plan&>();
+    conv_count = -1;
+    drop_spares();
+  }
+  void set_moment(bool square, py::object arenas) {
+    (square ? mean_square : mean) = std::move(arenas);
+    (square ? v_tree_ : m_tree_) = py::none();
+    drop_spares();
   }
 
- public:
-  BoundStep(py::object plan, unsigned mode, py::str gname, py::object m32, py::object m64, py::object v32,
-            py::object v64, double w, double w2, py::object sumsq)
-      : plan_obj_(std::move(plan)), plan_(as_plan(plan_obj_)), mode_(mode), gname_(std::move(gname)),
-        m32_(std::move(m32)), m64_(std::move(m64)), v32_(std::move(v32)), v64_(std::move(v64)), w_(w), w2_(w2),
-        sumsq_(std::move(sumsq)) {}
-
-  py::object operator()(py::handle grad, py::handle params, double lr, bool check_finite) const {
-    return fused_step(*plan_, mode_, grad, gname_, params, m32_, m64_, v32_, v64_, lr, w_, w2_, sumsq_, check_finite);
+  py::object step(py::handle owner, Rule rule, Output output, py::handle grad, py::handle target, double lr,
+                  bool check_finite) {
+    const Rule r = effective_rule(rule, w, w2);
+    const bool fixed = !mean.is_none() || !mean_square.is_none();  // moments fix the structure
+    bool model_called = false;
+    if (plan.is_none()) return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called);
+    try {
+      return run(owner, r, output, grad, target, lr, check_finite, plan, model_called);
+    } catch (py::error_already_set& e) {
+      if (fixed || model_called || !(e.matches(PyExc_TypeError) || e.matches(PyExc_ValueError))) throw;
+    } catch (py::builtin_exception&) {
+      if (fixed || model_called) throw;
+    } catch (StructureError&) {
+      if (fixed || model_called) throw;
+    }
+    // No moments yet: a gradient of another structure simply starts over.
+    return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called);
   }
 
  private:
-  py::object plan_obj_;  // keeps plan_ alive
-  const Plan* plan_;
-  unsigned mode_;
-  py::str gname_;
-  py::object m32_, m64_, v32_, v64_;
-  double w_, w2_;
-  py::object sumsq_;
+  py::object m_tree_ = py::none(), v_tree_ = py::none();
+  py::int_ one_{1};
+  const Plan* plan_ptr_ = nullptr;  // plan's C++ object (plan keeps it alive)
+  py::object m_spare_ = py::none(), v_spare_ = py::none();  // second buffers of the paysage path
+
+  void drop_spares() {
+    m_spare_ = py::none();
+    v_spare_ = py::none();
+  }
+
+  static py::object new_plan(py::handle grad) { return py::type::of<Plan>()(grad, "grad"); }
+
+  // The spare arenas when nothing else uses them (a view held by the user
+  // must keep its values), else new ones.
+  static bool unshared(PyObject* arena) {
+    // NumPy points views of a view at the array that owns the memory.
+    PyObject* owner = PyArray_BASE(reinterpret_cast<PyArrayObject*>(arena));
+    return Py_REFCNT(arena) == 1 && (owner == nullptr || Py_REFCNT(owner) == 1);
+  }
+  static py::object free_spare(py::object& spare, const Plan& plan) {
+    if (!spare.is_none() && Py_REFCNT(spare.ptr()) == 1 && unshared(PyTuple_GET_ITEM(spare.ptr(), 0)) &&
+        unshared(PyTuple_GET_ITEM(spare.ptr(), 1))) {
+      py::object out = std::move(spare);
+      spare = py::none();  // a moved-from object is null, not None
+      return out;
+    }
+    spare = py::none();
+    return new_arenas(plan);
+  }
+
+  py::object run(py::handle owner, Rule r, Output output, py::handle grad, py::handle target, double lr,
+                 bool check_finite, py::object plan_obj, bool& model_called) {
+    const bool same_plan = plan_obj.is(plan);
+    const Plan& p = same_plan && plan_ptr_ ? *plan_ptr_ : plan_obj.cast<const Plan&>();
+    py::object m = same_plan ? mean : py::none(), v = same_plan ? mean_square : py::none();
+    const RuleSpec& spec = spec_of(r);
+    const bool start_m = spec.mean && m.is_none(), start_v = spec.sq && v.is_none();
+    const Phase ph = phase_for(spec, start_m, start_v);
+    const int k = kernel_index(r, ph, output);
+    if (k < 0)
+      throw py::value_error(std::string("rule ") + spec.name + " has no step with this output (see fusedopt._core.kernels)");
+    const unsigned mode = kKernels[static_cast<std::size_t>(k)].mode;
+    // On the paysage path the model takes the delta before anything commits:
+    // the new moments go to second buffers until parameter_update returns.
+    const bool deferred = output == Output::DELTA && !target.is_none();
+    py::object m_out = start_m ? new_arenas(p) : (updates_m(mode) && deferred ? free_spare(m_spare_, p) : m);
+    py::object v_out = start_v ? new_arenas(p) : (updates_v(mode) && deferred ? free_spare(v_spare_, p) : v);
+    Prepared P;
+    // When nothing can fail after the kernel, it writes the sums in place.
+    const bool sums_in_place = !deferred && same_plan && sums_fit(sums, p.leaves().size());
+    P.sums_target = sums_in_place ? static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))) : nullptr;
+    prepare(P, p, mode, grad, steps_p(mode) ? target : py::handle(Py_None), start_m ? m_out : m, m_out,
+            start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite);
+    const bool count_now = owner.ptr() != Py_None && (!same_plan || conv_count < 0);
+    const long long count = count_now ? count_for_rms(grad, p) : conv_count;
+    // The owner's step_count and delta go straight into its instance dict: its attributes may
+    // have setters written in Python (checked on assignment), and Python code in the commit
+    // could take a signal between two writes. Read now, so that a missing or odd step_count
+    // fails before anything changes.
+    static PyObject* const step_count_name = interned("step_count");
+    static PyObject* const delta_name = interned("delta");
+    static PyObject* const dict_name = interned("__dict__");
+    py::object owner_dict, next_count;
+    if (owner.ptr() != Py_None) {
+      owner_dict = py::reinterpret_steal<py::object>(PyObject_GetAttr(owner.ptr(), dict_name));
+      if (!owner_dict) throw py::error_already_set();
+      PyObject* n = PyDict_Check(owner_dict.ptr()) ? PyDict_GetItemWithError(owner_dict.ptr(), step_count_name)
+                                                   : nullptr;  // borrowed
+      if (PyErr_Occurred()) throw py::error_already_set();
+      if (!n || !PyLong_CheckExact(n)) throw py::type_error("the optimizer's step_count must be an int");
+      next_count = py::reinterpret_steal<py::object>(PyNumber_Add(n, one_.ptr()));
+      if (!next_count) throw py::error_already_set();
+    }
+    {
+      py::gil_scoped_release nogil;
+      double* out = P.sums_target ? P.sums_target : P.sums.data();
+      run_step(mode, p.layout(), P.data, Hyper{lr, w, w2}, (mode & SCALE) ? out : nullptr);
+    }
+    if (deferred) {
+      model_called = true;
+      try {
+        static PyObject* const update_name = interned("parameter_update");
+        py::object r = py::reinterpret_steal<py::object>(
+            PyObject_CallMethodOneArg(target.ptr(), update_name, P.delta.ptr()));
+        if (!r) throw py::error_already_set();
+      } catch (...) {  // nothing commits; the second buffers stay for the next step
+        if (!start_m && !m_out.is(m)) m_spare_ = m_out;
+        if (!start_v && !v_out.is(v)) v_spare_ = v_out;
+        throw;
+      }
+    }
+    // Commit: from here on nothing runs Python code or raises.
+    if (!same_plan) {
+      plan = plan_obj;
+      plan_ptr_ = &p;
+      drop_spares();
+      sums = py::none();
+    }
+    if (!m_out.is(m)) {
+      if (!start_m && deferred) m_spare_ = m;
+      mean = std::move(m_out);
+      m_tree_ = py::none();
+    }
+    if (!v_out.is(v)) {
+      if (!start_v && deferred) v_spare_ = v;
+      mean_square = std::move(v_out);
+      v_tree_ = py::none();
+    }
+    if (!sums_fit(sums, p.leaves().size())) sums = py::reinterpret_steal<py::object>(
+        PyArray_ZEROS(1, std::vector<npy_intp>{static_cast<npy_intp>(p.leaves().size())}.data(), NPY_DOUBLE, 0));
+    if (!P.sums.empty())
+      std::copy(P.sums.begin(), P.sums.end(), static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))));
+    if (owner.ptr() != Py_None) {
+      conv_count = count;
+      conv_inplace = output != Output::DELTA;
+      if (PyDict_SetItem(owner_dict.ptr(), step_count_name, next_count.ptr()) < 0 ||
+          PyDict_SetItem(owner_dict.ptr(), delta_name, P.delta.ptr()) < 0)  // only out of memory
+        throw py::error_already_set();
+    }
+    return P.delta;
+  }
 };
+
+template <class E>
+void export_enum(py::module_& m, const char* name, const char* doc, std::initializer_list<std::pair<const char*, E>> values) {
+  py::enum_<E> e(m, name, doc);
+  for (const auto& [n, v] : values) e.value(n, v);
+}
 
 }  // namespace
 
 void register_step(py::module_& m) {
-  py::class_<BoundStep>(m, "BoundStep", "step() with all but grad, params, lr and check_finite bound.")
-      .def(py::init<py::object, unsigned, py::str, py::object, py::object, py::object, py::object, double, double,
-                    py::object>(),
-           py::arg("plan"), py::arg("mode"), py::arg("grad_name"), py::arg("m32"), py::arg("m64"), py::arg("v32"),
-           py::arg("v64"), py::arg("w"), py::arg("w2"), py::arg("sumsq"))
-      .def("__call__", &BoundStep::operator(), py::arg("grad"), py::arg("params"), py::arg("lr"),
-           py::arg("check_finite"), "The bound step on this gradient (see step()).");
-  m.def("step", &fused_step, py::arg("plan"), py::arg("mode"), py::arg("grad"), py::arg("grad_name"),
-        py::arg("params"), py::arg("m32"), py::arg("m64"), py::arg("v32"), py::arg("v64"), py::arg("lr"),
-        py::arg("w"), py::arg("w2"), py::arg("sumsq"), py::arg("check_finite"),
-        "One fused step over every leaf of `grad` (see fusedopt.optimizers for the modes).");
+  {
+    py::enum_<Rule> e(m, "Rule", "The named update rules of the paysage family (csrc/rules.h).");
+    for (const auto& s : kRuleSpecs) e.value(s.name, s.rule);
+  }
+  export_enum<Phase>(m, "Phase", "Which moments of a rule start on a step (m = g, v = g*g) instead of averaging.",
+                     {{"STEADY", Phase::STEADY}, {"FIRST", Phase::FIRST}, {"FIRST_MEAN", Phase::FIRST_MEAN},
+                      {"FIRST_MEAN_SQUARE", Phase::FIRST_MEAN_SQUARE}});
+  export_enum<Output>(m, "Output", "Where a step's result goes.",
+                      {{"NONE", Output::NONE}, {"DELTA", Output::DELTA}, {"IN_PLACE", Output::IN_PLACE},
+                       {"BOTH", Output::BOTH}});
+  py::list table;
+  for (const auto& k : kKernels) table.append(py::make_tuple(k.rule, k.phase, k.output));
+  m.attr("kernels") = py::tuple(table);
+
+  py::class_<State>(m, "State",
+                    "A GradientMemory's native state: plan, moment arenas, per-leaf sums, weights; one step() call "
+                    "checks, runs and commits a whole step.")
+      .def(py::init<>())
+      .def_property("plan", [](const State& s) { return s.plan; }, &State::set_plan)
+      .def_property("mean", [](const State& s) { return s.mean; },
+                    [](State& s, py::object a) { s.set_moment(false, std::move(a)); })
+      .def_property("mean_square", [](const State& s) { return s.mean_square; },
+                    [](State& s, py::object a) { s.set_moment(true, std::move(a)); })
+      .def_property("mean_tree", [](State& s) { return s.tree(false); },
+                    [](State& s, py::object t) { s.set_tree(false, std::move(t)); })
+      .def_property("mean_square_tree", [](State& s) { return s.tree(true); },
+                    [](State& s, py::object t) { s.set_tree(true, std::move(t)); })
+      .def_readwrite("sums", &State::sums)
+      .def_readwrite("w", &State::w)
+      .def_readwrite("w2", &State::w2)
+      .def_property("conv_count",
+                    [](const State& s) { return s.conv_count < 0 ? py::object(py::none()) : py::object(py::int_(s.conv_count)); },
+                    [](State& s, py::object n) { s.conv_count = n.is_none() ? -1 : n.cast<long long>(); })
+      .def_readwrite("conv_inplace", &State::conv_inplace,
+                     "Whether the last optimizer step was in place (check_convergence then uses the sums).")
+      .def("step", &State::step, py::arg("owner"), py::arg("rule"), py::arg("output"), py::arg("grad"),
+           py::arg("target"), py::arg("lr"), py::arg("check_finite"),
+           "One step of `rule` over the tree `grad`. target: the parameters (IN_PLACE, BOTH), or a model whose "
+           "parameter_update(delta) is called before the step commits (DELTA), or None. With an owner (the "
+           "optimizer), its step_count and delta are committed with the moments. Returns the delta tree or None.");
 }
 
 }  // namespace fusedopt

@@ -31,7 +31,7 @@ void register_tree(py::module_& m) {
       })
       .def_property_readonly("leaf_dtypes", [](const Plan& p) {
         std::vector<std::string> out;
-        for (const auto& s : p.leaves()) out.push_back(s.dtype == F32 ? "float32" : "float64");
+        for (const auto& s : p.leaves()) out.push_back(dtype_name(s.dtype));
         return out;
       })
       .def_property_readonly("paths", [](const Plan& p) {

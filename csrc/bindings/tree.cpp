@@ -1,5 +1,8 @@
 #include "tree.h"
 
+#include <cctype>
+#include <unordered_set>
+
 #include "numpy_api.h"
 
 namespace fusedopt {
@@ -16,11 +19,47 @@ std::string join_path(const std::string& parent, const std::string& child) {
   return parent + child;
 }
 
+// repr(key) without the " at 0x..." of default reprs ("<Class object at
+// 0x...>"): paths are saved in state_dict() and must read the same in another
+// process. Other reprs (strings, numbers) are kept as they are.
+std::string key_label(py::handle key) {
+  std::string r = py::repr(key).cast<std::string>();
+  if (r.size() < 2 || r.front() != '<' || r.back() != '>') return r;
+  for (std::size_t at = r.find(" at 0x"); at != std::string::npos; at = r.find(" at 0x", at)) {
+    std::size_t end = at + 6;
+    while (end < r.size() && std::isxdigit(static_cast<unsigned char>(r[end]))) ++end;
+    r.erase(at, end - at);
+  }
+  return r;
+}
+
+// Labels made unique in order: the second "x" becomes "x#2", the third "x#3"
+// (and a label taken already by a later one moves on to the next number).
+void make_unique(std::vector<std::string>& labels) {
+  std::unordered_set<std::string> seen;
+  for (auto& label : labels) {
+    if (seen.insert(label).second) continue;
+    for (int k = 2;; ++k) {
+      std::string next = label + "#" + std::to_string(k);
+      if (seen.insert(next).second) {
+        label = std::move(next);
+        break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Plan::Plan(py::handle tree, const std::string& name) {
   (void)name;
   record(tree, "");
+  // Labels are unique inside each dict, but a custom repr may still spell a
+  // whole path of another branch: leaf paths are made unique as a last step.
+  std::vector<std::string> paths;
+  for (const auto& leaf : leaves_) paths.push_back(leaf.path);
+  make_unique(paths);
+  for (std::size_t l = 0; l < leaves_.size(); ++l) leaves_[l].path = std::move(paths[l]);
   std::vector<std::size_t> sizes;
   sizes.reserve(leaves_.size());
   for (auto& leaf : leaves_) {
@@ -57,12 +96,12 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
   if (PyArray_Check(o)) {
     PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
     const int t = PyArray_TYPE(a);
-    if (t != NPY_FLOAT && t != NPY_DOUBLE)
+    if (t != npy_type_number(F32) && t != npy_type_number(F64))
       throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
                            ": expected a float32 or float64 array, got dtype " +
                            py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>());
     LeafSpec spec;
-    spec.dtype = t == NPY_FLOAT ? F32 : F64;
+    spec.dtype = t == npy_type_number(F32) ? F32 : F64;
     spec.shape.assign(PyArray_DIMS(a), PyArray_DIMS(a) + PyArray_NDIM(a));
     spec.size = static_cast<std::size_t>(PyArray_SIZE(a));
     spec.offset = 0;
@@ -95,8 +134,11 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
     std::vector<py::object> keys;
     for (auto item : d) keys.push_back(py::reinterpret_borrow<py::object>(item.first));
     nodes_[here].keys = keys;
-    for (const auto& key : keys)
-      record(d[key], join_path(path, "[" + py::repr(key).cast<std::string>() + "]"), depth + 1);
+    std::vector<std::string> labels;
+    for (const auto& key : keys) labels.push_back(key_label(key));
+    make_unique(labels);
+    for (std::size_t k = 0; k < keys.size(); ++k)
+      record(d[keys[k]], join_path(path, "[" + labels[k] + "]"), depth + 1);
   } else {
     throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
                          ": expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, got " +
@@ -104,11 +146,10 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
   }
 }
 
-std::string Plan::shape_str(std::size_t leaf) const {
-  const auto& s = leaves_[leaf].shape;
+std::string shape_string(const Py_ssize_t* dims, std::size_t ndim) {
   std::string out = "(";
-  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + (s.size() == 1 ? ",)" : ")");
+  for (std::size_t i = 0; i < ndim; ++i) out += (i ? ", " : "") + std::to_string(dims[i]);
+  return out + (ndim == 1 ? ",)" : ")");
 }
 
 std::string Plan::describe(std::size_t node) const {

@@ -21,6 +21,9 @@ struct StructureError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// "(3,)", "(2, 5)": a shape as Python writes it.
+std::string shape_string(const Py_ssize_t* dims, std::size_t ndim);
+
 struct LeafSpec {
   std::vector<Py_ssize_t> shape;
   Dtype dtype;
@@ -60,7 +63,7 @@ class Plan {
   std::size_t arena_size(Dtype d) const { return arena_size_[d]; }
   bool uses(Dtype d) const { return uses_[d]; }
   const ChunkLayout& layout() const { return *layout_; }
-  std::string shape_str(std::size_t leaf) const;
+  std::string shape_str(std::size_t leaf) const { return shape_string(leaves_[leaf].shape.data(), leaves_[leaf].shape.size()); }
   std::string describe(std::size_t node) const;
 
  private:

@@ -1,5 +1,6 @@
 # Type stubs for fusedopt._core, the C++ extension (csrc/bindings/*.cpp).
 # tests/test_config.py checks that every public name of the module is here.
+import enum
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -7,16 +8,46 @@ import numpy.typing as npt
 
 _Arena = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
-# Bit fields of a step mode (csrc/kernel_modes.h): MOMENT_*, DIR_*, OUT_*, *_SHIFT, UNBIASED, MEAN_DIV, SCALE.
-MODE_BITS: dict[str, int]
-# The step modes compiled into the kernels (csrc/mode_list.h).
-compiled_modes: tuple[int, ...]
+class Rule(enum.Enum):
+    """The named update rules of the paysage family (csrc/rules.h)."""
+
+    GRADIENT = ...
+    MOMENTUM = ...
+    RMSPROP = ...
+    ADAM = ...
+    UPDATE_MEAN = ...
+    UPDATE_MEAN_SQUARE = ...
+    UPDATE_BOTH = ...
+    NORMALIZE = ...
+    NORMALIZE_UNBIASED = ...
+    NORMALIZE_UNBIASED_MEAN = ...
+
+class Phase(enum.Enum):
+    """Which moments of a rule start on a step (m = g, v = g*g) instead of averaging."""
+
+    STEADY = ...
+    FIRST = ...
+    FIRST_MEAN = ...
+    FIRST_MEAN_SQUARE = ...
+
+class Output(enum.Enum):
+    """Where a step's result goes."""
+
+    NONE = ...
+    DELTA = ...
+    IN_PLACE = ...
+    BOTH = ...
+
+# Every compiled (rule, phase, output): the rule table of csrc/rules.h.
+kernels: tuple[tuple[Rule, Phase, Output], ...]
 # The compiler that built the extension, e.g. "gcc 12.2.0".
 compiler: str
 # Elements per chunk that one thread steps at a time.
 chunk_elements: int
 # Steps with fewer elements than this run on the calling thread only.
 serial_below: int
+# The largest count set_num_threads accepts: 4 per CPU, at least 256.
+max_threads: int
 
 class StructureError(ValueError):
     """A tree does not have the structure its plan recorded."""
@@ -46,42 +77,30 @@ class Plan:
 def aligned_empty(n: int, dtype: Literal["float32", "float64"]) -> _Arena:
     """A 1-d uninitialised array whose data starts on a 64-byte boundary."""
 
-def step(
-    plan: Plan,
-    mode: int,
-    grad: Any,
-    grad_name: str,
-    params: Any,
-    m32: _Arena | None,
-    m64: _Arena | None,
-    v32: _Arena | None,
-    v64: _Arena | None,
-    lr: float,
-    w: float,
-    w2: float,
-    sumsq: npt.NDArray[np.float64] | None,
-    check_finite: bool,
-) -> Any:
-    """One fused step over every leaf of `grad`; returns the output tree, or None when the mode writes none."""
+class State:
+    """A GradientMemory's native state: plan, moment arenas, per-leaf sums, weights; one step()
+    call checks, runs and commits a whole step."""
 
-class BoundStep:
-    """step() with all but grad, params, lr and check_finite bound (Optimizer.update's steady state)."""
-
-    def __init__(
-        self,
-        plan: Plan,
-        mode: int,
-        grad_name: str,
-        m32: _Arena | None,
-        m64: _Arena | None,
-        v32: _Arena | None,
-        v64: _Arena | None,
-        w: float,
-        w2: float,
-        sumsq: npt.NDArray[np.float64] | None,
-    ) -> None: ...
-    def __call__(self, grad: Any, params: Any, lr: float, check_finite: bool) -> Any:
-        """The bound step on this gradient (see step())."""
+    plan: Plan | None
+    # (float32 arena, float64 arena) of each moment, or None.
+    mean: tuple[_Arena, _Arena] | None
+    mean_square: tuple[_Arena, _Arena] | None
+    # Trees of views into the moments' arenas (built on first use), or None.
+    mean_tree: Any
+    mean_square_tree: Any
+    sums: npt.NDArray[np.float64] | None
+    w: float
+    w2: float
+    conv_count: int | None
+    # Whether the last optimizer step was in place (check_convergence then uses the sums).
+    conv_inplace: bool
+    def __init__(self) -> None: ...
+    def step(self, owner: Any, rule: Rule, output: Output, grad: Any, target: Any, lr: float,
+             check_finite: bool) -> Any:
+        """One step of `rule` over the tree `grad`. target: the parameters (IN_PLACE, BOTH), or a model
+        whose parameter_update(delta) is called before the step commits (DELTA), or None. With an owner
+        (the optimizer), its step_count and delta are committed with the moments. Returns the delta tree
+        or None."""
 
 def simd_level() -> Literal["avx512", "avx2", "baseline"]:
     """The SIMD level in use: 'avx512', 'avx2' or 'baseline'."""
@@ -96,10 +115,10 @@ def _set_simd_level(level: str) -> None:
     """Switch SIMD level (for tests); FUSEDOPT_SIMD does the same at import."""
 
 def get_num_threads() -> int:
-    """Threads a large step uses (default: OMP_NUM_THREADS, else the cores)."""
+    """Threads a large step uses (default: OMP_NUM_THREADS, else the cores; 1 in a child forked after a threaded step)."""
 
 def set_num_threads(n: int) -> None:
-    """Set the threads a large step uses (1 without OpenMP)."""
+    """Set the threads a large step uses: 1..max_threads (1 without OpenMP)."""
 
 def have_openmp() -> bool: ...
 def _set_exact_division(on: bool) -> None:

@@ -1,4 +1,10 @@
-"""Versioned state of optimizers and gradient memories (SPEC section 7).
+"""The versioned state format of optimizers and gradient memories.
+
+This module only reads and writes plain data: it knows the format, not the
+classes. Each class says what its state is (``GradientMemory`` its weights and
+moments, ``Optimizer`` its scalars, schedule and memory) by building and parsing
+these entries itself, and commits a parsed state only once all of it is
+checked.
 
 ``state_dict()`` is made of plain numpy arrays and Python scalars only, so that
 ``np.savez`` stores it and ``np.load`` reads it back without pickle. Format
@@ -23,67 +29,86 @@ rebuilt from the gradient: loaded moments are matched by path, shape and
 dtype against the current structure when there is one, else against the
 gradient of the next step (until then ``mean_gradient`` reads None).
 
-Pickling keeps more (the tree structure itself, delta, the convergence sums):
-the C++ Plan is not picklable, so the structure travels as a tree of
-``_Leaf(shape, dtype)`` placeholders and a Plan is rebuilt from it.
+A pickle is that same state plus what a plain state cannot hold: the tree
+structure (as a flat list of nodes, see ``structure_of``, so that pickle and
+deepcopy never recurse as deep as the tree is nested), the per-leaf sums of the
+convergence check, ``delta`` and a schedule of any class.
 """
+from __future__ import annotations
+
 from collections.abc import Mapping
+import math
 import numbers
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from . import _core, schedules
+from . import _checks, _core, schedules
 
 FORMAT = "fusedopt"
 VERSION = 1
-PICKLE_VERSION = 1
+PICKLE_VERSION = 2
 
 _DTYPES = ("float32", "float64")
 
 
+class Moments(NamedTuple):
+    """Moments of a state, per leaf, in the order of ``paths``; m or v is None when absent."""
+    paths: list[str]
+    dtypes: list[str]
+    shapes: list[tuple[int, ...]]
+    m: Optional[list[np.ndarray]]
+    v: Optional[list[np.ndarray]]
+
+    def ordered(self, order: Sequence[int]) -> tuple[Optional[list[np.ndarray]], Optional[list[np.ndarray]]]:
+        """(m, v) with the leaves in `order`."""
+        pick = lambda leaves: None if leaves is None else [leaves[i] for i in order]  # noqa: E731
+        return pick(self.m), pick(self.v)
+
+
 # -- reading scalars that may come back from np.load as 0-d arrays ----------------
-def _get(state, key):
+def _get(state: Mapping[str, Any], key: str) -> Any:
     try:
         return state[key]
     except KeyError:
         raise ValueError(f"not a fusedopt state (format {VERSION}): the key {key!r} is missing") from None
 
 
-def _scalar(value):
+def _scalar(value: Any) -> Any:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         return value[()]
     return value
 
 
-def _get_str(state, key):
+def _get_str(state: Mapping[str, Any], key: str) -> str:
     value = _scalar(_get(state, key))
     if not isinstance(value, str):
         raise TypeError(f"state[{key!r}] must be a string, got {type(value).__name__}")
     return str(value)
 
 
-def _get_bool(state, key):
+def _get_bool(state: Mapping[str, Any], key: str) -> bool:
     value = _scalar(_get(state, key))
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"state[{key!r}] must be a bool, got {type(value).__name__}")
     return bool(value)
 
 
-def _get_int(state, key):
+def _get_int(state: Mapping[str, Any], key: str) -> int:
     value = _scalar(_get(state, key))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"state[{key!r}] must be an integer, got {type(value).__name__}")
     return int(value)
 
 
-def _get_float(state, key):
+def _get_float(state: Mapping[str, Any], key: str) -> float:
     value = _scalar(_get(state, key))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"state[{key!r}] must be a real number, got {type(value).__name__}")
     return float(value)
 
 
-def _get_strs(state, key, n=None):
+def _get_strs(state: Mapping[str, Any], key: str, n: Optional[int] = None) -> list[str]:
     value = _get(state, key)
     if isinstance(value, (list, tuple)):
         value = _strs(value)
@@ -94,12 +119,18 @@ def _get_strs(state, key, n=None):
     return [str(s) for s in value]
 
 
-def _strs(items):
+def _strs(items: Sequence[str]) -> np.ndarray:
     """A 1-d str array (np.array([]) alone would be float64)."""
     return np.array(list(items), dtype=str) if items else np.zeros(0, dtype=str)
 
 
-def _check_header(state, kind):
+def header(kind: str) -> dict[str, Any]:
+    """The entries that open every state of a `kind` (a class name)."""
+    return {"format": FORMAT, "version": VERSION, "kind": kind}
+
+
+def check_header(state: Any, kind: str) -> None:
+    """Refuse what is not a state of this format version for a `kind`."""
     if not isinstance(state, Mapping):
         raise TypeError(f"a state must be a mapping (a dict or np.load's NpzFile), got {type(state).__name__}")
     fmt = _get_str(state, "format")
@@ -114,51 +145,51 @@ def _check_header(state, kind):
 
 
 # -- the moments -----------------------------------------------------------------
-def _where(name, path):
+def _where(name: str, path: str) -> str:
     return f"{name} at {path}" if path else name
 
 
-def _describe(dtype, shape):
+def _describe(dtype: str, shape: Sequence[int]) -> str:
     return f"{dtype} of shape {tuple(shape)}"
 
 
-def _memory_entries(mem):
-    """The moments of `mem` as flat per-leaf arrays with their paths."""
-    has_m, has_v = mem._m is not None, mem._v is not None
-    plan = mem._plan if (has_m or has_v) else None
-    paths = plan.paths if plan is not None else []
-    state = {
-        "mean_weight": float(mem.mean_weight),
-        "mean_square_weight": float(mem.mean_square_weight),
-        "leaf_paths": _strs(paths),
-        "leaf_dtypes": _strs(plan.leaf_dtypes if plan is not None else []),
-        "has_mean_gradient": has_m,
-        "has_mean_square_gradient": has_v,
+def memory_entries(weights: tuple[Any, Any], moments: Optional[Moments]) -> dict[str, Any]:
+    """The entries of a memory with these weights and moments (the leaves are copied)."""
+    state: dict[str, Any] = {
+        "mean_weight": float(weights[0]),
+        "mean_square_weight": float(weights[1]),
+        "leaf_paths": _strs(moments.paths if moments else []),
+        "leaf_dtypes": _strs(moments.dtypes if moments else []),
+        "has_mean_gradient": moments is not None and moments.m is not None,
+        "has_mean_square_gradient": moments is not None and moments.v is not None,
     }
-    for key, tree in (("mean_gradient", mem._m_tree), ("mean_square_gradient", mem._v_tree)):
-        if tree is not None:
-            for i, leaf in enumerate(plan.flatten(tree)):
+    if moments is not None:
+        for key, leaves in (("mean_gradient", moments.m), ("mean_square_gradient", moments.v)):
+            for i, leaf in enumerate(leaves or ()):
                 state[f"{key}.{i}"] = np.array(leaf, copy=True)
-    pending = mem._pending
-    if pending is not None:  # loaded but not attached yet: hand the same leaves out again
-        state["leaf_paths"] = _strs(pending["paths"])
-        state["leaf_dtypes"] = _strs(pending["dtypes"])
-        for key, name in (("m", "mean_gradient"), ("v", "mean_square_gradient")):
-            state[f"has_{name}"] = pending[key] is not None
-            for i, leaf in enumerate(pending[key] or ()):
-                state[f"{name}.{i}"] = leaf.copy()
     return state
 
 
-def _parse_moments(state):
-    """Validated copies of the saved moments: dict(paths, dtypes, shapes, m, v) or None."""
+def parse_weights(state: Mapping[str, Any], fixed_zero: Sequence[str] = ()) -> tuple[np.float32, np.float32]:
+    """The two weights of a state; those named in `fixed_zero` must be 0 (a moment the class has not)."""
+    weights = []
+    for name in ("mean_weight", "mean_square_weight"):
+        w = _checks.weight(f"state[{name!r}]", _get_float(state, name))
+        if name in fixed_zero and w != 0:
+            raise ValueError(f"state[{name!r}] is {float(w)!r}, but this optimizer has no such moment (0 expected)")
+        weights.append(w)
+    return weights[0], weights[1]
+
+
+def parse_moments(state: Mapping[str, Any]) -> Optional[Moments]:
+    """Validated copies of the saved moments, or None when the state has none."""
     paths = _get_strs(state, "leaf_paths")
     dtypes = _get_strs(state, "leaf_dtypes", len(paths))
     flags = {name: _get_bool(state, f"has_{name}") for name in ("mean_gradient", "mean_square_gradient")}
     for path, dtype in zip(paths, dtypes):
         if dtype not in _DTYPES:
             raise ValueError(f"state: leaf {path or 'at the root'} has dtype {dtype!r}, expected float32 or float64")
-    moments = {}
+    moments: dict[str, Optional[list[np.ndarray]]] = {}
     for name, present in flags.items():
         if not present:
             moments[name] = None
@@ -182,131 +213,45 @@ def _parse_moments(state):
         if paths:
             raise ValueError("state: leaf_paths are given but neither moment is")
         return None
-    shapes = [leaf.shape for leaf in (m if m is not None else v)]
-    return {"paths": paths, "dtypes": dtypes, "shapes": shapes, "m": m, "v": v}
+    shapes = [leaf.shape for leaf in (m if m is not None else v)]  # type: ignore[union-attr]
+    return Moments(paths, dtypes, shapes, m, v)
 
 
-def _match(plan, saved, name):
+def match(plan: _core.Plan, saved: Moments, name: str) -> list[int]:
     """Which saved leaf goes to each leaf of `plan`, matched by path (dict entries may come
     in another order); raises ValueError naming the first leaf that does not fit."""
-    index = {path: i for i, path in enumerate(saved["paths"])}
-    if len(index) != len(saved["paths"]):
+    index = {path: i for i, path in enumerate(saved.paths)}
+    if len(index) != len(saved.paths):
         raise ValueError("state: leaf_paths has duplicate entries")
     order = []
     for path, dtype, shape in zip(plan.paths, plan.leaf_dtypes, plan.shapes):
         i = index.get(path)
         if i is None:
             raise ValueError(f"{_where(name, path)}: the loaded state has no leaf there "
-                             f"(its leaves: {', '.join(saved['paths'][:4])}{', ...' if len(index) > 4 else ''})")
-        want, got = _describe(saved["dtypes"][i], saved["shapes"][i]), _describe(dtype, shape)
+                             f"(its leaves: {', '.join(saved.paths[:4])}{', ...' if len(index) > 4 else ''})")
+        want, got = _describe(saved.dtypes[i], saved.shapes[i]), _describe(dtype, shape)
         if want != got:
             raise ValueError(f"{_where(name, path)}: the loaded state has {want}, got {got}")
         order.append(i)
     if len(order) != len(index):
-        missing = next(p for p in saved["paths"] if p not in set(plan.paths))
+        missing = next(p for p in saved.paths if p not in set(plan.paths))
         raise ValueError(f"{name} has {len(order)} leaves, the loaded state {len(index)} "
                          f"(it also has {missing or 'a leaf at the root'})")
     return order
 
 
-def _ordered(leaves, order):
-    return None if leaves is None else [leaves[i] for i in order]
-
-
-def _arenas_from(plan, leaves):
-    if leaves is None:
-        return None, None
-    n32, n64 = plan.arena_sizes
-    arenas = (_core.aligned_empty(n32, "float32"), _core.aligned_empty(n64, "float64"))
-    views = plan.views(*arenas)
-    for dst, src in zip(plan.flatten(views), leaves):
-        dst[...] = src
-    return arenas, views
-
-
-def _install(mem, plan, m, v, sumsq=None):
-    """Attach moments (lists of leaves, or None) to `mem` under `plan`; cannot fail half-way."""
-    m_arenas, m_tree = _arenas_from(plan, m)
-    v_arenas, v_tree = _arenas_from(plan, v)
-    mem._plan = plan
-    mem._sumsq = np.zeros(plan.num_leaves) if sumsq is None else np.array(sumsq, dtype=np.float64)
-    mem._m, mem._m_tree, mem._v, mem._v_tree = m_arenas, m_tree, v_arenas, v_tree
-    mem._pending = None
-    mem._token = object()  # invalidates the optimizers' cached kernel call
-
-
-def bind_pending(mem, tree):
-    """Attach moments loaded without a structure, taking it from `tree` (a gradient)."""
-    saved = mem._pending
-    plan = _core.Plan(tree, "grad")
-    order = _match(plan, saved, "grad")
-    _install(mem, plan, _ordered(saved["m"], order), _ordered(saved["v"], order))
-
-
-def settle_pending(mem, tree, which):
-    """A moment is assigned while loaded moments wait: attach them to its structure,
-    or forget the pending one of that name when None is assigned."""
-    if tree is not None:
-        bind_pending(mem, tree)
-        return
-    pending = dict(mem._pending, **{which: None})
-    mem._pending = pending if (pending["m"] is not None or pending["v"] is not None) else None
-
-
-def _memory_plan(mem, saved):
-    """How loaded moments attach to `mem`: (plan, leaf order) to install under now, or None
-    to wait for the next gradient."""
-    plan = mem._plan
-    if saved is None or plan is None:
-        return None
-    if mem._m is not None or mem._v is not None:  # a fixed structure (reset() frees it)
-        return plan, _match(plan, saved, "the optimizer's current gradient structure")
-    try:
-        return plan, _match(plan, saved, "")
-    except ValueError:
-        return None  # a memoryless structure may change: wait for the next gradient
-
-
-def _apply_memory(mem, weights, saved, attach):
-    mem.mean_weight, mem.mean_square_weight = weights
-    if saved is None:
-        mem.reset()
-    elif attach is not None:
-        plan, order = attach
-        _install(mem, plan, _ordered(saved["m"], order), _ordered(saved["v"], order))
-    else:
-        mem.reset()
-        mem._pending = saved
-
-
-def _parse_weights(state, fixed_zero=()):
-    from .optimizers import _check_weight
-    weights = []
-    for name in ("mean_weight", "mean_square_weight"):
-        w = _check_weight(f"state[{name!r}]", _get_float(state, name))
-        if name in fixed_zero and w != 0:
-            raise ValueError(f"state[{name!r}] is {float(w)!r}, but this optimizer has no such moment (0 expected)")
-        weights.append(w)
-    return tuple(weights)
-
-
-# -- GradientMemory ------------------------------------------------------------------
-def memory_state_dict(mem):
-    state = {"format": FORMAT, "version": VERSION, "kind": "GradientMemory"}
-    state.update(_memory_entries(mem))
-    return state
-
-
-def load_memory_state_dict(mem, state):
-    _check_header(state, "GradientMemory")
-    weights = _parse_weights(state)
-    saved = _parse_moments(state)
-    plan = _memory_plan(mem, saved)
-    _apply_memory(mem, weights, saved, plan)
+def match_in_order(plan: _core.Plan, saved: Moments) -> list[int]:
+    """The identity order, after checking that the saved leaves are the plan's own (a pickle
+    saves its moments in its structure's order, so paths need not be unique there)."""
+    if len(saved.shapes) != plan.num_leaves or any(
+            _describe(d, s) != _describe(pd, ps)
+            for d, s, pd, ps in zip(saved.dtypes, saved.shapes, plan.leaf_dtypes, plan.shapes)):
+        raise ValueError("corrupt fusedopt pickle: the moments do not fit the saved tree structure")
+    return list(range(plan.num_leaves))
 
 
 # -- schedules -------------------------------------------------------------------------
-def _encode(name, value):
+def _encode(name: str, value: Any) -> tuple[str, Any]:
     """(type tag, storable value) of a schedule attribute."""
     if value is None:
         return "none", 0
@@ -317,7 +262,7 @@ def _encode(name, value):
     raise TypeError(f"schedule attribute {name!r} of type {type(value).__name__} cannot be saved")
 
 
-def _decode(name, tag, value):
+def _decode(name: str, tag: str, value: Any) -> Any:
     value = _scalar(value)
     python = {"bool": bool, "int": int, "float": float}
     if tag == "none":
@@ -335,15 +280,15 @@ def _decode(name, tag, value):
     return value
 
 
-def _schedule_entries(schedule):
+def schedule_entries(schedule: Any) -> dict[str, Any]:
+    """The entries of a schedule of fusedopt.schedules (its class name and attributes)."""
     kind = type(schedule).__name__
-    if not (isinstance(schedule, schedules.Schedule) and getattr(schedules, kind, None) is type(schedule)):
+    if not schedules.is_schedule_class(type(schedule)):
         raise TypeError(f"state_dict() saves fusedopt.schedules schedules only, not {kind}; "
                         "pickle the optimizer to keep another schedule")
     _, attrs = schedule.get_config()
     names = sorted(attrs)
-    state = {"schedule": kind,
-             "schedule.names": _strs(names)}
+    state: dict[str, Any] = {"schedule": kind, "schedule.names": _strs(names)}
     tags = []
     for name in names:
         tag, value = _encode(name, attrs[name])
@@ -353,7 +298,8 @@ def _schedule_entries(schedule):
     return state
 
 
-def _parse_schedule(state):
+def parse_schedule(state: Mapping[str, Any]) -> schedules.Schedule:
+    """A new schedule built from the entries (nothing else changes)."""
     kind = _get_str(state, "schedule")
     names = _get_strs(state, "schedule.names")
     tags = _get_strs(state, "schedule.types", len(names))
@@ -368,140 +314,120 @@ def _parse_schedule(state):
     return schedule
 
 
-# -- optimizers ------------------------------------------------------------------------
-def _fixed_zero_weights(opt):
-    from .optimizers import Gradient, Momentum, RMSProp
-    if isinstance(opt, Gradient):
-        return ("mean_weight", "mean_square_weight")
-    if isinstance(opt, Momentum):
-        return ("mean_square_weight",)
-    if isinstance(opt, RMSProp):
-        return ("mean_weight",)
-    return ()
+# -- the optimizers' own scalars -------------------------------------------------------
+class OptimizerFields(NamedTuple):
+    """The scalars of an optimizer's state (lr None: update_lr() not called yet)."""
+    tolerance: float
+    ascent: bool
+    check_finite: bool
+    keep_delta: bool
+    lr: Optional[np.float32]
+    step_count: int
 
 
-def optimizer_state_dict(opt):
-    state = {"format": FORMAT, "version": VERSION, "kind": type(opt).__name__,
-             "tolerance": float(opt.tolerance), "ascent": bool(opt.ascent),
-             "check_finite": bool(opt.check_finite), "keep_delta": bool(opt.keep_delta),
-             "lr": 0.0 if opt.lr is None else float(opt.lr), "lr_set": opt.lr is not None,
-             "step_count": int(opt.step_count)}
-    state.update(_schedule_entries(opt.stepsize))
-    state.update(_memory_entries(opt._memory))
-    return state
+def optimizer_entries(fields: OptimizerFields) -> dict[str, Any]:
+    """The entries of an optimizer's scalars."""
+    return {"tolerance": float(fields.tolerance), "ascent": bool(fields.ascent),
+            "check_finite": bool(fields.check_finite), "keep_delta": bool(fields.keep_delta),
+            "lr": 0.0 if fields.lr is None else float(fields.lr), "lr_set": fields.lr is not None,
+            "step_count": int(fields.step_count)}
 
 
-def load_optimizer_state_dict(opt, state):
-    _check_header(state, type(opt).__name__)
-    # Everything is read and checked first; the optimizer changes only below.
-    tolerance = _get_float(state, "tolerance")
-    if not tolerance >= 0:
-        raise ValueError(f"state['tolerance'] must be >= 0, got {tolerance!r}")
+def parse_optimizer(state: Mapping[str, Any]) -> OptimizerFields:
+    """The optimizer's scalars, checked (lr must be a float32 value: inf and nan are, 1e39 is not)."""
+    tolerance = _checks.tolerance("state['tolerance']", _get_float(state, "tolerance"))
     flags = {key: _get_bool(state, key) for key in ("ascent", "check_finite", "keep_delta", "lr_set")}
     lr = _get_float(state, "lr")
+    if math.isfinite(lr) and abs(lr) > float(np.finfo(np.float32).max):  # np.float32() would overflow (warn)
+        raise ValueError(f"state['lr'] must be a float32 value, got {lr!r} (beyond float32's range)")
     step_count = _get_int(state, "step_count")
     if step_count < 0:
         raise ValueError(f"state['step_count'] must be >= 0, got {step_count}")
-    schedule = _parse_schedule(state)
-    weights = _parse_weights(state, _fixed_zero_weights(opt))
-    saved = _parse_moments(state)
-    mem = opt._memory
-    plan = _memory_plan(mem, saved)
-
-    _apply_memory(mem, weights, saved, plan)
-    opt.stepsize = schedule
-    opt.tolerance = tolerance
-    opt.ascent, opt.check_finite, opt.keep_delta = flags["ascent"], flags["check_finite"], flags["keep_delta"]
-    opt.lr = np.float32(lr) if flags["lr_set"] else None
-    opt.step_count = step_count
-    opt.delta = None
-    opt._conv_n = None  # check_convergence() is False until the next update
-    opt._fast = None
+    return OptimizerFields(tolerance, flags["ascent"], flags["check_finite"], flags["keep_delta"],
+                           np.float32(lr) if flags["lr_set"] else None, step_count)
 
 
-# -- pickling ------------------------------------------------------------------------------
+# -- tree structures in pickles --------------------------------------------------------
+# A structure is a flat preorder list of nodes, so that pickling and deep-copying it
+# never recurse (a tree may be nested 1000 levels deep, deeper than pickle recurses):
+#   ("leaf", shape, dtype) | ("tuple" | "list" | "namedtuple", type, n) | ("dict", type, keys)
 class _Leaf:
-    """Stands for an array of a tree's structure in a pickle (shape and dtype only)."""
+    """Stands for a leaf while a structure is read off a Plan."""
 
-    __slots__ = ("shape", "dtype")
+    __slots__ = ("entry",)
 
-    def __init__(self, shape, dtype):
-        self.shape, self.dtype = tuple(shape), str(dtype)
-
-    def __reduce__(self):
-        return _Leaf, (self.shape, self.dtype)
-
-    def template(self):
-        # Zero strides: a Plan reads only the shape and dtype, no memory is allocated.
-        return np.broadcast_to(np.zeros((), dtype=self.dtype), self.shape)
+    def __init__(self, entry: tuple[str, tuple[int, ...], str]) -> None:
+        self.entry = entry
 
 
-def _materialize(node):
-    """The placeholder tree with arrays in place of the _Leaf entries (as Plan.unflatten builds it)."""
-    if isinstance(node, _Leaf):
-        return node.template()
-    kind = type(node)
-    if isinstance(node, tuple):
-        items = [_materialize(x) for x in node]
-        if hasattr(node, "_fields"):
-            return kind(*items)
-        return tuple(items) if kind is tuple else kind(items)
-    if isinstance(node, list):
-        items = [_materialize(x) for x in node]
-        return items if kind is list else kind(items)
-    if isinstance(node, dict):
-        items = {k: _materialize(x) for k, x in node.items()}
-        return items if kind is dict else kind(items)
-    raise TypeError(f"corrupt fusedopt pickle: unexpected {kind.__name__} in a tree structure")
+def structure_of(plan: _core.Plan) -> list[tuple[Any, ...]]:
+    """The flat structure of `plan`'s trees."""
+    root = plan.unflatten([_Leaf(("leaf", tuple(s), str(d))) for s, d in zip(plan.shapes, plan.leaf_dtypes)])
+    out: list[tuple[Any, ...]] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Leaf):
+            out.append(node.entry)
+        elif isinstance(node, dict):
+            out.append(("dict", type(node), tuple(node)))
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, tuple):
+            out.append(("namedtuple" if hasattr(node, "_fields") else "tuple", type(node), len(node)))
+            stack.extend(reversed(node))
+        elif isinstance(node, list):
+            out.append(("list", type(node), len(node)))
+            stack.extend(reversed(node))
+        else:
+            raise TypeError(f"unexpected {type(node).__name__} in a tree structure")
+    return out
 
 
-def memory_getstate(mem):
-    plan = mem._plan
-    state = {"pickle_version": PICKLE_VERSION, "mean_weight": mem.mean_weight,
-             "mean_square_weight": mem.mean_square_weight, "pending": mem._pending,
-             "structure": None, "m": None, "v": None, "sumsq": None}
-    if plan is not None:
-        state["structure"] = plan.unflatten([_Leaf(s, d) for s, d in zip(plan.shapes, plan.leaf_dtypes)])
-        state["m"] = None if mem._m_tree is None else list(plan.flatten(mem._m_tree))
-        state["v"] = None if mem._v_tree is None else list(plan.flatten(mem._v_tree))
-        state["sumsq"] = mem._sumsq
-    return state
+def _container(kind: str, cls: type, key: Any, items: list[Any]) -> Any:
+    if kind == "dict":
+        d = dict(zip(key, items))
+        return d if cls is dict else cls(d)
+    if kind == "namedtuple":
+        return cls(*items)
+    if kind == "tuple":
+        return tuple(items) if cls is tuple else cls(items)
+    return items if cls is list else cls(items)
 
 
-def memory_setstate(mem, state):
-    version = state.get("pickle_version")
+def plan_from_structure(structure: Sequence[tuple[Any, ...]]) -> _core.Plan:
+    """The Plan of a flat structure (its leaves are zero-stride templates: nothing is allocated)."""
+    frames: list[tuple[str, Any, Any, int, list[Any]]] = []  # (kind, type, keys, remaining, items)
+    result: list[Any] = []
+    for node in structure:
+        if not (isinstance(node, tuple) and node and node[0] in ("leaf", "tuple", "list", "namedtuple", "dict")):
+            raise TypeError(f"corrupt fusedopt pickle: unexpected {node!r:.60} in a tree structure")
+        if node[0] == "leaf":
+            value = np.broadcast_to(np.zeros((), dtype=node[2]), node[1])
+        else:
+            n = len(node[2]) if node[0] == "dict" else node[2]
+            frames.append((node[0], node[1], node[2], n, []))
+            if n:
+                continue
+            value = None
+        while True:
+            if value is None:  # a container is complete
+                kind, cls, key, _, items = frames.pop()
+                value = _container(kind, cls, key, items)
+            if not frames:
+                result.append(value)
+                break
+            frames[-1][4].append(value)
+            if len(frames[-1][4]) < frames[-1][3]:
+                break
+            value = None
+    if len(result) != 1 or frames:
+        raise ValueError("corrupt fusedopt pickle: the tree structure is incomplete")
+    return _core.Plan(result[0], "grad")
+
+
+def check_pickle_version(state: Any, what: str) -> None:
+    """Refuse a pickle of another layout (version 1 pickled the objects' private fields)."""
+    version = state.get("pickle_version") if isinstance(state, dict) else None
     if version != PICKLE_VERSION:
-        raise ValueError(f"GradientMemory pickle version {version!r} is not supported (this fusedopt reads "
-                         f"{PICKLE_VERSION})")
-    from .optimizers import GradientMemory
-    GradientMemory.__init__(mem, state["mean_weight"], state["mean_square_weight"])
-    mem._pending = state["pending"]
-    if state["structure"] is not None:
-        plan = _core.Plan(_materialize(state["structure"]), "grad")
-        _install(mem, plan, state["m"], state["v"], state["sumsq"])
-
-
-def optimizer_getstate(opt):
-    state = dict(opt.__dict__)
-    state.pop("_model_types", None)  # caches (model classes, the last kernel call): rebuilt on use
-    state.pop("_fast", None)
-    state.pop("_unset_lr_cache", None)
-    conv = state.pop("_conv_n", None)
-    # The Plan in _conv_n is the memory's (rebuilt on unpickling); a stale one is recomputed anyway.
-    state["_conv_count"] = conv[1] if conv is not None and conv[0] is opt._memory._plan else None
-    state["pickle_version"] = PICKLE_VERSION
-    return state
-
-
-def optimizer_setstate(opt, state):
-    state = dict(state)
-    version = state.pop("pickle_version", None)
-    if version != PICKLE_VERSION:
-        raise ValueError(f"optimizer pickle version {version!r} is not supported (this fusedopt reads "
-                         f"{PICKLE_VERSION})")
-    count = state.pop("_conv_count")
-    opt.__dict__.update(state)
-    opt._model_types = {}
-    opt._fast = None
-    plan = opt._memory._plan
-    opt._conv_n = (plan, count) if count is not None and plan is not None else None
+        raise ValueError(f"{what} pickle version {version!r} is not supported (this fusedopt reads "
+                         f"{PICKLE_VERSION}); a state_dict() saved with np.savez loads across versions")
