@@ -395,6 +395,13 @@ class State {
     P.sums_target = sums_in_place ? static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))) : nullptr;
     prepare(P, p, mode, grad, steps_p(mode) ? target : py::handle(Py_None), start_m ? m_out : m, m_out,
             start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite);
+    // Allocated now: the commit below must not fail.
+    py::object new_sums = py::none();
+    if (!sums_in_place && !(same_plan && sums_fit(sums, p.leaves().size()))) {
+      npy_intp n = static_cast<npy_intp>(p.leaves().size());
+      new_sums = py::reinterpret_steal<py::object>(PyArray_ZEROS(1, &n, NPY_DOUBLE, 0));
+      if (!new_sums) throw py::error_already_set();
+    }
     const bool count_now = owner.ptr() != Py_None && (!same_plan || conv_count < 0);
     const long long count = count_now ? count_for_rms(grad, p) : conv_count;
     // The owner's step_count and delta go straight into its instance dict: its attributes may
@@ -438,7 +445,6 @@ class State {
       plan = plan_obj;
       plan_ptr_ = &p;
       drop_spares();
-      sums = py::none();
     }
     if (!m_out.is(m)) {
       if (!start_m && deferred) m_spare_ = m;
@@ -450,8 +456,7 @@ class State {
       mean_square = std::move(v_out);
       v_tree_ = py::none();
     }
-    if (!sums_fit(sums, p.leaves().size())) sums = py::reinterpret_steal<py::object>(
-        PyArray_ZEROS(1, std::vector<npy_intp>{static_cast<npy_intp>(p.leaves().size())}.data(), NPY_DOUBLE, 0));
+    if (!new_sums.is_none()) sums = std::move(new_sums);
     if (!P.sums.empty())
       std::copy(P.sums.begin(), P.sums.end(), static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))));
     if (owner.ptr() != Py_None) {
