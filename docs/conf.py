@@ -1,0 +1,117 @@
+"""Sphinx configuration of fusedopt's documentation site.
+
+Build: ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (after
+installing the package, whose docstrings the API reference reads).
+
+Some pages and modules arrive from other branches (docs/optim.md,
+fusedopt/torch.py, ...). The site builds with or without them: the API pages
+are generated here for the public modules that exist, the topic pages are
+picked up by the index's glob toctree, and text that links a topic page sits
+in an ``{only}`` block whose tag is set here when the page exists.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import fusedopt
+
+DOCS = Path(__file__).resolve().parent
+PACKAGE = DOCS.parent / "python" / "fusedopt"
+
+project = "fusedopt"
+author = "fusedopt contributors"
+copyright = "fusedopt contributors"
+release = fusedopt.__version__
+version = release
+
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build", "README.md"]
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+html_theme = "furo"
+html_title = f"fusedopt {release}"
+html_static_path = ["_static"]
+html_css_files = ["fusedopt.css"]
+
+# The optional modules import torch or mpi4py; the API reference must build
+# without either installed.
+autodoc_mock_imports = ["torch", "mpi4py"]
+autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = True
+
+# Topic pages written on other branches; a tag per page that exists, for
+# ``{only} have_<name>`` blocks that link it.
+TOPIC_PAGES = {
+    "optim": "optim",
+    "distributed": "distributed",
+    "torch": "torch",
+    "native": "threads-processes-signals",
+    "convergence": "semantics-convergence",
+}
+MISSING_PAGES = {page for page in TOPIC_PAGES.values() if not (DOCS / f"{page}.md").exists()}
+for _tag, _page in TOPIC_PAGES.items():
+    if _page not in MISSING_PAGES:
+        tags.add(f"have_{_tag}")  # noqa: F821 (Sphinx provides `tags` to conf.py)
+
+# Sphinx resolves links and toctree entries even inside an excluded ``{only}``
+# block, so the text about a missing page is removed before parsing: every
+# ``:::{only} have_<tag>`` block of a missing page, and the index's toctree
+# line naming it.
+_ONLY_BLOCK = re.compile(r"^:::\{only\} have_(?P<tag>\w+)\n.*?^:::\n", re.S | re.M)
+
+
+def drop_missing(app, docname, source):
+    text = source[0]
+    text = _ONLY_BLOCK.sub(lambda m: "" if TOPIC_PAGES.get(m["tag"]) in MISSING_PAGES else m[0], text)
+    if docname == "index":
+        text = "\n".join(line for line in text.split("\n") if line.strip() not in MISSING_PAGES)
+    source[0] = text
+
+
+def setup(app):
+    app.connect("source-read", drop_missing)
+
+# Public modules, in the order the API reference lists them; a module gets a
+# page when its source exists in this checkout.
+PUBLIC_MODULES = [
+    ("fusedopt", "the package: runtime settings, configuration, exceptions"),
+    ("fusedopt.optimizers", "paysage's optimizer family and GradientMemory"),
+    ("fusedopt.schedules", "learning-rate schedules"),
+    ("fusedopt.optim", "the textbook optimizers (torch.optim's semantics) on numpy trees"),
+    ("fusedopt.torch", "torch.optim optimizers running fusedopt's kernels"),
+    ("fusedopt.distributed", "data-parallel training over MPI"),
+]
+
+
+def module_exists(name: str) -> bool:
+    rel = Path(*name.split(".")[1:])
+    return name == "fusedopt" or (PACKAGE / rel).with_suffix(".py").exists() or (PACKAGE / rel / "__init__.py").exists()
+
+
+def write_api_pages() -> list[str]:
+    """Writes docs/api/<module>.md for each public module present; returns their names."""
+    api = DOCS / "api"
+    api.mkdir(exist_ok=True)
+    present = [(m, what) for m, what in PUBLIC_MODULES if module_exists(m)]
+    wanted = {f"{m}.md" for m, _ in present}
+    for stale in api.glob("*.md"):
+        if stale.name not in wanted:
+            stale.unlink()
+    for name, what in present:
+        text = (f"# `{name}`\n\n{what.capitalize()}.\n\n"
+                f"```{{eval-rst}}\n.. automodule:: {name}\n   :members:\n"
+                + ("   :imported-members:\n" if name == "fusedopt" else "")
+                + "```\n")
+        path = api / f"{name}.md"
+        # Rewrite only on change: Sphinx re-reads files whose time stamp moved.
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    return [m for m, _ in present]
+
+
+API_MODULES = write_api_pages()
