@@ -103,7 +103,7 @@ def write_api_pages() -> list[str]:
         if stale.name not in wanted:
             stale.unlink()
     for name, what in present:
-        text = (f"# `{name}`\n\n{what.capitalize()}.\n\n"
+        text = (f"# `{name}`\n\n{what[0].upper() + what[1:]}.\n\n"
                 f"```{{eval-rst}}\n.. automodule:: {name}\n   :members:\n"
                 + ("   :imported-members:\n" if name == "fusedopt" else "")
                 + "```\n")
