@@ -52,6 +52,7 @@ TOPIC_PAGES = {
     "torch": "torch",
     "native": "threads-processes-signals",
     "convergence": "semantics-convergence",
+    "rates": "semantics-rates",
 }
 MISSING_PAGES = {page for page in TOPIC_PAGES.values() if not (DOCS / f"{page}.md").exists()}
 for _tag, _page in TOPIC_PAGES.items():
@@ -65,11 +66,21 @@ for _tag, _page in TOPIC_PAGES.items():
 _ONLY_BLOCK = re.compile(r"^:::\{only\} have_(?P<tag>\w+)\n.*?^:::\n", re.S | re.M)
 
 
+def unlisted_pages(index_text: str) -> list[str]:
+    """Pages of docs/ that no toctree line of the index names (a topic page added
+    on another branch under a name not known here): listed under "More topics"."""
+    named = {line.strip() for line in index_text.split("\n")}
+    return sorted(p.stem for p in DOCS.glob("*.md") if p.stem not in named and p.stem not in ("index", "README"))
+
+
 def drop_missing(app, docname, source):
     text = source[0]
     text = _ONLY_BLOCK.sub(lambda m: "" if TOPIC_PAGES.get(m["tag"]) in MISSING_PAGES else m[0], text)
     if docname == "index":
         text = "\n".join(line for line in text.split("\n") if line.strip() not in MISSING_PAGES)
+        extra = unlisted_pages(text)
+        if extra:
+            text += "\n```{toctree}\n:caption: More topics\n:maxdepth: 1\n:hidden:\n\n" + "\n".join(extra) + "\n```\n"
     source[0] = text
 
 
