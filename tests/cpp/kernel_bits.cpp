@@ -21,11 +21,13 @@ namespace {
 
 using namespace fusedopt;
 
-enum Rule { GRADIENT, MOMENTUM, RMSPROP, ADAM };
+// The four optimizers of the paysage family (named here, apart from the
+// kernels' own rule enums).
+enum Opt { GRADIENT, MOMENTUM, RMSPROP, ADAM };
 const char* const kRuleNames[] = {"Gradient", "Momentum", "RMSProp", "ADAM"};
 
-// The step mode of a rule: first (moments initialised) or steady step.
-unsigned mode_of(Rule rule, bool first, unsigned out) {
+// The kernel mode of an optimizer's step: first (moments initialised) or steady step.
+unsigned kernel_mode(Opt rule, bool first, unsigned out) {
   const unsigned phase = first ? MOMENT_INIT : MOMENT_EMA;
   switch (rule) {
     case GRADIENT: return make_mode(0, 0, DIR_G, out, SCALE);
@@ -40,7 +42,7 @@ unsigned mode_of(Rule rule, bool first, unsigned out) {
 struct Weights {
   double w, w2;
 };
-Weights weights_of(Rule rule) {
+Weights weights_of(Opt rule) {
   switch (rule) {
     case GRADIENT: return {0.0, 0.0};
     case MOMENTUM: return {double(0.9f), 0.0};
@@ -52,7 +54,7 @@ Weights weights_of(Rule rule) {
 
 // docs/semantics.md, one element, each operation rounded to T.
 template <class T>
-void reference(Rule rule, bool first, T lr, const Weights& wt, T g, T& p, T& m, T& v, T& out) {
+void reference(Opt rule, bool first, T lr, const Weights& wt, T g, T& p, T& m, T& v, T& out) {
   const T w = T(wt.w), w2 = T(wt.w2), omw = T(1) - w, omw2 = T(1) - w2;
   const T eps = T(1.0 / 8388608.0);
   T d = g;
@@ -109,7 +111,7 @@ bool same_bits(const T* a, const T* b, std::size_t n, const std::string& what) {
 
 // Runs `steps` steps of a rule on a tree of leaves; returns the last step's per-leaf sums.
 template <class T>
-std::vector<double> run_case(Rule rule, unsigned out, const std::vector<std::size_t>& sizes, int steps,
+std::vector<double> run_case(Opt rule, unsigned out, const std::vector<std::size_t>& sizes, int steps,
                              const std::string& label) {
   const Dtype dt = sizeof(T) == 4 ? F32 : F64;
   const Weights wt = weights_of(rule);
@@ -141,7 +143,7 @@ std::vector<double> run_case(Rule rule, unsigned out, const std::vector<std::siz
         l.rout[i] = o;
       }
     }
-    run_step(mode_of(rule, first, out), layout, data, Hyper{double(lr), wt.w, wt.w2}, sums.data());
+    run_step(kernel_mode(rule, first, out), layout, data, Hyper{double(lr), wt.w, wt.w2}, sums.data());
   }
   for (std::size_t k = 0; k < leaves.size(); ++k) {
     auto& l = leaves[k];
@@ -177,7 +179,7 @@ int main() {
   int cases = 0, failed_cases = 0;
   for (const std::string& level : simd_levels_supported()) {
     set_simd_level(level);
-    for (Rule rule : {GRADIENT, MOMENTUM, RMSPROP, ADAM}) {
+    for (Opt rule : {GRADIENT, MOMENTUM, RMSPROP, ADAM}) {
       for (unsigned out : outs) {
         for (std::size_t t = 0; t < trees.size(); ++t) {
           for (int threads : {1, 3}) {
