@@ -11,6 +11,7 @@ in an ``{only}`` block whose tag is set here when the page exists.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -84,8 +85,32 @@ def drop_missing(app, docname, source):
     source[0] = text
 
 
+# autodoc reads a signature from a docstring's first line when it looks like
+# one (pybind11 writes native functions' signatures so). A class docstring that
+# opens with the name it mirrors ("torch.optim.SGD (momentum, ...) on fusedopt's
+# kernels") would be taken for the class's signature and lose that line: classes
+# get their signature from the class itself, and their first line back.
+def class_signature(app, what, name, obj, options, signature, return_annotation):
+    if what != "class":
+        return None
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    plain = [q.replace(annotation=inspect.Parameter.empty) for q in sig.parameters.values()]
+    return str(sig.replace(parameters=plain, return_annotation=inspect.Signature.empty)), ""
+
+
+def class_docstring(app, what, name, obj, options, lines):
+    first = (inspect.getdoc(obj) or "").split("\n", 1)[0] if what == "class" else ""
+    if first and (not lines or lines[0] != first):
+        lines[:0] = [first]
+
+
 def setup(app):
     app.connect("source-read", drop_missing)
+    app.connect("autodoc-process-signature", class_signature)
+    app.connect("autodoc-process-docstring", class_docstring)
 
 # Public modules, in the order the API reference lists them; a module gets a
 # page when its source exists in this checkout.
