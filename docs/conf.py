@@ -114,14 +114,8 @@ def setup(app):
 
 # Public modules, in the order the API reference lists them; a module gets a
 # page when its source exists in this checkout.
-PUBLIC_MODULES = [
-    ("fusedopt", "the package: runtime settings, configuration, exceptions"),
-    ("fusedopt.optimizers", "paysage's optimizer family and GradientMemory"),
-    ("fusedopt.schedules", "learning-rate schedules"),
-    ("fusedopt.optim", "the textbook optimizers (torch.optim's semantics) on numpy trees"),
-    ("fusedopt.torch", "torch.optim optimizers running fusedopt's kernels"),
-    ("fusedopt.distributed", "data-parallel training over MPI"),
-]
+PUBLIC_MODULES = ["fusedopt", "fusedopt.optimizers", "fusedopt.schedules", "fusedopt.optim", "fusedopt.torch",
+                  "fusedopt.distributed"]
 
 
 def module_exists(name: str) -> bool:
@@ -133,13 +127,13 @@ def write_api_pages() -> list[str]:
     """Writes docs/api/<module>.md for each public module present; returns their names."""
     api = DOCS / "api"
     api.mkdir(exist_ok=True)
-    present = [(m, what) for m, what in PUBLIC_MODULES if module_exists(m)]
-    wanted = {f"{m}.md" for m, _ in present}
+    present = [m for m in PUBLIC_MODULES if module_exists(m)]
+    wanted = {f"{m}.md" for m in present}
     for stale in api.glob("*.md"):
         if stale.name not in wanted:
             stale.unlink()
-    for name, what in present:
-        text = (f"# `{name}`\n\n{what[0].upper() + what[1:]}.\n\n"
+    for name in present:
+        text = (f"# `{name}`\n\n"
                 f"```{{eval-rst}}\n.. automodule:: {name}\n   :members:\n"
                 + ("   :imported-members:\n" if name == "fusedopt" else "")
                 + "```\n")
@@ -147,7 +141,7 @@ def write_api_pages() -> list[str]:
         # Rewrite only on change: Sphinx re-reads files whose time stamp moved.
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
-    return [m for m, _ in present]
+    return present
 
 
 API_MODULES = write_api_pages()
