@@ -5,9 +5,10 @@ installing the package, whose docstrings the API reference reads).
 
 Some pages and modules arrive from other branches (docs/optim.md,
 fusedopt/torch.py, ...). The site builds with or without them: the API pages
-are generated here for the public modules that exist, the topic pages are
-picked up by the index's glob toctree, and text that links a topic page sits
-in an ``{only}`` block whose tag is set here when the page exists.
+are generated here for the public modules that exist; the index's toctree
+lines naming a missing topic page are dropped, and pages no toctree names are
+listed under "More topics"; text that links a topic page sits in an ``{only}``
+block that is dropped when the page is missing.
 """
 from __future__ import annotations
 
