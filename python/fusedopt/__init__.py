@@ -10,7 +10,7 @@ import os as _os
 # waiting thread then holds the core that the thread it waits for needs, and a
 # 50 µs step can take 10+ ms. A short spin keeps back-to-back steps hot and lets
 # a descheduled worker run. Only when the user has not chosen, and only
-# effective if libgomp is not loaded yet (README, "Threads").
+# effective if libgomp is not loaded yet (docs/threads.md).
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
@@ -18,7 +18,7 @@ from . import _core, optimizers, schedules  # noqa: E402
 from ._core import StructureError, get_num_threads, set_num_threads, simd_level
 from ._config import show_config
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["optimizers", "schedules", "simd_level", "get_num_threads", "set_num_threads", "show_config",
            "StructureError", "__version__"]
