@@ -45,6 +45,8 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True
+# "Attributes:" sections as :ivar: fields: annotated class attributes are documented by autodoc already.
+napoleon_use_ivar = True
 
 # Topic pages written on other branches; a tag per page that exists, for
 # ``{only} have_<name>`` blocks that link it.
