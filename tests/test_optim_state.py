@@ -172,3 +172,21 @@ def test_reset_forgets_state_and_structure(rng):
     assert opt.step_count == 0 and opt.state_arrays() == {}
     opt.step({"a": np.ones(4)}, {"a": np.ones(4)})
     assert opt.step_count == 1
+
+
+def test_mask_assigned_between_steps_takes_effect():
+    params = {"w": np.ones((2, 2)), "b": np.ones(2)}
+    grads = {"w": np.zeros((2, 2)), "b": np.zeros(2)}
+    opt = optim.SGD(lr=0.5, weight_decay=0.1)
+    opt.step(params, grads)  # p = p - 0.5 * 0.1 * p everywhere
+    opt.weight_decay_mask = lambda path, a: a.ndim == 2
+    opt.step(params, grads)
+    np.testing.assert_array_equal(params["w"], np.full((2, 2), 0.95 * 0.95))
+    np.testing.assert_array_equal(params["b"], np.full(2, 0.95))
+    opt.weight_decay_mask = {"w": False, "b": True}
+    opt.step(params, grads)
+    np.testing.assert_array_equal(params["w"], np.full((2, 2), 0.95 * 0.95))
+    np.testing.assert_array_equal(params["b"], np.full(2, 0.95 * 0.95))
+    with pytest.raises(ValueError, match="no entry"):
+        opt.weight_decay_mask = {"w": False}
+    assert opt.weight_decay_mask == {"w": False, "b": True}
