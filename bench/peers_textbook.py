@@ -167,7 +167,7 @@ def make_deepspeed(name, params, grads):
 def implementations(name):
     """fusedopt.optim first, then its peers."""
     return [
-        Implementation("fusedopt_optim", f"fusedopt {name}", make_fusedopt),
+        Implementation("fusedopt_inplace", f"fusedopt {name}", make_fusedopt),
         Implementation("numpy", "numpy float32 (out=)", make_numpy),
         Implementation("torch_foreach", f"torch.optim.{_cls(name)}(foreach=True)", make_torch("foreach")),
         Implementation("torch_fused", f"torch.optim.{_cls(name)}(fused=True)", make_torch("fused")),

@@ -73,8 +73,9 @@ class OptimState {
     if (!py::isinstance<Plan>(plan_obj_)) throw py::type_error("plan must be a fusedopt._core.Plan");
     if (!py::isinstance<TextbookHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.TextbookHyper");
     plan_ = plan_obj_.cast<const Plan*>();
+    hyper_ = &hyper_obj_.cast<const TextbookHyper&>();
     set_decay_mask(decay_mask);
-    const double fill = rule == Rule::ADAGRAD ? hyper_obj_.cast<const TextbookHyper&>().initial_accumulator_value : 0.0;
+    const double fill = rule == Rule::ADAGRAD ? hyper_->initial_accumulator_value : 0.0;
     for (std::size_t k = 0; k < kSlots; ++k) {
       if (!uses_slot(rule_, k)) continue;
       for (Dtype d : {F32, F64}) {
@@ -135,7 +136,7 @@ class OptimState {
       for (std::size_t k = 0; k < kSlots; ++k)
         data[l].s[k] = uses_slot(rule_, k) ? slot_data(k, specs[l]) : nullptr;
     }
-    const TextbookHyper hyper = hyper_obj_.cast<const TextbookHyper&>();  // a copy: Python may assign meanwhile
+    const TextbookHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true))
       throw py::value_error("this optimizer is being stepped by another thread; step it from one thread at a time");
@@ -246,7 +247,8 @@ class OptimState {
   Rule rule_;
   py::object plan_obj_;  // keeps plan_ alive
   const Plan* plan_ = nullptr;
-  py::object hyper_obj_;
+  py::object hyper_obj_;  // keeps hyper_ alive; Python assigns its fields between steps
+  const TextbookHyper* hyper_ = nullptr;
   py::object arenas_[kSlots][2];  // slot k, dtype d: 64-byte aligned, laid out as the plan's arenas
   std::vector<char> decay_;
   long long step_count_ = 0;
