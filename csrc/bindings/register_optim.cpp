@@ -39,18 +39,19 @@ std::string got_of(PyObject* o) {
          shape;
 }
 
-// An array of the leaf's dtype and shape, or a TypeError/ValueError naming the leaf.
+// An array of the leaf's dtype and shape, or a TypeError/ValueError naming the leaf
+// (messages are built only on failure: this runs for every leaf of every step).
 PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what) {
   const LeafSpec& s = plan.leaves()[l];
-  const std::string want = std::string(name_of(s.dtype)) + " array of shape " + plan.shape_str(l);
-  if (!PyArray_Check(o)) throw py::type_error(at_leaf(what, s) + ": expected a " + want + ", got " + got_of(o));
-  PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
-  const bool shape_ok = PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
+  PyArrayObject* a = PyArray_Check(o) ? reinterpret_cast<PyArrayObject*>(o) : nullptr;
+  const bool dtype_ok = a && PyArray_TYPE(a) == npy_of(s.dtype);
+  const bool shape_ok = a && PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
-  if (PyArray_TYPE(a) != npy_of(s.dtype))
-    throw py::type_error(at_leaf(what, s) + ": expected a " + want + ", got a " + got_of(o));
-  if (!shape_ok) throw py::value_error(at_leaf(what, s) + ": expected a " + want + ", got a " + got_of(o));
-  return a;
+  if (dtype_ok && shape_ok) return a;
+  const std::string msg = at_leaf(what, s) + ": expected a " + name_of(s.dtype) + " array of shape " +
+                          plan.shape_str(l) + ", got " + (a ? "a " : "") + got_of(o);
+  if (!dtype_ok) throw py::type_error(msg);
+  throw py::value_error(msg);
 }
 
 template <class T>
