@@ -260,18 +260,8 @@ class OptimState {
 }  // namespace
 
 void register_optim(py::module_& m) {
-  py::enum_<Rule>(m, "Rule", "The textbook optimizers' rules (csrc/textbook_rules.h).")
-      .value("SGD", Rule::SGD)
-      .value("SGD_MOMENTUM", Rule::SGD_MOMENTUM)
-      .value("SGD_NESTEROV", Rule::SGD_NESTEROV)
-      .value("ADAM", Rule::ADAM)
-      .value("ADAM_AMSGRAD", Rule::ADAM_AMSGRAD)
-      .value("RMSPROP", Rule::RMSPROP)
-      .value("RMSPROP_CENTERED", Rule::RMSPROP_CENTERED)
-      .value("RMSPROP_MOMENTUM", Rule::RMSPROP_MOMENTUM)
-      .value("RMSPROP_CENTERED_MOMENTUM", Rule::RMSPROP_CENTERED_MOMENTUM)
-      .value("ADAGRAD", Rule::ADAGRAD)
-      .value("LION", Rule::LION);
+  py::enum_<Rule> rules(m, "Rule", "The textbook optimizers' rules (csrc/textbook_rules.h).");
+  for (const auto& [rule, name] : kRuleNames) rules.value(name, rule);
   py::enum_<Decay>(m, "Decay", "How weight decay enters a textbook rule.")
       .value("NONE", Decay::NONE)
       .value("L2", Decay::L2)
