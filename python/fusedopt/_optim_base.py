@@ -48,6 +48,9 @@ class _Hyper:
 def _check_lr(value: Any) -> LR:
     if isinstance(value, schedules.Schedule) or (callable(value) and not isinstance(value, numbers.Real)):
         return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"lr must be a real number >= 0, a fusedopt schedule or a callable step -> lr, "
+                        f"got {type(value).__name__}")
     return checks.non_negative("lr", value)
 
 
