@@ -16,4 +16,5 @@ PYBIND11_MODULE(_core, m) {
   register_tree(m);
   register_step(m);
   register_runtime(m);
+  register_optim(m);
 }
