@@ -1,0 +1,149 @@
+"""Bad input to fusedopt.torch: a clear TypeError/ValueError naming the
+offending parameter or setting, and nothing modified (parameters, gradients,
+state and param_groups of every group compared before and after)."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedopt.torch as ft  # noqa: E402
+import torch_cases as tc  # noqa: E402
+
+
+def trained(name="Adam", dtype=torch.float32, **config):
+    """An optimizer of two groups that has stepped (so it has state)."""
+    params = tc.make_params(dtype)
+    opt = getattr(ft, name)(tc.groups(params, name, config), **config)
+    tc.train(opt, params, 3)
+    tc.set_grads(params, tc.grads_for(params, 3, none=lambda i, k: False))
+    return opt, params
+
+
+def assert_refused(opt, params, error, match, call=None):
+    before = tc.snapshot(opt, params)
+    grads = [None if p.grad is None else p.grad.clone() for p in params]
+    with pytest.raises(error, match=match):
+        (call or opt.step)()
+    assert tc.unchanged(before, tc.snapshot(opt, params))
+    for g, p in zip(grads, params):
+        assert (g is None and p.grad is None) or torch.equal(g, p.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64], ids=str)
+def test_unsupported_dtype_in_the_second_group_changes_nothing(dtype):
+    opt, params = trained()
+    bad = torch.nn.Parameter(torch.zeros(4, dtype=dtype))
+    bad.grad = torch.ones(4, dtype=dtype)
+    opt.param_groups[1]["params"].append(bad)
+    assert_refused(opt, params, TypeError, r"param_groups\[1\]\['params'\]\[3\].*float32 and float64")
+
+
+def test_sparse_gradient_changes_nothing():
+    opt, params = trained()
+    bad = torch.nn.Parameter(torch.zeros(4))
+    bad.grad = torch.ones(4).to_sparse()
+    opt.param_groups[0]["params"].append(bad)
+    assert_refused(opt, params, TypeError, r"param_groups\[0\]\['params'\]\[3\].*sparse")
+
+
+def test_tensor_on_another_device_changes_nothing():
+    opt, params = trained()
+    bad = torch.nn.Parameter(torch.empty(4, device="meta"))
+    bad.grad = torch.empty(4, device="meta")
+    opt.param_groups[1]["params"].insert(0, bad)
+    assert_refused(opt, params, TypeError, r"param_groups\[1\]\['params'\]\[0\].*device meta.*CPU")
+
+
+def test_a_scheduled_bad_value_changes_nothing():
+    opt, params = trained()
+    opt.param_groups[1]["lr"] = -0.5
+    assert_refused(opt, params, ValueError, r"param_groups\[1\].*lr")
+    opt.param_groups[1]["lr"] = 0.01
+    opt.param_groups[0]["betas"] = (0.9, 1.0)
+    assert_refused(opt, params, ValueError, r"param_groups\[0\].*beta")
+
+
+@pytest.mark.parametrize("name", tc.NAMES)
+@pytest.mark.parametrize("flag", ["foreach", "fused", "capturable", "differentiable"])
+def test_implementation_flags_are_refused(name, flag):
+    import inspect
+    if flag not in inspect.signature(getattr(ft, name)).parameters:
+        with pytest.raises(TypeError):
+            getattr(ft, name)([torch.nn.Parameter(torch.zeros(2))], **{flag: True})
+        return
+    with pytest.raises(ValueError, match=f"{flag}=True"):
+        getattr(ft, name)([torch.nn.Parameter(torch.zeros(2))], **{flag: True})
+    # the values that mean "torch picks", or off, are accepted
+    getattr(ft, name)([torch.nn.Parameter(torch.zeros(2))], **{flag: None if flag in ("foreach", "fused") else False})
+
+
+@pytest.mark.parametrize("name,kwargs,match", [
+    ("SGD", {"lr": -1.0}, "learning rate"),
+    ("SGD", {"momentum": -0.1}, "momentum"),
+    ("SGD", {"nesterov": True}, "Nesterov"),
+    ("Adam", {"betas": (1.0, 0.9)}, "beta"),
+    ("Adam", {"eps": -1e-8}, "epsilon"),
+    ("AdamW", {"weight_decay": -0.1}, "weight_decay"),
+    ("RMSprop", {"alpha": -0.5}, "alpha"),
+    ("Adagrad", {"lr_decay": -1.0}, "lr_decay"),
+    ("Adagrad", {"initial_accumulator_value": -1.0}, "initial_accumulator_value"),
+    ("Lion", {"betas": (0.9, 1.5)}, "beta"),
+    ("Lion", {"lr": float("nan")}, "learning rate"),
+])
+def test_bad_hyper_parameters_at_construction(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(ft, name)([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_bad_hyper_parameter_of_an_added_group():
+    opt, params = trained()
+    extra = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="beta"):
+        opt.add_param_group({"params": [extra], "betas": (0.9, 2.0)})
+    assert len(opt.param_groups) == 2
+
+
+def load_case():
+    opt, params = trained("Adam", amsgrad=True)
+    state = opt.state_dict()
+    state = {"state": {k: {s: v.clone() for s, v in d.items()} for k, d in state["state"].items()},
+             "param_groups": [dict(g) for g in state["param_groups"]]}
+    return opt, params, state
+
+
+def test_load_with_a_moment_of_another_shape_changes_nothing():
+    opt, params, state = load_case()
+    state["state"][4]["exp_avg_sq"] = torch.zeros(2)
+    assert_refused(opt, params, ValueError, r"state\[4\]\['exp_avg_sq'\].*shape", lambda: opt.load_state_dict(state))
+
+
+def test_load_with_a_missing_moment_changes_nothing():
+    opt, params, state = load_case()
+    del state["state"][0]["max_exp_avg_sq"]
+    assert_refused(opt, params, ValueError, r"state\[0\].*max_exp_avg_sq", lambda: opt.load_state_dict(state))
+
+
+def test_load_with_a_bad_step_changes_nothing():
+    opt, params, state = load_case()
+    state["state"][1]["step"] = torch.tensor(2.5)
+    assert_refused(opt, params, ValueError, r"state\[1\]\['step'\]", lambda: opt.load_state_dict(state))
+
+
+def test_load_with_a_bad_hyper_parameter_changes_nothing():
+    opt, params, state = load_case()
+    state["param_groups"][1]["eps"] = -1.0
+    assert_refused(opt, params, ValueError, r"param_groups\[1\].*eps", lambda: opt.load_state_dict(state))
+
+
+def test_load_with_other_groups_changes_nothing():
+    opt, params, state = load_case()
+    state["param_groups"] = state["param_groups"][:1]
+    assert_refused(opt, params, ValueError, "parameter groups", lambda: opt.load_state_dict(state))
+
+
+def test_load_of_another_optimizer_changes_nothing():
+    """An SGD state has none of Adam's moments: refused by name, not half loaded."""
+    opt, params = trained("Adam")
+    other_params = tc.clone_params(params)
+    sgd = ft.SGD(tc.groups(other_params, "SGD", {"momentum": 0.9}), momentum=0.9)
+    tc.train(sgd, other_params, 2)
+    assert_refused(opt, params, ValueError, "betas", lambda: opt.load_state_dict(sgd.state_dict()))
