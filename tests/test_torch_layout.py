@@ -91,3 +91,47 @@ def test_replaced_parameter_data_is_stepped():
     p.data = torch.full((5,), 10.0, dtype=torch.float64)
     opt.step()
     assert torch.equal(p.detach(), torch.full((5,), 9.5, dtype=torch.float64))
+
+
+def test_one_native_call_per_group_and_step_count(monkeypatch):
+    """Each step is one fusedopt.optim step (one native call) per group, float32
+    and float64 leaves together, and one more per distinct step count of a
+    group after some parameters missed a step."""
+    from fusedopt import optim
+    calls = []
+    original = optim.Optimizer.step
+
+    def counting(self, params, grads):
+        calls.append(len(params))
+        return original(self, params, grads)
+    monkeypatch.setattr(optim.Optimizer, "step", counting)
+    params = tc.make_params(torch.float64)
+    params[1] = torch.nn.Parameter(params[1].detach().float())
+    opt = ft.Adam(tc.groups(params, "Adam", {}))
+    everyone = lambda i, k: False  # noqa: E731
+    tc.train(opt, params, 2, none=everyone)
+    assert calls == [3, 3, 3, 3]
+    calls.clear()
+    tc.train(opt, params, 1, start=2, none=lambda i, k: i == 0)  # leaf 0 misses step 3
+    assert calls == [2, 3]
+    calls.clear()
+    tc.train(opt, params, 1, start=3, none=everyone)  # group 0: counts 3 and 4
+    assert sorted(calls) == [1, 2, 3]
+
+
+def test_step_counts_that_do_not_enter_the_update_share_a_call(monkeypatch):
+    """RMSprop and Lion do not use the count: one call per group however the counts drift."""
+    from fusedopt import optim
+    calls = []
+    original = optim.Optimizer.step
+
+    def counting(self, params, grads):
+        calls.append(len(params))
+        return original(self, params, grads)
+    monkeypatch.setattr(optim.Optimizer, "step", counting)
+    params = tc.make_params(torch.float64)
+    opt = ft.RMSprop(params)
+    tc.train(opt, params, 1, none=lambda i, k: i == 0)
+    tc.train(opt, params, 1, start=1, none=lambda i, k: False)
+    assert calls == [5, 6]
+    assert [float(opt.state[p]["step"]) for p in params] == [1, 2, 2, 2, 2, 2]

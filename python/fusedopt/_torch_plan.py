@@ -128,11 +128,11 @@ class Bucket:
                 s[slot] = torch.from_numpy(views[slot][j])
 
     def run(self, state: MutableMapping[Any, Any]) -> None:
-        for p, buf in self.copies:
-            buf.copy_(p)
+        for p, buf in self.copies:  # detached: no autograd record, no grad mode to switch off
+            buf.copy_(p.detach())
         self.engine.step(self.arrays, self.grads)
         for p, buf in self.copies:
-            p.copy_(buf)
+            p.detach().copy_(buf)
         if self.counts is not None:
             self.counts += 1
         if not self.installed:
@@ -205,9 +205,8 @@ class GroupPlan:
                 bucket.engine.sync(group)
 
     def run(self, state: MutableMapping[Any, Any]) -> None:
-        with torch.no_grad():
-            for bucket in self.buckets:
-                bucket.run(state)
+        for bucket in self.buckets:
+            bucket.run(state)
         self.state_id = (id(state), len(state))
 
 
