@@ -121,7 +121,7 @@ class Optimizer:
             return lr, None
         if isinstance(lr, schedules.Schedule):
             saved = dict(vars(lr))
-            value: Any = next(lr)
+            value: Any = next(lr)  # type: ignore[call-overload]  # schedules are iterators
         else:
             saved = None
             value = lr(self.step_count)
@@ -135,7 +135,8 @@ class Optimizer:
     @property
     def max_grad_norm(self) -> Optional[float]:
         """Clip the whole gradient tree to this global L2 norm before each step (None: no clipping)."""
-        return self._values["max_grad_norm"]
+        value: Optional[float] = self._values["max_grad_norm"]
+        return value
 
     @max_grad_norm.setter
     def max_grad_norm(self, value: Optional[float]) -> None:
@@ -146,7 +147,7 @@ class Optimizer:
     @property
     def check_finite(self) -> bool:
         """Raise FloatingPointError (nothing modified) on a NaN or Inf gradient."""
-        return self._values["check_finite"]
+        return bool(self._values["check_finite"])
 
     @check_finite.setter
     def check_finite(self, value: bool) -> None:
@@ -155,15 +156,19 @@ class Optimizer:
     @property
     def weight_decay_mask(self) -> Mask:
         """None (every leaf decays), a tree of bools shaped like the parameters, or a callable
-        ``(path, array) -> bool``; resolved at the first step and whenever assigned after it."""
+        ``(path, array) -> bool``; resolved at the first step (the callable sees each parameter)
+        and whenever assigned after it (it then sees a read-only array of the parameter's shape
+        and dtype: the parameters themselves are not kept)."""
         return self._values["weight_decay_mask"]
 
     @weight_decay_mask.setter
     def weight_decay_mask(self, mask: Mask) -> None:
         if self._state is not None:
+            # The parameters are not kept: a callable sees read-only stand-ins of their shape and dtype.
             plan = self._state.plan
-            views = self._state.slot_views(self._state.slot_names[0]) if self._state.slot_names else [None] * plan.num_leaves
-            self._state.decay_mask = resolve_mask(mask, plan.paths, views)
+            stand_ins = [np.broadcast_to(np.zeros((), dtype), shape)
+                         for dtype, shape in zip(plan.leaf_dtypes, plan.shapes)]
+            self._state.decay_mask = resolve_mask(mask, plan.paths, stand_ins)
         self._values["weight_decay_mask"] = mask
 
     # -- state ------------------------------------------------------------------------
@@ -261,7 +266,7 @@ class Optimizer:
                 out[f"{name}.{i}"] = leaf
         return out
 
-    def load_state_dict(self, state: Mapping) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict() (also as np.load reads it back), hyper-parameters included;
         everything is checked before anything changes."""
         fmt.check_header(state, type(self).__name__)
@@ -309,7 +314,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-def _parse_pending(state: Mapping, rule: _core.Rule) -> Optional[Dict[str, Any]]:
+def _parse_pending(state: Mapping[str, Any], rule: _core.Rule) -> Optional[Dict[str, Any]]:
     """The saved leaves of the state, checked against the slots of `rule`; None for a
     state saved before the first step."""
     paths = fmt.get_strs(state, "leaf_paths")

@@ -44,7 +44,7 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def get(state: Mapping, key: str) -> Any:
+def get(state: Mapping[str, Any], key: str) -> Any:
     """state[key], or a ValueError saying the key is missing."""
     try:
         return state[key]
@@ -52,21 +52,21 @@ def get(state: Mapping, key: str) -> Any:
         raise ValueError(f"not a {FORMAT} state (version {VERSION}): the key {key!r} is missing") from None
 
 
-def get_str(state: Mapping, key: str) -> str:
+def get_str(state: Mapping[str, Any], key: str) -> str:
     value = _scalar(get(state, key))
     if not isinstance(value, str):
         raise TypeError(f"state[{key!r}] must be a string, got {type(value).__name__}")
     return str(value)
 
 
-def get_int(state: Mapping, key: str) -> int:
+def get_int(state: Mapping[str, Any], key: str) -> int:
     value = _scalar(get(state, key))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"state[{key!r}] must be an integer, got {type(value).__name__}")
     return int(value)
 
 
-def get_value(state: Mapping, key: str) -> Any:
+def get_value(state: Mapping[str, Any], key: str) -> Any:
     """A scalar as a Python object (0-d arrays unwrapped), or a sequence as a tuple."""
     value = get(state, key)
     if isinstance(value, np.ndarray) and value.ndim == 1:
@@ -75,7 +75,7 @@ def get_value(state: Mapping, key: str) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def get_strs(state: Mapping, key: str, n: Optional[int] = None) -> List[str]:
+def get_strs(state: Mapping[str, Any], key: str, n: Optional[int] = None) -> List[str]:
     value = get(state, key)
     if isinstance(value, (list, tuple)):
         value = strs(value)
@@ -116,7 +116,7 @@ def schedule_entries(schedule: schedules.Schedule) -> Dict[str, Any]:
     return out
 
 
-def schedule_from(state: Mapping) -> schedules.Schedule:
+def schedule_from(state: Mapping[str, Any]) -> schedules.Schedule:
     names = get_strs(state, "schedule.names")
     attrs: Dict[str, Any] = {}
     for key in names:
@@ -129,7 +129,7 @@ def schedule_from(state: Mapping) -> schedules.Schedule:
     return schedules.schedule_from_config([get_str(state, "schedule"), attrs])
 
 
-def slot_leaves(state: Mapping, name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
+def slot_leaves(state: Mapping[str, Any], name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
     """The saved leaves of slot `name`, checked to be arrays of the saved dtypes."""
     out = []
     for i, (path, dtype) in enumerate(zip(paths, dtypes)):
