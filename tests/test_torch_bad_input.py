@@ -2,6 +2,7 @@
 offending parameter or setting, and nothing modified (parameters, gradients,
 state and param_groups of every group compared before and after)."""
 import pytest
+from hypothesis import given, settings, strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -147,3 +148,51 @@ def test_load_of_another_optimizer_changes_nothing():
     sgd = ft.SGD(tc.groups(other_params, "SGD", {"momentum": 0.9}), momentum=0.9)
     tc.train(sgd, other_params, 2)
     assert_refused(opt, params, ValueError, "betas", lambda: opt.load_state_dict(sgd.state_dict()))
+
+
+def test_parameters_sharing_memory_change_nothing():
+    """Two parameters over one tensor's memory: refused before any group steps."""
+    opt, params = trained()
+    base = torch.zeros(6)
+    shared = [torch.nn.Parameter(base), torch.nn.Parameter(base[2:])]
+    for p in shared:
+        p.grad = torch.ones_like(p)
+    opt.add_param_group({"params": shared, "lr": 0.1})
+    assert_refused(opt, params, ValueError, r"param_groups\[2\]\['params'\]\[1\] shares memory with "
+                                            r"param_groups\[2\]\['params'\]\[0\]")
+    assert torch.equal(base, torch.zeros(6))
+
+
+def test_fusedopt_optim_ranges_apply_at_construction():
+    with pytest.raises(ValueError, match="alpha"):
+        ft.RMSprop([torch.nn.Parameter(torch.zeros(2))], alpha=1.5)
+    opt = ft.RMSprop([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match=r"param_groups\[1\].*alpha"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "alpha": 2.0})
+    assert len(opt.param_groups) == 1
+
+
+BAD_KINDS = {
+    "float16": lambda: (torch.zeros(3, dtype=torch.float16), torch.ones(3, dtype=torch.float16)),
+    "bfloat16": lambda: (torch.zeros(3, dtype=torch.bfloat16), torch.ones(3, dtype=torch.bfloat16)),
+    "complex": lambda: (torch.zeros(3, dtype=torch.complex128), torch.ones(3, dtype=torch.complex128)),
+    "sparse grad": lambda: (torch.zeros(3), torch.ones(3).to_sparse()),
+    "meta": lambda: (torch.empty(3, device="meta"), torch.empty(3, device="meta")),
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(tc.NAMES), kind=st.sampled_from(sorted(BAD_KINDS)), group=st.integers(0, 1),
+       position=st.integers(0, 3), steps=st.integers(0, 3))
+def test_a_bad_tensor_anywhere_changes_nothing(name, kind, group, position, steps):
+    """Whatever the optimizer, the kind of bad tensor, its group and place and
+    how many steps came before: TypeError naming it, nothing changed."""
+    params = tc.make_params(torch.float32)
+    opt = getattr(ft, name)(tc.groups(params, name, {}))
+    tc.train(opt, params, steps)
+    tc.set_grads(params, tc.grads_for(params, steps, none=lambda i, k: False))
+    p, g = BAD_KINDS[kind]()
+    bad = torch.nn.Parameter(p)
+    bad.grad = g
+    opt.param_groups[group]["params"].insert(position, bad)
+    assert_refused(opt, params, TypeError, rf"param_groups\[{group}\]\['params'\]\[{position}\]")

@@ -105,7 +105,7 @@ def test_assigned_hyper_parameters_are_read_at_every_step():
         ref.step()
         ours.step()
     for a, b in zip(ref_params, our_params):
-        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=tc.TOL[torch.float64][0], atol=tc.TOL[torch.float64][1])
 
 
 def test_closure_is_called_with_grad_enabled_and_its_loss_returned():
@@ -162,7 +162,7 @@ def test_real_model_training_matches_torch():
             opt.step()
             s.step()
     for a, b in zip(model_ref.parameters(), model.parameters()):
-        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=tc.TOL[torch.float64][0], atol=tc.TOL[torch.float64][1])
 
 
 @settings(max_examples=15, deadline=None)
@@ -184,3 +184,29 @@ def test_any_none_pattern_and_grouping_matches_torch(name, pattern, split):
     tc.train(ref, ref_params, len(pattern), none=none)
     tc.train(ours, our_params, len(pattern), none=none)
     assert_same_training(name, ref, ref_params, ours, our_params, torch.float64)
+
+
+def test_tensor_lr_as_torch():
+    """lr as a 1-element tensor (torch allows it), changed in place by a
+    scheduler. float64, as torch then computes its step scalars from the tensor
+    in the tensor's dtype (a float32 lr would round them to float32 in torch)."""
+    ref_params = tc.make_params(torch.float64)
+    our_params = tc.clone_params(ref_params)
+    ref = torch.optim.Adam(ref_params, lr=torch.tensor(0.01, dtype=torch.float64), foreach=False)
+    ours = ft.Adam(our_params, lr=torch.tensor(0.01, dtype=torch.float64))
+    ref_sched, our_sched = (torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.8) for o in (ref, ours))
+    tc.train(ref, ref_params, 8, sched=ref_sched)
+    tc.train(ours, our_params, 8, sched=our_sched)
+    rtol, atol = tc.TOL[torch.float64]
+    for a, b in zip(ref_params, our_params):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=rtol, atol=atol)
+
+
+def test_step_hooks_run_once_per_step():
+    params = tc.make_params(torch.float32)
+    opt = ft.SGD(params, lr=0.1)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append("post"))
+    tc.train(opt, params, 2)
+    assert seen == ["pre", "post", "pre", "post"]

@@ -122,13 +122,13 @@ def test_torch_checkpoint_resumes_in_fusedopt(name, index, fused):
     tc.train(ref, ref_params, N, start=N)
     tc.train(ours, our_params, N, start=N)
     for i, (a, b) in enumerate(zip(ref_params, our_params)):
-        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-10, atol=1e-12, msg=lambda m: f"param {i}: {m}")
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=tc.TOL[torch.float64][0], atol=tc.TOL[torch.float64][1], msg=lambda m: f"param {i}: {m}")
         for slot, va in ref.state.get(a, {}).items():
             vb = ours.state[b][slot]
             if slot == "step":
                 assert float(vb) == float(va)
             else:
-                torch.testing.assert_close(vb, va, rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(vb, va, rtol=tc.TOL[torch.float64][0], atol=tc.TOL[torch.float64][1])
 
 
 @pytest.mark.parametrize("name,index", TORCH_CASES, ids=TORCH_IDS)
@@ -149,7 +149,7 @@ def test_fusedopt_checkpoint_resumes_in_torch(name, index):
     tc.train(ours, our_params, N, start=N)
     tc.train(ref, ref_params, N, start=N)
     for i, (a, b) in enumerate(zip(ref_params, our_params)):
-        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-10, atol=1e-12, msg=lambda m: f"param {i}: {m}")
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=tc.TOL[torch.float64][0], atol=tc.TOL[torch.float64][1], msg=lambda m: f"param {i}: {m}")
 
 
 def test_state_tensors_are_live_views():
@@ -168,7 +168,7 @@ def test_state_tensors_are_live_views():
     tc.train(ref, ref_params, 3, start=3, none=always)
     tc.train(ours, our_params, 3, start=3, none=always)
     for a, b in zip(ref_params, our_params):
-        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=tc.TOL[torch.float64][0], atol=tc.TOL[torch.float64][1])
 
 
 @pytest.mark.parametrize("name", tc.NAMES)

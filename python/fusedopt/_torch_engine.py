@@ -41,6 +41,12 @@ def _values(spec: Spec, group: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_values(spec: Spec, group: Mapping[str, Any]) -> None:
+    """fusedopt.optim's own checks of the group's values (a few ranges are
+    stricter than torch's, e.g. RMSprop's alpha <= 1): an engine made and dropped."""
+    _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group))
+
+
 class Engine:
     """One fusedopt.optim optimizer over a bucket's list of parameter arrays.
 

@@ -165,7 +165,9 @@ class GroupPlan:
             ps, gs = stepped.setdefault(key, ([], []))
             ps.append(p)
             gs.append(g)
-        with _named(index):
+        for ps in (ps for ps, _ in stepped.values()):
+            _check_disjoint(ps, {id(p): i for i, p in enumerate(params)}, where)
+        with named_group(index):
             self.buckets = [Bucket(spec, group, defaults, ps, gs, state, key)
                             for key, (ps, gs) in sorted(stepped.items())]
         self.key = engine_key(spec, group)
@@ -201,7 +203,7 @@ class GroupPlan:
     def sync(self, index: int, group: dict[str, Any]) -> None:
         """Give the engines the group's current hyper-parameters (checked again
         by fusedopt.optim: nothing is stepped until every group has taken them)."""
-        with _named(index):
+        with named_group(index):
             for bucket in self.buckets:
                 bucket.engine.sync(group)
 
@@ -211,10 +213,23 @@ class GroupPlan:
         self.state_id = (id(state), len(state))
 
 
+def _check_disjoint(params: list[torch.Tensor], position: dict[int, int], where: str) -> None:
+    """ValueError if two parameters that one call steps in place share memory
+    (a parameter listed twice, or views of one tensor): the native step refuses
+    them, and torch would step that memory twice. Non-contiguous parameters
+    are stepped in buffers of their own."""
+    spans = sorted((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size(), position[id(p)])
+                   for p in params if p.numel() and p.is_contiguous())
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"{where}[{max(i, j)}] shares memory with {where}[{min(i, j)}]: each parameter "
+                             "must have memory of its own (is a parameter listed twice?)")
+
+
 @contextmanager
-def _named(index: int) -> Iterator[None]:
+def named_group(index: int, prefix: str = "") -> Iterator[None]:
     """fusedopt.optim's TypeError/ValueError about a hyper-parameter, prefixed with the group."""
     try:
         yield
     except (TypeError, ValueError) as e:
-        raise type(e)(f"param_groups[{index}]: {e}") from None
+        raise type(e)(f"{prefix}param_groups[{index}]: {e}") from None

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 # Checks of one hyper-parameter: (group key, torch's name for it in messages, predicate).
-_Check = tuple[str, str, Callable[[Any], bool]]
+_Check = tuple[str, str, Callable[[float], bool]]
 
 
-def _nonneg(x: Any) -> bool:
+def _nonneg(x: float) -> bool:
     return 0.0 <= x < math.inf
 
 
-def _unit(x: Any) -> bool:
+def _unit(x: float) -> bool:
     return 0.0 <= x < 1.0
 
 

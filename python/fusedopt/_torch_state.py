@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ._torch_plan import check_slot, check_step
+from ._torch_engine import check_values
+from ._torch_plan import check_slot, check_step, named_group
 from ._torch_specs import LOAD_DEFAULTS, Spec, check_hyper
 
 
@@ -34,6 +35,8 @@ def check_state_dict(spec: Spec, groups: Sequence[Mapping[str, Any]], state_dict
         if spec.name == "AdamW":
             merged["decoupled_weight_decay"] = True
         check_hyper(spec, merged, f"loaded param_groups[{i}]")
+        with named_group(i, "loaded "):
+            check_values(spec, merged)
         settings.append(merged)
     where = {saved_id: (gi, p) for gi, (group, old) in enumerate(zip(groups, saved))
              for saved_id, p in zip(old["params"], group["params"])}

@@ -26,8 +26,8 @@ from typing import Any, Callable, ClassVar, Iterable, Optional, Union, overload
 import torch
 from torch.optim import Optimizer
 
-from ._torch_engine import engine_key
-from ._torch_plan import GroupPlan, step_dtype
+from ._torch_engine import check_values, engine_key
+from ._torch_plan import GroupPlan, named_group, step_dtype
 from ._torch_specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_flags, check_hyper, scalar
 from ._torch_state import check_state_dict
 
@@ -49,6 +49,7 @@ class _FusedOptimizer(Optimizer):
         if "betas" in defaults:
             defaults["betas"] = tuple(scalar(b) for b in defaults["betas"])  # as torch: tensors become floats
         check_hyper(spec, defaults)
+        check_values(spec, defaults)
         self._plans: list[Optional[GroupPlan]] = []
         super().__init__(params, defaults)
 
@@ -62,6 +63,8 @@ class _FusedOptimizer(Optimizer):
         try:
             check_flags(self._spec, group)
             check_hyper(self._spec, group, f"param_groups[{len(self.param_groups) - 1}]")
+            with named_group(len(self.param_groups) - 1):
+                check_values(self._spec, group)
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise
