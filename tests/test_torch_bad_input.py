@@ -111,28 +111,31 @@ def load_case():
     return opt, params, state
 
 
-def test_load_with_a_moment_of_another_shape_changes_nothing():
+def _set(*path, value=None, delete=False):
+    """An edit of a state dict: set (or delete) the entry at `path`."""
+    def edit(state):
+        node = state
+        for key in path[:-1]:
+            node = node[key]
+        if delete:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,match", [
+    (_set("state", 4, "exp_avg_sq", value=torch.zeros(2)), r"state\[4\]\['exp_avg_sq'\].*shape"),
+    (_set("state", 0, "max_exp_avg_sq", delete=True), r"state\[0\].*max_exp_avg_sq"),
+    (_set("state", 1, "step", value=torch.tensor(2.5)), r"state\[1\]\['step'\]"),
+    (_set("state", 3, "exp_avg", value=torch.zeros((3, 4, 5), dtype=torch.int64)), r"state\[3\]\['exp_avg'\]"),
+    (_set("param_groups", 1, "eps", value=-1.0), r"param_groups\[1\].*eps"),
+    (_set("param_groups", 0, "betas", value=(0.9, 1.0)), r"param_groups\[0\].*beta"),
+], ids=["moment-shape", "missing-moment", "fractional-step", "integer-moment", "bad-eps", "bad-betas"])
+def test_a_bad_loaded_state_changes_nothing(edit, match):
     opt, params, state = load_case()
-    state["state"][4]["exp_avg_sq"] = torch.zeros(2)
-    assert_refused(opt, params, ValueError, r"state\[4\]\['exp_avg_sq'\].*shape", lambda: opt.load_state_dict(state))
-
-
-def test_load_with_a_missing_moment_changes_nothing():
-    opt, params, state = load_case()
-    del state["state"][0]["max_exp_avg_sq"]
-    assert_refused(opt, params, ValueError, r"state\[0\].*max_exp_avg_sq", lambda: opt.load_state_dict(state))
-
-
-def test_load_with_a_bad_step_changes_nothing():
-    opt, params, state = load_case()
-    state["state"][1]["step"] = torch.tensor(2.5)
-    assert_refused(opt, params, ValueError, r"state\[1\]\['step'\]", lambda: opt.load_state_dict(state))
-
-
-def test_load_with_a_bad_hyper_parameter_changes_nothing():
-    opt, params, state = load_case()
-    state["param_groups"][1]["eps"] = -1.0
-    assert_refused(opt, params, ValueError, r"param_groups\[1\].*eps", lambda: opt.load_state_dict(state))
+    edit(state)
+    assert_refused(opt, params, ValueError, match, lambda: opt.load_state_dict(state))
 
 
 def test_load_with_other_groups_changes_nothing():

@@ -93,18 +93,24 @@ def test_replaced_parameter_data_is_stepped():
     assert torch.equal(p.detach(), torch.full((5,), 9.5, dtype=torch.float64))
 
 
-def test_one_native_call_per_group_and_step_count(monkeypatch):
-    """Each step is one fusedopt.optim step (one native call) per group, float32
-    and float64 leaves together, and one more per distinct step count of a
-    group after some parameters missed a step."""
+@pytest.fixture
+def calls(monkeypatch):
+    """The number of parameters of each fusedopt.optim step (each one native call)."""
     from fusedopt import optim
-    calls = []
+    seen = []
     original = optim.Optimizer.step
 
     def counting(self, params, grads):
-        calls.append(len(params))
+        seen.append(len(params))
         return original(self, params, grads)
     monkeypatch.setattr(optim.Optimizer, "step", counting)
+    return seen
+
+
+def test_one_native_call_per_group_and_step_count(calls):
+    """Each step is one fusedopt.optim step (one native call) per group, float32
+    and float64 leaves together, and one more per distinct step count of a
+    group after some parameters missed a step."""
     params = tc.make_params(torch.float64)
     params[1] = torch.nn.Parameter(params[1].detach().float())
     opt = ft.Adam(tc.groups(params, "Adam", {}))
@@ -119,16 +125,8 @@ def test_one_native_call_per_group_and_step_count(monkeypatch):
     assert sorted(calls) == [1, 2, 3]
 
 
-def test_step_counts_that_do_not_enter_the_update_share_a_call(monkeypatch):
+def test_step_counts_that_do_not_enter_the_update_share_a_call(calls):
     """RMSprop and Lion do not use the count: one call per group however the counts drift."""
-    from fusedopt import optim
-    calls = []
-    original = optim.Optimizer.step
-
-    def counting(self, params, grads):
-        calls.append(len(params))
-        return original(self, params, grads)
-    monkeypatch.setattr(optim.Optimizer, "step", counting)
     params = tc.make_params(torch.float64)
     opt = ft.RMSprop(params)
     tc.train(opt, params, 1, none=lambda i, k: i == 0)
