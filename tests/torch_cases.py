@@ -123,6 +123,13 @@ def none_at(i, k):
     return (i == 2 and k < 4) or (3 * i + k) % 7 == 0
 
 
+def none_once(i, k):
+    """Leaf 1 gets no gradient at step 3 only: from then on its group's step
+    counts differ (two native calls) and nothing else changes, so the steps
+    reuse their plan (the path of a steady training loop)."""
+    return i == 1 and k == 3
+
+
 def grads_for(params, k, seed=1, none=none_at):
     """The gradients of step k: None where `none(i, k)`, else random of the
     leaf's dtype with a scale that changes from step to step."""

@@ -150,7 +150,7 @@ class _FusedOptimizer(Optimizer):
         params = group["params"]
         grads = [p.grad for p in params]
         ptrs = list(map(_data_ptr, params))
-        hyper = tuple(tuple(v) if isinstance(v, list) else v for v in map(group.get, spec.hyper))
+        hyper = _hyper_values(group, spec.hyper)
         plan = self._plans[index] if index < len(self._plans) else None
         hyper_changed = plan is None or hyper != plan.hyper
         if hyper_changed:
@@ -169,6 +169,19 @@ class _FusedOptimizer(Optimizer):
         if hyper_changed:
             plan.sync(index, group)
         return plan, hyper
+
+
+_PLAIN = (float, int, bool)
+
+
+def _hyper_values(group: dict[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
+    """The group's values of `keys` as plain numbers (a tensor lr changed in
+    place by a scheduler must compare unequal to its old value) and tuples."""
+    values = [group.get(k) for k in keys]
+    for i, v in enumerate(values):
+        if type(v) not in _PLAIN:
+            values[i] = tuple(map(scalar, v)) if isinstance(v, (list, tuple)) else scalar(v)
+    return tuple(values)
 
 
 class SGD(_FusedOptimizer):
