@@ -214,3 +214,31 @@ def test_step_hooks_run_once_per_step():
     opt.register_step_post_hook(lambda o, args, kwargs: seen.append("post"))
     tc.train(opt, params, 2)
     assert seen == ["pre", "post", "pre", "post"]
+
+
+@pytest.mark.parametrize("name", tc.TORCH_NAMES)
+def test_empty_tensors_and_a_group_added_later_as_torch(name):
+    """Parameters with no elements step (their count advances) as in torch, and
+    a group added after steps starts fresh; Adagrad's new 'sum' starts at the
+    constructor's initial_accumulator_value, as torch's does, not the group's."""
+    shapes = [(0,), (2, 0), (5,)]
+    ref_params = tc.make_params(torch.float64, shapes=shapes)
+    our_params = tc.clone_params(ref_params)
+    config = tc.CONFIGS[name][1]
+    ref = tc.reference_class(name)(ref_params, **config)
+    ours = getattr(ft, name)(our_params, **config)
+    always = lambda i, k: False  # noqa: E731
+    tc.train(ref, ref_params, 2, none=always)
+    tc.train(ours, our_params, 2, none=always)
+    extra = {"initial_accumulator_value": 2.0} if name == "Adagrad" else {}
+    for opt, params in ((ref, ref_params), (ours, our_params)):
+        late = torch.nn.Parameter(torch.linspace(-1, 1, 4, dtype=torch.float64))
+        opt.add_param_group({"params": [late], **extra})
+        params.append(late)
+    tc.train(ref, ref_params, 3, start=2, none=always)
+    tc.train(ours, our_params, 3, start=2, none=always)
+    rtol, atol = tc.TOL[torch.float64]
+    for a, b in zip(ref_params, our_params):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=rtol, atol=atol)
+        for slot, va in ref.state[a].items():
+            torch.testing.assert_close(ours.state[b][slot], va, rtol=rtol, atol=atol)
