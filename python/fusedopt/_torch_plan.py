@@ -29,7 +29,6 @@ import torch
 from ._torch_engine import Engine, engine_key
 from ._torch_specs import Spec
 
-_data_ptr = torch.Tensor.data_ptr
 _SUPPORTED = (torch.float32, torch.float64)
 
 
@@ -161,8 +160,7 @@ class GroupPlan:
                     count = check_step(f"state of {where}[{i}]['step']", state[p]["step"])
                 else:
                     count = steps_of(state[p], spec)
-            key = count if spec.counted else min(count, 1) if not spec.keeps_step else 0
-            ps, gs = stepped.setdefault(key, ([], []))
+            ps, gs = stepped.setdefault(_bucket_key(spec, count), ([], []))
             ps.append(p)
             gs.append(g)
         for ps in (ps for ps, _ in stepped.values()):
@@ -211,6 +209,16 @@ class GroupPlan:
         for bucket in self.buckets:
             bucket.run(state)
         self.state_id = (id(state), len(state))
+
+
+def _bucket_key(spec: Spec, count: int) -> int:
+    """Parameters of a group with equal keys share a native call: the count
+    itself where it enters the update (bias corrections, lr decay); for SGD
+    whether its momentum buffer exists yet (the first step copies the
+    gradient); else one call, whatever the counts."""
+    if spec.counted:
+        return count
+    return 0 if spec.keeps_step else min(count, 1)
 
 
 def _check_disjoint(params: list[torch.Tensor], position: dict[int, int], where: str) -> None:
