@@ -21,12 +21,12 @@ def trained(name="Adam", dtype=torch.float32, **config):
 
 def assert_refused(opt, params, error, match, call=None):
     before = tc.snapshot(opt, params)
-    grads = [None if p.grad is None else p.grad.clone() for p in params]
+    grads = [(p.grad, None if p.grad is None else p.grad.to_dense().clone()) for p in params]
     with pytest.raises(error, match=match):
         (call or opt.step)()
     assert tc.unchanged(before, tc.snapshot(opt, params))
-    for g, p in zip(grads, params):
-        assert (g is None and p.grad is None) or torch.equal(g, p.grad)
+    for (g, values), p in zip(grads, params):
+        assert p.grad is g and (g is None or torch.equal(values, g.to_dense()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64], ids=str)
@@ -199,3 +199,19 @@ def test_a_bad_tensor_anywhere_changes_nothing(name, kind, group, position, step
     bad.grad = g
     opt.param_groups[group]["params"].insert(position, bad)
     assert_refused(opt, params, TypeError, rf"param_groups\[{group}\]\['params'\]\[{position}\]")
+
+
+@pytest.mark.parametrize("kind", ["float64", "sparse"])
+def test_a_bad_new_gradient_on_a_planned_group_changes_nothing(kind):
+    """A new gradient object of the wrong kind where the last step's plan
+    still holds (only the gradient tensors changed) is refused like any other.
+    (torch refuses gradients of another shape or device when .grad is set.)"""
+    opt, params = trained()
+    opt.step()  # planned with every gradient present
+    tc.set_grads(params, tc.grads_for(params, 4, none=lambda i, k: False))
+    if kind == "float64":
+        params[4].grad_dtype = None  # torch's switch that lets .grad have another dtype
+        params[4].grad = params[4].grad.double()
+    else:
+        params[4].grad = params[4].grad.to_sparse()
+    assert_refused(opt, params, (TypeError, ValueError), r"param_groups\[1\]\['params'\]\[1\]")
