@@ -242,3 +242,27 @@ def test_empty_tensors_and_a_group_added_later_as_torch(name):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=rtol, atol=atol)
         for slot, va in ref.state[a].items():
             torch.testing.assert_close(ours.state[b][slot], va, rtol=rtol, atol=atol)
+
+
+def test_one_cycle_schedule_of_lr_and_betas_and_named_parameters():
+    """OneCycleLR changes lr and beta1 at every step (cycle_momentum); the
+    optimizer takes named parameters, as torch's does."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    model_ref = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    model_ref.load_state_dict(model.state_dict())
+    ours = ft.AdamW(model.named_parameters(), lr=1e-2)
+    ref = torch.optim.AdamW(model_ref.named_parameters(), lr=1e-2, foreach=False)
+    assert ours.param_groups[0]["param_names"] == ref.param_groups[0]["param_names"]
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=15) for o in (ours, ref)]
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    for _ in range(15):
+        for m, opt, s in ((model, ours, scheds[0]), (model_ref, ref, scheds[1])):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+            s.step()
+    assert ours.param_groups[0]["betas"] == ref.param_groups[0]["betas"]
+    rtol, atol = tc.TOL[torch.float64]
+    for a, b in zip(model_ref.parameters(), model.parameters()):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=rtol, atol=atol)
