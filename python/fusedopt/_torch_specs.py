@@ -1,0 +1,160 @@
+"""What differs between the optimizers of fusedopt.torch, as data: their
+hyper-parameters and how torch 2.13 checks them, the state slots a group's
+settings use, and whether the step count enters the update.
+
+Imports neither torch nor numpy: fusedopt.torch and its state checks read it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+# Checks of one hyper-parameter: (group key, torch's name for it in messages, predicate).
+_Check = tuple[str, str, Callable[[float], bool]]
+
+
+def _nonneg(x: float) -> bool:
+    return 0.0 <= x < math.inf
+
+
+def _unit(x: float) -> bool:
+    return 0.0 <= x < 1.0
+
+
+_LR: _Check = ("lr", "learning rate", _nonneg)
+_EPS: _Check = ("eps", "epsilon value", _nonneg)
+_WD: _Check = ("weight_decay", "weight_decay value", _nonneg)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One optimizer of fusedopt.torch.
+
+    Attributes:
+        name: the class name (torch.optim's, or Lion).
+        hyper: group keys that are hyper-parameters, in the order the engine takes them.
+        checks: the value checks of torch 2.13's constructor (message names); betas,
+            where the spec has them, are checked entry by entry (torch names the index).
+        flags: implementation flags of torch's signature that fusedopt refuses when true.
+        counted: whether the step count enters the update (bias correction, lr decay);
+            parameters of one group then share a native call only with equal counts.
+        keeps_step: whether torch keeps a per-parameter 'step' in the state.
+        slots: the state slots that a group's settings use, in torch's names.
+        fresh: the value a slot starts at (before the first step).
+    """
+
+    name: str
+    hyper: tuple[str, ...]
+    checks: tuple[_Check, ...]
+    flags: tuple[str, ...]
+    counted: bool
+    keeps_step: bool
+    slots: Callable[[Mapping[str, Any]], tuple[str, ...]]
+    fresh: Callable[[str, Mapping[str, Any]], float] = lambda slot, defaults: 0.0
+
+
+def _sgd_slots(g: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("momentum_buffer",) if g["momentum"] != 0 else ()
+
+
+def _adam_slots(g: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if g["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+
+def _rmsprop_slots(g: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("square_avg",) + (("momentum_buffer",) if g["momentum"] > 0 else ()) + (
+        ("grad_avg",) if g["centered"] else ())
+
+
+_ADAM_HYPER = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+_ADAM_CHECKS = (_LR, _EPS, _WD)
+
+SPECS: dict[str, Spec] = {
+    "SGD": Spec("SGD", ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+                (_LR, ("momentum", "momentum value", _nonneg), ("dampening", "dampening value", math.isfinite), _WD),
+                ("foreach", "differentiable", "fused"), counted=False, keeps_step=False, slots=_sgd_slots),
+    "Adam": Spec("Adam", _ADAM_HYPER + ("decoupled_weight_decay",), _ADAM_CHECKS,
+                 ("foreach", "capturable", "differentiable", "fused"), counted=True, keeps_step=True,
+                 slots=_adam_slots),
+    "AdamW": Spec("AdamW", _ADAM_HYPER, _ADAM_CHECKS, ("foreach", "capturable", "differentiable", "fused"),
+                  counted=True, keeps_step=True, slots=_adam_slots),
+    "RMSprop": Spec("RMSprop", ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
+                    (_LR, _EPS, ("momentum", "momentum value", _nonneg), _WD, ("alpha", "alpha value", _nonneg)),
+                    ("capturable", "foreach", "differentiable"), counted=False, keeps_step=True,
+                    slots=_rmsprop_slots),
+    "Adagrad": Spec("Adagrad", ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"),
+                    (_LR, ("lr_decay", "lr_decay value", _nonneg), _WD,
+                     ("initial_accumulator_value", "initial_accumulator_value value", _nonneg), _EPS),
+                    ("foreach", "differentiable", "fused"), counted=True, keeps_step=True,
+                    slots=lambda g: ("sum",),
+                    fresh=lambda slot, defaults: float(defaults["initial_accumulator_value"])),
+    "Lion": Spec("Lion", ("lr", "betas", "weight_decay", "maximize"), (_LR, _WD),
+                 (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
+}
+
+# Keys of torch's groups that name an implementation, not the math: loading a
+# state saved by torch.optim's foreach or fused optimizers resets them.
+IMPLEMENTATION_DEFAULTS: dict[str, Any] = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
+# Settings that torch's __setstate__ gives a loaded group lacking them (states
+# saved by older torch versions), with torch's values.
+LOAD_DEFAULTS: dict[str, Any] = {"maximize": False, "amsgrad": False, "nesterov": False,
+                                 "decoupled_weight_decay": False, "momentum": 0, "centered": False}
+
+
+def scalar(x: Any) -> Any:
+    """A 1-element tensor (torch allows them for lr, betas, weight_decay) as a float."""
+    item = getattr(x, "item", None)
+    return item() if callable(item) and not isinstance(x, (bool, int, float)) else x
+
+
+def check_hyper(spec: Spec, group: Mapping[str, Any], where: str = "") -> None:
+    """Raise torch's ValueError for a value that torch 2.13's constructor
+    refuses, and for non-finite ones, which fusedopt refuses too; TypeError for
+    a value that is not a number (or bool). With `where` (e.g. "param_groups[1]")
+    the message starts by naming the group's entry: ``param_groups[1]['lr']: ...``."""
+
+    def at(key: str) -> str:
+        return f"{where}[{key!r}]: " if where else ""
+
+    for key in spec.hyper:
+        if key not in group:
+            raise ValueError(f"{where or 'the defaults'} lack {spec.name}'s hyper-parameter {key!r}")
+    if "betas" in spec.hyper:
+        _check_betas(group["betas"], at("betas"))
+    for key, label, ok in spec.checks:
+        value = scalar(group[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{at(key)}{key} must be a number, got {type(value).__name__}")
+        if not ok(value):
+            raise ValueError(f"{at(key)}Invalid {label}: {value}")
+    if spec.name == "SGD" and group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError(f"{at('nesterov')}Nesterov momentum requires a momentum and zero dampening")
+    for key in spec.hyper:
+        if key in ("amsgrad", "maximize", "nesterov", "centered", "decoupled_weight_decay") and \
+                not isinstance(group[key], bool):
+            raise TypeError(f"{at(key)}{key} must be a bool, got {type(group[key]).__name__}")
+
+
+def _check_betas(betas: Any, at: str) -> None:
+    if not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"{at}betas must be a pair of numbers, got {betas!r}")
+    for i, b in enumerate(scalar(b) for b in betas):
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise TypeError(f"{at}betas[{i}] must be a number, got {type(b).__name__}")
+        if not _unit(b):
+            raise ValueError(f"{at}Invalid beta parameter at index {i}: {b}")
+
+
+def check_flags(spec: Spec, flags: Mapping[str, Any]) -> None:
+    """ValueError for an implementation flag set to True (torch's foreach,
+    fused, capturable, differentiable): fusedopt has one implementation, which
+    is already fused, runs on CPU and is not differentiable."""
+    for key in spec.flags:
+        if flags.get(key):
+            why = {"foreach": "its CPU kernels step every tensor of a group in one call already",
+                   "fused": "its CPU kernels are already fused",
+                   "capturable": "it has no CUDA graphs to capture (CPU tensors only)",
+                   "differentiable": "its steps are not recorded by autograd"}[key]
+            raise ValueError(f"fusedopt.torch.{spec.name} does not take {key}=True: {why}; "
+                             f"leave {key} at its default")
