@@ -39,4 +39,5 @@ PYBIND11_MODULE(_core, m) {
   register_tree(m);
   register_step(m);
   register_runtime(m);
+  register_reduce(m);
 }

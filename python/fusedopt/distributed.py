@@ -1,0 +1,512 @@
+"""Data-parallel training over MPI, bit-reproducible at any number of processes.
+
+``DataParallel(optimizer, comm)`` wraps a fusedopt optimizer. Every rank calls
+``update(model_or_params, local_grad)`` with its own gradient; the step taken
+is the wrapped optimizer's step on the average ``(((g0 + g1) + g2) + ...) / N``
+(in rank order, rounded to each leaf's dtype). See docs/distributed.md.
+
+Launch with ``mpiexec -n N python train.py``; needs the ``[mpi]`` extra
+(``pip install "fusedopt[mpi]"``: mpi4py and the mpich wheel).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import numpy as np
+
+try:
+    from mpi4py import MPI
+except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
+    raise ImportError("fusedopt.distributed needs mpi4py and an MPI library: "
+                      "pip install 'fusedopt[mpi]' (mpi4py and the mpich wheel)") from _exc
+
+from . import _core, optimizers
+from ._dist_agree import agree, try_local
+from ._dist_layout import Layout, aligned_bytes
+
+__all__ = ["DataParallel"]
+
+
+class _Capture:
+    """The model of a shard step on the paysage path: keeps the delta pieces it is handed."""
+
+    __slots__ = ("delta",)
+
+    def __init__(self) -> None:
+        self.delta: Any = None
+
+    def parameter_update(self, delta: Any) -> None:
+        self.delta = delta
+
+
+class _Sink:
+    """A model that ignores its delta (the convergence probe's)."""
+
+    def parameter_update(self, delta: Any) -> None:
+        pass
+
+
+def _holds_moments(opt: Any) -> bool:
+    mem = getattr(opt, "memory", None)
+    return mem is not None and (mem.mean_gradient is not None or mem.mean_square_gradient is not None)
+
+
+def _leaves(tree: Any) -> list[np.ndarray]:
+    return list(_core.Plan(tree, "tree").flatten(tree)) if tree is not None else []
+
+
+def _state_hash(state: Mapping[str, Any]) -> int:
+    """A 62-bit hash of a state dict's content, to check that every rank loads the same state."""
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(state):
+        value = state[key]
+        h.update(repr(key).encode())
+        if isinstance(value, np.ndarray):
+            h.update(f"{value.dtype.str}{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes() if value.dtype.kind != "O" else repr(value).encode())
+        else:
+            h.update(repr(value).encode())
+    return int.from_bytes(h.digest(), "little") & ((1 << 62) - 1)
+
+
+class _Buffers:
+    """The wrapper's flat byte buffers for one layout and path kind (allocated once)."""
+
+    def __init__(self, lay: Layout, size: int, shard: bool, deterministic: bool, inplace: bool) -> None:
+        n = lay.shard_nbytes
+        self.recv = aligned_bytes(size * n) if deterministic else None  # every rank's copy of this shard
+        self.params = aligned_bytes(lay.nbytes) if shard and inplace else None
+        if shard:
+            self.avg = aligned_bytes(n)  # the averaged shard
+            self.avg_pieces = lay.shard_pieces(self.avg)
+            self.param_pieces = lay.shard_pieces(self.params[lay.lo:lay.hi]) if inplace else None
+        else:
+            # Deterministic: every rank averages its shard into its range, then all are gathered;
+            # otherwise the allreduce works in the send buffer itself.
+            self.avg = aligned_bytes(lay.nbytes) if deterministic else lay.send
+            self.avg_tree = lay.tree(self.avg)
+
+
+class DataParallel:
+    """A fusedopt optimizer stepped data-parallel over the ranks of an MPI communicator.
+
+    Every rank must call the collective methods (``update``, ``state_dict``,
+    ``load_state_dict``, and ``check_convergence`` on the sharded in-place path)
+    in the same order, as with any MPI program.
+
+    Args:
+        optimizer: a ``fusedopt.optimizers`` optimizer (Gradient, Momentum,
+            RMSProp, ADAM), built with the same arguments on every rank.
+            With ``shard_state=True`` it steps this rank's shard: read its
+            state through this wrapper (``state_dict()``), not directly.
+        comm: the communicator (default ``MPI.COMM_WORLD``).
+        shard_state: each rank keeps and steps 1/N of the moments (ZeRO
+            stage 1); the stepped parameters (in-place path) or the delta
+            (paysage path) are then all-gathered. False: every rank holds all
+            moments and steps the whole tree.
+        deterministic: the average is summed in rank order by fusedopt (an
+            all-to-all of gradient shards, then one native pass), so every
+            result is bit-identical to a single process stepped with that
+            average, at any N. False: MPI's own reduce-scatter / allreduce
+            (ranks still agree with each other; bits may differ from a
+            single process and between rank counts).
+    """
+
+    def __init__(self, optimizer: optimizers.Optimizer, comm: Any = None, *, shard_state: bool = True,
+                 deterministic: bool = True) -> None:
+        if not isinstance(optimizer, optimizers.Optimizer):
+            raise TypeError(f"DataParallel wraps a fusedopt.optimizers optimizer, got {type(optimizer).__name__}")
+        self._opt = optimizer
+        self._comm = MPI.COMM_WORLD if comm is None else comm
+        self._size, self._rank = self._comm.Get_size(), self._comm.Get_rank()
+        self._shard, self._det = bool(shard_state), bool(deterministic)
+        self._config = (type(optimizer).__name__, self._shard, self._det, self._size)
+        self._layout: Optional[Layout] = None   # the layout all ranks agreed on
+        self._bufs: Optional[_Buffers] = None
+        self._pending: Optional[dict[str, Any]] = None  # loaded moments (memory state) awaiting a layout
+        self._stepped = False                   # a step since creation / the last load
+        self._delta: Any = None
+        self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
+        self._probe: Optional[optimizers.Gradient] = None  # convergence sums of the last delta
+        #: Cumulative seconds per phase of update() (for benchmarks): local checks and packing,
+        #: agreement, gradient exchange, the average, the optimizer step, the all-gather.
+        self.timings = {"pack": 0.0, "agree": 0.0, "exchange": 0.0, "average": 0.0, "step": 0.0, "gather": 0.0}
+
+    # -- passthrough of the wrapped optimizer ---------------------------------------------
+    @property
+    def optimizer(self) -> optimizers.Optimizer:
+        """The wrapped optimizer (with shard_state it holds this rank's shard of the moments)."""
+        return self._opt
+
+    @property
+    def comm(self) -> Any:
+        return self._comm
+
+    @property
+    def shard_state(self) -> bool:
+        return self._shard
+
+    @property
+    def deterministic(self) -> bool:
+        return self._det
+
+    @property
+    def stepsize(self) -> Any:
+        """The wrapped optimizer's stepsize schedule."""
+        return self._opt.stepsize
+
+    @stepsize.setter
+    def stepsize(self, value: Any) -> None:
+        self._opt.stepsize = value
+
+    @property
+    def step_count(self) -> int:
+        return int(self._opt.step_count)
+
+    @property
+    def delta(self) -> Any:
+        """The last step's whole delta tree on every rank (paysage path, or keep_delta on the
+        wrapped optimizer); None otherwise."""
+        return self._delta if self._shard else self._opt.delta
+
+    def update_lr(self) -> None:
+        """Advance the wrapped optimizer's schedule (every rank does the same)."""
+        self._opt.update_lr()
+
+    def reset(self) -> None:
+        """Forget the moments (as the wrapped optimizer's reset())."""
+        self._opt.reset()
+        self._pending = None
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of optimizer state (moments) this rank holds: about 1/N of the whole with
+        shard_state (at most full / N + 128 bytes), all of it without."""
+        mem = getattr(self._opt, "memory", None)
+        if mem is None:
+            return 0
+        return sum(leaf.nbytes for tree in (mem.mean_gradient, mem.mean_square_gradient) for leaf in _leaves(tree))
+
+    # -- the step ----------------------------------------------------------------------------
+    def update(self, model: Any, grad: Any) -> None:
+        """One data-parallel step (collective): the wrapped optimizer's step on the average of
+        every rank's `grad`.
+
+        Args:
+            model: a paysage model (``parameter_update(delta)``, which gets the whole delta on
+                every rank) or a tree of writeable C-contiguous arrays, stepped in place. The same
+                kind on every rank, holding the same values (data parallelism).
+            grad: this rank's gradient, a tree with the same layout on every rank.
+
+        Raises:
+            TypeError, ValueError: bad input or layouts that differ across ranks; raised on
+                every rank, with nothing modified anywhere.
+            FloatingPointError: with the optimizer's check_finite, a non-finite average.
+        """
+        t0 = time.perf_counter()
+        is_model = hasattr(model, "parameter_update")
+        lay, changed, exc, pleaves = self._local_checks(model, grad, is_model)
+        value = 0 if lay is None else lay.hash(self._config, is_model, lay is self._layout)
+        t1 = time.perf_counter()
+        if not agree(self._comm, exc, value):
+            self._raise_mismatch(lay, is_model)
+        if lay is not self._layout:
+            self._adopt(lay, changed)
+        lay = self._layout
+        self._bufs = self._buffers_for(lay, not is_model)
+        t2 = time.perf_counter()
+        self.timings["pack"] += t1 - t0
+        self.timings["agree"] += t2 - t1
+        if self._shard:
+            self._average_shard(lay)
+            self._check_finite(self._bufs.avg_pieces)
+            if is_model:
+                self._sharded_paysage_step(lay, model)
+            else:
+                self._sharded_inplace_step(lay, pleaves)
+        else:
+            self._average_replicated(lay)
+            self._check_finite(self._bufs.avg_tree)
+            t = time.perf_counter()
+            self._opt.update(model, self._bufs.avg_tree)
+            self.timings["step"] += time.perf_counter() - t
+        self._stepped = True
+        self._probe = None
+
+    def _local_checks(self, model: Any, grad: Any, is_model: bool
+                      ) -> tuple[Optional[Layout], Optional[BaseException], Optional[BaseException], Any]:
+        """(layout of grad, why the agreed layout no longer fits, local error, param leaves);
+        packs grad into its send buffer. Modifies nothing a user sees."""
+        lay, changed = self._layout, None
+        try:
+            if lay is not None:
+                try:
+                    lay.pack.pack(lay.plan.flatten(grad, "grad"), lay.send, "grad")
+                except (TypeError, ValueError) as exc:  # another layout, or bad input: a new plan tells
+                    lay, changed = None, exc
+            if lay is None:
+                lay = Layout(_core.Plan(grad, "grad"), self._size, self._rank)
+                lay.pack.pack(lay.plan.flatten(grad, "grad"), lay.send, "grad")
+            pleaves = None
+            if not is_model:
+                pleaves = lay.plan.flatten(model, "params")
+                lay.pack.check(pleaves, "params", True)
+            opt = self._opt
+            if opt.lr is None and getattr(opt.stepsize, "value", None) is None:
+                raise TypeError(f"call update_lr() before update(): the schedule "
+                                f"{type(opt.stepsize).__name__} has no current value")
+            return lay, changed, None, pleaves
+        except Exception as exc:  # every local failure must reach the agreement
+            return lay, changed, exc, None
+
+    def _buffers_for(self, lay: Layout, inplace: bool) -> _Buffers:
+        bufs = lay.bufs.get(inplace)
+        if bufs is None:
+            bufs = lay.bufs[inplace] = _Buffers(lay, self._size, self._shard, self._det, inplace)
+        return bufs
+
+    def _raise_mismatch(self, lay: Optional[Layout], is_model: bool) -> None:
+        """All ranks: layouts differ. Say which rank and leaf differ from rank 0."""
+        mine = (["paysage path (a model)" if is_model else "in-place path (params)"]
+                + (lay.describe() if lay is not None else []) + [f"configuration {self._config}"])
+        every = self._comm.allgather(mine)
+        for r, desc in enumerate(every):
+            if desc != every[0]:
+                first = next((i for i, (a, b) in enumerate(zip(desc, every[0])) if a != b), min(len(desc), len(every[0])))
+                a = every[0][first] if first < len(every[0]) else "(nothing)"
+                b = desc[first] if first < len(desc) else "(nothing)"
+                raise ValueError(f"the gradient tree layout differs across ranks: rank 0 has {a!r}, rank {r} has "
+                                 f"{b!r} (entry {first}; every rank must pass the same paths, shapes and dtypes)")
+        raise ValueError("the gradient tree layout changed on some ranks but not on others")
+
+    def _adopt(self, lay: Layout, changed: Optional[BaseException]) -> None:
+        """Every rank: a new agreed layout. Same decision on all ranks (same state everywhere)."""
+        if self._layout is not None and _holds_moments(self._opt):
+            raise changed if changed is not None else ValueError(
+                "the gradient's structure differs from the optimizer's moments (call reset() first)")
+        if self._shard and self._pending is not None:
+            self._install(lay, self._pending)  # ValueError if the loaded state does not fit
+            self._pending = None
+        self._layout = lay
+
+    # -- the average -----------------------------------------------------------------------
+    def _average_shard(self, lay: Layout) -> None:
+        """This rank's shard of the average into bufs.avg."""
+        if self._det:
+            self._fixed_order_average(lay, self._bufs.avg)
+            return
+        bufs = self._bufs
+        t0 = time.perf_counter()
+        for dtype, part, mpi_type, lo, hi in (("float32", lay.part32, MPI.FLOAT, 0, lay.end32),
+                                              ("float64", lay.part64, MPI.DOUBLE, lay.end32, lay.nbytes)):
+            counts = lay.region_counts(dtype)
+            if sum(counts):
+                item = 4 if dtype == "float32" else 8
+                recv = bufs.avg[part.offset:part.offset + item * part.count]
+                self._comm.Reduce_scatter([lay.send[lo:hi], mpi_type], [recv, mpi_type], counts, op=MPI.SUM)
+        t1 = time.perf_counter()
+        _core.rank_average(bufs.avg, bufs.avg, 1, lay.shard_nbytes, lay.part32.offset, lay.part32.count,
+                           lay.part64.offset, lay.part64.count, self._size)
+        self.timings["exchange"] += t1 - t0
+        self.timings["average"] += time.perf_counter() - t1
+
+    def _average_replicated(self, lay: Layout) -> None:
+        """The whole average into bufs.avg on every rank."""
+        bufs = self._bufs
+        if self._det:
+            self._fixed_order_average(lay, bufs.avg[lay.lo:lay.hi])
+            t0 = time.perf_counter()
+            self._allgather(lay, bufs.avg)
+            self.timings["exchange"] += time.perf_counter() - t0
+            return
+        t0 = time.perf_counter()
+        for mpi_type, lo, hi in ((MPI.FLOAT, 0, lay.end32), (MPI.DOUBLE, lay.end32, lay.nbytes)):
+            if hi > lo:
+                self._comm.Allreduce(MPI.IN_PLACE, [lay.send[lo:hi], mpi_type], op=MPI.SUM)
+        t1 = time.perf_counter()
+        _core.rank_average(lay.send, lay.send, 1, lay.nbytes, 0, lay.end32 // 4, lay.end32,
+                           (lay.nbytes - lay.end32) // 8, self._size)
+        self.timings["exchange"] += t1 - t0
+        self.timings["average"] += time.perf_counter() - t1
+
+    def _fixed_order_average(self, lay: Layout, out: np.ndarray) -> None:
+        """Every rank's copy of this rank's shard (all-to-all), summed in rank order and divided
+        by N in one native pass, into `out` (the shard's bytes)."""
+        recv, n, size = self._bufs.recv, lay.shard_nbytes, self._size
+        t0 = time.perf_counter()
+        self._comm.Alltoallv([lay.send, (lay.counts, lay.displs), MPI.BYTE],
+                             [recv, ([n] * size, [r * n for r in range(size)]), MPI.BYTE])
+        t1 = time.perf_counter()
+        _core.rank_average(recv, out, size, n, lay.part32.offset, lay.part32.count,
+                           lay.part64.offset, lay.part64.count, size)
+        self.timings["exchange"] += t1 - t0
+        self.timings["average"] += time.perf_counter() - t1
+
+    def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
+        self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
+
+    def _check_finite(self, tree: Any) -> None:
+        """With check_finite, a non-finite average on any rank raises on all, before any step."""
+        if not self._opt.check_finite:
+            return
+        exc = None
+        if not all(np.isfinite(leaf).all() for leaf in _leaves(tree)):
+            exc = FloatingPointError("the averaged gradient has a NaN or Inf (check_finite=True); nothing was modified")
+        agree(self._comm, exc)
+
+    # -- sharded steps -------------------------------------------------------------------------
+    def _sharded_paysage_step(self, lay: Layout, model: Any) -> None:
+        bufs = self._bufs
+        t0 = time.perf_counter()
+        capture = _Capture()
+        self._opt.update(capture, bufs.avg_pieces)
+        t1 = time.perf_counter()
+        flat = aligned_bytes(lay.nbytes, zero=False)  # a fresh buffer: the model may keep its delta
+        lay.shard_pack.pack(capture.delta, flat[lay.lo:lay.hi], "delta")
+        self._allgather(lay, flat)
+        delta = lay.tree(flat)
+        self._delta = delta
+        t2 = time.perf_counter()
+        self.timings["step"] += t1 - t0
+        self.timings["gather"] += t2 - t1
+        model.parameter_update(delta)
+
+    def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
+        bufs, opt = self._bufs, self._opt
+        t0 = time.perf_counter()
+        lo, hi = lay.lo, lay.hi
+        lay.pack.pack(pleaves, bufs.params[lo:hi], "params", lo, hi)
+        keep = opt.keep_delta
+        opt.keep_delta = True  # this rank's delta pieces, for check_convergence and `delta`
+        try:
+            opt.update(bufs.param_pieces, bufs.avg_pieces)
+        finally:
+            opt.keep_delta = keep
+        self._delta_shard = opt.delta
+        t1 = time.perf_counter()
+        self._allgather(lay, bufs.params)
+        lay.pack.unpack(bufs.params, pleaves, "params")
+        self._delta = self._gather_delta(lay) if keep else None
+        self.timings["step"] += t1 - t0
+        self.timings["gather"] += time.perf_counter() - t1
+
+    def _gather_delta(self, lay: Layout) -> Any:
+        """The whole delta tree from every rank's delta pieces (collective)."""
+        flat = aligned_bytes(lay.nbytes, zero=False)
+        lay.shard_pack.pack(list(self._delta_shard), flat[lay.lo:lay.hi], "delta")
+        self._allgather(lay, flat)
+        return lay.tree(flat)
+
+    def _gather_pieces(self, lay: Layout, pieces: Any) -> Any:
+        """A whole tree from every rank's pieces of it (collective)."""
+        flat = aligned_bytes(lay.nbytes, zero=False)
+        lay.shard_pack.pack(list(pieces), flat[lay.lo:lay.hi], "moment")
+        self._allgather(lay, flat)
+        return lay.tree(flat)
+
+    # -- convergence -------------------------------------------------------------------------
+    def check_convergence(self) -> bool:
+        """The single-process answer: sqrt(sum over leaves of mean(delta**2) / n) <= tolerance,
+        with the per-leaf sums taken over the whole delta in the single process's order.
+        False before the first step and after a load. Collective on the sharded in-place path
+        (it gathers the last delta once)."""
+        if not self._shard:
+            return bool(self._opt.check_convergence())
+        if not self._stepped or self._layout is None:
+            return False
+        if self._probe is None:
+            delta = self._delta if self._delta is not None else self._gather_delta(self._layout)
+            # A Gradient step with rate 1 takes d = 1 * delta exactly, and sums d**2 per leaf
+            # over the same tree layout as the single process's step did.
+            probe = optimizers.Gradient(stepsize=1.0)
+            probe.update(_Sink(), delta)
+            self._probe = probe
+        self._probe.tolerance = self._opt.tolerance
+        return bool(self._probe.check_convergence())
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state in the wrapped optimizer's own format, identical on every rank and
+        loadable by a single-process optimizer (collective with shard_state)."""
+        opt = self._opt
+        mem = getattr(opt, "memory", None)
+        if not self._shard or mem is None:
+            return opt.state_dict()
+        if self._pending is not None:
+            full = copy.deepcopy(opt)
+            full.memory.load_state_dict(self._pending)  # no structure: the moments wait in the copy
+            return full.state_dict()
+        if self._layout is None or not _holds_moments(opt):
+            return opt.state_dict()
+        m, v = mem.mean_gradient, mem.mean_square_gradient
+        m_full = None if m is None else self._gather_pieces(self._layout, m)
+        v_full = None if v is None else self._gather_pieces(self._layout, v)
+        full = copy.deepcopy(opt)
+        full.reset()
+        full.memory.mean_gradient = m_full
+        full.memory.mean_square_gradient = v_full
+        return full.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a state_dict() saved at any number of ranks (a single process's included).
+        Collective: every rank must pass the same state; anything wrong raises on every rank
+        and changes nothing."""
+        opt = self._opt
+        probe = copy.deepcopy(opt)
+        if self._shard:
+            probe.reset()  # this rank's shard structure is not the state's
+        mem_state, exc = try_local(self._check_state, probe, state)
+        value = 0 if exc is not None else _state_hash(state)
+        if not agree(self._comm, exc, value):
+            raise ValueError("load_state_dict() was given different states on different ranks")
+        self._stepped, self._delta, self._probe = False, None, None
+        if not self._shard:
+            opt.load_state_dict(state)
+            return
+        # Checked on the copy above, so none of this fails: the scalars load into the wrapped
+        # optimizer, the moments are installed as this rank's pieces (or wait for a layout).
+        opt.reset()
+        opt.load_state_dict(state)
+        opt.reset()
+        self._pending = None
+        if mem_state is not None:
+            if self._layout is not None:
+                self._install(self._layout, mem_state)
+            else:
+                self._pending = mem_state
+
+    def _check_state(self, probe: Any, state: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+        """Load `state` into a copy; its moments (a GradientMemory state) when sharded and it has
+        any; with a known layout, also check they fit it."""
+        probe.load_state_dict(state)
+        mem = getattr(probe, "memory", None)
+        if not self._shard or mem is None:
+            return None
+        mem_state = mem.state_dict()
+        if self._layout is not None:
+            self._full_moments(self._layout, mem_state)
+        return mem_state
+
+    def _full_moments(self, lay: Layout, mem_state: dict[str, Any]) -> tuple[Any, Any]:
+        """The moments of a memory state as trees of the layout's structure (ValueError if they
+        do not fit it)."""
+        mem = optimizers.GradientMemory()
+        template = lay.tree(aligned_bytes(lay.nbytes))
+        mem.mean_gradient = template       # gives the memory the layout's structure,
+        mem.mean_square_gradient = template
+        mem.load_state_dict(mem_state)     # which the loaded moments must then match
+        return mem.mean_gradient, mem.mean_square_gradient
+
+    def _install(self, lay: Layout, mem_state: dict[str, Any]) -> None:
+        """This rank's pieces of loaded moments into the wrapped optimizer."""
+        m, v = self._full_moments(lay, mem_state)
+        mem = self._opt.memory
+        for name, tree in (("mean_gradient", m), ("mean_square_gradient", v)):
+            if tree is not None:
+                flat = aligned_bytes(lay.nbytes)
+                lay.pack.pack(lay.plan.flatten(tree), flat, "moment")
+                setattr(mem, name, lay.shard_pieces(flat[lay.lo:lay.hi]))
