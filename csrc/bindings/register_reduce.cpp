@@ -182,7 +182,7 @@ void rank_average(py::handle recv, py::handle out, std::size_t k, std::size_t st
                   std::size_t n32, std::size_t off64, std::size_t n64, double divisor) {
   if (k == 0) throw py::value_error("rank_average: k must be >= 1");
   if (off32 % 4 || off64 % 8 || stride % 8) throw py::value_error("rank_average: misaligned offsets or stride");
-  const std::size_t row = std::max(off32 + 4 * n32, off64 + 8 * n64);
+  const std::size_t row = std::max(n32 ? off32 + 4 * n32 : 0, n64 ? off64 + 8 * n64 : 0);  // bytes a row uses
   const char* in = buffer_data(recv, (k - 1) * stride + row, "rank_average: recv");
   char* o = buffer_data(out, row, "rank_average: out");
   if (k > 1 && stride < row) throw py::value_error("rank_average: rows overlap");

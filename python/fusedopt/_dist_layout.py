@@ -1,7 +1,7 @@
 """How fusedopt.distributed lays a gradient tree out for MPI and cuts it into shards.
 
-The leaves go end to end into one byte buffer: every float32 leaf in tree
-order, then (from the next 64-byte boundary) every float64 leaf; the total is
+The leaves go end to end into one byte buffer: every float64 leaf in tree
+order, then every float32 leaf (so no padding between them); the total is
 padded to 64 bytes. That buffer is what the collectives move. Rank ``r`` owns
 the byte range ``bounds[r]``: consecutive 64-byte aligned ranges of
 ``ceil(total / N)`` bytes rounded up to 64, so a leaf may straddle shards and
@@ -60,17 +60,18 @@ class Layout:
         self.sizes: list[int] = list(plan.leaf_sizes)
         offsets = [0] * len(self.paths)
         pos = 0
-        for dtype in ("float32", "float64"):
+        for dtype in ("float64", "float32"):
             for leaf, d in enumerate(self.dtypes):
                 if d == dtype:
                     offsets[leaf] = pos
                     pos += _ITEM[d] * self.sizes[leaf]
-            if dtype == "float32":
-                self.end32 = pos = round_up(pos)
+            if dtype == "float64":
+                self.split = pos  # where the float32 leaves start
         self.offsets = offsets
         self.nbytes = round_up(pos)
         self.pack = _core.FlatPack(self.paths, self.shapes, self.dtypes, offsets)
-        per_rank = round_up(-(-self.nbytes // size)) if self.nbytes else 0
+        # No padding inside the data, so a rank holds at most ceil(data / N) + 63 bytes of it.
+        per_rank = round_up(-(-pos // size)) if pos else 0
         self.bounds = [(min(r * per_rank, self.nbytes), min((r + 1) * per_rank, self.nbytes)) for r in range(size)]
         self.counts = [b - a for a, b in self.bounds]
         self.displs = [a for a, _ in self.bounds]
@@ -83,15 +84,18 @@ class Layout:
 
     def _parts(self, lo: int, hi: int) -> tuple[Part, Part]:
         """The float32 and float64 parts of the byte range [lo, hi)."""
-        end32 = self.end32
-        n32 = max(0, min(hi, end32) - lo) // 4
-        start64 = max(lo, end32)
-        return Part(0, n32), Part(start64 - lo, max(0, hi - start64) // 8)
+        n64 = max(0, min(hi, self.split) - lo) // 8
+        start32 = min(max(lo, self.split), hi)
+        return Part(start32 - lo, (hi - start32) // 4), Part(0, n64)
+
+    def region(self, dtype: str) -> tuple[int, int]:
+        """The byte range of the float64 leaves, or of the float32 ones (with the end padding)."""
+        return (0, self.split) if dtype == "float64" else (self.split, self.nbytes)
 
     def region_counts(self, dtype: str) -> list[int]:
-        """Elements of each rank's shard in the float32 region [0, end32) or the float64 one."""
-        lo_r, hi_r, item = (0, self.end32, 4) if dtype == "float32" else (self.end32, self.nbytes, 8)
-        return [max(0, min(b, hi_r) - max(a, lo_r)) // item for a, b in self.bounds]
+        """Elements of each rank's shard in the region of `dtype`."""
+        lo_r, hi_r = self.region(dtype)
+        return [max(0, min(b, hi_r) - max(a, lo_r)) // _ITEM[dtype] for a, b in self.bounds]
 
     def _build_pieces(self) -> None:
         """This rank's pieces: (leaf, first element, end element) of each leaf part in [lo, hi)."""

@@ -301,11 +301,10 @@ class DataParallel:
             return
         bufs = self._bufs
         t0 = time.perf_counter()
-        for dtype, part, mpi_type, lo, hi in (("float32", lay.part32, MPI.FLOAT, 0, lay.end32),
-                                              ("float64", lay.part64, MPI.DOUBLE, lay.end32, lay.nbytes)):
+        for dtype, part, mpi_type, item in (("float64", lay.part64, MPI.DOUBLE, 8), ("float32", lay.part32, MPI.FLOAT, 4)):
             counts = lay.region_counts(dtype)
             if sum(counts):
-                item = 4 if dtype == "float32" else 8
+                lo, hi = lay.region(dtype)
                 recv = bufs.avg[part.offset:part.offset + item * part.count]
                 self._comm.Reduce_scatter([lay.send[lo:hi], mpi_type], [recv, mpi_type], counts, op=MPI.SUM)
         t1 = time.perf_counter()
@@ -324,12 +323,13 @@ class DataParallel:
             self.timings["exchange"] += time.perf_counter() - t0
             return
         t0 = time.perf_counter()
-        for mpi_type, lo, hi in ((MPI.FLOAT, 0, lay.end32), (MPI.DOUBLE, lay.end32, lay.nbytes)):
+        for dtype, mpi_type in (("float64", MPI.DOUBLE), ("float32", MPI.FLOAT)):
+            lo, hi = lay.region(dtype)
             if hi > lo:
                 self._comm.Allreduce(MPI.IN_PLACE, [lay.send[lo:hi], mpi_type], op=MPI.SUM)
         t1 = time.perf_counter()
-        _core.rank_average(lay.send, lay.send, 1, lay.nbytes, 0, lay.end32 // 4, lay.end32,
-                           (lay.nbytes - lay.end32) // 8, self._size)
+        _core.rank_average(lay.send, lay.send, 1, lay.nbytes, lay.split, (lay.nbytes - lay.split) // 4, 0,
+                           lay.split // 8, self._size)
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
 
