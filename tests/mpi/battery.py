@@ -10,7 +10,8 @@ import argparse
 import collections
 
 import numpy as np
-from harness import COMM, RANK, SIZE, Checks, copy_tree, leaves, out_path, rank_order_average
+from harness import (COMM, RANK, SIZE, Checks, copy_tree, leaves, out_path, rank_order_average, same_state,
+                     threshold)
 
 from fusedopt import distributed, optimizers, schedules
 
@@ -64,38 +65,6 @@ class Model:
     def parameter_update(self, delta):
         for (_, p), (_, d) in zip(leaves(self.params), leaves(delta)):
             p -= d
-
-
-def threshold(opt):
-    """The smallest float64 tolerance at which opt.check_convergence() is True (bisection over
-    the ordered bit patterns of [0, 1e6])."""
-    lo, hi = 0, int(np.float64(1e6).view(np.int64))
-    saved = opt.tolerance
-    while lo < hi:
-        mid = (lo + hi) // 2
-        opt.tolerance = float(np.int64(mid).view(np.float64))
-        if opt.check_convergence():
-            hi = mid
-        else:
-            lo = mid + 1
-    opt.tolerance = saved
-    return float(np.int64(lo).view(np.float64))
-
-
-def same_state(c, expected, actual, what, loaded=False):
-    """Equal states, bit for bit. loaded: `expected` came back from np.load (scalars as 0-d arrays)."""
-    c.check(sorted(expected) == sorted(actual), f"{what}: keys differ {sorted(set(expected) ^ set(actual))}")
-    for key in expected:
-        if key not in actual:
-            continue
-        a, b = expected[key], actual[key]
-        if loaded and isinstance(a, np.ndarray) and a.ndim == 0:
-            ok = np.asarray(b).ndim == 0 and a[()] == np.asarray(b)[()] and type(np.asarray(b)[()]) is type(a[()])
-        elif isinstance(a, np.ndarray):
-            ok = isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
-        else:
-            ok = type(a) is type(b) and a == b
-        c.check(ok, f"{what}[{key!r}]: {a!r} vs {b!r}")
 
 
 def moment_bytes(opt):
