@@ -5,7 +5,8 @@ Run from the repository root::
     python bench/bench_step.py            # full run (a few minutes)
     python bench/bench_step.py --quick    # seconds: development check, no 6.4e7 case
 
-For ADAM, RMSProp, Momentum and Gradient, at each size, in one process and in
+For ADAM, RMSProp, Momentum and Gradient, and fusedopt.optim's textbook optimizers
+(optim.Adam, optim.AdamW, optim.SGD, optim.RMSprop, optim.Adagrad, optim.Lion), at each size, in one process and in
 float32, every implementation of peers.py takes steps on its own copy of the
 same parameters and gradients; the time per step is the median over repeats
 after warm-up, and then over interleaved rounds (every implementation once per
@@ -359,7 +360,8 @@ def main(argv=None):
     keys = {k.strip() for k in args.impls.split(",") if k.strip()}
 
     started = time.time()
-    want_ds = "ADAM" in names and (not keys or "deepspeed" in keys)
+    want_ds = any(n in ("ADAM", "optim.Adam", "optim.AdamW", "optim.Adagrad", "optim.Lion") for n in names) and (
+        not keys or "deepspeed" in keys)
     versions = setup_threads(args.threads, want_ds)
     cache_bytes = last_level_cache_bytes()
     report = {

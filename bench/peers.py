@@ -296,6 +296,8 @@ def _load_deepspeed_adam():
 
 def implementations(name):
     """The implementations run for optimizer `name`, fusedopt in-place first."""
+    if name in peers_textbook.HYPER:
+        return peers_textbook.implementations(name)
     impls = [
         Implementation("fusedopt_inplace", "fusedopt in-place", make_fusedopt_inplace),
         Implementation("fusedopt_divider", "fusedopt in-place, divider only", make_fusedopt_divider),
@@ -308,3 +310,11 @@ def implementations(name):
     if name == "ADAM":
         impls.append(Implementation("deepspeed", "DeepSpeedCPUAdam", make_deepspeed))
     return impls
+
+
+# The textbook optimizers (fusedopt.optim), benchmarked in the same run. Imported
+# last: peers_textbook uses Skip and the torch helpers above.
+import peers_textbook  # noqa: E402
+
+OPTIMIZERS = OPTIMIZERS + tuple(peers_textbook.HYPER)
+BYTES_PER_ELEMENT.update(peers_textbook.BYTES)

@@ -11,6 +11,7 @@ namespace {
 struct Level {
   const char* name;
   void (*fill)(KernelTable&);
+  void (*fill_textbook)(TextbookTable&);
   bool (*cpu_has)();
 };
 
@@ -32,21 +33,25 @@ bool has_avx512() {
 const std::vector<Level>& levels() {
   static const std::vector<Level> all = {
 #ifdef FUSEDOPT_HAVE_AVX512
-      {"avx512", &avx512::fill_table, &has_avx512},
+      {"avx512", &avx512::fill_table, &avx512::fill_textbook_table, &has_avx512},
 #endif
 #ifdef FUSEDOPT_HAVE_AVX2
-      {"avx2", &avx2::fill_table, &has_avx2},
+      {"avx2", &avx2::fill_table, &avx2::fill_textbook_table, &has_avx2},
 #endif
-      {"baseline", &baseline::fill_table, &always},
+      {"baseline", &baseline::fill_table, &baseline::fill_textbook_table, &always},
   };
   return all;
 }
 
 struct Tables {
   std::vector<KernelTable> by_level;  // same order as levels()
+  std::vector<TextbookTable> textbook_by_level;
   std::size_t current = 0;
-  Tables() : by_level(levels().size()) {
-    for (std::size_t i = 0; i < levels().size(); ++i) levels()[i].fill(by_level[i]);
+  Tables() : by_level(levels().size()), textbook_by_level(levels().size()) {
+    for (std::size_t i = 0; i < levels().size(); ++i) {
+      levels()[i].fill(by_level[i]);
+      levels()[i].fill_textbook(textbook_by_level[i]);
+    }
     std::size_t best = levels().size() - 1;
     for (std::size_t i = 0; i < levels().size(); ++i)
       if (levels()[i].cpu_has()) { best = i; break; }
@@ -74,6 +79,8 @@ Tables& tables() {
 }  // namespace
 
 const KernelTable& kernels() { return tables().by_level[tables().current]; }
+
+const TextbookTable& textbook_kernels() { return tables().textbook_by_level[tables().current]; }
 
 std::string simd_level() { return levels()[tables().current].name; }
 

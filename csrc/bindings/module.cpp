@@ -39,5 +39,6 @@ PYBIND11_MODULE(_core, m) {
   register_tree(m);
   register_step(m);
   register_runtime(m);
+  register_optim(m);
   register_reduce(m);
 }

@@ -14,11 +14,11 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from . import _core, optimizers, schedules  # noqa: E402
+from . import _core, optim, optimizers, schedules  # noqa: E402
 from ._core import get_num_threads, set_num_threads, simd_level
 from ._config import show_config
 
 __version__ = "0.1.0"
 
-__all__ = ["optimizers", "schedules", "simd_level", "get_num_threads", "set_num_threads", "show_config",
+__all__ = ["optim", "optimizers", "schedules", "simd_level", "get_num_threads", "set_num_threads", "show_config",
            "__version__"]

@@ -1,5 +1,6 @@
 # Type stubs for fusedopt._core, the C++ extension (csrc/bindings/*.cpp).
 # tests/test_config.py checks that every public name of the module is here.
+import enum
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -128,6 +129,78 @@ def probe(
 ) -> float:
     """Seconds for one pass reading g, p, m, v and writing p, m, v (ADAM's in-place traffic)."""
 
+# -- the textbook optimizers (csrc/textbook_rules.h, csrc/bindings/register_optim.cpp) --
+class Rule(enum.IntEnum):
+    """The textbook optimizers' rules."""
+    SGD = 0
+    SGD_MOMENTUM = 1
+    SGD_NESTEROV = 2
+    ADAM = 3
+    ADAM_AMSGRAD = 4
+    RMSPROP = 5
+    RMSPROP_CENTERED = 6
+    RMSPROP_MOMENTUM = 7
+    RMSPROP_CENTERED_MOMENTUM = 8
+    ADAGRAD = 9
+    LION = 10
+
+class Decay(enum.IntEnum):
+    """How weight decay enters a textbook rule."""
+    NONE = 0
+    L2 = 1
+    DECOUPLED = 2
+
+class Phase(enum.IntEnum):
+    """FIRST: the step that creates SGD's momentum buffer."""
+    FIRST = 0
+    STEADY = 1
+
+# Every compiled (rule, decay, phase) combination.
+rule_table: tuple[tuple[Rule, Decay, Phase], ...]
+
+def rule_slots(rule: Rule) -> list[str]:
+    """The state slots of a rule, in torch.optim's names."""
+
+class TextbookHyper:
+    """Hyper-parameters of a textbook rule (each rule reads its own)."""
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    dampening: float
+    lr_decay: float
+    initial_accumulator_value: float
+    max_grad_norm: float
+    maximize: bool
+    decoupled: bool
+    def __init__(self) -> None: ...
+
+class OptimState:
+    """A textbook optimizer's state over one tree: plan, slots, step count."""
+    def __init__(self, rule: Rule, plan: Plan, decay_mask: Sequence[bool], hyper: TextbookHyper) -> None: ...
+    def step(self, params: Any, grads: Any, lr: float, check_finite: bool) -> None:
+        """One step of the rule over the whole tree (every array checked first)."""
+    def slot_views(self, name: str) -> list[_Arena]:
+        """Writable views of a slot, one per leaf."""
+    def load(self, slots: dict[str, Sequence[Any]], step_count: int) -> None:
+        """Copy {slot name: leaves} in and set the step count, after checking everything."""
+    @property
+    def slot_names(self) -> list[str]: ...
+    @property
+    def decay_mask(self) -> list[bool]: ...
+    @decay_mask.setter
+    def decay_mask(self, mask: Sequence[bool]) -> None: ...
+    @property
+    def rule(self) -> Rule: ...
+    @property
+    def plan(self) -> Plan: ...
+    @property
+    def hyper(self) -> TextbookHyper: ...
+    @property
+    def step_count(self) -> int: ...
+    @property
+    def last_grad_norm(self) -> float | None: ...
 # fusedopt.distributed (csrc/bindings/register_reduce.cpp)
 _Bytes = npt.NDArray[np.uint8]
 

@@ -1,0 +1,321 @@
+// Binding of the textbook optimizers' native state (fusedopt.optim): the rule
+// enums, the hyper-parameters and OptimState, which holds a tree's plan, the
+// state slots of every leaf and the step count, checks every array of a step
+// before anything is written, and commits the whole step in one call.
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../textbook_step.h"
+#include "arrays.h"
+#include "numpy_api.h"
+#include "registry.h"
+#include "tree.h"
+
+namespace fusedopt {
+
+namespace {
+
+int npy_of(Dtype d) { return d == F32 ? NPY_FLOAT : NPY_DOUBLE; }
+const char* name_of(Dtype d) { return d == F32 ? "float32" : "float64"; }
+std::size_t item_of(Dtype d) { return d == F32 ? 4 : 8; }
+
+std::string at_leaf(const std::string& what, const LeafSpec& s) {
+  return s.path.empty() ? what : what + " at " + s.path;
+}
+
+std::string got_of(PyObject* o) {
+  if (!PyArray_Check(o)) return Py_TYPE(o)->tp_name;
+  PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
+  std::string shape = "(";
+  for (int i = 0; i < PyArray_NDIM(a); ++i) shape += (i ? ", " : "") + std::to_string(PyArray_DIMS(a)[i]);
+  shape += PyArray_NDIM(a) == 1 ? ",)" : ")";
+  return py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>() + " array of shape " +
+         shape;
+}
+
+// An array of the leaf's dtype and shape, or a TypeError/ValueError naming the leaf.
+PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what) {
+  const LeafSpec& s = plan.leaves()[l];
+  const std::string want = std::string(name_of(s.dtype)) + " array of shape " + plan.shape_str(l);
+  if (!PyArray_Check(o)) throw py::type_error(at_leaf(what, s) + ": expected a " + want + ", got " + got_of(o));
+  PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
+  const bool shape_ok = PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
+                        std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
+  if (PyArray_TYPE(a) != npy_of(s.dtype))
+    throw py::type_error(at_leaf(what, s) + ": expected a " + want + ", got a " + got_of(o));
+  if (!shape_ok) throw py::value_error(at_leaf(what, s) + ": expected a " + want + ", got a " + got_of(o));
+  return a;
+}
+
+template <class T>
+bool all_finite(const T* x, std::size_t n) {
+  bool ok = true;
+  for (std::size_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+  return ok;
+}
+
+// Clears a flag when the step ends, however it ends.
+struct BusyGuard {
+  std::atomic<bool>& flag;
+  ~BusyGuard() { flag.store(false); }
+};
+
+class OptimState {
+ public:
+  OptimState(Rule rule, py::object plan, std::vector<bool> decay_mask, py::object hyper)
+      : rule_(rule), plan_obj_(std::move(plan)), hyper_obj_(std::move(hyper)) {
+    if (!py::isinstance<Plan>(plan_obj_)) throw py::type_error("plan must be a fusedopt._core.Plan");
+    if (!py::isinstance<TextbookHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.TextbookHyper");
+    plan_ = plan_obj_.cast<const Plan*>();
+    set_decay_mask(decay_mask);
+    const double fill = rule == Rule::ADAGRAD ? hyper_obj_.cast<const TextbookHyper&>().initial_accumulator_value : 0.0;
+    for (std::size_t k = 0; k < kSlots; ++k) {
+      if (!uses_slot(rule_, k)) continue;
+      for (Dtype d : {F32, F64}) {
+        const std::size_t n = plan_->arena_size(d);
+        arenas_[k][d] = aligned_empty(n, d);
+        void* data = arena_data(arenas_[k][d], d, n, "slot");
+        if (d == F32)
+          std::fill_n(static_cast<float*>(data), n, static_cast<float>(fill));
+        else
+          std::fill_n(static_cast<double*>(data), n, fill);
+      }
+    }
+  }
+
+  void step(py::handle params, py::handle grads, double lr, bool check_finite) {
+    if (!(lr >= 0.0 && std::isfinite(lr))) throw py::value_error("lr must be finite and >= 0, got " + std::to_string(lr));
+    const auto& specs = plan_->leaves();
+    std::vector<TextbookLeaf> data(specs.size());
+    std::vector<py::object> held;  // every array the kernels touch, alive while the GIL is released
+    held.reserve(2 * specs.size());
+    plan_->walk(grads.ptr(), "grads", [&](std::size_t l, PyObject* o) {
+      PyArrayObject* a = matching_leaf(*plan_, l, o, "grads");
+      if (!PyArray_ISCARRAY_RO(a) || !PyArray_ISNOTSWAPPED(a)) {  // strided: a contiguous copy
+        PyObject* c = PyArray_FromAny(o, PyArray_DescrFromType(PyArray_TYPE(a)), 0, 0,
+                                      NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
+        if (!c) throw py::error_already_set();
+        held.push_back(py::reinterpret_steal<py::object>(c));
+        a = reinterpret_cast<PyArrayObject*>(c);
+      } else {
+        held.push_back(py::reinterpret_borrow<py::object>(o));
+      }
+      data[l].dtype = specs[l].dtype;
+      data[l].g = PyArray_DATA(a);
+    });
+    plan_->walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
+      PyArrayObject* a = matching_leaf(*plan_, l, o, "params");
+      if (!PyArray_ISWRITEABLE(a))
+        throw py::value_error(at_leaf("params", specs[l]) + ": the array is read-only; it must be writeable to be stepped in place");
+      if (!PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
+        throw py::value_error(at_leaf("params", specs[l]) +
+                              ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
+      held.push_back(py::reinterpret_borrow<py::object>(o));
+      data[l].p = PyArray_DATA(a);
+    });
+    check_no_shared_params(data);
+    if (check_finite)
+      for (std::size_t l = 0; l < specs.size(); ++l) {
+        const bool ok = specs[l].dtype == F32 ? all_finite(static_cast<const float*>(data[l].g), specs[l].size)
+                                              : all_finite(static_cast<const double*>(data[l].g), specs[l].size);
+        if (!ok) {
+          PyErr_SetString(PyExc_FloatingPointError,
+                          (at_leaf("grads", specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
+          throw py::error_already_set();
+        }
+      }
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      data[l].decay = decay_[l] != 0;
+      for (std::size_t k = 0; k < kSlots; ++k)
+        data[l].s[k] = uses_slot(rule_, k) ? slot_data(k, specs[l]) : nullptr;
+    }
+    const TextbookHyper hyper = hyper_obj_.cast<const TextbookHyper&>();  // a copy: Python may assign meanwhile
+    bool expected = false;
+    if (!busy_.compare_exchange_strong(expected, true))
+      throw py::value_error("this optimizer is being stepped by another thread; step it from one thread at a time");
+    BusyGuard guard{busy_};
+    double norm;
+    {
+      py::gil_scoped_release nogil;
+      norm = run_textbook_step(rule_, plan_->layout(), data, hyper, lr, step_count_ + 1);
+    }
+    ++step_count_;
+    last_norm_ = norm;
+  }
+
+  std::vector<std::string> slot_names() const {
+    std::vector<std::string> out;
+    for (std::size_t k = 0; k < kSlots; ++k)
+      if (uses_slot(rule_, k)) out.emplace_back(fusedopt::slot_names(rule_)[k]);
+    return out;
+  }
+
+  // Views into slot `name`, one per leaf (writable: they are the state itself).
+  py::list slot_views(const std::string& name) const {
+    const std::size_t k = slot_of(name);
+    py::list out;
+    for (const auto& s : plan_->leaves()) out.append(arena_view(arenas_[k][s.dtype], s.dtype, s.offset, s.shape));
+    return out;
+  }
+
+  // Checks every array of `slots` (one list per used slot name) and the
+  // count, then copies them in: all or nothing.
+  void load(py::dict slots, long long step_count) {
+    if (step_count < 0) throw py::value_error("step_count must be >= 0, got " + std::to_string(step_count));
+    const auto& specs = plan_->leaves();
+    std::vector<std::pair<std::size_t, std::vector<py::object>>> sources;
+    for (const auto& item : slots) {
+      const std::string name = py::str(item.first);
+      const std::size_t k = slot_of(name);
+      py::sequence leaves = py::reinterpret_borrow<py::sequence>(item.second);
+      if (static_cast<std::size_t>(py::len(leaves)) != specs.size())
+        throw py::value_error("state slot " + name + " has " + std::to_string(py::len(leaves)) + " leaves, expected " +
+                              std::to_string(specs.size()));
+      std::vector<py::object> arrays;
+      for (std::size_t l = 0; l < specs.size(); ++l) {
+        py::object leaf = leaves[l];
+        matching_leaf(*plan_, l, leaf.ptr(), name);
+        PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(npy_of(specs[l].dtype)), 0, 0,
+                                      NPY_ARRAY_CARRAY_RO, nullptr);
+        if (!c) throw py::error_already_set();
+        arrays.push_back(py::reinterpret_steal<py::object>(c));
+      }
+      sources.emplace_back(k, std::move(arrays));
+    }
+    for (std::size_t k = 0; k < kSlots; ++k)
+      if (uses_slot(rule_, k) && std::none_of(sources.begin(), sources.end(), [&](const auto& s) { return s.first == k; }))
+        throw py::value_error(std::string("the state has no slot ") + fusedopt::slot_names(rule_)[k]);
+    if (busy_.load()) throw py::value_error("this optimizer is being stepped by another thread");
+    for (const auto& [k, arrays] : sources)
+      for (std::size_t l = 0; l < specs.size(); ++l)
+        std::memcpy(slot_data(k, specs[l]), PyArray_DATA(reinterpret_cast<PyArrayObject*>(arrays[l].ptr())),
+                    specs[l].size * item_of(specs[l].dtype));
+    step_count_ = step_count;
+    last_norm_ = -1.0;
+  }
+
+  void set_decay_mask(const std::vector<bool>& mask) {
+    if (mask.size() != plan_->leaves().size())
+      throw py::value_error("decay_mask has " + std::to_string(mask.size()) + " entries, the tree has " +
+                            std::to_string(plan_->leaves().size()) + " leaves");
+    decay_.assign(mask.begin(), mask.end());
+  }
+  std::vector<bool> decay_mask() const { return std::vector<bool>(decay_.begin(), decay_.end()); }
+
+  Rule rule() const { return rule_; }
+  const py::object& plan() const { return plan_obj_; }
+  const py::object& hyper() const { return hyper_obj_; }
+  long long step_count() const { return step_count_; }
+  py::object last_grad_norm() const { return last_norm_ < 0.0 ? py::none() : py::cast(last_norm_); }
+
+ private:
+  std::size_t slot_of(const std::string& name) const {
+    for (std::size_t k = 0; k < kSlots; ++k)
+      if (uses_slot(rule_, k) && name == fusedopt::slot_names(rule_)[k]) return k;
+    std::string known;
+    for (const auto& n : slot_names()) known += (known.empty() ? "" : ", ") + n;
+    throw py::value_error("no state slot '" + name + "' in this optimizer (its slots: " + (known.empty() ? "none" : known) + ")");
+  }
+
+  void* slot_data(std::size_t k, const LeafSpec& s) const {
+    char* base = static_cast<char*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][s.dtype].ptr())));
+    return base + s.offset * item_of(s.dtype);
+  }
+
+  // Two parameter leaves sharing memory would be stepped twice (and raced by threads).
+  void check_no_shared_params(const std::vector<TextbookLeaf>& data) const {
+    const auto& specs = plan_->leaves();
+    std::vector<std::pair<const char*, std::size_t>> spans;
+    for (std::size_t l = 0; l < specs.size(); ++l)
+      if (specs[l].size > 0) spans.emplace_back(static_cast<const char*>(data[l].p), l);
+    std::sort(spans.begin(), spans.end());
+    for (std::size_t k = 1; k < spans.size(); ++k) {
+      const LeafSpec& prev = specs[spans[k - 1].second];
+      if (spans[k - 1].first + prev.size * item_of(prev.dtype) > spans[k].first)
+        throw py::value_error(at_leaf("params", specs[spans[k].second]) + ": shares memory with " + at_leaf("params", prev) +
+                              "; each parameter must be its own array");
+    }
+  }
+
+  Rule rule_;
+  py::object plan_obj_;  // keeps plan_ alive
+  const Plan* plan_ = nullptr;
+  py::object hyper_obj_;
+  py::object arenas_[kSlots][2];  // slot k, dtype d: 64-byte aligned, laid out as the plan's arenas
+  std::vector<char> decay_;
+  long long step_count_ = 0;
+  double last_norm_ = -1.0;
+  std::atomic<bool> busy_{false};
+};
+
+}  // namespace
+
+void register_optim(py::module_& m) {
+  py::enum_<Rule>(m, "Rule", "The textbook optimizers' rules (csrc/textbook_rules.h).")
+      .value("SGD", Rule::SGD)
+      .value("SGD_MOMENTUM", Rule::SGD_MOMENTUM)
+      .value("SGD_NESTEROV", Rule::SGD_NESTEROV)
+      .value("ADAM", Rule::ADAM)
+      .value("ADAM_AMSGRAD", Rule::ADAM_AMSGRAD)
+      .value("RMSPROP", Rule::RMSPROP)
+      .value("RMSPROP_CENTERED", Rule::RMSPROP_CENTERED)
+      .value("RMSPROP_MOMENTUM", Rule::RMSPROP_MOMENTUM)
+      .value("RMSPROP_CENTERED_MOMENTUM", Rule::RMSPROP_CENTERED_MOMENTUM)
+      .value("ADAGRAD", Rule::ADAGRAD)
+      .value("LION", Rule::LION);
+  py::enum_<Decay>(m, "Decay", "How weight decay enters a textbook rule.")
+      .value("NONE", Decay::NONE)
+      .value("L2", Decay::L2)
+      .value("DECOUPLED", Decay::DECOUPLED);
+  py::enum_<Phase>(m, "Phase", "FIRST: the step that creates SGD's momentum buffer.")
+      .value("FIRST", Phase::FIRST)
+      .value("STEADY", Phase::STEADY);
+  py::list table;
+  for (const auto& e : kRuleTable) table.append(py::make_tuple(e.rule, e.decay, e.phase));
+  m.attr("rule_table") = py::tuple(table);
+  m.def("rule_slots", [](Rule r) {
+    std::vector<std::string> out;
+    for (std::size_t k = 0; k < kSlots; ++k)
+      if (uses_slot(r, k)) out.emplace_back(slot_names(r)[k]);
+    return out;
+  }, py::arg("rule"), "The state slots of a rule, in torch.optim's names.");
+
+  py::class_<TextbookHyper>(m, "TextbookHyper", "Hyper-parameters of a textbook rule (each rule reads its own).")
+      .def(py::init<>())
+      .def_readwrite("beta1", &TextbookHyper::beta1)
+      .def_readwrite("beta2", &TextbookHyper::beta2)
+      .def_readwrite("eps", &TextbookHyper::eps)
+      .def_readwrite("weight_decay", &TextbookHyper::weight_decay)
+      .def_readwrite("momentum", &TextbookHyper::momentum)
+      .def_readwrite("dampening", &TextbookHyper::dampening)
+      .def_readwrite("lr_decay", &TextbookHyper::lr_decay)
+      .def_readwrite("initial_accumulator_value", &TextbookHyper::initial_accumulator_value)
+      .def_readwrite("max_grad_norm", &TextbookHyper::max_grad_norm)
+      .def_readwrite("maximize", &TextbookHyper::maximize)
+      .def_readwrite("decoupled", &TextbookHyper::decoupled);
+
+  py::class_<OptimState>(m, "OptimState", "A textbook optimizer's state over one tree: plan, slots, step count.")
+      .def(py::init<Rule, py::object, std::vector<bool>, py::object>(), py::arg("rule"), py::arg("plan"),
+           py::arg("decay_mask"), py::arg("hyper"))
+      .def("step", &OptimState::step, py::arg("params"), py::arg("grads"), py::arg("lr"), py::arg("check_finite"),
+           "One step of the rule over the whole tree: every array checked first, then one fused pass "
+           "(two with clipping), the step count committed with it.")
+      .def("slot_views", &OptimState::slot_views, py::arg("name"), "Writable views of a slot, one per leaf.")
+      .def("load", &OptimState::load, py::arg("slots"), py::arg("step_count"),
+           "Copy {slot name: leaves} in and set the step count, after checking everything.")
+      .def_property_readonly("slot_names", &OptimState::slot_names)
+      .def_property("decay_mask", &OptimState::decay_mask, &OptimState::set_decay_mask)
+      .def_property_readonly("rule", &OptimState::rule)
+      .def_property_readonly("plan", &OptimState::plan)
+      .def_property_readonly("hyper", &OptimState::hyper)
+      .def_property_readonly("step_count", &OptimState::step_count)
+      .def_property_readonly("last_grad_norm", &OptimState::last_grad_norm);
+}
+
+}  // namespace fusedopt

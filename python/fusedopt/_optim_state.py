@@ -1,0 +1,143 @@
+"""The plain, versioned state of fusedopt.optim's optimizers.
+
+``state_dict()`` holds only numpy arrays and Python scalars, so ``np.savez``
+stores it and ``np.load`` gives it back (scalars then come back as 0-d
+arrays, which loading accepts). Format "fusedopt.optim", version 1:
+
+    format, version, kind (class name)            str, int, str
+    hyper.<name>                                  each constructor hyper-parameter
+                                                  (betas as hyper.betas, a 2-array)
+    max_grad_norm                                 float, 0.0 for None
+    check_finite                                  bool
+    lr_kind                                       "float", "schedule" or "callable"
+    lr                                            float (lr_kind "float")
+    schedule, schedule.names, schedule.<name>     a fusedopt schedule's class and
+                                                  attributes (lr_kind "schedule")
+    step_count                                    int, steps taken
+    leaf_paths, leaf_dtypes                       str arrays, one entry per leaf
+                                                  (empty before the first step)
+    decay_mask                                    bool array, one entry per leaf
+    slots                                         str array of the slot names
+    <slot>.<i>                                    slot of leaf i (torch.optim's
+                                                  names: exp_avg, momentum_buffer, ...)
+
+A callable lr is not saved (it may not be data): the optimizer that loads
+the state keeps its own lr then.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+import numbers
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import schedules
+
+FORMAT = "fusedopt.optim"
+VERSION = 1
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value[()]
+    return value
+
+
+def get(state: Mapping[str, Any], key: str) -> Any:
+    """state[key], or a ValueError saying the key is missing."""
+    try:
+        return state[key]
+    except KeyError:
+        raise ValueError(f"not a {FORMAT} state (version {VERSION}): the key {key!r} is missing") from None
+
+
+def get_str(state: Mapping[str, Any], key: str) -> str:
+    value = _scalar(get(state, key))
+    if not isinstance(value, str):
+        raise TypeError(f"state[{key!r}] must be a string, got {type(value).__name__}")
+    return str(value)
+
+
+def get_int(state: Mapping[str, Any], key: str) -> int:
+    value = _scalar(get(state, key))
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"state[{key!r}] must be an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def get_value(state: Mapping[str, Any], key: str) -> Any:
+    """A scalar as a Python object (0-d arrays unwrapped), or a sequence as a tuple."""
+    value = get(state, key)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return tuple(v.item() for v in value)
+    value = _scalar(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def get_strs(state: Mapping[str, Any], key: str, n: Optional[int] = None) -> List[str]:
+    value = get(state, key)
+    if isinstance(value, (list, tuple)):
+        value = strs(value)
+    if not (isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "U"):
+        raise TypeError(f"state[{key!r}] must be a 1-d array of strings, got {type(value).__name__}")
+    if n is not None and len(value) != n:
+        raise ValueError(f"state[{key!r}] has {len(value)} entries, expected {n}")
+    return [str(s) for s in value]
+
+
+def strs(items: Any) -> np.ndarray:
+    """A 1-d str array (np.array([]) alone would be float64)."""
+    items = list(items)
+    return np.array(items, dtype=str) if items else np.zeros(0, dtype=str)
+
+
+def check_header(state: Any, kind: str) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"a state must be a mapping (a dict or np.load's NpzFile), got {type(state).__name__}")
+    fmt = get_str(state, "format")
+    if fmt != FORMAT:
+        raise ValueError(f"not a {FORMAT} state: format is {fmt!r}")
+    version = get_int(state, "version")
+    if version != VERSION:
+        raise ValueError(f"state format version {version} is not supported: this fusedopt reads version {VERSION}")
+    saved = get_str(state, "kind")
+    if saved != kind:
+        raise ValueError(f"the state is of a {saved}, it cannot be loaded into a {kind}")
+
+
+# -- schedules: attributes with their exact types (float vs numpy scalars round differently)
+def schedule_entries(schedule: schedules.Schedule) -> Dict[str, Any]:
+    name, attrs = schedule.get_config()
+    out: Dict[str, Any] = {"schedule": name, "schedule.names": strs(attrs)}
+    for key, value in attrs.items():
+        # Python floats and ints are stored as themselves; numpy scalars keep their dtype.
+        out[f"schedule.{key}"] = value if isinstance(value, (int, float)) else np.asarray(value)
+    return out
+
+
+def schedule_from(state: Mapping[str, Any]) -> schedules.Schedule:
+    names = get_strs(state, "schedule.names")
+    attrs: Dict[str, Any] = {}
+    for key in names:
+        value = get(state, f"schedule.{key}")
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            # np.savez turns Python floats into float64 0-d arrays: float64 arithmetic is
+            # the same either way; float32 stays a numpy float32 scalar.
+            value = value[()] if value.dtype == np.float32 else value.item()
+        attrs[key] = value
+    return schedules.schedule_from_config([get_str(state, "schedule"), attrs])
+
+
+def slot_leaves(state: Mapping[str, Any], name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
+    """The saved leaves of slot `name`, checked to be arrays of the saved dtypes."""
+    out = []
+    for i, (path, dtype) in enumerate(zip(paths, dtypes)):
+        leaf = get(state, f"{name}.{i}")
+        where = f"{name} at {path}" if path else name
+        if not isinstance(leaf, np.ndarray):
+            raise TypeError(f"state: {where} must be a numpy array, got {type(leaf).__name__}")
+        if leaf.dtype != np.dtype(dtype):
+            raise ValueError(f"state: {where} has dtype {leaf.dtype}, the state says {dtype}")
+        out.append(np.array(leaf, copy=True, order="C"))
+    return out

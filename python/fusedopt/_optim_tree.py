@@ -1,0 +1,55 @@
+"""Trees of masks for fusedopt.optim: leaves by path, paths spelled as
+fusedopt._core.Plan spells them (``[0]``, ``['key']``, ``.field``)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Sequence, Union
+
+import numpy as np
+
+Mask = Union[None, Callable[[str, Any], Any], Any]
+
+
+def _is_namedtuple(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields")
+
+
+def leaves_by_path(tree: Any, path: str = "") -> Dict[str, Any]:
+    """Every non-container entry of `tree` (tuples, lists, dicts, namedtuples), by path."""
+    out: Dict[str, Any] = {}
+    if _is_namedtuple(tree):
+        for field, child in zip(tree._fields, tree):
+            out.update(leaves_by_path(child, f"{path}.{field}" if path else field))
+    elif isinstance(tree, (tuple, list)):
+        for i, child in enumerate(tree):
+            out.update(leaves_by_path(child, f"{path}[{i}]"))
+    elif isinstance(tree, dict):
+        for key, child in tree.items():
+            out.update(leaves_by_path(child, f"{path}[{key!r}]"))
+    else:
+        out[path] = tree
+    return out
+
+
+def _as_flag(value: Any, where: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"weight_decay_mask {where}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def resolve_mask(mask: Mask, paths: Sequence[str], leaves: Sequence[Any]) -> List[bool]:
+    """Per-leaf decay flags: all True for None; mask(path, leaf) for a callable;
+    else a tree of bools shaped like the parameters, matched by path."""
+    if mask is None:
+        return [True] * len(paths)
+    if callable(mask):
+        return [_as_flag(mask(path, leaf), f"({mask!r} at {path or 'the root'})")
+                for path, leaf in zip(paths, leaves)]
+    flags = leaves_by_path(mask)
+    missing = [p for p in paths if p not in flags]
+    if missing:
+        raise ValueError(f"weight_decay_mask has no entry at {missing[0] or 'the root'} "
+                         f"(it must be a tree of bools shaped like the parameters)")
+    extra = sorted(set(flags) - set(paths))
+    if extra:
+        raise ValueError(f"weight_decay_mask has an entry at {extra[0] or 'the root'}, where the parameters have none")
+    return [_as_flag(flags[p], f"at {p or 'the root'}") for p in paths]

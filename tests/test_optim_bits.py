@@ -1,0 +1,138 @@
+"""fusedopt.optim bit for bit against the NumPy float32/float64 reference of its
+documented operation order (tests/optim_reference.py), at every SIMD level and
+thread count, on sizes with SIMD tails; Lion against the paper in float64."""
+import numpy as np
+import pytest
+
+import fusedopt
+from fusedopt import _core, optim
+from optim_reference import Reference, global_norm, lion_paper_f64
+
+# (class name, hyper-parameters): every rule of the table and its decay modes.
+CASES = [
+    ("SGD", {}),
+    ("SGD", {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
+    ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True}),
+    ("Adam", {}),
+    ("Adam", {"weight_decay": 0.1, "amsgrad": True}),
+    ("Adam", {"betas": (0.3, 0.9), "eps": 1e-3}),   # lerp weight >= 0.5: the other form
+    ("AdamW", {}),
+    ("AdamW", {"amsgrad": True, "maximize": True}),
+    ("RMSprop", {}),
+    ("RMSprop", {"centered": True, "weight_decay": 0.1}),
+    ("RMSprop", {"momentum": 0.5}),
+    ("RMSprop", {"centered": True, "momentum": 0.5, "alpha": 0.3}),
+    ("Adagrad", {"lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+    ("Adagrad", {"weight_decay": 0.1, "eps": 1e-3}),
+    ("Lion", {}),
+    ("Lion", {"weight_decay": 0.5, "betas": (0.8, 0.95)}),
+]
+SIZES = [(1,), (15,), (17, 3), (130,), (2049,), (3, 1000)]
+
+
+def _tree(rng, dtype):
+    return [rng.standard_normal(s).astype(dtype) for s in SIZES]
+
+
+def _run(kind, hyper, dtype, rng, steps=6, clip=None, mask=None):
+    params = _tree(rng, dtype)
+    mine = [p.copy() for p in params]
+    ref = Reference(kind, lr=0.01, max_grad_norm=clip, mask=mask, **hyper)
+    opt = getattr(optim, kind)(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask, **hyper)
+    for _ in range(steps):
+        grads = [(rng.standard_normal(p.shape) * 3).astype(dtype) for p in params]
+        opt.step(mine, grads)
+        ref.step(params, grads, norm=opt.last_grad_norm)
+        if clip is not None:
+            assert opt.last_grad_norm == pytest.approx(global_norm(grads), rel=1e-12)
+    return mine, params, opt, ref
+
+
+def _assert_bits(mine, ref):
+    for a, b in zip(mine, ref):
+        np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
+
+
+@pytest.mark.parametrize("kind,hyper", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bits_at_every_simd_level_and_thread_count(kind, hyper, dtype, rng, restore_simd_level, restore_num_threads):
+    seed = int(rng.integers(2**31))
+    results = []
+    for level in fusedopt._core.simd_levels_supported():
+        _core._set_simd_level(level)
+        for threads in (1, 2):
+            fusedopt.set_num_threads(threads)
+            mine, ref_params, opt, ref = _run(kind, hyper, dtype, np.random.default_rng(seed))
+            _assert_bits(mine, ref_params)
+            for name, tree in opt.state_arrays().items():
+                _assert_bits(tree, [st[name] for st in ref.state])
+            results.append(mine)
+    for other in results[1:]:
+        _assert_bits(other, results[0])
+
+
+def test_large_tree_runs_threaded_with_the_same_bits(rng, restore_num_threads):
+    # Above serial_below elements the team runs the chunks.
+    shapes = [(70_001,), (5, 333)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    out = []
+    for threads in (1, 2):
+        fusedopt.set_num_threads(threads)
+        mine = [p.copy() for p in params]
+        opt = optim.AdamW(lr=0.01, max_grad_norm=1.0)
+        for _ in range(3):
+            opt.step(mine, grads)
+        ref_params = [p.copy() for p in params]
+        ref = Reference("AdamW", lr=0.01, max_grad_norm=1.0, weight_decay=1e-2)
+        for _ in range(3):
+            ref.step(ref_params, grads, norm=opt.last_grad_norm)
+        _assert_bits(mine, ref_params)
+        out.append((mine, opt.last_grad_norm))
+    _assert_bits(out[0][0], out[1][0])
+    assert out[0][1] == out[1][1]
+
+
+@pytest.mark.parametrize("kind,hyper", [c for c in CASES if c[0] in ("Adam", "SGD", "Lion")])
+def test_clipping_and_mask_bits(kind, hyper, rng):
+    mask = [True, False, True, False, True, False]
+    mine, ref_params, _, _ = _run(kind, {**hyper, "weight_decay": 0.3}, np.float32, rng, clip=2.0, mask=mask)
+    _assert_bits(mine, ref_params)
+
+
+def test_mixed_dtypes_in_one_tree(rng):
+    params = {"a": rng.standard_normal(33).astype(np.float32), "b": rng.standard_normal(20)}
+    grads = {"a": rng.standard_normal(33).astype(np.float32), "b": rng.standard_normal(20)}
+    opt = optim.Adam(lr=0.1)
+    ref = Reference("Adam", lr=0.1)
+    ref_params = [params["a"].copy(), params["b"].copy()]
+    for _ in range(4):
+        opt.step(params, grads)
+        ref.step(ref_params, [grads["a"], grads["b"]])
+    _assert_bits([params["a"], params["b"]], ref_params)
+    assert params["a"].dtype == np.float32 and params["b"].dtype == np.float64
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_lion_against_the_paper_in_float64(wd, rng):
+    p = rng.standard_normal(1000)
+    m = np.zeros_like(p)
+    mine = [p.copy()]
+    opt = optim.Lion(lr=1e-3, betas=(0.9, 0.99), weight_decay=wd)
+    for _ in range(20):
+        g = rng.standard_normal(p.shape)
+        opt.step(mine, [g])
+        p, m = lion_paper_f64(p, g, m, 1e-3, 0.9, 0.99, wd)
+    np.testing.assert_allclose(mine[0], p, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(opt.state_arrays()["exp_avg"][0], m, rtol=1e-13, atol=1e-15)
+
+
+def test_lion_sign_of_zero_leaves_the_parameter():
+    # u = 0 exactly (m = 0, g = 0): sign(0) = 0, no step; with NaN the step is NaN.
+    p = [np.ones(20, np.float32)]
+    optim.Lion(lr=0.5).step(p, [np.zeros(20, np.float32)])
+    np.testing.assert_array_equal(p[0], np.ones(20, np.float32))
+    g = np.zeros(20, np.float32)
+    g[3] = np.nan
+    optim.Lion(lr=0.5).step(p, [g])
+    assert np.isnan(p[0][3]) and np.all(p[0][np.arange(20) != 3] == 1)
