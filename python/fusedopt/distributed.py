@@ -51,8 +51,16 @@ class _Sink:
 
 
 def _holds_moments(opt: Any) -> bool:
+    if _is_textbook(opt):
+        return bool(opt.state_arrays())
     mem = getattr(opt, "memory", None)
     return mem is not None and (mem.mean_gradient is not None or mem.mean_square_gradient is not None)
+
+
+def _is_textbook(opt: Any) -> bool:
+    """A fusedopt.optim optimizer (step(params, grads)); imported only when there is one."""
+    from . import _optim_base
+    return isinstance(opt, _optim_base.Optimizer)
 
 
 def _leaves(tree: Any) -> list[np.ndarray]:
@@ -100,8 +108,10 @@ class DataParallel:
 
     Args:
         optimizer: a ``fusedopt.optimizers`` optimizer (Gradient, Momentum,
-            RMSProp, ADAM), built with the same arguments on every rank.
-            With ``shard_state=True`` it steps this rank's shard: read its
+            RMSProp, ADAM; stepped with ``update``) or a ``fusedopt.optim`` one
+            (SGD, Adam, AdamW, RMSprop, Adagrad, Lion; stepped with ``step``,
+            replicated moments only), built with the same arguments on every
+            rank. With ``shard_state=True`` it steps this rank's shard: read its
             state through this wrapper (``state_dict()``), not directly.
         comm: the communicator (default ``MPI.COMM_WORLD``).
         shard_state: each rank keeps and steps 1/N of the moments (ZeRO
@@ -118,9 +128,14 @@ class DataParallel:
 
     def __init__(self, optimizer: optimizers.Optimizer, comm: Any = None, *, shard_state: bool = True,
                  deterministic: bool = True) -> None:
-        if not isinstance(optimizer, optimizers.Optimizer):
-            raise TypeError(f"DataParallel wraps a fusedopt.optimizers optimizer, got {type(optimizer).__name__}")
-        self._opt = optimizer
+        self._textbook = _is_textbook(optimizer)
+        if not (self._textbook or isinstance(optimizer, optimizers.Optimizer)):
+            raise TypeError(f"DataParallel wraps a fusedopt.optimizers or fusedopt.optim optimizer, "
+                            f"got {type(optimizer).__name__}")
+        if self._textbook and shard_state:
+            raise TypeError(f"fusedopt.optim's {type(optimizer).__name__} is wrapped with shard_state=False "
+                            "(its global-norm clip and per-path weight-decay masks need the whole tree)")
+        self._opt: Any = optimizer
         self._comm = MPI.COMM_WORLD if comm is None else comm
         self._size, self._rank = self._comm.Get_size(), self._comm.Get_rank()
         self._shard, self._det = bool(shard_state), bool(deterministic)
@@ -171,11 +186,15 @@ class DataParallel:
     def delta(self) -> Any:
         """The last step's whole delta tree on every rank (paysage path, or keep_delta on the
         wrapped optimizer); None otherwise."""
-        return self._delta if self._shard else self._opt.delta
+        return self._delta if self._shard else self._delta_source
 
     def update_lr(self) -> None:
         """Advance the wrapped optimizer's schedule (every rank does the same)."""
         self._opt.update_lr()
+
+    @property
+    def _delta_source(self) -> Any:
+        return None if self._textbook else self._opt.delta
 
     def reset(self) -> None:
         """Forget the moments (as the wrapped optimizer's reset())."""
@@ -186,10 +205,12 @@ class DataParallel:
     def state_nbytes(self) -> int:
         """Bytes of optimizer state (moments) this rank holds: about 1/N of the whole with
         shard_state (at most full / N + 128 bytes), all of it without."""
-        mem = getattr(self._opt, "memory", None)
-        if mem is None:
-            return 0
-        return sum(leaf.nbytes for tree in (mem.mean_gradient, mem.mean_square_gradient) for leaf in _leaves(tree))
+        if self._textbook:
+            trees = list(self._opt.state_arrays().values())
+        else:
+            mem = getattr(self._opt, "memory", None)
+            trees = [] if mem is None else [mem.mean_gradient, mem.mean_square_gradient]
+        return sum(leaf.nbytes for tree in trees for leaf in _leaves(tree))
 
     # -- the step ----------------------------------------------------------------------------
     def update(self, model: Any, grad: Any) -> None:
@@ -207,8 +228,20 @@ class DataParallel:
                 every rank, with nothing modified anywhere.
             FloatingPointError: with the optimizer's check_finite, a non-finite average.
         """
+        if self._textbook:
+            raise TypeError(f"fusedopt.optim's {type(self._opt).__name__} steps with step(params, grads)")
+        self._step(model, grad)
+
+    def step(self, params: Any, grads: Any) -> None:
+        """One data-parallel step of a wrapped ``fusedopt.optim`` optimizer (collective): its
+        ``step(params, average of every rank's grads)``; errors as in update()."""
+        if not self._textbook:
+            raise TypeError(f"fusedopt.optimizers' {type(self._opt).__name__} steps with update(model, grad)")
+        self._step(params, grads)
+
+    def _step(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
-        is_model = hasattr(model, "parameter_update")
+        is_model = not self._textbook and hasattr(model, "parameter_update")
         lay, changed, exc, pleaves = self._local_checks(model, grad, is_model)
         value = 0 if lay is None else lay.hash(self._config, is_model, lay is self._layout)
         t1 = time.perf_counter()
@@ -232,7 +265,10 @@ class DataParallel:
             self._average_replicated(lay)
             self._check_finite(self._bufs.avg_tree)
             t = time.perf_counter()
-            self._opt.update(model, self._bufs.avg_tree)
+            if self._textbook:
+                self._opt.step(model, self._bufs.avg_tree)
+            else:
+                self._opt.update(model, self._bufs.avg_tree)
             self.timings["step"] += time.perf_counter() - t
         self._stepped = True
         self._probe = None
@@ -256,7 +292,7 @@ class DataParallel:
                 pleaves = lay.plan.flatten(model, "params")
                 lay.pack.check(pleaves, "params", True)
             opt = self._opt
-            if opt.lr is None and getattr(opt.stepsize, "value", None) is None:
+            if not self._textbook and opt.lr is None and getattr(opt.stepsize, "value", None) is None:
                 raise TypeError(f"call update_lr() before update(): the schedule "
                                 f"{type(opt.stepsize).__name__} has no current value")
             return lay, changed, None, pleaves
@@ -480,8 +516,8 @@ class DataParallel:
                 self._pending = mem_state
 
     def _check_state(self, probe: Any, state: Mapping[str, Any]) -> Optional[dict[str, Any]]:
-        """Load `state` into a copy; its moments (a GradientMemory state) when sharded and it has
-        any; with a known layout, also check they fit it."""
+        """Load `state` into a copy; its moments (a GradientMemory state) when sharded; with a
+        known layout, also check they fit it."""
         probe.load_state_dict(state)
         mem = getattr(probe, "memory", None)
         if not self._shard or mem is None:

@@ -13,7 +13,7 @@ import numpy as np
 from harness import (COMM, RANK, SIZE, Checks, copy_tree, leaves, out_path, rank_order_average, same_state,
                      threshold)
 
-from fusedopt import distributed, optimizers, schedules
+from fusedopt import distributed, optim, optimizers, schedules
 
 P = collections.namedtuple("P", "loc")
 W = collections.namedtuple("W", "matrix")
@@ -39,6 +39,18 @@ OPTIMIZERS = {
     "ADAM": lambda: optimizers.ADAM(stepsize=schedules.Linear(initial=0.01, delta=0.004, minval=0.001)),
     "ADAM-no-mean": lambda: optimizers.ADAM(stepsize=0.01, mean_weight=0.0),
     "ADAM-ascent-keep": lambda: optimizers.ADAM(stepsize=0.003, ascent=True, keep_delta=True),
+}
+
+
+# fusedopt.optim, wrapped with replicated moments; options that need the whole tree included.
+TEXTBOOK = {
+    "SGD-nesterov": lambda: optim.SGD(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "Adam-clip": lambda: optim.Adam(lr=schedules.ExponentialDecay(initial=0.01, coefficient=0.8), max_grad_norm=0.5),
+    "AdamW-mask": lambda: optim.AdamW(lr=3e-3, weight_decay=0.1, amsgrad=True,
+                                      weight_decay_mask=lambda path, a: a.ndim > 1),
+    "RMSprop-centered": lambda: optim.RMSprop(lr=1e-3, centered=True, momentum=0.5),
+    "Adagrad": lambda: optim.Adagrad(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+    "Lion": lambda: optim.Lion(lr=1e-3, weight_decay=0.05),
 }
 
 
@@ -130,6 +142,42 @@ def equivalence_all(c):
         for path in ("inplace", "paysage"):
             equivalence(c, "ADAM", "big", path, shard, True, steps=2)
             equivalence(c, "ADAM", "mixed", path, shard, False)
+
+
+def textbook(c, kind, tree, det, steps=4):
+    what = f"optim.{kind}/{tree}/det={det}"
+    ref, dp = TEXTBOOK[kind](), distributed.DataParallel(TEXTBOOK[kind](), shard_state=False, deterministic=det)
+    ref_p, dp_p = params0(tree), params0(tree)
+    for step in range(steps):
+        ref.step(ref_p, average(tree, step))
+        dp.step(dp_p, grad(tree, step, RANK))
+        c.same_on_every_rank(dp_p, f"{what} step {step} params")
+        if det:
+            c.equal_trees(ref_p, dp_p, f"{what} step {step} params")
+        else:
+            for (p, a), (_, b) in zip(leaves(ref_p), leaves(dp_p)):
+                c.check(np.allclose(a, b, rtol=1e-4, atol=1e-6), f"{what} step {step} params{p} not close")
+    if det:
+        same_state(c, ref.state_dict(), dp.state_dict(), f"{what} state_dict")
+        c.check(dp.state_nbytes == sum(a.nbytes for t in ref.state_arrays().values() for _, a in leaves(t)),
+                f"{what}: state_nbytes")
+    try:
+        distributed.DataParallel(TEXTBOOK[kind](), shard_state=True)
+        c.check(False, f"{what}: shard_state=True accepted")
+    except TypeError as exc:
+        c.check("shard_state=False" in str(exc), f"{what}: {exc}")
+    try:
+        dp.update(dp_p, grad(tree, 0, RANK))  # fusedopt.optimizers' API: refused locally, before any collective
+        c.check(False, f"{what}: update() accepted")
+    except TypeError:
+        c.check(True, "")
+
+
+def textbook_all(c):
+    for kind in TEXTBOOK:
+        for tree in ("mixed", "tiny"):
+            textbook(c, kind, tree, True)
+        textbook(c, kind, "mixed", False)
 
 
 # -- errors: raised on every rank, nothing modified, no hang ------------------------------------
@@ -320,6 +368,7 @@ def main():
     c = Checks()
     if not args.only_resume:
         c.run("equivalence", equivalence_all)
+        c.run("fusedopt.optim", textbook_all)
         for shard in () if args.skip_errors else (True, False):
             c.run(f"errors shard={shard}", errors, shard)
     if args.load:
