@@ -14,7 +14,7 @@ import copy
 import hashlib
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 
@@ -63,6 +63,10 @@ def _is_textbook(opt: Any) -> bool:
     return isinstance(opt, _optim_base.Optimizer)
 
 
+def _state_of(obj: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], obj.state_dict())
+
+
 def _leaves(tree: Any) -> list[np.ndarray]:
     return list(_core.Plan(tree, "tree").flatten(tree)) if tree is not None else []
 
@@ -86,12 +90,18 @@ class _Buffers:
 
     def __init__(self, lay: Layout, size: int, shard: bool, deterministic: bool, inplace: bool) -> None:
         n = lay.shard_nbytes
-        self.recv = aligned_bytes(size * n) if deterministic else None  # every rank's copy of this shard
-        self.params = aligned_bytes(lay.nbytes) if shard and inplace else None
+        # (Any: which buffers exist depends on the modes; the wrapper uses only those of its own.)
+        self.recv: Any = aligned_bytes(size * n) if deterministic else None  # every rank's copy of this shard
+        self.params: Any = aligned_bytes(lay.nbytes) if shard and inplace else None
+        self.avg: Any
+        self.avg_pieces: Any
+        self.param_pieces: Any
+        self.avg_tree: Any
         if shard:
             self.avg = aligned_bytes(n)  # the averaged shard
             self.avg_pieces = lay.shard_pieces(self.avg)
-            self.param_pieces = lay.shard_pieces(self.params[lay.lo:lay.hi]) if inplace else None
+            params: Any = self.params
+            self.param_pieces = lay.shard_pieces(params[lay.lo:lay.hi]) if inplace else None
         else:
             # Deterministic: every rank averages its shard into its range, then all are gathered;
             # otherwise the allreduce works in the send buffer itself.
@@ -126,7 +136,7 @@ class DataParallel:
             single process and between rank counts).
     """
 
-    def __init__(self, optimizer: optimizers.Optimizer, comm: Any = None, *, shard_state: bool = True,
+    def __init__(self, optimizer: Any, comm: Any = None, *, shard_state: bool = True,
                  deterministic: bool = True) -> None:
         self._textbook = _is_textbook(optimizer)
         if not (self._textbook or isinstance(optimizer, optimizers.Optimizer)):
@@ -141,19 +151,19 @@ class DataParallel:
         self._shard, self._det = bool(shard_state), bool(deterministic)
         self._config = (type(optimizer).__name__, self._shard, self._det, self._size)
         self._layout: Optional[Layout] = None   # the layout all ranks agreed on
-        self._bufs: Optional[_Buffers] = None
+        self._bufs: Any = None                   # the _Buffers of the layout and path kind in use
         self._pending: Optional[dict[str, Any]] = None  # loaded moments (memory state) awaiting a layout
         self._stepped = False                   # a step since creation / the last load
         self._delta: Any = None
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
-        self._probe: Optional[optimizers.Gradient] = None  # convergence sums of the last delta
+        self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
         #: Cumulative seconds per phase of update() (for benchmarks): local checks and packing,
         #: agreement, gradient exchange, the average, the optimizer step, the all-gather.
         self.timings = {"pack": 0.0, "agree": 0.0, "exchange": 0.0, "average": 0.0, "step": 0.0, "gather": 0.0}
 
     # -- passthrough of the wrapped optimizer ---------------------------------------------
     @property
-    def optimizer(self) -> optimizers.Optimizer:
+    def optimizer(self) -> Any:
         """The wrapped optimizer (with shard_state it holds this rank's shard of the moments)."""
         return self._opt
 
@@ -248,8 +258,10 @@ class DataParallel:
         if not agree(self._comm, exc, value):
             self._raise_mismatch(lay, is_model)
         if lay is not self._layout:
+            assert lay is not None  # no error anywhere, so every rank has its layout
             self._adopt(lay, changed)
         lay = self._layout
+        assert lay is not None
         self._bufs = self._buffers_for(lay, not is_model)
         t2 = time.perf_counter()
         self.timings["pack"] += t1 - t0
@@ -458,7 +470,7 @@ class DataParallel:
             delta = self._delta if self._delta is not None else self._gather_delta(self._layout)
             # A Gradient step with rate 1 takes d = 1 * delta exactly, and sums d**2 per leaf
             # over the same tree layout as the single process's step did.
-            probe = optimizers.Gradient(stepsize=1.0)
+            probe: Any = optimizers.Gradient(stepsize=1.0)  # type: ignore[no-untyped-call]
             probe.update(_Sink(), delta)
             self._probe = probe
         self._probe.tolerance = self._opt.tolerance
@@ -471,13 +483,13 @@ class DataParallel:
         opt = self._opt
         mem = getattr(opt, "memory", None)
         if not self._shard or mem is None:
-            return opt.state_dict()
+            return _state_of(opt)
         if self._pending is not None:
             full = copy.deepcopy(opt)
             full.memory.load_state_dict(self._pending)  # no structure: the moments wait in the copy
-            return full.state_dict()
+            return _state_of(full)
         if self._layout is None or not _holds_moments(opt):
-            return opt.state_dict()
+            return _state_of(opt)
         m, v = mem.mean_gradient, mem.mean_square_gradient
         m_full = None if m is None else self._gather_pieces(self._layout, m)
         v_full = None if v is None else self._gather_pieces(self._layout, v)
@@ -485,7 +497,7 @@ class DataParallel:
         full.reset()
         full.memory.mean_gradient = m_full
         full.memory.mean_square_gradient = v_full
-        return full.state_dict()
+        return _state_of(full)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a state_dict() saved at any number of ranks (a single process's included).
@@ -522,7 +534,7 @@ class DataParallel:
         mem = getattr(probe, "memory", None)
         if not self._shard or mem is None:
             return None
-        mem_state = mem.state_dict()
+        mem_state = _state_of(mem)
         if self._layout is not None:
             self._full_moments(self._layout, mem_state)
         return mem_state
@@ -530,7 +542,7 @@ class DataParallel:
     def _full_moments(self, lay: Layout, mem_state: dict[str, Any]) -> tuple[Any, Any]:
         """The moments of a memory state as trees of the layout's structure (ValueError if they
         do not fit it)."""
-        mem = optimizers.GradientMemory()
+        mem: Any = optimizers.GradientMemory()  # type: ignore[no-untyped-call]
         template = lay.tree(aligned_bytes(lay.nbytes))
         mem.mean_gradient = template       # gives the memory the layout's structure,
         mem.mean_square_gradient = template
