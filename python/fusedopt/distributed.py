@@ -72,16 +72,13 @@ def _leaves(tree: Any) -> list[np.ndarray]:
 
 
 def _state_hash(state: Mapping[str, Any]) -> int:
-    """A 62-bit hash of a state dict's content, to check that every rank loads the same state."""
+    """A 62-bit hash of a state dict's content, to check that every rank loads the same state.
+    Values go through np.asarray, so a state as saved and as np.load gives it back hash alike."""
     h = hashlib.blake2b(digest_size=8)
     for key in sorted(state):
-        value = state[key]
-        h.update(repr(key).encode())
-        if isinstance(value, np.ndarray):
-            h.update(f"{value.dtype.str}{value.shape}".encode())
-            h.update(np.ascontiguousarray(value).tobytes() if value.dtype.kind != "O" else repr(value).encode())
-        else:
-            h.update(repr(value).encode())
+        value = np.asarray(state[key])
+        h.update(f"{key!r}{value.dtype.str}{value.shape}".encode())
+        h.update(value.tobytes() if value.dtype.kind != "O" else repr(value).encode())
     return int.from_bytes(h.digest(), "little") & ((1 << 62) - 1)
 
 
@@ -299,6 +296,7 @@ class DataParallel:
             if lay is None:
                 lay = Layout(_core.Plan(grad, "grad"), self._size, self._rank)
                 lay.pack.pack(lay.plan.flatten(grad, "grad"), lay.send, "grad")
+            self._buffers_for(lay, not is_model)  # allocated here: a MemoryError is agreed on too
             pleaves = None
             if not is_model:
                 pleaves = lay.plan.flatten(model, "params")
