@@ -29,6 +29,7 @@ TREES = {
     "tiny": lambda mk: [mk((1,), "float32")],
     "paysage": lambda mk: G([P(mk((24,), "float32")), P(mk((10,), "float32"))], [W(mk((24, 10), "float32"))]),
     "big": lambda mk: [mk((40001,), "float32"), mk((3,), "float64")],
+    "wide64": lambda mk: [mk((5,), "float32"), mk((301,), "float64")],  # a float64 leaf across shards
 }
 
 OPTIMIZERS = {
@@ -130,6 +131,18 @@ def equivalence(c, kind, tree, path, shard, det, steps=4):
         c.check(dp.check_convergence() == ref.check_convergence(), f"{what}: check_convergence at {tol!r}")
     ref.tolerance = t
     c.check(ref.check_convergence() and t > 0.0, f"{what}: the threshold {t!r} converges")
+    # The single process's state loads into a DataParallel, which steps on as the single process.
+    resumed = distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard)
+    resumed.load_state_dict(ref.state_dict())
+    res_p = copy_tree(ref_p)
+    if path == "inplace":
+        ref.update(ref_p, average(tree, steps))
+        resumed.update(res_p, grad(tree, steps, RANK))
+    else:
+        ref.update(Model(ref_p), average(tree, steps))
+        resumed.update(Model(res_p), grad(tree, steps, RANK))
+    c.equal_trees(ref_p, res_p, f"{what} resumed from the single process's state")
+    same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} resumed state_dict")
 
 
 def equivalence_all(c):
@@ -141,6 +154,7 @@ def equivalence_all(c):
     for shard in (True, False):
         for path in ("inplace", "paysage"):
             equivalence(c, "ADAM", "big", path, shard, True, steps=2)
+            equivalence(c, "RMSProp", "wide64", path, shard, True)
             equivalence(c, "ADAM", "mixed", path, shard, False)
 
 
@@ -292,6 +306,15 @@ def errors(c, shard):
     if SIZE > 1:
         raised_everywhere(c, f"{tag} load of differing states", ValueError, lambda: dp.load_state_dict(other))
     same_state(c, state, dp.state_dict(), f"{tag} state untouched by failed loads")
+
+    # A state loaded before any step waits for the first gradient, which must fit it.
+    waiting = fresh()
+    waiting.load_state_dict(state)
+    tiny_p = params0("tiny")
+    raised_everywhere(c, f"{tag} first step unlike the loaded state", ValueError,
+                      lambda: waiting.update(tiny_p, grad("tiny", 0, RANK)))
+    c.equal_trees(params0("tiny"), tiny_p, f"{tag} first step unlike the loaded state: params untouched")
+    same_state(c, state, waiting.state_dict(), f"{tag} the loaded state still waits")
 
 
 # -- resume across rank counts ------------------------------------------------------------------
