@@ -9,7 +9,9 @@ For each size (float32 ADAM, in-place path) and each mode (deterministic or MPI'
 reductions, sharded or replicated moments) every rank takes steps on the same layout; the
 time per step is the median over repeats, of the slowest rank, after warm-up. Each step is
 split into its phases (DataParallel.timings): local checks and packing, the agreement
-allreduce, the gradient exchange, the native average, the optimizer step and the all-gather.
+allreduce, the gradient exchange, the native average, the optimizer step, the all-gather and
+the copies back into the caller's trees; "busbw" is the bus bandwidth of the step's own
+collectives (exchange and all-gather), beside the raw Allreduce's.
 Beside them, the same run times the raw mpi4py collectives on the same bytes (an Allreduce,
 whose bus bandwidth is 2 (N-1)/N bytes / t, and the Alltoallv + Allgatherv pair the
 deterministic mode uses), an 8-byte Allreduce (the per-message cost) and a single-process
@@ -33,7 +35,7 @@ from fusedopt import distributed, optimizers
 COMM = MPI.COMM_WORLD
 SIZE, RANK = COMM.Get_size(), COMM.Get_rank()
 MODES = [("det", True, True), ("det", True, False), ("native", False, True), ("native", False, False)]
-PHASES = ("pack", "agree", "exchange", "average", "step", "gather")
+PHASES = ("pack", "agree", "exchange", "average", "step", "gather", "copy")
 COMM_PHASES = ("agree", "exchange", "gather")
 
 
@@ -73,8 +75,10 @@ def bench_mode(n, det, shard, repeats, warmup):
             phases[p].append(dp.timings[p] - before[p])
     step = slowest_median(per_step)
     split = {p: statistics.median(COMM.allgather(statistics.median(v))) for p, v in phases.items()}
+    # Bus bandwidth of the step's own collectives (exchange + all-gather move 2 (N-1)/N of the bytes).
+    busbw = 2 * (SIZE - 1) / SIZE * 4 * n / max(split["exchange"] + split["gather"], 1e-12) / 1e9
     return {"step_s": step, "phases_s": split, "comm_share": sum(split[p] for p in COMM_PHASES) / step,
-            "state_nbytes": COMM.allreduce(dp.state_nbytes, op=MPI.MAX)}
+            "busbw_GBps": busbw, "state_nbytes": COMM.allreduce(dp.state_nbytes, op=MPI.MAX)}
 
 
 def bench_raw(n, repeats, warmup):
@@ -152,14 +156,15 @@ def main():
 def report(result):
     us = 1e6
     print(f"{result['ranks']} ranks, {result['mpi']}; 8-byte Allreduce {result['allreduce_8B_s'] * us:.1f} us")
-    print(f"{'elements':>10} {'mode':>20} {'step us':>10} {'comm %':>7} {'vs raw allreduce':>17} "
-          f"{'added us':>9} {'state B':>10}")
+    print(f"{'elements':>10} {'mode':>20} {'step us':>10} {'comm %':>7} {'busbw GB/s':>11} {'of raw':>7} "
+          f"{'vs raw allreduce':>17} {'added us':>9} {'state B':>10}")
     for n, e in result["sizes"].items():
         for key in (k for k in e if "/" in k):
             m = e[key]
             raw = e["alltoall_allgather_s"] if key.startswith("det") else e["allreduce_s"]
             added = m["step_s"] - raw - e["single_process_step_s"] / result["ranks"]
             print(f"{n:>10} {key:>20} {m['step_s'] * us:10.1f} {100 * m['comm_share']:6.1f}% "
+                  f"{m['busbw_GBps']:11.2f} {100 * m['busbw_GBps'] / e['allreduce_busbw_GBps']:6.0f}% "
                   f"{m['step_s'] / e['allreduce_s']:16.2f}x {added * us:9.1f} {m['state_nbytes']:10d}")
         print(f"{n:>10} {'raw Allreduce':>20} {e['allreduce_s'] * us:10.1f} "
               f"  busbw {e['allreduce_busbw_GBps']:.2f} GB/s; Alltoallv+Allgatherv {e['alltoall_allgather_s'] * us:.1f} us;"

@@ -37,8 +37,7 @@ def constants(result):
     small_n = int(sizes[0])
     small = result["sizes"][sizes[0]]["det/sharded"]
     modelled = (2 * c["c_pack"] + c["c_avg"]) * 4 * small_n + c["c_step"] * small_n / result["ranks"]
-    c["o"] = max(0.0, small["step_s"] - sum(small["phases_s"][p] for p in ("exchange", "agree"))
-                 - modelled - (small["phases_s"]["gather"] - c["c_pack"] * 4 * small_n))
+    c["o"] = max(0.0, small["step_s"] - sum(small["phases_s"][p] for p in ("exchange", "agree", "gather")) - modelled)
     return c
 
 

@@ -154,9 +154,11 @@ class DataParallel:
         self._delta: Any = None
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
-        #: Cumulative seconds per phase of update() (for benchmarks): local checks and packing,
-        #: agreement, gradient exchange, the average, the optimizer step, the all-gather.
-        self.timings = {"pack": 0.0, "agree": 0.0, "exchange": 0.0, "average": 0.0, "step": 0.0, "gather": 0.0}
+        #: Cumulative seconds per phase of update() (for benchmarks): local checks and the gradient
+        #: pack, the agreement, the gradient exchange, the native average, the optimizer step, the
+        #: all-gather, and copies between flat buffers and trees (parameters, delta).
+        self.timings = {"pack": 0.0, "agree": 0.0, "exchange": 0.0, "average": 0.0, "step": 0.0, "gather": 0.0,
+                        "copy": 0.0}
 
     # -- passthrough of the wrapped optimizer ---------------------------------------------
     @property
@@ -364,9 +366,7 @@ class DataParallel:
         bufs = self._bufs
         if self._det:
             self._fixed_order_average(lay, bufs.avg[lay.lo:lay.hi])
-            t0 = time.perf_counter()
             self._allgather(lay, bufs.avg)
-            self.timings["exchange"] += time.perf_counter() - t0
             return
         t0 = time.perf_counter()
         for dtype, mpi_type in (("float64", MPI.DOUBLE), ("float32", MPI.FLOAT)):
@@ -393,7 +393,13 @@ class DataParallel:
         self.timings["average"] += time.perf_counter() - t1
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
+        t0 = time.perf_counter()
         self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
+        self.timings["gather"] += time.perf_counter() - t0
+
+    def _count_copies(self, t0: float, gather0: float) -> None:
+        """Time since t0 that was not the all-gather: copies between the flat buffer and trees."""
+        self.timings["copy"] += time.perf_counter() - t0 - (self.timings["gather"] - gather0)
 
     def _check_finite(self, tree: Any) -> None:
         """With check_finite, a non-finite average on any rank raises on all, before any step."""
@@ -410,22 +416,21 @@ class DataParallel:
         t0 = time.perf_counter()
         capture = _Capture()
         self._opt.update(capture, bufs.avg_pieces)
-        t1 = time.perf_counter()
+        t1, gather0 = time.perf_counter(), self.timings["gather"]
+        self.timings["step"] += t1 - t0
         flat = aligned_bytes(lay.nbytes, zero=False)  # a fresh buffer: the model may keep its delta
         lay.shard_pack.pack(capture.delta, flat[lay.lo:lay.hi], "delta")
         self._allgather(lay, flat)
         delta = lay.tree(flat)
         self._delta = delta
-        t2 = time.perf_counter()
-        self.timings["step"] += t1 - t0
-        self.timings["gather"] += t2 - t1
+        self._count_copies(t1, gather0)
         model.parameter_update(delta)
 
     def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
         bufs, opt = self._bufs, self._opt
-        t0 = time.perf_counter()
-        lo, hi = lay.lo, lay.hi
-        lay.pack.pack(pleaves, bufs.params[lo:hi], "params", lo, hi)
+        t0, gather0 = time.perf_counter(), self.timings["gather"]
+        lay.pack.pack(pleaves, bufs.params[lay.lo:lay.hi], "params", lay.lo, lay.hi)
+        t1 = time.perf_counter()
         keep = opt.keep_delta
         opt.keep_delta = True  # this rank's delta pieces, for check_convergence and `delta`
         try:
@@ -433,12 +438,13 @@ class DataParallel:
         finally:
             opt.keep_delta = keep
         self._delta_shard = opt.delta
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        self.timings["step"] += t2 - t1
         self._allgather(lay, bufs.params)
         lay.pack.unpack(bufs.params, pleaves, "params")
         self._delta = self._gather_delta(lay) if keep else None
-        self.timings["step"] += t1 - t0
-        self.timings["gather"] += time.perf_counter() - t1
+        self._count_copies(t0, gather0)
+        self.timings["copy"] -= t2 - t1
 
     def _gather_delta(self, lay: Layout) -> Any:
         """The whole delta tree from every rank's delta pieces (collective)."""
