@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Optional, cast
@@ -153,6 +154,7 @@ class DataParallel:
         self._stepped = False                   # a step since creation / the last load
         self._delta: Any = None
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
+        self._delta_flat: Optional[np.ndarray] = None  # the buffer the paysage path's delta views
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
         #: Cumulative seconds per phase of update() (for benchmarks): local checks and the gradient
         #: pack, the agreement, the gradient exchange, the native average, the optimizer step, the
@@ -418,7 +420,7 @@ class DataParallel:
         self._opt.update(capture, bufs.avg_pieces)
         t1, gather0 = time.perf_counter(), self.timings["gather"]
         self.timings["step"] += t1 - t0
-        flat = aligned_bytes(lay.nbytes, zero=False)  # a fresh buffer: the model may keep its delta
+        flat = self._delta_buffer(lay)
         lay.shard_pack.pack(capture.delta, flat[lay.lo:lay.hi], "delta")
         self._allgather(lay, flat)
         delta = lay.tree(flat)
@@ -445,6 +447,19 @@ class DataParallel:
         self._delta = self._gather_delta(lay) if keep else None
         self._count_copies(t0, gather0)
         self.timings["copy"] -= t2 - t1
+
+    def _delta_buffer(self, lay: Layout) -> np.ndarray:
+        """The flat buffer of this step's delta: the last one's again when nothing else holds it
+        (no array of the last delta is alive), else a fresh one, so a delta a model kept is
+        never overwritten; reuse spares a large delta its page faults every step."""
+        self._delta = None
+        last = self._delta_flat
+        # NumPy points every view at the array owning the memory, so the owner's references
+        # count the views: none alive leaves `last`'s own and getrefcount's argument.
+        if last is not None and last.nbytes == lay.nbytes and sys.getrefcount(last.base) == 2:
+            return last
+        self._delta_flat = flat = aligned_bytes(lay.nbytes, zero=False)
+        return flat
 
     def _gather_delta(self, lay: Layout) -> Any:
         """The whole delta tree from every rank's delta pieces (collective)."""

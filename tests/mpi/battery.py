@@ -74,10 +74,12 @@ class Model:
 
     def __init__(self, params):
         self.params = params
+        self.deltas = []
 
     def parameter_update(self, delta):
         for (_, p), (_, d) in zip(leaves(self.params), leaves(delta)):
             p -= d
+        self.deltas.append(delta)
 
 
 def moment_bytes(opt):
@@ -93,6 +95,7 @@ def equivalence(c, kind, tree, path, shard, det, steps=4):
         print(what, __import__("time").perf_counter(), flush=True)
     ref, dp = OPTIMIZERS[kind](), distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard, deterministic=det)
     ref_p, dp_p = params0(tree), params0(tree)
+    kept, ref_deltas = Model(dp_p), []  # a model that keeps every delta it is handed
     for step in range(steps):
         if step % 2 == 0:
             ref.update_lr()
@@ -103,7 +106,8 @@ def equivalence(c, kind, tree, path, shard, det, steps=4):
             dp.update(dp_p, grad(tree, step, RANK))
         else:
             ref.update(Model(ref_p), avg)
-            dp.update(Model(dp_p), grad(tree, step, RANK))
+            ref_deltas.append(copy_tree(ref.delta))
+            dp.update(kept if step % 2 else Model(dp_p), grad(tree, step, RANK))
         c.same_on_every_rank(dp_p, f"{what} step {step} params")
         if det:
             c.equal_trees(ref_p, dp_p, f"{what} step {step} params")
@@ -113,6 +117,9 @@ def equivalence(c, kind, tree, path, shard, det, steps=4):
         else:
             for (p, a), (_, b) in zip(leaves(ref_p), leaves(dp_p)):
                 c.check(np.allclose(a, b, rtol=1e-4, atol=1e-6), f"{what} step {step} params{p} not close")
+    for step, d in zip(range(1, steps, 2), kept.deltas):
+        if det:
+            c.equal_trees(ref_deltas[step], d, f"{what}: the delta of step {step}, kept by the model")
     state = dp.state_dict()
     c.same_on_every_rank([v for _, v in sorted(state.items()) if isinstance(v, np.ndarray)], f"{what} state")
     full = moment_bytes(ref)
