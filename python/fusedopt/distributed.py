@@ -26,6 +26,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
                       "pip install 'fusedopt[mpi]' (mpi4py and the mpich wheel)") from _exc
 
 from . import _core, optimizers
+from . import _dist_textbook as textbook
 from ._dist_agree import agree, try_local
 from ._dist_layout import Layout, aligned_bytes
 
@@ -56,6 +57,12 @@ def _holds_moments(opt: Any) -> bool:
         return bool(opt.state_arrays())
     mem = getattr(opt, "memory", None)
     return mem is not None and (mem.mean_gradient is not None or mem.mean_square_gradient is not None)
+
+
+def _check_no_clip(opt: Any) -> None:
+    if opt.max_grad_norm is not None:
+        raise TypeError(f"{type(opt).__name__}(max_grad_norm=...) needs the whole gradient's norm: wrap it "
+                        "with shard_state=False (each rank then holds every moment)")
 
 
 def _is_textbook(opt: Any) -> bool:
@@ -117,9 +124,9 @@ class DataParallel:
     Args:
         optimizer: a ``fusedopt.optimizers`` optimizer (Gradient, Momentum,
             RMSProp, ADAM; stepped with ``update``) or a ``fusedopt.optim`` one
-            (SGD, Adam, AdamW, RMSprop, Adagrad, Lion; stepped with ``step``,
-            replicated moments only), built with the same arguments on every
-            rank. With ``shard_state=True`` it steps this rank's shard: read its
+            (SGD, Adam, AdamW, RMSprop, Adagrad, Lion; stepped with ``step``;
+            with ``max_grad_norm`` only replicated), built with the same
+            arguments on every rank. With ``shard_state=True`` it steps this rank's shard: read its
             state through this wrapper (``state_dict()``), not directly.
         comm: the communicator (default ``MPI.COMM_WORLD``).
         shard_state: each rank keeps and steps 1/N of the moments (ZeRO
@@ -141,8 +148,7 @@ class DataParallel:
             raise TypeError(f"DataParallel wraps a fusedopt.optimizers or fusedopt.optim optimizer, "
                             f"got {type(optimizer).__name__}")
         if self._textbook and shard_state:
-            raise TypeError(f"fusedopt.optim's {type(optimizer).__name__} is wrapped with shard_state=False "
-                            "(its global-norm clip and per-path weight-decay masks need the whole tree)")
+            _check_no_clip(optimizer)
         self._opt: Any = optimizer
         self._comm = MPI.COMM_WORLD if comm is None else comm
         self._size, self._rank = self._comm.Get_size(), self._comm.Get_rank()
@@ -150,7 +156,10 @@ class DataParallel:
         self._config = (type(optimizer).__name__, self._shard, self._det, self._size)
         self._layout: Optional[Layout] = None   # the layout all ranks agreed on
         self._bufs: Any = None                   # the _Buffers of the layout and path kind in use
-        self._pending: Optional[dict[str, Any]] = None  # loaded moments (memory state) awaiting a layout
+        self._pending: Optional[dict[str, Any]] = None  # loaded state (moments) awaiting a layout
+        self._user_mask: Optional[tuple[Any]] = None     # fusedopt.optim sharded: the caller's mask,
+        self._piece_mask: Any = None                     # the mask of the pieces made from it,
+        self._flags: list[bool] = []                     # and the whole tree's flags
         self._stepped = False                   # a step since creation / the last load
         self._delta: Any = None
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
@@ -301,11 +310,16 @@ class DataParallel:
                 lay = Layout(_core.Plan(grad, "grad"), self._size, self._rank)
                 lay.pack.pack(lay.plan.flatten(grad, "grad"), lay.send, "grad")
             self._buffers_for(lay, not is_model)  # allocated here: a MemoryError is agreed on too
+            if (self._textbook and self._shard and lay is self._layout
+                    and self._opt.weight_decay_mask is not self._piece_mask):
+                self._translate_mask(lay)  # the caller assigned a new mask: pieces decay by it
             pleaves = None
             if not is_model:
                 pleaves = lay.plan.flatten(model, "params")
                 lay.pack.check(pleaves, "params", True)
             opt = self._opt
+            if self._textbook and self._shard:
+                _check_no_clip(opt)
             if not self._textbook and opt.lr is None and getattr(opt.stepsize, "value", None) is None:
                 raise TypeError(f"call update_lr() before update(): the schedule "
                                 f"{type(opt.stepsize).__name__} has no current value")
@@ -338,10 +352,34 @@ class DataParallel:
         if self._layout is not None and _holds_moments(self._opt):
             raise changed if changed is not None else ValueError(
                 "the gradient's structure differs from the optimizer's moments (call reset() first)")
-        if self._shard and self._pending is not None:
+        if self._textbook and self._shard:
+            self._adopt_textbook(lay)
+        elif self._shard and self._pending is not None:
             self._install(lay, self._pending)  # ValueError if the loaded state does not fit
             self._pending = None
         self._layout = lay
+
+    def _adopt_textbook(self, lay: Layout) -> None:
+        """A fusedopt.optim optimizer stepping this rank's pieces: each piece decays as its
+        leaf does under the caller's mask, and a state loaded before is cut to the shard."""
+        opt = self._opt
+        shard = None if self._pending is None else textbook.shard_state(self._pending, lay)
+        if shard is not None:
+            opt.reset()
+            opt.load_state_dict(shard)
+            self._pending = None
+        self._translate_mask(lay)
+
+    def _translate_mask(self, lay: Layout) -> None:
+        """The caller's weight-decay mask resolved over the whole tree, as a mask of the pieces."""
+        opt = self._opt
+        if self._user_mask is None or opt.weight_decay_mask is not self._piece_mask:
+            self._user_mask = (opt.weight_decay_mask,)  # the caller's (None is a valid mask)
+        probe = copy.deepcopy(opt)
+        probe.weight_decay_mask = self._user_mask[0]
+        self._flags = textbook.whole_tree_flags(probe, lay)
+        self._piece_mask = textbook.piece_mask(lay, self._flags)
+        opt.weight_decay_mask = self._piece_mask
 
     # -- the average -----------------------------------------------------------------------
     def _average_shard(self, lay: Layout) -> None:
@@ -433,13 +471,17 @@ class DataParallel:
         t0, gather0 = time.perf_counter(), self.timings["gather"]
         lay.pack.pack(pleaves, bufs.params[lay.lo:lay.hi], "params", lay.lo, lay.hi)
         t1 = time.perf_counter()
-        keep = opt.keep_delta
-        opt.keep_delta = True  # this rank's delta pieces, for check_convergence and `delta`
-        try:
-            opt.update(bufs.param_pieces, bufs.avg_pieces)
-        finally:
-            opt.keep_delta = keep
-        self._delta_shard = opt.delta
+        keep = False
+        if self._textbook:
+            opt.step(bufs.param_pieces, bufs.avg_pieces)
+        else:
+            keep = opt.keep_delta
+            opt.keep_delta = True  # this rank's delta pieces, for check_convergence and `delta`
+            try:
+                opt.update(bufs.param_pieces, bufs.avg_pieces)
+            finally:
+                opt.keep_delta = keep
+            self._delta_shard = opt.delta
         t2 = time.perf_counter()
         self.timings["step"] += t2 - t1
         self._allgather(lay, bufs.params)
@@ -500,9 +542,13 @@ class DataParallel:
         """The whole state in the wrapped optimizer's own format, identical on every rank and
         loadable by a single-process optimizer (collective with shard_state)."""
         opt = self._opt
+        if self._textbook and self._shard and self._layout is not None:
+            own = _state_of(opt)  # this rank's pieces (stepped, or loaded and waiting for the next step)
+            if textbook.leaf_paths(own):
+                return textbook.whole_state(own, self._layout, self._flags, self._gather_pieces)
         mem = getattr(opt, "memory", None)
         if not self._shard or mem is None:
-            return _state_of(opt)
+            return _state_of(opt)  # (a sharded fusedopt.optim one without state: its own, pending or empty)
         if self._pending is not None:
             full = copy.deepcopy(opt)
             full.memory.load_state_dict(self._pending)  # no structure: the moments wait in the copy
@@ -534,6 +580,11 @@ class DataParallel:
         if not self._shard:
             opt.load_state_dict(state)
             return
+        if self._textbook:
+            opt.reset()
+            opt.load_state_dict(mem_state if mem_state is not None else state)
+            self._pending = dict(state) if self._layout is None else None
+            return
         # Checked on the copy above, so none of this fails: the scalars load into the wrapped
         # optimizer, the moments are installed as this rank's pieces (or wait for a layout).
         opt.reset()
@@ -547,9 +598,11 @@ class DataParallel:
                 self._pending = mem_state
 
     def _check_state(self, probe: Any, state: Mapping[str, Any]) -> Optional[dict[str, Any]]:
-        """Load `state` into a copy; its moments (a GradientMemory state) when sharded; with a
-        known layout, also check they fit it."""
+        """Load `state` into a copy; sharded, also return what this rank installs: the moments
+        (a GradientMemory state; checked against a known layout) or a fusedopt.optim shard state."""
         probe.load_state_dict(state)
+        if self._textbook:  # sharded: this rank's cut of the state (checked), once a layout is known
+            return None if self._layout is None else textbook.shard_state(state, self._layout)
         mem = getattr(probe, "memory", None)
         if not self._shard or mem is None:
             return None

@@ -165,9 +165,17 @@ def equivalence_all(c):
             equivalence(c, "ADAM", "mixed", path, shard, False)
 
 
-def textbook(c, kind, tree, det, steps=4):
-    what = f"optim.{kind}/{tree}/det={det}"
-    ref, dp = TEXTBOOK[kind](), distributed.DataParallel(TEXTBOOK[kind](), shard_state=False, deterministic=det)
+def textbook(c, kind, tree, shard, det, steps=4):
+    what = f"optim.{kind}/{tree}/shard={shard}/det={det}"
+    ref = TEXTBOOK[kind]()
+    if shard and ref.max_grad_norm is not None:
+        try:
+            distributed.DataParallel(TEXTBOOK[kind](), shard_state=True)
+            c.check(False, f"{what}: clipping accepted with sharded state")
+        except TypeError as exc:
+            c.check("shard_state=False" in str(exc), f"{what}: {exc}")
+        return
+    dp = distributed.DataParallel(TEXTBOOK[kind](), shard_state=shard, deterministic=det)
     ref_p, dp_p = params0(tree), params0(tree)
     for step in range(steps):
         ref.step(ref_p, average(tree, step))
@@ -178,15 +186,37 @@ def textbook(c, kind, tree, det, steps=4):
         else:
             for (p, a), (_, b) in zip(leaves(ref_p), leaves(dp_p)):
                 c.check(np.allclose(a, b, rtol=1e-4, atol=1e-6), f"{what} step {step} params{p} not close")
-    if det:
-        same_state(c, ref.state_dict(), dp.state_dict(), f"{what} state_dict")
-        c.check(dp.state_nbytes == sum(a.nbytes for t in ref.state_arrays().values() for _, a in leaves(t)),
-                f"{what}: state_nbytes")
-    try:
-        distributed.DataParallel(TEXTBOOK[kind](), shard_state=True)
-        c.check(False, f"{what}: shard_state=True accepted")
-    except TypeError as exc:
-        c.check("shard_state=False" in str(exc), f"{what}: {exc}")
+    full = sum(a.nbytes for t in ref.state_arrays().values() for _, a in leaves(t))
+    nbytes = COMM.allgather(dp.state_nbytes)
+    c.check(sum(nbytes) == full * (1 if shard else SIZE), f"{what}: state bytes {nbytes} of {full}")
+    slots = len(ref.state_arrays())
+    c.check(max(nbytes) <= (full / SIZE + 64 * slots if shard else full), f"{what}: state bytes {nbytes} of {full}")
+    if not det:
+        return
+    state = dp.state_dict()
+    same_state(c, ref.state_dict(), state, f"{what} state_dict")
+    # The single process's state resumes in a fresh DataParallel (loaded before its first step).
+    resumed = distributed.DataParallel(TEXTBOOK[kind](), shard_state=shard)
+    resumed.load_state_dict(ref.state_dict())
+    same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} loaded state before a step")
+    res_p = copy_tree(ref_p)
+    ref.step(ref_p, average(tree, steps))
+    resumed.step(res_p, grad(tree, steps, RANK))
+    c.equal_trees(ref_p, res_p, f"{what} resumed from the single process's state")
+    same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} resumed state_dict")
+    # And into this one, whose layout is known: cut to the shards at once.
+    dp.load_state_dict(ref.state_dict())
+    same_state(c, ref.state_dict(), dp.state_dict(), f"{what} reloaded state before a step")
+    ref.step(ref_p, average(tree, steps + 1))
+    dp.step(res_p, grad(tree, steps + 1, RANK))
+    c.equal_trees(ref_p, res_p, f"{what} reloaded, one more step")
+    if kind == "AdamW-mask":  # a mask assigned between steps applies to the whole tree's leaves
+        mask = lambda path, a: a.size > 10  # noqa: E731
+        ref.weight_decay_mask = dp.optimizer.weight_decay_mask = mask
+        ref.step(ref_p, average(tree, steps + 2))
+        dp.step(res_p, grad(tree, steps + 2, RANK))
+        c.equal_trees(ref_p, res_p, f"{what} a new mask")
+        same_state(c, ref.state_dict(), dp.state_dict(), f"{what} a new mask: state")
     try:
         dp.update(dp_p, grad(tree, 0, RANK))  # fusedopt.optimizers' API: refused locally, before any collective
         c.check(False, f"{what}: update() accepted")
@@ -196,9 +226,10 @@ def textbook(c, kind, tree, det, steps=4):
 
 def textbook_all(c):
     for kind in TEXTBOOK:
-        for tree in ("mixed", "tiny"):
-            textbook(c, kind, tree, True)
-        textbook(c, kind, "mixed", False)
+        for shard in (True, False):
+            for tree in ("mixed", "tiny"):
+                textbook(c, kind, tree, shard, True)
+            textbook(c, kind, "mixed", shard, False)
 
 
 # -- errors: raised on every rank, nothing modified, no hang ------------------------------------
