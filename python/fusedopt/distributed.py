@@ -223,8 +223,8 @@ class DataParallel:
 
     @property
     def state_nbytes(self) -> int:
-        """Bytes of optimizer state (moments) this rank holds: about 1/N of the whole with
-        shard_state (at most full / N + 128 bytes), all of it without."""
+        """Bytes of optimizer state (moments, slots) this rank holds: about 1/N of the whole
+        with shard_state (at most full / N plus 64 bytes per moment), all of it without."""
         if self._textbook:
             trees = list(self._opt.state_arrays().values())
         else:
