@@ -1,8 +1,8 @@
 """fusedopt.distributed under real MPI: the scripts in tests/mpi run with mpiexec -n 1, 2, 3.
 
 MPICH from the ``mpich`` wheel, one OpenMP thread per rank, oversubscribed on small machines.
-Each launch runs many checks (tests/mpi/battery.py: every optimizer, both paths, both shard
-modes, mixed float32/float64 trees, trees with fewer elements than ranks, leaves straddling
+Each launch runs many checks (tests/mpi/battery.py: every fusedopt.optimizers optimizer on
+both paths and every fusedopt.optim one, both shard modes, mixed float32/float64 trees, trees with fewer elements than ranks, leaves straddling
 shards, errors raised on every rank, resume across rank counts; tests/mpi/paysage_sgd.py:
 paysage's fit.SGD on 2 ranks) and writes what failed as JSON. A hang is a failure: every
 launch has a timeout.

@@ -67,8 +67,8 @@ def _check_no_clip(opt: Any) -> None:
 
 def _is_textbook(opt: Any) -> bool:
     """A fusedopt.optim optimizer (step(params, grads)); imported only when there is one."""
-    from . import _optim_base
-    return isinstance(opt, _optim_base.Optimizer)
+    from . import optim
+    return isinstance(opt, optim.Optimizer)
 
 
 def _state_of(obj: Any) -> dict[str, Any]:
