@@ -152,7 +152,31 @@ def equivalence(c, kind, tree, path, shard, det, steps=4):
     same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} resumed state_dict")
 
 
+def random_tree(seed):
+    """A tree of 1..7 leaves of random sizes (0..300, any of them empty or tiny) and dtypes, in
+    random containers: one per seed, the same on every rank."""
+    rng = np.random.default_rng([7, seed])
+    specs = [((int(rng.integers(0, 301)),) if rng.random() < 0.7 else
+              tuple(int(x) for x in rng.integers(0, 9, rng.integers(0, 3))), str(rng.choice(["float32", "float64"])))
+             for _ in range(rng.integers(1, 8))]
+
+    def build(mk):
+        leaves_ = [mk(shape, dtype) for shape, dtype in specs]
+        if seed % 3 == 0:
+            return {f"k{i}": a for i, a in enumerate(leaves_)}
+        if seed % 3 == 1:
+            return [tuple(leaves_[:2]), leaves_[2:]]
+        return leaves_
+    return build
+
+
 def equivalence_all(c):
+    for seed in range(8):
+        TREES[f"random{seed}"] = random_tree(seed)
+        kind = list(OPTIMIZERS)[seed % len(OPTIMIZERS)]
+        for path in ("inplace", "paysage"):
+            for shard in (True, False):
+                equivalence(c, kind, f"random{seed}", path, shard, True, steps=3)
     for kind in OPTIMIZERS:
         for tree in ("mixed", "tiny", "paysage"):
             for path in ("inplace", "paysage"):
