@@ -1,6 +1,9 @@
 """Run under mpiexec -n N: DataParallel against a single-process reference, bit for bit.
 
-    python battery.py RESULT.json [--save STATE.npz] [--load STATE.npz SAVED_N] [--only-resume]
+    python battery.py RESULT.json [--save STATE.npz] [--load STATE.npz] [--only-resume] [--skip-errors]
+
+--save writes the state and parameters after three ADAM steps at this N; --load resumes one
+saved at another N (the file says which) and checks it against a single-process replay.
 
 Every rank computes every rank's gradient (a seeded function of step and rank), so the
 single-process reference (a plain fusedopt optimizer stepped with the NumPy rank-order
@@ -91,8 +94,6 @@ def moment_bytes(opt):
 
 def equivalence(c, kind, tree, path, shard, det, steps=4):
     what = f"{kind}/{tree}/{path}/shard={shard}/det={det}"
-    if RANK == 0 and __import__("os").environ.get("BATTERY_TRACE"):
-        print(what, __import__("time").perf_counter(), flush=True)
     ref, dp = OPTIMIZERS[kind](), distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard, deterministic=det)
     ref_p, dp_p = params0(tree), params0(tree)
     kept, ref_deltas = Model(dp_p), []  # a model that keeps every delta it is handed
