@@ -12,9 +12,6 @@ import inspect
 
 import numpy as np
 
-import peers
-from peers import Implementation, Skip, leaves
-
 LR = 1e-3
 HYPER = {
     "optim.Adam": {},
@@ -28,6 +25,10 @@ HYPER = {
 # Adam(W) reads g, p, m, v and writes p, m, v; the others keep one slot (read g, p, s; write p, s).
 BYTES = {"optim.Adam": 28, "optim.AdamW": 28, "optim.SGD": 20, "optim.RMSprop": 20, "optim.Adagrad": 20,
          "optim.Lion": 20}
+
+# After the tables: peers imports this module at its end and reads them, whichever is imported first.
+import peers  # noqa: E402
+from peers import Implementation, Skip, leaves  # noqa: E402
 
 
 def _cls(name):
@@ -91,20 +92,12 @@ class NumpyTextbook:
                 np.multiply(f(1 - 0.99), g, out=a)
                 np.multiply(a, g, out=a)
                 np.add(v, a, out=v)
-                np.sqrt(v, out=a)
-                np.add(a, f(1e-8), out=a)
-                np.multiply(f(-LR), g, out=b)
-                np.divide(b, a, out=b)
-                np.add(p, b, out=p)
+                _scaled_step(p, g, v, f(1e-8), a, b)
             elif self.kind == "Adagrad":
                 acc = s[0]
                 np.multiply(g, g, out=a)
                 np.add(acc, a, out=acc)
-                np.sqrt(acc, out=a)
-                np.add(a, f(1e-10), out=a)
-                np.multiply(f(-LR), g, out=b)
-                np.divide(b, a, out=b)
-                np.add(p, b, out=p)
+                _scaled_step(p, g, acc, f(1e-10), a, b)
             else:  # Lion
                 m = s[0]
                 np.multiply(f(0.9), m, out=a)
@@ -116,6 +109,15 @@ class NumpyTextbook:
                 np.multiply(f(0.99), m, out=m)
                 np.multiply(f(0.01), g, out=b)
                 np.add(m, b, out=m)
+
+
+def _scaled_step(p, g, v, eps, a, b):
+    """p = p + ((-lr) * g) / (sqrt(v) + eps), with temporaries a and b (RMSprop, Adagrad)."""
+    np.sqrt(v, out=a)
+    np.add(a, eps, out=a)
+    np.multiply(np.float32(-LR), g, out=b)
+    np.divide(b, a, out=b)
+    np.add(p, b, out=p)
 
 
 def make_numpy(name, params, grads):
@@ -167,7 +169,7 @@ def make_deepspeed(name, params, grads):
 def implementations(name):
     """fusedopt.optim first, then its peers."""
     return [
-        Implementation("fusedopt_optim", f"fusedopt {name}", make_fusedopt),
+        Implementation("fusedopt_inplace", f"fusedopt {name}", make_fusedopt),
         Implementation("numpy", "numpy float32 (out=)", make_numpy),
         Implementation("torch_foreach", f"torch.optim.{_cls(name)}(foreach=True)", make_torch("foreach")),
         Implementation("torch_fused", f"torch.optim.{_cls(name)}(fused=True)", make_torch("fused")),

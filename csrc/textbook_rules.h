@@ -6,6 +6,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <utility>
 
 namespace fusedopt {
 
@@ -79,6 +80,14 @@ constexpr std::size_t rule_index(Rule r, Decay d, Phase p) {
   return kRuleTable.size();
 }
 
+// The names Python sees (fusedopt._core.Rule), one per rule.
+constexpr std::array<std::pair<Rule, const char*>, 11> kRuleNames = {{
+    {Rule::SGD, "SGD"}, {Rule::SGD_MOMENTUM, "SGD_MOMENTUM"}, {Rule::SGD_NESTEROV, "SGD_NESTEROV"},
+    {Rule::ADAM, "ADAM"}, {Rule::ADAM_AMSGRAD, "ADAM_AMSGRAD"}, {Rule::RMSPROP, "RMSPROP"},
+    {Rule::RMSPROP_CENTERED, "RMSPROP_CENTERED"}, {Rule::RMSPROP_MOMENTUM, "RMSPROP_MOMENTUM"},
+    {Rule::RMSPROP_CENTERED_MOMENTUM, "RMSPROP_CENTERED_MOMENTUM"}, {Rule::ADAGRAD, "ADAGRAD"}, {Rule::LION, "LION"},
+}};
+
 // Whether rule r has a FIRST phase of its own (else it is its STEADY kernel).
 constexpr bool has_first_phase(Rule r) { return r == Rule::SGD_MOMENTUM || r == Rule::SGD_NESTEROV; }
 
@@ -108,13 +117,11 @@ constexpr std::array<const char*, kSlots> slot_names(Rule r) {
 }
 constexpr bool uses_slot(Rule r, std::size_t k) { return slot_names(r)[k][0] != '\0'; }
 
-// Every rule, with a FIRST phase where it has one, and every decay mode its
-// classes use, must be in the table: checked at compile time.
+// Every rule of the table, with a FIRST phase where it has one, has every
+// decay mode its classes use: checked at compile time.
 constexpr bool table_complete() {
-  constexpr Rule all[] = {Rule::SGD, Rule::SGD_MOMENTUM, Rule::SGD_NESTEROV, Rule::ADAM, Rule::ADAM_AMSGRAD,
-                          Rule::RMSPROP, Rule::RMSPROP_CENTERED, Rule::RMSPROP_MOMENTUM,
-                          Rule::RMSPROP_CENTERED_MOMENTUM, Rule::ADAGRAD, Rule::LION};
-  for (Rule r : all) {
+  for (const RuleEntry& e : kRuleTable) {
+    const Rule r = e.rule;
     const bool adam = r == Rule::ADAM || r == Rule::ADAM_AMSGRAD;
     for (Decay d : {Decay::NONE, decay_of(r, false), decay_of(r, adam)}) {
       if (rule_index(r, d, Phase::STEADY) == kRuleTable.size()) return false;

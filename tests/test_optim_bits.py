@@ -71,8 +71,9 @@ def test_bits_at_every_simd_level_and_thread_count(kind, hyper, dtype, rng, rest
         _assert_bits(other, results[0])
 
 
-def test_large_tree_runs_threaded_with_the_same_bits(rng, restore_num_threads):
-    # Above serial_below elements the team runs the chunks.
+@pytest.mark.parametrize("kind,hyper", CASES)
+def test_large_tree_runs_threaded_with_the_same_bits(kind, hyper, rng, restore_num_threads):
+    # Above serial_below elements the thread team runs the chunks; with clipping the norm pass too.
     shapes = [(70_001,), (5, 333)]
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -80,17 +81,25 @@ def test_large_tree_runs_threaded_with_the_same_bits(rng, restore_num_threads):
     for threads in (1, 2):
         fusedopt.set_num_threads(threads)
         mine = [p.copy() for p in params]
-        opt = optim.AdamW(lr=0.01, max_grad_norm=1.0)
+        opt = getattr(optim, kind)(lr=0.01, max_grad_norm=100.0, **hyper)
+        ref_params = [p.copy() for p in params]
+        ref = Reference(kind, lr=0.01, max_grad_norm=100.0, **hyper)
         for _ in range(3):
             opt.step(mine, grads)
-        ref_params = [p.copy() for p in params]
-        ref = Reference("AdamW", lr=0.01, max_grad_norm=1.0, weight_decay=1e-2)
-        for _ in range(3):
             ref.step(ref_params, grads, norm=opt.last_grad_norm)
         _assert_bits(mine, ref_params)
         out.append((mine, opt.last_grad_norm))
     _assert_bits(out[0][0], out[1][0])
     assert out[0][1] == out[1][1]
+
+
+def test_the_rule_table_is_the_compiled_list():
+    table = _core.rule_table
+    assert len(set(table)) == len(table) == 28
+    for kind, hyper in CASES:
+        opt = getattr(optim, kind)(**hyper)
+        assert any(entry[0] == opt._rule() for entry in table)
+        assert sorted(_core.rule_slots(opt._rule())) == sorted(Reference(kind, **hyper).slot_names())
 
 
 @pytest.mark.parametrize("kind,hyper", [c for c in CASES if c[0] in ("Adam", "SGD", "Lion")])

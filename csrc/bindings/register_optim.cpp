@@ -39,18 +39,19 @@ std::string got_of(PyObject* o) {
          shape;
 }
 
-// An array of the leaf's dtype and shape, or a TypeError/ValueError naming the leaf.
+// An array of the leaf's dtype and shape, or a TypeError/ValueError naming the leaf
+// (messages are built only on failure: this runs for every leaf of every step).
 PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what) {
   const LeafSpec& s = plan.leaves()[l];
-  const std::string want = std::string(name_of(s.dtype)) + " array of shape " + plan.shape_str(l);
-  if (!PyArray_Check(o)) throw py::type_error(at_leaf(what, s) + ": expected a " + want + ", got " + got_of(o));
-  PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
-  const bool shape_ok = PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
+  PyArrayObject* a = PyArray_Check(o) ? reinterpret_cast<PyArrayObject*>(o) : nullptr;
+  const bool dtype_ok = a && PyArray_TYPE(a) == npy_of(s.dtype);
+  const bool shape_ok = a && PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
-  if (PyArray_TYPE(a) != npy_of(s.dtype))
-    throw py::type_error(at_leaf(what, s) + ": expected a " + want + ", got a " + got_of(o));
-  if (!shape_ok) throw py::value_error(at_leaf(what, s) + ": expected a " + want + ", got a " + got_of(o));
-  return a;
+  if (dtype_ok && shape_ok) return a;
+  const std::string msg = at_leaf(what, s) + ": expected a " + name_of(s.dtype) + " array of shape " +
+                          plan.shape_str(l) + ", got " + (a ? "a " : "") + got_of(o);
+  if (!dtype_ok) throw py::type_error(msg);
+  throw py::value_error(msg);
 }
 
 template <class T>
@@ -73,8 +74,9 @@ class OptimState {
     if (!py::isinstance<Plan>(plan_obj_)) throw py::type_error("plan must be a fusedopt._core.Plan");
     if (!py::isinstance<TextbookHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.TextbookHyper");
     plan_ = plan_obj_.cast<const Plan*>();
+    hyper_ = &hyper_obj_.cast<const TextbookHyper&>();
     set_decay_mask(decay_mask);
-    const double fill = rule == Rule::ADAGRAD ? hyper_obj_.cast<const TextbookHyper&>().initial_accumulator_value : 0.0;
+    const double fill = rule == Rule::ADAGRAD ? hyper_->initial_accumulator_value : 0.0;
     for (std::size_t k = 0; k < kSlots; ++k) {
       if (!uses_slot(rule_, k)) continue;
       for (Dtype d : {F32, F64}) {
@@ -135,7 +137,7 @@ class OptimState {
       for (std::size_t k = 0; k < kSlots; ++k)
         data[l].s[k] = uses_slot(rule_, k) ? slot_data(k, specs[l]) : nullptr;
     }
-    const TextbookHyper hyper = hyper_obj_.cast<const TextbookHyper&>();  // a copy: Python may assign meanwhile
+    const TextbookHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true))
       throw py::value_error("this optimizer is being stepped by another thread; step it from one thread at a time");
@@ -246,7 +248,8 @@ class OptimState {
   Rule rule_;
   py::object plan_obj_;  // keeps plan_ alive
   const Plan* plan_ = nullptr;
-  py::object hyper_obj_;
+  py::object hyper_obj_;  // keeps hyper_ alive; Python assigns its fields between steps
+  const TextbookHyper* hyper_ = nullptr;
   py::object arenas_[kSlots][2];  // slot k, dtype d: 64-byte aligned, laid out as the plan's arenas
   std::vector<char> decay_;
   long long step_count_ = 0;
@@ -257,18 +260,8 @@ class OptimState {
 }  // namespace
 
 void register_optim(py::module_& m) {
-  py::enum_<Rule>(m, "Rule", "The textbook optimizers' rules (csrc/textbook_rules.h).")
-      .value("SGD", Rule::SGD)
-      .value("SGD_MOMENTUM", Rule::SGD_MOMENTUM)
-      .value("SGD_NESTEROV", Rule::SGD_NESTEROV)
-      .value("ADAM", Rule::ADAM)
-      .value("ADAM_AMSGRAD", Rule::ADAM_AMSGRAD)
-      .value("RMSPROP", Rule::RMSPROP)
-      .value("RMSPROP_CENTERED", Rule::RMSPROP_CENTERED)
-      .value("RMSPROP_MOMENTUM", Rule::RMSPROP_MOMENTUM)
-      .value("RMSPROP_CENTERED_MOMENTUM", Rule::RMSPROP_CENTERED_MOMENTUM)
-      .value("ADAGRAD", Rule::ADAGRAD)
-      .value("LION", Rule::LION);
+  py::enum_<Rule> rules(m, "Rule", "The textbook optimizers' rules (csrc/textbook_rules.h).");
+  for (const auto& [rule, name] : kRuleNames) rules.value(name, rule);
   py::enum_<Decay>(m, "Decay", "How weight decay enters a textbook rule.")
       .value("NONE", Decay::NONE)
       .value("L2", Decay::L2)

@@ -48,6 +48,9 @@ class _Hyper:
 def _check_lr(value: Any) -> LR:
     if isinstance(value, schedules.Schedule) or (callable(value) and not isinstance(value, numbers.Real)):
         return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"lr must be a real number >= 0, a fusedopt schedule or a callable step -> lr, "
+                        f"got {type(value).__name__}")
     return checks.non_negative("lr", value)
 
 
@@ -216,6 +219,14 @@ class Optimizer:
         stepped in place) with `grads` (a tree of the same structure, dtypes and shapes; never
         modified). Everything is checked before anything changes: a TypeError/ValueError names
         the leaf; check_finite raises FloatingPointError."""
+        state, lr = self._state, self._lr
+        if state is not None and type(lr) is float:  # steady state with a constant rate: straight in
+            state.step(params, grads, lr, self._values["check_finite"])
+            return
+        self._step_with_lr(params, grads)
+
+    def _step_with_lr(self, params: Any, grads: Any) -> None:
+        """A step that evaluates a schedule, or creates the state."""
         lr, saved = self._next_lr()
         state = self._state
         try:
