@@ -67,8 +67,8 @@ def _check_no_clip(opt: Any) -> None:
 
 def _is_textbook(opt: Any) -> bool:
     """A fusedopt.optim optimizer (step(params, grads)); imported only when there is one."""
-    from . import optim
-    return isinstance(opt, optim.Optimizer)
+    optim = sys.modules.get("fusedopt.optim")  # not loaded: `opt` cannot be one of its optimizers
+    return optim is not None and isinstance(opt, optim.Optimizer)
 
 
 def _state_of(obj: Any) -> dict[str, Any]:
@@ -161,6 +161,7 @@ class DataParallel:
         self._piece_mask: Any = None                     # the mask of the pieces made from it,
         self._flags: list[bool] = []                     # and the whole tree's flags
         self._stepped = False                   # a step since creation / the last load
+        self._inplace = False                   # the last step's path: parameters in place, or a model
         self._delta: Any = None
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
         self._delta_flat: Optional[np.ndarray] = None  # the buffer the paysage path's delta views
@@ -292,7 +293,7 @@ class DataParallel:
             else:
                 self._opt.update(model, self._bufs.avg_tree)
             self.timings["step"] += time.perf_counter() - t
-        self._stepped = True
+        self._stepped, self._inplace = True, not is_model
         self._probe = None
 
     def _local_checks(self, model: Any, grad: Any, is_model: bool
@@ -528,11 +529,15 @@ class DataParallel:
         if not self._stepped or self._layout is None:
             return False
         if self._probe is None:
-            delta = self._delta if self._delta is not None else self._gather_delta(self._layout)
+            lay = self._layout
+            delta = self._delta if self._delta is not None else self._gather_delta(lay)
             # A Gradient step with rate 1 takes d = 1 * delta exactly, and sums d**2 per leaf
-            # over the same tree layout as the single process's step did.
-            probe: Any = optimizers.Gradient(stepsize=1.0)  # type: ignore[no-untyped-call]
-            probe.update(_Sink(), delta)
+            # over the same tree layout as the single process's step did, by the kernel of the
+            # same output (the delta written, or parameters stepped in place, with or without
+            # keep_delta): the single process's sums, whichever way a kernel orders them.
+            probe: Any = optimizers.Gradient(stepsize=1.0,  # type: ignore[no-untyped-call]
+                                             keep_delta=bool(self._opt.keep_delta))
+            probe.update(lay.tree(aligned_bytes(lay.nbytes)) if self._inplace else _Sink(), delta)
             self._probe = probe
         self._probe.tolerance = self._opt.tolerance
         return bool(self._probe.check_convergence())
