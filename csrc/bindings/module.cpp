@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   register_step(m);
   register_runtime(m);
   register_optim(m);
+  register_reduce(m);
 }

@@ -9,4 +9,5 @@ void register_step(pybind11::module_& m);
 void register_tree(pybind11::module_& m);
 void register_runtime(pybind11::module_& m);
 void register_optim(pybind11::module_& m);
+void register_reduce(pybind11::module_& m);  // fusedopt.distributed
 }  // namespace fusedopt

@@ -219,3 +219,29 @@ class OptimState:
     def step_count(self) -> int: ...
     @property
     def last_grad_norm(self) -> float | None: ...
+# fusedopt.distributed (csrc/bindings/register_reduce.cpp)
+_Bytes = npt.NDArray[np.uint8]
+
+class FlatPack:
+    """A tree's leaves laid end to end in one byte buffer (fusedopt.distributed)."""
+
+    def __init__(
+        self, paths: Sequence[str], shapes: Sequence[Sequence[int]], dtypes: Sequence[str], offsets: Sequence[int]
+    ) -> None: ...
+    @property
+    def num_leaves(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    def check(self, leaves: list[Any], name: str, writeable: bool = False) -> None:
+        """Raise TypeError/ValueError naming the first leaf that does not fit."""
+    def pack(self, leaves: list[Any], out: _Bytes, name: str, lo: int = 0, hi: int = ...) -> None:
+        """Check the leaves, then copy their bytes in the flat range [lo, hi) into `out` (holding that range)."""
+    def unpack(self, flat: _Bytes, leaves: list[Any], name: str, lo: int = 0, hi: int = ...) -> None:
+        """Copy the flat range [lo, hi) of `flat` (holding that range) back into the checked, writeable leaves."""
+    def views(self, flat: _Bytes) -> list[Any]:
+        """Views of every leaf into `flat`."""
+
+def rank_average(
+    recv: _Bytes, out: _Bytes, k: int, stride: int, off32: int, n32: int, off64: int, n64: int, divisor: float
+) -> None:
+    """out = (((row0 + row1) + ...) + row[k-1]) / divisor per element, in each part's dtype."""

@@ -1,0 +1,175 @@
+"""Speed of a data-parallel step (fusedopt.distributed) against the raw collectives.
+
+Run on 2 ranks from the repository root::
+
+    OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_distributed.py            # 1e5, 1e6, 1e7
+    OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_distributed.py --quick    # seconds: a smoke run
+
+For each size (float32 ADAM, in-place path) and each mode (deterministic or MPI's own
+reductions, sharded or replicated moments) every rank takes steps on the same layout; the
+time per step is the median over repeats, of the slowest rank, after warm-up. Each step is
+split into its phases (DataParallel.timings): local checks and packing, the agreement
+allreduce, the gradient exchange, the native average, the optimizer step, the all-gather and
+the copies back into the caller's trees; "busbw" is the bus bandwidth of the step's own
+collectives (exchange and all-gather), beside the raw Allreduce's.
+Beside them, the same run times the raw mpi4py collectives on the same bytes (an Allreduce,
+whose bus bandwidth is 2 (N-1)/N bytes / t, and the Alltoallv + Allgatherv pair the
+deterministic mode uses), an 8-byte Allreduce (the per-message cost) and a single-process
+step of the whole tree. Results go to a table on stdout and to JSON (--out), which
+bench/model_distributed.py turns into the model of docs/distributed.md.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+import fusedopt
+from fusedopt import distributed, optimizers
+
+COMM = MPI.COMM_WORLD
+SIZE, RANK = COMM.Get_size(), COMM.Get_rank()
+MODES = [("det", True, True), ("det", True, False), ("native", False, True), ("native", False, False)]
+PHASES = ("pack", "agree", "exchange", "average", "step", "gather", "copy")
+COMM_PHASES = ("agree", "exchange", "gather")
+
+
+def slowest_median(samples):
+    """Median over repeats of the slowest rank's time (a step ends when every rank is done)."""
+    every = COMM.allgather(samples)
+    return statistics.median(max(col) for col in zip(*every))
+
+
+def timed(fn, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        COMM.Barrier()
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return slowest_median(samples)
+
+
+def bench_mode(n, det, shard, repeats, warmup):
+    rng = np.random.default_rng(RANK)
+    params = rng.standard_normal(n).astype(np.float32)
+    grad = rng.standard_normal(n).astype(np.float32)
+    dp = distributed.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
+    for _ in range(warmup):
+        dp.update(params, grad)
+    per_step, phases = [], {p: [] for p in PHASES}
+    for _ in range(repeats):
+        before = dict(dp.timings)
+        COMM.Barrier()
+        t0 = time.perf_counter()
+        dp.update(params, grad)
+        per_step.append(time.perf_counter() - t0)
+        for p in PHASES:
+            phases[p].append(dp.timings[p] - before[p])
+    step = slowest_median(per_step)
+    split = {p: statistics.median(COMM.allgather(statistics.median(v))) for p, v in phases.items()}
+    # Bus bandwidth of the step's own collectives (exchange + all-gather move 2 (N-1)/N of the bytes).
+    busbw = 2 * (SIZE - 1) / SIZE * 4 * n / max(split["exchange"] + split["gather"], 1e-12) / 1e9
+    return {"step_s": step, "phases_s": split, "comm_share": sum(split[p] for p in COMM_PHASES) / step,
+            "busbw_GBps": busbw, "state_nbytes": COMM.allreduce(dp.state_nbytes, op=MPI.MAX)}
+
+
+def bench_raw(n, repeats, warmup):
+    """The raw collectives on the bytes of n float32 elements."""
+    nbytes = 4 * n
+    buf = np.ones(n, np.float32)
+    out = {}
+    out["allreduce_s"] = timed(lambda: COMM.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), repeats, warmup)
+    out["allreduce_busbw_GBps"] = 2 * (SIZE - 1) / SIZE * nbytes / out["allreduce_s"] / 1e9
+    shard = -(-nbytes // SIZE // 64) * 64
+    counts = [min(shard, max(0, nbytes - r * shard)) for r in range(SIZE)]
+    displs = [min(r * shard, nbytes) for r in range(SIZE)]
+    send = np.zeros(nbytes, np.uint8)
+    recv = np.zeros(SIZE * shard, np.uint8)
+    mine = counts[RANK]
+
+    def pair():
+        COMM.Alltoallv([send, (counts, displs), MPI.BYTE], [recv, ([mine] * SIZE, [r * mine for r in range(SIZE)]),
+                                                            MPI.BYTE])
+        COMM.Allgatherv(MPI.IN_PLACE, [send, (counts, displs), MPI.BYTE])
+    out["alltoall_allgather_s"] = timed(pair, repeats, warmup)
+    return out
+
+
+def bench_single(n, repeats, warmup):
+    """One process stepping the whole tree (rank 0; the others wait)."""
+    t = 0.0
+    if RANK == 0:
+        rng = np.random.default_rng(0)
+        params = rng.standard_normal(n).astype(np.float32)
+        grad = rng.standard_normal(n).astype(np.float32)
+        opt = optimizers.ADAM(stepsize=1e-3)
+        for _ in range(warmup):
+            opt.update(params, grad)
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            opt.update(params, grad)
+            samples.append(time.perf_counter() - t0)
+        t = statistics.median(samples)
+    return COMM.bcast(t, root=0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1e5,1e6,1e7")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="1e4 and 1e5 elements, 5 repeats")
+    parser.add_argument("--out", default="bench/results/distributed.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.repeats, args.warmup = "1e4,1e5", 5, 2
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    result = {"ranks": SIZE, "machine": platform.machine(), "mpi": MPI.Get_library_version().split("\n")[0],
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "threads": fusedopt.get_num_threads(),
+              "simd": fusedopt.simd_level(), "repeats": args.repeats, "sizes": {}}
+    tiny = np.zeros(1, np.float64)
+    result["allreduce_8B_s"] = timed(lambda: COMM.Allreduce(MPI.IN_PLACE, tiny, op=MPI.MAX), 200, 20)
+    for n in sizes:
+        entry = {"bytes": 4 * n, "single_process_step_s": bench_single(n, args.repeats, args.warmup)}
+        entry.update(bench_raw(n, args.repeats, args.warmup))
+        for name, det, shard in MODES:
+            key = f"{name}/{'sharded' if shard else 'replicated'}"
+            entry[key] = bench_mode(n, det, shard, args.repeats, args.warmup)
+        result["sizes"][str(n)] = entry
+    if RANK == 0:
+        report(result)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"\nwritten to {args.out}")
+
+
+def report(result):
+    us = 1e6
+    print(f"{result['ranks']} ranks, {result['mpi']}; 8-byte Allreduce {result['allreduce_8B_s'] * us:.1f} us")
+    print(f"{'elements':>10} {'mode':>20} {'step us':>10} {'comm %':>7} {'busbw GB/s':>11} {'of raw':>7} "
+          f"{'vs raw allreduce':>17} {'added us':>9} {'state B':>10}")
+    for n, e in result["sizes"].items():
+        for key in (k for k in e if "/" in k):
+            m = e[key]
+            raw = e["alltoall_allgather_s"] if key.startswith("det") else e["allreduce_s"]
+            added = m["step_s"] - raw - e["single_process_step_s"] / result["ranks"]
+            print(f"{n:>10} {key:>20} {m['step_s'] * us:10.1f} {100 * m['comm_share']:6.1f}% "
+                  f"{m['busbw_GBps']:11.2f} {100 * m['busbw_GBps'] / e['allreduce_busbw_GBps']:6.0f}% "
+                  f"{m['step_s'] / e['allreduce_s']:16.2f}x {added * us:9.1f} {m['state_nbytes']:10d}")
+        print(f"{n:>10} {'raw Allreduce':>20} {e['allreduce_s'] * us:10.1f} "
+              f"  busbw {e['allreduce_busbw_GBps']:.2f} GB/s; Alltoallv+Allgatherv {e['alltoall_allgather_s'] * us:.1f} us;"
+              f" single process {e['single_process_step_s'] * us:.1f} us")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

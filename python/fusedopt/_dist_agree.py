@@ -1,0 +1,59 @@
+"""Agreement across ranks before any collective that could otherwise hang.
+
+Every rank checks its own input first and then takes part in one small
+allreduce of ``[error, hash, -hash]`` (MAX): afterwards all ranks know whether
+any rank failed and whether all hashes are equal (``max(h) == -max(-h)``). A
+failure anywhere is raised on every rank — the failing rank raises its own
+exception, the others the same type with the failing rank's message — so no
+rank goes on into a collective its peers will never join.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+_CODES: dict[type, int] = {ValueError: 1, TypeError: 2, FloatingPointError: 3, MemoryError: 4}
+_TYPES = {code: kind for kind, code in _CODES.items()}
+_OTHER = 5  # any other exception: RuntimeError on the other ranks
+
+
+def _code(exc: Optional[BaseException]) -> int:
+    if exc is None:
+        return 0
+    for kind, code in _CODES.items():
+        if isinstance(exc, kind):
+            return code
+    return _OTHER
+
+
+def agree(comm: Any, exc: Optional[BaseException], value: int = 0) -> bool:
+    """Raise `exc` (or its copy) on every rank if any rank has one; else return
+    whether every rank passed the same `value` (a non-negative 62-bit int)."""
+    from mpi4py import MPI
+
+    msg = np.array([_code(exc), value, -value], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, msg, op=MPI.MAX)
+    if msg[0]:
+        raise_everywhere(comm, exc)
+    return bool(msg[1] == -msg[2])
+
+
+def raise_everywhere(comm: Any, exc: Optional[BaseException]) -> None:
+    """Called on all ranks once some rank is known to have failed: the lowest
+    failing rank's error type and message are sent to all, and raised."""
+    from mpi4py import MPI
+
+    first = comm.allreduce(comm.Get_rank() if exc is not None else comm.Get_size(), op=MPI.MIN)
+    info = comm.bcast((_code(exc), str(exc)) if comm.Get_rank() == first else None, root=first)
+    if exc is not None:
+        raise exc
+    raise _TYPES.get(info[0], RuntimeError)(f"on rank {first}: {info[1]}")
+
+
+def try_local(fn: Any, *args: Any) -> tuple[Any, Optional[BaseException]]:
+    """(fn(*args), None), or (None, the exception) for an error to agree on."""
+    try:
+        return fn(*args), None
+    except Exception as exc:  # every local failure must reach the agreement, whatever it is
+        return None, exc

@@ -1,0 +1,468 @@
+"""Run under mpiexec -n N: DataParallel against a single-process reference, bit for bit.
+
+    python battery.py RESULT.json [--save STATE.npz] [--load STATE.npz] [--only-resume] [--skip-errors]
+
+--save writes the state and parameters after three ADAM steps at this N; --load resumes one
+saved at another N (the file says which) and checks it against a single-process replay.
+
+Every rank computes every rank's gradient (a seeded function of step and rank), so the
+single-process reference (a plain fusedopt optimizer stepped with the NumPy rank-order
+average) runs on every rank next to the data-parallel one.
+"""
+import argparse
+import collections
+
+import numpy as np
+from harness import (COMM, RANK, SIZE, Checks, copy_tree, leaves, out_path, rank_order_average, same_state,
+                     threshold)
+
+from fusedopt import distributed, optim, optimizers, schedules
+
+P = collections.namedtuple("P", "loc")
+W = collections.namedtuple("W", "matrix")
+G = collections.namedtuple("G", "layers weights")
+
+# name -> (shape, dtype) leaves built into a tree. "mixed" has odd sizes, an empty and a 0-d leaf,
+# float32 then float64 leaves whose flat bytes cut across rank shards; "tiny" has fewer elements
+# than ranks; "paysage" is shaped like paysage's Gradient; "big" runs the threaded chunk loops.
+TREES = {
+    "mixed": lambda mk: {"w": mk((33, 17), "float32"), "b": mk((7,), "float64"), "s": mk((1,), "float32"),
+                         "e": mk((0,), "float32"), "z": mk((), "float64"),
+                         "l": [mk((5, 3), "float32"), mk((129,), "float64")]},
+    "tiny": lambda mk: [mk((1,), "float32")],
+    "paysage": lambda mk: G([P(mk((24,), "float32")), P(mk((10,), "float32"))], [W(mk((24, 10), "float32"))]),
+    "big": lambda mk: [mk((40001,), "float32"), mk((3,), "float64")],
+    "wide64": lambda mk: [mk((5,), "float32"), mk((301,), "float64")],  # a float64 leaf across shards
+}
+
+OPTIMIZERS = {
+    "Gradient": lambda: optimizers.Gradient(stepsize=schedules.ExponentialDecay(initial=0.05, coefficient=0.7)),
+    "Momentum": lambda: optimizers.Momentum(stepsize=0.02, momentum=0.8),
+    "RMSProp": lambda: optimizers.RMSProp(stepsize=schedules.PowerLawDecay(initial=0.01, coefficient=40.0),
+                                          mean_square_weight=0.85),
+    "ADAM": lambda: optimizers.ADAM(stepsize=schedules.Linear(initial=0.01, delta=0.004, minval=0.001)),
+    "ADAM-no-mean": lambda: optimizers.ADAM(stepsize=0.01, mean_weight=0.0),
+    "ADAM-ascent-keep": lambda: optimizers.ADAM(stepsize=0.003, ascent=True, keep_delta=True),
+}
+
+
+# fusedopt.optim, wrapped with replicated moments; options that need the whole tree included.
+TEXTBOOK = {
+    "SGD-nesterov": lambda: optim.SGD(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "Adam-clip": lambda: optim.Adam(lr=schedules.ExponentialDecay(initial=0.01, coefficient=0.8), max_grad_norm=0.5),
+    "AdamW-mask": lambda: optim.AdamW(lr=3e-3, weight_decay=0.1, amsgrad=True,
+                                      weight_decay_mask=lambda path, a: a.ndim > 1),
+    "RMSprop-centered": lambda: optim.RMSprop(lr=1e-3, centered=True, momentum=0.5),
+    "Adagrad": lambda: optim.Adagrad(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+    "Lion": lambda: optim.Lion(lr=1e-3, weight_decay=0.05),
+}
+
+
+def grad(tree, step, rank, seed=0):
+    rng = np.random.default_rng([seed, step, rank])
+    return TREES[tree](lambda shape, dtype: np.asarray(rng.standard_normal(shape) * (1 + rank)).astype(dtype))
+
+
+def params0(tree):
+    rng = np.random.default_rng(99)
+    return TREES[tree](lambda shape, dtype: np.asarray(rng.standard_normal(shape)).astype(dtype))
+
+
+def average(tree, step, n=SIZE, seed=0):
+    return rank_order_average([grad(tree, step, r, seed) for r in range(n)])
+
+
+class Model:
+    """A model of the paysage path: subtracts the delta it is handed (as paysage's models do)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.deltas = []
+
+    def parameter_update(self, delta):
+        for (_, p), (_, d) in zip(leaves(self.params), leaves(delta)):
+            p -= d
+        self.deltas.append(delta)
+
+
+def moment_bytes(opt):
+    mem = getattr(opt, "memory", None)
+    if mem is None:
+        return 0
+    return sum(a.nbytes for t in (mem.mean_gradient, mem.mean_square_gradient) for _, a in leaves(t))
+
+
+def equivalence(c, kind, tree, path, shard, det, steps=4):
+    what = f"{kind}/{tree}/{path}/shard={shard}/det={det}"
+    ref, dp = OPTIMIZERS[kind](), distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard, deterministic=det)
+    ref_p, dp_p = params0(tree), params0(tree)
+    kept, ref_deltas = Model(dp_p), []  # a model that keeps every delta it is handed
+    for step in range(steps):
+        if step % 2 == 0:
+            ref.update_lr()
+            dp.update_lr()
+        avg = average(tree, step)
+        if path == "inplace":
+            ref.update(ref_p, avg)
+            dp.update(dp_p, grad(tree, step, RANK))
+        else:
+            ref.update(Model(ref_p), avg)
+            ref_deltas.append(copy_tree(ref.delta))
+            dp.update(kept if step % 2 else Model(dp_p), grad(tree, step, RANK))
+        c.same_on_every_rank(dp_p, f"{what} step {step} params")
+        if det:
+            c.equal_trees(ref_p, dp_p, f"{what} step {step} params")
+            if path == "paysage" or ref.keep_delta:
+                c.equal_trees(ref.delta, dp.delta, f"{what} step {step} delta")
+                c.check(type(dp.delta) is type(ref.delta), f"{what}: delta container {type(dp.delta).__name__}")
+        else:
+            for (p, a), (_, b) in zip(leaves(ref_p), leaves(dp_p)):
+                c.check(np.allclose(a, b, rtol=1e-4, atol=1e-6), f"{what} step {step} params{p} not close")
+    for step, d in zip(range(1, steps, 2), kept.deltas):
+        if det:
+            c.equal_trees(ref_deltas[step], d, f"{what}: the delta of step {step}, kept by the model")
+    state = dp.state_dict()
+    c.same_on_every_rank([v for _, v in sorted(state.items()) if isinstance(v, np.ndarray)], f"{what} state")
+    full = moment_bytes(ref)
+    nbytes = COMM.allgather(dp.state_nbytes)
+    c.check(sum(nbytes) == full * (SIZE if not shard else 1), f"{what}: state bytes {nbytes} of {full}")
+    if shard:
+        c.check(max(nbytes) <= full / SIZE + 64 * SIZE, f"{what}: state bytes {nbytes} of {full} at N={SIZE}")
+    if not det:
+        return
+    same_state(c, ref.state_dict(), state, f"{what} state_dict")
+    # The convergence sums are bit-identical: the reference's exact threshold flips both the same way.
+    t = threshold(ref)
+    for tol in (t, float(np.nextafter(t, 0.0))):
+        dp.optimizer.tolerance = tol
+        ref.tolerance = tol
+        c.check(dp.check_convergence() == ref.check_convergence(), f"{what}: check_convergence at {tol!r}")
+    ref.tolerance = t
+    c.check(ref.check_convergence() and t > 0.0, f"{what}: the threshold {t!r} converges")
+    # The single process's state loads into a DataParallel, which steps on as the single process.
+    resumed = distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard)
+    resumed.load_state_dict(ref.state_dict())
+    res_p = copy_tree(ref_p)
+    if path == "inplace":
+        ref.update(ref_p, average(tree, steps))
+        resumed.update(res_p, grad(tree, steps, RANK))
+    else:
+        ref.update(Model(ref_p), average(tree, steps))
+        resumed.update(Model(res_p), grad(tree, steps, RANK))
+    c.equal_trees(ref_p, res_p, f"{what} resumed from the single process's state")
+    same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} resumed state_dict")
+
+
+def random_tree(seed):
+    """A tree of 1..7 leaves of random sizes (0..300, any of them empty or tiny) and dtypes, in
+    random containers: one per seed, the same on every rank."""
+    rng = np.random.default_rng([7, seed])
+    specs = [((int(rng.integers(0, 301)),) if rng.random() < 0.7 else
+              tuple(int(x) for x in rng.integers(0, 9, rng.integers(0, 3))), str(rng.choice(["float32", "float64"])))
+             for _ in range(rng.integers(1, 8))]
+
+    def build(mk):
+        leaves_ = [mk(shape, dtype) for shape, dtype in specs]
+        if seed % 3 == 0:
+            return {f"k{i}": a for i, a in enumerate(leaves_)}
+        if seed % 3 == 1:
+            return [tuple(leaves_[:2]), leaves_[2:]]
+        return leaves_
+    return build
+
+
+def equivalence_all(c):
+    for seed in range(8):
+        TREES[f"random{seed}"] = random_tree(seed)
+        kind = list(OPTIMIZERS)[seed % len(OPTIMIZERS)]
+        for path in ("inplace", "paysage"):
+            for shard in (True, False):
+                equivalence(c, kind, f"random{seed}", path, shard, True, steps=3)
+    for kind in OPTIMIZERS:
+        for tree in ("mixed", "tiny", "paysage"):
+            for path in ("inplace", "paysage"):
+                for shard in (True, False):
+                    equivalence(c, kind, tree, path, shard, True)
+    for shard in (True, False):
+        for path in ("inplace", "paysage"):
+            equivalence(c, "ADAM", "big", path, shard, True, steps=2)
+            equivalence(c, "RMSProp", "wide64", path, shard, True)
+            equivalence(c, "ADAM", "mixed", path, shard, False)
+
+
+def textbook(c, kind, tree, shard, det, steps=4):
+    what = f"optim.{kind}/{tree}/shard={shard}/det={det}"
+    ref = TEXTBOOK[kind]()
+    if shard and ref.max_grad_norm is not None:
+        try:
+            distributed.DataParallel(TEXTBOOK[kind](), shard_state=True)
+            c.check(False, f"{what}: clipping accepted with sharded state")
+        except TypeError as exc:
+            c.check("shard_state=False" in str(exc), f"{what}: {exc}")
+        return
+    dp = distributed.DataParallel(TEXTBOOK[kind](), shard_state=shard, deterministic=det)
+    ref_p, dp_p = params0(tree), params0(tree)
+    for step in range(steps):
+        ref.step(ref_p, average(tree, step))
+        dp.step(dp_p, grad(tree, step, RANK))
+        c.same_on_every_rank(dp_p, f"{what} step {step} params")
+        if det:
+            c.equal_trees(ref_p, dp_p, f"{what} step {step} params")
+        else:
+            for (p, a), (_, b) in zip(leaves(ref_p), leaves(dp_p)):
+                c.check(np.allclose(a, b, rtol=1e-4, atol=1e-6), f"{what} step {step} params{p} not close")
+    full = sum(a.nbytes for t in ref.state_arrays().values() for _, a in leaves(t))
+    nbytes = COMM.allgather(dp.state_nbytes)
+    c.check(sum(nbytes) == full * (1 if shard else SIZE), f"{what}: state bytes {nbytes} of {full}")
+    slots = len(ref.state_arrays())
+    c.check(max(nbytes) <= (full / SIZE + 64 * slots if shard else full), f"{what}: state bytes {nbytes} of {full}")
+    if not det:
+        return
+    state = dp.state_dict()
+    same_state(c, ref.state_dict(), state, f"{what} state_dict")
+    # The single process's state resumes in a fresh DataParallel (loaded before its first step).
+    resumed = distributed.DataParallel(TEXTBOOK[kind](), shard_state=shard)
+    resumed.load_state_dict(ref.state_dict())
+    same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} loaded state before a step")
+    res_p = copy_tree(ref_p)
+    ref.step(ref_p, average(tree, steps))
+    resumed.step(res_p, grad(tree, steps, RANK))
+    c.equal_trees(ref_p, res_p, f"{what} resumed from the single process's state")
+    same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} resumed state_dict")
+    # And into this one, whose layout is known: cut to the shards at once.
+    dp.load_state_dict(ref.state_dict())
+    same_state(c, ref.state_dict(), dp.state_dict(), f"{what} reloaded state before a step")
+    ref.step(ref_p, average(tree, steps + 1))
+    dp.step(res_p, grad(tree, steps + 1, RANK))
+    c.equal_trees(ref_p, res_p, f"{what} reloaded, one more step")
+    if kind == "AdamW-mask":  # a mask assigned between steps applies to the whole tree's leaves
+        mask = lambda path, a: a.size > 10  # noqa: E731
+        ref.weight_decay_mask = dp.optimizer.weight_decay_mask = mask
+        ref.step(ref_p, average(tree, steps + 2))
+        dp.step(res_p, grad(tree, steps + 2, RANK))
+        c.equal_trees(ref_p, res_p, f"{what} a new mask")
+        same_state(c, ref.state_dict(), dp.state_dict(), f"{what} a new mask: state")
+    try:
+        dp.update(dp_p, grad(tree, 0, RANK))  # fusedopt.optimizers' API: refused locally, before any collective
+        c.check(False, f"{what}: update() accepted")
+    except TypeError:
+        c.check(True, "")
+
+
+def textbook_all(c):
+    for kind in TEXTBOOK:
+        for shard in (True, False):
+            for tree in ("mixed", "tiny"):
+                textbook(c, kind, tree, shard, True)
+            textbook(c, kind, "mixed", shard, False)
+
+
+# -- errors: raised on every rank, nothing modified, no hang ------------------------------------
+def raised_everywhere(c, what, expected, fn):
+    try:
+        fn()
+        got = None
+    except Exception as exc:  # noqa: BLE001 - the type is what is checked
+        got = exc
+    every = COMM.allgather(type(got).__name__ if got is not None else None)
+    c.check(all(e is not None for e in every), f"{what}: raised on {every}")
+    c.check(isinstance(got, expected), f"{what}: expected {expected}, got {got!r}")
+
+
+def errors(c, shard):
+    last = SIZE - 1
+    tag = f"errors/shard={shard}"
+
+    def fresh():
+        return distributed.DataParallel(optimizers.ADAM(stepsize=0.01), shard_state=shard)
+
+    def bad_dtype():
+        g = grad("mixed", 0, RANK)
+        if RANK == last:
+            g["b"] = g["b"].astype(np.int32)
+        return g
+
+    def extra_leaf():
+        g = grad("mixed", 0, RANK)
+        if RANK == last:
+            g["x"] = np.zeros(3, np.float32)
+        return g
+
+    def other_shape(step):
+        g = grad("mixed", step, RANK)
+        if RANK == last:
+            g["w"] = np.zeros((17, 33), np.float32)
+        return g
+
+    # A fresh optimizer: bad dtype / an extra leaf on the last rank.
+    for name, make in (("int leaf", bad_dtype), ("extra leaf", extra_leaf)):
+        dp, p = fresh(), params0("mixed")
+        raised_everywhere(c, f"{tag} {name}", (TypeError, ValueError), lambda: dp.update(p, make()))
+        c.equal_trees(params0("mixed"), p, f"{tag} {name}: params untouched")
+        c.check(dp.step_count == 0, f"{tag} {name}: step_count {dp.step_count}")
+
+    # After two steps: the same faults, read-only params, mixed path kinds, a NaN with
+    # check_finite; after each, a good step still matches the reference.
+    dp, ref = fresh(), optimizers.ADAM(stepsize=0.01)
+    dp.optimizer.check_finite = ref.check_finite = True
+    p, ref_p = params0("mixed"), params0("mixed")
+    step = 0
+
+    def good_step():
+        nonlocal step
+        dp.update(p, grad("mixed", step, RANK))
+        ref.update(ref_p, average("mixed", step))
+        step += 1
+
+    good_step()
+    good_step()
+
+    def read_only():
+        q = copy_tree(p)
+        if RANK == 0:
+            q["l"][1].flags.writeable = False
+        dp.update(q, grad("mixed", step, RANK))
+
+    def mixed_kinds():
+        dp.update(Model(p) if RANK == 0 else p, grad("mixed", step, RANK))
+
+    def nan_gradient():
+        g = grad("mixed", step, RANK)
+        if RANK == last:
+            g["l"][0][2, 1] = np.nan
+        dp.update(p, g)
+
+    faults = [("int leaf", TypeError, lambda: dp.update(p, bad_dtype())),
+              ("extra leaf", ValueError, lambda: dp.update(p, extra_leaf())),
+              ("other shape", ValueError, lambda: dp.update(p, other_shape(step))),
+              ("read-only params", ValueError, read_only),
+              ("nan gradient", FloatingPointError, nan_gradient)]
+    if SIZE > 1:
+        faults.append(("mixed path kinds", ValueError, mixed_kinds))
+    for name, kind, fn in faults:
+        raised_everywhere(c, f"{tag} {name} after steps", kind, fn)
+        c.equal_trees(ref_p, p, f"{tag} {name} after steps: params untouched")
+        good_step()
+        c.equal_trees(ref_p, p, f"{tag} {name}: the next good step")
+    same_state(c, ref.state_dict(), dp.state_dict(), f"{tag} state after the faults")
+
+    # Every rank changes layout while moments exist: refused like the single process; after
+    # reset() the new layout trains.
+    def reshaped():
+        g = grad("mixed", step, RANK)
+        g["w"] = g["w"].reshape(17, 33)
+        return g
+    raised_everywhere(c, f"{tag} new layout with moments", ValueError, lambda: dp.update(p, reshaped()))
+    dp.reset()
+    q = copy_tree(p)
+    q["w"] = q["w"].reshape(17, 33)
+    dp.update(q, reshaped())
+    c.check(dp.step_count == step + 1, f"{tag}: a step after reset")
+
+    # load_state_dict: a state only one rank has wrong, or states that differ across ranks.
+    state = dp.state_dict()
+    broken = dict(state)
+    if RANK == 0:
+        del broken["step_count"]
+    raised_everywhere(c, f"{tag} load of a broken state", ValueError, lambda: dp.load_state_dict(broken))
+    other = dict(state, step_count=state["step_count"] + RANK)
+    if SIZE > 1:
+        raised_everywhere(c, f"{tag} load of differing states", ValueError, lambda: dp.load_state_dict(other))
+    same_state(c, state, dp.state_dict(), f"{tag} state untouched by failed loads")
+
+    # A state loaded before any step waits for the first gradient, which must fit it.
+    waiting = fresh()
+    waiting.load_state_dict(state)
+    tiny_p = params0("tiny")
+    raised_everywhere(c, f"{tag} first step unlike the loaded state", ValueError,
+                      lambda: waiting.update(tiny_p, grad("tiny", 0, RANK)))
+    c.equal_trees(params0("tiny"), tiny_p, f"{tag} first step unlike the loaded state: params untouched")
+    same_state(c, state, waiting.state_dict(), f"{tag} the loaded state still waits")
+
+
+# -- resume across rank counts ------------------------------------------------------------------
+def resume_save(c, path):
+    """Three ADAM steps at this N; the state and parameters saved for another rank count."""
+    dp, p = distributed.DataParallel(OPTIMIZERS["ADAM"]()), params0("mixed")
+    for step in range(3):
+        if step == 0:
+            dp.update_lr()
+        dp.update(p, grad("mixed", step, RANK))
+    state = dp.state_dict()
+    if RANK == 0:
+        np.savez(path, **state, **{f"param.{i}": a for i, (_, a) in enumerate(leaves(p))},
+                 saved_size=np.int64(SIZE))
+    COMM.Barrier()
+
+
+def resume_load(c, path):
+    """Load a state saved at another N, train three more steps at this N, in every mode; equal
+    to a single process that did the same (three steps on the saver's averages, three on ours)."""
+    with np.load(path) as f:
+        saved = {k: f[k] for k in f.files}
+    saved_n = int(saved.pop("saved_size"))
+    p_saved = [saved.pop(f"param.{i}") for i in range(len(leaves(params0("mixed"))))]
+    ref, ref_p = OPTIMIZERS["ADAM"](), params0("mixed")
+    for step in range(3):
+        if step == 0:
+            ref.update_lr()
+        ref.update(ref_p, average("mixed", step, saved_n))
+    for (_, a), b in zip(leaves(ref_p), p_saved):
+        c.check(np.array_equal(a, b), f"resume from N={saved_n}: saved params differ from the replay")
+    for step in range(3, 6):
+        if step == 4:
+            ref.update_lr()
+        ref.update(ref_p, average("mixed", step))
+    plain = OPTIMIZERS["ADAM"]()  # a single-process optimizer loads it too
+    plain.load_state_dict(saved)
+    plain_p = params0("mixed")
+    for (_, a), b in zip(leaves(plain_p), p_saved):
+        a[...] = b
+    for step in range(3, 6):
+        if step == 4:
+            plain.update_lr()
+        plain.update(plain_p, average("mixed", step))
+    c.equal_trees(ref_p, plain_p, f"resume N={saved_n}->single process: params")
+    for shard in (True, False):
+        for det in (True, False):
+            dp, p = distributed.DataParallel(OPTIMIZERS["ADAM"](), shard_state=shard, deterministic=det), \
+                params0("mixed")
+            for (_, a), b in zip(leaves(p), p_saved):
+                a[...] = b
+            dp.load_state_dict(saved)
+            if not det:
+                continue
+            same_state(c, saved, dp.state_dict(), f"resume N={saved_n}->{SIZE} shard={shard}: state before a step",
+                       loaded=True)
+            for step in range(3, 6):
+                if step == 4:
+                    dp.update_lr()
+                dp.update(p, grad("mixed", step, RANK))
+            what = f"resume N={saved_n}->{SIZE} shard={shard}"
+            c.equal_trees(ref_p, p, f"{what}: params")
+            same_state(c, ref.state_dict(), dp.state_dict(), f"{what}: state")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("result")
+    parser.add_argument("--save")
+    parser.add_argument("--load")
+    parser.add_argument("--only-resume", action="store_true")
+    parser.add_argument("--skip-errors", action="store_true")
+    args = parser.parse_args()
+    c = Checks()
+    if not args.only_resume:
+        c.run("equivalence", equivalence_all)
+        c.run("fusedopt.optim", textbook_all)
+        for shard in () if args.skip_errors else (True, False):
+            c.run(f"errors shard={shard}", errors, shard)
+    if args.load:
+        c.run("resume load", resume_load, args.load)
+    if args.save:
+        c.run("resume save", resume_save, args.save)
+    c.finish(out_path())
+
+
+if __name__ == "__main__":
+    main()
