@@ -39,7 +39,7 @@ DEFAULT_SIZES = "1e3,1e4,1e5,1e6,1e7,6.4e7,200x4096,1000x100"
 QUICK_SIZES = "1e3,1e4,1e5,1e6,200x4096,1000x100"
 MIN_REPEATS = 3
 LARGE = 10_000_000  # elements from which freeing memory between implementations is worth a full gc
-# SPEC section 8 targets, checked for ADAM in place at the end of the run.
+# The targets of docs/performance.md ("Targets"), checked for ADAM in place at the end of the run.
 TARGET_SHARE_LARGE = 0.95      # of the probe at 6.4e7 elements
 TARGET_GELEM = 2.5             # G elements/s at 1e5 and 1e6
 TARGET_US_1E3 = 3.0            # microseconds per step at 1e3
@@ -293,7 +293,7 @@ def case_title(case):
 
 
 def check_targets(report):
-    """SPEC section 8 targets for ADAM in place, and the same for fusedopt.optim's
+    """The targets (docs/performance.md) for ADAM in place, and the same for fusedopt.optim's
     optimizers (issue 14), for the cases that were run."""
     targeted = ("ADAM",) + tuple(peers_textbook.HYPER)
     rows = [r for r in report["rows"] if r["optimizer"] in targeted and r["implementation"] == "fusedopt_inplace"]
@@ -319,7 +319,7 @@ def check_targets(report):
         checks.append(("all", f"{len(slower)} peer rows (any optimizer) faster than fusedopt", "none",
                        not slower))
     report["targets"] = [{"case": c, "measured": m, "target": t, "met": ok} for c, m, t, ok in checks]
-    print("SPEC section 8 targets (ADAM in place unless said):")
+    print("Targets of docs/performance.md (ADAM in place unless said):")
     for c, m, t, ok in checks:
         print(f"   {c:<24} {m:<52} target {t:<12} {'met' if ok else 'SHORT'}")
     for r in slower:

@@ -7,7 +7,7 @@ owns and steps in place, ``grads`` the gradient tree (shared, never written).
 run here (library missing, variant not offered).
 
 Every implementation uses float32 and the same hyper-parameters (``HYPER``).
-The numpy one follows SPEC section 3 operation by operation, so it is also
+The numpy one follows docs/semantics.md operation by operation, so it is also
 the bit-exact reference of demo.py. The numexpr, torch and DeepSpeed ones are
 speed peers only: their formulas differ in details (torch's bias correction,
 eps placement) and nobody compares their bits.
@@ -20,7 +20,7 @@ import numpy as np
 
 EPS = np.float32(2.0 ** -23)
 LR = 0.001
-# Weights of SPEC section 3 (paysage's defaults).
+# Weights of docs/semantics.md (paysage's defaults).
 HYPER = {
     "ADAM": {"mean_weight": 0.9, "mean_square_weight": 0.999},
     "RMSProp": {"mean_square_weight": 0.9},
@@ -97,10 +97,10 @@ def make_fusedopt_paysage(name, params, grads):
     return functools.partial(_fusedopt_optimizer(name).update, ArrayModel(params), grads)
 
 
-# -- plain numpy, SPEC section 3 order ------------------------------------------
+# -- plain numpy, docs/semantics.md order ------------------------------------------
 
 class NumpyOptimizer:
-    """SPEC section 3 in float32 numpy, one in-place ufunc per operation.
+    """docs/semantics.md in float32 numpy, one in-place ufunc per operation.
 
     Temporaries are allocated once and reused (``out=``), so the comparison
     is with numpy at its best, not with numpy allocating on every operation.

@@ -1,16 +1,16 @@
-"""Independent references the tests compare fusedopt against (SPEC sections 2, 3 and 5).
+"""Independent references the tests compare fusedopt against (docs/semantics.md: trees, operation order, schedules).
 
 Nothing here imports fusedopt. Three parts:
 
 * trees: flatten / structure / map helpers, paysage-like namedtuples, a mock
   paysage model and builders of random test trees;
-* optimizers: SPEC section 3 on a flat list of leaf arrays, in plain NumPy.
+* optimizers: docs/semantics.md ("Optimizers") on a flat list of leaf arrays, in plain NumPy.
   Fed arrays of the leaf's dtype it follows SPEC 3's operation order exactly
   (float32 scalars for float32 leaves, float64(float32(w)) for float64 leaves),
   so fusedopt must match it with np.array_equal.  Fed float64 copies of float32
   leaves it evaluates the same formulas in float64, which checks the formulas
   themselves (compared with a tolerance);
-* schedules: SPEC section 5 as generators of float32 rates.
+* schedules: docs/semantics.md ("Rates and schedules") as generators of float32 rates.
 """
 import collections
 import math

@@ -1,4 +1,4 @@
-"""SPEC section 6: every bad input of a step raises TypeError/ValueError naming the
+"""Bad input (docs/guide.md, README): every bad input of a step raises TypeError/ValueError naming the
 leaf's path and what was expected, and changes nothing (bytes compared before and
 after); strided gradients are accepted; check_finite; constructor arguments."""
 import re

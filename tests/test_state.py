@@ -1,4 +1,4 @@
-"""SPEC section 7: state_dict()/load_state_dict() and pickling round-trip bit-exactly;
+"""Checkpoints (docs/checkpoints.md): state_dict()/load_state_dict() and pickling round-trip bit-exactly;
 a checked-in state keeps loading; states that do not fit are refused, changing nothing."""
 import copy
 import io
