@@ -27,43 +27,27 @@ the state keeps its own lr then.
 from __future__ import annotations
 
 from collections.abc import Mapping
-import numbers
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import schedules
+from . import _state_fields as _fields, schedules
 
 FORMAT = "fusedopt.optim"
 VERSION = 1
 
 
-def _scalar(value: Any) -> Any:
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        return value[()]
-    return value
-
-
 def get(state: Mapping[str, Any], key: str) -> Any:
     """state[key], or a ValueError saying the key is missing."""
-    try:
-        return state[key]
-    except KeyError:
-        raise ValueError(f"not a {FORMAT} state (version {VERSION}): the key {key!r} is missing") from None
+    return _fields.get(state, key, FORMAT, VERSION)
 
 
 def get_str(state: Mapping[str, Any], key: str) -> str:
-    value = _scalar(get(state, key))
-    if not isinstance(value, str):
-        raise TypeError(f"state[{key!r}] must be a string, got {type(value).__name__}")
-    return str(value)
+    return _fields.as_str(get(state, key), key)
 
 
 def get_int(state: Mapping[str, Any], key: str) -> int:
-    value = _scalar(get(state, key))
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"state[{key!r}] must be an integer, got {type(value).__name__}")
-    return int(value)
+    return _fields.as_int(get(state, key), key)
 
 
 def get_value(state: Mapping[str, Any], key: str) -> Any:
@@ -71,39 +55,19 @@ def get_value(state: Mapping[str, Any], key: str) -> Any:
     value = get(state, key)
     if isinstance(value, np.ndarray) and value.ndim == 1:
         return tuple(v.item() for v in value)
-    value = _scalar(value)
+    value = _fields.scalar(value)
     return value.item() if isinstance(value, np.generic) else value
 
 
 def get_strs(state: Mapping[str, Any], key: str, n: Optional[int] = None) -> List[str]:
-    value = get(state, key)
-    if isinstance(value, (list, tuple)):
-        value = strs(value)
-    if not (isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "U"):
-        raise TypeError(f"state[{key!r}] must be a 1-d array of strings, got {type(value).__name__}")
-    if n is not None and len(value) != n:
-        raise ValueError(f"state[{key!r}] has {len(value)} entries, expected {n}")
-    return [str(s) for s in value]
+    return _fields.as_strs(get(state, key), key, n)
 
 
-def strs(items: Any) -> np.ndarray:
-    """A 1-d str array (np.array([]) alone would be float64)."""
-    items = list(items)
-    return np.array(items, dtype=str) if items else np.zeros(0, dtype=str)
+strs = _fields.strs
 
 
 def check_header(state: Any, kind: str) -> None:
-    if not isinstance(state, Mapping):
-        raise TypeError(f"a state must be a mapping (a dict or np.load's NpzFile), got {type(state).__name__}")
-    fmt = get_str(state, "format")
-    if fmt != FORMAT:
-        raise ValueError(f"not a {FORMAT} state: format is {fmt!r}")
-    version = get_int(state, "version")
-    if version != VERSION:
-        raise ValueError(f"state format version {version} is not supported: this fusedopt reads version {VERSION}")
-    saved = get_str(state, "kind")
-    if saved != kind:
-        raise ValueError(f"the state is of a {saved}, it cannot be loaded into a {kind}")
+    _fields.check_header(state, kind, FORMAT, VERSION)
 
 
 # -- schedules: attributes with their exact types (float vs numpy scalars round differently)

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from . import _checks, _core, schedules
+from . import _checks, _core, _state_fields as _fields, schedules
 
 FORMAT = "fusedopt"
 VERSION = 1
@@ -66,62 +66,33 @@ class Moments(NamedTuple):
         return pick(self.m), pick(self.v)
 
 
-# -- reading scalars that may come back from np.load as 0-d arrays ----------------
+# -- reading entries (np.load gives scalars back as 0-d arrays): _state_fields -------
 def _get(state: Mapping[str, Any], key: str) -> Any:
-    try:
-        return state[key]
-    except KeyError:
-        raise ValueError(f"not a fusedopt state (format {VERSION}): the key {key!r} is missing") from None
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        return value[()]
-    return value
+    return _fields.get(state, key, FORMAT, VERSION)
 
 
 def _get_str(state: Mapping[str, Any], key: str) -> str:
-    value = _scalar(_get(state, key))
-    if not isinstance(value, str):
-        raise TypeError(f"state[{key!r}] must be a string, got {type(value).__name__}")
-    return str(value)
+    return _fields.as_str(_get(state, key), key)
 
 
 def _get_bool(state: Mapping[str, Any], key: str) -> bool:
-    value = _scalar(_get(state, key))
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"state[{key!r}] must be a bool, got {type(value).__name__}")
-    return bool(value)
+    return _fields.as_bool(_get(state, key), key)
 
 
 def _get_int(state: Mapping[str, Any], key: str) -> int:
-    value = _scalar(_get(state, key))
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"state[{key!r}] must be an integer, got {type(value).__name__}")
-    return int(value)
+    return _fields.as_int(_get(state, key), key)
 
 
 def _get_float(state: Mapping[str, Any], key: str) -> float:
-    value = _scalar(_get(state, key))
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"state[{key!r}] must be a real number, got {type(value).__name__}")
-    return float(value)
+    return _fields.as_float(_get(state, key), key)
 
 
 def _get_strs(state: Mapping[str, Any], key: str, n: Optional[int] = None) -> list[str]:
-    value = _get(state, key)
-    if isinstance(value, (list, tuple)):
-        value = _strs(value)
-    if not (isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "U"):
-        raise TypeError(f"state[{key!r}] must be a 1-d array of strings, got {type(value).__name__}")
-    if n is not None and len(value) != n:
-        raise ValueError(f"state[{key!r}] has {len(value)} entries, expected {n}")
-    return [str(s) for s in value]
+    return _fields.as_strs(_get(state, key), key, n)
 
 
-def _strs(items: Sequence[str]) -> np.ndarray:
-    """A 1-d str array (np.array([]) alone would be float64)."""
-    return np.array(list(items), dtype=str) if items else np.zeros(0, dtype=str)
+_strs = _fields.strs
+_scalar = _fields.scalar
 
 
 def header(kind: str) -> dict[str, Any]:
@@ -131,17 +102,7 @@ def header(kind: str) -> dict[str, Any]:
 
 def check_header(state: Any, kind: str) -> None:
     """Refuse what is not a state of this format version for a `kind`."""
-    if not isinstance(state, Mapping):
-        raise TypeError(f"a state must be a mapping (a dict or np.load's NpzFile), got {type(state).__name__}")
-    fmt = _get_str(state, "format")
-    if fmt != FORMAT:
-        raise ValueError(f"not a fusedopt state: format is {fmt!r}, expected {FORMAT!r}")
-    version = _get_int(state, "version")
-    if version != VERSION:
-        raise ValueError(f"state format version {version} is not supported: this fusedopt reads version {VERSION}")
-    saved = _get_str(state, "kind")
-    if saved != kind:
-        raise ValueError(f"the state is of a {saved}, it cannot be loaded into a {kind}")
+    _fields.check_header(state, kind, FORMAT, VERSION)
 
 
 # -- the moments -----------------------------------------------------------------
