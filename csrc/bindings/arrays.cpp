@@ -1,5 +1,6 @@
 #include "arrays.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -133,6 +134,19 @@ void* arena_data(py::handle arena, Dtype dtype, std::size_t need, const char* wh
                           dtype_name(dtype) + " array of at least " + std::to_string(need) +
                           " elements");
   return PyArray_DATA(a);
+}
+
+namespace {
+template <class T>
+bool finite_run(const T* x, std::size_t n) {
+  bool ok = true;  // no early exit: the loop vectorizes
+  for (std::size_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+  return ok;
+}
+}  // namespace
+
+bool all_finite(const void* data, Dtype dtype, std::size_t n) {
+  return dtype == F32 ? finite_run(static_cast<const float*>(data), n) : finite_run(static_cast<const double*>(data), n);
 }
 
 }  // namespace fusedopt

@@ -19,5 +19,7 @@ py::object recycled_empty(std::size_t n, Dtype dtype);
 py::object arena_view(py::handle arena, Dtype dtype, std::size_t offset, const std::vector<Py_ssize_t>& shape);
 // Data pointer of an arena after checking it is what the plan needs.
 void* arena_data(py::handle arena, Dtype dtype, std::size_t need, const char* what);
+// Whether the n elements at data are all finite (check_finite of both families).
+bool all_finite(const void* data, Dtype dtype, std::size_t n);
 
 }  // namespace fusedopt

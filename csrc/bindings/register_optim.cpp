@@ -54,13 +54,6 @@ PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const
   throw py::value_error(msg);
 }
 
-template <class T>
-bool all_finite(const T* x, std::size_t n) {
-  bool ok = true;
-  for (std::size_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
-  return ok;
-}
-
 // Clears a flag when the step ends, however it ends.
 struct BusyGuard {
   std::atomic<bool>& flag;
@@ -124,8 +117,7 @@ class OptimState {
     check_no_shared_params(data);
     if (check_finite)
       for (std::size_t l = 0; l < specs.size(); ++l) {
-        const bool ok = specs[l].dtype == F32 ? all_finite(static_cast<const float*>(data[l].g), specs[l].size)
-                                              : all_finite(static_cast<const double*>(data[l].g), specs[l].size);
+        const bool ok = all_finite(data[l].g, specs[l].dtype, specs[l].size);
         if (!ok) {
           PyErr_SetString(PyExc_FloatingPointError,
                           (at_leaf("grads", specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());

@@ -51,17 +51,7 @@ PyArrayObject* check_leaf(const Plan& plan, std::size_t l, PyObject* o, const ch
   return a;
 }
 
-template <class T>
-bool all_finite(const T* x, std::size_t n) {
-  bool ok = true;
-  for (std::size_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
-  return ok;
-}
-
-bool leaf_finite(const void* data, const LeafSpec& s) {
-  return s.dtype == F32 ? all_finite(static_cast<const float*>(data), s.size)
-                        : all_finite(static_cast<const double*>(data), s.size);
-}
+bool leaf_finite(const void* data, const LeafSpec& s) { return all_finite(data, s.dtype, s.size); }
 
 // A byte range one step writes or reads as state, and whose it is.
 struct Span {
