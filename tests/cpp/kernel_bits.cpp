@@ -24,7 +24,7 @@ using namespace fusedopt;
 // The four optimizers of the paysage family (named here, apart from the
 // kernels' own rule enums).
 enum Opt { GRADIENT, MOMENTUM, RMSPROP, ADAM };
-const char* const kRuleNames[] = {"Gradient", "Momentum", "RMSProp", "ADAM"};
+const char* const kOptimizerNames[] = {"Gradient", "Momentum", "RMSProp", "ADAM"};
 
 // The kernel mode of an optimizer's step: first (moments initialised) or steady step.
 unsigned kernel_mode(Opt rule, bool first, unsigned out) {
@@ -184,7 +184,7 @@ int main() {
         for (std::size_t t = 0; t < trees.size(); ++t) {
           for (int threads : {1, 3}) {
             set_num_threads(threads);
-            const std::string label = level + " " + kRuleNames[rule] + " out=" + std::to_string(out) +
+            const std::string label = level + " " + kOptimizerNames[rule] + " out=" + std::to_string(out) +
                                       " tree " + std::to_string(t) + " threads " + std::to_string(threads);
             const int before = failures;
             const auto s32 = run_case<float>(rule, out, trees[t], 4, label + " float32");
