@@ -132,3 +132,22 @@ def test_exact_reciprocal_is_stable_across_many_constants():
             assert r == float(f32(1) / f32(c)) and _core._check_divisor(c, r)
         else:
             assert r == 0.0
+
+
+def test_state_step_takes_a_rule_and_output_as_their_int_values(rng):
+    """update() passes int(Rule.X) and int(Output.Y) (no enum conversion per step): the same
+    bits as the enums themselves; an int no rule or output has is refused, changing nothing."""
+    grad = [rng.standard_normal(37).astype(np.float32)]
+    by_enum, by_int = [np.zeros(37, np.float32)], [np.zeros(37, np.float32)]
+    states = [_core.State(), _core.State()]
+    for s in states:
+        s.w, s.w2 = float(f32(0.9)), float(f32(0.999))
+    for _ in range(3):
+        states[0].step(None, _core.Rule.ADAM, _core.Output.IN_PLACE, grad, by_enum, 0.01, False)
+        states[1].step(None, int(_core.Rule.ADAM), int(_core.Output.IN_PLACE), grad, by_int, 0.01, False)
+    assert np.array_equal(by_enum[0], by_int[0])
+    before = by_int[0].copy()
+    for rule, output in ((len(_core.Rule.__members__), 2), (-1, 2), (3, 4)):
+        with pytest.raises(ValueError, match="has the value"):
+            states[1].step(None, rule, output, grad, by_int, 0.01, False)
+    assert np.array_equal(by_int[0], before)

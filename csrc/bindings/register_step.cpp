@@ -273,6 +273,20 @@ bool sums_fit(py::handle sums, std::size_t n) {
          static_cast<std::size_t>(PyArray_SIZE(a)) == n;
 }
 
+// A rule or output given as its enum or as the enum's int value: ints skip
+// pybind11's enum caster (a locked type lookup per argument), which was a
+// measurable part of a small step.
+template <class E>
+E enum_arg(py::handle h, unsigned count, const char* what) {
+  if (PyLong_CheckExact(h.ptr())) {
+    const long v = PyLong_AsLong(h.ptr());
+    if (v < 0 || static_cast<unsigned long>(v) >= count)
+      throw py::value_error(std::string("no ") + what + " has the value " + std::to_string(v));
+    return static_cast<E>(v);
+  }
+  return h.cast<E>();
+}
+
 // Attribute names, interned once (a step sets two of them).
 PyObject* interned(const char* name) {
   PyObject* s = PyUnicode_InternFromString(name);
@@ -312,8 +326,10 @@ class State {
     drop_spares();
   }
 
-  py::object step(py::handle owner, Rule rule, Output output, py::handle grad, py::handle target, double lr,
-                  bool check_finite) {
+  py::object step(py::handle owner, py::handle rule_arg, py::handle output_arg, py::handle grad, py::handle target,
+                  double lr, bool check_finite) {
+    const Rule rule = enum_arg<Rule>(rule_arg, kNumRules, "rule");
+    const Output output = enum_arg<Output>(output_arg, kNumOutputs, "output");
     const Rule r = effective_rule(rule, w, w2);
     const bool fixed = !mean.is_none() || !mean_square.is_none();  // moments fix the structure
     bool model_called = false;

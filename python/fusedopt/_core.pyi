@@ -95,7 +95,7 @@ class State:
     # Whether the last optimizer step was in place (check_convergence then uses the sums).
     conv_inplace: bool
     def __init__(self) -> None: ...
-    def step(self, owner: Any, rule: Rule, output: Output, grad: Any, target: Any, lr: float,
+    def step(self, owner: Any, rule: Rule | int, output: Output | int, grad: Any, target: Any, lr: float,
              check_finite: bool) -> Any:
         """One step of `rule` over the tree `grad`. target: the parameters (IN_PLACE, BOTH), or a model
         whose parameter_update(delta) is called before the step commits (DELTA), or None. With an owner

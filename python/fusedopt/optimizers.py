@@ -673,6 +673,12 @@ class Optimizer:
         return []
 
     _rule = Rule.GRADIENT  # the named rule of a subclass (a weight of 0 drops its moment)
+    _rule_code = int(_rule)  # what update() passes: State.step takes the int without converting
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._rule_code = int(cls._rule)
+
 
     def update(self, model: Any, grad: Tree) -> None:
         """Take one step.
@@ -700,10 +706,11 @@ class Optimizer:
         if mem._pending is not None:
             mem._bind_pending(grad)
         output = _DELTA if is_model else (_BOTH if self.keep_delta else _IN_PLACE)
-        mem._native.step(self, self._rule, output, grad, model, lr, self.check_finite)
+        mem._native.step(self, self._rule_code, output, grad, model, lr, self.check_finite)
 
 
-_DELTA, _BOTH, _IN_PLACE = Output.DELTA, Output.BOTH, Output.IN_PLACE
+# As ints: State.step takes an enum's value without pybind11's (slower) enum conversion.
+_DELTA, _BOTH, _IN_PLACE = int(Output.DELTA), int(Output.BOTH), int(Output.IN_PLACE)
 
 
 def _show(value: Any) -> str:
