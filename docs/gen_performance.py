@@ -58,8 +58,11 @@ def command_of(args: dict) -> str:
 def caveats(meta: dict) -> list[str]:
     """Why a run's figures are not representative, if they are not."""
     out = []
-    load = max(meta["load_average_start"][0], meta["load_average_end"][0])
-    if load > 1.0:
+    # At the end the run's own threads count in the load: only more than that is competition.
+    own = int(meta.get("args", {}).get("threads") or 1)
+    start, end = meta["load_average_start"][0], meta["load_average_end"][0]
+    if start > 1.0 or end > own + 1.0:
+        load = max(start, end)
         out.append(f"the load average was {load:.1f} on {meta['cores']} cores (other processes competed "
                    "for the CPU)")
     if meta["args"].get("quick"):
