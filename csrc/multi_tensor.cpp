@@ -79,20 +79,12 @@ void run_step(unsigned mode, const ChunkLayout& layout, const std::vector<LeafDa
   // Only a dtype the tree has pays for its divisors' lookup.
   const StepScalars<float> c32 = scalars<float>(hyper, any32 ? mode : 0u);
   const StepScalars<double> c64 = scalars<double>(hyper, any64 ? mode : 0u);
-  const auto& pieces = layout.pieces();
-  std::vector<double> partial(pieces.size());
-  auto body = [&](std::size_t c) {
-    for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {
-      const auto& pc = pieces[k];
-      const LeafData& d = leaves[pc.leaf];
-      partial[k] = d.dtype == F32 ? run_piece(f32, d, pc.begin, pc.end, c32)
-                                  : run_piece(f64, d, pc.begin, pc.end, c64);
-    }
-  };
-  for_each_chunk(layout.num_chunks(), layout.total() >= kSerialBelow, true, body);
-  if (!sumsq || !(mode & SCALE)) return;
-  for (std::size_t l = 0; l < leaves.size(); ++l) sumsq[l] = 0.0;
-  for (std::size_t k = 0; k < pieces.size(); ++k) sumsq[pieces[k].leaf] += partial[k];  // piece order
+  std::vector<double> partial(layout.pieces().size());
+  for_each_piece(layout, true, [&](std::size_t k, const ChunkLayout::Piece& pc) {
+    const LeafData& d = leaves[pc.leaf];
+    partial[k] = d.dtype == F32 ? run_piece(f32, d, pc.begin, pc.end, c32) : run_piece(f64, d, pc.begin, pc.end, c64);
+  });
+  if (sumsq && (mode & SCALE)) sum_by_leaf(layout, partial, sumsq, leaves.size());
 }
 
 double run_probe(float* g, float* p, float* m, float* v, std::size_t n) {

@@ -6,6 +6,7 @@
 #include <vector>
 #include "dtype.h"
 #include "kernel_modes.h"
+#include "threads.h"
 
 namespace fusedopt {
 
@@ -44,6 +45,26 @@ struct LeafData {
   void* m_out = nullptr;
   void* v_out = nullptr;
 };
+
+// Runs visit(k, piece) for every piece k of the layout, chunk by chunk on the
+// thread team (a layout below kSerialBelow on the calling thread); `adaptive`
+// as for for_each_chunk. Every kernel family steps and reduces through it.
+template <class Visit>
+void for_each_piece(const ChunkLayout& layout, bool adaptive, Visit&& visit) {
+  auto body = [&](std::size_t c) {
+    for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) visit(k, layout.pieces()[k]);
+  };
+  for_each_chunk(layout.num_chunks(), layout.total() >= kSerialBelow, adaptive, body);
+}
+
+// per_leaf[l] = the sum of per_piece over leaf l's pieces, added in piece
+// order: the same bits whichever thread computed which piece.
+inline void sum_by_leaf(const ChunkLayout& layout, const std::vector<double>& per_piece, double* per_leaf,
+                        std::size_t num_leaves) {
+  for (std::size_t l = 0; l < num_leaves; ++l) per_leaf[l] = 0.0;
+  const auto& pieces = layout.pieces();
+  for (std::size_t k = 0; k < pieces.size(); ++k) per_leaf[pieces[k].leaf] += per_piece[k];
+}
 
 struct Hyper {
   double lr, w, w2;

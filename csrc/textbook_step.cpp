@@ -78,19 +78,14 @@ TextbookSegment<T> segment(const TextbookLeaf& d, std::size_t b, std::size_t e) 
 // sqrt of the sum of every gradient element's square, in double: pieces in
 // parallel, then summed per leaf and over leaves in a fixed order.
 double global_norm(const ChunkLayout& layout, const std::vector<TextbookLeaf>& leaves, const TextbookTable& t) {
-  const auto& pieces = layout.pieces();
-  std::vector<double> partial(pieces.size());
-  auto body = [&](std::size_t c) {
-    for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {
-      const auto& pc = pieces[k];
-      const TextbookLeaf& d = leaves[pc.leaf];
-      partial[k] = d.dtype == F32 ? t.sumsq32(static_cast<const float*>(d.g) + pc.begin, pc.end - pc.begin)
-                                  : t.sumsq64(static_cast<const double*>(d.g) + pc.begin, pc.end - pc.begin);
-    }
-  };
-  for_each_chunk(layout.num_chunks(), layout.total() >= kSerialBelow, false, body);
-  std::vector<double> per_leaf(leaves.size(), 0.0);
-  for (std::size_t k = 0; k < pieces.size(); ++k) per_leaf[pieces[k].leaf] += partial[k];
+  std::vector<double> partial(layout.pieces().size());
+  for_each_piece(layout, false, [&](std::size_t k, const ChunkLayout::Piece& pc) {
+    const TextbookLeaf& d = leaves[pc.leaf];
+    partial[k] = d.dtype == F32 ? t.sumsq32(static_cast<const float*>(d.g) + pc.begin, pc.end - pc.begin)
+                                : t.sumsq64(static_cast<const double*>(d.g) + pc.begin, pc.end - pc.begin);
+  });
+  std::vector<double> per_leaf(leaves.size());
+  sum_by_leaf(layout, partial, per_leaf.data(), leaves.size());
   double total = 0.0;
   for (double s : per_leaf) total += s;
   return std::sqrt(total);
@@ -115,19 +110,14 @@ double run_textbook_step(TextbookRule rule, const ChunkLayout& layout, const std
   const StepValues values = step_values(rule, hyper, lr, t, clip);
   const TextbookScalars<float> c32 = rounded<float>(values);
   const TextbookScalars<double> c64 = rounded<double>(values);
-  const auto& pieces = layout.pieces();
-  auto body = [&](std::size_t c) {
-    for (std::size_t k = layout.chunk_first(c); k < layout.chunk_first(c + 1); ++k) {
-      const auto& pc = pieces[k];
-      const TextbookLeaf& d = leaves[pc.leaf];
-      const std::size_t fn = d.decay ? decayed : plain;
-      if (d.dtype == F32)
-        table.f32[fn](segment<float>(d, pc.begin, pc.end), c32);
-      else
-        table.f64[fn](segment<double>(d, pc.begin, pc.end), c64);
-    }
-  };
-  for_each_chunk(layout.num_chunks(), layout.total() >= kSerialBelow, true, body);
+  for_each_piece(layout, true, [&](std::size_t, const ChunkLayout::Piece& pc) {
+    const TextbookLeaf& d = leaves[pc.leaf];
+    const std::size_t fn = d.decay ? decayed : plain;
+    if (d.dtype == F32)
+      table.f32[fn](segment<float>(d, pc.begin, pc.end), c32);
+    else
+      table.f64[fn](segment<double>(d, pc.begin, pc.end), c64);
+  });
   return norm;
 }
 
