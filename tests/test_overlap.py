@@ -157,3 +157,48 @@ def test_no_threads_change_overlap_results(restore_num_threads, rng):
     expected = buf.copy()
     expected[1:] = buf[1:] - np.float32(0.5) * buf[:-1]
     assert all(np.array_equal(r, expected) for r in results)
+
+
+@pytest.mark.parametrize("kind", ["momentum", "adam"])
+@pytest.mark.parametrize("path", ["in place", "paysage"])
+def test_addresses_that_passed_before_are_checked_again_when_they_change(kind, path, rng):
+    """The native state skips the overlap check for the addresses of its last two clean steps
+    (the paysage path alternates two moment buffers); a run mixing clean steps, a gradient
+    aliasing its parameter and the optimizer's own moment as parameters must give, at every
+    step, what a twin stepped with copies gives, and refuse the moment every time."""
+    n = 257
+    opt, twin = KINDS[kind](0.5), KINDS[kind](0.5)
+    buf, g = rng.standard_normal(n + 1).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    tbuf = buf.copy()
+    p, tp = buf[1:], tbuf[1:]
+
+    class Model:  # the paysage path: parameter_update(delta) subtracts it from p
+        def __init__(self, x):
+            self.x = x
+
+        def parameter_update(self, delta):
+            self.x -= delta
+
+    def step(o, params, grad):
+        o.update(params if path == "in place" else Model(params), grad)
+
+    for k in range(14):
+        case = k % 7
+        if case in (0, 1, 2, 4, 6):  # clean steps at the same addresses (cached after the first)
+            step(opt, p, g)
+            step(twin, tp, g.copy())
+        elif case == 3:  # a gradient overlapping its parameter: read as a copy taken before the step
+            step(opt, p, buf[:-1])
+            step(twin, tp, tbuf[:-1].copy())
+        elif path == "in place":  # case 5: the optimizer's own mean as parameters
+            before = opt.memory.mean_gradient.copy()
+            with pytest.raises(ValueError, match="shares memory with the optimizer's mean arena"):
+                opt.update(opt.memory.mean_gradient, g)
+            assert np.array_equal(opt.memory.mean_gradient, before)
+        else:  # case 5, paysage path: the mean as the gradient is read as a copy
+            m = opt.memory.mean_gradient
+            step(twin, tp, twin.memory.mean_gradient.copy())
+            step(opt, p, m)
+        assert np.array_equal(p, tp), k
+        assert np.array_equal(opt.memory.mean_gradient, twin.memory.mean_gradient), k
+        assert opt.step_count == twin.step_count

@@ -151,3 +151,24 @@ def test_state_step_takes_a_rule_and_output_as_their_int_values(rng):
         with pytest.raises(ValueError, match="has the value"):
             states[1].step(None, rule, output, grad, by_int, 0.01, False)
     assert np.array_equal(by_int[0], before)
+
+
+def test_native_update_reads_the_settings_python_would(rng):
+    """Optimizer.update's native call reads lr, ascent, check_finite and keep_delta from the
+    optimizer; a setting shadowed by a subclass's class attribute is read as Python reads it."""
+    class Ascending(optimizers.Gradient):
+        pass
+
+    opt = Ascending(0.5)
+    del opt.__dict__["ascent"]  # now the class's attribute
+    Ascending.ascent = True
+    p, g = rng.standard_normal(7).astype(f32), rng.standard_normal(7).astype(f32)
+    want = p - ((-f32(0.5)) * g)
+    opt.update(p, g)
+    assert np.array_equal(p, want) and opt.step_count == 1
+
+
+def test_bound_update_takes_three_arguments():
+    opt = optimizers.ADAM(0.1)
+    with pytest.raises(TypeError, match="takes exactly 3 arguments"):
+        opt.memory._update(opt, np.zeros(3, f32))

@@ -5,6 +5,8 @@
 // (docs/threads-processes-signals.md).
 #include <algorithm>
 #include <initializer_list>
+#include <new>
+#include <stdexcept>
 #include <cmath>
 #include <utility>
 #include <string>
@@ -14,6 +16,7 @@
 #include "../rules.h"
 #include "arrays.h"
 #include "numpy_api.h"
+#include <numpy/arrayscalars.h>
 #include "registry.h"
 #include "tree.h"
 
@@ -89,6 +92,50 @@ bool overlaps(const std::vector<Span>& spans, const char* begin, const char* end
 }
 
 
+// The addresses of the last two steps whose overlap checks passed with no
+// gradient to copy (two: the paysage path alternates between two moment
+// buffers). Overlap is a function of addresses and sizes alone, so a step
+// with the same plan, state memory and leaves needs no new check; a tree of
+// many leaves would otherwise sort and search its spans on every step.
+class CheckedAddresses {
+ public:
+  // key: plan, the 8 arena bases, sums (data, bytes), then (g, p) per leaf.
+  static void key_of(std::vector<const void*>& key, const Plan& plan, void* const (&base)[4][2], const void* sums,
+                     std::size_t sums_bytes, const std::vector<LeafData>& data) {
+    key.clear();
+    key.reserve(11 + 2 * data.size());
+    key.push_back(&plan);
+    for (int k = 0; k < 4; ++k) key.insert(key.end(), {base[k][F32], base[k][F64]});
+    key.insert(key.end(), {sums, reinterpret_cast<const void*>(sums_bytes)});
+    for (const LeafData& d : data) key.insert(key.end(), {d.g, static_cast<const void*>(d.p)});
+  }
+  bool contains(const Plan& plan, void* const (&base)[4][2], const void* sums, std::size_t sums_bytes,
+                const std::vector<LeafData>& data) const {
+    for (const auto& key : keys_) {
+      if (key.size() != 11 + 2 * data.size() || key[0] != &plan) continue;
+      std::size_t i = 1;
+      bool same = true;
+      for (int k = 0; k < 4 && same; ++k) same = key[i++] == base[k][F32] && key[i++] == base[k][F64];
+      same = same && key[i++] == sums && key[i++] == reinterpret_cast<const void*>(sums_bytes);
+      for (std::size_t l = 0; l < data.size() && same; ++l) same = key[i++] == data[l].g && key[i++] == data[l].p;
+      if (same) return true;
+    }
+    return false;
+  }
+  void add(const Plan& plan, void* const (&base)[4][2], const void* sums, std::size_t sums_bytes,
+           const std::vector<LeafData>& data) {
+    next_ ^= 1;
+    key_of(keys_[next_], plan, base, sums, sums_bytes, data);
+  }
+  void clear() {
+    for (auto& key : keys_) key.clear();
+  }
+
+ private:
+  std::vector<const void*> keys_[2];
+  int next_ = 0;
+};
+
 // A moment's arenas, (float32 arena, float64 arena), or None.
 void* arena_of(py::handle pair, Dtype d, const Plan& plan, const char* what) {
   if (pair.is_none()) return nullptr;
@@ -114,7 +161,8 @@ struct Prepared {
 // m, v: the moments read; m_out, v_out: where new ones go (may be m, v).
 // `state` lists more of the optimizer's memory that no parameter may share.
 void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::handle params, py::handle m,
-             py::handle m_out, py::handle v, py::handle v_out, py::handle sums_array, bool check_finite) {
+             py::handle m_out, py::handle v, py::handle v_out, py::handle sums_array, bool check_finite,
+             CheckedAddresses& checked) {
   const char* gn = "grad";
   const auto& specs = plan.leaves();
   auto& data = P.data;
@@ -137,8 +185,6 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     data[l].dtype = specs[l].dtype;
     data[l].g = PyArray_ISCARRAY_RO(a) && PyArray_ISNOTSWAPPED(a) ? PyArray_DATA(a) : copy_of(a);
   });
-  std::vector<Span> spans;  // what the step writes, or reads as its own state
-  spans.reserve(specs.size() + 9);
   if (steps_p(mode)) {
     plan.walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
       const LeafSpec& s = specs[l];
@@ -151,13 +197,8 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
         throw py::value_error(where("params", s) + ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
       hold(o);
       data[l].p = PyArray_DATA(a);
-      const char* b = static_cast<const char*>(data[l].p);
-      if (s.size > 0) spans.push_back({b, b + s.size * item_size(s.dtype), "params", l});
     });
   }
-  auto state_span = [&](const void* base, Dtype d, std::size_t n, const char* what) {
-    if (base && n > 0) spans.push_back({static_cast<const char*>(base), static_cast<const char*>(base) + n * item_size(d), what, kNoLeaf});
-  };
   void* base[4][2] = {};  // m, m_out, v, v_out per dtype
   const py::handle pairs[4] = {m, m_out, v, v_out};
   const bool used[4] = {uses_m(mode), updates_m(mode), uses_v(mode), updates_v(mode)};
@@ -170,26 +211,41 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
       throw py::value_error(std::string("this step needs the ") + names[k] + ", which the state does not hold");
     }
     hold(pairs[k].ptr());
-    const bool same = k % 2 == 1 && pairs[k].is(pairs[k - 1]);
-    for (Dtype d : {F32, F64}) {
-      if (plan.arena_size(d) == 0) continue;
-      base[k][d] = arena_of(pairs[k], d, plan, names[k]);
-      if (!same) state_span(base[k][d], d, plan.arena_size(d), names[k]);
-    }
+    for (Dtype d : {F32, F64})
+      if (plan.arena_size(d) > 0) base[k][d] = arena_of(pairs[k], d, plan, names[k]);
   }
+  const void* sums = nullptr;
+  std::size_t sums_bytes = 0;
   if (!sums_array.is_none() && PyArray_Check(sums_array.ptr())) {
     PyArrayObject* a = reinterpret_cast<PyArrayObject*>(sums_array.ptr());
-    state_span(PyArray_DATA(a), F64, static_cast<std::size_t>(PyArray_NBYTES(a)) / 8, "sum of squares");
+    sums = PyArray_DATA(a);
+    sums_bytes = static_cast<std::size_t>(PyArray_NBYTES(a));
   }
-  refuse_overlaps(plan, spans);
-  // A gradient in memory the step writes is read as it was before the step
-  // (numpy's p - lr * g.copy()), whatever the SIMD width or thread count.
-  if (!spans.empty())
-    for (std::size_t l = 0; l < specs.size(); ++l) {
-      const char* b = static_cast<const char*>(data[l].g);
-      if (specs[l].size > 0 && overlaps(spans, b, b + specs[l].size * item_size(specs[l].dtype)))
-        data[l].g = copy_of(garrays[l]);
-    }
+  if (!checked.contains(plan, base, sums, sums_bytes, data)) {
+    std::vector<Span> spans;  // what the step writes, or reads as its own state
+    spans.reserve(specs.size() + 9);
+    auto add = [&](const void* b, std::size_t bytes, const char* what, std::size_t leaf) {
+      if (b && bytes > 0) spans.push_back({static_cast<const char*>(b), static_cast<const char*>(b) + bytes, what, leaf});
+    };
+    for (std::size_t l = 0; l < specs.size(); ++l) add(data[l].p, specs[l].size * item_size(specs[l].dtype), "params", l);
+    for (int k = 0; k < 4; ++k)
+      if (!(k % 2 == 1 && pairs[k].is(pairs[k - 1])))  // the same arenas read and written
+        for (Dtype d : {F32, F64}) add(base[k][d], plan.arena_size(d) * item_size(d), names[k], kNoLeaf);
+    add(sums, sums_bytes, "sum of squares", kNoLeaf);
+    refuse_overlaps(plan, spans);
+    // A gradient in memory the step writes is read as it was before the step
+    // (numpy's p - lr * g.copy()), whatever the SIMD width or thread count.
+    bool copied = false;
+    if (!spans.empty())
+      for (std::size_t l = 0; l < specs.size(); ++l) {
+        const char* b = static_cast<const char*>(data[l].g);
+        if (specs[l].size > 0 && overlaps(spans, b, b + specs[l].size * item_size(specs[l].dtype))) {
+          data[l].g = copy_of(garrays[l]);
+          copied = true;
+        }
+      }
+    if (!copied) checked.add(plan, base, sums, sums_bytes, data);
+  }
   if (check_finite)
     for (std::size_t l = 0; l < specs.size(); ++l)
       if (!leaf_finite(data[l].g, specs[l])) {
@@ -328,8 +384,41 @@ class State {
 
   py::object step(py::handle owner, py::handle rule_arg, py::handle output_arg, py::handle grad, py::handle target,
                   double lr, bool check_finite) {
-    const Rule rule = enum_arg<Rule>(rule_arg, kNumRules, "rule");
-    const Output output = enum_arg<Output>(output_arg, kNumOutputs, "output");
+    return step_as(owner, enum_arg<Rule>(rule_arg, kNumRules, "rule"), enum_arg<Output>(output_arg, kNumOutputs, "output"),
+                   grad, target, lr, check_finite);
+  }
+
+  // Optimizer.update(model, grad) of `owner`, whose settings (lr, ascent,
+  // check_finite, keep_delta; the class's rule) are read from its instance
+  // dict here: one native call instead of a dozen Python attribute reads.
+  void update(PyObject* owner, PyObject* model, PyObject* grad) {
+    static PyObject* const dict_name = interned("__dict__");
+    py::object dict = py::reinterpret_steal<py::object>(PyObject_GetAttr(owner, dict_name));
+    if (!dict) throw py::error_already_set();
+    if (!PyDict_Check(dict.ptr())) throw py::type_error("the optimizer's __dict__ must be a dict");
+    static PyObject* const lr_name = interned("lr");
+    py::object value = setting(owner, dict, lr_name);
+    double lr = value.is_none() ? unset_lr(owner, dict) : as_double(value.ptr());
+    static PyObject* const ascent_name = interned("ascent");
+    static PyObject* const finite_name = interned("check_finite");
+    if (truth(setting(owner, dict, ascent_name))) lr = -lr;
+    const bool check_finite = truth(setting(owner, dict, finite_name));
+    if (check_finite && !std::isfinite(lr)) {
+      py::object shown = py::reinterpret_steal<py::object>(PyObject_Repr(py::float_(lr).ptr()));
+      PyErr_SetString(PyExc_FloatingPointError, ("the learning rate is " + py::str(shown).cast<std::string>() +
+                                                 " and check_finite is True: nothing was modified").c_str());
+      throw py::error_already_set();
+    }
+    Output output = Output::DELTA;
+    if (!is_model(model)) {
+      static PyObject* const keep_name = interned("keep_delta");
+      output = truth(setting(owner, dict, keep_name)) ? Output::BOTH : Output::IN_PLACE;
+    }
+    step_as(owner, rule_of(owner), output, grad, model, lr, check_finite);
+  }
+
+  py::object step_as(py::handle owner, Rule rule, Output output, py::handle grad, py::handle target, double lr,
+                     bool check_finite) {
     const Rule r = effective_rule(rule, w, w2);
     const bool fixed = !mean.is_none() || !mean_square.is_none();  // moments fix the structure
     bool model_called = false;
@@ -349,9 +438,89 @@ class State {
 
  private:
   py::object m_tree_ = py::none(), v_tree_ = py::none();
+  // The last optimizer class stepped and its rule; the last model class and
+  // whether it has parameter_update (types are kept alive, so never reused).
+  py::object owner_type_ = py::none(), model_type_ = py::none();
+  Rule owner_rule_ = Rule::GRADIENT;
+  bool model_is_model_ = false;
+
+  // An attribute of the optimizer: its instance dict's value, else Python's lookup (a class
+  // attribute, or the AttributeError a plain read would raise).
+  static py::object setting(PyObject* owner, const py::object& dict, PyObject* name) {
+    PyObject* v = PyDict_GetItemWithError(dict.ptr(), name);  // borrowed
+    if (v) return py::reinterpret_borrow<py::object>(v);
+    if (PyErr_Occurred()) throw py::error_already_set();
+    py::object found = py::reinterpret_steal<py::object>(PyObject_GetAttr(owner, name));
+    if (!found) throw py::error_already_set();
+    return found;
+  }
+  static bool truth(const py::object& o) {
+    if (o.ptr() == Py_True) return true;
+    if (o.ptr() == Py_False) return false;
+    const int t = PyObject_IsTrue(o.ptr());
+    if (t < 0) throw py::error_already_set();
+    return t;
+  }
+  // A rate: a Python float, a numpy float32 (as update_lr() stores it) or anything float() takes.
+  static double as_double(PyObject* o) {
+    if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
+    if (PyArray_IsScalar(o, Float32)) return static_cast<double>(PyArrayScalar_VAL(o, Float32));
+    const double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+    return v;
+  }
+  // The rate before any update_lr(): Optimizer._unset_lr(), whose answer for one
+  // (immutable) stepsize.value object is kept here, as that method keeps it.
+  py::object unset_value_;  // null until a value is kept
+  double unset_rate_ = 0;
+  double unset_lr(PyObject* owner, const py::object& dict) {
+    static PyObject* const stepsize_name = interned("_stepsize");
+    static PyObject* const value_name = interned("value");
+    static PyObject* const unset_name = interned("_unset_lr");
+    PyObject* sched = PyDict_GetItemWithError(dict.ptr(), stepsize_name);  // borrowed
+    py::object value;
+    if (sched) value = py::reinterpret_steal<py::object>(PyObject_GetAttr(sched, value_name));
+    if (!value) PyErr_Clear();  // _unset_lr says what is wrong
+    if (value && unset_value_ && value.is(unset_value_)) return unset_rate_;
+    py::object rate = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(owner, unset_name));
+    if (!rate) throw py::error_already_set();
+    const double r = as_double(rate.ptr());
+    if (value && !PyArray_Check(value.ptr())) {  // an array may change in place: read every time
+      unset_value_ = std::move(value);
+      unset_rate_ = r;
+    }
+    return r;
+  }
+  Rule rule_of(PyObject* owner) {
+    PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(owner));
+    if (owner_type_.ptr() != type) {
+      static PyObject* const rule_name = interned("_rule_code");
+      py::object code = py::reinterpret_steal<py::object>(PyObject_GetAttr(type, rule_name));
+      if (!code) throw py::error_already_set();
+      owner_rule_ = enum_arg<Rule>(code, kNumRules, "rule");
+      owner_type_ = py::reinterpret_borrow<py::object>(type);
+    }
+    return owner_rule_;
+  }
+  bool is_model(PyObject* model) {
+    PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(model));
+    if (model_type_.ptr() != type) {
+      static PyObject* const update_name = interned("parameter_update");
+      PyObject* found = PyObject_GetAttr(model, update_name);
+      if (!found) {  // hasattr's rule: only an AttributeError means "has none"
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw py::error_already_set();
+        PyErr_Clear();
+      }
+      Py_XDECREF(found);
+      model_is_model_ = found != nullptr;
+      model_type_ = py::reinterpret_borrow<py::object>(type);
+    }
+    return model_is_model_;
+  }
   py::int_ one_{1};
   const Plan* plan_ptr_ = nullptr;  // plan's C++ object (plan keeps it alive)
   py::object m_spare_ = py::none(), v_spare_ = py::none();  // second buffers of the paysage path
+  CheckedAddresses checked_;
 
   void drop_spares() {
     m_spare_ = py::none();
@@ -400,7 +569,7 @@ class State {
     const bool sums_in_place = !deferred && same_plan && sums_fit(sums, p.leaves().size());
     P.sums_target = sums_in_place ? static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))) : nullptr;
     prepare(P, p, mode, grad, steps_p(mode) ? target : py::handle(Py_None), start_m ? m_out : m, m_out,
-            start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite);
+            start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite, checked_);
     // Allocated now: the commit below must not fail.
     py::object new_sums = py::none();
     if (!sums_in_place && !(same_plan && sums_fit(sums, p.leaves().size()))) {
@@ -476,6 +645,60 @@ class State {
   }
 };
 
+// State.update as a plain METH_FASTCALL builtin bound to one State (a capsule
+// holding it): a small step's cost is mostly calls, and pybind11's dispatcher
+// (argument casters, a locked type lookup for `self`) is the larger part of it.
+constexpr const char* kStateCapsule = "fusedopt.State";
+
+PyObject* raise_current() {
+  try {
+    throw;
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (py::builtin_exception& e) {
+    e.set_error();
+  } catch (StructureError& e) {
+    py::object type = py::module_::import("fusedopt._core").attr("StructureError");
+    PyErr_SetString(type.ptr(), e.what());
+  } catch (std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyObject* fast_update(PyObject* capsule, PyObject* const* args, Py_ssize_t n) {
+  if (n != 3) {
+    PyErr_SetString(PyExc_TypeError, "update(optimizer, model, grad) takes exactly 3 arguments");
+    return nullptr;
+  }
+  auto* state = static_cast<State*>(PyCapsule_GetPointer(capsule, kStateCapsule));
+  if (!state) return nullptr;
+  try {
+    state->update(args[0], args[1], args[2]);
+  } catch (...) {
+    return raise_current();
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef kFastUpdate = {"update", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(fast_update)), METH_FASTCALL,
+                           "update(optimizer, model, grad): Optimizer.update's native part (State.bound_update)."};
+
+void release_state(PyObject* capsule) { Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(capsule))); }
+
+// A builtin update() bound to `self`, which it keeps alive.
+py::object bound_update(py::handle self) {
+  State* state = self.cast<State*>();
+  py::object capsule = py::reinterpret_steal<py::object>(PyCapsule_New(state, kStateCapsule, release_state));
+  if (!capsule) throw py::error_already_set();
+  if (PyCapsule_SetContext(capsule.ptr(), self.inc_ref().ptr()) != 0) throw py::error_already_set();
+  PyObject* f = PyCFunction_New(&kFastUpdate, capsule.ptr());
+  if (!f) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(f);
+}
+
 template <class E>
 void export_enum(py::module_& m, const char* name, const char* doc, std::initializer_list<std::pair<const char*, E>> values) {
   py::enum_<E> e(m, name, doc);
@@ -525,6 +748,10 @@ void register_step(py::module_& m) {
            "One step of `rule` over the tree `grad`. target: the parameters (IN_PLACE, BOTH), or a model whose "
            "parameter_update(delta) is called before the step commits (DELTA), or None. With an owner (the "
            "optimizer), its step_count and delta are committed with the moments. Returns the delta tree or None.");
+  m.def("bound_update", &bound_update, py::arg("state"),
+        "A builtin f(optimizer, model, grad) taking Optimizer.update's step on `state`: the optimizer's lr, ascent, "
+        "check_finite, keep_delta and rule are read from it, a model (has parameter_update) takes the delta, anything "
+        "else is stepped in place.");
 }
 
 }  // namespace fusedopt

@@ -1,7 +1,7 @@
 # Type stubs for fusedopt._core, the C++ extension (csrc/bindings/*.cpp).
 # tests/test_config.py checks that every public name of the module is here.
 import enum
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +102,8 @@ class State:
         (the optimizer), its step_count and delta are committed with the moments. Returns the delta tree
         or None."""
 
+def bound_update(state: State) -> Callable[[Any, Any, Any], None]:
+    """Optimizer.update's native call on `state`: f(optimizer, model, grad)."""
 def simd_level() -> Literal["avx512", "avx2", "baseline"]:
     """The SIMD level in use: 'avx512', 'avx2' or 'baseline'."""
 

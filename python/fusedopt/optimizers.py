@@ -115,6 +115,7 @@ class GradientMemory:
         # Plan, moment arenas, per-leaf sums and weights live in the native state, which
         # commits them together with each step.
         self._native = _core.State()
+        self._update = _core.bound_update(self._native)  # Optimizer.update's native call
         self.mean_weight = mean_weight
         self.mean_square_weight = mean_square_weight
 
@@ -348,9 +349,6 @@ class GradientMemory:
 _DEFAULT_STEPSIZE = schedules.Constant(initial=0.001)
 
 
-_isfinite = math.isfinite
-
-
 def _as_schedule(stepsize):
     if isinstance(stepsize, bool):
         raise TypeError("stepsize must be a schedule or a float, got bool")
@@ -467,7 +465,6 @@ class Optimizer:
         self.lr = None
         self.delta = None
         self.step_count = 0
-        self._model_types = {}  # type -> has parameter_update
 
     @property
     def stepsize(self) -> Any:
@@ -579,7 +576,7 @@ class Optimizer:
     _fixed_zero: tuple[str, ...] = ()  # the memory weights that must be 0 in a state (moments this class has not)
     # Attributes __getstate__ saves in its own way, or not at all (caches rebuilt on use).
     _PICKLED_APART = frozenset({"_stepsize", "tolerance", "ascent", "check_finite", "keep_delta", "lr",
-                                "step_count", "delta", "memory", "_memory", "_conv_n", "_model_types",
+                                "step_count", "delta", "memory", "_memory", "_conv_n",
                                 "_unset_lr_cache"})
 
     def _fields(self):
@@ -641,7 +638,6 @@ class Optimizer:
         fields = _state.parse_optimizer(state["fields"])
         mem = state["memory"]
         self.__dict__.update(state["extra"])
-        self._model_types = {}
         self._stepsize = state["stepsize"]
         self._commit_fields(fields)
         plan = None
@@ -673,7 +669,7 @@ class Optimizer:
         return []
 
     _rule = Rule.GRADIENT  # the named rule of a subclass (a weight of 0 drops its moment)
-    _rule_code = int(_rule)  # what update() passes: State.step takes the int without converting
+    _rule_code = int(_rule)  # what the native update reads (an int: no enum conversion per step)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -692,25 +688,11 @@ class Optimizer:
                 writeable C-contiguous arrays shaped like grad, stepped in place.
             grad: the gradient tree (never modified nor kept).
         """
-        lr = self.lr
-        lr = float(lr) if lr is not None else self._unset_lr()
-        if self.ascent:
-            lr = -lr
-        if self.check_finite and not _isfinite(lr):
-            raise FloatingPointError(f"the learning rate is {lr!r} and check_finite is True: nothing was modified")
-        kind = type(model)
-        is_model = self._model_types.get(kind)
-        if is_model is None:
-            is_model = self._model_types[kind] = hasattr(model, "parameter_update")
+        # The native call reads lr, ascent, check_finite, keep_delta and the class's rule itself.
         mem = self._memory
         if mem._pending is not None:
             mem._bind_pending(grad)
-        output = _DELTA if is_model else (_BOTH if self.keep_delta else _IN_PLACE)
-        mem._native.step(self, self._rule_code, output, grad, model, lr, self.check_finite)
-
-
-# As ints: State.step takes an enum's value without pybind11's (slower) enum conversion.
-_DELTA, _BOTH, _IN_PLACE = int(Output.DELTA), int(Output.BOTH), int(Output.IN_PLACE)
+        mem._update(self, model, grad)
 
 
 def _show(value: Any) -> str:
