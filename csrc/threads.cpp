@@ -40,23 +40,20 @@ void after_fork_in_child() {
 // descheduled mid-chunk (another process; or another library's spinning
 // threads, as OpenBLAS's for ~0.1 s after each matrix product in a paysage
 // training loop). A running mean of r (weight 1/8, starting at 1/threads)
-// above 1 sends the next `window` steps of up to 4x this size to the calling
-// thread alone: one step at 4.5x the serial time does it at once, while the
-// odd slow step of a noisy virtual machine does not.
-// The window doubles, up to 4096 steps, while the retries keep failing, and
-// is back at 64 after a parallel step that keeps the mean at or below 1.
-constexpr int kFirstSerialWindow = 64, kLastSerialWindow = 4096;
+// above 1 sends the next kSerialSteps steps of up to 4x this size to the
+// calling thread alone: one step at 4.5x the serial time does it at once,
+// while the odd slow step of a noisy virtual machine does not. Then the team
+// is tried again with a fresh mean.
+constexpr int kSerialSteps = 64;
 constexpr double kRatioWeight = 1.0 / 8;
 // The judge's state: shared by every thread that steps, hence atomics (a
 // judgement racing another only misjudges one step, never a result).
 struct JudgeState {
-  std::atomic<int> serial_steps{0};                   // steps still to run serially
-  std::atomic<int> serial_window{kFirstSerialWindow};  // serial steps after the next bad judgement
-  std::atomic<std::size_t> bad_chunks{0};             // size of the step judged bad
-  std::atomic<double> mean_ratio{-1.0};               // running mean of r; < 0: start from 1/threads
+  std::atomic<int> serial_steps{0};        // steps still to run serially
+  std::atomic<std::size_t> bad_chunks{0};  // size of the step judged bad
+  std::atomic<double> mean_ratio{-1.0};    // running mean of r; < 0: start from 1/threads
   void reset() {
     serial_steps.store(0, std::memory_order_relaxed);
-    serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
     bad_chunks.store(0, std::memory_order_relaxed);
     mean_ratio.store(-1.0, std::memory_order_relaxed);
   }
@@ -74,13 +71,10 @@ void judge_parallel_step(std::size_t chunks, std::size_t by_caller, int threads,
   mean += kRatioWeight * (r - mean);
   if (mean <= 1.0) {
     g_judge.mean_ratio.store(mean, std::memory_order_relaxed);
-    g_judge.serial_window.store(kFirstSerialWindow, std::memory_order_relaxed);
     return;
   }
-  const int window = g_judge.serial_window.load(std::memory_order_relaxed);
   g_judge.bad_chunks.store(chunks, std::memory_order_relaxed);
-  g_judge.serial_steps.store(window, std::memory_order_relaxed);
-  g_judge.serial_window.store(std::min(2 * window, kLastSerialWindow), std::memory_order_relaxed);
+  g_judge.serial_steps.store(kSerialSteps, std::memory_order_relaxed);
   g_judge.mean_ratio.store(-1.0, std::memory_order_relaxed);  // the retry starts a new mean
 }
 
