@@ -21,10 +21,6 @@ namespace fusedopt {
 
 namespace {
 
-int npy_of(Dtype d) { return d == F32 ? NPY_FLOAT : NPY_DOUBLE; }
-const char* name_of(Dtype d) { return d == F32 ? "float32" : "float64"; }
-std::size_t item_of(Dtype d) { return d == F32 ? 4 : 8; }
-
 std::string at_leaf(const std::string& what, const LeafSpec& s) {
   return s.path.empty() ? what : what + " at " + s.path;
 }
@@ -32,11 +28,8 @@ std::string at_leaf(const std::string& what, const LeafSpec& s) {
 std::string got_of(PyObject* o) {
   if (!PyArray_Check(o)) return Py_TYPE(o)->tp_name;
   PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
-  std::string shape = "(";
-  for (int i = 0; i < PyArray_NDIM(a); ++i) shape += (i ? ", " : "") + std::to_string(PyArray_DIMS(a)[i]);
-  shape += PyArray_NDIM(a) == 1 ? ",)" : ")";
   return py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>() + " array of shape " +
-         shape;
+         shape_string(PyArray_DIMS(a), static_cast<std::size_t>(PyArray_NDIM(a)));
 }
 
 // An array of the leaf's dtype and shape, or a TypeError/ValueError naming the leaf
@@ -44,11 +37,11 @@ std::string got_of(PyObject* o) {
 PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what) {
   const LeafSpec& s = plan.leaves()[l];
   PyArrayObject* a = PyArray_Check(o) ? reinterpret_cast<PyArrayObject*>(o) : nullptr;
-  const bool dtype_ok = a && PyArray_TYPE(a) == npy_of(s.dtype);
+  const bool dtype_ok = a && PyArray_TYPE(a) == npy_type_number(s.dtype);
   const bool shape_ok = a && PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
   if (dtype_ok && shape_ok) return a;
-  const std::string msg = at_leaf(what, s) + ": expected a " + name_of(s.dtype) + " array of shape " +
+  const std::string msg = at_leaf(what, s) + ": expected a " + dtype_name(s.dtype) + " array of shape " +
                           plan.shape_str(l) + ", got " + (a ? "a " : "") + got_of(o);
   if (!dtype_ok) throw py::type_error(msg);
   throw py::value_error(msg);
@@ -175,7 +168,7 @@ class OptimState {
       for (std::size_t l = 0; l < specs.size(); ++l) {
         py::object leaf = leaves[l];
         matching_leaf(*plan_, l, leaf.ptr(), name);
-        PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(npy_of(specs[l].dtype)), 0, 0,
+        PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(npy_type_number(specs[l].dtype)), 0, 0,
                                       NPY_ARRAY_CARRAY_RO, nullptr);
         if (!c) throw py::error_already_set();
         arrays.push_back(py::reinterpret_steal<py::object>(c));
@@ -189,7 +182,7 @@ class OptimState {
     for (const auto& [k, arrays] : sources)
       for (std::size_t l = 0; l < specs.size(); ++l)
         std::memcpy(slot_data(k, specs[l]), PyArray_DATA(reinterpret_cast<PyArrayObject*>(arrays[l].ptr())),
-                    specs[l].size * item_of(specs[l].dtype));
+                    specs[l].size * item_size(specs[l].dtype));
     step_count_ = step_count;
     last_norm_ = -1.0;
   }
@@ -219,7 +212,7 @@ class OptimState {
 
   void* slot_data(std::size_t k, const LeafSpec& s) const {
     char* base = static_cast<char*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][s.dtype].ptr())));
-    return base + s.offset * item_of(s.dtype);
+    return base + s.offset * item_size(s.dtype);
   }
 
   // Two parameter leaves sharing memory would be stepped twice (and raced by threads).
@@ -231,7 +224,7 @@ class OptimState {
     std::sort(spans.begin(), spans.end());
     for (std::size_t k = 1; k < spans.size(); ++k) {
       const LeafSpec& prev = specs[spans[k - 1].second];
-      if (spans[k - 1].first + prev.size * item_of(prev.dtype) > spans[k].first)
+      if (spans[k - 1].first + prev.size * item_size(prev.dtype) > spans[k].first)
         throw py::value_error(at_leaf("params", specs[spans[k].second]) + ": shares memory with " + at_leaf("params", prev) +
                               "; each parameter must be its own array");
     }
