@@ -57,7 +57,7 @@ struct StepScalars {
 // Pointers of one segment (a contiguous piece of one leaf); unused ones are
 // null. Moments are read from m, v and written to m_out, v_out: the same
 // arrays when the step commits in place, a second buffer when its caller
-// commits only after the model took the delta (see docs/threads-processes-signals.md).
+// commits only after the model took the delta (see docs/threads.md).
 template <class T>
 struct Segment {
   const T* g;

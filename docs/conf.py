@@ -54,7 +54,6 @@ TOPIC_PAGES = {
     "optim": "optim",
     "distributed": "distributed",
     "torch": "torch",
-    "native": "threads-processes-signals",
     "convergence": "semantics-convergence",
     "rates": "semantics-rates",
 }

@@ -1,7 +1,7 @@
 """An exception from a signal handler (KeyboardInterrupt, or any other) during a
 loop of steps leaves every optimizer consistent: parameters, moments, step_count,
 delta and the convergence sums are all as before the interrupted step or all as
-after it (docs/threads-processes-signals.md). A repeating timer raises in the
+after it (docs/threads.md). A repeating timer raises in the
 middle of steps at random points; after the loop, a NumPy replay of exactly the
 steps that were counted must give the same bits."""
 import math

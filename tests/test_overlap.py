@@ -1,5 +1,5 @@
-"""Memory overlap between the arrays of a step (docs/threads-processes-signals.md,
-"Aliasing"): a gradient that shares memory with anything the step writes is read
+"""Memory overlap between the arrays of a step (docs/threads.md, "Aliasing and
+overlap"): a gradient that shares memory with anything the step writes is read
 as a copy taken before the step (numpy's ``p - lr * g.copy()``); parameters that
 share memory with each other or with the optimizer's own state are refused."""
 import copy

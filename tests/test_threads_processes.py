@@ -1,4 +1,4 @@
-"""Threads, fork and thread counts (docs/threads-processes-signals.md).
+"""Threads, fork and thread counts (docs/threads.md).
 
 Each case runs in a fresh interpreter with a time limit: what it guards against
 is a crash (use-after-free, libgomp running out of threads) or a hang (a forked

@@ -2,7 +2,7 @@
 // step: checks every array of the step (nothing is modified until all pass),
 // runs the kernel without the GIL while owning a reference to every array it
 // touches, and commits moments, sums, step count and delta together
-// (docs/threads-processes-signals.md).
+// (docs/threads.md).
 #include <algorithm>
 #include <initializer_list>
 #include <new>
