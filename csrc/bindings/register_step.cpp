@@ -162,7 +162,7 @@ struct Prepared {
 // `state` lists more of the optimizer's memory that no parameter may share.
 void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::handle params, py::handle m,
              py::handle m_out, py::handle v, py::handle v_out, py::handle sums_array, bool check_finite,
-             CheckedAddresses& checked) {
+             CheckedAddresses* checked) {
   const char* gn = "grad";
   const auto& specs = plan.leaves();
   auto& data = P.data;
@@ -221,7 +221,7 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     sums = PyArray_DATA(a);
     sums_bytes = static_cast<std::size_t>(PyArray_NBYTES(a));
   }
-  if (!checked.contains(plan, base, sums, sums_bytes, data)) {
+  if (!checked || !checked->contains(plan, base, sums, sums_bytes, data)) {
     std::vector<Span> spans;  // what the step writes, or reads as its own state
     spans.reserve(specs.size() + 9);
     auto add = [&](const void* b, std::size_t bytes, const char* what, std::size_t leaf) {
@@ -244,7 +244,7 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
           copied = true;
         }
       }
-    if (!copied) checked.add(plan, base, sums, sums_bytes, data);
+    if (!copied && checked) checked->add(plan, base, sums, sums_bytes, data);
   }
   if (check_finite)
     for (std::size_t l = 0; l < specs.size(); ++l)
@@ -375,6 +375,7 @@ class State {
     plan_ptr_ = plan.is_none() ? nullptr : &plan.cast<const Plan&>();
     conv_count = -1;
     drop_spares();
+    checked_.clear();  // its keys name the old plan, whose address another plan may take
   }
   void set_moment(bool square, py::object arenas) {
     (square ? mean_square : mean) = std::move(arenas);
@@ -569,7 +570,8 @@ class State {
     const bool sums_in_place = !deferred && same_plan && sums_fit(sums, p.leaves().size());
     P.sums_target = sums_in_place ? static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))) : nullptr;
     prepare(P, p, mode, grad, steps_p(mode) ? target : py::handle(Py_None), start_m ? m_out : m, m_out,
-            start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite, checked_);
+            start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite,
+            same_plan ? &checked_ : nullptr);  // keys name the state's own plan, which it keeps alive
     // Allocated now: the commit below must not fail.
     py::object new_sums = py::none();
     if (!sums_in_place && !(same_plan && sums_fit(sums, p.leaves().size()))) {
@@ -620,6 +622,7 @@ class State {
       plan = plan_obj;
       plan_ptr_ = &p;
       drop_spares();
+      checked_.clear();
     }
     if (!m_out.is(m)) {
       if (!start_m && deferred) m_spare_ = m;
