@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -176,21 +177,46 @@ class FlatPack {
   std::size_t end_ = 0;
 };
 
-// The k rows of a received shard (stride bytes apart) averaged into out: the
-// float32 part (n32 elements at byte off32 of a row), then the float64 part.
-void rank_average(py::handle recv, py::handle out, std::size_t k, std::size_t stride, std::size_t off32,
-                  std::size_t n32, std::size_t off64, std::size_t n64, double divisor) {
-  if (k == 0) throw py::value_error("rank_average: k must be >= 1");
-  if (off32 % 4 || off64 % 8 || stride % 8) throw py::value_error("rank_average: misaligned offsets or stride");
+// A read-only view is enough for a source (a rank's own gradient row).
+const char* buffer_in(py::handle buf, std::size_t need, const char* what) {
+  PyObject* o = buf.ptr();
+  if (!PyArray_Check(o)) throw py::type_error(std::string(what) + " must be a numpy array");
+  auto* a = reinterpret_cast<PyArrayObject*>(o);
+  if (PyArray_TYPE(a) != NPY_UINT8 || !PyArray_ISCARRAY_RO(a) || static_cast<std::size_t>(PyArray_NBYTES(a)) < need)
+    throw py::value_error(std::string(what) + " must be a C-contiguous uint8 array of at least " +
+                          std::to_string(need) + " bytes");
+  return static_cast<const char*>(PyArray_DATA(a));
+}
+
+// The rows of one shard, one per rank in rank order (each its own buffer),
+// averaged into out: the float32 part (n32 elements at byte off32 of a row),
+// then the float64 part.
+void rank_average(const py::sequence& rows, py::handle out, std::size_t off32, std::size_t n32, std::size_t off64,
+                  std::size_t n64, double divisor) {
+  const std::size_t k = rows.size();
+  if (k == 0) throw py::value_error("rank_average: needs at least one row");
   const std::size_t row = std::max(n32 ? off32 + 4 * n32 : 0, n64 ? off64 + 8 * n64 : 0);  // bytes a row uses
-  const char* in = buffer_data(recv, (k - 1) * stride + row, "rank_average: recv");
+  std::vector<py::object> keep;  // owned: the rows stay alive while the GIL is released
+  std::vector<const float*> r32;
+  std::vector<const double*> r64;
   char* o = buffer_data(out, row, "rank_average: out");
-  if (k > 1 && stride < row) throw py::value_error("rank_average: rows overlap");
-  py::gil_scoped_release release;  // the caller's arrays stay referenced by its frame
-  rank_average_f32(reinterpret_cast<const float*>(in + off32), stride / 4, k, n32, static_cast<float>(divisor),
-                   reinterpret_cast<float*>(o + off32));
-  rank_average_f64(reinterpret_cast<const double*>(in + off64), stride / 8, k, n64, divisor,
-                   reinterpret_cast<double*>(o + off64));
+  for (std::size_t r = 0; r < k; ++r) {
+    keep.push_back(rows[r]);
+    const char* in = buffer_in(keep.back(), row, "rank_average: a row");
+    const auto a32 = reinterpret_cast<std::uintptr_t>(in + off32), a64 = reinterpret_cast<std::uintptr_t>(in + off64);
+    if ((n32 && a32 % 4) || (n64 && a64 % 8)) throw py::value_error("rank_average: misaligned offsets or rows");
+    // out is written chunk by chunk before later rows are read: it may only be row 0 itself.
+    if (row && (r > 0 || in != o) && in < o + row && o < in + row)
+      throw py::value_error("rank_average: out overlaps a row other than row 0");
+    r32.push_back(reinterpret_cast<const float*>(in + off32));
+    r64.push_back(reinterpret_cast<const double*>(in + off64));
+  }
+  if ((n32 && reinterpret_cast<std::uintptr_t>(o + off32) % 4) || (n64 && reinterpret_cast<std::uintptr_t>(o + off64) % 8))
+    throw py::value_error("rank_average: misaligned offsets or rows");
+  py::object out_ref = py::reinterpret_borrow<py::object>(out);
+  py::gil_scoped_release release;
+  rank_average_f32(r32.data(), k, n32, static_cast<float>(divisor), reinterpret_cast<float*>(o + off32));
+  rank_average_f64(r64.data(), k, n64, divisor, reinterpret_cast<double*>(o + off64));
 }
 
 }  // namespace
@@ -211,9 +237,10 @@ void register_reduce(py::module_& m) {
            py::arg("hi") = static_cast<std::size_t>(-1),
            "Copy the flat range [lo, hi) of `flat` (holding that range) back into the checked, writeable leaves.")
       .def("views", &FlatPack::views, py::arg("flat"), "Views of every leaf into `flat`.");
-  m.def("rank_average", &rank_average, py::arg("recv"), py::arg("out"), py::arg("k"), py::arg("stride"),
-        py::arg("off32"), py::arg("n32"), py::arg("off64"), py::arg("n64"), py::arg("divisor"),
-        "out = (((row0 + row1) + ...) + row[k-1]) / divisor per element, in each part's dtype.");
+  m.def("rank_average", &rank_average, py::arg("rows"), py::arg("out"), py::arg("off32"), py::arg("n32"),
+        py::arg("off64"), py::arg("n64"), py::arg("divisor"),
+        "out = (((rows[0] + rows[1]) + ...) + rows[k-1]) / divisor per element, in each part's dtype; "
+        "rows are separate uint8 buffers (read-only ones too), out may be rows[0].");
 }
 
 }  // namespace fusedopt

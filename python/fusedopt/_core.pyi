@@ -244,6 +244,7 @@ class FlatPack:
         """Views of every leaf into `flat`."""
 
 def rank_average(
-    recv: _Bytes, out: _Bytes, k: int, stride: int, off32: int, n32: int, off64: int, n64: int, divisor: float
+    rows: Sequence[_Bytes], out: _Bytes, off32: int, n32: int, off64: int, n64: int, divisor: float
 ) -> None:
-    """out = (((row0 + row1) + ...) + row[k-1]) / divisor per element, in each part's dtype."""
+    """out = (((rows[0] + rows[1]) + ...) + rows[k-1]) / divisor per element, in each part's dtype;
+    rows are separate uint8 buffers (read-only ones too), out may be rows[0]."""
