@@ -109,6 +109,28 @@ class FlatPack {
     r.run();
   }
 
+  // check(), then, for a layout of one leaf that a plain aligned C-contiguous
+  // ndarray fills, a 1-D uint8 view of that array's own bytes (keeping it
+  // alive; writeable as it is), which the collectives can use instead of a
+  // packed copy. None otherwise.
+  py::object flat_view(const py::list& leaves, const std::string& name, bool writeable) const {
+    check(leaves, name, writeable);
+    if (leaves_.size() != 1 || leaves_[0].offset != 0) return py::none();
+    PyObject* o = leaves[0].ptr();
+    auto* a = reinterpret_cast<PyArrayObject*>(o);
+    if (Py_TYPE(o) != &PyArray_Type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) return py::none();
+    npy_intp n = static_cast<npy_intp>(leaves_[0].bytes);
+    const int flags = PyArray_ISWRITEABLE(a) ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO;
+    PyObject* v = PyArray_New(&PyArray_Type, 1, &n, NPY_UINT8, nullptr, PyArray_DATA(a), 0, flags, nullptr);
+    if (!v) throw py::error_already_set();
+    Py_INCREF(o);
+    if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(v), o) < 0) {
+      Py_DECREF(v);
+      throw py::error_already_set();
+    }
+    return py::reinterpret_steal<py::object>(v);
+  }
+
   // Views of every leaf (its shape and dtype) into `flat`, which they keep alive.
   py::list views(py::handle flat) const {
     char* base = buffer_data(flat, end_, "views: flat");
@@ -236,7 +258,10 @@ void register_reduce(py::module_& m) {
       .def("unpack", &FlatPack::unpack, py::arg("flat"), py::arg("leaves"), py::arg("name"), py::arg("lo") = 0,
            py::arg("hi") = static_cast<std::size_t>(-1),
            "Copy the flat range [lo, hi) of `flat` (holding that range) back into the checked, writeable leaves.")
-      .def("views", &FlatPack::views, py::arg("flat"), "Views of every leaf into `flat`.");
+      .def("views", &FlatPack::views, py::arg("flat"), "Views of every leaf into `flat`.")
+      .def("flat_view", &FlatPack::flat_view, py::arg("leaves"), py::arg("name"), py::arg("writeable") = false,
+           "check(), then a uint8 view of the one leaf's own bytes when it is a plain aligned C-contiguous "
+           "array filling the layout; None otherwise.");
   m.def("rank_average", &rank_average, py::arg("rows"), py::arg("out"), py::arg("off32"), py::arg("n32"),
         py::arg("off64"), py::arg("n64"), py::arg("divisor"),
         "out = (((rows[0] + rows[1]) + ...) + rows[k-1]) / divisor per element, in each part's dtype; "

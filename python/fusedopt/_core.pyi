@@ -242,6 +242,9 @@ class FlatPack:
         """Copy the flat range [lo, hi) of `flat` (holding that range) back into the checked, writeable leaves."""
     def views(self, flat: _Bytes) -> list[Any]:
         """Views of every leaf into `flat`."""
+    def flat_view(self, leaves: list[Any], name: str, writeable: bool = False) -> _Bytes | None:
+        """check(), then a uint8 view of the one leaf's own bytes when it is a plain aligned C-contiguous
+        array filling the layout; None otherwise."""
 
 def rank_average(
     rows: Sequence[_Bytes], out: _Bytes, off32: int, n32: int, off64: int, n64: int, divisor: float

@@ -85,7 +85,7 @@ class Layout:
         self.send_counts = [0 if r == rank else c for r, c in enumerate(self.counts)]
         self.recv_counts = [0 if r == rank else self.counts[rank] for r in range(size)]
         self.recv_displs = [r * n for r in range(size)]
-        self.single = len(self.paths) == 1  # the one leaf is the whole data: see flat_view()
+        self.single = len(self.paths) == 1  # the one leaf is the whole data: see FlatPack.flat_view
         self._build_pieces()
         self.send = aligned_bytes(self.nbytes)  # this rank's gradient, packed
         self.bufs: dict[Any, Any] = {}           # the wrapper's buffers, by path kind
@@ -141,17 +141,6 @@ class Layout:
     def shard_pieces(self, shard: np.ndarray) -> list[np.ndarray]:
         """1-D views of this rank's pieces into a buffer holding its shard."""
         return list(self.shard_pack.views(shard))
-
-    def flat_view(self, leaf: Any) -> Any:
-        """The bytes of a tree's one leaf (checked against the layout by the caller) as a flat
-        uint8 view, when the collectives can use that memory itself: a plain aligned
-        C-contiguous array. None otherwise (the tree goes through a packed copy)."""
-        if not self.single or type(leaf) is not np.ndarray:
-            return None
-        flags = leaf.flags
-        if not (flags.c_contiguous and flags.aligned):
-            return None
-        return leaf.reshape(-1).view(np.uint8)
 
     def tree(self, flat: np.ndarray) -> Any:
         """A tree of the plan's structure whose leaves are views into a full flat buffer."""

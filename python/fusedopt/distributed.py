@@ -340,13 +340,11 @@ class DataParallel:
         """The flat bytes the collectives send: the caller's own memory for a tree of one
         plain C-contiguous leaf (nothing writes it), else the gradient packed into lay.send."""
         leaves = lay.plan.flatten(grad, "grad")
-        if lay.single:
-            lay.pack.check(leaves, "grad")
-            flat = lay.flat_view(leaves[0])
-            if flat is not None:
-                return flat
-        lay.pack.pack(leaves, lay.send, "grad")
-        return lay.send
+        flat = lay.pack.flat_view(leaves, "grad") if lay.single else None
+        if flat is None:
+            lay.pack.pack(leaves, lay.send, "grad")
+            return lay.send
+        return flat
 
     def _buffers_for(self, lay: Layout, inplace: bool) -> _Buffers:
         bufs = lay.bufs.get(inplace)
@@ -495,7 +493,7 @@ class DataParallel:
     def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
         bufs, opt = self._bufs, self._opt
         t0, gather0 = time.perf_counter(), self.timings["gather"]
-        direct = self._direct_params(lay, pleaves[0]) if lay.single else None
+        direct = self._direct_params(lay, pleaves) if lay.single else None
         if direct is None:  # stepped in a flat copy, then copied back
             flat, pieces = bufs.params, bufs.param_pieces
             lay.pack.pack(pleaves, flat[lay.lo:lay.hi], "params", lay.lo, lay.hi)
@@ -522,13 +520,14 @@ class DataParallel:
         self._count_copies(t0, gather0)
         self.timings["copy"] -= t2 - t1
 
-    def _direct_params(self, lay: Layout, leaf: Any) -> Optional[tuple[np.ndarray, list[np.ndarray]]]:
+    def _direct_params(self, lay: Layout, pleaves: Any) -> Optional[tuple[np.ndarray, list[np.ndarray]]]:
         """(flat bytes, this rank's pieces) of a parameter tree's one leaf (checked writeable),
-        views into it, when the all-gather can write it directly; memoized for the same array."""
-        memo = self._direct
+        views into it, when the all-gather can write it directly; memoized for the same array
+        (an array's contiguity and memory never change)."""
+        leaf, memo = pleaves[0], self._direct
         if memo is not None and memo[0] is leaf and memo[1] is lay:
             return memo[2], memo[3]
-        flat = lay.flat_view(leaf)
+        flat = lay.pack.flat_view(pleaves, "params", True)
         if flat is None:
             return None
         pieces = lay.shard_pieces(flat[lay.lo:lay.hi])
