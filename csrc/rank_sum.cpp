@@ -22,13 +22,26 @@ void rank_average(const T* const* rows, std::size_t k, std::size_t n, T divisor,
     T* o = out + lo;
     const std::size_t len = hi - lo;
     // Rank 0's row first, then each later rank added in rank order: the
-    // per-element order is fixed, the loops over i vectorize.
-    if (o != rows[0] + lo) std::memcpy(o, rows[0] + lo, len * sizeof(T));
-    for (std::size_t r = 1; r < k; ++r) {
+    // per-element order is fixed, the loops over i vectorize. The first
+    // addition reads rows 0 and 1 and the last one divides, so two ranks
+    // take a single pass (out may be row 0 itself: same index only).
+    const T* r0 = rows[0] + lo;
+    if (k == 1) {
+      for (std::size_t i = 0; i < len; ++i) o[i] = r0[i] / divisor;
+      return;
+    }
+    const T* r1 = rows[1] + lo;
+    if (k == 2) {
+      for (std::size_t i = 0; i < len; ++i) o[i] = (r0[i] + r1[i]) / divisor;
+      return;
+    }
+    for (std::size_t i = 0; i < len; ++i) o[i] = r0[i] + r1[i];
+    for (std::size_t r = 2; r + 1 < k; ++r) {
       const T* in = rows[r] + lo;
       for (std::size_t i = 0; i < len; ++i) o[i] = o[i] + in[i];
     }
-    for (std::size_t i = 0; i < len; ++i) o[i] = o[i] / divisor;
+    const T* last = rows[k - 1] + lo;
+    for (std::size_t i = 0; i < len; ++i) o[i] = (o[i] + last[i]) / divisor;
   };
   for_each_chunk(chunks, n * k >= kSerialBelow, false, body);
 }
