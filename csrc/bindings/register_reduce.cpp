@@ -32,13 +32,16 @@ std::string shape_str(const npy_intp* dims, int ndim) {
 
 const char* type_name(int type) { return type == NPY_FLOAT ? "float32" : "float64"; }
 
-char* buffer_data(py::handle buf, std::size_t need, const char* what) {
+// The bytes of a C-contiguous uint8 array of at least `need` bytes; a buffer
+// that is only read (a rank's own gradient row) may be read-only.
+char* buffer_data(py::handle buf, std::size_t need, const char* what, bool writeable = true) {
   PyObject* o = buf.ptr();
   if (!PyArray_Check(o)) throw py::type_error(std::string(what) + " must be a numpy array");
   auto* a = reinterpret_cast<PyArrayObject*>(o);
-  if (PyArray_TYPE(a) != NPY_UINT8 || !PyArray_ISCARRAY(a) || static_cast<std::size_t>(PyArray_NBYTES(a)) < need)
-    throw py::value_error(std::string(what) + " must be a writeable C-contiguous uint8 array of at least " +
-                          std::to_string(need) + " bytes");
+  const bool layout_ok = writeable ? PyArray_ISCARRAY(a) : PyArray_ISCARRAY_RO(a);
+  if (PyArray_TYPE(a) != NPY_UINT8 || !layout_ok || static_cast<std::size_t>(PyArray_NBYTES(a)) < need)
+    throw py::value_error(std::string(what) + (writeable ? " must be a writeable" : " must be a") +
+                          " C-contiguous uint8 array of at least " + std::to_string(need) + " bytes");
   return static_cast<char*>(PyArray_DATA(a));
 }
 
@@ -199,17 +202,6 @@ class FlatPack {
   std::size_t end_ = 0;
 };
 
-// A read-only view is enough for a source (a rank's own gradient row).
-const char* buffer_in(py::handle buf, std::size_t need, const char* what) {
-  PyObject* o = buf.ptr();
-  if (!PyArray_Check(o)) throw py::type_error(std::string(what) + " must be a numpy array");
-  auto* a = reinterpret_cast<PyArrayObject*>(o);
-  if (PyArray_TYPE(a) != NPY_UINT8 || !PyArray_ISCARRAY_RO(a) || static_cast<std::size_t>(PyArray_NBYTES(a)) < need)
-    throw py::value_error(std::string(what) + " must be a C-contiguous uint8 array of at least " +
-                          std::to_string(need) + " bytes");
-  return static_cast<const char*>(PyArray_DATA(a));
-}
-
 // The rows of one shard, one per rank in rank order (each its own buffer),
 // averaged into out: the float32 part (n32 elements at byte off32 of a row),
 // then the float64 part.
@@ -224,7 +216,7 @@ void rank_average(const py::sequence& rows, py::handle out, std::size_t off32, s
   char* o = buffer_data(out, row, "rank_average: out");
   for (std::size_t r = 0; r < k; ++r) {
     keep.push_back(rows[r]);
-    const char* in = buffer_in(keep.back(), row, "rank_average: a row");
+    const char* in = buffer_data(keep.back(), row, "rank_average: a row", false);
     const auto a32 = reinterpret_cast<std::uintptr_t>(in + off32), a64 = reinterpret_cast<std::uintptr_t>(in + off64);
     if ((n32 && a32 % 4) || (n64 && a64 % 8)) throw py::value_error("rank_average: misaligned offsets or rows");
     // out is written chunk by chunk before later rows are read: it may only be row 0 itself.
