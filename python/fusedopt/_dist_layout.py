@@ -84,7 +84,7 @@ class Layout:
         n = self.hi - self.lo
         self.send_counts = [0 if r == rank else c for r, c in enumerate(self.counts)]
         self.recv_counts = [0 if r == rank else self.counts[rank] for r in range(size)]
-        self.recv_displs = [r * n for r in range(size)]
+        self.recv_displs = [n * (r - (r > rank)) if r != rank else 0 for r in range(size)]  # no row for itself
         self.single = len(self.paths) == 1  # the one leaf is the whole data: see FlatPack.flat_view
         self._build_pieces()
         self.send = aligned_bytes(self.nbytes)  # this rank's gradient, packed

@@ -96,10 +96,11 @@ class _Buffers:
     def __init__(self, lay: Layout, size: int, shard: bool, deterministic: bool, inplace: bool) -> None:
         n = lay.shard_nbytes
         # (Any: which buffers exist depends on the modes; the wrapper uses only those of its own.)
-        self.recv: Any = aligned_bytes(size * n) if deterministic else None  # the other ranks' copies of this shard
+        recv = aligned_bytes((size - 1) * n) if deterministic else None
+        self.recv: Any = recv  # the other ranks' copies of this shard, at lay.recv_displs
         # The rows of the fixed-order sum in rank order; this rank's own slot is its gradient's
         # bytes, read where they are (set every step, see DataParallel._fixed_order_average).
-        self.rows: list[Any] = [self.recv[r * n:(r + 1) * n] for r in range(size)] if deterministic else []
+        self.rows: list[Any] = [] if recv is None else [recv[d:d + n] for d in lay.recv_displs]
         self.params: Any = aligned_bytes(lay.nbytes) if shard and inplace else None
         self.avg: Any
         self.avg_pieces: Any
