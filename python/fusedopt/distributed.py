@@ -267,6 +267,12 @@ class DataParallel:
         self._step(params, grads)
 
     def _step(self, model: Any, grad: Any) -> None:
+        try:
+            self._step_once(model, grad)
+        finally:
+            self._src = None  # may be the caller's gradient: not kept past the step
+
+    def _step_once(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
         is_model = not self._textbook and hasattr(model, "parameter_update")
         lay, changed, exc, pleaves = self._local_checks(model, grad, is_model)
@@ -301,7 +307,6 @@ class DataParallel:
             self.timings["step"] += time.perf_counter() - t
         self._stepped, self._inplace = True, not is_model
         self._probe = None
-        self._src = None
 
     def _local_checks(self, model: Any, grad: Any, is_model: bool
                       ) -> tuple[Optional[Layout], Optional[BaseException], Optional[BaseException], Any]:

@@ -11,6 +11,8 @@ average) runs on every rank next to the data-parallel one.
 """
 import argparse
 import collections
+import gc
+import weakref
 
 import numpy as np
 from harness import (COMM, RANK, SIZE, Checks, copy_tree, leaves, map_tree, out_path, rank_order_average,
@@ -461,6 +463,18 @@ def direct_path(c, tree, shard):
     ref.update(ref_p, average(tree, 4))
     fast.update(fast_p, grad(tree, 4, RANK))
     c.equal_trees(ref_p, fast_p, f"{what}: a good step after the faults")
+
+    # The caller's gradient is used in place but not kept after a step, nor after a failed one.
+    for kind in ("good", "nan"):
+        g = bad(kind) if kind == "nan" else grad(tree, 5, RANK)
+        alive = weakref.ref(leaves(g)[0][1])
+        try:
+            fast.update(fast_p, g)
+        except FloatingPointError:
+            pass
+        del g
+        gc.collect()  # an exception's traceback and its frames may form a cycle
+        c.check(alive() is None, f"{what}: the gradient of a {kind} step is still referenced")
 
 
 def direct_all(c):
