@@ -214,20 +214,22 @@ void rank_average(const py::sequence& rows, py::handle out, std::size_t off32, s
   std::vector<const float*> r32;
   std::vector<const double*> r64;
   char* o = buffer_data(out, row, "rank_average: out");
+  auto misaligned = [&](const char* base) {
+    return (n32 && reinterpret_cast<std::uintptr_t>(base + off32) % 4) ||
+           (n64 && reinterpret_cast<std::uintptr_t>(base + off64) % 8);
+  };
   for (std::size_t r = 0; r < k; ++r) {
     keep.push_back(rows[r]);
     const char* in = buffer_data(keep.back(), row, "rank_average: a row", false);
-    const auto a32 = reinterpret_cast<std::uintptr_t>(in + off32), a64 = reinterpret_cast<std::uintptr_t>(in + off64);
-    if ((n32 && a32 % 4) || (n64 && a64 % 8)) throw py::value_error("rank_average: misaligned offsets or rows");
+    if (misaligned(in)) throw py::value_error("rank_average: misaligned offsets or rows");
     // out is written chunk by chunk before later rows are read: it may only be row 0 itself.
     if (row && (r > 0 || in != o) && in < o + row && o < in + row)
       throw py::value_error("rank_average: out overlaps a row other than row 0");
     r32.push_back(reinterpret_cast<const float*>(in + off32));
     r64.push_back(reinterpret_cast<const double*>(in + off64));
   }
-  if ((n32 && reinterpret_cast<std::uintptr_t>(o + off32) % 4) || (n64 && reinterpret_cast<std::uintptr_t>(o + off64) % 8))
-    throw py::value_error("rank_average: misaligned offsets or rows");
-  py::object out_ref = py::reinterpret_borrow<py::object>(out);
+  if (misaligned(o)) throw py::value_error("rank_average: misaligned offsets or rows");
+  py::object out_ref = py::reinterpret_borrow<py::object>(out);  // owned too, while the GIL is released
   py::gil_scoped_release release;
   rank_average_f32(r32.data(), k, n32, static_cast<float>(divisor), reinterpret_cast<float*>(o + off32));
   rank_average_f64(r64.data(), k, n64, divisor, reinterpret_cast<double*>(o + off64));

@@ -7,8 +7,9 @@ the byte range ``bounds[r]``: consecutive 64-byte aligned ranges of
 ``ceil(total / N)`` bytes rounded up to 64, so a leaf may straddle shards and
 trailing ranks may own nothing. The collectives move and average only the
 data (``counts``: the bounds cut at its end, never the padding), so a tree of
-one C-contiguous leaf can be exchanged straight from the caller's array. A rank's shard is stepped as a list of 1-D
-pieces (the parts of the leaves in its range), views into its shard buffers.
+one C-contiguous leaf can be exchanged straight from the caller's array. A
+rank's shard is stepped as a list of 1-D pieces (the parts of the leaves in
+its range), views into its shard buffers.
 """
 from __future__ import annotations
 

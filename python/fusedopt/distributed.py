@@ -171,7 +171,9 @@ class DataParallel:
         self._delta_flat: Optional[np.ndarray] = None  # the buffer the paysage path's delta views
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
         self._src: Any = None                   # during a step: the flat bytes of this rank's gradient
-        self._direct: Any = None                # (params leaf, layout, its flat bytes, this rank's pieces)
+        # (params leaf, layout, its flat bytes, this rank's pieces) of the last single-leaf step,
+        # so that the same parameter array is not viewed again every step (it is kept alive).
+        self._direct: Any = None
         #: Cumulative seconds per phase of update() (for benchmarks): local checks and the gradient
         #: pack, the agreement, the gradient exchange, the native average, the optimizer step, the
         #: all-gather, and copies between flat buffers and trees (parameters, delta).
@@ -456,9 +458,11 @@ class DataParallel:
         t1 = time.perf_counter()
         rows = bufs.rows
         rows[self._rank] = src[lay.lo:lay.lo + lay.counts[self._rank]]
-        _core.rank_average(rows, out, lay.part32.offset, lay.part32.count,
-                           lay.part64.offset, lay.part64.count, self._size)
-        rows[self._rank] = None  # no reference to the caller's gradient kept past the step
+        try:
+            _core.rank_average(rows, out, lay.part32.offset, lay.part32.count,
+                               lay.part64.offset, lay.part64.count, self._size)
+        finally:
+            rows[self._rank] = None  # no reference to the caller's gradient kept past the step
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
 
