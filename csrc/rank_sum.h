@@ -6,12 +6,13 @@
 
 namespace fusedopt {
 
-// out[i] = (((in[0][i] + in[1][i]) + ...) + in[k-1][i]) / divisor, every
-// operation rounded to T; in[r] = first + r * stride (in elements). Threads
-// over fixed chunks (each element's order never changes). Call without the GIL.
-void rank_average_f32(const float* first, std::size_t stride, std::size_t k, std::size_t n, float divisor, float* out);
-void rank_average_f64(const double* first, std::size_t stride, std::size_t k, std::size_t n, double divisor,
-                      double* out);
+// out[i] = (((rows[0][i] + rows[1][i]) + ...) + rows[k-1][i]) / divisor,
+// every operation rounded to T. The rows are separate pointers, so a rank's
+// own row can be read where it lies instead of being copied beside the
+// received ones; out may be rows[0]. Threads over fixed chunks (each
+// element's order never changes). Call without the GIL.
+void rank_average_f32(const float* const* rows, std::size_t k, std::size_t n, float divisor, float* out);
+void rank_average_f64(const double* const* rows, std::size_t k, std::size_t n, double divisor, double* out);
 
 // Copies `count` byte ranges (src[i] -> dst[i], bytes[i]), large ones
 // spread over the thread team.

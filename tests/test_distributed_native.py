@@ -69,7 +69,9 @@ def test_pack_then_shard_pieces_are_the_leaves_parts(spec, size, seed):
         n32 = sum(e - b for leaf, b, e, _ in lay.pieces if tree[leaf].dtype == np.float32)
         n64 = sum(e - b for leaf, b, e, _ in lay.pieces if tree[leaf].dtype == np.float64)
         assert lay.part64.count == n64 and lay.part64.offset == 0
-        assert n32 <= lay.part32.count <= n32 + ALIGN // 4  # the end padding counts as float32
+        assert lay.part32.count == n32  # the end padding is never averaged
+        assert lay.counts[rank] == 8 * n64 + 4 * n32  # the shard's data bytes, without padding
+        assert sum(lay.counts) == lay.data == sum(a.nbytes for a in tree)
         # unflatten(views) rebuilds the whole tree from the flat buffer.
         back = lay.tree(lay.send)
         assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(back, tree))
@@ -97,9 +99,27 @@ def test_rank_average_is_the_rank_order_sum_divided(k, n32, n64, seed, threads, 
     for row in rows64 + rows32:
         row[...] = rng.standard_normal(row.size) * 10.0 ** rng.integers(-20, 20, row.size)
     out = aligned_bytes(stride)
-    _core.rank_average(recv, out, k, stride, 8 * n64, n32, 0, n64, k)
+    rows = [recv[r * stride:(r + 1) * stride] for r in range(k)]
+    _core.rank_average(rows, out, 8 * n64, n32, 0, n64, k)
     assert np.array_equal(out[:8 * n64].view(np.float64), _reference_average(rows64, k))
     assert np.array_equal(out[8 * n64:8 * n64 + 4 * n32].view(np.float32), _reference_average(rows32, k))
+
+
+@SETTINGS
+@given(k=st.integers(1, 5), n=st.integers(0, 30000), own=st.integers(0, 4), seed=st.integers(0, 2 ** 32 - 1))
+def test_rank_average_of_separate_rows_in_rank_order(k, n, own, seed):
+    """Rows in buffers of their own (one read-only, as a caller's gradient may be): the sum
+    still goes row 0, 1, 2, ... in list order, whatever buffer each row lives in."""
+    rng = np.random.default_rng(seed)
+    rows32 = [(rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)).astype(np.float32) for _ in range(k)]
+    rows32[own % k].flags.writeable = False
+    out = aligned_bytes(4 * n)
+    _core.rank_average([r.view(np.uint8) for r in rows32], out, 0, n, 0, 0, k)
+    assert np.array_equal(out.view(np.float32), _reference_average(rows32, k))
+    # Reordered rows give the reordered sum, so the list order is the order summed.
+    flipped = rows32[::-1]
+    _core.rank_average([r.view(np.uint8) for r in flipped], out, 0, n, 0, 0, k)
+    assert np.array_equal(out.view(np.float32), _reference_average(flipped, k))
 
 
 def test_rank_average_in_place_divides_only():
@@ -107,18 +127,27 @@ def test_rank_average_in_place_divides_only():
     x = buf.view(np.float32)
     x[...] = np.arange(16, dtype=np.float32) * np.float32(0.3)
     expected = x / np.float32(3)
-    _core.rank_average(buf, buf, 1, 64, 0, 16, 0, 0, 3)
+    _core.rank_average([buf], buf, 0, 16, 0, 0, 3)
     assert np.array_equal(x, expected)
 
 
 def test_rank_average_refuses_short_or_misaligned_buffers():
-    buf = aligned_bytes(64)
+    buf, other = aligned_bytes(128), aligned_bytes(64)
     with pytest.raises(ValueError, match="at least"):
-        _core.rank_average(buf, buf, 2, 64, 0, 16, 0, 0, 2)
+        _core.rank_average([buf[:32], other], other, 0, 16, 0, 0, 2)
     with pytest.raises(ValueError, match="misaligned"):
-        _core.rank_average(buf, buf, 1, 64, 2, 4, 0, 0, 2)
+        _core.rank_average([buf], buf, 2, 4, 0, 0, 2)
+    with pytest.raises(ValueError, match="misaligned"):
+        _core.rank_average([buf[1:65]], other, 0, 4, 0, 0, 2)
     with pytest.raises(ValueError, match="uint8"):
-        _core.rank_average(buf.view(np.float32), buf, 1, 64, 0, 16, 0, 0, 2)
+        _core.rank_average([buf.view(np.float32)], buf, 0, 16, 0, 0, 2)
+    with pytest.raises(ValueError, match="at least one row"):
+        _core.rank_average([], buf, 0, 16, 0, 0, 2)
+    # out written before later rows are read: only row 0 itself may be out.
+    with pytest.raises(ValueError, match="overlaps"):
+        _core.rank_average([other, buf[:64]], buf[32:96], 0, 16, 0, 0, 2)
+    with pytest.raises(ValueError, match="overlaps"):
+        _core.rank_average([buf[:64], other], buf[32:96], 0, 16, 0, 0, 2)
 
 
 # -- FlatPack ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -31,13 +32,16 @@ std::string shape_str(const npy_intp* dims, int ndim) {
 
 const char* type_name(int type) { return type == NPY_FLOAT ? "float32" : "float64"; }
 
-char* buffer_data(py::handle buf, std::size_t need, const char* what) {
+// The bytes of a C-contiguous uint8 array of at least `need` bytes; a buffer
+// that is only read (a rank's own gradient row) may be read-only.
+char* buffer_data(py::handle buf, std::size_t need, const char* what, bool writeable = true) {
   PyObject* o = buf.ptr();
   if (!PyArray_Check(o)) throw py::type_error(std::string(what) + " must be a numpy array");
   auto* a = reinterpret_cast<PyArrayObject*>(o);
-  if (PyArray_TYPE(a) != NPY_UINT8 || !PyArray_ISCARRAY(a) || static_cast<std::size_t>(PyArray_NBYTES(a)) < need)
-    throw py::value_error(std::string(what) + " must be a writeable C-contiguous uint8 array of at least " +
-                          std::to_string(need) + " bytes");
+  const bool layout_ok = writeable ? PyArray_ISCARRAY(a) : PyArray_ISCARRAY_RO(a);
+  if (PyArray_TYPE(a) != NPY_UINT8 || !layout_ok || static_cast<std::size_t>(PyArray_NBYTES(a)) < need)
+    throw py::value_error(std::string(what) + (writeable ? " must be a writeable" : " must be a") +
+                          " C-contiguous uint8 array of at least " + std::to_string(need) + " bytes");
   return static_cast<char*>(PyArray_DATA(a));
 }
 
@@ -108,6 +112,28 @@ class FlatPack {
     r.run();
   }
 
+  // check(), then, for a layout of one leaf that a plain aligned C-contiguous
+  // ndarray fills, a 1-D uint8 view of that array's own bytes (keeping it
+  // alive; writeable as it is), which the collectives can use instead of a
+  // packed copy. None otherwise.
+  py::object flat_view(const py::list& leaves, const std::string& name, bool writeable) const {
+    check(leaves, name, writeable);
+    if (leaves_.size() != 1 || leaves_[0].offset != 0) return py::none();
+    PyObject* o = leaves[0].ptr();
+    auto* a = reinterpret_cast<PyArrayObject*>(o);
+    if (Py_TYPE(o) != &PyArray_Type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) return py::none();
+    npy_intp n = static_cast<npy_intp>(leaves_[0].bytes);
+    const int flags = PyArray_ISWRITEABLE(a) ? NPY_ARRAY_CARRAY : NPY_ARRAY_CARRAY_RO;
+    PyObject* v = PyArray_New(&PyArray_Type, 1, &n, NPY_UINT8, nullptr, PyArray_DATA(a), 0, flags, nullptr);
+    if (!v) throw py::error_already_set();
+    Py_INCREF(o);
+    if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(v), o) < 0) {
+      Py_DECREF(v);
+      throw py::error_already_set();
+    }
+    return py::reinterpret_steal<py::object>(v);
+  }
+
   // Views of every leaf (its shape and dtype) into `flat`, which they keep alive.
   py::list views(py::handle flat) const {
     char* base = buffer_data(flat, end_, "views: flat");
@@ -176,21 +202,37 @@ class FlatPack {
   std::size_t end_ = 0;
 };
 
-// The k rows of a received shard (stride bytes apart) averaged into out: the
-// float32 part (n32 elements at byte off32 of a row), then the float64 part.
-void rank_average(py::handle recv, py::handle out, std::size_t k, std::size_t stride, std::size_t off32,
-                  std::size_t n32, std::size_t off64, std::size_t n64, double divisor) {
-  if (k == 0) throw py::value_error("rank_average: k must be >= 1");
-  if (off32 % 4 || off64 % 8 || stride % 8) throw py::value_error("rank_average: misaligned offsets or stride");
+// The rows of one shard, one per rank in rank order (each its own buffer),
+// averaged into out: the float32 part (n32 elements at byte off32 of a row),
+// then the float64 part.
+void rank_average(const py::sequence& rows, py::handle out, std::size_t off32, std::size_t n32, std::size_t off64,
+                  std::size_t n64, double divisor) {
+  const std::size_t k = rows.size();
+  if (k == 0) throw py::value_error("rank_average: needs at least one row");
   const std::size_t row = std::max(n32 ? off32 + 4 * n32 : 0, n64 ? off64 + 8 * n64 : 0);  // bytes a row uses
-  const char* in = buffer_data(recv, (k - 1) * stride + row, "rank_average: recv");
+  std::vector<py::object> keep;  // owned: the rows stay alive while the GIL is released
+  std::vector<const float*> r32;
+  std::vector<const double*> r64;
   char* o = buffer_data(out, row, "rank_average: out");
-  if (k > 1 && stride < row) throw py::value_error("rank_average: rows overlap");
-  py::gil_scoped_release release;  // the caller's arrays stay referenced by its frame
-  rank_average_f32(reinterpret_cast<const float*>(in + off32), stride / 4, k, n32, static_cast<float>(divisor),
-                   reinterpret_cast<float*>(o + off32));
-  rank_average_f64(reinterpret_cast<const double*>(in + off64), stride / 8, k, n64, divisor,
-                   reinterpret_cast<double*>(o + off64));
+  auto misaligned = [&](const char* base) {
+    return (n32 && reinterpret_cast<std::uintptr_t>(base + off32) % 4) ||
+           (n64 && reinterpret_cast<std::uintptr_t>(base + off64) % 8);
+  };
+  for (std::size_t r = 0; r < k; ++r) {
+    keep.push_back(rows[r]);
+    const char* in = buffer_data(keep.back(), row, "rank_average: a row", false);
+    if (misaligned(in)) throw py::value_error("rank_average: misaligned offsets or rows");
+    // out is written chunk by chunk before later rows are read: it may only be row 0 itself.
+    if (row && (r > 0 || in != o) && in < o + row && o < in + row)
+      throw py::value_error("rank_average: out overlaps a row other than row 0");
+    r32.push_back(reinterpret_cast<const float*>(in + off32));
+    r64.push_back(reinterpret_cast<const double*>(in + off64));
+  }
+  if (misaligned(o)) throw py::value_error("rank_average: misaligned offsets or rows");
+  py::object out_ref = py::reinterpret_borrow<py::object>(out);  // owned too, while the GIL is released
+  py::gil_scoped_release release;
+  rank_average_f32(r32.data(), k, n32, static_cast<float>(divisor), reinterpret_cast<float*>(o + off32));
+  rank_average_f64(r64.data(), k, n64, divisor, reinterpret_cast<double*>(o + off64));
 }
 
 }  // namespace
@@ -210,10 +252,14 @@ void register_reduce(py::module_& m) {
       .def("unpack", &FlatPack::unpack, py::arg("flat"), py::arg("leaves"), py::arg("name"), py::arg("lo") = 0,
            py::arg("hi") = static_cast<std::size_t>(-1),
            "Copy the flat range [lo, hi) of `flat` (holding that range) back into the checked, writeable leaves.")
-      .def("views", &FlatPack::views, py::arg("flat"), "Views of every leaf into `flat`.");
-  m.def("rank_average", &rank_average, py::arg("recv"), py::arg("out"), py::arg("k"), py::arg("stride"),
-        py::arg("off32"), py::arg("n32"), py::arg("off64"), py::arg("n64"), py::arg("divisor"),
-        "out = (((row0 + row1) + ...) + row[k-1]) / divisor per element, in each part's dtype.");
+      .def("views", &FlatPack::views, py::arg("flat"), "Views of every leaf into `flat`.")
+      .def("flat_view", &FlatPack::flat_view, py::arg("leaves"), py::arg("name"), py::arg("writeable") = false,
+           "check(), then a uint8 view of the one leaf's own bytes when it is a plain aligned C-contiguous "
+           "array filling the layout; None otherwise.");
+  m.def("rank_average", &rank_average, py::arg("rows"), py::arg("out"), py::arg("off32"), py::arg("n32"),
+        py::arg("off64"), py::arg("n64"), py::arg("divisor"),
+        "out = (((rows[0] + rows[1]) + ...) + rows[k-1]) / divisor per element, in each part's dtype; "
+        "rows are separate uint8 buffers (read-only ones too), out may be rows[0].");
 }
 
 }  // namespace fusedopt

@@ -242,8 +242,12 @@ class FlatPack:
         """Copy the flat range [lo, hi) of `flat` (holding that range) back into the checked, writeable leaves."""
     def views(self, flat: _Bytes) -> list[Any]:
         """Views of every leaf into `flat`."""
+    def flat_view(self, leaves: list[Any], name: str, writeable: bool = False) -> _Bytes | None:
+        """check(), then a uint8 view of the one leaf's own bytes when it is a plain aligned C-contiguous
+        array filling the layout; None otherwise."""
 
 def rank_average(
-    recv: _Bytes, out: _Bytes, k: int, stride: int, off32: int, n32: int, off64: int, n64: int, divisor: float
+    rows: Sequence[_Bytes], out: _Bytes, off32: int, n32: int, off64: int, n64: int, divisor: float
 ) -> None:
-    """out = (((row0 + row1) + ...) + row[k-1]) / divisor per element, in each part's dtype."""
+    """out = (((rows[0] + rows[1]) + ...) + rows[k-1]) / divisor per element, in each part's dtype;
+    rows are separate uint8 buffers (read-only ones too), out may be rows[0]."""

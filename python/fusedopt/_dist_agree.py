@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+from mpi4py import MPI  # only fusedopt.distributed imports this module, after mpi4py
 
 _CODES: dict[type, int] = {ValueError: 1, TypeError: 2, FloatingPointError: 3, MemoryError: 4}
 _TYPES = {code: kind for kind, code in _CODES.items()}
@@ -30,8 +31,6 @@ def _code(exc: Optional[BaseException]) -> int:
 def agree(comm: Any, exc: Optional[BaseException], value: int = 0) -> bool:
     """Raise `exc` (or its copy) on every rank if any rank has one; else return
     whether every rank passed the same `value` (a non-negative 62-bit int)."""
-    from mpi4py import MPI
-
     msg = np.array([_code(exc), value, -value], dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, msg, op=MPI.MAX)
     if msg[0]:
@@ -42,8 +41,6 @@ def agree(comm: Any, exc: Optional[BaseException], value: int = 0) -> bool:
 def raise_everywhere(comm: Any, exc: Optional[BaseException]) -> None:
     """Called on all ranks once some rank is known to have failed: the lowest
     failing rank's error type and message are sent to all, and raised."""
-    from mpi4py import MPI
-
     first = comm.allreduce(comm.Get_rank() if exc is not None else comm.Get_size(), op=MPI.MIN)
     info = comm.bcast((_code(exc), str(exc)) if comm.Get_rank() == first else None, root=first)
     if exc is not None:

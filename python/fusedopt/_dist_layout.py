@@ -5,8 +5,11 @@ order, then every float32 leaf (so no padding between them); the total is
 padded to 64 bytes. That buffer is what the collectives move. Rank ``r`` owns
 the byte range ``bounds[r]``: consecutive 64-byte aligned ranges of
 ``ceil(total / N)`` bytes rounded up to 64, so a leaf may straddle shards and
-trailing ranks may own nothing. A rank's shard is stepped as a list of 1-D
-pieces (the parts of the leaves in its range), views into its shard buffers.
+trailing ranks may own nothing. The collectives move and average only the
+data (``counts``: the bounds cut at its end, never the padding), so a tree of
+one C-contiguous leaf can be exchanged straight from the caller's array. A
+rank's shard is stepped as a list of 1-D pieces (the parts of the leaves in
+its range), views into its shard buffers.
 """
 from __future__ import annotations
 
@@ -68,15 +71,22 @@ class Layout:
             if dtype == "float64":
                 self.split = pos  # where the float32 leaves start
         self.offsets = offsets
+        self.data = pos  # bytes of data, before the end padding
         self.nbytes = round_up(pos)
         self.pack = _core.FlatPack(self.paths, self.shapes, self.dtypes, offsets)
         # No padding inside the data, so a rank holds at most ceil(data / N) + 63 bytes of it.
         per_rank = round_up(-(-pos // size)) if pos else 0
         self.bounds = [(min(r * per_rank, self.nbytes), min((r + 1) * per_rank, self.nbytes)) for r in range(size)]
-        self.counts = [b - a for a, b in self.bounds]
-        self.displs = [a for a, _ in self.bounds]
+        self.counts = [max(0, min(b, pos) - a) for a, b in self.bounds]  # each shard's data bytes
+        self.displs = [min(a, pos) for a, _ in self.bounds]
         self.lo, self.hi = self.bounds[rank]
-        self.part32, self.part64 = self._parts(self.lo, self.hi)
+        self.part32, self.part64 = self._parts(self.lo, self.lo + self.counts[rank])
+        # The deterministic exchange: this rank's own block stays where it is (count 0 to itself).
+        n = self.hi - self.lo
+        self.send_counts = [0 if r == rank else c for r, c in enumerate(self.counts)]
+        self.recv_counts = [0 if r == rank else self.counts[rank] for r in range(size)]
+        self.recv_displs = [n * (r - (r > rank)) if r != rank else 0 for r in range(size)]  # no row for itself
+        self.single = len(self.paths) == 1  # the one leaf is the whole data: see FlatPack.flat_view
         self._build_pieces()
         self.send = aligned_bytes(self.nbytes)  # this rank's gradient, packed
         self.bufs: dict[Any, Any] = {}           # the wrapper's buffers, by path kind
@@ -89,8 +99,8 @@ class Layout:
         return Part(start32 - lo, (hi - start32) // 4), Part(0, n64)
 
     def region(self, dtype: str) -> tuple[int, int]:
-        """The byte range of the float64 leaves, or of the float32 ones (with the end padding)."""
-        return (0, self.split) if dtype == "float64" else (self.split, self.nbytes)
+        """The byte range of the float64 leaves, or of the float32 ones."""
+        return (0, self.split) if dtype == "float64" else (self.split, self.data)
 
     def region_counts(self, dtype: str) -> list[int]:
         """Elements of each rank's shard in the region of `dtype`."""

@@ -96,7 +96,11 @@ class _Buffers:
     def __init__(self, lay: Layout, size: int, shard: bool, deterministic: bool, inplace: bool) -> None:
         n = lay.shard_nbytes
         # (Any: which buffers exist depends on the modes; the wrapper uses only those of its own.)
-        self.recv: Any = aligned_bytes(size * n) if deterministic else None  # every rank's copy of this shard
+        recv = aligned_bytes((size - 1) * n) if deterministic else None
+        self.recv: Any = recv  # the other ranks' copies of this shard, at lay.recv_displs
+        # The rows of the fixed-order sum in rank order; this rank's own slot is its gradient's
+        # bytes, read where they are (set every step, see DataParallel._fixed_order_average).
+        self.rows: list[Any] = [] if recv is None else [recv[d:d + n] for d in lay.recv_displs]
         self.params: Any = aligned_bytes(lay.nbytes) if shard and inplace else None
         self.avg: Any
         self.avg_pieces: Any
@@ -166,6 +170,10 @@ class DataParallel:
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
         self._delta_flat: Optional[np.ndarray] = None  # the buffer the paysage path's delta views
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
+        self._src: Any = None                   # during a step: the flat bytes of this rank's gradient
+        # (params leaf, layout, its flat bytes, this rank's pieces) of the last single-leaf step,
+        # so that the same parameter array is not viewed again every step (it is kept alive).
+        self._direct: Any = None
         #: Cumulative seconds per phase of update() (for benchmarks): local checks and the gradient
         #: pack, the agreement, the gradient exchange, the native average, the optimizer step, the
         #: all-gather, and copies between flat buffers and trees (parameters, delta).
@@ -261,6 +269,12 @@ class DataParallel:
         self._step(params, grads)
 
     def _step(self, model: Any, grad: Any) -> None:
+        try:
+            self._step_once(model, grad)
+        finally:
+            self._src = None  # may be the caller's gradient: not kept past the step
+
+    def _step_once(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
         is_model = not self._textbook and hasattr(model, "parameter_update")
         lay, changed, exc, pleaves = self._local_checks(model, grad, is_model)
@@ -301,15 +315,16 @@ class DataParallel:
         """(layout of grad, why the agreed layout no longer fits, local error, param leaves);
         packs grad into its send buffer. Modifies nothing a user sees."""
         lay, changed = self._layout, None
+        self._src = None
         try:
             if lay is not None:
                 try:
-                    lay.pack.pack(lay.plan.flatten(grad, "grad"), lay.send, "grad")
+                    self._src = self._grad_bytes(lay, grad)
                 except (TypeError, ValueError) as exc:  # another layout, or bad input: a new plan tells
                     lay, changed = None, exc
             if lay is None:
                 lay = Layout(_core.Plan(grad, "grad"), self._size, self._rank)
-                lay.pack.pack(lay.plan.flatten(grad, "grad"), lay.send, "grad")
+                self._src = self._grad_bytes(lay, grad)
             self._buffers_for(lay, not is_model)  # allocated here: a MemoryError is agreed on too
             if (self._textbook and self._shard and lay is self._layout
                     and self._opt.weight_decay_mask is not self._piece_mask):
@@ -327,6 +342,17 @@ class DataParallel:
             return lay, changed, None, pleaves
         except Exception as exc:  # every local failure must reach the agreement
             return lay, changed, exc, None
+
+    @staticmethod
+    def _grad_bytes(lay: Layout, grad: Any) -> np.ndarray:
+        """The flat bytes the collectives send: the caller's own memory for a tree of one
+        plain C-contiguous leaf (nothing writes it), else the gradient packed into lay.send."""
+        leaves = lay.plan.flatten(grad, "grad")
+        flat = lay.pack.flat_view(leaves, "grad") if lay.single else None
+        if flat is None:
+            lay.pack.pack(leaves, lay.send, "grad")
+            return lay.send
+        return flat
 
     def _buffers_for(self, lay: Layout, inplace: bool) -> _Buffers:
         bufs = lay.bufs.get(inplace)
@@ -395,9 +421,9 @@ class DataParallel:
             if sum(counts):
                 lo, hi = lay.region(dtype)
                 recv = bufs.avg[part.offset:part.offset + item * part.count]
-                self._comm.Reduce_scatter([lay.send[lo:hi], mpi_type], [recv, mpi_type], counts, op=MPI.SUM)
+                self._comm.Reduce_scatter([self._src[lo:hi], mpi_type], [recv, mpi_type], counts, op=MPI.SUM)
         t1 = time.perf_counter()
-        _core.rank_average(bufs.avg, bufs.avg, 1, lay.shard_nbytes, lay.part32.offset, lay.part32.count,
+        _core.rank_average([bufs.avg], bufs.avg, lay.part32.offset, lay.part32.count,
                            lay.part64.offset, lay.part64.count, self._size)
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
@@ -413,23 +439,30 @@ class DataParallel:
         for dtype, mpi_type in (("float64", MPI.DOUBLE), ("float32", MPI.FLOAT)):
             lo, hi = lay.region(dtype)
             if hi > lo:
-                self._comm.Allreduce(MPI.IN_PLACE, [lay.send[lo:hi], mpi_type], op=MPI.SUM)
+                src = MPI.IN_PLACE if self._src is lay.send else [self._src[lo:hi], mpi_type]
+                self._comm.Allreduce(src, [lay.send[lo:hi], mpi_type], op=MPI.SUM)
         t1 = time.perf_counter()
-        _core.rank_average(lay.send, lay.send, 1, lay.nbytes, lay.split, (lay.nbytes - lay.split) // 4, 0,
-                           lay.split // 8, self._size)
+        _core.rank_average([lay.send], lay.send, lay.split, (lay.data - lay.split) // 4, 0, lay.split // 8,
+                           self._size)
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
 
     def _fixed_order_average(self, lay: Layout, out: np.ndarray) -> None:
-        """Every rank's copy of this rank's shard (all-to-all), summed in rank order and divided
-        by N in one native pass, into `out` (the shard's bytes)."""
-        recv, n, size = self._bufs.recv, lay.shard_nbytes, self._size
+        """Every other rank's copy of this rank's shard (all-to-all; this rank's own is not sent
+        to itself), summed with it in rank order and divided by N in one native pass, into
+        `out` (the shard's bytes)."""
+        bufs, src = self._bufs, self._src
         t0 = time.perf_counter()
-        self._comm.Alltoallv([lay.send, (lay.counts, lay.displs), MPI.BYTE],
-                             [recv, ([n] * size, [r * n for r in range(size)]), MPI.BYTE])
+        self._comm.Alltoallv([src, (lay.send_counts, lay.displs), MPI.BYTE],
+                             [bufs.recv, (lay.recv_counts, lay.recv_displs), MPI.BYTE])
         t1 = time.perf_counter()
-        _core.rank_average(recv, out, size, n, lay.part32.offset, lay.part32.count,
-                           lay.part64.offset, lay.part64.count, size)
+        rows = bufs.rows
+        rows[self._rank] = src[lay.lo:lay.lo + lay.counts[self._rank]]
+        try:
+            _core.rank_average(rows, out, lay.part32.offset, lay.part32.count,
+                               lay.part64.offset, lay.part64.count, self._size)
+        finally:
+            rows[self._rank] = None  # no reference to the caller's gradient kept past the step
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
 
@@ -470,26 +503,46 @@ class DataParallel:
     def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
         bufs, opt = self._bufs, self._opt
         t0, gather0 = time.perf_counter(), self.timings["gather"]
-        lay.pack.pack(pleaves, bufs.params[lay.lo:lay.hi], "params", lay.lo, lay.hi)
+        direct = self._direct_params(lay, pleaves) if lay.single else None
+        if direct is None:  # stepped in a flat copy, then copied back
+            flat, pieces = bufs.params, bufs.param_pieces
+            lay.pack.pack(pleaves, flat[lay.lo:lay.hi], "params", lay.lo, lay.hi)
+        else:  # the caller's array itself: its shard stepped in place, then gathered in place
+            flat, pieces = direct
         t1 = time.perf_counter()
         keep = False
         if self._textbook:
-            opt.step(bufs.param_pieces, bufs.avg_pieces)
+            opt.step(pieces, bufs.avg_pieces)
         else:
             keep = opt.keep_delta
             opt.keep_delta = True  # this rank's delta pieces, for check_convergence and `delta`
             try:
-                opt.update(bufs.param_pieces, bufs.avg_pieces)
+                opt.update(pieces, bufs.avg_pieces)
             finally:
                 opt.keep_delta = keep
             self._delta_shard = opt.delta
         t2 = time.perf_counter()
         self.timings["step"] += t2 - t1
-        self._allgather(lay, bufs.params)
-        lay.pack.unpack(bufs.params, pleaves, "params")
+        self._allgather(lay, flat)
+        if direct is None:
+            lay.pack.unpack(flat, pleaves, "params")
         self._delta = self._gather_delta(lay) if keep else None
         self._count_copies(t0, gather0)
         self.timings["copy"] -= t2 - t1
+
+    def _direct_params(self, lay: Layout, pleaves: Any) -> Optional[tuple[np.ndarray, list[np.ndarray]]]:
+        """(flat bytes, this rank's pieces) of a parameter tree's one leaf (checked writeable),
+        views into it, when the all-gather can write it directly; memoized for the same array
+        (an array's contiguity and memory never change)."""
+        leaf, memo = pleaves[0], self._direct
+        if memo is not None and memo[0] is leaf and memo[1] is lay:
+            return memo[2], memo[3]
+        flat = lay.pack.flat_view(pleaves, "params", True)
+        if flat is None:
+            return None
+        pieces = lay.shard_pieces(flat[lay.lo:lay.hi])
+        self._direct = (leaf, lay, flat, pieces)
+        return flat, pieces
 
     def _delta_buffer(self, lay: Layout) -> np.ndarray:
         """The flat buffer of this step's delta: the last one's again when nothing else holds it

@@ -11,10 +11,12 @@ average) runs on every rank next to the data-parallel one.
 """
 import argparse
 import collections
+import gc
+import weakref
 
 import numpy as np
-from harness import (COMM, RANK, SIZE, Checks, copy_tree, leaves, out_path, rank_order_average, same_state,
-                     threshold)
+from harness import (COMM, RANK, SIZE, Checks, copy_tree, leaves, map_tree, out_path, rank_order_average,
+                     same_state, threshold)
 
 from fusedopt import distributed, optim, optimizers, schedules
 
@@ -33,6 +35,12 @@ TREES = {
     "paysage": lambda mk: G([P(mk((24,), "float32")), P(mk((10,), "float32"))], [W(mk((24, 10), "float32"))]),
     "big": lambda mk: [mk((40001,), "float32"), mk((3,), "float64")],
     "wide64": lambda mk: [mk((5,), "float32"), mk((301,), "float64")],  # a float64 leaf across shards
+    # One leaf, the whole flat layout: exchanged from, stepped in and gathered into the caller's
+    # arrays (no copies). Sizes not a multiple of 16 (the last shard ends before the padding),
+    # a bare array as the tree, and fewer elements than ranks.
+    "one32": lambda mk: mk((1001,), "float32"),
+    "one64": lambda mk: {"w": mk((37, 3), "float64")},
+    "pair64": lambda mk: [mk((2,), "float64")],
 }
 
 OPTIMIZERS = {
@@ -183,8 +191,14 @@ def equivalence_all(c):
             for path in ("inplace", "paysage"):
                 for shard in (True, False):
                     equivalence(c, kind, tree, path, shard, True)
+    for kind in OPTIMIZERS:
+        for tree in ("one32", "one64", "pair64"):
+            for path in ("inplace", "paysage"):
+                for shard in (True, False):
+                    equivalence(c, kind, tree, path, shard, True)
     for shard in (True, False):
         for path in ("inplace", "paysage"):
+            equivalence(c, "ADAM", "one32", path, shard, False)
             equivalence(c, "ADAM", "big", path, shard, True, steps=2)
             equivalence(c, "RMSProp", "wide64", path, shard, True)
             equivalence(c, "ADAM", "mixed", path, shard, False)
@@ -252,7 +266,7 @@ def textbook(c, kind, tree, shard, det, steps=4):
 def textbook_all(c):
     for kind in TEXTBOOK:
         for shard in (True, False):
-            for tree in ("mixed", "tiny"):
+            for tree in ("mixed", "tiny", "one32"):
                 textbook(c, kind, tree, shard, True)
             textbook(c, kind, "mixed", shard, False)
 
@@ -380,6 +394,95 @@ def errors(c, shard):
     same_state(c, state, waiting.state_dict(), f"{tag} the loaded state still waits")
 
 
+class Sub(np.ndarray):
+    """A subclass of ndarray: stepped through the wrapper's flat copy, never in place."""
+
+
+def direct_path(c, tree, shard):
+    """A tree of one leaf: the caller's own arrays are used (nothing packed, the parameter array
+    itself gathered into), and the bits equal the copying path's (a strided gradient and
+    parameters of an ndarray subclass go through it) and the single process's, step by step."""
+    what = f"direct/{tree}/shard={shard}"
+    ref = OPTIMIZERS["ADAM"]()
+    fast, slow = (distributed.DataParallel(OPTIMIZERS["ADAM"](), shard_state=shard) for _ in range(2))
+    ref_p, fast_p, slow_p = params0(tree), params0(tree), params0(tree)
+    slow_sub = map_tree(lambda a: a.view(Sub), slow_p)  # the same memory as slow_p
+    for step in range(4):
+        if step % 2 == 0:
+            for o in (ref, fast, slow):
+                o.update_lr()
+        ref.update(ref_p, average(tree, step))
+        g = grad(tree, step, RANK)
+        [(_, g_leaf)] = leaves(g)
+        if step == 1:
+            g_leaf.flags.writeable = False  # a read-only gradient is only read: still no copy
+        fast.update(fast_p, g)
+        strided = map_tree(lambda a: np.repeat(a[..., None], 2, axis=-1)[..., 0], g)  # not contiguous
+        slow.update(slow_sub if shard else slow_p, strided)
+        c.equal_trees(ref_p, fast_p, f"{what} step {step}: direct params vs the single process")
+        c.equal_trees(slow_p, fast_p, f"{what} step {step}: direct params vs the copying path")
+        c.check(not fast._layout.send.any(), f"{what} step {step}: the gradient was packed")
+        c.check(slow._layout.send.any() or not g_leaf.any(), f"{what} step {step}: the strided gradient was not packed")
+        if shard:
+            [(_, fast_leaf)] = leaves(fast_p)
+            c.check(fast._direct is not None and fast._direct[0] is fast_leaf,
+                    f"{what} step {step}: the parameter array was not stepped directly")
+            c.check(slow._direct is None, f"{what} step {step}: a subclass was stepped directly")
+    same_state(c, ref.state_dict(), fast.state_dict(), f"{what} state_dict")
+
+    # A bad input on one rank: raised on every rank, the caller's arrays untouched everywhere.
+    last = SIZE - 1
+    before = copy_tree(fast_p)
+    fast.optimizer.check_finite = ref.check_finite = True
+    [(_, fast_leaf)] = leaves(fast_p)
+
+    def bad(kind):
+        g = grad(tree, 9, RANK)
+        if RANK != last:
+            return g
+        if kind == "nan":
+            leaves(g)[0][1].reshape(-1)[-1] = np.nan  # the last element, in the last shard with data
+            return g
+        if kind == "shape":
+            return map_tree(lambda a: a.reshape(-1)[:-1].copy(), g)
+        return map_tree(lambda a: a.astype(np.float16), g)
+
+    def read_only_params():
+        fast_leaf.flags.writeable = RANK != 0
+        try:
+            fast.update(fast_p, grad(tree, 9, RANK))
+        finally:
+            fast_leaf.flags.writeable = True
+
+    for kind, exc in (("nan", FloatingPointError), ("shape", ValueError), ("dtype", TypeError)):
+        raised_everywhere(c, f"{what} bad {kind} on rank {last}", exc, lambda: fast.update(fast_p, bad(kind)))
+        c.equal_trees(before, fast_p, f"{what} bad {kind}: params untouched")
+    raised_everywhere(c, f"{what} read-only params on rank 0", ValueError, read_only_params)
+    c.equal_trees(before, fast_p, f"{what} read-only params: params untouched")
+    same_state(c, ref.state_dict(), fast.state_dict(), f"{what} state after the faults")
+    ref.update(ref_p, average(tree, 4))
+    fast.update(fast_p, grad(tree, 4, RANK))
+    c.equal_trees(ref_p, fast_p, f"{what}: a good step after the faults")
+
+    # The caller's gradient is used in place but not kept after a step, nor after a failed one.
+    for kind in ("good", "nan"):
+        g = bad(kind) if kind == "nan" else grad(tree, 5, RANK)
+        alive = weakref.ref(leaves(g)[0][1])
+        try:
+            fast.update(fast_p, g)
+        except FloatingPointError:
+            pass
+        del g
+        gc.collect()  # an exception's traceback and its frames may form a cycle
+        c.check(alive() is None, f"{what}: the gradient of a {kind} step is still referenced")
+
+
+def direct_all(c):
+    for tree in ("one32", "one64", "pair64"):
+        for shard in (True, False):
+            direct_path(c, tree, shard)
+
+
 # -- resume across rank counts ------------------------------------------------------------------
 def resume_save(c, path):
     """Three ADAM steps at this N; the state and parameters saved for another rank count."""
@@ -455,6 +558,7 @@ def main():
     if not args.only_resume:
         c.run("equivalence", equivalence_all)
         c.run("fusedopt.optim", textbook_all)
+        c.run("direct", direct_all)
         for shard in () if args.skip_errors else (True, False):
             c.run(f"errors shard={shard}", errors, shard)
     if args.load:
