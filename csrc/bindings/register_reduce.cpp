@@ -11,6 +11,7 @@
 #include "../rank_sum.h"
 #include "numpy_api.h"
 #include "registry.h"
+#include "tree.h"
 
 namespace fusedopt {
 
@@ -24,13 +25,7 @@ struct FlatLeaf {
   std::size_t offset;  // in bytes, inside the flat buffer
 };
 
-std::string shape_str(const npy_intp* dims, int ndim) {
-  std::string out = "(";
-  for (int i = 0; i < ndim; ++i) out += (i ? ", " : "") + std::to_string(dims[i]);
-  return out + (ndim == 1 ? ",)" : ")");
-}
-
-const char* type_name(int type) { return type == NPY_FLOAT ? "float32" : "float64"; }
+const char* type_name(int type) { return dtype_name(type == NPY_FLOAT ? F32 : F64); }
 
 // The bytes of a C-contiguous uint8 array of at least `need` bytes; a buffer
 // that is only read (a rank's own gradient row) may be read-only.
@@ -58,7 +53,7 @@ class FlatPack {
       else throw py::value_error("FlatPack: dtype must be float32 or float64, not " + dtypes[l]);
       std::size_t n = 1;
       for (npy_intp d : f.shape) n *= static_cast<std::size_t>(d);
-      f.bytes = n * (f.type == NPY_FLOAT ? 4 : 8);
+      f.bytes = n * item_size(f.type == NPY_FLOAT ? F32 : F64);
       end_ = std::max(end_, f.offset + f.bytes);
       leaves_.push_back(std::move(f));
     }
@@ -191,8 +186,8 @@ class FlatPack {
     const bool same = PyArray_NDIM(a) == static_cast<int>(f.shape.size()) &&
                       std::equal(f.shape.begin(), f.shape.end(), PyArray_DIMS(a));
     if (!same)
-      throw py::value_error(where + ": expected shape " + shape_str(f.shape.data(), static_cast<int>(f.shape.size())) +
-                            ", got " + shape_str(PyArray_DIMS(a), PyArray_NDIM(a)));
+      throw py::value_error(where + ": expected shape " + shape_string(f.shape.data(), f.shape.size()) +
+                            ", got " + shape_string(PyArray_DIMS(a), static_cast<std::size_t>(PyArray_NDIM(a))));
     if (writeable && !PyArray_ISWRITEABLE(a)) throw py::value_error(where + ": the array is read-only");
     if (writeable && (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)))
       throw py::value_error(where + ": expected a C-contiguous array (it is stepped in place)");
