@@ -247,7 +247,7 @@ class Optimizer:
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to resume exactly, as plain arrays and scalars (see _optim_state)."""
-        out: Dict[str, Any] = {"format": fmt.FORMAT, "version": fmt.VERSION, "kind": type(self).__name__}
+        out: Dict[str, Any] = fmt.header(type(self).__name__)
         for name, value in self._hyper_values().items():
             out[f"hyper.{name}"] = np.asarray(value) if isinstance(value, tuple) else value
         out["max_grad_norm"] = 0.0 if self.max_grad_norm is None else self.max_grad_norm

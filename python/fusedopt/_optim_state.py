@@ -37,17 +37,9 @@ FORMAT = "fusedopt.optim"
 VERSION = 1
 
 
-def get(state: Mapping[str, Any], key: str) -> Any:
-    """state[key], or a ValueError saying the key is missing."""
-    return _fields.get(state, key, FORMAT, VERSION)
-
-
-def get_str(state: Mapping[str, Any], key: str) -> str:
-    return _fields.as_str(get(state, key), key)
-
-
-def get_int(state: Mapping[str, Any], key: str) -> int:
-    return _fields.as_int(get(state, key), key)
+_FORMAT = _fields.Format(FORMAT, VERSION)
+get, get_str, get_int, get_strs = _FORMAT.get, _FORMAT.get_str, _FORMAT.get_int, _FORMAT.get_strs
+header, check_header = _FORMAT.header, _FORMAT.check_header
 
 
 def get_value(state: Mapping[str, Any], key: str) -> Any:
@@ -59,15 +51,7 @@ def get_value(state: Mapping[str, Any], key: str) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def get_strs(state: Mapping[str, Any], key: str, n: Optional[int] = None) -> List[str]:
-    return _fields.as_strs(get(state, key), key, n)
-
-
 strs = _fields.strs
-
-
-def check_header(state: Any, kind: str) -> None:
-    _fields.check_header(state, kind, FORMAT, VERSION)
 
 
 # -- schedules: attributes with their exact types (float vs numpy scalars round differently)

@@ -67,42 +67,14 @@ class Moments(NamedTuple):
 
 
 # -- reading entries (np.load gives scalars back as 0-d arrays): _state_fields -------
-def _get(state: Mapping[str, Any], key: str) -> Any:
-    return _fields.get(state, key, FORMAT, VERSION)
-
-
-def _get_str(state: Mapping[str, Any], key: str) -> str:
-    return _fields.as_str(_get(state, key), key)
-
-
-def _get_bool(state: Mapping[str, Any], key: str) -> bool:
-    return _fields.as_bool(_get(state, key), key)
-
-
-def _get_int(state: Mapping[str, Any], key: str) -> int:
-    return _fields.as_int(_get(state, key), key)
-
-
-def _get_float(state: Mapping[str, Any], key: str) -> float:
-    return _fields.as_float(_get(state, key), key)
-
-
-def _get_strs(state: Mapping[str, Any], key: str, n: Optional[int] = None) -> list[str]:
-    return _fields.as_strs(_get(state, key), key, n)
-
-
+_FORMAT = _fields.Format(FORMAT, VERSION)
+_get, _get_str, _get_bool, _get_int, _get_float, _get_strs = (
+    _FORMAT.get, _FORMAT.get_str, _FORMAT.get_bool, _FORMAT.get_int, _FORMAT.get_float, _FORMAT.get_strs)
 _strs = _fields.strs
 _scalar = _fields.scalar
 
 
-def header(kind: str) -> dict[str, Any]:
-    """The entries that open every state of a `kind` (a class name)."""
-    return {"format": FORMAT, "version": VERSION, "kind": kind}
-
-
-def check_header(state: Any, kind: str) -> None:
-    """Refuse what is not a state of this format version for a `kind`."""
-    _fields.check_header(state, kind, FORMAT, VERSION)
+header, check_header = _FORMAT.header, _FORMAT.check_header
 
 
 # -- the moments -----------------------------------------------------------------

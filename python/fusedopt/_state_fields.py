@@ -84,3 +84,35 @@ def check_header(state: Any, kind: str, fmt: str, version: int) -> None:
     saved = as_str(get(state, "kind", fmt, version), "kind")
     if saved != kind:
         raise ValueError(f"the state is of a {saved}, it cannot be loaded into a {kind}")
+
+
+class Format:
+    """The typed readers of one state format (its name and version in every error)."""
+
+    def __init__(self, fmt: str, version: int) -> None:
+        self.fmt, self.version = fmt, version
+
+    def header(self, kind: str) -> dict[str, Any]:
+        """The entries that open every state of a `kind` (a class name)."""
+        return {"format": self.fmt, "version": self.version, "kind": kind}
+
+    def check_header(self, state: Any, kind: str) -> None:
+        check_header(state, kind, self.fmt, self.version)
+
+    def get(self, state: Mapping[str, Any], key: str) -> Any:
+        return get(state, key, self.fmt, self.version)
+
+    def get_str(self, state: Mapping[str, Any], key: str) -> str:
+        return as_str(self.get(state, key), key)
+
+    def get_bool(self, state: Mapping[str, Any], key: str) -> bool:
+        return as_bool(self.get(state, key), key)
+
+    def get_int(self, state: Mapping[str, Any], key: str) -> int:
+        return as_int(self.get(state, key), key)
+
+    def get_float(self, state: Mapping[str, Any], key: str) -> float:
+        return as_float(self.get(state, key), key)
+
+    def get_strs(self, state: Mapping[str, Any], key: str, n: Optional[int] = None) -> list[str]:
+        return as_strs(self.get(state, key), key, n)
