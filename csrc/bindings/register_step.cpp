@@ -99,40 +99,28 @@ bool overlaps(const std::vector<Span>& spans, const char* begin, const char* end
 // many leaves would otherwise sort and search its spans on every step.
 class CheckedAddresses {
  public:
-  // key: plan, the 8 arena bases, sums (data, bytes), then (g, p) per leaf.
-  static void key_of(std::vector<const void*>& key, const Plan& plan, void* const (&base)[4][2], const void* sums,
-                     std::size_t sums_bytes, const std::vector<LeafData>& data) {
-    key.clear();
-    key.reserve(11 + 2 * data.size());
-    key.push_back(&plan);
-    for (int k = 0; k < 4; ++k) key.insert(key.end(), {base[k][F32], base[k][F64]});
-    key.insert(key.end(), {sums, reinterpret_cast<const void*>(sums_bytes)});
-    for (const LeafData& d : data) key.insert(key.end(), {d.g, static_cast<const void*>(d.p)});
+  // Whether the step with these addresses passed before (the key: plan, the 8 arena bases,
+  // sums data and bytes, then (g, p) per leaf). They are kept for add(), which follows
+  // without Python code in between.
+  bool seen(const Plan& plan, void* const (&base)[4][2], const void* sums, std::size_t sums_bytes,
+            const std::vector<LeafData>& data) {
+    probe_.clear();
+    probe_.push_back(&plan);
+    for (int k = 0; k < 4; ++k) probe_.insert(probe_.end(), {base[k][F32], base[k][F64]});
+    probe_.insert(probe_.end(), {sums, reinterpret_cast<const void*>(sums_bytes)});
+    for (const LeafData& d : data) probe_.insert(probe_.end(), {d.g, static_cast<const void*>(d.p)});
+    return probe_ == keys_[0] || probe_ == keys_[1];
   }
-  bool contains(const Plan& plan, void* const (&base)[4][2], const void* sums, std::size_t sums_bytes,
-                const std::vector<LeafData>& data) const {
-    for (const auto& key : keys_) {
-      if (key.size() != 11 + 2 * data.size() || key[0] != &plan) continue;
-      std::size_t i = 1;
-      bool same = true;
-      for (int k = 0; k < 4 && same; ++k) same = key[i++] == base[k][F32] && key[i++] == base[k][F64];
-      same = same && key[i++] == sums && key[i++] == reinterpret_cast<const void*>(sums_bytes);
-      for (std::size_t l = 0; l < data.size() && same; ++l) same = key[i++] == data[l].g && key[i++] == data[l].p;
-      if (same) return true;
-    }
-    return false;
-  }
-  void add(const Plan& plan, void* const (&base)[4][2], const void* sums, std::size_t sums_bytes,
-           const std::vector<LeafData>& data) {
+  void add() {
     next_ ^= 1;
-    key_of(keys_[next_], plan, base, sums, sums_bytes, data);
+    keys_[next_] = probe_;
   }
   void clear() {
     for (auto& key : keys_) key.clear();
   }
 
  private:
-  std::vector<const void*> keys_[2];
+  std::vector<const void*> keys_[2], probe_;
   int next_ = 0;
 };
 
@@ -221,7 +209,7 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     sums = PyArray_DATA(a);
     sums_bytes = static_cast<std::size_t>(PyArray_NBYTES(a));
   }
-  if (!checked || !checked->contains(plan, base, sums, sums_bytes, data)) {
+  if (!checked || !checked->seen(plan, base, sums, sums_bytes, data)) {
     std::vector<Span> spans;  // what the step writes, or reads as its own state
     spans.reserve(specs.size() + 9);
     auto add = [&](const void* b, std::size_t bytes, const char* what, std::size_t leaf) {
@@ -244,7 +232,7 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
           copied = true;
         }
       }
-    if (!copied && checked) checked->add(plan, base, sums, sums_bytes, data);
+    if (!copied && checked) checked->add();
   }
   if (check_finite)
     for (std::size_t l = 0; l < specs.size(); ++l)
@@ -470,27 +458,23 @@ class State {
     if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
     return v;
   }
-  // The rate before any update_lr(): Optimizer._unset_lr(), whose answer for one
-  // (immutable) stepsize.value object is kept here, as that method keeps it.
-  py::object unset_value_;  // null until a value is kept
-  double unset_rate_ = 0;
-  double unset_lr(PyObject* owner, const py::object& dict) {
+  // The rate before any update_lr(): the (stepsize.value, rate) that Optimizer._unset_lr()
+  // keeps in _unset_lr_cache when it is for this value object, else that method's answer.
+  static double unset_lr(PyObject* owner, const py::object& dict) {
     static PyObject* const stepsize_name = interned("_stepsize");
     static PyObject* const value_name = interned("value");
+    static PyObject* const cache_name = interned("_unset_lr_cache");
     static PyObject* const unset_name = interned("_unset_lr");
     PyObject* sched = PyDict_GetItemWithError(dict.ptr(), stepsize_name);  // borrowed
-    py::object value;
-    if (sched) value = py::reinterpret_steal<py::object>(PyObject_GetAttr(sched, value_name));
-    if (!value) PyErr_Clear();  // _unset_lr says what is wrong
-    if (value && unset_value_ && value.is(unset_value_)) return unset_rate_;
+    PyObject* cached = sched ? PyDict_GetItemWithError(dict.ptr(), cache_name) : nullptr;
+    if (cached && PyTuple_Check(cached) && PyTuple_GET_SIZE(cached) == 2) {
+      py::object value = py::reinterpret_steal<py::object>(PyObject_GetAttr(sched, value_name));
+      if (value && value.ptr() == PyTuple_GET_ITEM(cached, 0)) return as_double(PyTuple_GET_ITEM(cached, 1));
+    }
+    PyErr_Clear();  // _unset_lr says what is wrong
     py::object rate = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(owner, unset_name));
     if (!rate) throw py::error_already_set();
-    const double r = as_double(rate.ptr());
-    if (value && !PyArray_Check(value.ptr())) {  // an array may change in place: read every time
-      unset_value_ = std::move(value);
-      unset_rate_ = r;
-    }
-    return r;
+    return as_double(rate.ptr());
   }
   Rule rule_of(PyObject* owner) {
     PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(owner));
