@@ -337,25 +337,38 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def add_measurement_options(ap, case, threads_for, quick, results):
+    """The options every side-by-side benchmark shares (bench_step.py, bench_torch.py); `case`
+    names what a measurement is per (size, case), `results` the files --out gets."""
+    ap.add_argument("--impls", default="", help="comma-separated implementation keys (default: all)")
+    ap.add_argument("--repeats", type=int, help="most repeats per measurement (default 15; --quick 5)")
+    ap.add_argument("--budget", type=float, help=f"seconds of measurement per implementation, {case} and round "
+                                                 "(default 0.15; --quick 0.02)")
+    ap.add_argument("--rounds", type=int, help=f"interleaved rounds per {case}, median over them "
+                                               "(default 3; --quick 1)")
+    ap.add_argument("--threads", type=int, default=2, help=f"threads for {threads_for} (default 2)")
+    ap.add_argument("--quick", action="store_true", help=f"short measurements, {quick}")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
+                    help=f"folder for {results} (default bench/results)")
+
+
+def apply_quick_defaults(args):
+    """Repeats, budget and rounds not given: the full run's, or --quick's."""
+    args.repeats = args.repeats or (5 if args.quick else 15)
+    args.budget = args.budget or (0.02 if args.quick else 0.15)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", help=f"comma-separated sizes or NxM trees (default {DEFAULT_SIZES}; "
                                      f"--quick: {QUICK_SIZES})")
     ap.add_argument("--optimizers", default=",".join(peers.OPTIMIZERS), help="comma-separated subset")
-    ap.add_argument("--impls", default="", help="comma-separated implementation keys (default: all)")
-    ap.add_argument("--repeats", type=int, help="most repeats per measurement (default 15; --quick 5)")
-    ap.add_argument("--budget", type=float, help="seconds of measurement per implementation, size and round "
-                                                 "(default 0.15; --quick 0.02)")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds per size, median over them (default 3; --quick 1)")
-    ap.add_argument("--threads", type=int, default=2, help="threads for fusedopt, torch and numexpr (default 2)")
-    ap.add_argument("--quick", action="store_true", help="short measurements, sizes up to 1e6")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
-                    help="folder for bench_step.json and bench_step.png (default bench/results)")
+    add_measurement_options(ap, "size", "fusedopt, torch and numexpr", "sizes up to 1e6",
+                            "bench_step.json and bench_step.png")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = ap.parse_args(argv)
-    args.repeats = args.repeats or (5 if args.quick else 15)
-    args.budget = args.budget or (0.02 if args.quick else 0.15)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    apply_quick_defaults(args)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     cases = [parse_case(s) for s in sizes.split(",") if s.strip()]
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]

@@ -235,19 +235,9 @@ def main(argv=None):
     ap.add_argument("--cases", help=f"comma-separated cases (default {DEFAULT_CASES}; --quick: {QUICK_CASES})")
     ap.add_argument("--optimizers", default="AdamW", help=f"comma-separated subset of {','.join(OPTIMIZERS)} "
                                                           "(default AdamW)")
-    ap.add_argument("--impls", default="", help="comma-separated implementation keys (default: all)")
-    ap.add_argument("--repeats", type=int, help="most repeats per measurement (default 15; --quick 5)")
-    ap.add_argument("--budget", type=float, help="seconds per implementation, case and round (default 0.15; "
-                                                 "--quick 0.02)")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds, median over them (default 3; --quick 1)")
-    ap.add_argument("--threads", type=int, default=2, help="threads for fusedopt and torch (default 2)")
-    ap.add_argument("--quick", action="store_true", help="short measurements, no 6.4e7 case")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
-                    help="folder for bench_torch.json (default bench/results)")
+    bench_step.add_measurement_options(ap, "case", "fusedopt and torch", "no 6.4e7 case", "bench_torch.json")
     args = ap.parse_args(argv)
-    args.repeats = args.repeats or (5 if args.quick else 15)
-    args.budget = args.budget or (0.02 if args.quick else 0.15)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    bench_step.apply_quick_defaults(args)
     args.keys = {k.strip() for k in args.impls.split(",") if k.strip()}
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTIMIZERS]
