@@ -28,7 +28,9 @@ venv_py="$work/venv/bin/python"
 "$venv_py" -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=2.0" "pytest>=7" "hypothesis>=6"
 # Two compile jobs: the instrumented bindings need ~0.5 GB each and the machine may be shared.
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
-"$venv_py" -m pip install --quiet --no-build-isolation --no-deps --force-reinstall \
+# --no-cache-dir: pip caches the wheel it builds from a local checkout, and a cached
+# uninstrumented build of the same version would be installed instead of this one.
+"$venv_py" -m pip install --quiet --no-cache-dir --no-build-isolation --no-deps --force-reinstall \
   -C cmake.define.FUSEDOPT_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$work/build" "$root"
 
 # (Importing _core without the ASan runtime preloaded would abort, so look for the file.)
