@@ -74,9 +74,15 @@ struct Segment {
 template <class T>
 using KernelFn = double (*)(const Segment<T>&, const StepScalars<T>&);
 
+// The data-parallel average of k rows over [lo, lo + len) into out (rank_rows.h).
+template <class T>
+using AverageFn = void (*)(const T* const* rows, std::size_t k, std::size_t lo, std::size_t len, T divisor, T* out);
+
 struct KernelTable {
   KernelFn<float> f32[MODE_LIMIT];
   KernelFn<double> f64[MODE_LIMIT];
+  AverageFn<float> average32;
+  AverageFn<double> average64;
   KernelFn<float> probe;  // bandwidth probe, see step_math.h
   bool (*check_divisor)(float c, float r);  // see exact_division.h; null below AVX-512
   const char* name;

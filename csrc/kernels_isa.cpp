@@ -1,6 +1,7 @@
 // Compiled once per instruction set (see CMakeLists.txt): FUSEDOPT_ISA names
 // the namespace of this copy, and the flags of its target pick the SIMD width.
 #include <utility>
+#include "rank_rows.h"
 #include "rules.h"
 #include "step_math.h"
 
@@ -21,6 +22,8 @@ static void fill(KernelTable& t, std::index_sequence<I...>) {
 
 void fill_table(KernelTable& t) {
   fill(t, std::make_index_sequence<kKernels.size()>{});
+  t.average32 = &average_rows<float>;
+  t.average64 = &average_rows<double>;
   t.probe = &run_probe;
   t.check_divisor = kHaveExactDivision ? &check_divisor : nullptr;
   t.name = FUSEDOPT_STR(FUSEDOPT_ISA);

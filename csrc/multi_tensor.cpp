@@ -59,9 +59,16 @@ T* at(void* base, std::size_t offset) {
 }
 
 template <class T>
-double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e, const StepScalars<T>& c) {
+double run_piece(KernelFn<T> fn, const LeafData& d, std::size_t b, std::size_t e, const StepScalars<T>& c,
+                 AverageFn<T> average_rows = nullptr, T rank_divisor = T(1)) {
   Segment<T> s{at<T>(const_cast<void*>(d.g), b), at<T>(d.p, b), at<T>(d.m, b), at<T>(d.v, b), at<T>(d.out, b), e - b,
                at<T>(d.m_out ? d.m_out : d.m, b), at<T>(d.v_out ? d.v_out : d.v, b)};
+  if (!d.rows) return fn(s, c);
+  // A piece is at most one chunk: its average fits the core's first-level cache, so the
+  // kernel reads it from there and the average never goes through memory.
+  alignas(64) T avg[kChunk];
+  average_rows(reinterpret_cast<const T* const*>(d.rows), d.n_rows, b, e - b, rank_divisor, avg);
+  s.g = avg;
   return fn(s, c);
 }
 
@@ -82,7 +89,9 @@ void run_step(unsigned mode, const ChunkLayout& layout, const std::vector<LeafDa
   std::vector<double> partial(layout.pieces().size());
   for_each_piece(layout, true, [&](std::size_t k, const ChunkLayout::Piece& pc) {
     const LeafData& d = leaves[pc.leaf];
-    partial[k] = d.dtype == F32 ? run_piece(f32, d, pc.begin, pc.end, c32) : run_piece(f64, d, pc.begin, pc.end, c64);
+    partial[k] = d.dtype == F32
+                     ? run_piece(f32, d, pc.begin, pc.end, c32, t.average32, static_cast<float>(hyper.rank_divisor))
+                     : run_piece(f64, d, pc.begin, pc.end, c64, t.average64, hyper.rank_divisor);
   });
   if (sumsq && (mode & SCALE)) sum_by_leaf(layout, partial, sumsq, leaves.size());
 }

@@ -34,7 +34,10 @@ class ChunkLayout {
 };
 
 // Pointers of one leaf for this step; null where the mode does not use them.
-// m_out, v_out: where the new moments go (null: over m, v).
+// m_out, v_out: where the new moments go (null: over m, v). With rows, the
+// gradient is not read from g: it is the average of n_rows rows (one per rank,
+// each pointing at this leaf's first element), computed chunk by chunk into a
+// buffer that stays in the core's cache (fusedopt.distributed).
 struct LeafData {
   Dtype dtype;
   const void* g;
@@ -44,6 +47,8 @@ struct LeafData {
   void* out;
   void* m_out = nullptr;
   void* v_out = nullptr;
+  const void* const* rows = nullptr;
+  std::size_t n_rows = 0;
 };
 
 // Runs visit(k, piece) for every piece k of the layout, chunk by chunk on the
@@ -68,6 +73,7 @@ inline void sum_by_leaf(const ChunkLayout& layout, const std::vector<double>& pe
 
 struct Hyper {
   double lr, w, w2;
+  double rank_divisor = 1.0;  // what leaves with rows divide their row sum by
 };
 
 // Runs `mode` over all leaves; writes sum(d*d) of each leaf into sumsq (when

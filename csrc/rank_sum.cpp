@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "dispatch.h"
 #include "threads.h"
 
 namespace fusedopt {
@@ -15,33 +16,11 @@ namespace {
 constexpr std::size_t kAverageChunk = 8192;
 
 template <class T>
-void rank_average(const T* const* rows, std::size_t k, std::size_t n, T divisor, T* out) {
+void rank_average(AverageFn<T> average_rows, const T* const* rows, std::size_t k, std::size_t n, T divisor, T* out) {
   const std::size_t chunks = (n + kAverageChunk - 1) / kAverageChunk;
   auto body = [&](std::size_t c) {
     const std::size_t lo = c * kAverageChunk, hi = std::min(n, lo + kAverageChunk);
-    T* o = out + lo;
-    const std::size_t len = hi - lo;
-    // Rank 0's row first, then each later rank added in rank order: the
-    // per-element order is fixed, the loops over i vectorize. The first
-    // addition reads rows 0 and 1 and the last one divides, so two ranks
-    // take a single pass (out may be row 0 itself: same index only).
-    const T* r0 = rows[0] + lo;
-    if (k == 1) {
-      for (std::size_t i = 0; i < len; ++i) o[i] = r0[i] / divisor;
-      return;
-    }
-    const T* r1 = rows[1] + lo;
-    if (k == 2) {
-      for (std::size_t i = 0; i < len; ++i) o[i] = (r0[i] + r1[i]) / divisor;
-      return;
-    }
-    for (std::size_t i = 0; i < len; ++i) o[i] = r0[i] + r1[i];
-    for (std::size_t r = 2; r + 1 < k; ++r) {
-      const T* in = rows[r] + lo;
-      for (std::size_t i = 0; i < len; ++i) o[i] = o[i] + in[i];
-    }
-    const T* last = rows[k - 1] + lo;
-    for (std::size_t i = 0; i < len; ++i) o[i] = (o[i] + last[i]) / divisor;
+    average_rows(rows, k, lo, hi - lo, divisor, out + lo);
   };
   for_each_chunk(chunks, n * k >= kSerialBelow, false, body);
 }
@@ -52,11 +31,11 @@ constexpr std::size_t kCopyPiece = std::size_t(1) << 18;
 }  // namespace
 
 void rank_average_f32(const float* const* rows, std::size_t k, std::size_t n, float divisor, float* out) {
-  rank_average(rows, k, n, divisor, out);
+  rank_average(kernels().average32, rows, k, n, divisor, out);
 }
 
 void rank_average_f64(const double* const* rows, std::size_t k, std::size_t n, double divisor, double* out) {
-  rank_average(rows, k, n, divisor, out);
+  rank_average(kernels().average64, rows, k, n, divisor, out);
 }
 
 void copy_ranges(const void* const* src, void* const* dst, const std::size_t* bytes, std::size_t count) {

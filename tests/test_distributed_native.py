@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fusedopt
-from fusedopt import _core
+from fusedopt import _core, optimizers
 from fusedopt._dist_layout import ALIGN, Layout, aligned_bytes
 
 SETTINGS = settings(max_examples=int(os.environ.get("FUSEDOPT_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
@@ -122,6 +122,32 @@ def test_rank_average_of_separate_rows_in_rank_order(k, n, own, seed):
     assert np.array_equal(out.view(np.float32), _reference_average(flipped, k))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 3])
+def test_rank_average_by_a_power_of_two_keeps_the_division_bits_at_the_edges(dtype, k):
+    """A power-of-two N multiplies by 1/N: the same bits as NumPy's division for subnormal
+    results, the smallest subnormal, signed zeros, Inf and NaN (every SIMD level, every lane)."""
+    info = np.finfo(dtype)
+    edge = np.array([info.smallest_subnormal, -info.smallest_subnormal, 3 * info.smallest_subnormal,
+                     info.smallest_normal, -info.smallest_normal * 1.5, info.max, -info.max, 0.0, -0.0,
+                     np.inf, -np.inf, np.nan, 1.0, -3.0, 7 * info.smallest_subnormal], dtype)
+    row = np.resize(edge, 16 * 7 + 5)  # vectors and a tail
+    rows = [row.copy() for _ in range(k)]
+    rows[-1][::3] = 0.0
+    out = aligned_bytes(row.nbytes)
+    off32, n32, off64, n64 = (0, row.size, 0, 0) if dtype == np.float32 else (0, 0, 0, row.size)
+    with np.errstate(all="ignore"):  # max + max overflows to Inf, inf - inf is NaN: on purpose
+        want = _reference_average(rows, k).view(np.uint8)
+    before = _core.simd_level()
+    for level in _core.simd_levels_supported():
+        _core._set_simd_level(level)
+        try:
+            _core.rank_average([r.view(np.uint8) for r in rows], out, off32, n32, off64, n64, k)
+        finally:
+            _core._set_simd_level(before)
+        assert np.array_equal(out, want), level
+
+
 def test_rank_average_in_place_divides_only():
     buf = aligned_bytes(64)
     x = buf.view(np.float32)
@@ -148,6 +174,127 @@ def test_rank_average_refuses_short_or_misaligned_buffers():
         _core.rank_average([other, buf[:64]], buf[32:96], 0, 16, 0, 0, 2)
     with pytest.raises(ValueError, match="overlaps"):
         _core.rank_average([buf[:64], other], buf[32:96], 0, 16, 0, 0, 2)
+
+
+# -- the rank average inside the step (State.average_next) ----------------------------------------
+RULES = {"Gradient": lambda: optimizers.Gradient(0.05), "Momentum": lambda: optimizers.Momentum(0.02, momentum=0.8),
+         "RMSProp": lambda: optimizers.RMSProp(0.01), "ADAM": lambda: optimizers.ADAM(0.01)}
+
+
+class _Model:
+    def __init__(self):
+        self.deltas = []
+
+    def parameter_update(self, delta):
+        self.deltas.append([d.copy() for d in delta])
+
+
+def _rows_and_base(rng, k, n32, n64):
+    """k rows of one shard's bytes (float64 part first, then float32) and an empty base."""
+    nbytes = -(-(8 * n64 + 4 * n32) // 64) * 64
+    rows = [aligned_bytes(nbytes) for _ in range(k)]
+    for row in rows:
+        row[:8 * n64].view(np.float64)[...] = rng.standard_normal(n64) * 10.0 ** rng.integers(-20, 20, n64)
+        row[8 * n64:8 * n64 + 4 * n32].view(np.float32)[...] = rng.standard_normal(n32) * 10.0 ** rng.integers(-8, 8, n32)
+    return rows, aligned_bytes(nbytes, zero=True)
+
+
+def _pieces(buf, n32, n64):
+    return [buf[:8 * n64].view(np.float64), buf[8 * n64:8 * n64 + 4 * n32].view(np.float32)]
+
+
+@SETTINGS
+@given(rule=st.sampled_from(sorted(RULES)), k=st.integers(1, 5), n32=st.integers(0, 9000), n64=st.integers(0, 3000),
+       inplace=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 32 - 1))
+def test_step_averaging_rows_is_the_step_on_the_averaged_pass(rule, k, n32, n64, inplace, threads, seed,
+                                                              restore_num_threads):
+    """A step whose kernel averages the rows itself gives the bits of the separate pass
+    (rank_average, the rank-order sum then the division) followed by the step, on both paths;
+    the base is never written."""
+    fusedopt.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    ref, fused = RULES[rule](), RULES[rule]()
+    p_ref = [rng.standard_normal(n64), rng.standard_normal(n32).astype(np.float32)]
+    p_fused = [a.copy() for a in p_ref]
+    m_ref, m_fused = _Model(), _Model()
+    for _ in range(3):
+        rows, base = _rows_and_base(rng, k, n32, n64)
+        averaged = aligned_bytes(base.nbytes)
+        _core.rank_average(rows, averaged, 8 * n64, n32, 0, n64, k)
+        ref.update(p_ref if inplace else m_ref, _pieces(averaged, n32, n64))
+        fused._memory._native.average_next(rows, base, float(k))
+        fused.update(p_fused if inplace else m_fused, _pieces(base, n32, n64))
+        assert not base.any()
+    for a, b in zip(p_ref, p_fused):
+        assert np.array_equal(a, b)
+    for a, b in zip(m_ref.deltas, m_fused.deltas):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    for name in ("mean_gradient", "mean_square_gradient"):
+        mr, mf = getattr(ref._memory, name, None), getattr(fused._memory, name, None)
+        assert (mr is None) == (mf is None)
+        if mr is not None:
+            assert all(np.array_equal(x, y) for x, y in zip(mr, mf))
+    assert ref.check_convergence() == fused.check_convergence()
+
+
+def test_rows_that_overlap_what_the_step_writes_are_averaged_first():
+    """A row sharing memory with the parameters it steps (shifted by one element) would be read
+    while it is written: the leaf is averaged into the base before the kernel, NumPy's order."""
+    n = 5000
+    for shift in (-1, 1):
+        buf = np.linspace(-1, 1, n + 1, dtype=np.float32)
+        params = buf[1:] if shift < 0 else buf[:-1]
+        row = buf[:-1] if shift < 0 else buf[1:]
+        other = np.full(n, 0.25, np.float32)
+        expected_avg = (row + other) / np.float32(2)
+        ref_p = params.copy()
+        optimizers.ADAM(0.01).update(ref_p, expected_avg)
+        opt, base = optimizers.ADAM(0.01), np.zeros(n, np.float32)
+        opt._memory._native.average_next([row.view(np.uint8), other.view(np.uint8)], base.view(np.uint8), 2.0)
+        opt.update(params, base)
+        assert np.array_equal(params, ref_p), shift
+        assert np.array_equal(base, expected_avg)  # where the overlapping leaf was averaged
+
+
+def test_check_finite_sees_the_average():
+    rows = [np.array([1.0, np.inf], np.float32), np.array([1.0, 2.0], np.float32)]
+    opt, base, p = optimizers.Gradient(0.5, check_finite=True), np.zeros(2, np.float32), np.zeros(2, np.float32)
+    opt._memory._native.average_next([r.view(np.uint8) for r in rows], base.view(np.uint8), 2.0)
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        opt.update(p, base)
+    assert not p.any() and opt.step_count == 0
+
+
+def test_rows_serve_one_step_only_even_a_refused_one():
+    rows = [np.full(16, 3.0, np.float32).view(np.uint8)]
+    opt, base, p = optimizers.Gradient(1.0), np.zeros(16, np.float32), np.zeros(16, np.float32)
+    native = opt._memory._native
+    native.average_next(rows, base.view(np.uint8), 1.0)
+    with pytest.raises(TypeError, match="float32"):
+        opt.update(p, base.astype(np.float16))  # refused: nothing changes, the rows are dropped
+    opt.update(p, base)  # reads the base itself (zeros)
+    assert not p.any()
+    native.average_next(rows, base.view(np.uint8), 1.0)
+    opt.update(p, base)
+    assert np.array_equal(p, np.full(16, -3.0, np.float32))
+
+
+def test_average_next_refuses_bad_rows():
+    opt, base = optimizers.Gradient(1.0), aligned_bytes(64)
+    native = opt._memory._native
+    with pytest.raises(TypeError, match="writeable"):
+        ro = aligned_bytes(64)
+        ro.flags.writeable = False
+        native.average_next([base], ro, 1.0)
+    with pytest.raises(TypeError, match="non-empty list"):
+        native.average_next([], base, 1.0)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        native.average_next([np.zeros(128, np.uint8)[::2]], base, 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        native.average_next([base], base, 0.0)
+    native.average_next([aligned_bytes(32)], base, 1.0)  # too short for the leaf below
+    with pytest.raises(ValueError, match="row 0 of the average does not hold"):
+        opt.update(np.zeros(16, np.float32), base.view(np.float32))
 
 
 # -- FlatPack ------------------------------------------------------------------------------------

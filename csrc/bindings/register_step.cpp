@@ -100,7 +100,7 @@ bool overlaps(const std::vector<Span>& spans, const char* begin, const char* end
 class CheckedAddresses {
  public:
   // Whether the step with these addresses passed before (the key: plan, the 8 arena bases,
-  // sums data and bytes, then (g, p) per leaf). They are kept for add(), which follows
+  // sums data and bytes, then (g, p) and any rows per leaf). They are kept for add(), which follows
   // without Python code in between.
   bool seen(const Plan& plan, void* const (&base)[4][2], const void* sums, std::size_t sums_bytes,
             const std::vector<LeafData>& data) {
@@ -108,7 +108,10 @@ class CheckedAddresses {
     probe_.push_back(&plan);
     for (int k = 0; k < 4; ++k) probe_.insert(probe_.end(), {base[k][F32], base[k][F64]});
     probe_.insert(probe_.end(), {sums, reinterpret_cast<const void*>(sums_bytes)});
-    for (const LeafData& d : data) probe_.insert(probe_.end(), {d.g, static_cast<const void*>(d.p)});
+    for (const LeafData& d : data) {
+      probe_.insert(probe_.end(), {d.g, static_cast<const void*>(d.p)});
+      if (d.rows) probe_.insert(probe_.end(), d.rows, d.rows + d.n_rows);
+    }
     return probe_ == keys_[0] || probe_ == keys_[1];
   }
   void add() {
@@ -138,19 +141,66 @@ py::object new_arenas(const Plan& plan) {
 
 // Everything one kernel call reads and writes, checked, and the references
 // that keep it alive until the call is over.
+// Rows whose average the next step reads instead of the gradient leaves that
+// lie in `base` (State.average_next, for fusedopt.distributed): the kernel
+// averages them chunk by chunk, so the average is never written to memory.
+struct RowAverage {
+  py::object rows = py::none();  // a list of C-contiguous arrays holding base's byte layout
+  py::object base = py::none();  // writeable: a leaf is averaged into it when it cannot be fused
+  double divisor = 1.0;
+  bool active() const { return !base.is_none(); }
+};
+
 struct Prepared {
   std::vector<LeafData> data;
+  std::vector<const void*> row_ptrs;  // n_rows per leaf with rows
   std::vector<py::object> keep;
   std::vector<double> sums;  // sum(d*d) per leaf, committed by the caller
   double* sums_target = nullptr;  // or written straight into the state's sums
   py::object delta = py::none();
 };
 
+// Points every gradient leaf lying inside avg.base at its rows (the same byte
+// offset in each row); other leaves are read as they are.
+void bind_rows(Prepared& P, const Plan& plan, const RowAverage& avg) {
+  const py::list rows = py::reinterpret_borrow<py::list>(avg.rows);
+  const std::size_t k = rows.size();
+  PyArrayObject* b = reinterpret_cast<PyArrayObject*>(avg.base.ptr());
+  const char* base = static_cast<const char*>(PyArray_DATA(b));
+  const std::size_t base_bytes = static_cast<std::size_t>(PyArray_NBYTES(b));
+  std::vector<const char*> row(k);
+  std::vector<std::size_t> row_bytes(k);
+  for (std::size_t r = 0; r < k; ++r) {
+    PyArrayObject* a = reinterpret_cast<PyArrayObject*>(rows[r].ptr());
+    row[r] = static_cast<const char*>(PyArray_DATA(a));
+    row_bytes[r] = static_cast<std::size_t>(PyArray_NBYTES(a));
+  }
+  P.keep.push_back(avg.rows);
+  P.keep.push_back(avg.base);
+  const auto& specs = plan.leaves();
+  P.row_ptrs.assign(specs.size() * k, nullptr);  // sized once: leaves point into it
+  for (std::size_t l = 0; l < specs.size(); ++l) {
+    LeafData& d = P.data[l];
+    const char* g = static_cast<const char*>(d.g);
+    const std::size_t item = item_size(specs[l].dtype), bytes = specs[l].size * item;
+    if (bytes == 0 || g < base || g + bytes > base + base_bytes) continue;
+    const std::size_t off = static_cast<std::size_t>(g - base);
+    for (std::size_t r = 0; r < k; ++r) {
+      if (off + bytes > row_bytes[r] || reinterpret_cast<std::uintptr_t>(row[r] + off) % item)
+        throw py::value_error(where("grad", specs[l]) + ": row " + std::to_string(r) +
+                              " of the average does not hold this leaf's bytes (short or misaligned)");
+      P.row_ptrs[l * k + r] = row[r] + off;
+    }
+    d.rows = &P.row_ptrs[l * k];
+    d.n_rows = k;
+  }
+}
+
 // m, v: the moments read; m_out, v_out: where new ones go (may be m, v).
 // `state` lists more of the optimizer's memory that no parameter may share.
 void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::handle params, py::handle m,
              py::handle m_out, py::handle v, py::handle v_out, py::handle sums_array, bool check_finite,
-             CheckedAddresses* checked) {
+             CheckedAddresses* checked, const RowAverage& avg) {
   const char* gn = "grad";
   const auto& specs = plan.leaves();
   auto& data = P.data;
@@ -173,6 +223,20 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     data[l].dtype = specs[l].dtype;
     data[l].g = PyArray_ISCARRAY_RO(a) && PyArray_ISNOTSWAPPED(a) ? PyArray_DATA(a) : copy_of(a);
   });
+  if (avg.active()) bind_rows(P, plan, avg);
+  // A leaf with rows read as its gradient's values: averaged into its place in the base.
+  auto materialize = [&](std::size_t l) {
+    LeafData& d = data[l];
+    const std::size_t n = specs[l].size;
+    if (d.dtype == F32)
+      kernels().average32(reinterpret_cast<const float* const*>(d.rows), d.n_rows, 0, n, static_cast<float>(avg.divisor),
+                          static_cast<float*>(const_cast<void*>(d.g)));
+    else
+      kernels().average64(reinterpret_cast<const double* const*>(d.rows), d.n_rows, 0, n, avg.divisor,
+                          static_cast<double*>(const_cast<void*>(d.g)));
+    d.rows = nullptr;
+    d.n_rows = 0;
+  };
   if (steps_p(mode)) {
     plan.walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
       const LeafSpec& s = specs[l];
@@ -224,6 +288,20 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     // A gradient in memory the step writes is read as it was before the step
     // (numpy's p - lr * g.copy()), whatever the SIMD width or thread count.
     bool copied = false;
+    // Rows (or their base) in memory the step writes would be read while it is written.
+    if (!spans.empty())
+      for (std::size_t l = 0; l < specs.size(); ++l) {
+        const LeafData& d = data[l];
+        if (!d.rows) continue;
+        const std::size_t bytes = specs[l].size * item_size(specs[l].dtype);
+        bool hit = overlaps(spans, static_cast<const char*>(d.g), static_cast<const char*>(d.g) + bytes);
+        for (std::size_t r = 0; r < d.n_rows && !hit; ++r)
+          hit = overlaps(spans, static_cast<const char*>(d.rows[r]), static_cast<const char*>(d.rows[r]) + bytes);
+        if (hit) {
+          materialize(l);
+          copied = true;  // forget this key: its rows are no longer the leaf's
+        }
+      }
     if (!spans.empty())
       for (std::size_t l = 0; l < specs.size(); ++l) {
         const char* b = static_cast<const char*>(data[l].g);
@@ -235,12 +313,14 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     if (!copied && checked) checked->add();
   }
   if (check_finite)
-    for (std::size_t l = 0; l < specs.size(); ++l)
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      if (data[l].rows) materialize(l);
       if (!leaf_finite(data[l].g, specs[l])) {
         PyErr_SetString(PyExc_FloatingPointError,
                         (where(gn, specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
         throw py::error_already_set();
       }
+    }
   py::object outs[2] = {py::none(), py::none()};
   void* obase[2] = {nullptr, nullptr};
   if (writes_out(mode)) {
@@ -408,12 +488,14 @@ class State {
 
   py::object step_as(py::handle owner, Rule rule, Output output, py::handle grad, py::handle target, double lr,
                      bool check_finite) {
+    const RowAverage avg = std::move(pending_avg_);  // for this step only, whatever happens
+    pending_avg_ = RowAverage{};
     const Rule r = effective_rule(rule, w, w2);
     const bool fixed = !mean.is_none() || !mean_square.is_none();  // moments fix the structure
     bool model_called = false;
-    if (plan.is_none()) return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called);
+    if (plan.is_none()) return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called, avg);
     try {
-      return run(owner, r, output, grad, target, lr, check_finite, plan, model_called);
+      return run(owner, r, output, grad, target, lr, check_finite, plan, model_called, avg);
     } catch (py::error_already_set& e) {
       if (fixed || model_called || !(e.matches(PyExc_TypeError) || e.matches(PyExc_ValueError))) throw;
     } catch (py::builtin_exception&) {
@@ -422,7 +504,29 @@ class State {
       if (fixed || model_called) throw;
     }
     // No moments yet: a gradient of another structure simply starts over.
-    return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called);
+    return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called, avg);
+  }
+
+  // The next step (step() or update()) reads every gradient leaf lying inside `base` as the
+  // average of `rows` at the same byte offset, (((rows[0] + rows[1]) + ...) / divisor) in the
+  // leaf's dtype, inside its kernel (fusedopt.distributed's fused rank average). None: no rows.
+  void average_next(py::object rows, py::object base, double divisor) {
+    pending_avg_ = RowAverage{};
+    if (base.is_none()) return;
+    auto contiguous = [](py::handle a) {
+      return PyArray_Check(a.ptr()) && PyArray_ISCARRAY_RO(reinterpret_cast<PyArrayObject*>(a.ptr()));
+    };
+    if (!contiguous(base) || !PyArray_ISWRITEABLE(reinterpret_cast<PyArrayObject*>(base.ptr())))
+      throw py::type_error("average_next: base must be a writeable C-contiguous numpy array");
+    if (!PyList_Check(rows.ptr()) || PyList_GET_SIZE(rows.ptr()) == 0)
+      throw py::type_error("average_next: rows must be a non-empty list of arrays");
+    py::list copy;  // the caller's list may change before the step
+    for (py::handle row : rows) {
+      if (!contiguous(row)) throw py::type_error("average_next: every row must be a C-contiguous numpy array");
+      copy.append(row);
+    }
+    if (!(std::isfinite(divisor) && divisor > 0)) throw py::value_error("average_next: divisor must be positive");
+    pending_avg_ = RowAverage{std::move(copy), std::move(base), divisor};
   }
 
  private:
@@ -506,6 +610,7 @@ class State {
   const Plan* plan_ptr_ = nullptr;  // plan's C++ object (plan keeps it alive)
   py::object m_spare_ = py::none(), v_spare_ = py::none();  // second buffers of the paysage path
   CheckedAddresses checked_;
+  RowAverage pending_avg_;  // set by average_next for the next step
 
   void drop_spares() {
     m_spare_ = py::none();
@@ -533,7 +638,7 @@ class State {
   }
 
   py::object run(py::handle owner, Rule r, Output output, py::handle grad, py::handle target, double lr,
-                 bool check_finite, py::object plan_obj, bool& model_called) {
+                 bool check_finite, py::object plan_obj, bool& model_called, const RowAverage& avg) {
     const bool same_plan = plan_obj.is(plan);
     const Plan& p = same_plan && plan_ptr_ ? *plan_ptr_ : plan_obj.cast<const Plan&>();
     py::object m = same_plan ? mean : py::none(), v = same_plan ? mean_square : py::none();
@@ -555,7 +660,7 @@ class State {
     P.sums_target = sums_in_place ? static_cast<double*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(sums.ptr()))) : nullptr;
     prepare(P, p, mode, grad, steps_p(mode) ? target : py::handle(Py_None), start_m ? m_out : m, m_out,
             start_v ? v_out : v, v_out, same_plan ? sums : py::none(), check_finite,
-            same_plan ? &checked_ : nullptr);  // keys name the state's own plan, which it keeps alive
+            same_plan ? &checked_ : nullptr, avg);  // keys name the state's own plan, which it keeps alive
     // Allocated now: the commit below must not fail.
     py::object new_sums = py::none();
     if (!sums_in_place && !(same_plan && sums_fit(sums, p.leaves().size()))) {
@@ -586,7 +691,7 @@ class State {
     {
       py::gil_scoped_release nogil;
       double* out = P.sums_target ? P.sums_target : P.sums.data();
-      run_step(mode, p.layout(), P.data, Hyper{lr, w, w2}, (mode & SCALE) ? out : nullptr);
+      run_step(mode, p.layout(), P.data, Hyper{lr, w, w2, avg.divisor}, (mode & SCALE) ? out : nullptr);
     }
     if (deferred) {
       model_called = true;
@@ -730,6 +835,9 @@ void register_step(py::module_& m) {
                     [](State& s, py::object n) { s.conv_count = n.is_none() ? -1 : n.cast<long long>(); })
       .def_readwrite("conv_inplace", &State::conv_inplace,
                      "Whether the last optimizer step was in place (check_convergence then uses the sums).")
+      .def("average_next", &State::average_next, py::arg("rows"), py::arg("base"), py::arg("divisor"),
+           "The next step reads each gradient leaf lying inside `base` as (((rows[0] + rows[1]) + ...) / divisor) "
+           "at the same byte offset, averaged inside its kernel; base=None: no rows.")
       .def("step", &State::step, py::arg("owner"), py::arg("rule"), py::arg("output"), py::arg("grad"),
            py::arg("target"), py::arg("lr"), py::arg("check_finite"),
            "One step of `rule` over the tree `grad`. target: the parameters (IN_PLACE, BOTH), or a model whose "

@@ -171,6 +171,9 @@ class DataParallel:
         self._delta_flat: Optional[np.ndarray] = None  # the buffer the paysage path's delta views
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
         self._src: Any = None                   # during a step: the flat bytes of this rank's gradient
+        # During a step: (rows, base, N) whose average the wrapped optimizer's kernel computes
+        # itself (State.average_next) instead of a separate pass writing it to base; or None.
+        self._fused: Any = None
         # (params leaf, layout, its flat bytes, this rank's pieces) of the last single-leaf step,
         # so that the same parameter array is not viewed again every step (it is kept alive).
         self._direct: Any = None
@@ -272,7 +275,7 @@ class DataParallel:
         try:
             self._step_once(model, grad)
         finally:
-            self._src = None  # may be the caller's gradient: not kept past the step
+            self._src = self._fused = None  # may hold the caller's gradient: not kept past the step
 
     def _step_once(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
@@ -305,7 +308,7 @@ class DataParallel:
             if self._textbook:
                 self._opt.step(model, self._bufs.avg_tree)
             else:
-                self._opt.update(model, self._bufs.avg_tree)
+                self._update_wrapped(model, self._bufs.avg_tree)
             self.timings["step"] += time.perf_counter() - t
         self._stepped, self._inplace = True, not is_model
         self._probe = None
@@ -412,7 +415,7 @@ class DataParallel:
     def _average_shard(self, lay: Layout) -> None:
         """This rank's shard of the average into bufs.avg."""
         if self._det:
-            self._fixed_order_average(lay, self._bufs.avg)
+            self._fixed_order_average(lay, self._bufs.avg, self._fusable())
             return
         bufs = self._bufs
         t0 = time.perf_counter()
@@ -423,8 +426,11 @@ class DataParallel:
                 recv = bufs.avg[part.offset:part.offset + item * part.count]
                 self._comm.Reduce_scatter([self._src[lo:hi], mpi_type], [recv, mpi_type], counts, op=MPI.SUM)
         t1 = time.perf_counter()
-        _core.rank_average([bufs.avg], bufs.avg, lay.part32.offset, lay.part32.count,
-                           lay.part64.offset, lay.part64.count, self._size)
+        if self._fusable():
+            self._fused = ([bufs.avg], bufs.avg, float(self._size))
+        else:
+            _core.rank_average([bufs.avg], bufs.avg, lay.part32.offset, lay.part32.count,
+                               lay.part64.offset, lay.part64.count, self._size)
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
 
@@ -442,20 +448,29 @@ class DataParallel:
                 src = MPI.IN_PLACE if self._src is lay.send else [self._src[lo:hi], mpi_type]
                 self._comm.Allreduce(src, [lay.send[lo:hi], mpi_type], op=MPI.SUM)
         t1 = time.perf_counter()
-        _core.rank_average([lay.send], lay.send, lay.split, (lay.data - lay.split) // 4, 0, lay.split // 8,
-                           self._size)
+        if self._fusable():
+            self._fused = ([lay.send], lay.send, float(self._size))
+        else:
+            _core.rank_average([lay.send], lay.send, lay.split, (lay.data - lay.split) // 4, 0, lay.split // 8,
+                               self._size)
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
 
-    def _fixed_order_average(self, lay: Layout, out: np.ndarray) -> None:
+    def _fixed_order_average(self, lay: Layout, out: np.ndarray, fuse: bool = False) -> None:
         """Every other rank's copy of this rank's shard (all-to-all; this rank's own is not sent
         to itself), summed with it in rank order and divided by N in one native pass, into
-        `out` (the shard's bytes)."""
+        `out` (the shard's bytes); with `fuse`, left to the step's kernel (self._fused)."""
         bufs, src = self._bufs, self._src
         t0 = time.perf_counter()
         self._comm.Alltoallv([src, (lay.send_counts, lay.displs), MPI.BYTE],
                              [bufs.recv, (lay.recv_counts, lay.recv_displs), MPI.BYTE])
         t1 = time.perf_counter()
+        if fuse:
+            rows = list(bufs.rows)
+            rows[self._rank] = src[lay.lo:lay.lo + lay.counts[self._rank]]
+            self._fused = (rows, out, float(self._size))
+            self.timings["exchange"] += t1 - t0
+            return
         rows = bufs.rows
         rows[self._rank] = src[lay.lo:lay.lo + lay.counts[self._rank]]
         try:
@@ -465,6 +480,26 @@ class DataParallel:
             rows[self._rank] = None  # no reference to the caller's gradient kept past the step
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
+
+    def _fusable(self) -> bool:
+        """Whether the wrapped optimizer's kernel can average the rows itself: fusedopt.optimizers'
+        (fusedopt.optim's kernels take no rows), and only when no finiteness check of the
+        average must be agreed on before the step."""
+        return not self._textbook and not self._opt.check_finite
+
+    def _update_wrapped(self, target: Any, grad: Any) -> None:
+        """The wrapped optimizer's update(target, grad); with rows pending, its kernel reads each
+        leaf of grad as their average (the same bits as the separate pass)."""
+        fused, self._fused = self._fused, None
+        if fused is None:
+            self._opt.update(target, grad)
+            return
+        native = self._opt._memory._native
+        native.average_next(*fused)
+        try:
+            self._opt.update(target, grad)
+        finally:
+            native.average_next(None, None, 1.0)  # no step that did not reach the kernel keeps them
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -489,7 +524,7 @@ class DataParallel:
         bufs = self._bufs
         t0 = time.perf_counter()
         capture = _Capture()
-        self._opt.update(capture, bufs.avg_pieces)
+        self._update_wrapped(capture, bufs.avg_pieces)
         t1, gather0 = time.perf_counter(), self.timings["gather"]
         self.timings["step"] += t1 - t0
         flat = self._delta_buffer(lay)
@@ -517,7 +552,7 @@ class DataParallel:
             keep = opt.keep_delta
             opt.keep_delta = True  # this rank's delta pieces, for check_convergence and `delta`
             try:
-                opt.update(pieces, bufs.avg_pieces)
+                self._update_wrapped(pieces, bufs.avg_pieces)
             finally:
                 opt.keep_delta = keep
             self._delta_shard = opt.delta

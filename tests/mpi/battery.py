@@ -483,6 +483,36 @@ def direct_all(c):
             direct_path(c, tree, shard)
 
 
+def aliased(c, shard, det, shift):
+    """A one-leaf gradient that is a view of the parameter array's own buffer shifted by
+    `shift` elements: the fused average (the kernel reading the rows) must not read what the
+    step writes, so the step is the single process's on the average of the values the ranks
+    passed."""
+    what = f"aliased/shift={shift}/shard={shard}/det={det}"
+    n = 4099
+    ref, dp = OPTIMIZERS["ADAM"](), distributed.DataParallel(OPTIMIZERS["ADAM"](), shard_state=shard, deterministic=det)
+    ref.update_lr()
+    dp.update_lr()
+    buf = np.zeros(n + 1, np.float32)
+    params = buf[1:] if shift < 0 else buf[:-1]
+    params[:] = np.linspace(-1, 1, n, dtype=np.float32)
+    ref_p = params.copy()
+    for step in range(3):
+        edge = 0 if shift < 0 else n  # the element of buf that is not a parameter
+        buf[edge] = np.float32(step + 0.5)
+        g = buf[:-1] if shift < 0 else buf[1:]
+        values = [g.copy() for _ in range(SIZE)]  # every rank passes the same bits
+        ref.update(ref_p, rank_order_average(values))
+        dp.update(params, g)
+        c.equal_trees(ref_p, params, f"{what} step {step}: params vs the single process")
+
+
+def aliased_all(c):
+    for shard, det in ((True, True), (False, False), (True, False)):
+        for shift in (-1, 1):
+            aliased(c, shard, det, shift)
+
+
 # -- resume across rank counts ------------------------------------------------------------------
 def resume_save(c, path):
     """Three ADAM steps at this N; the state and parameters saved for another rank count."""
@@ -559,6 +589,7 @@ def main():
         c.run("equivalence", equivalence_all)
         c.run("fusedopt.optim", textbook_all)
         c.run("direct", direct_all)
+        c.run("aliased", aliased_all)
         for shard in () if args.skip_errors else (True, False):
             c.run(f"errors shard={shard}", errors, shard)
     if args.load:
