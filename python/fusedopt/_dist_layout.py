@@ -79,6 +79,9 @@ class Layout:
         self.bounds = [(min(r * per_rank, self.nbytes), min((r + 1) * per_rank, self.nbytes)) for r in range(size)]
         self.counts = [max(0, min(b, pos) - a) for a, b in self.bounds]  # each shard's data bytes
         self.displs = [min(a, pos) for a, _ in self.bounds]
+        # Every shard the same size (the data a multiple of N * 64 bytes): the all-gather can be
+        # MPI's Allgather of equal blocks, which MPICH runs about twice as fast as Allgatherv.
+        self.even_block = self.counts[0] if self.counts[0] and len(set(self.counts)) == 1 else 0
         self.lo, self.hi = self.bounds[rank]
         self.part32, self.part64 = self._parts(self.lo, self.lo + self.counts[rank])
         # The deterministic exchange: this rank's own block stays where it is (count 0 to itself).

@@ -503,7 +503,10 @@ class DataParallel:
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         t0 = time.perf_counter()
-        self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
+        if lay.even_block:
+            self._comm.Allgather(MPI.IN_PLACE, [flat[:self._size * lay.even_block], MPI.BYTE])
+        else:
+            self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
         self.timings["gather"] += time.perf_counter() - t0
 
     def _count_copies(self, t0: float, gather0: float) -> None:

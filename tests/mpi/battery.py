@@ -41,6 +41,9 @@ TREES = {
     "one32": lambda mk: mk((1001,), "float32"),
     "one64": lambda mk: {"w": mk((37, 3), "float64")},
     "pair64": lambda mk: [mk((2,), "float64")],
+    # 6144 bytes: equal shards at N = 1, 2 and 3, so the all-gather is MPI's Allgather.
+    "even32": lambda mk: mk((1536,), "float32"),
+    "even-mixed": lambda mk: {"a": mk((512,), "float64"), "b": mk((32, 16), "float32")},
 }
 
 OPTIMIZERS = {
@@ -103,6 +106,11 @@ def moment_bytes(opt):
 def equivalence(c, kind, tree, path, shard, det, steps=4):
     what = f"{kind}/{tree}/{path}/shard={shard}/det={det}"
     ref, dp = OPTIMIZERS[kind](), distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard, deterministic=det)
+    if tree.startswith("even"):
+        dp.update_lr()
+        dp.update(params0(tree) if path == "inplace" else Model(params0(tree)), grad(tree, 0, RANK))
+        c.check(dp._layout.even_block == dp._layout.data // SIZE, f"{what}: shards of equal size expected")
+        dp = distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard, deterministic=det)
     ref_p, dp_p = params0(tree), params0(tree)
     kept, ref_deltas = Model(dp_p), []  # a model that keeps every delta it is handed
     for step in range(steps):
@@ -192,7 +200,7 @@ def equivalence_all(c):
                 for shard in (True, False):
                     equivalence(c, kind, tree, path, shard, True)
     for kind in OPTIMIZERS:
-        for tree in ("one32", "one64", "pair64"):
+        for tree in ("one32", "one64", "pair64", "even32", "even-mixed"):
             for path in ("inplace", "paysage"):
                 for shard in (True, False):
                     equivalence(c, kind, tree, path, shard, True)
