@@ -79,9 +79,11 @@ class Layout:
         self.bounds = [(min(r * per_rank, self.nbytes), min((r + 1) * per_rank, self.nbytes)) for r in range(size)]
         self.counts = [max(0, min(b, pos) - a) for a, b in self.bounds]  # each shard's data bytes
         self.displs = [min(a, pos) for a, _ in self.bounds]
-        # Every shard the same size (the data a multiple of N * 64 bytes): the all-gather can be
-        # MPI's Allgather of equal blocks, which MPICH runs about twice as fast as Allgatherv.
-        self.even_block = self.counts[0] if self.counts[0] and len(set(self.counts)) == 1 else 0
+        # The all-gather is MPI's Allgather of N blocks of `block` bytes (MPICH runs it about
+        # twice as fast as Allgatherv) into buffers of gather_nbytes: the wrapper's own are padded
+        # to it; a caller's array is only when the data is a multiple of N * 64 bytes.
+        self.block = per_rank
+        self.gather_nbytes = max(size * per_rank, self.nbytes)
         self.lo, self.hi = self.bounds[rank]
         self.part32, self.part64 = self._parts(self.lo, self.lo + self.counts[rank])
         # The deterministic exchange: this rank's own block stays where it is (count 0 to itself).
@@ -127,6 +129,10 @@ class Layout:
         else:  # an empty shard still steps (one empty piece), so every rank runs the same code
             paths, shapes, dtypes, offsets = ["(empty shard)"], [(0,)], ["float32"], [0]
         self.shard_pack = _core.FlatPack(paths, shapes, dtypes, offsets)
+
+    def gather_buffer(self, zero: bool = True) -> np.ndarray:
+        """A flat buffer the all-gather fills with Allgather (gather_nbytes; its views use nbytes)."""
+        return aligned_bytes(self.gather_nbytes, zero)
 
     @property
     def shard_nbytes(self) -> int:

@@ -101,7 +101,7 @@ class _Buffers:
         # The rows of the fixed-order sum in rank order; this rank's own slot is its gradient's
         # bytes, read where they are (set every step, see DataParallel._fixed_order_average).
         self.rows: list[Any] = [] if recv is None else [recv[d:d + n] for d in lay.recv_displs]
-        self.params: Any = aligned_bytes(lay.nbytes) if shard and inplace else None
+        self.params: Any = lay.gather_buffer() if shard and inplace else None
         self.avg: Any
         self.avg_pieces: Any
         self.param_pieces: Any
@@ -114,7 +114,7 @@ class _Buffers:
         else:
             # Deterministic: every rank averages its shard into its range, then all are gathered;
             # otherwise the allreduce works in the send buffer itself.
-            self.avg = aligned_bytes(lay.nbytes) if deterministic else lay.send
+            self.avg = lay.gather_buffer() if deterministic else lay.send
             self.avg_tree = lay.tree(self.avg)
 
 
@@ -503,9 +503,10 @@ class DataParallel:
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         t0 = time.perf_counter()
-        if lay.even_block:
-            self._comm.Allgather(MPI.IN_PLACE, [flat[:self._size * lay.even_block], MPI.BYTE])
-        else:
+        whole = self._size * lay.block
+        if whole and flat.nbytes >= whole:
+            self._comm.Allgather(MPI.IN_PLACE, [flat[:whole], MPI.BYTE])
+        else:  # a caller's array whose last shard is shorter: never touched past its bytes
             self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
         self.timings["gather"] += time.perf_counter() - t0
 
@@ -590,21 +591,21 @@ class DataParallel:
         last = self._delta_flat
         # NumPy points every view at the array owning the memory, so the owner's references
         # count the views: none alive leaves `last`'s own and getrefcount's argument.
-        if last is not None and last.nbytes == lay.nbytes and sys.getrefcount(last.base) == 2:
+        if last is not None and last.nbytes == lay.gather_nbytes and sys.getrefcount(last.base) == 2:
             return last
-        self._delta_flat = flat = aligned_bytes(lay.nbytes, zero=False)
+        self._delta_flat = flat = lay.gather_buffer(zero=False)
         return flat
 
     def _gather_delta(self, lay: Layout) -> Any:
         """The whole delta tree from every rank's delta pieces (collective)."""
-        flat = aligned_bytes(lay.nbytes, zero=False)
+        flat = lay.gather_buffer(zero=False)
         lay.shard_pack.pack(list(self._delta_shard), flat[lay.lo:lay.hi], "delta")
         self._allgather(lay, flat)
         return lay.tree(flat)
 
     def _gather_pieces(self, lay: Layout, pieces: Any) -> Any:
         """A whole tree from every rank's pieces of it (collective)."""
-        flat = aligned_bytes(lay.nbytes, zero=False)
+        flat = lay.gather_buffer(zero=False)
         lay.shard_pack.pack(list(pieces), flat[lay.lo:lay.hi], "moment")
         self._allgather(lay, flat)
         return lay.tree(flat)

@@ -109,7 +109,7 @@ def equivalence(c, kind, tree, path, shard, det, steps=4):
     if tree.startswith("even"):
         dp.update_lr()
         dp.update(params0(tree) if path == "inplace" else Model(params0(tree)), grad(tree, 0, RANK))
-        c.check(dp._layout.even_block == dp._layout.data // SIZE, f"{what}: shards of equal size expected")
+        c.check(dp._layout.data == SIZE * dp._layout.block, f"{what}: shards of equal size expected")
         dp = distributed.DataParallel(OPTIMIZERS[kind](), shard_state=shard, deterministic=det)
     ref_p, dp_p = params0(tree), params0(tree)
     kept, ref_deltas = Model(dp_p), []  # a model that keeps every delta it is handed
