@@ -6,8 +6,10 @@ Run on 2 ranks from the repository root::
     OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_distributed.py --quick    # seconds: a smoke run
 
 For each size (float32 ADAM, in-place path) and each mode (deterministic or MPI's own
-reductions, sharded or replicated moments) every rank takes steps on the same layout; the
-time per step is the median over repeats, of the slowest rank, after warm-up. Each step is
+reductions, sharded or replicated moments) every rank takes steps on the same layout. The
+modes, the raw collectives and the single-process step of a size are timed in interleaved
+rounds (--rounds, --repeats calls each per round); a time is the median over all calls of the
+slowest rank's, after warm-up. Each step is
 split into its phases (DataParallel.timings): local checks and packing, the agreement
 allreduce, the gradient exchange, the native average, the optimizer step, the all-gather and
 the copies back into the caller's trees; "busbw" is the bus bandwidth of the step's own
@@ -45,49 +47,53 @@ def slowest_median(samples):
     return statistics.median(max(col) for col in zip(*every))
 
 
-def timed(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        COMM.Barrier()
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return slowest_median(samples)
+class Timed:
+    """One thing to time: fn() is called `repeats` times per round, each after a Barrier;
+    `phases` (optional) reads cumulative phase timings before and after each call."""
+
+    def __init__(self, fn, phases=None):
+        self.fn, self.phases, self.samples = fn, phases, []
+        self.split = {p: [] for p in PHASES} if phases else None
+
+    def round(self, repeats):
+        for _ in range(repeats):
+            before = dict(self.phases()) if self.phases else None
+            COMM.Barrier()
+            t0 = time.perf_counter()
+            self.fn()
+            self.samples.append(time.perf_counter() - t0)
+            if before is not None:
+                after = self.phases()
+                for p in PHASES:
+                    self.split[p].append(after[p] - before[p])
+
+    def median(self):
+        return slowest_median(self.samples)
 
 
-def bench_mode(n, det, shard, repeats, warmup):
+def mode_item(n, det, shard, warmup):
     rng = np.random.default_rng(RANK)
     params = rng.standard_normal(n).astype(np.float32)
     grad = rng.standard_normal(n).astype(np.float32)
     dp = distributed.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
     for _ in range(warmup):
         dp.update(params, grad)
-    per_step, phases = [], {p: [] for p in PHASES}
-    for _ in range(repeats):
-        before = dict(dp.timings)
-        COMM.Barrier()
-        t0 = time.perf_counter()
-        dp.update(params, grad)
-        per_step.append(time.perf_counter() - t0)
-        for p in PHASES:
-            phases[p].append(dp.timings[p] - before[p])
-    step = slowest_median(per_step)
-    split = {p: statistics.median(COMM.allgather(statistics.median(v))) for p, v in phases.items()}
+    return Timed(lambda: dp.update(params, grad), lambda: dp.timings), dp
+
+
+def mode_result(n, item, dp):
+    step = item.median()
+    split = {p: statistics.median(COMM.allgather(statistics.median(v))) for p, v in item.split.items()}
     # Bus bandwidth of the step's own collectives (exchange + all-gather move 2 (N-1)/N of the bytes).
     busbw = 2 * (SIZE - 1) / SIZE * 4 * n / max(split["exchange"] + split["gather"], 1e-12) / 1e9
     return {"step_s": step, "phases_s": split, "comm_share": sum(split[p] for p in COMM_PHASES) / step,
             "busbw_GBps": busbw, "state_nbytes": COMM.allreduce(dp.state_nbytes, op=MPI.MAX)}
 
 
-def bench_raw(n, repeats, warmup):
+def raw_items(n):
     """The raw collectives on the bytes of n float32 elements."""
     nbytes = 4 * n
     buf = np.ones(n, np.float32)
-    out = {}
-    out["allreduce_s"] = timed(lambda: COMM.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), repeats, warmup)
-    out["allreduce_busbw_GBps"] = 2 * (SIZE - 1) / SIZE * nbytes / out["allreduce_s"] / 1e9
     shard = -(-nbytes // SIZE // 64) * 64
     counts = [min(shard, max(0, nbytes - r * shard)) for r in range(SIZE)]
     displs = [min(r * shard, nbytes) for r in range(SIZE)]
@@ -99,52 +105,69 @@ def bench_raw(n, repeats, warmup):
         COMM.Alltoallv([send, (counts, displs), MPI.BYTE], [recv, ([mine] * SIZE, [r * mine for r in range(SIZE)]),
                                                             MPI.BYTE])
         COMM.Allgatherv(MPI.IN_PLACE, [send, (counts, displs), MPI.BYTE])
-    out["alltoall_allgather_s"] = timed(pair, repeats, warmup)
-    return out
+    return {"allreduce_s": Timed(lambda: COMM.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)),
+            "alltoall_allgather_s": Timed(pair)}
 
 
-def bench_single(n, repeats, warmup):
-    """One process stepping the whole tree (rank 0; the others wait)."""
-    t = 0.0
-    if RANK == 0:
-        rng = np.random.default_rng(0)
-        params = rng.standard_normal(n).astype(np.float32)
-        grad = rng.standard_normal(n).astype(np.float32)
-        opt = optimizers.ADAM(stepsize=1e-3)
-        for _ in range(warmup):
-            opt.update(params, grad)
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            opt.update(params, grad)
-            samples.append(time.perf_counter() - t0)
-        t = statistics.median(samples)
-    return COMM.bcast(t, root=0)
+def single_item(n, warmup):
+    """One process stepping the whole tree (rank 0; the others wait at the next Barrier)."""
+    rng = np.random.default_rng(0)
+    params = rng.standard_normal(n).astype(np.float32)
+    grad = rng.standard_normal(n).astype(np.float32)
+    opt = optimizers.ADAM(stepsize=1e-3)
+    for _ in range(warmup if RANK == 0 else 0):
+        opt.update(params, grad)
+    return Timed(lambda: opt.update(params, grad) if RANK == 0 else None)
+
+
+def bench_size(n, rounds, repeats, warmup):
+    """Every mode, the raw collectives and the single-process step of n elements, timed in
+    interleaved rounds (a machine's slow spell then falls on all of them alike)."""
+    modes = {f"{name}/{'sharded' if shard else 'replicated'}": mode_item(n, det, shard, warmup)
+             for name, det, shard in MODES}
+    raw = raw_items(n)
+    single = single_item(n, warmup)
+    items = [single, *raw.values(), *(item for item, _ in modes.values())]
+    for item in items:
+        item.round(warmup)  # the raw collectives' and every buffer's first touches
+        item.samples.clear()
+        if item.split:
+            for v in item.split.values():
+                v.clear()
+    for _ in range(rounds):
+        for item in items:
+            item.round(repeats)
+    # rank 0's own times: the other ranks only waited
+    entry = {"bytes": 4 * n, "single_process_step_s": COMM.bcast(statistics.median(single.samples), root=0)}
+    for key, item in raw.items():
+        entry[key] = item.median()
+    entry["allreduce_busbw_GBps"] = 2 * (SIZE - 1) / SIZE * 4 * n / entry["allreduce_s"] / 1e9
+    for key, (item, dp) in modes.items():
+        entry[key] = mode_result(n, item, dp)
+    return entry
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1e5,1e6,1e7")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds over every mode")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls of each per round")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="1e4 and 1e5 elements, 5 repeats")
+    parser.add_argument("--quick", action="store_true", help="1e4 and 1e5 elements, 2 rounds of 3")
     parser.add_argument("--out", default="bench/results/distributed.json")
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.repeats, args.warmup = "1e4,1e5", 5, 2
+        args.sizes, args.rounds, args.repeats, args.warmup = "1e4,1e5", 2, 3, 2
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     result = {"ranks": SIZE, "machine": platform.machine(), "mpi": MPI.Get_library_version().split("\n")[0],
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "threads": fusedopt.get_num_threads(),
-              "simd": fusedopt.simd_level(), "repeats": args.repeats, "sizes": {}}
+              "simd": fusedopt.simd_level(), "rounds": args.rounds, "repeats": args.repeats, "sizes": {}}
     tiny = np.zeros(1, np.float64)
-    result["allreduce_8B_s"] = timed(lambda: COMM.Allreduce(MPI.IN_PLACE, tiny, op=MPI.MAX), 200, 20)
+    tiny_item = Timed(lambda: COMM.Allreduce(MPI.IN_PLACE, tiny, op=MPI.MAX))
+    tiny_item.round(200)
+    result["allreduce_8B_s"] = tiny_item.median()
     for n in sizes:
-        entry = {"bytes": 4 * n, "single_process_step_s": bench_single(n, args.repeats, args.warmup)}
-        entry.update(bench_raw(n, args.repeats, args.warmup))
-        for name, det, shard in MODES:
-            key = f"{name}/{'sharded' if shard else 'replicated'}"
-            entry[key] = bench_mode(n, det, shard, args.repeats, args.warmup)
-        result["sizes"][str(n)] = entry
+        result["sizes"][str(n)] = bench_size(n, args.rounds, args.repeats, args.warmup)
     if RANK == 0:
         report(result)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -28,10 +28,13 @@ def _code(exc: Optional[BaseException]) -> int:
     return _OTHER
 
 
-def agree(comm: Any, exc: Optional[BaseException], value: int = 0) -> bool:
+def agree(comm: Any, exc: Optional[BaseException], value: int = 0, msg: Optional[np.ndarray] = None) -> bool:
     """Raise `exc` (or its copy) on every rank if any rank has one; else return
-    whether every rank passed the same `value` (a non-negative 62-bit int)."""
-    msg = np.array([_code(exc), value, -value], dtype=np.int64)
+    whether every rank passed the same `value` (a non-negative 62-bit int). `msg`: an int64
+    array of 3 to reuse for the message (a step's own), else a new one."""
+    if msg is None:
+        msg = np.empty(3, np.int64)
+    msg[0], msg[1], msg[2] = _code(exc), value, -value
     comm.Allreduce(MPI.IN_PLACE, msg, op=MPI.MAX)
     if msg[0]:
         raise_everywhere(comm, exc)

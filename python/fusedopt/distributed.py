@@ -52,6 +52,9 @@ class _Sink:
         pass
 
 
+_UNSET = object()  # an attribute the instance dict did not hold
+
+
 def _holds_moments(opt: Any) -> bool:
     if _is_textbook(opt):
         return bool(opt.state_arrays())
@@ -174,6 +177,7 @@ class DataParallel:
         # During a step: (rows, base, N) whose average the wrapped optimizer's kernel computes
         # itself (State.average_next) instead of a separate pass writing it to base; or None.
         self._fused: Any = None
+        self._message = np.empty(3, np.int64)  # the step's agreement message, reused
         # (params leaf, layout, its flat bytes, this rank's pieces) of the last single-leaf step,
         # so that the same parameter array is not viewed again every step (it is kept alive).
         self._direct: Any = None
@@ -283,7 +287,7 @@ class DataParallel:
         lay, changed, exc, pleaves = self._local_checks(model, grad, is_model)
         value = 0 if lay is None else lay.hash(self._config, is_model, lay is self._layout)
         t1 = time.perf_counter()
-        if not agree(self._comm, exc, value):
+        if not agree(self._comm, exc, value, self._message):
             self._raise_mismatch(lay, is_model)
         if lay is not self._layout:
             assert lay is not None  # no error anywhere, so every rank has its layout
@@ -495,11 +499,12 @@ class DataParallel:
             self._opt.update(target, grad)
             return
         native = self._opt._memory._native
-        native.average_next(*fused)
+        native.average_next(*fused)  # the native step consumes them, whatever happens there
         try:
             self._opt.update(target, grad)
-        finally:
-            native.average_next(None, None, 1.0)  # no step that did not reach the kernel keeps them
+        except BaseException:
+            native.average_next(None, None, 1.0)  # raised before the native step: not kept either
+            raise
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -553,12 +558,20 @@ class DataParallel:
         if self._textbook:
             opt.step(pieces, bufs.avg_pieces)
         else:
-            keep = opt.keep_delta
-            opt.keep_delta = True  # this rank's delta pieces, for check_convergence and `delta`
+            # This rank's delta pieces, for check_convergence and `delta`: the setting is set in
+            # the instance dict, where the native step reads it (True needs no check) and the
+            # caller's checked value goes back.
+            settings = opt.__dict__
+            saved = settings.get("keep_delta", _UNSET)
+            keep = saved is not _UNSET and bool(saved)
+            settings["keep_delta"] = True
             try:
                 self._update_wrapped(pieces, bufs.avg_pieces)
             finally:
-                opt.keep_delta = keep
+                if saved is _UNSET:
+                    del settings["keep_delta"]
+                else:
+                    settings["keep_delta"] = saved
             self._delta_shard = opt.delta
         t2 = time.perf_counter()
         self.timings["step"] += t2 - t1
@@ -671,7 +684,7 @@ class DataParallel:
             probe.reset()  # this rank's shard structure is not the state's
         mem_state, exc = try_local(self._check_state, probe, state)
         value = 0 if exc is not None else _state_hash(state)
-        if not agree(self._comm, exc, value):
+        if not agree(self._comm, exc, value, self._message):
             raise ValueError("load_state_dict() was given different states on different ranks")
         self._stepped, self._delta, self._probe = False, None, None
         if not self._shard:
