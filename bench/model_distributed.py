@@ -4,7 +4,8 @@ from the costs bench_distributed.py measured::
     python bench/model_distributed.py bench/results/distributed.json [--elements 1e6,1e7,1e8]
 
 Measured (at the largest size of the run, per rank): c_pack, seconds per byte of packing the
-gradient (and the local checks); c_avg, per byte read by the native rank average; c_step, per
+gradient (and the local checks); c_avg, per byte read by a separate rank-average pass (0 when the
+step kernel averages the rows: its cost is then in the step); c_step, per
 element of the single-process ADAM step; o, the fixed cost of a step (the 1e4-element or the
 smallest step minus its modelled parts); alpha, the per-message cost of the MPI library (an
 8-byte Allreduce). Assumed: the network's bandwidth B and its latency L per message (default
