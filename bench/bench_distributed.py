@@ -185,7 +185,9 @@ def report(result):
         for key in (k for k in e if "/" in k):
             m = e[key]
             raw = e["alltoall_allgather_s"] if key.startswith("det") else e["allreduce_s"]
-            added = m["step_s"] - raw - e["single_process_step_s"] / result["ranks"]
+            # The local step the mode must take: its shard of the tree, or (replicated) all of it.
+            local = e["single_process_step_s"] / (result["ranks"] if key.endswith("/sharded") else 1)
+            added = m["step_s"] - raw - local
             print(f"{n:>10} {key:>20} {m['step_s'] * us:10.1f} {100 * m['comm_share']:6.1f}% "
                   f"{m['busbw_GBps']:11.2f} {100 * m['busbw_GBps'] / e['allreduce_busbw_GBps']:6.0f}% "
                   f"{m['step_s'] / e['allreduce_s']:16.2f}x {added * us:9.1f} {m['state_nbytes']:10d}")

@@ -350,12 +350,14 @@ class DataParallel:
         except Exception as exc:  # every local failure must reach the agreement
             return lay, changed, exc, None
 
-    @staticmethod
-    def _grad_bytes(lay: Layout, grad: Any) -> np.ndarray:
+    def _grad_bytes(self, lay: Layout, grad: Any) -> np.ndarray:
         """The flat bytes the collectives send: the caller's own memory for a tree of one
         plain C-contiguous leaf (nothing writes it), else the gradient packed into lay.send."""
         leaves = lay.plan.flatten(grad, "grad")
-        flat = lay.pack.flat_view(leaves, "grad") if lay.single else None
+        # MPI's out-of-place Allreduce (replicated, not deterministic) first copies its send
+        # buffer into the result: packing is the same copy, and the collective then runs in place.
+        direct = lay.single and (self._det or self._shard)
+        flat = lay.pack.flat_view(leaves, "grad") if direct else None
         if flat is None:
             lay.pack.pack(leaves, lay.send, "grad")
             return lay.send
