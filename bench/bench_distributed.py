@@ -15,8 +15,9 @@ allreduce, the gradient exchange, the native average, the optimizer step, the al
 the copies back into the caller's trees; "busbw" is the bus bandwidth of the step's own
 collectives (exchange and all-gather), beside the raw Allreduce's.
 Beside them, the same run times the raw mpi4py collectives on the same bytes (an Allreduce,
-whose bus bandwidth is 2 (N-1)/N bytes / t, and the Alltoallv + Allgatherv pair the
-deterministic mode uses), an 8-byte Allreduce (the per-message cost) and a single-process
+whose bus bandwidth is 2 (N-1)/N bytes / t, the Alltoallv + Allgatherv pair the
+deterministic mode uses and the Reduce_scatter + Allgatherv pair of the sharded native
+mode), an 8-byte Allreduce (the per-message cost) and a single-process
 step of the whole tree. Results go to a table on stdout and to JSON (--out), which
 bench/model_distributed.py turns into the model of docs/distributed.md.
 """
@@ -105,8 +106,14 @@ def raw_items(n):
         COMM.Alltoallv([send, (counts, displs), MPI.BYTE], [recv, ([mine] * SIZE, [r * mine for r in range(SIZE)]),
                                                             MPI.BYTE])
         COMM.Allgatherv(MPI.IN_PLACE, [send, (counts, displs), MPI.BYTE])
+    sums = np.empty(counts[RANK] // 4, np.float32)
+    float_counts = [c // 4 for c in counts]
+
+    def native_pair():  # the sharded native mode's collectives
+        COMM.Reduce_scatter([buf, MPI.FLOAT], [sums, MPI.FLOAT], float_counts, op=MPI.SUM)
+        COMM.Allgatherv(MPI.IN_PLACE, [send, (counts, displs), MPI.BYTE])
     return {"allreduce_s": Timed(lambda: COMM.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)),
-            "alltoall_allgather_s": Timed(pair)}
+            "alltoall_allgather_s": Timed(pair), "reduce_scatter_allgather_s": Timed(native_pair)}
 
 
 def single_item(n, warmup):
@@ -184,7 +191,8 @@ def report(result):
     for n, e in result["sizes"].items():
         for key in (k for k in e if "/" in k):
             m = e[key]
-            raw = e["alltoall_allgather_s"] if key.startswith("det") else e["allreduce_s"]
+            raw = e["alltoall_allgather_s"] if key.startswith("det") else (
+                e["reduce_scatter_allgather_s"] if key.endswith("/sharded") else e["allreduce_s"])
             # The local step the mode must take: its shard of the tree, or (replicated) all of it.
             local = e["single_process_step_s"] / (result["ranks"] if key.endswith("/sharded") else 1)
             added = m["step_s"] - raw - local
@@ -193,6 +201,7 @@ def report(result):
                   f"{m['step_s'] / e['allreduce_s']:16.2f}x {added * us:9.1f} {m['state_nbytes']:10d}")
         print(f"{n:>10} {'raw Allreduce':>20} {e['allreduce_s'] * us:10.1f} "
               f"  busbw {e['allreduce_busbw_GBps']:.2f} GB/s; Alltoallv+Allgatherv {e['alltoall_allgather_s'] * us:.1f} us;"
+              f" Reduce_scatter+Allgatherv {e['reduce_scatter_allgather_s'] * us:.1f} us;"
               f" single process {e['single_process_step_s'] * us:.1f} us")
 
 
