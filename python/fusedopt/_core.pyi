@@ -101,6 +101,11 @@ class State:
         whose parameter_update(delta) is called before the step commits (DELTA), or None. With an owner
         (the optimizer), its step_count and delta are committed with the moments. Returns the delta tree
         or None."""
+    def average_next(self, rows: list[npt.NDArray[np.uint8]] | None, base: npt.NDArray[np.uint8] | None,
+                     divisor: float) -> None:
+        """The next step reads each gradient leaf lying inside `base` as
+        (((rows[0] + rows[1]) + ...) / divisor) at the same byte offset, averaged inside its kernel
+        (fusedopt.distributed); base=None: no rows."""
 
 def bound_update(state: State) -> Callable[[Any, Any, Any], None]:
     """Optimizer.update's native call on `state`: f(optimizer, model, grad)."""
