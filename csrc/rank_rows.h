@@ -39,14 +39,15 @@ inline void sum_rows(const T* const* rows, std::size_t k, std::size_t lo, std::s
 }
 
 // out[i] = (((rows[0][lo+i] + rows[1][lo+i]) + ...) + rows[k-1][lo+i]) / divisor
-// for i < len, every operation rounded to T. A power-of-two divisor multiplies by
-// its reciprocal instead: x * 2^-j is the same real number as x / 2^j, so both
-// round to the same bits (subnormals, Inf and NaN included), and the divider is
-// what limits this pass otherwise.
+// for i < len, every operation rounded to T. A power-of-two divisor in [1, 2^100]
+// multiplies by its reciprocal instead: 2^-j is then exact (and normal), and
+// x * 2^-j is the same real number as x / 2^j, so both round to the same bits
+// (subnormal results, Inf and NaN included); the divider is what limits this pass
+// otherwise.
 template <class T>
 void average_rows(const T* const* rows, std::size_t k, std::size_t lo, std::size_t len, T divisor, T* out) {
   int exponent = 0;
-  if (std::frexp(divisor, &exponent) == T(0.5)) {
+  if (divisor >= T(1) && divisor <= T(0x1p100) && std::frexp(divisor, &exponent) == T(0.5)) {
     const T inverse = T(1) / divisor;  // exact: a power of two
     sum_rows(rows, k, lo, len, [inverse](T s) { return s * inverse; }, out);
   } else {

@@ -253,7 +253,28 @@ def test_rows_that_overlap_what_the_step_writes_are_averaged_first():
         opt._memory._native.average_next([row.view(np.uint8), other.view(np.uint8)], base.view(np.uint8), 2.0)
         opt.update(params, base)
         assert np.array_equal(params, ref_p), shift
-        assert np.array_equal(base, expected_avg)  # where the overlapping leaf was averaged
+        assert not base.any()  # averaged into an array of its own: the base is never written
+
+
+def test_a_base_that_is_the_parameters_is_never_written():
+    """The gradient's leaves lie in the parameters' own memory (the base): the step reads the
+    rows' average, and the parameters get p - lr * average, not the average."""
+    p = np.full(8, 10.0, np.float32)
+    opt = optimizers.Gradient(0.5)
+    opt._memory._native.average_next([np.full(8, 4.0, np.float32).view(np.uint8)], p.view(np.uint8), 2.0)
+    opt.update([p], [p])
+    assert np.array_equal(p, np.full(8, 9.0, np.float32))
+
+
+def test_a_refused_step_leaves_the_base_and_rows_as_they_were():
+    base = np.full(4, 8.0, np.float32)  # row 0 is the base itself, as the wrapper's in-place sum
+    opt = optimizers.Gradient(0.5, check_finite=True)
+    params = [np.zeros(4, np.float32), np.zeros(1, np.float32)]
+    opt._memory._native.average_next([base.view(np.uint8)], base.view(np.uint8), 2.0)
+    with pytest.raises(FloatingPointError, match=r"grad at \[1\]"):
+        opt.update(params, [base, np.array([np.nan], np.float32)])
+    assert np.array_equal(base, np.full(4, 8.0, np.float32))
+    assert not params[0].any() and opt.step_count == 0
 
 
 def test_check_finite_sees_the_average():
@@ -290,11 +311,18 @@ def test_average_next_refuses_bad_rows():
         native.average_next([], base, 1.0)
     with pytest.raises(TypeError, match="C-contiguous"):
         native.average_next([np.zeros(128, np.uint8)[::2]], base, 1.0)
-    with pytest.raises(ValueError, match="positive"):
-        native.average_next([base], base, 0.0)
+    for divisor in (0.0, 0.5, 2.5, 2.0 ** 25, float("nan")):  # the number of ranks, exact in float32
+        with pytest.raises(ValueError, match="whole number"):
+            native.average_next([base], base, divisor)
     native.average_next([aligned_bytes(32)], base, 1.0)  # too short for the leaf below
     with pytest.raises(ValueError, match="row 0 of the average does not hold"):
         opt.update(np.zeros(16, np.float32), base.view(np.float32))
+    # A leaf only partly inside the base, or a strided view of it, would be read unaveraged.
+    wide = aligned_bytes(128)
+    for leaf in (wide[32:96].view(np.float32), wide.view(np.float32)[::2]):
+        native.average_next([aligned_bytes(128)], wide[:64], 1.0)
+        with pytest.raises(ValueError, match="wholly inside the base"):
+            opt.update(np.zeros(leaf.shape, np.float32), leaf)
 
 
 # -- FlatPack ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 // touches, and commits moments, sums, step count and delta together
 // (docs/threads.md).
 #include <algorithm>
+#include <cstdint>
 #include <initializer_list>
 #include <new>
 #include <stdexcept>
@@ -110,7 +111,10 @@ class CheckedAddresses {
     probe_.insert(probe_.end(), {sums, reinterpret_cast<const void*>(sums_bytes)});
     for (const LeafData& d : data) {
       probe_.insert(probe_.end(), {d.g, static_cast<const void*>(d.p)});
-      if (d.rows) probe_.insert(probe_.end(), d.rows, d.rows + d.n_rows);
+      if (d.rows) {
+        probe_.push_back(reinterpret_cast<const void*>(d.n_rows));
+        probe_.insert(probe_.end(), d.rows, d.rows + d.n_rows);
+      }
     }
     return probe_ == keys_[0] || probe_ == keys_[1];
   }
@@ -146,7 +150,7 @@ py::object new_arenas(const Plan& plan) {
 // averages them chunk by chunk, so the average is never written to memory.
 struct RowAverage {
   py::object rows = py::none();  // a list of C-contiguous arrays holding base's byte layout
-  py::object base = py::none();  // writeable: a leaf is averaged into it when it cannot be fused
+  py::object base = py::none();  // where the leaves lie; never read nor written by the step
   double divisor = 1.0;
   bool active() const { return !base.is_none(); }
 };
@@ -161,13 +165,14 @@ struct Prepared {
 };
 
 // Points every gradient leaf lying inside avg.base at its rows (the same byte
-// offset in each row); other leaves are read as they are.
-void bind_rows(Prepared& P, const Plan& plan, const RowAverage& avg) {
+// offset in each row); other leaves are read as they are. A leaf that is only
+// partly inside the base, or not a C-contiguous view of it, is refused.
+void bind_rows(Prepared& P, const Plan& plan, const RowAverage& avg, const std::vector<PyArrayObject*>& garrays) {
   const py::list rows = py::reinterpret_borrow<py::list>(avg.rows);
   const std::size_t k = rows.size();
   PyArrayObject* b = reinterpret_cast<PyArrayObject*>(avg.base.ptr());
-  const char* base = static_cast<const char*>(PyArray_DATA(b));
-  const std::size_t base_bytes = static_cast<std::size_t>(PyArray_NBYTES(b));
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(PyArray_DATA(b));
+  const std::uintptr_t base_end = base + static_cast<std::uintptr_t>(PyArray_NBYTES(b));
   std::vector<const char*> row(k);
   std::vector<std::size_t> row_bytes(k);
   for (std::size_t r = 0; r < k; ++r) {
@@ -181,9 +186,12 @@ void bind_rows(Prepared& P, const Plan& plan, const RowAverage& avg) {
   P.row_ptrs.assign(specs.size() * k, nullptr);  // sized once: leaves point into it
   for (std::size_t l = 0; l < specs.size(); ++l) {
     LeafData& d = P.data[l];
-    const char* g = static_cast<const char*>(d.g);
     const std::size_t item = item_size(specs[l].dtype), bytes = specs[l].size * item;
-    if (bytes == 0 || g < base || g + bytes > base + base_bytes) continue;
+    const std::uintptr_t g = reinterpret_cast<std::uintptr_t>(PyArray_DATA(garrays[l]));
+    if (bytes == 0 || g + bytes <= base || g >= base_end) continue;  // not in the base
+    if (g < base || g + bytes > base_end || d.g != PyArray_DATA(garrays[l]))
+      throw py::value_error(where("grad", specs[l]) + ": a leaf of the averaged gradient must be a C-contiguous "
+                            "view lying wholly inside the base of average_next");
     const std::size_t off = static_cast<std::size_t>(g - base);
     for (std::size_t r = 0; r < k; ++r) {
       if (off + bytes > row_bytes[r] || reinterpret_cast<std::uintptr_t>(row[r] + off) % item)
@@ -223,17 +231,22 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     data[l].dtype = specs[l].dtype;
     data[l].g = PyArray_ISCARRAY_RO(a) && PyArray_ISNOTSWAPPED(a) ? PyArray_DATA(a) : copy_of(a);
   });
-  if (avg.active()) bind_rows(P, plan, avg);
-  // A leaf with rows read as its gradient's values: averaged into its place in the base.
+  if (avg.active()) bind_rows(P, plan, avg, garrays);
+  // A leaf with rows whose average the kernel cannot compute on the fly: averaged into a
+  // new array of its own (the base and the rows stay as they are, whatever fails later).
   auto materialize = [&](std::size_t l) {
     LeafData& d = data[l];
     const std::size_t n = specs[l].size;
+    py::object out = aligned_empty(n, d.dtype);
+    void* o = PyArray_DATA(reinterpret_cast<PyArrayObject*>(out.ptr()));
     if (d.dtype == F32)
       kernels().average32(reinterpret_cast<const float* const*>(d.rows), d.n_rows, 0, n, static_cast<float>(avg.divisor),
-                          static_cast<float*>(const_cast<void*>(d.g)));
+                          static_cast<float*>(o));
     else
       kernels().average64(reinterpret_cast<const double* const*>(d.rows), d.n_rows, 0, n, avg.divisor,
-                          static_cast<double*>(const_cast<void*>(d.g)));
+                          static_cast<double*>(o));
+    keep.push_back(std::move(out));
+    d.g = o;
     d.rows = nullptr;
     d.n_rows = 0;
   };
@@ -288,13 +301,14 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     // A gradient in memory the step writes is read as it was before the step
     // (numpy's p - lr * g.copy()), whatever the SIMD width or thread count.
     bool copied = false;
-    // Rows (or their base) in memory the step writes would be read while it is written.
+    // Rows in memory the step writes would be read while it is written (the base itself is
+    // never read when a leaf has rows).
     if (!spans.empty())
       for (std::size_t l = 0; l < specs.size(); ++l) {
         const LeafData& d = data[l];
         if (!d.rows) continue;
         const std::size_t bytes = specs[l].size * item_size(specs[l].dtype);
-        bool hit = overlaps(spans, static_cast<const char*>(d.g), static_cast<const char*>(d.g) + bytes);
+        bool hit = false;
         for (std::size_t r = 0; r < d.n_rows && !hit; ++r)
           hit = overlaps(spans, static_cast<const char*>(d.rows[r]), static_cast<const char*>(d.rows[r]) + bytes);
         if (hit) {
@@ -304,6 +318,7 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
       }
     if (!spans.empty())
       for (std::size_t l = 0; l < specs.size(); ++l) {
+        if (data[l].rows) continue;  // read from its rows, checked above
         const char* b = static_cast<const char*>(data[l].g);
         if (specs[l].size > 0 && overlaps(spans, b, b + specs[l].size * item_size(specs[l].dtype))) {
           data[l].g = copy_of(garrays[l]);
@@ -525,7 +540,9 @@ class State {
       if (!contiguous(row)) throw py::type_error("average_next: every row must be a C-contiguous numpy array");
       copy.append(row);
     }
-    if (!(std::isfinite(divisor) && divisor > 0)) throw py::value_error("average_next: divisor must be positive");
+    // The number of ranks: a whole number that float32 holds exactly (the float32 kernels divide by it).
+    if (!(divisor >= 1 && divisor <= 16777216.0 && divisor == std::floor(divisor)))
+      throw py::value_error("average_next: divisor must be a whole number in [1, 2**24] (the number of ranks)");
     pending_avg_ = RowAverage{std::move(copy), std::move(base), divisor};
   }
 

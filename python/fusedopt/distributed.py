@@ -489,9 +489,13 @@ class DataParallel:
 
     def _fusable(self) -> bool:
         """Whether the wrapped optimizer's kernel can average the rows itself: fusedopt.optimizers'
-        (fusedopt.optim's kernels take no rows), and only when no finiteness check of the
-        average must be agreed on before the step."""
-        return not self._textbook and not self._opt.check_finite
+        own update() (fusedopt.optim's kernels take no rows, and a subclass's update may read
+        the gradient in Python), and only when no finiteness check of the average must be agreed
+        on before the step."""
+        opt = self._opt
+        return (not self._textbook and not opt.check_finite
+                and type(opt).update is optimizers.Optimizer.update  # a subclass's own update reads grad itself
+                and isinstance(opt.__dict__.get("_memory"), optimizers.GradientMemory))
 
     def _update_wrapped(self, target: Any, grad: Any) -> None:
         """The wrapped optimizer's update(target, grad); with rows pending, its kernel reads each
@@ -504,16 +508,19 @@ class DataParallel:
         native.average_next(*fused)  # the native step consumes them, whatever happens there
         try:
             self._opt.update(target, grad)
-        except BaseException:
-            native.average_next(None, None, 1.0)  # raised before the native step: not kept either
-            raise
+        finally:
+            native.average_next(None, None, 1.0)  # a step that never reached it keeps none either
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         t0 = time.perf_counter()
+        # Decided by the layout alone, the same on every rank (whether a rank gathers into a
+        # caller's array or the wrapper's depends on that array, which ranks do not agree on):
+        # the wrapper's buffers hold N whole blocks; a caller's array (only ever a one-leaf
+        # layout's) does when every shard is full.
         whole = self._size * lay.block
-        if whole and flat.nbytes >= whole:
+        if whole and (not lay.single or lay.data == whole):
             self._comm.Allgather(MPI.IN_PLACE, [flat[:whole], MPI.BYTE])
-        else:  # a caller's array whose last shard is shorter: never touched past its bytes
+        else:  # a one-leaf layout whose last shard is shorter: a caller's array is never touched past its bytes
             self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
         self.timings["gather"] += time.perf_counter() - t0
 

@@ -521,6 +521,51 @@ def aliased_all(c):
             aliased(c, shard, det, shift)
 
 
+class OwnUpdate(optimizers.Gradient):
+    """A subclass with its own update that reads the gradient in Python (as paysage's own
+    optimizers do): the wrapper must hand it the average itself, never rows to average."""
+
+    def update(self, model, grad):
+        self.delta = map_tree(lambda g: np.multiply(g, g.dtype.type(self.lr), out=np.empty_like(g)), grad)
+        model.parameter_update(self.delta)
+
+
+def foreign(c):
+    """Inputs the ranks do not agree on beyond the layout, and optimizers the wrapper does not
+    know: no hang, and the single process's bits."""
+    # One rank's parameters are an ndarray subclass (stepped through the wrapper's flat copy),
+    # the others' plain arrays (gathered into directly), on a layout whose last shard is short:
+    # every rank must still pick the same all-gather.
+    for shard in (True, False):
+        what = f"foreign/mixed params/shard={shard}"
+        ref, dp = OPTIMIZERS["ADAM"](), distributed.DataParallel(OPTIMIZERS["ADAM"](), shard_state=shard)
+        ref_p, p = params0("one32"), params0("one32")
+        mine = p.view(Sub) if RANK == SIZE - 1 else p
+        for step in range(3):
+            if step % 2 == 0:
+                ref.update_lr()
+                dp.update_lr()
+            ref.update(ref_p, average("one32", step))
+            dp.update(mine, grad("one32", step, RANK))
+            c.equal_trees(ref_p, p, f"{what} step {step}")
+    for shard in (True, False):
+        for det in (True, False):
+            what = f"foreign/own update/shard={shard}/det={det}"
+            ref, dp = OwnUpdate(stepsize=0.05), distributed.DataParallel(OwnUpdate(stepsize=0.05), shard_state=shard,
+                                                                         deterministic=det)
+            ref.update_lr()
+            dp.update_lr()
+            ref_m, m = Model(params0("mixed")), Model(params0("mixed"))
+            for step in range(2):
+                ref.update(ref_m, average("mixed", step))
+                dp.update(m, grad("mixed", step, RANK))
+                if det:
+                    c.equal_trees(ref_m.params, m.params, f"{what} step {step}")
+                else:  # MPI's own sum: the ranks agree with each other, and about the average
+                    c.check(all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for (_, a), (_, b)
+                                in zip(leaves(ref_m.params), leaves(m.params))), f"{what} step {step}: vs average")
+
+
 # -- resume across rank counts ------------------------------------------------------------------
 def resume_save(c, path):
     """Three ADAM steps at this N; the state and parameters saved for another rank count."""
@@ -598,6 +643,7 @@ def main():
         c.run("fusedopt.optim", textbook_all)
         c.run("direct", direct_all)
         c.run("aliased", aliased_all)
+        c.run("foreign", foreign)
         for shard in () if args.skip_errors else (True, False):
             c.run(f"errors shard={shard}", errors, shard)
     if args.load:
