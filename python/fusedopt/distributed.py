@@ -495,7 +495,7 @@ class DataParallel:
         opt = self._opt
         return (not self._textbook and not opt.check_finite
                 and type(opt).update is optimizers.Optimizer.update  # a subclass's own update reads grad itself
-                and isinstance(opt.__dict__.get("_memory"), optimizers.GradientMemory))
+                and isinstance(getattr(opt, "_memory", None), optimizers.GradientMemory))
 
     def _update_wrapped(self, target: Any, grad: Any) -> None:
         """The wrapped optimizer's update(target, grad); with rows pending, its kernel reads each
@@ -507,9 +507,10 @@ class DataParallel:
         native = self._opt._memory._native
         native.average_next(*fused)  # the native step consumes them, whatever happens there
         try:
-            self._opt.update(target, grad)
-        finally:
-            native.average_next(None, None, 1.0)  # a step that never reached it keeps none either
+            self._opt.update(target, grad)  # Optimizer.update itself (_fusable): its native call takes them
+        except BaseException:
+            native.average_next(None, None, 1.0)  # raised before the native call: not kept either
+            raise
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         t0 = time.perf_counter()

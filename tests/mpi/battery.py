@@ -513,6 +513,8 @@ def aliased(c, shard, det, shift):
         ref.update(ref_p, rank_order_average(values))
         dp.update(params, g)
         c.equal_trees(ref_p, params, f"{what} step {step}: params vs the single process")
+        if shard and det:  # the kernel averaged the rows itself: the average buffer was never written
+            c.check(not dp._bufs.avg.any(), f"{what} step {step}: the average was not fused into the step")
 
 
 def aliased_all(c):
@@ -559,6 +561,7 @@ def foreign(c):
             for step in range(2):
                 ref.update(ref_m, average("mixed", step))
                 dp.update(m, grad("mixed", step, RANK))
+                c.check(dp._bufs.avg.any(), f"{what} step {step}: its update was given rows, not the average")
                 if det:
                     c.equal_trees(ref_m.params, m.params, f"{what} step {step}")
                 else:  # MPI's own sum: the ranks agree with each other, and about the average
