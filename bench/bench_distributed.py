@@ -68,17 +68,22 @@ class Timed:
                 for p in PHASES:
                     self.split[p].append(after[p] - before[p])
 
+    def warm(self, repeats):
+        """Untimed calls: the first steps and every buffer's first touches."""
+        self.round(repeats)
+        self.samples.clear()
+        for v in (self.split or {}).values():
+            v.clear()
+
     def median(self):
         return slowest_median(self.samples)
 
 
-def mode_item(n, det, shard, warmup):
+def mode_item(n, det, shard):
     rng = np.random.default_rng(RANK)
     params = rng.standard_normal(n).astype(np.float32)
     grad = rng.standard_normal(n).astype(np.float32)
     dp = distributed.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
-    for _ in range(warmup):
-        dp.update(params, grad)
     return Timed(lambda: dp.update(params, grad), lambda: dp.timings), dp
 
 
@@ -116,31 +121,25 @@ def raw_items(n):
             "alltoall_allgather_s": Timed(pair), "reduce_scatter_allgather_s": Timed(native_pair)}
 
 
-def single_item(n, warmup):
+def single_item(n):
     """One process stepping the whole tree (rank 0; the others wait at the next Barrier)."""
     rng = np.random.default_rng(0)
     params = rng.standard_normal(n).astype(np.float32)
     grad = rng.standard_normal(n).astype(np.float32)
     opt = optimizers.ADAM(stepsize=1e-3)
-    for _ in range(warmup if RANK == 0 else 0):
-        opt.update(params, grad)
     return Timed(lambda: opt.update(params, grad) if RANK == 0 else None)
 
 
 def bench_size(n, rounds, repeats, warmup):
     """Every mode, the raw collectives and the single-process step of n elements, timed in
     interleaved rounds (a machine's slow spell then falls on all of them alike)."""
-    modes = {f"{name}/{'sharded' if shard else 'replicated'}": mode_item(n, det, shard, warmup)
+    modes = {f"{name}/{'sharded' if shard else 'replicated'}": mode_item(n, det, shard)
              for name, det, shard in MODES}
     raw = raw_items(n)
-    single = single_item(n, warmup)
+    single = single_item(n)
     items = [single, *raw.values(), *(item for item, _ in modes.values())]
     for item in items:
-        item.round(warmup)  # the raw collectives' and every buffer's first touches
-        item.samples.clear()
-        if item.split:
-            for v in item.split.values():
-                v.clear()
+        item.warm(warmup)
     for _ in range(rounds):
         for item in items:
             item.round(repeats)
@@ -171,6 +170,7 @@ def main():
               "simd": fusedopt.simd_level(), "rounds": args.rounds, "repeats": args.repeats, "sizes": {}}
     tiny = np.zeros(1, np.float64)
     tiny_item = Timed(lambda: COMM.Allreduce(MPI.IN_PLACE, tiny, op=MPI.MAX))
+    tiny_item.warm(20)
     tiny_item.round(200)
     result["allreduce_8B_s"] = tiny_item.median()
     for n in sizes:

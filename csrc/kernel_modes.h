@@ -74,7 +74,7 @@ struct Segment {
 template <class T>
 using KernelFn = double (*)(const Segment<T>&, const StepScalars<T>&);
 
-// The data-parallel average of k rows over [lo, lo + len) into out (rank_rows.h).
+// The data-parallel average of k rows over [lo, lo + len) into out (step_math.h).
 template <class T>
 using AverageFn = void (*)(const T* const* rows, std::size_t k, std::size_t lo, std::size_t len, T divisor, T* out);
 

@@ -1,7 +1,6 @@
 // Compiled once per instruction set (see CMakeLists.txt): FUSEDOPT_ISA names
 // the namespace of this copy, and the flags of its target pick the SIMD width.
 #include <utility>
-#include "rank_rows.h"
 #include "rules.h"
 #include "step_math.h"
 

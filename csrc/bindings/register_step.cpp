@@ -143,8 +143,6 @@ py::object new_arenas(const Plan& plan) {
   return py::make_tuple(aligned_empty(plan.arena_size(F32), F32), aligned_empty(plan.arena_size(F64), F64));
 }
 
-// Everything one kernel call reads and writes, checked, and the references
-// that keep it alive until the call is over.
 // Rows whose average the next step reads instead of the gradient leaves that
 // lie in `base` (State.average_next, for fusedopt.distributed): the kernel
 // averages them chunk by chunk, so the average is never written to memory.
@@ -155,6 +153,8 @@ struct RowAverage {
   bool active() const { return !base.is_none(); }
 };
 
+// Everything one kernel call reads and writes, checked, and the references
+// that keep it alive until the call is over.
 struct Prepared {
   std::vector<LeafData> data;
   std::vector<const void*> row_ptrs;  // n_rows per leaf with rows
@@ -300,27 +300,23 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     refuse_overlaps(plan, spans);
     // A gradient in memory the step writes is read as it was before the step
     // (numpy's p - lr * g.copy()), whatever the SIMD width or thread count.
-    bool copied = false;
-    // Rows in memory the step writes would be read while it is written (the base itself is
-    // never read when a leaf has rows).
+    // A leaf with rows reads its rows, not g (nor the base g lies in): rows in such memory
+    // are averaged into an array of their own first.
+    bool copied = false;  // then the key is not remembered: this step's reads are not the leaves'
     if (!spans.empty())
       for (std::size_t l = 0; l < specs.size(); ++l) {
         const LeafData& d = data[l];
-        if (!d.rows) continue;
         const std::size_t bytes = specs[l].size * item_size(specs[l].dtype);
-        bool hit = false;
-        for (std::size_t r = 0; r < d.n_rows && !hit; ++r)
-          hit = overlaps(spans, static_cast<const char*>(d.rows[r]), static_cast<const char*>(d.rows[r]) + bytes);
-        if (hit) {
+        auto hit = [&](const void* b) {
+          const char* c = static_cast<const char*>(b);
+          return bytes > 0 && overlaps(spans, c, c + bytes);
+        };
+        bool rows_hit = false;
+        for (std::size_t r = 0; r < d.n_rows && !rows_hit; ++r) rows_hit = hit(d.rows[r]);
+        if (rows_hit) {
           materialize(l);
-          copied = true;  // forget this key: its rows are no longer the leaf's
-        }
-      }
-    if (!spans.empty())
-      for (std::size_t l = 0; l < specs.size(); ++l) {
-        if (data[l].rows) continue;  // read from its rows, checked above
-        const char* b = static_cast<const char*>(data[l].g);
-        if (specs[l].size > 0 && overlaps(spans, b, b + specs[l].size * item_size(specs[l].dtype))) {
+          copied = true;
+        } else if (!d.rows && hit(d.g)) {
           data[l].g = copy_of(garrays[l]);
           copied = true;
         }

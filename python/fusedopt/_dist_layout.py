@@ -79,11 +79,16 @@ class Layout:
         self.bounds = [(min(r * per_rank, self.nbytes), min((r + 1) * per_rank, self.nbytes)) for r in range(size)]
         self.counts = [max(0, min(b, pos) - a) for a, b in self.bounds]  # each shard's data bytes
         self.displs = [min(a, pos) for a, _ in self.bounds]
-        # The all-gather is MPI's Allgather of N blocks of `block` bytes (MPICH runs it about
-        # twice as fast as Allgatherv) into buffers of gather_nbytes: the wrapper's own are padded
-        # to it; a caller's array is only when the data is a multiple of N * 64 bytes.
-        self.block = per_rank
+        # The all-gather: MPI's Allgather of N blocks of per_rank bytes (MPICH runs it about twice
+        # as fast as Allgatherv) into gather_buffer()s, padded to hold them all. Only a one-leaf
+        # layout can gather into a caller's array instead, and whether a rank does depends on
+        # that array, which ranks do not agree on; so the layout decides, alike on every rank:
+        # a one-leaf layout whose last shard is short takes Allgatherv (gather_blocks 0), so a
+        # caller's array is never touched past its bytes.
+        self.block = per_rank  # a shard's stride
         self.gather_nbytes = max(size * per_rank, self.nbytes)
+        self.single = len(self.paths) == 1  # the one leaf is the whole data: see FlatPack.flat_view
+        self.gather_blocks = size * per_rank if per_rank and (not self.single or pos == size * per_rank) else 0
         self.lo, self.hi = self.bounds[rank]
         self.part32, self.part64 = self._parts(self.lo, self.lo + self.counts[rank])
         # The deterministic exchange: this rank's own block stays where it is (count 0 to itself).
@@ -91,7 +96,6 @@ class Layout:
         self.send_counts = [0 if r == rank else c for r, c in enumerate(self.counts)]
         self.recv_counts = [0 if r == rank else self.counts[rank] for r in range(size)]
         self.recv_displs = [n * (r - (r > rank)) if r != rank else 0 for r in range(size)]  # no row for itself
-        self.single = len(self.paths) == 1  # the one leaf is the whole data: see FlatPack.flat_view
         self._build_pieces()
         self.send = aligned_bytes(self.nbytes)  # this rank's gradient, packed
         self.bufs: dict[Any, Any] = {}           # the wrapper's buffers, by path kind

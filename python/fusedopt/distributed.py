@@ -101,9 +101,10 @@ class _Buffers:
         # (Any: which buffers exist depends on the modes; the wrapper uses only those of its own.)
         recv = aligned_bytes((size - 1) * n) if deterministic else None
         self.recv: Any = recv  # the other ranks' copies of this shard, at lay.recv_displs
-        # The rows of the fixed-order sum in rank order; this rank's own slot is its gradient's
-        # bytes, read where they are (set every step, see DataParallel._fixed_order_average).
-        self.rows: list[Any] = [] if recv is None else [recv[d:d + n] for d in lay.recv_displs]
+        # The rows of the fixed-order sum in rank order; this rank's own slot (None here) is its
+        # gradient's bytes, read where they are (see DataParallel._fixed_order_average).
+        self.rows: list[Any] = [] if recv is None else [
+            None if r == lay.rank else recv[d:d + n] for r, d in enumerate(lay.recv_displs)]
         self.params: Any = lay.gather_buffer() if shard and inplace else None
         self.avg: Any
         self.avg_pieces: Any
@@ -177,6 +178,9 @@ class DataParallel:
         # During a step: (rows, base, N) whose average the wrapped optimizer's kernel computes
         # itself (State.average_next) instead of a separate pass writing it to base; or None.
         self._fused: Any = None
+        # A subclass's own update may read the gradient in Python: only Optimizer.update's native
+        # step can be handed rows (its memory is a GradientMemory, checked on assignment).
+        self._kernel_averages = not self._textbook and type(optimizer).update is optimizers.Optimizer.update
         self._message = np.empty(3, np.int64)  # the step's agreement message, reused
         # (params leaf, layout, its flat bytes, this rank's pieces) of the last single-leaf step,
         # so that the same parameter array is not viewed again every step (it is kept alive).
@@ -471,31 +475,21 @@ class DataParallel:
         self._comm.Alltoallv([src, (lay.send_counts, lay.displs), MPI.BYTE],
                              [bufs.recv, (lay.recv_counts, lay.recv_displs), MPI.BYTE])
         t1 = time.perf_counter()
-        if fuse:
-            rows = list(bufs.rows)
-            rows[self._rank] = src[lay.lo:lay.lo + lay.counts[self._rank]]
-            self._fused = (rows, out, float(self._size))
-            self.timings["exchange"] += t1 - t0
-            return
-        rows = bufs.rows
+        rows = list(bufs.rows)  # this step's: it holds the caller's gradient
         rows[self._rank] = src[lay.lo:lay.lo + lay.counts[self._rank]]
-        try:
+        if fuse:
+            self._fused = (rows, out, float(self._size))
+        else:
             _core.rank_average(rows, out, lay.part32.offset, lay.part32.count,
                                lay.part64.offset, lay.part64.count, self._size)
-        finally:
-            rows[self._rank] = None  # no reference to the caller's gradient kept past the step
         self.timings["exchange"] += t1 - t0
         self.timings["average"] += time.perf_counter() - t1
 
     def _fusable(self) -> bool:
         """Whether the wrapped optimizer's kernel can average the rows itself: fusedopt.optimizers'
-        own update() (fusedopt.optim's kernels take no rows, and a subclass's update may read
-        the gradient in Python), and only when no finiteness check of the average must be agreed
-        on before the step."""
-        opt = self._opt
-        return (not self._textbook and not opt.check_finite
-                and type(opt).update is optimizers.Optimizer.update  # a subclass's own update reads grad itself
-                and isinstance(getattr(opt, "_memory", None), optimizers.GradientMemory))
+        own update() (fusedopt.optim's kernels take no rows), and only when no finiteness check
+        of the average must be agreed on before the step."""
+        return self._kernel_averages and not self._opt.check_finite
 
     def _update_wrapped(self, target: Any, grad: Any) -> None:
         """The wrapped optimizer's update(target, grad); with rows pending, its kernel reads each
@@ -514,14 +508,9 @@ class DataParallel:
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         t0 = time.perf_counter()
-        # Decided by the layout alone, the same on every rank (whether a rank gathers into a
-        # caller's array or the wrapper's depends on that array, which ranks do not agree on):
-        # the wrapper's buffers hold N whole blocks; a caller's array (only ever a one-leaf
-        # layout's) does when every shard is full.
-        whole = self._size * lay.block
-        if whole and (not lay.single or lay.data == whole):
-            self._comm.Allgather(MPI.IN_PLACE, [flat[:whole], MPI.BYTE])
-        else:  # a one-leaf layout whose last shard is shorter: a caller's array is never touched past its bytes
+        if lay.gather_blocks:
+            self._comm.Allgather(MPI.IN_PLACE, [flat[:lay.gather_blocks], MPI.BYTE])
+        else:
             self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
         self.timings["gather"] += time.perf_counter() - t0
 
