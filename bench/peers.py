@@ -65,7 +65,7 @@ def make_fusedopt_inplace(name, params, grads):
 
 def make_fusedopt_divider(name, params, grads):
     """fusedopt's in-place path with float32 division by 1 - w and 1 - w2 on the
-    divider, as without csrc/exact_division.h: what the FMA division gains."""
+    divider, as without csrc/paysage/exact_division.h: what the FMA division gains."""
     if name not in ("ADAM", "RMSProp"):
         raise Skip(f"{name} does not divide by 1 - w or 1 - w2")
     from fusedopt import _core

@@ -59,7 +59,7 @@ def test_config_reports_the_extension_state():
     assert c["simd_supported"] == [lvl for lvl in c["simd_compiled"] if lvl in c["simd_supported"]]
     assert "baseline" in c["simd_supported"]
     assert c["simd_selected"] == fusedopt.simd_level() and c["simd_selected"] in c["simd_supported"]
-    # FMA division by the constants is on by default, on AVX-512 only (csrc/exact_division.h).
+    # FMA division by the constants is on by default, on AVX-512 only (csrc/paysage/exact_division.h).
     assert c["fma_division"] == (c["simd_selected"] == "avx512" and _core._exact_division())
     assert c["openmp"] is _core.have_openmp()
     assert c["num_threads"] == fusedopt.get_num_threads() >= 1

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fusedopt
 from fusedopt import _core, optimizers
-from fusedopt._dist_layout import ALIGN, Layout, aligned_bytes
+from fusedopt.distributed._layout import ALIGN, Layout, aligned_bytes
 
 SETTINGS = settings(max_examples=int(os.environ.get("FUSEDOPT_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])  # restore_num_threads: once is enough

@@ -1,5 +1,5 @@
 """Division of float32 leaves by 1 - w and 1 - w2 with FMAs instead of the divider
-(csrc/exact_division.h, AVX-512 only) gives exactly the divider's bits: every constant is
+(csrc/paysage/exact_division.h, AVX-512 only) gives exactly the divider's bits: every constant is
 checked over all 2^23 significands before use, and vectors with a lane outside
 [2^-60, 2^100) (zeros, subnormals, huge values, Inf, NaN) fall back to the divider.
 Compared bit for bit with the NumPy reference of SPEC 3 and with the divider-only kernels."""

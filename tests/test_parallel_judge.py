@@ -1,5 +1,5 @@
 """The rule that sends steps to one thread when the OpenMP team does not help
-(csrc/threads.cpp), judged on given figures instead of measured ones.
+(csrc/common/threads.cpp), judged on given figures instead of measured ones.
 
 Each parallel step gives r = its time / the serial time estimated from the
 calling thread's chunks, (worked + waited) / (worked * chunks / by_caller).

@@ -62,7 +62,7 @@ step "sdist (python -m build --sdist)"
 "$PY" -m build --sdist --outdir "$WORK/sdist" "$WORK/src"
 SDIST=$(ls "$WORK"/sdist/fusedopt-*.tar.gz)
 tar -tzf "$SDIST" > "$WORK/sdist/contents.txt"
-for need in CMakeLists.txt pyproject.toml LICENSE README.md csrc/kernels_isa.cpp csrc/bindings/module.cpp \
+for need in CMakeLists.txt pyproject.toml LICENSE README.md csrc/paysage/kernels_isa.cpp csrc/bindings/module.cpp \
             python/fusedopt/__init__.py python/fusedopt/_core.pyi python/fusedopt/py.typed; do
   grep -q "^fusedopt-[^/]*/$need\$" "$WORK/sdist/contents.txt" || { echo "sdist lacks $need" >&2; exit 1; }
 done

@@ -7,7 +7,7 @@
 #include <new>
 #include <vector>
 
-#include "rules.h"
+#include "paysage/rules.h"
 
 namespace fusedopt_bench {
 

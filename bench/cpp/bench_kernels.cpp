@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "dispatch.h"
-#include "isa_tables.h"
+#include "common/dispatch.h"
+#include "common/isa_tables.h"
 
 
 namespace fusedopt_bench {

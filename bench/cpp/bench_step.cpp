@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "dispatch.h"
-#include "multi_tensor.h"
-#include "threads.h"
+#include "common/dispatch.h"
+#include "common/multi_tensor.h"
+#include "common/threads.h"
 
 namespace fusedopt_bench {
 namespace {

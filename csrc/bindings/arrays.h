@@ -4,7 +4,7 @@
 
 #include <cstddef>
 
-#include "../multi_tensor.h"
+#include "common/multi_tensor.h"
 
 namespace py = pybind11;
 

@@ -11,7 +11,7 @@
 #include <Python.h>
 #include <numpy/arrayobject.h>
 
-#include "../dtype.h"
+#include "common/dtype.h"
 
 static_assert(fusedopt::npy_type_number(fusedopt::F32) == NPY_FLOAT &&
                   fusedopt::npy_type_number(fusedopt::F64) == NPY_DOUBLE,

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "../textbook_step.h"
+#include "optim/step.h"
 #include "arrays.h"
 #include "numpy_api.h"
 #include "registry.h"
@@ -245,7 +245,7 @@ class OptimState {
 }  // namespace
 
 void register_optim(py::module_& m) {
-  py::enum_<TextbookRule> rules(m, "TextbookRule", "The textbook optimizers' rules (csrc/textbook_rules.h).");
+  py::enum_<TextbookRule> rules(m, "TextbookRule", "The textbook optimizers' rules (csrc/optim/rules.h).");
   for (const auto& [rule, name] : kRuleNames) rules.value(name, rule);
   py::enum_<Decay>(m, "Decay", "How weight decay enters a textbook rule.")
       .value("NONE", Decay::NONE)

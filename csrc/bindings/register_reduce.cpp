@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "../rank_sum.h"
+#include "distributed/rank_sum.h"
 #include "numpy_api.h"
 #include "registry.h"
 #include "tree.h"

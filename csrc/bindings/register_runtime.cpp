@@ -4,10 +4,10 @@
 
 #include <stdexcept>
 
-#include "../dispatch.h"
-#include "../exact_divisors.h"
-#include "../multi_tensor.h"
-#include "../threads.h"
+#include "common/dispatch.h"
+#include "paysage/exact_divisors.h"
+#include "common/multi_tensor.h"
+#include "common/threads.h"
 #include "numpy_api.h"
 #include "registry.h"
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "../dispatch.h"
-#include "../rules.h"
+#include "common/dispatch.h"
+#include "paysage/rules.h"
 #include "arrays.h"
 #include "numpy_api.h"
 #include <numpy/arrayscalars.h>
@@ -814,7 +814,7 @@ void export_enum(py::module_& m, const char* name, const char* doc, std::initial
 
 void register_step(py::module_& m) {
   {
-    py::enum_<Rule> e(m, "Rule", "The named update rules of the paysage family (csrc/rules.h).");
+    py::enum_<Rule> e(m, "Rule", "The named update rules of the paysage family (csrc/paysage/rules.h).");
     for (const auto& s : kRuleSpecs) e.value(s.name, s.rule);
   }
   export_enum<Phase>(m, "Phase", "Which moments of a rule start on a step (m = g, v = g*g) instead of averaging.",

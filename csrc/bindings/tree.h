@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "../multi_tensor.h"
+#include "common/multi_tensor.h"
 
 namespace py = pybind11;
 

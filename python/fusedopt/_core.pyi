@@ -9,7 +9,7 @@ import numpy.typing as npt
 _Arena = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 class Rule(enum.Enum):
-    """The named update rules of the paysage family (csrc/rules.h)."""
+    """The named update rules of the paysage family (csrc/paysage/rules.h)."""
 
     GRADIENT = ...
     MOMENTUM = ...
@@ -38,7 +38,7 @@ class Output(enum.Enum):
     IN_PLACE = ...
     BOTH = ...
 
-# Every compiled (rule, phase, output): the rule table of csrc/rules.h.
+# Every compiled (rule, phase, output): the rule table of csrc/paysage/rules.h.
 kernels: tuple[tuple[Rule, Phase, Output], ...]
 # The compiler that built the extension, e.g. "gcc 12.2.0".
 compiler: str
@@ -154,7 +154,7 @@ def probe(
 ) -> float:
     """Seconds for one pass reading g, p, m, v and writing p, m, v (ADAM's in-place traffic)."""
 
-# -- the textbook optimizers (csrc/textbook_rules.h, csrc/bindings/register_optim.cpp) --
+# -- the textbook optimizers (csrc/optim/rules.h, csrc/bindings/register_optim.cpp) --
 class TextbookRule(enum.IntEnum):
     """The textbook optimizers' rules."""
     SGD = 0

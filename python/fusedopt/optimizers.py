@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Ty
 import numpy as np
 import numpy.typing as npt
 
-from . import _checks, _core, _state, schedules
+from . import _core, schedules
+from ._paysage import checks as _checks, state as _state
 
 __all__ = ["GradientMemory", "Optimizer", "Gradient", "Momentum", "RMSProp", "ADAM",
            "gradient", "momentum", "rmsprop", "adam", "EPS"]
@@ -245,7 +246,7 @@ class GradientMemory:
         w2 = x.dtype.type(self._w2)
         np.add(w2 * x, ((x.dtype.type(1) - w2) * y) * y, out=x)
 
-    # -- state (the format is fusedopt._state's) ----------------------------------------
+    # -- state (the format is fusedopt._paysage.state's) ----------------------------------------
     # A memory's state: its two weights and its moments, per leaf with their paths.
     def _saved_moments(self):
         """The moments as a _state.Moments of views (or the loaded ones still waiting), or None."""
@@ -571,7 +572,7 @@ class Optimizer:
         if mem is not None:
             mem.reset()
 
-    # -- state (the format is fusedopt._state's) ----------------------------------------
+    # -- state (the format is fusedopt._paysage.state's) ----------------------------------------
     # An optimizer's state: its scalars, its schedule and its memory's state.
     _fixed_zero: tuple[str, ...] = ()  # the memory weights that must be 0 in a state (moments this class has not)
     # Attributes __getstate__ saves in its own way, or not at all (caches rebuilt on use).

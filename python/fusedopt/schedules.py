@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _checks
+from ._paysage import checks as _checks
 
 # A schedule's numbers: Python or numpy reals (their arithmetic rounds differently, and each is
 # kept as given so that sequences match paysage's bit for bit).

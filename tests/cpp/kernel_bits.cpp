@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "dispatch.h"
-#include "kernel_modes.h"
-#include "multi_tensor.h"
-#include "threads.h"
+#include "common/dispatch.h"
+#include "paysage/kernel_modes.h"
+#include "common/multi_tensor.h"
+#include "common/threads.h"
 
 namespace {
 

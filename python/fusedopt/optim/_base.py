@@ -1,0 +1,374 @@
+"""The base of fusedopt.optim's optimizers: learning rate and schedules, masks,
+clipping, the native state (fusedopt._core.OptimState), state_dict and pickle.
+
+A class declares its rule (``_rule()``) and its hyper-parameters (``_Hyper``
+descriptors writing into one ``_core.TextbookHyper``, which the native state
+reads at every step); everything else is here.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+import numbers
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .. import _core, schedules
+from . import _checks as checks, _state as fmt
+from ._tree import Mask, resolve_mask
+
+LR = Union[float, schedules.Schedule, Callable[[int], Any]]
+
+
+class _Hyper:
+    """A validated hyper-parameter stored in the optimizer's TextbookHyper as `field`.
+
+    ``selects_rule``: the value picks the kernel and the state slots (momentum
+    on or off, nesterov, amsgrad, centered), so it may change only while the
+    optimizer has no state (before the first step, or after reset()).
+    """
+
+    def __init__(self, check: checks.Check, field: Optional[str] = None, selects_rule: bool = False) -> None:
+        self.check = check
+        self.field = field
+        self.selects_rule = selects_rule
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        return obj._values[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj._set_all({self.name: value})
+
+
+def _check_lr(value: Any) -> LR:
+    if isinstance(value, schedules.Schedule) or (callable(value) and not isinstance(value, numbers.Real)):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"lr must be a real number >= 0, a fusedopt schedule or a callable step -> lr, "
+                        f"got {type(value).__name__}")
+    return checks.non_negative("lr", value)
+
+
+class Optimizer:
+    """Base class of fusedopt.optim's optimizers (see the module's documentation)."""
+
+    _hyper_names: Tuple[str, ...] = ()  # constructor hyper-parameters, saved in state_dict()
+    _decoupled = False  # weight decay as p *= 1 - lr*wd (AdamW) instead of L2 (rules of both kinds)
+
+    def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        self._values: Dict[str, Any] = {}
+        self._hyper = _core.TextbookHyper()
+        self._hyper.decoupled = self._decoupled
+        self._state: Optional[_core.OptimState] = None
+        self._pending: Optional[Dict[str, Any]] = None  # loaded state waiting for the first step's tree
+        self._lr: LR = 0.0
+        self.lr = lr
+        self.max_grad_norm = max_grad_norm
+        self.check_finite = check_finite
+        self.weight_decay_mask = weight_decay_mask
+
+    # -- what a class declares --------------------------------------------------------
+    def _rule(self) -> _core.TextbookRule:
+        raise NotImplementedError
+
+    def _validate(self) -> None:
+        """Checks across hyper-parameters (e.g. SGD's nesterov needs momentum)."""
+
+    def _set_all(self, values: Dict[str, Any]) -> None:
+        """Check and assign hyper-parameters together (all or none): each on its own, then
+        the checks across them, then the choice of rule against an existing state."""
+        old = dict(self._values)
+        try:
+            for name, value in values.items():
+                hyper = getattr(type(self), name)
+                self._values[name] = hyper.check(name, value)
+            self._validate()
+            if self._state is not None and self._rule() != self._state.rule:
+                changed = [n for n in values if getattr(type(self), n).selects_rule]
+                raise ValueError(f"{', '.join(changed)} chooses the update rule and its state slots: it cannot "
+                                 f"change once the optimizer has state (call reset() first)")
+        except (TypeError, ValueError):
+            self._values = old
+            raise
+        for name in values:
+            self._store(name)
+
+    def _store(self, name: str) -> None:
+        """Writes a checked value into the native hyper-parameters (a class may map it)."""
+        field = getattr(type(self), name).field
+        if field is not None:
+            setattr(self._hyper, field, self._values[name])
+
+    # -- learning rate ----------------------------------------------------------------
+    @property
+    def lr(self) -> LR:
+        """The learning rate: a float >= 0, a fusedopt schedule (``next(schedule)`` gives each
+        step's rate, called once per step just before it) or a callable ``step -> lr`` (called
+        once per step with the number of steps already taken: 0 for the first)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: LR) -> None:
+        self._lr = _check_lr(value)
+
+    def _next_lr(self) -> Tuple[float, Optional[Dict[str, Any]]]:
+        """This step's rate, and the schedule's attributes to restore if the step fails."""
+        lr = self._lr
+        if isinstance(lr, float):
+            return lr, None
+        if isinstance(lr, schedules.Schedule):
+            saved = dict(vars(lr))
+            value: Any = next(lr)  # type: ignore[call-overload]  # schedules are iterators
+        else:
+            saved = None
+            value = lr(self.step_count)
+        try:
+            return checks.non_negative("the lr of this step", value), saved
+        except (TypeError, ValueError):
+            if saved is not None:
+                vars(lr).update(saved)
+            raise
+
+    @property
+    def max_grad_norm(self) -> Optional[float]:
+        """Clip the whole gradient tree to this global L2 norm before each step (None: no clipping)."""
+        value: Optional[float] = self._values["max_grad_norm"]
+        return value
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: Optional[float]) -> None:
+        value = checks.max_norm("max_grad_norm", value)
+        self._values["max_grad_norm"] = value
+        self._hyper.max_grad_norm = 0.0 if value is None else value
+
+    @property
+    def check_finite(self) -> bool:
+        """Raise FloatingPointError (nothing modified) on a NaN or Inf gradient."""
+        return bool(self._values["check_finite"])
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._values["check_finite"] = checks.flag("check_finite", value)
+
+    @property
+    def weight_decay_mask(self) -> Mask:
+        """None (every leaf decays), a tree of bools shaped like the parameters, or a callable
+        ``(path, array) -> bool``; resolved at the first step (the callable sees each parameter)
+        and whenever assigned after it (it then sees a read-only array of the parameter's shape
+        and dtype: the parameters themselves are not kept)."""
+        return self._values["weight_decay_mask"]
+
+    @weight_decay_mask.setter
+    def weight_decay_mask(self, mask: Mask) -> None:
+        if self._state is not None:
+            # The parameters are not kept: a callable sees read-only stand-ins of their shape and dtype.
+            plan = self._state.plan
+            stand_ins = [np.broadcast_to(np.zeros((), dtype), shape)
+                         for dtype, shape in zip(plan.leaf_dtypes, plan.shapes)]
+            self._state.decay_mask = resolve_mask(mask, plan.paths, stand_ins)
+        self._values["weight_decay_mask"] = mask
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def step_count(self) -> int:
+        """Steps taken (t of the bias corrections is step_count + 1 at the next step)."""
+        if self._state is not None:
+            return self._state.step_count
+        return 0 if self._pending is None else int(self._pending["step_count"])
+
+    @property
+    def last_grad_norm(self) -> Optional[float]:
+        """Global L2 norm of the last step's gradient (before clipping), when max_grad_norm is set."""
+        return None if self._state is None else self._state.last_grad_norm
+
+    def state_arrays(self) -> Dict[str, Any]:
+        """{slot name: tree of writable views of that state slot}, e.g. ``exp_avg``; {} before the
+        first step (or init()). Writing into a view changes the optimizer's state."""
+        if self._state is None:
+            return {}
+        plan = self._state.plan
+        return {name: plan.unflatten(self._state.slot_views(name)) for name in self._state.slot_names}
+
+    def init(self, params: Any) -> None:
+        """Create the state for `params` (slots at their initial values) without stepping."""
+        if self._state is None:
+            self._state = self._bind(params)
+            self._pending = None
+
+    def reset(self) -> None:
+        """Forget the state: the next step starts afresh (any tree structure)."""
+        self._state = None
+        self._pending = None
+
+    def _bind(self, params: Any) -> _core.OptimState:
+        plan = _core.Plan(params, "params")
+        mask = resolve_mask(self.weight_decay_mask, plan.paths, plan.flatten(params, "params"))
+        state = _core.OptimState(self._rule(), plan, mask, self._hyper)
+        if self._pending is not None:
+            _load_pending(state, self._pending)
+        return state
+
+    def step(self, params: Any, grads: Any) -> None:
+        """One step of every leaf of `params` (writeable C-contiguous float32/float64 arrays,
+        stepped in place) with `grads` (a tree of the same structure, dtypes and shapes; never
+        modified). Everything is checked before anything changes: a TypeError/ValueError names
+        the leaf; check_finite raises FloatingPointError."""
+        state, lr = self._state, self._lr
+        if state is not None and type(lr) is float:  # steady state with a constant rate: straight in
+            state.step(params, grads, lr, self._values["check_finite"])
+            return
+        self._step_with_lr(params, grads)
+
+    def _step_with_lr(self, params: Any, grads: Any) -> None:
+        """A step that evaluates a schedule, or creates the state."""
+        lr, saved = self._next_lr()
+        state = self._state
+        try:
+            if state is None:
+                state = self._bind(params)
+            state.step(params, grads, lr, self._values["check_finite"])
+        except BaseException:
+            if saved is not None:
+                vars(self._lr).update(saved)
+            raise
+        if self._state is None:
+            self._state = state
+            self._pending = None
+
+    # -- state_dict / pickle ------------------------------------------------------------
+    def _hyper_values(self) -> Dict[str, Any]:
+        return {name: self._values[name] for name in self._hyper_names}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to resume exactly, as plain arrays and scalars (the keys are listed in docs/optim.md, "State")."""
+        out: Dict[str, Any] = fmt.header(type(self).__name__)
+        for name, value in self._hyper_values().items():
+            out[f"hyper.{name}"] = np.asarray(value) if isinstance(value, tuple) else value
+        out["max_grad_norm"] = 0.0 if self.max_grad_norm is None else self.max_grad_norm
+        out["check_finite"] = self.check_finite
+        lr = self._lr
+        out["lr_kind"] = "float" if isinstance(lr, float) else "schedule" if isinstance(lr, schedules.Schedule) else "callable"
+        if isinstance(lr, float):
+            out["lr"] = lr
+        elif isinstance(lr, schedules.Schedule):
+            out.update(fmt.schedule_entries(lr))
+        out["step_count"] = self.step_count
+        if self._state is not None:
+            plan = self._state.plan
+            paths, dtypes, mask = plan.paths, plan.leaf_dtypes, self._state.decay_mask
+            slots = {name: [np.array(v, copy=True) for v in self._state.slot_views(name)]
+                     for name in self._state.slot_names}
+        elif self._pending is not None:
+            paths, dtypes, mask = self._pending["paths"], self._pending["dtypes"], self._pending["mask"]
+            slots = {name: [a.copy() for a in leaves] for name, leaves in self._pending["slots"].items()}
+        else:
+            paths, dtypes, mask, slots = [], [], [], {}
+        out["leaf_paths"], out["leaf_dtypes"] = fmt.strs(paths), fmt.strs(dtypes)
+        out["decay_mask"] = np.array(mask, dtype=bool)
+        out["slots"] = fmt.strs(slots)
+        for name, leaves in slots.items():
+            for i, leaf in enumerate(leaves):
+                out[f"{name}.{i}"] = leaf
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state_dict() (also as np.load reads it back), hyper-parameters included;
+        everything is checked before anything changes."""
+        fmt.check_header(state, type(self).__name__)
+        values = {name: fmt.get_value(state, f"hyper.{name}") for name in self._hyper_names}
+        max_grad_norm = fmt.get_value(state, "max_grad_norm")
+        values["max_grad_norm"] = None if max_grad_norm == 0.0 else max_grad_norm
+        values["check_finite"] = fmt.get_value(state, "check_finite")
+        lr_kind = fmt.get_str(state, "lr_kind")
+        if lr_kind == "float":
+            values["lr"] = fmt.get_value(state, "lr")
+        elif lr_kind == "schedule":
+            values["lr"] = fmt.schedule_from(state)
+        elif lr_kind != "callable":
+            raise ValueError(f"state['lr_kind'] must be 'float', 'schedule' or 'callable', got {lr_kind!r}")
+        # The hyper-parameters on a scratch optimizer: every check of construction and assignment.
+        trial = type(self).__new__(type(self))
+        Optimizer.__init__(trial, values.pop("lr", 0.0), check_finite=values.pop("check_finite"),
+                           max_grad_norm=values.pop("max_grad_norm"))
+        trial._set_all(values)
+        pending = _parse_pending(state, trial._rule())
+        new_state = None
+        if self._state is not None and pending is not None:
+            new_state = _core.OptimState(trial._rule(), self._state.plan, self._state.decay_mask, trial._hyper)
+            _load_pending(new_state, pending)
+        # Commit: nothing below can fail.
+        trial._values["weight_decay_mask"] = self._values["weight_decay_mask"]
+        keep_lr = lr_kind == "callable"
+        lr = self._lr
+        self._values, self._hyper, self._lr = trial._values, trial._hyper, trial._lr
+        if keep_lr:
+            self._lr = lr
+        self._state = new_state
+        self._pending = pending if new_state is None else None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"state": self.state_dict(), "lr": self._lr, "weight_decay_mask": self.weight_decay_mask}
+
+    def __setstate__(self, saved: Dict[str, Any]) -> None:
+        Optimizer.__init__(self, saved["lr"], weight_decay_mask=saved["weight_decay_mask"])
+        self.load_state_dict(saved["state"])
+        self._lr = saved["lr"]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in [("lr", self._lr), *self._hyper_values().items()])
+        return f"{type(self).__name__}({args})"
+
+
+def _parse_pending(state: Mapping[str, Any], rule: _core.TextbookRule) -> Optional[Dict[str, Any]]:
+    """The saved leaves of the state, checked against the slots of `rule`; None for a
+    state saved before the first step."""
+    paths = fmt.get_strs(state, "leaf_paths")
+    dtypes = fmt.get_strs(state, "leaf_dtypes", len(paths))
+    for path, dtype in zip(paths, dtypes):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"state: leaf {path or 'at the root'} has dtype {dtype!r}, expected float32 or float64")
+    mask = fmt.get(state, "decay_mask")
+    if not (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (len(paths),)):
+        raise ValueError(f"state['decay_mask'] must be a bool array of {len(paths)} entries")
+    step_count = fmt.get_int(state, "step_count")
+    if step_count < 0:
+        raise ValueError(f"state['step_count'] must be >= 0, got {step_count}")
+    names = fmt.get_strs(state, "slots")
+    expected = _core.rule_slots(rule) if paths else []
+    if sorted(names) != sorted(expected):
+        raise ValueError(f"state: slots {names} do not match this optimizer's {expected} "
+                         f"(a state of other options, e.g. amsgrad or momentum?)")
+    slots = {name: fmt.slot_leaves(state, name, paths, dtypes) for name in names}
+    if not paths:
+        if step_count:
+            raise ValueError(f"state: step_count is {step_count} but the state has no leaves")
+        return None
+    return {"paths": paths, "dtypes": dtypes, "mask": [bool(b) for b in mask], "slots": slots,
+            "step_count": step_count}
+
+
+def _load_pending(state: _core.OptimState, pending: Dict[str, Any]) -> None:
+    """Loads saved leaves into a native state, matched by path (dict entries may come in
+    another order); raises ValueError naming a leaf that does not fit."""
+    plan = state.plan
+    index = {path: i for i, path in enumerate(pending["paths"])}
+    order: List[int] = []
+    for path, dtype in zip(plan.paths, plan.leaf_dtypes):
+        i = index.get(path)
+        if i is None or len(index) != plan.num_leaves:
+            raise ValueError(f"params at {path or 'the root'}: the loaded state has no leaf there, or a different "
+                             f"number of leaves ({len(index)} for {plan.num_leaves})")
+        if pending["dtypes"][i] != dtype:
+            raise ValueError(f"params at {path or 'the root'}: the loaded state holds {pending['dtypes'][i]}, "
+                             f"the parameter is {dtype}")
+        order.append(i)
+    state.load({name: [leaves[i] for i in order] for name, leaves in pending["slots"].items()},
+               pending["step_count"])
+    state.decay_mask = [pending["mask"][i] for i in order]

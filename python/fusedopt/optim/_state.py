@@ -1,0 +1,91 @@
+"""The plain, versioned state of fusedopt.optim's optimizers.
+
+``state_dict()`` holds only numpy arrays and Python scalars, so ``np.savez``
+stores it and ``np.load`` gives it back (scalars then come back as 0-d
+arrays, which loading accepts). Format "fusedopt.optim", version 1:
+
+    format, version, kind (class name)            str, int, str
+    hyper.<name>                                  each constructor hyper-parameter
+                                                  (betas as hyper.betas, a 2-array)
+    max_grad_norm                                 float, 0.0 for None
+    check_finite                                  bool
+    lr_kind                                       "float", "schedule" or "callable"
+    lr                                            float (lr_kind "float")
+    schedule, schedule.names, schedule.<name>     a fusedopt schedule's class and
+                                                  attributes (lr_kind "schedule")
+    step_count                                    int, steps taken
+    leaf_paths, leaf_dtypes                       str arrays, one entry per leaf
+                                                  (empty before the first step)
+    decay_mask                                    bool array, one entry per leaf
+    slots                                         str array of the slot names
+    <slot>.<i>                                    slot of leaf i (torch.optim's
+                                                  names: exp_avg, momentum_buffer, ...)
+
+A callable lr is not saved (it may not be data): the optimizer that loads
+the state keeps its own lr then.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .. import _state_fields as _fields, schedules
+
+FORMAT = "fusedopt.optim"
+VERSION = 1
+
+
+_FORMAT = _fields.Format(FORMAT, VERSION)
+get, get_str, get_int, get_strs = _FORMAT.get, _FORMAT.get_str, _FORMAT.get_int, _FORMAT.get_strs
+header, check_header = _FORMAT.header, _FORMAT.check_header
+
+
+def get_value(state: Mapping[str, Any], key: str) -> Any:
+    """A scalar as a Python object (0-d arrays unwrapped), or a sequence as a tuple."""
+    value = get(state, key)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return tuple(v.item() for v in value)
+    value = _fields.scalar(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+strs = _fields.strs
+
+
+# -- schedules: attributes with their exact types (float vs numpy scalars round differently)
+def schedule_entries(schedule: schedules.Schedule) -> Dict[str, Any]:
+    name, attrs = schedule.get_config()
+    out: Dict[str, Any] = {"schedule": name, "schedule.names": strs(attrs)}
+    for key, value in attrs.items():
+        # Python floats and ints are stored as themselves; numpy scalars keep their dtype.
+        out[f"schedule.{key}"] = value if isinstance(value, (int, float)) else np.asarray(value)
+    return out
+
+
+def schedule_from(state: Mapping[str, Any]) -> schedules.Schedule:
+    names = get_strs(state, "schedule.names")
+    attrs: Dict[str, Any] = {}
+    for key in names:
+        value = get(state, f"schedule.{key}")
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            # np.savez turns Python floats into float64 0-d arrays: float64 arithmetic is
+            # the same either way; float32 stays a numpy float32 scalar.
+            value = value[()] if value.dtype == np.float32 else value.item()
+        attrs[key] = value
+    return schedules.schedule_from_config([get_str(state, "schedule"), attrs])
+
+
+def slot_leaves(state: Mapping[str, Any], name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
+    """The saved leaves of slot `name`, checked to be arrays of the saved dtypes."""
+    out = []
+    for i, (path, dtype) in enumerate(zip(paths, dtypes)):
+        leaf = get(state, f"{name}.{i}")
+        where = f"{name} at {path}" if path else name
+        if not isinstance(leaf, np.ndarray):
+            raise TypeError(f"state: {where} must be a numpy array, got {type(leaf).__name__}")
+        if leaf.dtype != np.dtype(dtype):
+            raise ValueError(f"state: {where} has dtype {leaf.dtype}, the state says {dtype}")
+        out.append(np.array(leaf, copy=True, order="C"))
+    return out

@@ -1,0 +1,283 @@
+"""torch.optim optimizers whose steps run in fusedopt's fused kernels on CPU tensors.
+
+::
+
+    import fusedopt.torch as ft
+    opt = ft.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    for x, y in loader:
+        opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
+
+SGD, Adam, AdamW, RMSprop, Adagrad and Lion are subclasses of
+``torch.optim.Optimizer`` with torch.optim 2.13's constructor signatures,
+defaults and per-element semantics (its ``foreach=False`` implementations,
+through fusedopt.optim), parameter groups, schedulers, closures, hooks and
+state dicts in torch's own format. Each step is one native call per parameter
+group (per step count, where the count enters the update), on the parameters'
+own memory. CPU float32 and float64 tensors only; docs/torch.md says what is
+refused and why.
+
+This module imports torch; ``import fusedopt`` does not import it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Iterable, Optional, Union, overload
+
+import torch
+from torch.optim import Optimizer
+
+from ._engine import check_values, engine_key
+from ._plan import GroupPlan, named_group, step_dtype
+from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_flags, check_hyper, scalar
+from ._state import check_state_dict
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion"]
+
+Params = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
+_data_ptr = torch.Tensor.data_ptr
+
+
+class _FusedOptimizer(Optimizer):
+    """What the six optimizers share: the planned, one-call-per-group step,
+    checked hyper-parameters and state, and torch's state dict format."""
+
+    _spec: ClassVar[Spec]
+
+    def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
+        spec = self._spec
+        check_flags(spec, defaults)
+        if "betas" in defaults:
+            defaults["betas"] = tuple(scalar(b) for b in defaults["betas"])  # as torch: tensors become floats
+        check_hyper(spec, defaults)
+        check_values(spec, defaults)
+        self._plans: list[Optional[GroupPlan]] = []
+        super().__init__(params, defaults)
+
+    # -- groups, pickling, state dicts --------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group, then the new group's values checked (the
+        group is not added when one is refused)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            check_flags(self._spec, group)
+            check_hyper(self._spec, group, f"param_groups[{len(self.param_groups) - 1}]")
+            with named_group(len(self.param_groups) - 1):
+                check_values(self._spec, group)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in LOAD_DEFAULTS.items():
+                if key in self._spec.hyper:
+                    group.setdefault(key, value)
+            for key in IMPLEMENTATION_DEFAULTS:
+                if key in self.defaults:
+                    group[key] = self.defaults[key]  # a state saved by torch's foreach or fused optimizer
+        self._plans = []  # the state tensors are new: the next step copies them into new arenas
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict (the same format and matching of parameters
+        by position), after checking the whole state first: the groups'
+        hyper-parameters, and for every parameter the moments its group's
+        settings use (shape) and its step count. Nothing changes when any is refused.
+
+        A state saved by torch.optim's optimizer of the same name loads, also
+        from its foreach or fused implementation (the implementation flags are
+        reset to fusedopt's defaults); training continues as torch's would.
+        """
+        check_state_dict(self._spec, self.param_groups, state_dict)
+        super().load_state_dict(state_dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's zero_grad. With set_to_none (the default) the optimizer also
+        drops its references to the old gradients, so their memory is freed as
+        torch frees it; set_to_none=False keeps the same gradient tensors, which
+        lets the next step reuse their arrays (the fastest steps for models of
+        many small tensors)."""
+        super().zero_grad(set_to_none)
+        if set_to_none:
+            for plan in self._plans:
+                if plan is not None:
+                    plan.release_grads()
+
+    # -- the step -------------------------------------------------------------------
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """One step of every parameter that has a gradient (others are skipped,
+        as torch skips them), one native call per group and step count.
+
+        Everything is checked first (every group's hyper-parameters, every
+        parameter and gradient): a TypeError or ValueError naming the offending
+        ``param_groups[i]['params'][j]`` or setting leaves all parameters and
+        state unchanged.
+
+        Args:
+            closure: re-evaluates the model and returns the loss; called with
+                gradients enabled, before the step.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        ready = [self._prepare(i, group) for i, group in enumerate(self.param_groups)]
+        del self._plans[len(self.param_groups):]
+        self._plans.extend([None] * (len(self.param_groups) - len(self._plans)))
+        for i, (plan, hyper) in enumerate(ready):
+            self._plans[i] = plan
+            plan.hyper = hyper
+            plan.run(self.state)
+        return loss
+
+    def _prepare(self, index: int, group: dict[str, Any]) -> tuple[GroupPlan, tuple[Any, ...]]:
+        """The group's plan for this step (the last one when still valid, its
+        engines given the group's current values) and those values; checks
+        everything, changes nothing visible."""
+        spec = self._spec
+        params = group["params"]
+        grads = [p.grad for p in params]
+        ptrs = list(map(_data_ptr, params))
+        hyper = _hyper_values(group, spec.hyper)
+        plan = self._plans[index] if index < len(self._plans) else None
+        hyper_changed = plan is None or hyper != plan.hyper
+        if hyper_changed:
+            check_hyper(spec, group, f"param_groups[{index}]")
+        if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), len(self.state)) and \
+                (not hyper_changed or engine_key(spec, group) == plan.key):
+            if list(map(id, grads)) != plan.grad_ids:
+                if [g is None for g in grads] == plan.missing:
+                    plan.refresh_grads(spec, index, group, grads)
+                else:
+                    plan = None
+        else:
+            plan = None
+        if plan is None:
+            return GroupPlan(spec, index, group, self.defaults, self.state, grads, ptrs, hyper), hyper
+        if hyper_changed:
+            plan.sync(index, group)
+        return plan, hyper
+
+
+_PLAIN = (float, int, bool)
+
+
+def _hyper_values(group: dict[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
+    """The group's values of `keys` as plain numbers (a tensor lr changed in
+    place by a scheduler must compare unequal to its old value) and tuples."""
+    values = [group.get(k) for k in keys]
+    for i, v in enumerate(values):
+        if type(v) not in _PLAIN:
+            values[i] = tuple(map(scalar, v)) if isinstance(v, (list, tuple)) else scalar(v)
+    return tuple(values)
+
+
+class SGD(_FusedOptimizer):
+    """torch.optim.SGD (momentum, dampening, Nesterov, L2 weight decay, maximize)
+    on fusedopt's kernels; state: 'momentum_buffer' when momentum != 0."""
+
+    _spec = SPECS["SGD"]
+
+    def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
+                                  "foreach": foreach, "differentiable": differentiable, "fused": fused})
+
+
+class Adam(_FusedOptimizer):
+    """torch.optim.Adam (bias-corrected, eps outside the root; L2 weight decay,
+    or decoupled with decoupled_weight_decay=True; AMSGrad; maximize) on
+    fusedopt's kernels; state: 'step', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'."""
+
+    _spec = SPECS["Adam"]
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
+                 foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: Optional[bool] = None,
+                 decoupled_weight_decay: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
+                                  "capturable": capturable, "differentiable": differentiable, "fused": fused,
+                                  "decoupled_weight_decay": decoupled_weight_decay})
+
+
+class AdamW(_FusedOptimizer):
+    """torch.optim.AdamW (Adam with decoupled weight decay ``p *= 1 - lr*wd``)
+    on fusedopt's kernels; state as Adam's."""
+
+    _spec = SPECS["AdamW"]
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: Optional[bool] = None, capturable: bool = False, differentiable: bool = False,
+                 fused: Optional[bool] = None) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
+                                  "capturable": capturable, "differentiable": differentiable, "fused": fused,
+                                  "decoupled_weight_decay": True})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True  # as torch's AdamW: always decoupled, whatever was saved
+
+
+class RMSprop(_FusedOptimizer):
+    """torch.optim.RMSprop (centered, momentum, L2 weight decay, maximize) on
+    fusedopt's kernels; state: 'step', 'square_avg', 'momentum_buffer', 'grad_avg'."""
+
+    _spec = SPECS["RMSprop"]
+
+    def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
+                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps,
+                                  "centered": centered, "weight_decay": weight_decay, "capturable": capturable,
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable})
+
+
+class Adagrad(_FusedOptimizer):
+    """torch.optim.Adagrad (lr decay, L2 weight decay, initial accumulator,
+    maximize) on fusedopt's kernels; state: 'step', 'sum' (made at construction,
+    as torch makes it)."""
+
+    _spec = SPECS["Adagrad"]
+
+    def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
+                 initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: Optional[bool] = None, *,
+                 maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None) -> None:
+        super().__init__(params, {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
+                                  "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
+                                  "maximize": maximize, "differentiable": differentiable, "fused": fused})
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["step"] = torch.tensor(0.0, dtype=step_dtype())
+                self.state[p]["sum"] = torch.full_like(p, initial_accumulator_value,
+                                                       memory_format=torch.preserve_format)
+
+
+class Lion(_FusedOptimizer):
+    """Lion (Chen et al. 2023) with decoupled weight decay, as fusedopt.optim.Lion:
+    ``p = p*(1 - lr*wd) - lr*sign(b1*m + (1-b1)*g)``, then ``m = b2*m + (1-b2)*g``;
+    state: 'step', 'exp_avg'. torch.optim has no Lion."""
+
+    _spec = SPECS["Lion"]
+
+    def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0, maximize: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize})

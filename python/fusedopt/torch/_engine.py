@@ -1,0 +1,97 @@
+"""The bridge from a torch parameter group to fusedopt.optim: which
+fusedopt.optim optimizer steps a bucket of the group, made from the group's
+values, loaded with the bucket's state, and kept in step with the group.
+
+Uses fusedopt.optim's public interface only: init(), state_arrays(),
+state_dict()/load_state_dict() (the way to set its step count) and
+hyper-parameter attributes. Imports numpy, not torch.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .. import optim
+from ._specs import Spec, scalar
+
+# Settings that choose fusedopt.optim's rule and state slots: they cannot
+# change while an engine has state, so a change of one makes a new plan.
+_RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"), "AdamW": ("amsgrad",),
+              "RMSprop": ("centered",), "Adagrad": (), "Lion": ()}
+
+
+def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a group's engines are made for: the rule-choosing settings and slots."""
+    return tuple(group[k] for k in _RULE_KEYS[spec.name]) + spec.slots(group)
+
+
+def _engine_class(spec: Spec, group: Mapping[str, Any]) -> type[optim.Optimizer]:
+    if spec.name == "Adam" and group["decoupled_weight_decay"]:
+        return optim.AdamW  # torch's Adam(decoupled_weight_decay=True) is AdamW
+    cls: type[optim.Optimizer] = getattr(optim, spec.name)
+    return cls
+
+
+def _values(spec: Spec, group: Mapping[str, Any]) -> dict[str, Any]:
+    """The group's hyper-parameters under fusedopt.optim's names (the same as torch's)."""
+    out = {k: scalar(group[k]) for k in spec.hyper if k not in ("lr", "decoupled_weight_decay")}
+    if "betas" in out:
+        out["betas"] = tuple(float(scalar(b)) for b in out["betas"])
+    return out
+
+
+def check_values(spec: Spec, group: Mapping[str, Any]) -> None:
+    """fusedopt.optim's own checks of the group's values (a few ranges are
+    stricter than torch's, e.g. RMSprop's alpha <= 1): an engine made and dropped."""
+    _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group))
+
+
+class Engine:
+    """One fusedopt.optim optimizer over a bucket's list of parameter arrays.
+
+    Args:
+        spec, group: the torch optimizer and the group's current values.
+        arrays: the arrays the bucket steps (C-contiguous, writeable).
+        moments: per slot, one array per parameter (its state to carry on), or
+            None for a parameter whose slot starts afresh at ``fresh[slot]``.
+        fresh: per slot, the value a new slot starts at.
+        count: the step count the bucket's parameters share.
+    """
+
+    def __init__(self, spec: Spec, group: Mapping[str, Any], arrays: Sequence[np.ndarray],
+                 moments: Mapping[str, Sequence[Optional[np.ndarray]]], fresh: Mapping[str, float],
+                 count: int) -> None:
+        self.spec = spec
+        self.opt = _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group))
+        self.opt.init(list(arrays))
+        if count:
+            # fusedopt.optim restores a step count through its state dict only
+            saved = self.opt.state_dict()
+            saved["step_count"] = count
+            for slot, leaves in moments.items():
+                for i, (m, a) in enumerate(zip(leaves, arrays)):
+                    saved[f"{slot}.{i}"] = np.full_like(a, fresh[slot]) if m is None else \
+                        np.asarray(m, dtype=a.dtype)
+            self.opt.load_state_dict(saved)
+        else:
+            views = self.opt.state_arrays()
+            for slot, leaves in moments.items():
+                for view, m in zip(views[slot], leaves):
+                    np.copyto(view, fresh[slot] if m is None else m, casting="same_kind")
+        self._views = self.opt.state_arrays()
+
+    def views(self, slot: str) -> list[np.ndarray]:
+        """Writable views of a slot's arena, one per parameter: the state itself."""
+        leaves: list[np.ndarray] = self._views[slot]
+        return leaves
+
+    def sync(self, group: Mapping[str, Any]) -> None:
+        """Take the group's current values (validated by fusedopt.optim on assignment)."""
+        self.opt.lr = float(scalar(group["lr"]))
+        for key, value in _values(self.spec, group).items():
+            if getattr(self.opt, key) != value:
+                setattr(self.opt, key, value)
+
+    def step(self, arrays: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+        self.opt.step(arrays, grads)

@@ -1,0 +1,247 @@
+"""The step of one parameter group of a fusedopt.torch optimizer, planned once
+and reused while nothing it depends on changes.
+
+A plan splits the group's parameters that have gradients into buckets of equal
+step count (when the count enters the update; otherwise one bucket) and gives
+each bucket a fusedopt.optim engine whose moment arenas hold the bucket's
+state: the state tensors torch users see (``opt.state[p]['exp_avg']``...) are
+``torch.from_numpy`` views of those arenas, and each 'step' tensor is a 0-d view
+into one array of counts per bucket, so a step is one native call and one
+numpy ``+= 1`` per bucket, whatever the number of tensors.
+
+Reuse costs a look at every parameter (its ``.grad`` and ``data_ptr()``): the
+plan is rebuilt when the set of parameters with gradients, a parameter's
+memory, the group's structural settings or the optimizer's state dict changed;
+only the gradient arrays are rebuilt when just the ``.grad`` tensor objects
+changed (as after ``zero_grad(set_to_none=True)`` and ``backward()``).
+
+Building checks everything and changes nothing visible (moments are copied
+into new arenas); ``run`` commits. Imports torch: only fusedopt.torch uses it.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, MutableMapping, Sequence
+
+import numpy as np
+import torch
+
+from ._engine import Engine, engine_key
+from ._specs import Spec
+
+_SUPPORTED = (torch.float32, torch.float64)
+
+
+def step_dtype() -> torch.dtype:
+    """The dtype of torch's 'step' tensors: float64 under a float64 default dtype, else float32."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def array_of(t: torch.Tensor) -> np.ndarray:
+    """The tensor's memory as a numpy array (a view; strided if the tensor is)."""
+    try:
+        return t.numpy()  # the common case, and the cheapest call: about 1 µs a tensor
+    except RuntimeError:  # requires grad (create_graph=True), or a lazily negated view
+        return t.detach().resolve_neg().numpy()
+
+
+def steps_of(state: MutableMapping[str, Any], spec: Spec) -> int:
+    """A parameter's step count as its state says: 'step' (0 when new), or for
+    SGD, which keeps none, 1 once a momentum buffer exists (the first step then
+    no longer copies the gradient)."""
+    if not spec.keeps_step:
+        return 1 if state.get("momentum_buffer") is not None else 0
+    step = state.get("step")
+    return 0 if step is None else int(step)
+
+
+def check_pair(spec: Spec, where: str, p: torch.Tensor, g: torch.Tensor) -> None:
+    """TypeError/ValueError unless fusedopt can step parameter p with gradient g."""
+    for t, what in ((p, ""), (g, " gradient")):
+        if t.device.type != "cpu":
+            raise TypeError(f"{where}{what} is on device {t.device}; fusedopt.torch.{spec.name} steps CPU "
+                            "tensors only")
+        if t.layout != torch.strided:
+            raise TypeError(f"{where}{what} is {t.layout} (sparse); fusedopt.torch.{spec.name} does not support "
+                            "sparse tensors (torch.optim.SparseAdam does)")
+    if p.dtype not in _SUPPORTED:
+        raise TypeError(f"{where} is {p.dtype}; fusedopt.torch.{spec.name} steps float32 and float64 tensors "
+                        "only (keep an fp32 master copy of bf16/fp16 parameters)")
+    if g.dtype != p.dtype or g.shape != p.shape:
+        raise ValueError(f"{where}: the gradient is {g.dtype} of shape {tuple(g.shape)}, the parameter "
+                         f"{p.dtype} of shape {tuple(p.shape)}")
+
+
+def check_slot(where: str, p: torch.Tensor, value: Any) -> None:
+    if not torch.is_tensor(value) or value.shape != p.shape or not value.is_floating_point() \
+            or value.layout != torch.strided:
+        got = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
+        raise ValueError(f"{where}: expected a floating-point tensor of shape {tuple(p.shape)}, got {got}")
+
+
+def check_step(where: str, value: Any) -> int:
+    v = float(value) if torch.is_tensor(value) and value.numel() == 1 else value
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 2 ** 53) or v != int(v):
+        raise ValueError(f"{where}: expected a whole number >= 0 (a 0-d tensor, as torch keeps it), got {value!r}")
+    return int(v)
+
+
+class Bucket:
+    """Parameters of one group that take one native call."""
+
+    def __init__(self, spec: Spec, group: dict[str, Any], defaults: dict[str, Any], params: list[torch.Tensor],
+                 grads: list[torch.Tensor], state: MutableMapping[Any, Any], count: int) -> None:
+        self.params = params
+        self.arrays: list[np.ndarray] = []
+        # (parameter, contiguous buffer) of parameters whose memory the kernel cannot step in place
+        self.copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for p in params:
+            if p.is_contiguous() and not p.is_neg():
+                self.arrays.append(p.detach().numpy())
+            else:
+                buf = torch.empty(p.shape, dtype=p.dtype)
+                self.copies.append((p, buf))
+                self.arrays.append(buf.numpy())
+        self.grads = [array_of(g) for g in grads]
+        self.slots = spec.slots(group)
+        moments = {slot: [state[p].get(slot) if p in state else None for p in params] for slot in self.slots}
+        self.engine = Engine(spec, group, self.arrays,
+                             {slot: [None if m is None else array_of(m) for m in ms] for slot, ms in moments.items()},
+                             {slot: spec.fresh(slot, defaults) for slot in self.slots}, count)
+        self.counts: np.ndarray | None = None
+        if spec.keeps_step:
+            self.counts = np.array([steps_of(state[p], spec) if p in state else 0 for p in params],
+                                   dtype=np.float64 if step_dtype() == torch.float64 else np.float32)
+        self.installed = False
+
+    def install(self, state: MutableMapping[Any, Any]) -> None:
+        """Point the parameters' state at this bucket's arenas and counts."""
+        self.installed = True
+        if self.counts is None and not self.slots:
+            return  # plain SGD keeps no state, as torch's
+        views = {slot: self.engine.views(slot) for slot in self.slots}
+        for j, p in enumerate(self.params):
+            s = state[p]
+            if self.counts is not None:
+                s["step"] = torch.from_numpy(self.counts[j:j + 1].reshape(()))
+            for slot in self.slots:
+                s[slot] = torch.from_numpy(views[slot][j])
+
+    def run(self, state: MutableMapping[Any, Any]) -> None:
+        for p, buf in self.copies:  # detached: no autograd record, no grad mode to switch off
+            buf.copy_(p.detach())
+        self.engine.step(self.arrays, self.grads)
+        for p, buf in self.copies:
+            p.detach().copy_(buf)
+        if self.counts is not None:
+            self.counts += 1
+        if not self.installed:
+            self.install(state)
+
+
+class GroupPlan:
+    """The buckets of one group and what their reuse depends on."""
+
+    def __init__(self, spec: Spec, index: int, group: dict[str, Any], defaults: dict[str, Any],
+                 state: MutableMapping[Any, Any], grads: list[Any], ptrs: list[int], hyper: tuple[Any, ...]) -> None:
+        params: Sequence[torch.Tensor] = group["params"]
+        where = f"param_groups[{index}]['params']"
+        stepped: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g is None:
+                continue
+            check_pair(spec, f"{where}[{i}]", p, g)
+            count = 0
+            if p in state:
+                for slot in spec.slots(group):
+                    if state[p].get(slot) is not None:
+                        check_slot(f"state of {where}[{i}]['{slot}']", p, state[p][slot])
+                if spec.keeps_step and "step" in state[p]:
+                    count = check_step(f"state of {where}[{i}]['step']", state[p]["step"])
+                else:
+                    count = steps_of(state[p], spec)
+            ps, gs = stepped.setdefault(_bucket_key(spec, count), ([], []))
+            ps.append(p)
+            gs.append(g)
+        for ps in (ps for ps, _ in stepped.values()):
+            _check_disjoint(ps, {id(p): i for i, p in enumerate(params)}, where)
+        with named_group(index):
+            self.buckets = [Bucket(spec, group, defaults, ps, gs, state, key)
+                            for key, (ps, gs) in sorted(stepped.items())]
+        self.key = engine_key(spec, group)
+        self.hyper = hyper
+        self.ptrs = ptrs
+        self.grad_ids = list(map(id, grads))
+        self.grads: list[Any] | None = grads  # held, so that no other tensor can take a held one's id
+        self.missing = [g is None for g in grads]
+        self.state_id = (id(state), len(state))
+
+    def refresh_grads(self, spec: Spec, index: int, group: dict[str, Any], grads: list[Any]) -> None:
+        """New gradient tensors in the same places: check them and rebuild only their arrays."""
+        where = f"param_groups[{index}]['params']"
+        params = group["params"]
+        fresh: list[list[np.ndarray]] = [[] for _ in self.buckets]
+        bucket_of = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket.params}
+        strided = torch.strided
+        for i, (p, g) in enumerate(zip(params, grads)):  # in order: each bucket lists its parameters in order
+            if g is not None:
+                # the parameter passed check_pair when planned; a quick look at the
+                # new gradient, and check_pair's message when something is off
+                if not (g.dtype == p.dtype and g.is_cpu and g.layout == strided and g.shape == p.shape):
+                    check_pair(spec, f"{where}[{i}]", p, g)
+                fresh[bucket_of[id(p)]].append(array_of(g))
+        for bucket, arrays in zip(self.buckets, fresh):
+            bucket.grads = arrays
+        self.grad_ids = list(map(id, grads))
+        self.grads = grads
+
+    def release_grads(self) -> None:
+        """Drop the held gradients (zero_grad(set_to_none=True)): their memory is freed as torch frees it."""
+        for bucket in self.buckets:
+            bucket.grads = []
+        self.grads = None
+        self.grad_ids = []
+
+    def sync(self, index: int, group: dict[str, Any]) -> None:
+        """Give the engines the group's current hyper-parameters (checked again
+        by fusedopt.optim: nothing is stepped until every group has taken them)."""
+        with named_group(index):
+            for bucket in self.buckets:
+                bucket.engine.sync(group)
+
+    def run(self, state: MutableMapping[Any, Any]) -> None:
+        for bucket in self.buckets:
+            bucket.run(state)
+        self.state_id = (id(state), len(state))
+
+
+def _bucket_key(spec: Spec, count: int) -> int:
+    """Parameters of a group with equal keys share a native call: the count
+    itself where it enters the update (bias corrections, lr decay); for SGD
+    whether its momentum buffer exists yet (the first step copies the
+    gradient); else one call, whatever the counts."""
+    if spec.counted:
+        return count
+    return 0 if spec.keeps_step else min(count, 1)
+
+
+def _check_disjoint(params: list[torch.Tensor], position: dict[int, int], where: str) -> None:
+    """ValueError if two parameters that one call steps in place share memory
+    (a parameter listed twice, or views of one tensor): the native step refuses
+    them, and torch would step that memory twice. Non-contiguous parameters
+    are stepped in buffers of their own."""
+    spans = sorted((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size(), position[id(p)])
+                   for p in params if p.numel() and p.is_contiguous())
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"{where}[{max(i, j)}] shares memory with {where}[{min(i, j)}]: each parameter "
+                             "must have memory of its own (is a parameter listed twice?)")
+
+
+@contextmanager
+def named_group(index: int, prefix: str = "") -> Iterator[None]:
+    """fusedopt.optim's TypeError/ValueError about a hyper-parameter, prefixed with the group."""
+    try:
+        yield
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{prefix}param_groups[{index}]: {e}") from None
