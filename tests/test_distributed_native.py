@@ -1,8 +1,7 @@
-"""fusedopt.distributed's pieces that need no MPI: the flat layout and its shards, the native
-rank average and FlatPack, and the import rules (`import fusedopt` never needs MPI)."""
+"""fusedopt.distributed's pieces that run in one process: the flat layout and its shards, the
+native rank average and FlatPack. They live in fusedopt.distributed, which needs mpi4py to import
+(the import rules are in test_distributed_import.py, run also where mpi4py is absent)."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,6 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fusedopt
 from fusedopt import _core, optimizers
+
+pytest.importorskip("mpi4py", reason="fusedopt.distributed needs mpi4py (pip install 'fusedopt[mpi]')")
 from fusedopt.distributed._layout import ALIGN, Layout, aligned_bytes
 
 SETTINGS = settings(max_examples=int(os.environ.get("FUSEDOPT_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
@@ -376,19 +377,3 @@ def test_pack_and_unpack_of_a_byte_range():
     lay.pack.unpack(part, out, "params", lo, hi)
     assert np.array_equal(out[1][8:], tree[1][8:]) and not out[1][:8].any()
     assert np.array_equal(out[0][:28], tree[0][:28]) and not out[0][28:].any()
-
-
-# -- imports -------------------------------------------------------------------------------------
-def _python(code):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-
-
-def test_import_fusedopt_never_needs_mpi():
-    proc = _python("import sys, fusedopt, fusedopt.optimizers\nassert 'mpi4py' not in sys.modules, 'mpi4py imported'")
-    assert proc.returncode == 0, proc.stderr
-
-
-def test_distributed_without_mpi4py_names_the_extra():
-    proc = _python("import sys; sys.modules['mpi4py'] = None\nimport fusedopt.distributed")
-    assert proc.returncode != 0
-    assert "ImportError" in proc.stderr and "fusedopt[mpi]" in proc.stderr, proc.stderr
