@@ -1,13 +1,17 @@
 """fusedopt.optim state: N steps + save + N steps == 2N steps bit for bit, through
 np.savez and pickle; hyper-parameters travel with the state; loading is atomic;
 state_arrays() views are the state; lr schedules and callables."""
+import copy
 import io
+import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
 
 from fusedopt import optim, schedules
+from optim_reference import Reference
 
 KINDS = [
     ("SGD", {"momentum": 0.9, "nesterov": True}),
@@ -190,3 +194,38 @@ def test_mask_assigned_between_steps_takes_effect():
     with pytest.raises(ValueError, match="no entry"):
         opt.weight_decay_mask = {"w": False}
     assert opt.weight_decay_mask == {"w": False, "b": True}
+
+
+# -- the checked-in states, one per format version --------------------------------------------------
+@pytest.mark.parametrize("version", [1])
+def test_checked_in_state_keeps_loading(version):
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    sys.path.insert(0, data)
+    try:
+        from make_optim_fixture import fixture_optimizer, fixture_tree, path_of
+    finally:
+        sys.path.remove(data)
+    with np.load(path_of(version)) as saved:
+        state = {key: saved[key] for key in saved.files}
+    made = fixture_optimizer(version)  # the optimizer the fixture was saved from, before any step
+    opt = type(made)()
+    opt.load_state_dict(state)
+    assert opt.step_count == 4 and repr(opt).split("(")[0] == type(made).__name__
+    assert opt.state_dict()["version"] >= version
+    # One more step, against the NumPy reference started from the saved slots.
+    rng = np.random.default_rng(7)
+    params, grads = fixture_tree(rng), fixture_tree(rng)
+    flat = [params["b"], params["w"], params["z"][0]]
+    ref_params = [p.copy() for p in flat]
+    hyper = {name: state[f"hyper.{name}"] for name in type(made)._hyper_names}
+    hyper = {k: tuple(v.tolist()) if v.ndim else v.item() for k, v in hyper.items()}
+    lr = float(next(copy.deepcopy(opt.lr))) if isinstance(opt.lr, schedules.Schedule) else opt.lr
+    ref = Reference(type(made).__name__, lr=lr, max_grad_norm=made.max_grad_norm,
+                    mask=[bool(b) for b in state["decay_mask"]], **hyper)
+    ref.t = 4
+    ref.state = [{name: state[f"{name}.{i}"].copy() for name in state["slots"]} for i in range(3)]
+    ref.scalars = {name: float(state[f"scalar.{name}"]) for name in state.get("scalars", [])}
+    opt.step(params, grads)
+    ref.step(ref_params, [grads["b"], grads["w"], grads["z"][0]], norm=opt.last_grad_norm)
+    for a, b in zip(flat, ref_params):
+        np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
