@@ -93,13 +93,15 @@ def test_large_tree_runs_threaded_with_the_same_bits(kind, hyper, rng, restore_n
     assert out[0][1] == out[1][1]
 
 
-def test_the_rule_table_is_the_compiled_list():
-    table = _core.rule_table
-    assert len(set(table)) == len(table) == 28
+def test_the_kernel_table_is_generated_from_the_specs():
+    # Every (rule, decay, phase) of every spec, in enum order, and nothing else.
+    specs = {rule: _core.optim_rule_spec(rule) for rule in _core.OptimRule.__members__.values()}
+    assert list(_core.optim_kernels) == [(rule, d, p) for rule, spec in sorted(specs.items(), key=lambda kv: int(kv[0]))
+                                         for d in spec["decays"] for p in spec["phases"]]
     for kind, hyper in CASES:
         opt = getattr(optim, kind)(**hyper)
-        assert any(entry[0] == opt._rule() for entry in table)
-        assert sorted(_core.rule_slots(opt._rule())) == sorted(Reference(kind, **hyper).slot_names())
+        rule = opt._native_rule()
+        assert sorted(specs[rule]["slots"]) == sorted(Reference(kind, **hyper).slot_names())
 
 
 @pytest.mark.parametrize("kind,hyper", [c for c in CASES if c[0] in ("Adam", "SGD", "Lion")])

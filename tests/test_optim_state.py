@@ -197,7 +197,7 @@ def test_mask_assigned_between_steps_takes_effect():
 
 
 # -- the checked-in states, one per format version --------------------------------------------------
-@pytest.mark.parametrize("version", [1])
+@pytest.mark.parametrize("version", [1, 2])
 def test_checked_in_state_keeps_loading(version):
     data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
     sys.path.insert(0, data)
