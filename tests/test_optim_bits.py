@@ -6,27 +6,9 @@ import pytest
 
 import fusedopt
 from fusedopt import _core, optim
+from optim_cases import CASE_IDS, CASES, RICH
 from optim_reference import Reference, global_norm, lion_paper_f64
 
-# (class name, hyper-parameters): every rule of the table and its decay modes.
-CASES = [
-    ("SGD", {}),
-    ("SGD", {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
-    ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True}),
-    ("Adam", {}),
-    ("Adam", {"weight_decay": 0.1, "amsgrad": True}),
-    ("Adam", {"betas": (0.3, 0.9), "eps": 1e-3}),   # lerp weight >= 0.5: the other form
-    ("AdamW", {}),
-    ("AdamW", {"amsgrad": True, "maximize": True}),
-    ("RMSprop", {}),
-    ("RMSprop", {"centered": True, "weight_decay": 0.1}),
-    ("RMSprop", {"momentum": 0.5}),
-    ("RMSprop", {"centered": True, "momentum": 0.5, "alpha": 0.3}),
-    ("Adagrad", {"lr_decay": 0.01, "initial_accumulator_value": 0.1}),
-    ("Adagrad", {"weight_decay": 0.1, "eps": 1e-3}),
-    ("Lion", {}),
-    ("Lion", {"weight_decay": 0.5, "betas": (0.8, 0.95)}),
-]
 SIZES = [(1,), (15,), (17, 3), (130,), (2049,), (3, 1000)]
 
 
@@ -53,7 +35,7 @@ def _assert_bits(mine, ref):
         np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
 
 
-@pytest.mark.parametrize("kind,hyper", CASES)
+@pytest.mark.parametrize("kind,hyper", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bits_at_every_simd_level_and_thread_count(kind, hyper, dtype, rng, restore_simd_level, restore_num_threads):
     seed = int(rng.integers(2**31))
@@ -71,7 +53,7 @@ def test_bits_at_every_simd_level_and_thread_count(kind, hyper, dtype, rng, rest
         _assert_bits(other, results[0])
 
 
-@pytest.mark.parametrize("kind,hyper", CASES)
+@pytest.mark.parametrize("kind,hyper", CASES, ids=CASE_IDS)
 def test_large_tree_runs_threaded_with_the_same_bits(kind, hyper, rng, restore_num_threads):
     # Above serial_below elements the thread team runs the chunks; with clipping the norm pass too.
     shapes = [(70_001,), (5, 333)]
@@ -99,12 +81,24 @@ def test_the_kernel_table_is_generated_from_the_specs():
     assert list(_core.optim_kernels) == [(rule, d, p) for rule, spec in sorted(specs.items(), key=lambda kv: int(kv[0]))
                                          for d in spec["decays"] for p in spec["phases"]]
     for kind, hyper in CASES:
-        opt = getattr(optim, kind)(**hyper)
-        rule = opt._native_rule()
+        rule = getattr(optim, kind)(**hyper)._native_rule()
         assert sorted(specs[rule]["slots"]) == sorted(Reference(kind, **hyper).slot_names())
+        assert specs[rule]["scalars"] == Reference(kind, **hyper).scalars
 
 
-@pytest.mark.parametrize("kind,hyper", [c for c in CASES if c[0] in ("Adam", "SGD", "Lion")])
+def test_the_registry_covers_every_rule_with_and_without_decay():
+    # Every rule is chosen by some case, once with weight decay and once without (where it has decay).
+    chosen = set()
+    for kind, hyper in CASES:
+        rule = getattr(optim, kind)(**hyper)._native_rule()
+        chosen.add((rule, Reference(kind, **hyper).h["weight_decay"] != 0))
+    for rule in _core.OptimRule.__members__.values():
+        assert (rule, False) in chosen or (rule, True) in chosen, rule
+        if len(_core.optim_rule_spec(rule)["decays"]) > 1:
+            assert (rule, True) in chosen, f"{rule}: no case with weight decay"
+
+
+@pytest.mark.parametrize("kind,hyper", RICH)
 def test_clipping_and_mask_bits(kind, hyper, rng):
     mask = [True, False, True, False, True, False]
     mine, ref_params, _, _ = _run(kind, {**hyper, "weight_decay": 0.3}, np.float32, rng, clip=2.0, mask=mask)

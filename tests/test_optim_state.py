@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 
 from fusedopt import optim, schedules
+from optim_cases import RICH
 from optim_reference import Reference
-
-KINDS = [
-    ("SGD", {"momentum": 0.9, "nesterov": True}),
-    ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
-    ("AdamW", {}),
-    ("RMSprop", {"centered": True, "momentum": 0.3}),
-    ("Adagrad", {"initial_accumulator_value": 0.5, "lr_decay": 0.1}),
-    ("Lion", {"weight_decay": 0.1}),
-]
-
 
 def _params(rng):
     return {"w": rng.standard_normal((4, 9)).astype(np.float32), "b": rng.standard_normal(9),
@@ -44,7 +35,7 @@ def _savez_roundtrip(state):
     return dict(np.load(buf))
 
 
-@pytest.mark.parametrize("kind,hyper", KINDS)
+@pytest.mark.parametrize("kind,hyper", RICH)
 @pytest.mark.parametrize("how", ["savez", "pickle", "state_dict"])
 def test_resume_is_exact(kind, hyper, how, rng):
     params = _params(rng)
