@@ -1,7 +1,9 @@
 """fusedopt.optim against torch.optim 2.13 (foreach=False) over many steps:
 float64 to 1e-12 relative, float32 to 1e-5 relative (torch's CPU kernels use
 FMAs in their vector loops and fusedopt does not, so the last bits differ);
-masks against parameter groups, clipping against clip_grad_norm_."""
+masks against parameter groups, clipping against clip_grad_norm_. torch runs
+with float64 as its default dtype: it keeps per-parameter scalar state (the
+step, NAdam's mu_product) in the default dtype, fusedopt keeps it in double."""
 import numpy as np
 import pytest
 
@@ -23,6 +25,14 @@ def _grads(rng, dtype, step):
         g[..., 0] = 0.0
         out.append(g.astype(dtype))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _torch_default_float64():
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(saved)
 
 
 def _compare(kind, hyper, dtype, rng, steps=60, groups=None, clip=None, mask=None):
