@@ -148,6 +148,24 @@ def _lion(ref, p, g, st, T, decay):
     m[...] = T(b2) * m + T(1 - b2) * g
 
 
+# -- NAdam -----------------------------------------------------------------------------------------
+def _nadam_begin(ref):
+    b1, md, t = ref.h["betas"][0], ref.h["momentum_decay"], ref.t
+    ref.mu = b1 * (1.0 - 0.5 * (0.96 ** (t * md)))
+    ref.mu_next = b1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * md)))
+    ref.scalars["mu_product"] *= ref.mu
+
+
+def _nadam(ref, p, g, st, T, decay):
+    h = ref.h
+    b2 = h["betas"][1]
+    g, m, v = adam_moments(ref, p, g, st, T, decay, h["decoupled_weight_decay"])
+    den = np.sqrt(v / T(1 - b2 ** ref.t)) + T(h["eps"])
+    mu_product = ref.scalars["mu_product"]
+    p[...] = p + (T(-ref.lr * (1.0 - ref.mu) / (1.0 - mu_product)) * g) / den
+    p[...] = p + (T((-ref.lr * ref.mu_next) / (1.0 - mu_product * ref.mu_next)) * m) / den
+
+
 _COMMON_BAD = (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"lr": float("nan")}, ValueError),
                ({"max_grad_norm": 0.0}, ValueError), ({"max_grad_norm": -1.0}, ValueError),
                ({"check_finite": 1}, TypeError), ({"weight_decay": -0.01}, ValueError),
@@ -182,6 +200,12 @@ OPTIM = (
           start=lambda slot, h: h["initial_accumulator_value"]),
     Entry("Lion", ({}, {"weight_decay": 0.5, "betas": (0.8, 0.95)}), lambda h: ["exp_avg"], _lion,
           _COMMON_BAD + _BETAS_BAD, torch=False),
+    Entry("NAdam", ({}, {"weight_decay": 0.1, "momentum_decay": 0.01},
+                    {"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.3, 0.9), "maximize": True}),
+          lambda h: ["exp_avg", "exp_avg_sq"], _nadam,
+          _COMMON_BAD + _BETAS_BAD + (({"momentum_decay": -1e-3}, ValueError), ({"eps": -1.0}, ValueError),
+                                      ({"decoupled_weight_decay": 1}, TypeError)),
+          begin=_nadam_begin, scalars={"mu_product": 1.0}),
 )
 
 ENTRIES = {e.name: e for e in OPTIM}

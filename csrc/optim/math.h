@@ -74,6 +74,14 @@ StepValues step_values(const StepInput& in, double* state) {
     v.lerp_w = 1.0 - h.alpha;  // grad_avg.lerp_(g, 1 - alpha)
   } else if constexpr (S.math == Math::ADAGRAD) {
     v.neg_lr = -(in.lr / (1.0 + (in.t - 1.0) * h.lr_decay));
+  } else if constexpr (S.math == Math::NADAM) {
+    v.bc2 = 1.0 - std::pow(h.beta2, in.t);
+    const double mu = h.beta1 * (1.0 - 0.5 * std::pow(0.96, in.t * h.momentum_decay));
+    const double mu_next = h.beta1 * (1.0 - 0.5 * std::pow(0.96, (in.t + 1.0) * h.momentum_decay));
+    double& mu_product = state[0];
+    mu_product = mu_product * mu;
+    v.neg_lr = (-in.lr * (1.0 - mu)) / (1.0 - mu_product);
+    v.neg_lr_m = (-in.lr * mu_next) / (1.0 - mu_product * mu_next);
   }
   (void)state;
   return v;
@@ -124,6 +132,12 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
     const V u = (c.b1 * x.s0) + (c.omb1 * x.g);
     x.p = x.p + c.neg_lr * vsign<V, T>(u);  // p - lr*sign(u): the same bits
     x.s0 = (c.b2 * x.s0) + (c.omb2 * x.g);
+  } else if constexpr (S.math == Math::NADAM) {
+    x.s0 = lerp(x.s0, x.g, c);
+    x.s1 = (x.s1 * c.b2) + ((c.omb2 * x.g) * x.g);
+    const V den = vsqrt(x.s1 / c.bc2) + c.eps;
+    x.p = x.p + (c.neg_lr * x.g) / den;  // torch's two addcdiv_, in its order
+    x.p = x.p + (c.neg_lr_m * x.s0) / den;
   }
 }
 

@@ -33,6 +33,7 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(lr_decay, NON_NEGATIVE)                                                                            \
   X(initial_accumulator_value, NON_NEGATIVE)                                                           \
   X(max_grad_norm, NON_NEGATIVE)         /* 0: no clipping */                                          \
+  X(momentum_decay, NON_NEGATIVE)        /* NAdam: psi of mu_t = beta1 * (1 - 0.96**(t*psi) / 2) */     \
   X(maximize, FLAG)
 
 struct OptimHyper {
@@ -80,7 +81,7 @@ enum class OptimPhase : unsigned { FIRST, STEADY };
 constexpr unsigned kNumOptimPhases = 2;
 
 // The element math a rule runs (optim/math.h), with its variant flags.
-enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION };
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM };
 enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
 
 // Up to three state arrays per leaf, at fixed positions (the math reads
@@ -131,6 +132,7 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
     {"ADAGRAD", Math::ADAGRAD, 0, kL2, false,
      {{{"sum", hyper_index("initial_accumulator_value")}}}, {}},
     {"LION", Math::LION, 0, kDecoupled, false, {{{"exp_avg"}}}, {}},
+    {"NADAM", Math::NADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {{{"mu_product", 1.0}}}},
 };
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
@@ -240,13 +242,14 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(gscale)    /* g = g * gscale: the clip scale, negated for maximize */                              \
   X(wd)        /* L2: g = g + wd * p */                                                                \
   X(decay)     /* decoupled: p = p * (1 - lr*wd) */                                                    \
-  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad) */                       \
+  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad), g's (NAdam) */         \
+  X(neg_lr_m)  /* NAdam: the coefficient of m */                                                       \
   X(b1)        /* Lion: beta1 */                                                                       \
   X(omb1)      /* Lion: 1 - beta1 */                                                                   \
   X(b2)        /* beta2 / alpha: v = v*b2 + (omb2*g)*g; Lion's beta2 */                                \
   X(omb2)      /* 1 - beta2 / 1 - alpha */                                                             \
   X(lerp_w)    /* torch's lerp weight (1 - beta1, 1 - alpha) */                                        \
-  X(bc2)       /* Adam: sqrt(1 - beta2**t) */                                                          \
+  X(bc2)       /* Adam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                                     \
   X(eps)                                                                                               \
   X(momentum)                                                                                          \
   X(omd)       /* 1 - dampening */

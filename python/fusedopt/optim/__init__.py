@@ -44,7 +44,7 @@ from typing import Optional, Tuple
 from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -137,6 +137,53 @@ class AdamW(Adam):
                  check_finite: bool = False) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, weight_decay_mask=weight_decay_mask,
                          max_grad_norm=max_grad_norm, check_finite=check_finite)
+
+
+class NAdam(Optimizer):
+    """NAdam (Dozat 2016, Adam with Nesterov momentum), as torch.optim.NAdam.
+
+    Per step t (1 for the first), in double as torch computes them in Python::
+
+        mu = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+        mu_product = mu_product * mu                       the scalar state, 1 before the first step
+        c_g = -lr * (1 - mu) / (1 - mu_product)
+        c_m = -lr * mu_next / (1 - mu_product * mu_next)
+
+    then per element, each operation rounded in the leaf's dtype::
+
+        g = g * s                                  s: clip scale, negated for maximize
+        g = g + weight_decay * p                   if the leaf decays (L2)
+        p = p * (1 - lr * weight_decay)            decoupled_weight_decay instead
+        m = m + w * (g - m)                        w = 1 - beta1 (torch's lerp, as Adam's)
+        v = v * beta2 + ((1 - beta2) * g) * g
+        den = sqrt(v / (1 - beta2**t)) + eps
+        p = p + (c_g * g) / den
+        p = p + (c_m * m) / den
+
+    State slots: exp_avg (m), exp_avg_sq (v); scalar state: mu_product (kept in double;
+    torch keeps it in its default dtype).
+    """
+
+    _hyper_names = ("betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay", "maximize")
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    momentum_decay = _Hyper()
+    decoupled_weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
+                 maximize: bool = False, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+
+    def _rule(self) -> str:
+        return "NADAM"
 
 
 class RMSprop(Optimizer):
