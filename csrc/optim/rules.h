@@ -11,6 +11,7 @@
 #include <array>
 #include <cstddef>
 #include <iterator>
+#include "common/combinations.h"
 
 namespace fusedopt {
 
@@ -158,37 +159,24 @@ struct OptimKernelEntry {
   OptimPhase phase;
 };
 
-constexpr std::size_t count_optim_kernels() {
-  std::size_t n = 0;
-  for (unsigned r = 0; r < kNumOptimRules; ++r)
-    for (unsigned d = 0; d < kNumOptimDecays; ++d)
-      for (unsigned p = 0; p < kNumOptimPhases; ++p) n += has_decay(OptimRule(r), OptimDecay(d)) && has_phase(OptimRule(r), OptimPhase(p));
-  return n;
-}
+constexpr auto optim_valid = [](unsigned r, unsigned d, unsigned p) {
+  return has_decay(OptimRule(r), OptimDecay(d)) && has_phase(OptimRule(r), OptimPhase(p));
+};
 
 // Every compiled combination (per dtype, per instruction set), in enum order.
-constexpr auto kOptimKernels = [] {
-  std::array<OptimKernelEntry, count_optim_kernels()> a{};
-  std::size_t k = 0;
-  for (unsigned r = 0; r < kNumOptimRules; ++r)
-    for (unsigned d = 0; d < kNumOptimDecays; ++d)
-      for (unsigned p = 0; p < kNumOptimPhases; ++p)
-        if (has_decay(OptimRule(r), OptimDecay(d)) && has_phase(OptimRule(r), OptimPhase(p)))
-          a[k++] = {OptimRule(r), OptimDecay(d), OptimPhase(p)};
-  return a;
-}();
+constexpr auto kOptimKernels =
+    valid_combinations<OptimKernelEntry, count_valid<kNumOptimRules, kNumOptimDecays, kNumOptimPhases>(optim_valid),
+                       kNumOptimRules, kNumOptimDecays, kNumOptimPhases>(
+        optim_valid, [](unsigned r, unsigned d, unsigned p) {
+          return OptimKernelEntry{OptimRule(r), OptimDecay(d), OptimPhase(p)};
+        });
 
 // Index of (rule, decay, phase) in kOptimKernels; every rule has (NONE, STEADY).
-constexpr auto kOptimKernelIndex = [] {
-  std::array<int, kNumOptimRules * kNumOptimDecays * kNumOptimPhases> a{};
-  for (auto& x : a) x = -1;
-  for (std::size_t i = 0; i < kOptimKernels.size(); ++i) {
-    const OptimKernelEntry& e = kOptimKernels[i];
-    a[(static_cast<unsigned>(e.rule) * kNumOptimDecays + static_cast<unsigned>(e.decay)) * kNumOptimPhases +
-      static_cast<unsigned>(e.phase)] = static_cast<int>(i);
-  }
-  return a;
-}();
+constexpr auto kOptimKernelIndex = combination_index<kNumOptimRules, kNumOptimDecays, kNumOptimPhases>(
+    kOptimKernels, [](const OptimKernelEntry& e) {
+      return std::array<unsigned, 3>{static_cast<unsigned>(e.rule), static_cast<unsigned>(e.decay),
+                                     static_cast<unsigned>(e.phase)};
+    });
 constexpr std::size_t kernel_of(OptimRule r, OptimDecay d, OptimPhase p) {
   return static_cast<std::size_t>(
       kOptimKernelIndex[(static_cast<unsigned>(r) * kNumOptimDecays + static_cast<unsigned>(d)) * kNumOptimPhases +
