@@ -16,11 +16,17 @@ def _tree(rng, dtype):
     return [rng.standard_normal(s).astype(dtype) for s in SIZES]
 
 
-def _run(kind, hyper, dtype, rng, steps=6, clip=None, mask=None):
+def _run(kind, hyper, dtype, rng, steps=6, clip=None, mask=None, assign=False):
     params = _tree(rng, dtype)
     mine = [p.copy() for p in params]
     ref = Reference(kind, lr=0.01, max_grad_norm=clip, mask=mask, **hyper)
-    opt = getattr(optim, kind)(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask, **hyper)
+    cls = getattr(optim, kind)
+    if assign:  # the defaults at construction, then every value by assignment (those choosing the rule too)
+        opt = cls(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask)
+        for name, value in hyper.items():
+            setattr(opt, name, value)
+    else:
+        opt = cls(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask, **hyper)
     for _ in range(steps):
         grads = [(rng.standard_normal(p.shape) * 3).astype(dtype) for p in params]
         opt.step(mine, grads)
@@ -73,6 +79,23 @@ def test_large_tree_runs_threaded_with_the_same_bits(kind, hyper, rng, restore_n
         out.append((mine, opt.last_grad_norm))
     _assert_bits(out[0][0], out[1][0])
     assert out[0][1] == out[1][1]
+
+
+@pytest.mark.parametrize("kind,hyper", RICH)
+def test_hyper_parameters_assigned_after_construction_reach_the_kernel(kind, hyper, rng):
+    # Each hyper-parameter is stored into the native field(s) it declares, on assignment as at construction.
+    mine, ref_params, _, _ = _run(kind, hyper, np.float64, rng, assign=True)
+    _assert_bits(mine, ref_params)
+
+
+def test_every_native_hyper_parameter_has_a_check_and_a_class():
+    from fusedopt.optim import _base, _checks
+
+    assert {domain for _, domain in _core.optim_hyper_fields} <= set(_checks.DOMAINS)
+    exposed = {f for name in optim.__all__ for d in vars(getattr(optim, name)).values()
+               if isinstance(d, _base._Hyper) for f in d.fields}
+    # max_grad_norm is the base class's option of every optimizer; decoupled_weight_decay AdamW fixes.
+    assert exposed | {"max_grad_norm", "decoupled_weight_decay"} == {name for name, _ in _core.optim_hyper_fields}
 
 
 def test_the_kernel_table_is_generated_from_the_specs():

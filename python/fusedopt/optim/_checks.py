@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Tuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,13 +57,6 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
-
-
-def betas(name: str, value: Any) -> Tuple[float, float]:
-    """A pair of reals in [0, 1)."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
-    return unit_open(f"{name}[0]", value[0]), unit_open(f"{name}[1]", value[1])
 
 
 # The check of each domain a native hyper-parameter is declared with (csrc/optim/rules.h,
