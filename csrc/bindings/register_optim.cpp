@@ -56,17 +56,6 @@ std::vector<std::string> rule_slot_names(OptimRule r) {
   return out;
 }
 
-const char* domain_name(Domain d) {
-  switch (d) {
-    case Domain::FINITE: return "finite";
-    case Domain::NON_NEGATIVE: return "non_negative";
-    case Domain::UNIT_OPEN: return "unit_open";
-    case Domain::UNIT_CLOSED: return "unit_closed";
-    case Domain::FLAG: return "flag";
-  }
-  return "";
-}
-
 double OptimHyper::*hyper_field(const std::string& name) {
   for (const HyperSpec& h : kHyperSpecs)
     if (name == h.name) return h.field;
@@ -333,7 +322,7 @@ void register_optim(py::module_& m) {
      "A rule's spec: slots {name: the hyper-parameter it starts at, or None for 0}, scalars {name: start}, "
      "decays and phases.");
   py::list fields;
-  for (const HyperSpec& h : kHyperSpecs) fields.append(py::make_tuple(h.name, domain_name(h.domain)));
+  for (const HyperSpec& h : kHyperSpecs) fields.append(py::make_tuple(h.name, h.domain_name));
   m.attr("optim_hyper_fields") = py::tuple(fields);
 
   py::class_<OptimHyper>(m, "OptimHyper",

@@ -46,21 +46,23 @@ struct OptimHyper {
 struct HyperSpec {
   const char* name;
   Domain domain;
+  const char* domain_name;  // the enum's name, as Python's checks know it
   double OptimHyper::*field;
 };
 constexpr HyperSpec kHyperSpecs[] = {
-#define FUSEDOPT_HYPER_SPEC(name, domain) {#name, Domain::domain, &OptimHyper::name},
+#define FUSEDOPT_HYPER_SPEC(name, domain) {#name, Domain::domain, #domain, &OptimHyper::name},
     FUSEDOPT_OPTIM_HYPER(FUSEDOPT_HYPER_SPEC)
 #undef FUSEDOPT_HYPER_SPEC
 };
 constexpr std::size_t kNumHyper = std::size(kHyperSpecs);
+constexpr bool same_name(const char* a, const char* b) {
+  while (*a && *a == *b) ++a, ++b;
+  return *a == *b;
+}
 // An index into kHyperSpecs: the hyper-parameter a slot starts at.
 constexpr int hyper_index(const char* name) {
-  for (std::size_t i = 0; i < kNumHyper; ++i) {
-    const char *a = kHyperSpecs[i].name, *b = name;
-    while (*a && *a == *b) ++a, ++b;
-    if (*a == *b) return static_cast<int>(i);
-  }
+  for (std::size_t i = 0; i < kNumHyper; ++i)
+    if (same_name(kHyperSpecs[i].name, name)) return static_cast<int>(i);
   return -2;  // no such field: refused by the static_assert below
 }
 
@@ -184,10 +186,6 @@ constexpr std::size_t kernel_of(OptimRule r, OptimDecay d, OptimPhase p) {
 }
 
 // -- build-time checks of the specs -----------------------------------------------------------
-constexpr bool same_name(const char* a, const char* b) {
-  while (*a && *a == *b) ++a, ++b;
-  return *a == *b;
-}
 constexpr bool optim_specs_valid() {
   for (unsigned r = 0; r < kNumOptimRules; ++r) {
     const OptimRuleSpec& s = kOptimRuleSpecs[r];
@@ -252,8 +250,8 @@ struct OptimScalars {
 };
 using StepValues = OptimScalars<double>;
 
-// The inputs of a step's scalars; `state` is the rule's scalar state, which
-// step_values advances (committed with the step).
+// The inputs of a step's scalars (step_values also takes the rule's scalar
+// state, which it advances; the driver commits it with the step).
 struct StepInput {
   const OptimHyper& h;
   double lr, t, clip;

@@ -179,7 +179,7 @@ class OptimPhase(enum.IntEnum):
 # Every compiled (rule, decay, phase) combination, generated from the rule specs.
 optim_kernels: tuple[tuple[OptimRule, OptimDecay, OptimPhase], ...]
 # Every native hyper-parameter (FUSEDOPT_OPTIM_HYPER): (name, domain), the domain one of
-# "finite", "non_negative", "unit_open", "unit_closed", "flag".
+# "FINITE", "NON_NEGATIVE", "UNIT_OPEN", "UNIT_CLOSED", "FLAG".
 optim_hyper_fields: tuple[tuple[str, str], ...]
 
 def optim_rule_spec(rule: OptimRule) -> dict[str, Any]:

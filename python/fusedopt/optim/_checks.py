@@ -61,8 +61,8 @@ def flag(name: str, value: Any) -> bool:
 
 # The check of each domain a native hyper-parameter is declared with (csrc/optim/rules.h,
 # fusedopt._core.optim_hyper_fields).
-DOMAINS: dict[str, Check] = {"finite": finite, "non_negative": non_negative, "unit_open": unit_open,
-                             "unit_closed": unit_closed, "flag": flag}
+DOMAINS: dict[str, Check] = {"FINITE": finite, "NON_NEGATIVE": non_negative, "UNIT_OPEN": unit_open,
+                             "UNIT_CLOSED": unit_closed, "FLAG": flag}
 
 
 def max_norm(name: str, value: Any) -> float | None:
