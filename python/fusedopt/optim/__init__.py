@@ -60,7 +60,6 @@ class SGD(Optimizer):
         p = p + (-lr) * d
     """
 
-    _hyper_names = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
     momentum = _Hyper(selects_rule=True)
     dampening = _Hyper()
     weight_decay = _Hyper()
@@ -106,7 +105,6 @@ class Adam(Optimizer):
     State slots: exp_avg (m), exp_avg_sq (v), max_exp_avg_sq (vmax, amsgrad).
     """
 
-    _hyper_names = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
     betas = _Hyper("beta1", "beta2")
     eps = _Hyper()
     weight_decay = _Hyper()
@@ -165,7 +163,6 @@ class NAdam(Optimizer):
     torch keeps it in its default dtype).
     """
 
-    _hyper_names = ("betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay", "maximize")
     betas = _Hyper("beta1", "beta2")
     eps = _Hyper()
     weight_decay = _Hyper()
@@ -202,7 +199,6 @@ class RMSprop(Optimizer):
     State slots: square_avg (v), grad_avg (ga, centered), momentum_buffer (buf, momentum > 0).
     """
 
-    _hyper_names = ("alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     alpha = _Hyper()
     eps = _Hyper()
     weight_decay = _Hyper()
@@ -239,7 +235,6 @@ class Adagrad(Optimizer):
     State slot: sum, which starts at initial_accumulator_value (read when the state is created).
     """
 
-    _hyper_names = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
     lr_decay = _Hyper()
     weight_decay = _Hyper()
     initial_accumulator_value = _Hyper()
@@ -273,7 +268,6 @@ class Lion(Optimizer):
     State slot: exp_avg (m).
     """
 
-    _hyper_names = ("betas", "weight_decay", "maximize")
     betas = _Hyper("beta1", "beta2")
     weight_decay = _Hyper()
     maximize = _Hyper()

@@ -99,7 +99,16 @@ def _check_lr(value: Any) -> LR:
 class Optimizer:
     """Base class of fusedopt.optim's optimizers (see the module's documentation)."""
 
-    _hyper_names: Tuple[str, ...] = ()  # constructor hyper-parameters, saved in state_dict()
+    # The class's hyper-parameters, in the order its body declares them (its _Hyper
+    # descriptors, inherited ones first): saved in state_dict(), shown by repr().
+    _hyper_names: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names: Dict[str, None] = {}
+        for klass in reversed(cls.__mro__):
+            names.update({k: None for k, v in vars(klass).items() if isinstance(v, _Hyper)})
+        cls._hyper_names = tuple(names)
     _fixed: Dict[str, float] = {}  # native fields the class fixes (AdamW: decoupled_weight_decay)
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
