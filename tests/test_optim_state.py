@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fusedopt import optim, schedules
-from optim_cases import RICH
+from optim_cases import ENTRIES, OPTIM, RICH
 from optim_reference import Reference
 
 def _params(rng):
@@ -220,3 +220,25 @@ def test_checked_in_state_keeps_loading(name):
     ref.step(ref_params, [grads["b"], grads["w"], grads["z"][0]], norm=opt.last_grad_norm)
     for a, b in zip(flat, ref_params):
         np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
+
+
+@pytest.mark.parametrize("kind,hyper", [(e.name, e.rich) for e in OPTIM if e.scalars])
+def test_bad_scalar_state_is_refused_and_changes_nothing(kind, hyper, rng):
+    params = _params(rng)
+    opt = getattr(optim, kind)(lr=0.01, **hyper)
+    opt.step(params, _grads(rng, params))
+    state = opt.state_dict()
+    name = next(iter(ENTRIES[kind].scalars))
+    opt.step(params, _grads(rng, params))
+    before = opt.state_dict()
+    for broken, exc in (({**state, f"scalar.{name}": np.nan}, ValueError),
+                        ({**state, f"scalar.{name}": "1.0"}, TypeError),
+                        ({k: v for k, v in state.items() if k != f"scalar.{name}"}, ValueError),
+                        ({**state, "scalars": np.array([name, "other"]), "scalar.other": 1.0}, ValueError),
+                        ({**state, "version": 1}, ValueError)):  # version 1 has no scalar state
+        with pytest.raises(exc):
+            opt.load_state_dict(broken)
+        after = opt.state_dict()
+        assert after.keys() == before.keys()
+        for key, value in before.items():
+            np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(value), err_msg=key)
