@@ -5,7 +5,7 @@ Run from the repository root::
     python bench/bench_step.py            # full run (a few minutes)
     python bench/bench_step.py --quick    # seconds: development check, no 6.4e7 case
 
-For ADAM, RMSProp, Momentum and Gradient, and fusedopt.optim's textbook optimizers
+For ADAM, RMSProp, Momentum and Gradient, and the optim family (fusedopt.optim)
 (optim.Adam, optim.AdamW, optim.SGD, optim.RMSprop, optim.Adagrad, optim.Lion), at each size, in one process and in
 float32, every implementation of peers.py takes steps on its own copy of the
 same parameters and gradients; the time per step is the median over repeats
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (bench/ is not a package)
-import peers_textbook  # noqa: E402
+import peers_optim  # noqa: E402
 
 import fusedopt  # noqa: E402
 from fusedopt import _core  # noqa: E402
@@ -295,7 +295,7 @@ def case_title(case):
 def check_targets(report):
     """The targets (docs/performance.md) for ADAM in place, and the same for fusedopt.optim's
     optimizers (issue 14), for the cases that were run."""
-    targeted = ("ADAM",) + tuple(peers_textbook.HYPER)
+    targeted = ("ADAM",) + tuple(peers_optim.HYPER)
     rows = [r for r in report["rows"] if r["optimizer"] in targeted and r["implementation"] == "fusedopt_inplace"]
     checks = []
     for r in rows:

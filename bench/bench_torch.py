@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402  (bench/ is not a package)
 import peers  # noqa: E402
-import peers_textbook as textbook  # noqa: E402
+import peers_optim as optim_peers  # noqa: E402
 
 import fusedopt  # noqa: E402
 
@@ -107,7 +107,7 @@ def _fusedopt_torch(name, params, grads):
     tensors = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]  # the arrays' own memory
     for t, g in zip(tensors, grads):
         t.grad = torch.from_numpy(g)
-    opt = getattr(ft, name)(tensors, lr=textbook.LR, **textbook.HYPER[f"optim.{name}"])
+    opt = getattr(ft, name)(tensors, lr=optim_peers.LR, **optim_peers.HYPER[f"optim.{name}"])
     return tensors, opt
 
 
@@ -132,7 +132,7 @@ def make_fusedopt_torch_regrad(name, params, grads):
 
 
 def make_fusedopt_optim(name, params, grads):
-    return textbook.make_fusedopt(f"optim.{name}", params, grads)
+    return optim_peers.make_fusedopt(f"optim.{name}", params, grads)
 
 
 def _peer(make):
@@ -147,9 +147,9 @@ def implementations(name):
         Implementation("fusedopt_torch", f"fusedopt.torch.{name}", make_fusedopt_torch),
         Implementation("fusedopt_torch_regrad", f"fusedopt.torch.{name}, new .grad objects*", make_fusedopt_torch_regrad),
         Implementation("fusedopt_optim", f"fusedopt.optim.{name} (numpy arrays)", make_fusedopt_optim),
-        Implementation("torch_foreach", f"torch.optim.{name}(foreach=True)", _peer(textbook.make_torch("foreach"))),
-        Implementation("torch_fused", f"torch.optim.{name}(fused=True)", _peer(textbook.make_torch("fused"))),
-        Implementation("deepspeed", f"DeepSpeed CPU {name}", _peer(textbook.make_deepspeed)),
+        Implementation("torch_foreach", f"torch.optim.{name}(foreach=True)", _peer(optim_peers.make_torch("foreach"))),
+        Implementation("torch_fused", f"torch.optim.{name}(fused=True)", _peer(optim_peers.make_torch("fused"))),
+        Implementation("deepspeed", f"DeepSpeed CPU {name}", _peer(optim_peers.make_deepspeed)),
     ]
 
 

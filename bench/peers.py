@@ -296,8 +296,8 @@ def _load_deepspeed_adam():
 
 def implementations(name):
     """The implementations run for optimizer `name`, fusedopt in-place first."""
-    if name in peers_textbook.HYPER:
-        return peers_textbook.implementations(name)
+    if name in peers_optim.HYPER:
+        return peers_optim.implementations(name)
     impls = [
         Implementation("fusedopt_inplace", "fusedopt in-place", make_fusedopt_inplace),
         Implementation("fusedopt_divider", "fusedopt in-place, divider only", make_fusedopt_divider),
@@ -312,9 +312,9 @@ def implementations(name):
     return impls
 
 
-# The textbook optimizers (fusedopt.optim), benchmarked in the same run. Imported
-# last: peers_textbook uses Skip and the torch helpers above.
-import peers_textbook  # noqa: E402
+# The optim family (fusedopt.optim), benchmarked in the same run. Imported
+# last: peers_optim uses Skip and the torch helpers above.
+import peers_optim  # noqa: E402
 
-OPTIMIZERS = OPTIMIZERS + tuple(peers_textbook.HYPER)
-BYTES_PER_ELEMENT.update(peers_textbook.BYTES)
+OPTIMIZERS = OPTIMIZERS + tuple(peers_optim.HYPER)
+BYTES_PER_ELEMENT.update(peers_optim.BYTES)

@@ -13,14 +13,13 @@ from fusedopt import optimizers, schedules
 
 import reference as ref
 from reference import Gradient, ParamsBernoulli, ParamsGaussian, ParamsWeights
+from paysage_cases import CLASSES, KINDS
 
-KINDS = ("gradient", "momentum", "rmsprop", "adam")
 
 
 def make_optimizer(kind, **options):
     sched = schedules.ExponentialDecay(initial=0.05, coefficient=0.9)
-    cls = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum,
-           "rmsprop": optimizers.RMSProp, "adam": optimizers.ADAM}[kind]
+    cls = CLASSES[kind]
     return cls(sched, **options)
 
 

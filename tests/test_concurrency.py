@@ -10,14 +10,14 @@ import fusedopt
 from fusedopt import optimizers, schedules
 
 import reference as ref
+from paysage_cases import CLASSES
 
 
 def job(kind, rng, shapes, dtype, steps):
     """An optimizer, its params and its gradients; the work of one thread."""
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]
-    cls = {"adam": optimizers.ADAM, "momentum": optimizers.Momentum, "rmsprop": optimizers.RMSProp,
-           "gradient": optimizers.Gradient}[kind]
+    cls = CLASSES[kind]
     return cls(schedules.ExponentialDecay(0.01, 0.95)), params, grads
 
 

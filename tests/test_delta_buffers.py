@@ -7,12 +7,12 @@ import pytest
 from fusedopt import optimizers
 
 from reference import MockModel, RefOptimizer, constant_rates, flatten
+from paysage_cases import CLASSES
 
 N32 = 400_000  # 1.6 MB of float32: above the 1 MB from which buffers are reused
 N64 = 150_000  # 1.2 MB of float64
 LR = 0.01
-KINDS = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum,
-         "rmsprop": optimizers.RMSProp, "adam": optimizers.ADAM}
+KINDS = CLASSES
 
 
 class ForgetfulModel:

@@ -10,9 +10,10 @@ import signal
 import numpy as np
 import pytest
 
-from fusedopt import optimizers, schedules
+from fusedopt import schedules
 
 import reference as ref
+from paysage_cases import CLASSES
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
 
@@ -38,8 +39,7 @@ class Model:
         self.state = ([p - d for p, d in zip(params, delta)], count + 1, delta)
 
 
-KINDS = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum, "rmsprop": optimizers.RMSProp,
-         "adam": optimizers.ADAM}
+KINDS = CLASSES
 
 
 def interrupted_loop(opt, target, grads, model, rng):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from fusedopt import _core, optim
+from optim_cases import OPTIM
 
-CLASSES = [optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop, optim.Adagrad, optim.Lion]
+CLASSES = [getattr(optim, e.name) for e in OPTIM]
 
 
 def _fresh():
@@ -94,19 +95,7 @@ def test_first_step_failure_leaves_no_state():
     opt.step({"x": np.ones(3)}, {"x": np.ones(3)})  # any structure may still start
 
 
-BAD_HYPER = [
-    (optim.SGD, {"lr": -1.0}, ValueError), (optim.SGD, {"lr": "0.1"}, TypeError),
-    (optim.SGD, {"lr": float("nan")}, ValueError), (optim.SGD, {"momentum": -0.1}, ValueError),
-    (optim.SGD, {"nesterov": True}, ValueError), (optim.SGD, {"momentum": 0.9, "nesterov": True, "dampening": 0.1}, ValueError),
-    (optim.SGD, {"maximize": 1}, TypeError), (optim.SGD, {"weight_decay": float("inf")}, ValueError),
-    (optim.Adam, {"betas": (0.9, 1.0)}, ValueError), (optim.Adam, {"betas": (-0.1, 0.9)}, ValueError),
-    (optim.Adam, {"betas": 0.9}, TypeError), (optim.Adam, {"eps": -1e-8}, ValueError),
-    (optim.AdamW, {"weight_decay": -0.01}, ValueError), (optim.Adam, {"amsgrad": "yes"}, TypeError),
-    (optim.RMSprop, {"alpha": 1.5}, ValueError), (optim.RMSprop, {"centered": None}, TypeError),
-    (optim.Adagrad, {"lr_decay": -1.0}, ValueError), (optim.Adagrad, {"initial_accumulator_value": -1.0}, ValueError),
-    (optim.Lion, {"betas": (0.9, 0.99, 0.5)}, TypeError), (optim.Lion, {"max_grad_norm": 0.0}, ValueError),
-    (optim.Adam, {"max_grad_norm": -1.0}, ValueError), (optim.Adam, {"check_finite": 1}, TypeError),
-]
+BAD_HYPER = [(getattr(optim, e.name), kwargs, exc) for e in OPTIM for kwargs, exc in e.bad]
 
 
 @pytest.mark.parametrize("cls,kwargs,exc", BAD_HYPER)

@@ -6,27 +6,9 @@ import pytest
 
 import fusedopt
 from fusedopt import _core, optim
+from optim_cases import CASE_IDS, CASES, RICH
 from optim_reference import Reference, global_norm, lion_paper_f64
 
-# (class name, hyper-parameters): every rule of the table and its decay modes.
-CASES = [
-    ("SGD", {}),
-    ("SGD", {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
-    ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True}),
-    ("Adam", {}),
-    ("Adam", {"weight_decay": 0.1, "amsgrad": True}),
-    ("Adam", {"betas": (0.3, 0.9), "eps": 1e-3}),   # lerp weight >= 0.5: the other form
-    ("AdamW", {}),
-    ("AdamW", {"amsgrad": True, "maximize": True}),
-    ("RMSprop", {}),
-    ("RMSprop", {"centered": True, "weight_decay": 0.1}),
-    ("RMSprop", {"momentum": 0.5}),
-    ("RMSprop", {"centered": True, "momentum": 0.5, "alpha": 0.3}),
-    ("Adagrad", {"lr_decay": 0.01, "initial_accumulator_value": 0.1}),
-    ("Adagrad", {"weight_decay": 0.1, "eps": 1e-3}),
-    ("Lion", {}),
-    ("Lion", {"weight_decay": 0.5, "betas": (0.8, 0.95)}),
-]
 SIZES = [(1,), (15,), (17, 3), (130,), (2049,), (3, 1000)]
 
 
@@ -34,11 +16,17 @@ def _tree(rng, dtype):
     return [rng.standard_normal(s).astype(dtype) for s in SIZES]
 
 
-def _run(kind, hyper, dtype, rng, steps=6, clip=None, mask=None):
+def _run(kind, hyper, dtype, rng, steps=6, clip=None, mask=None, assign=False):
     params = _tree(rng, dtype)
     mine = [p.copy() for p in params]
     ref = Reference(kind, lr=0.01, max_grad_norm=clip, mask=mask, **hyper)
-    opt = getattr(optim, kind)(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask, **hyper)
+    cls = getattr(optim, kind)
+    if assign:  # the defaults at construction, then every value by assignment (those choosing the rule too)
+        opt = cls(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask)
+        for name, value in hyper.items():
+            setattr(opt, name, value)
+    else:
+        opt = cls(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask, **hyper)
     for _ in range(steps):
         grads = [(rng.standard_normal(p.shape) * 3).astype(dtype) for p in params]
         opt.step(mine, grads)
@@ -53,7 +41,7 @@ def _assert_bits(mine, ref):
         np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
 
 
-@pytest.mark.parametrize("kind,hyper", CASES)
+@pytest.mark.parametrize("kind,hyper", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bits_at_every_simd_level_and_thread_count(kind, hyper, dtype, rng, restore_simd_level, restore_num_threads):
     seed = int(rng.integers(2**31))
@@ -71,7 +59,7 @@ def test_bits_at_every_simd_level_and_thread_count(kind, hyper, dtype, rng, rest
         _assert_bits(other, results[0])
 
 
-@pytest.mark.parametrize("kind,hyper", CASES)
+@pytest.mark.parametrize("kind,hyper", CASES, ids=CASE_IDS)
 def test_large_tree_runs_threaded_with_the_same_bits(kind, hyper, rng, restore_num_threads):
     # Above serial_below elements the thread team runs the chunks; with clipping the norm pass too.
     shapes = [(70_001,), (5, 333)]
@@ -93,16 +81,47 @@ def test_large_tree_runs_threaded_with_the_same_bits(kind, hyper, rng, restore_n
     assert out[0][1] == out[1][1]
 
 
-def test_the_rule_table_is_the_compiled_list():
-    table = _core.rule_table
-    assert len(set(table)) == len(table) == 28
+@pytest.mark.parametrize("kind,hyper", RICH)
+def test_hyper_parameters_assigned_after_construction_reach_the_kernel(kind, hyper, rng):
+    # Each hyper-parameter is stored into the native field(s) it declares, on assignment as at construction.
+    mine, ref_params, _, _ = _run(kind, hyper, np.float64, rng, assign=True)
+    _assert_bits(mine, ref_params)
+
+
+def test_every_native_hyper_parameter_has_a_check_and_a_class():
+    from fusedopt.optim import _base, _checks
+
+    assert {domain for _, domain in _core.optim_hyper_fields} <= set(_checks.DOMAINS)
+    exposed = {f for name in optim.__all__ for d in vars(getattr(optim, name)).values()
+               if isinstance(d, _base._Hyper) for f in d.fields}
+    # max_grad_norm is the base class's option of every optimizer; decoupled_weight_decay AdamW fixes.
+    assert exposed | {"max_grad_norm", "decoupled_weight_decay"} == {name for name, _ in _core.optim_hyper_fields}
+
+
+def test_the_kernel_table_is_generated_from_the_specs():
+    # Every (rule, decay, phase) of every spec, in enum order, and nothing else.
+    specs = {rule: _core.optim_rule_spec(rule) for rule in _core.OptimRule.__members__.values()}
+    assert list(_core.optim_kernels) == [(rule, d, p) for rule, spec in sorted(specs.items(), key=lambda kv: int(kv[0]))
+                                         for d in spec["decays"] for p in spec["phases"]]
     for kind, hyper in CASES:
-        opt = getattr(optim, kind)(**hyper)
-        assert any(entry[0] == opt._rule() for entry in table)
-        assert sorted(_core.rule_slots(opt._rule())) == sorted(Reference(kind, **hyper).slot_names())
+        rule = getattr(optim, kind)(**hyper)._native_rule()
+        assert sorted(specs[rule]["slots"]) == sorted(Reference(kind, **hyper).slot_names())
+        assert specs[rule]["scalars"] == Reference(kind, **hyper).scalars
 
 
-@pytest.mark.parametrize("kind,hyper", [c for c in CASES if c[0] in ("Adam", "SGD", "Lion")])
+def test_the_registry_covers_every_rule_with_and_without_decay():
+    # Every rule is chosen by some case, once with weight decay and once without (where it has decay).
+    chosen = set()
+    for kind, hyper in CASES:
+        rule = getattr(optim, kind)(**hyper)._native_rule()
+        chosen.add((rule, Reference(kind, **hyper).h["weight_decay"] != 0))
+    for rule in _core.OptimRule.__members__.values():
+        assert (rule, False) in chosen or (rule, True) in chosen, rule
+        if len(_core.optim_rule_spec(rule)["decays"]) > 1:
+            assert (rule, True) in chosen, f"{rule}: no case with weight decay"
+
+
+@pytest.mark.parametrize("kind,hyper", RICH)
 def test_clipping_and_mask_bits(kind, hyper, rng):
     mask = [True, False, True, False, True, False]
     mine, ref_params, _, _ = _run(kind, {**hyper, "weight_decay": 0.3}, np.float32, rng, clip=2.0, mask=mask)

@@ -5,19 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fusedopt import optim
+from optim_cases import CASES
 from optim_reference import Reference
-
-OPTIONS = {
-    "SGD": st.fixed_dictionaries({"momentum": st.sampled_from([0.0, 0.9]), "weight_decay": st.sampled_from([0.0, 0.1]),
-                                  "maximize": st.booleans()}),
-    "Adam": st.fixed_dictionaries({"amsgrad": st.booleans(), "weight_decay": st.sampled_from([0.0, 0.1]),
-                                   "betas": st.sampled_from([(0.9, 0.999), (0.6, 0.5)])}),
-    "AdamW": st.fixed_dictionaries({"amsgrad": st.booleans(), "maximize": st.booleans()}),
-    "RMSprop": st.fixed_dictionaries({"centered": st.booleans(), "momentum": st.sampled_from([0.0, 0.5])}),
-    "Adagrad": st.fixed_dictionaries({"lr_decay": st.sampled_from([0.0, 0.1]),
-                                      "initial_accumulator_value": st.sampled_from([0.0, 0.2])}),
-    "Lion": st.fixed_dictionaries({"weight_decay": st.sampled_from([0.0, 0.3])}),
-}
 
 shapes = st.lists(st.integers(0, 40), min_size=0, max_size=3).map(tuple)
 leaves = st.tuples(shapes, st.sampled_from([np.float32, np.float64]))
@@ -44,8 +33,8 @@ def _flat(tree):
 
 @st.composite
 def cases(draw):
-    kind = draw(st.sampled_from(sorted(OPTIONS)))
-    return kind, draw(OPTIONS[kind]), draw(trees), draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from([None, 1.0]))
+    kind, hyper = draw(st.sampled_from(CASES))
+    return kind, hyper, draw(trees), draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from([None, 1.0]))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,23 +1,18 @@
 """fusedopt.optim state: N steps + save + N steps == 2N steps bit for bit, through
 np.savez and pickle; hyper-parameters travel with the state; loading is atomic;
 state_arrays() views are the state; lr schedules and callables."""
+import copy
 import io
+import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
 
 from fusedopt import optim, schedules
-
-KINDS = [
-    ("SGD", {"momentum": 0.9, "nesterov": True}),
-    ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
-    ("AdamW", {}),
-    ("RMSprop", {"centered": True, "momentum": 0.3}),
-    ("Adagrad", {"initial_accumulator_value": 0.5, "lr_decay": 0.1}),
-    ("Lion", {"weight_decay": 0.1}),
-]
-
+from optim_cases import ENTRIES, OPTIM, RICH
+from optim_reference import Reference
 
 def _params(rng):
     return {"w": rng.standard_normal((4, 9)).astype(np.float32), "b": rng.standard_normal(9),
@@ -40,7 +35,7 @@ def _savez_roundtrip(state):
     return dict(np.load(buf))
 
 
-@pytest.mark.parametrize("kind,hyper", KINDS)
+@pytest.mark.parametrize("kind,hyper", RICH)
 @pytest.mark.parametrize("how", ["savez", "pickle", "state_dict"])
 def test_resume_is_exact(kind, hyper, how, rng):
     params = _params(rng)
@@ -190,3 +185,60 @@ def test_mask_assigned_between_steps_takes_effect():
     with pytest.raises(ValueError, match="no entry"):
         opt.weight_decay_mask = {"w": False}
     assert opt.weight_decay_mask == {"w": False, "b": True}
+
+
+# -- the checked-in states, one per format version --------------------------------------------------
+@pytest.mark.parametrize("name", ["v1", "v2", "v2_nadam"])
+def test_checked_in_state_keeps_loading(name):
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    sys.path.insert(0, data)
+    try:
+        from make_optim_fixture import fixture_optimizer, fixture_tree, path_of
+    finally:
+        sys.path.remove(data)
+    with np.load(path_of(name)) as saved:
+        state = {key: saved[key] for key in saved.files}
+    made = fixture_optimizer(name)  # the optimizer the fixture was saved from, before any step
+    opt = type(made)()
+    opt.load_state_dict(state)
+    assert opt.step_count == 4 and repr(opt).split("(")[0] == type(made).__name__
+    assert state["version"] == int(name[1]) and opt.state_dict()["version"] >= state["version"]
+    # One more step, against the NumPy reference started from the saved slots.
+    rng = np.random.default_rng(7)
+    params, grads = fixture_tree(rng), fixture_tree(rng)
+    flat = [params["b"], params["w"], params["z"][0]]
+    ref_params = [p.copy() for p in flat]
+    hyper = {name: state[f"hyper.{name}"] for name in type(made)._hyper_names}
+    hyper = {k: tuple(v.tolist()) if v.ndim else v.item() for k, v in hyper.items()}
+    lr = float(next(copy.deepcopy(opt.lr))) if isinstance(opt.lr, schedules.Schedule) else opt.lr
+    ref = Reference(type(made).__name__, lr=lr, max_grad_norm=made.max_grad_norm,
+                    mask=[bool(b) for b in state["decay_mask"]], **hyper)
+    ref.t = 4
+    ref.state = [{name: state[f"{name}.{i}"].copy() for name in state["slots"]} for i in range(3)]
+    ref.scalars = {name: float(state[f"scalar.{name}"]) for name in state.get("scalars", [])}
+    opt.step(params, grads)
+    ref.step(ref_params, [grads["b"], grads["w"], grads["z"][0]], norm=opt.last_grad_norm)
+    for a, b in zip(flat, ref_params):
+        np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
+
+
+@pytest.mark.parametrize("kind,hyper", [(e.name, e.rich) for e in OPTIM if e.scalars])
+def test_bad_scalar_state_is_refused_and_changes_nothing(kind, hyper, rng):
+    params = _params(rng)
+    opt = getattr(optim, kind)(lr=0.01, **hyper)
+    opt.step(params, _grads(rng, params))
+    state = opt.state_dict()
+    name = next(iter(ENTRIES[kind].scalars))
+    opt.step(params, _grads(rng, params))
+    before = opt.state_dict()
+    for broken, exc in (({**state, f"scalar.{name}": np.nan}, ValueError),
+                        ({**state, f"scalar.{name}": "1.0"}, TypeError),
+                        ({k: v for k, v in state.items() if k != f"scalar.{name}"}, ValueError),
+                        ({**state, "scalars": np.array([name, "other"]), "scalar.other": 1.0}, ValueError),
+                        ({**state, "version": 1}, ValueError)):  # version 1 has no scalar state
+        with pytest.raises(exc):
+            opt.load_state_dict(broken)
+        after = opt.state_dict()
+        assert after.keys() == before.keys()
+        for key, value in before.items():
+            np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(value), err_msg=key)

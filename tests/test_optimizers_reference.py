@@ -8,14 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusedopt import optimizers, schedules
+from paysage_cases import CLASSES, KINDS
 from reference import (RATE_GENERATORS, SCHEDULE_ARGS, TREE_KINDS, MockModel, RefOptimizer, Runner, as_float64,
                        assert_leaves_close, assert_leaves_equal, flatten, like_tree, random_tree,
                        rms_of_deltas, tree_copy, unflatten)
 
-KINDS = ("gradient", "momentum", "rmsprop", "adam")
 PATHS = ("paysage", "inplace")
-CLASSES = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum,
-           "rmsprop": optimizers.RMSProp, "adam": optimizers.ADAM}
 
 
 def make_pair(kind, schedule="ExponentialDecay", ascent=False, options=None, **weights):

@@ -11,8 +11,7 @@ import fusedopt
 from fusedopt import _core, optimizers
 
 LEVELS = _core.simd_levels_supported()
-KINDS = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum, "rmsprop": optimizers.RMSProp,
-         "adam": optimizers.ADAM}
+from paysage_cases import CLASSES as KINDS  # noqa: E402
 
 
 def steady(kind, rng, n, dtype):

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import _core, optimizers, schedules
+from fusedopt import _core, schedules
+from paysage_cases import CLASSES
 from reference import (RATE_GENERATORS, MockModel, RefOptimizer, apply, assert_leaves_equal, flatten, like_tree,
                        tree_copy)
 
 LEVELS = list(_core.simd_levels_supported())
 THREADS = (1, 2)
-KINDS = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum,
-         "rmsprop": optimizers.RMSProp, "adam": optimizers.ADAM}
+KINDS = CLASSES
 PATHS = ("paysage", "inplace")
 STEPS = 4
 DECAY = dict(initial=0.05, coefficient=0.8)

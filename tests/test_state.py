@@ -12,13 +12,10 @@ import pytest
 from fusedopt import optimizers, schedules
 
 import reference as ref
+from paysage_cases import CLASSES, WEIGHTS
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-CLASSES = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum,
-           "rmsprop": optimizers.RMSProp, "adam": optimizers.ADAM}
-# Non-default hyper-parameters: loading into a default-constructed optimizer must restore them.
-HYPER = {"gradient": {}, "momentum": {"momentum": 0.7}, "rmsprop": {"mean_square_weight": 0.95},
-         "adam": {"mean_weight": 0.8, "mean_square_weight": 0.99}}
+HYPER = WEIGHTS
 
 
 def make(kind, schedule=None, **options):

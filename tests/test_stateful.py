@@ -16,8 +16,7 @@ from fusedopt import optimizers, schedules
 
 import reference as ref
 
-CLASSES = {"gradient": optimizers.Gradient, "momentum": optimizers.Momentum,
-           "rmsprop": optimizers.RMSProp, "adam": optimizers.ADAM}
+from paysage_cases import CLASSES  # noqa: E402
 WEIGHTS = {"gradient": {}, "momentum": {"momentum": 0.8}, "rmsprop": {"mean_square_weight": 0.9},
            "adam": {"mean_weight": 0.85, "mean_square_weight": 0.99}}
 INITIAL, COEFFICIENT = 0.05, 0.9

@@ -1,7 +1,9 @@
-// Binding of the textbook optimizers' native state (fusedopt.optim): the rule
-// enums, the hyper-parameters and OptimState, which holds a tree's plan, the
-// state slots of every leaf and the step count, checks every array of a step
-// before anything is written, and commits the whole step in one call.
+// Binding of the optim family's native state (fusedopt.optim, fusedopt.torch):
+// the rule enums and specs, the hyper-parameters (OptimHyper, by the names
+// optim/rules.h declares) and OptimState, which holds a tree's plan, the state
+// slots of every leaf, the rule's scalar state and the step count, checks
+// every array of a step before anything is written, and commits the whole
+// step in one call.
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -47,6 +49,19 @@ PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const
   throw py::value_error(msg);
 }
 
+std::vector<std::string> rule_slot_names(OptimRule r) {
+  std::vector<std::string> out;
+  for (const SlotSpec& slot : spec_of(r).slots)
+    if (slot.name[0]) out.emplace_back(slot.name);
+  return out;
+}
+
+double OptimHyper::*hyper_field(const std::string& name) {
+  for (const HyperSpec& h : kHyperSpecs)
+    if (name == h.name) return h.field;
+  throw py::key_error("no optim hyper-parameter '" + name + "' (fusedopt._core.optim_hyper_fields lists them)");
+}
+
 // Clears a flag when the step ends, however it ends.
 struct BusyGuard {
   std::atomic<bool>& flag;
@@ -55,16 +70,20 @@ struct BusyGuard {
 
 class OptimState {
  public:
-  OptimState(TextbookRule rule, py::object plan, std::vector<bool> decay_mask, py::object hyper)
+  OptimState(OptimRule rule, py::object plan, std::vector<bool> decay_mask, py::object hyper)
       : rule_(rule), plan_obj_(std::move(plan)), hyper_obj_(std::move(hyper)) {
+    if (static_cast<unsigned>(rule) >= kNumOptimRules) throw py::value_error("rule: not an OptimRule");
     if (!py::isinstance<Plan>(plan_obj_)) throw py::type_error("plan must be a fusedopt._core.Plan");
-    if (!py::isinstance<TextbookHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.TextbookHyper");
+    if (!py::isinstance<OptimHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.OptimHyper");
     plan_ = plan_obj_.cast<const Plan*>();
-    hyper_ = &hyper_obj_.cast<const TextbookHyper&>();
+    hyper_ = &hyper_obj_.cast<const OptimHyper&>();
     set_decay_mask(decay_mask);
-    const double fill = rule == TextbookRule::ADAGRAD ? hyper_->initial_accumulator_value : 0.0;
+    const OptimRuleSpec& spec = spec_of(rule_);
+    for (std::size_t k = 0; k < kMaxScalarState; ++k) scalars_[k] = spec.scalar_state[k].start;
     for (std::size_t k = 0; k < kSlots; ++k) {
       if (!uses_slot(rule_, k)) continue;
+      const int start = spec.slots[k].start;
+      const double fill = start == kZero ? 0.0 : hyper_->*kHyperSpecs[start].field;
       for (Dtype d : {F32, F64}) {
         const std::size_t n = plan_->arena_size(d);
         arenas_[k][d] = aligned_empty(n, d);
@@ -80,7 +99,7 @@ class OptimState {
   void step(py::handle params, py::handle grads, double lr, bool check_finite) {
     if (!(lr >= 0.0 && std::isfinite(lr))) throw py::value_error("lr must be finite and >= 0, got " + std::to_string(lr));
     const auto& specs = plan_->leaves();
-    std::vector<TextbookLeaf> data(specs.size());
+    std::vector<OptimLeaf> data(specs.size());
     std::vector<py::object> held;  // every array the kernels touch, alive while the GIL is released
     held.reserve(2 * specs.size());
     plan_->walk(grads.ptr(), "grads", [&](std::size_t l, PyObject* o) {
@@ -122,7 +141,8 @@ class OptimState {
       for (std::size_t k = 0; k < kSlots; ++k)
         data[l].s[k] = uses_slot(rule_, k) ? slot_data(k, specs[l]) : nullptr;
     }
-    const TextbookHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
+    const OptimHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
+    ScalarState scalars = scalars_;   // committed with the step
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true))
       throw py::value_error("this optimizer is being stepped by another thread; step it from one thread at a time");
@@ -130,16 +150,21 @@ class OptimState {
     double norm;
     {
       py::gil_scoped_release nogil;
-      norm = run_textbook_step(rule_, plan_->layout(), data, hyper, lr, step_count_ + 1);
+      norm = run_optim_step(rule_, plan_->layout(), data, hyper, lr, step_count_ + 1, scalars);
     }
     ++step_count_;
+    scalars_ = scalars;
     last_norm_ = norm;
   }
 
-  std::vector<std::string> slot_names() const {
-    std::vector<std::string> out;
-    for (std::size_t k = 0; k < kSlots; ++k)
-      if (uses_slot(rule_, k)) out.emplace_back(fusedopt::slot_names(rule_)[k]);
+  std::vector<std::string> slot_names() const { return rule_slot_names(rule_); }
+
+  // The rule's scalar state, {name: value}.
+  py::dict scalars() const {
+    py::dict out;
+    const OptimRuleSpec& spec = spec_of(rule_);
+    for (std::size_t k = 0; k < kMaxScalarState; ++k)
+      if (spec.scalar_state[k].name[0]) out[spec.scalar_state[k].name] = scalars_[k];
     return out;
   }
 
@@ -151,10 +176,26 @@ class OptimState {
     return out;
   }
 
-  // Checks every array of `slots` (one list per used slot name) and the
-  // count, then copies them in: all or nothing.
-  void load(py::dict slots, long long step_count) {
+  // Checks every array of `slots` (one list per used slot name), the rule's
+  // scalar state (every name, a finite value) and the count, then copies
+  // them in: all or nothing.
+  void load(py::dict slots, py::dict scalars, long long step_count) {
     if (step_count < 0) throw py::value_error("step_count must be >= 0, got " + std::to_string(step_count));
+    const OptimRuleSpec& spec = spec_of(rule_);
+    ScalarState new_scalars{};
+    std::size_t named = 0;
+    for (std::size_t k = 0; k < kMaxScalarState; ++k) {
+      const char* name = spec.scalar_state[k].name;
+      if (!name[0]) continue;
+      ++named;
+      if (!scalars.contains(name)) throw py::value_error(std::string("the state has no scalar ") + name);
+      new_scalars[k] = py::cast<double>(scalars[name]);
+      if (!std::isfinite(new_scalars[k]))
+        throw py::value_error(std::string("scalar ") + name + " must be finite, got " + std::to_string(new_scalars[k]));
+    }
+    if (py::len(scalars) != named)
+      throw py::value_error("the state has scalars this rule does not keep (its scalars: " +
+                            std::to_string(named) + ")");
     const auto& specs = plan_->leaves();
     std::vector<std::pair<std::size_t, std::vector<py::object>>> sources;
     for (const auto& item : slots) {
@@ -177,13 +218,14 @@ class OptimState {
     }
     for (std::size_t k = 0; k < kSlots; ++k)
       if (uses_slot(rule_, k) && std::none_of(sources.begin(), sources.end(), [&](const auto& s) { return s.first == k; }))
-        throw py::value_error(std::string("the state has no slot ") + fusedopt::slot_names(rule_)[k]);
+        throw py::value_error(std::string("the state has no slot ") + spec_of(rule_).slots[k].name);
     if (busy_.load()) throw py::value_error("this optimizer is being stepped by another thread");
     for (const auto& [k, arrays] : sources)
       for (std::size_t l = 0; l < specs.size(); ++l)
         std::memcpy(slot_data(k, specs[l]), PyArray_DATA(reinterpret_cast<PyArrayObject*>(arrays[l].ptr())),
                     specs[l].size * item_size(specs[l].dtype));
     step_count_ = step_count;
+    scalars_ = new_scalars;
     last_norm_ = -1.0;
   }
 
@@ -195,7 +237,7 @@ class OptimState {
   }
   std::vector<bool> decay_mask() const { return std::vector<bool>(decay_.begin(), decay_.end()); }
 
-  TextbookRule rule() const { return rule_; }
+  OptimRule rule() const { return rule_; }
   const py::object& plan() const { return plan_obj_; }
   const py::object& hyper() const { return hyper_obj_; }
   long long step_count() const { return step_count_; }
@@ -204,7 +246,7 @@ class OptimState {
  private:
   std::size_t slot_of(const std::string& name) const {
     for (std::size_t k = 0; k < kSlots; ++k)
-      if (uses_slot(rule_, k) && name == fusedopt::slot_names(rule_)[k]) return k;
+      if (uses_slot(rule_, k) && name == spec_of(rule_).slots[k].name) return k;
     std::string known;
     for (const auto& n : slot_names()) known += (known.empty() ? "" : ", ") + n;
     throw py::value_error("no state slot '" + name + "' in this optimizer (its slots: " + (known.empty() ? "none" : known) + ")");
@@ -216,7 +258,7 @@ class OptimState {
   }
 
   // Two parameter leaves sharing memory would be stepped twice (and raced by threads).
-  void check_no_shared_params(const std::vector<TextbookLeaf>& data) const {
+  void check_no_shared_params(const std::vector<OptimLeaf>& data) const {
     const auto& specs = plan_->leaves();
     std::vector<std::pair<const char*, std::size_t>> spans;
     for (std::size_t l = 0; l < specs.size(); ++l)
@@ -230,13 +272,14 @@ class OptimState {
     }
   }
 
-  TextbookRule rule_;
+  OptimRule rule_;
   py::object plan_obj_;  // keeps plan_ alive
   const Plan* plan_ = nullptr;
   py::object hyper_obj_;  // keeps hyper_ alive; Python assigns its fields between steps
-  const TextbookHyper* hyper_ = nullptr;
+  const OptimHyper* hyper_ = nullptr;
   py::object arenas_[kSlots][2];  // slot k, dtype d: 64-byte aligned, laid out as the plan's arenas
   std::vector<char> decay_;
+  ScalarState scalars_{};  // the rule's scalar state (spec_of(rule_).scalar_state)
   long long step_count_ = 0;
   double last_norm_ = -1.0;
   std::atomic<bool> busy_{false};
@@ -245,49 +288,60 @@ class OptimState {
 }  // namespace
 
 void register_optim(py::module_& m) {
-  py::enum_<TextbookRule> rules(m, "TextbookRule", "The textbook optimizers' rules (csrc/optim/rules.h).");
-  for (const auto& [rule, name] : kRuleNames) rules.value(name, rule);
-  py::enum_<Decay>(m, "Decay", "How weight decay enters a textbook rule.")
-      .value("NONE", Decay::NONE)
-      .value("L2", Decay::L2)
-      .value("DECOUPLED", Decay::DECOUPLED);
-  py::enum_<TextbookPhase>(m, "TextbookPhase", "FIRST: the step that creates SGD's momentum buffer.")
-      .value("FIRST", TextbookPhase::FIRST)
-      .value("STEADY", TextbookPhase::STEADY);
+  py::enum_<OptimRule> rules(m, "OptimRule", "The optim family's rules (csrc/optim/rules.h, kOptimRuleSpecs).");
+  for (unsigned r = 0; r < kNumOptimRules; ++r) rules.value(kOptimRuleSpecs[r].name, OptimRule(r));
+  py::enum_<OptimDecay>(m, "OptimDecay", "How weight decay enters an optim rule.")
+      .value("NONE", OptimDecay::NONE)
+      .value("L2", OptimDecay::L2)
+      .value("DECOUPLED", OptimDecay::DECOUPLED);
+  py::enum_<OptimPhase>(m, "OptimPhase", "FIRST: the step that starts slot 0 from the gradient (SGD's buffer).")
+      .value("FIRST", OptimPhase::FIRST)
+      .value("STEADY", OptimPhase::STEADY);
   py::list table;
-  for (const auto& e : kRuleTable) table.append(py::make_tuple(e.rule, e.decay, e.phase));
-  m.attr("rule_table") = py::tuple(table);
-  m.def("rule_slots", [](TextbookRule r) {
-    std::vector<std::string> out;
-    for (std::size_t k = 0; k < kSlots; ++k)
-      if (uses_slot(r, k)) out.emplace_back(slot_names(r)[k]);
+  for (const auto& e : kOptimKernels) table.append(py::make_tuple(e.rule, e.decay, e.phase));
+  m.attr("optim_kernels") = py::tuple(table);
+  m.def("optim_rule_spec", [](OptimRule r) {
+    if (static_cast<unsigned>(r) >= kNumOptimRules) throw py::value_error("rule: not an OptimRule");
+    const OptimRuleSpec& s = spec_of(r);
+    py::dict out, slots, scalars;
+    for (const SlotSpec& slot : s.slots)
+      if (slot.name[0]) slots[slot.name] = slot.start == kZero ? py::object(py::none()) : py::str(kHyperSpecs[slot.start].name);
+    for (const ScalarStateSpec& sc : s.scalar_state)
+      if (sc.name[0]) scalars[sc.name] = sc.start;
+    py::list decays, phases;
+    for (OptimDecay d : {OptimDecay::NONE, OptimDecay::L2, OptimDecay::DECOUPLED})
+      if (has_decay(r, d)) decays.append(d);
+    for (OptimPhase p : {OptimPhase::FIRST, OptimPhase::STEADY})
+      if (has_phase(r, p)) phases.append(p);
+    out["slots"] = slots;
+    out["scalars"] = scalars;
+    out["decays"] = py::tuple(decays);
+    out["phases"] = py::tuple(phases);
     return out;
-  }, py::arg("rule"), "The state slots of a rule, in torch.optim's names.");
+  }, py::arg("rule"),
+     "A rule's spec: slots {name: the hyper-parameter it starts at, or None for 0}, scalars {name: start}, "
+     "decays and phases.");
+  py::list fields;
+  for (const HyperSpec& h : kHyperSpecs) fields.append(py::make_tuple(h.name, h.domain_name));
+  m.attr("optim_hyper_fields") = py::tuple(fields);
 
-  py::class_<TextbookHyper>(m, "TextbookHyper", "Hyper-parameters of a textbook rule (each rule reads its own).")
+  py::class_<OptimHyper>(m, "OptimHyper",
+                         "Hyper-parameters of an optim rule, by name (optim_hyper_fields; each rule reads its own).")
       .def(py::init<>())
-      .def_readwrite("beta1", &TextbookHyper::beta1)
-      .def_readwrite("beta2", &TextbookHyper::beta2)
-      .def_readwrite("eps", &TextbookHyper::eps)
-      .def_readwrite("weight_decay", &TextbookHyper::weight_decay)
-      .def_readwrite("momentum", &TextbookHyper::momentum)
-      .def_readwrite("dampening", &TextbookHyper::dampening)
-      .def_readwrite("lr_decay", &TextbookHyper::lr_decay)
-      .def_readwrite("initial_accumulator_value", &TextbookHyper::initial_accumulator_value)
-      .def_readwrite("max_grad_norm", &TextbookHyper::max_grad_norm)
-      .def_readwrite("maximize", &TextbookHyper::maximize)
-      .def_readwrite("decoupled", &TextbookHyper::decoupled);
+      .def("__getitem__", [](const OptimHyper& h, const std::string& name) { return h.*hyper_field(name); })
+      .def("__setitem__", [](OptimHyper& h, const std::string& name, double value) { h.*hyper_field(name) = value; });
 
-  py::class_<OptimState>(m, "OptimState", "A textbook optimizer's state over one tree: plan, slots, step count.")
-      .def(py::init<TextbookRule, py::object, std::vector<bool>, py::object>(), py::arg("rule"), py::arg("plan"),
+  py::class_<OptimState>(m, "OptimState", "An optim rule's state over one tree: plan, slots, scalars, step count.")
+      .def(py::init<OptimRule, py::object, std::vector<bool>, py::object>(), py::arg("rule"), py::arg("plan"),
            py::arg("decay_mask"), py::arg("hyper"))
       .def("step", &OptimState::step, py::arg("params"), py::arg("grads"), py::arg("lr"), py::arg("check_finite"),
            "One step of the rule over the whole tree: every array checked first, then one fused pass "
-           "(two with clipping), the step count committed with it.")
+           "(two with clipping), the step count and scalar state committed with it.")
       .def("slot_views", &OptimState::slot_views, py::arg("name"), "Writable views of a slot, one per leaf.")
-      .def("load", &OptimState::load, py::arg("slots"), py::arg("step_count"),
-           "Copy {slot name: leaves} in and set the step count, after checking everything.")
+      .def("load", &OptimState::load, py::arg("slots"), py::arg("scalars"), py::arg("step_count"),
+           "Copy {slot name: leaves} and {scalar name: value} in and set the step count, after checking everything.")
       .def_property_readonly("slot_names", &OptimState::slot_names)
+      .def_property_readonly("scalars", &OptimState::scalars)
       .def_property("decay_mask", &OptimState::decay_mask, &OptimState::set_decay_mask)
       .def_property_readonly("rule", &OptimState::rule)
       .def_property_readonly("plan", &OptimState::plan)

@@ -12,7 +12,7 @@ namespace {
 struct Level {
   const char* name;
   void (*fill)(KernelTable&);
-  void (*fill_textbook)(TextbookTable&);
+  void (*fill_optim)(OptimTable&);
   bool (*cpu_has)();
 };
 
@@ -34,25 +34,25 @@ bool has_avx512() {
 const std::vector<Level>& levels() {
   static const std::vector<Level> all = {
 #ifdef FUSEDOPT_HAVE_AVX512
-      {"avx512", &avx512::fill_table, &avx512::fill_textbook_table, &has_avx512},
+      {"avx512", &avx512::fill_table, &avx512::fill_optim_table, &has_avx512},
 #endif
 #ifdef FUSEDOPT_HAVE_AVX2
-      {"avx2", &avx2::fill_table, &avx2::fill_textbook_table, &has_avx2},
+      {"avx2", &avx2::fill_table, &avx2::fill_optim_table, &has_avx2},
 #endif
-      {"baseline", &baseline::fill_table, &baseline::fill_textbook_table, &always},
+      {"baseline", &baseline::fill_table, &baseline::fill_optim_table, &always},
   };
   return all;
 }
 
 struct Tables {
   std::vector<KernelTable> by_level;  // same order as levels()
-  std::vector<TextbookTable> textbook_by_level;
+  std::vector<OptimTable> optim_by_level;
   // Switched by set_simd_level while other threads may be running steps.
   std::atomic<std::size_t> current{0};
-  Tables() : by_level(levels().size()), textbook_by_level(levels().size()) {
+  Tables() : by_level(levels().size()), optim_by_level(levels().size()) {
     for (std::size_t i = 0; i < levels().size(); ++i) {
       levels()[i].fill(by_level[i]);
-      levels()[i].fill_textbook(textbook_by_level[i]);
+      levels()[i].fill_optim(optim_by_level[i]);
     }
     std::size_t best = levels().size() - 1;
     for (std::size_t i = 0; i < levels().size(); ++i)
@@ -83,8 +83,8 @@ Tables& tables() {
 
 const KernelTable& kernels() { return tables().by_level[tables().current.load(std::memory_order_acquire)]; }
 
-const TextbookTable& textbook_kernels() {
-  return tables().textbook_by_level[tables().current.load(std::memory_order_acquire)];
+const OptimTable& optim_kernels() {
+  return tables().optim_by_level[tables().current.load(std::memory_order_acquire)];
 }
 
 std::string simd_level() { return levels()[tables().current.load(std::memory_order_acquire)].name; }

@@ -10,8 +10,8 @@ namespace fusedopt {
 // The table in use: chosen at first use from the CPU's features, lowered by
 // the environment variable FUSEDOPT_SIMD=avx512|avx2|baseline.
 const KernelTable& kernels();
-// The textbook optimizers' kernels of the same level.
-const TextbookTable& textbook_kernels();
+// The optim family's kernels of the same level.
+const OptimTable& optim_kernels();
 std::string simd_level();
 // Levels compiled into this build, and those of them this CPU can run.
 std::vector<std::string> simd_levels_compiled();

@@ -5,7 +5,7 @@
 #include "optim/rules.h"
 
 namespace fusedopt {
-namespace baseline { void fill_table(KernelTable&); void fill_textbook_table(TextbookTable&); }
-namespace avx2 { void fill_table(KernelTable&); void fill_textbook_table(TextbookTable&); }
-namespace avx512 { void fill_table(KernelTable&); void fill_textbook_table(TextbookTable&); }
+namespace baseline { void fill_table(KernelTable&); void fill_optim_table(OptimTable&); }
+namespace avx2 { void fill_table(KernelTable&); void fill_optim_table(OptimTable&); }
+namespace avx512 { void fill_table(KernelTable&); void fill_optim_table(OptimTable&); }
 }  // namespace fusedopt

@@ -1,8 +1,10 @@
-// The element math of the textbook optimizers (docs/optim.md gives the same
+// The element math of the optim family's rules (docs/optim.md gives the same
 // order in words), written once for scalars and native vectors alike, in the
-// operation order of torch.optim 2.13's single-tensor updates. Compiled with
-// -ffp-contract=off: every operation rounds on its own, as NumPy's do.
+// operation order of torch.optim 2.13's single-tensor updates, and each rule's
+// per-step scalars. Compiled with -ffp-contract=off: every operation rounds on
+// its own, as NumPy's do.
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include "common/simd_vec.h"
 #include "optim/rules.h"
@@ -15,13 +17,13 @@ namespace fusedopt {
 namespace FUSEDOPT_ISA {
 
 template <class V>
-struct TextbookLanes {
+struct OptimLanes {
   V g, p, s0, s1, s2;
 };
 
 // torch's lerp(start, end, w): the form depends on |w| < 0.5, a per-step scalar.
 template <class V, class T>
-FUSEDOPT_INLINE V lerp(V start, V end, const TextbookScalars<T>& c) {
+FUSEDOPT_INLINE V lerp(V start, V end, const OptimScalars<T>& c) {
   const V diff = end - start;
   return c.lerp_small ? start + c.lerp_w * diff : end - diff * c.lerp_omw;
 }
@@ -42,78 +44,116 @@ FUSEDOPT_INLINE V vsign(V x) {
   return x != x ? x : s;
 }
 
-template <TextbookRule R>
-constexpr bool is_sgd() { return R == TextbookRule::SGD || R == TextbookRule::SGD_MOMENTUM || R == TextbookRule::SGD_NESTEROV; }
-template <TextbookRule R>
-constexpr bool is_adam() { return R == TextbookRule::ADAM || R == TextbookRule::ADAM_AMSGRAD; }
-template <TextbookRule R>
-constexpr bool is_rmsprop() {
-  return R == TextbookRule::RMSPROP || R == TextbookRule::RMSPROP_CENTERED || R == TextbookRule::RMSPROP_MOMENTUM ||
-         R == TextbookRule::RMSPROP_CENTERED_MOMENTUM;
+// The step's scalars in double, as torch.optim computes them in Python
+// (docs/optim.md): what every rule shares, then what the rule's math changes.
+// Compiled per instruction set next to the kernels, with the same float flags:
+// plain double arithmetic and std::pow, so the same bits at every level.
+template <OptimRule R>
+StepValues step_values(const StepInput& in, double* state) {
+  constexpr const OptimRuleSpec& S = spec_of(R);
+  const OptimHyper& h = in.h;
+  StepValues v{};
+  v.gscale = h.maximize != 0.0 ? -in.clip : in.clip;
+  v.wd = h.weight_decay;
+  v.decay = 1.0 - in.lr * h.weight_decay;
+  v.neg_lr = -in.lr;
+  v.b1 = h.beta1;
+  v.omb1 = 1.0 - h.beta1;
+  v.b2 = h.beta2;
+  v.omb2 = 1.0 - h.beta2;
+  v.lerp_w = 1.0 - h.beta1;
+  v.eps = h.eps;
+  v.momentum = h.momentum;
+  v.omd = 1.0 - h.dampening;
+  if constexpr (S.math == Math::ADAM) {
+    v.neg_lr = -(in.lr / (1.0 - std::pow(h.beta1, in.t)));
+    v.bc2 = std::pow(1.0 - std::pow(h.beta2, in.t), 0.5);  // Python's ** 0.5, not sqrt
+  } else if constexpr (S.math == Math::RMSPROP) {
+    v.b2 = h.alpha;
+    v.omb2 = 1.0 - h.alpha;
+    v.lerp_w = 1.0 - h.alpha;  // grad_avg.lerp_(g, 1 - alpha)
+  } else if constexpr (S.math == Math::ADAGRAD) {
+    v.neg_lr = -(in.lr / (1.0 + (in.t - 1.0) * h.lr_decay));
+  } else if constexpr (S.math == Math::NADAM) {
+    v.bc2 = 1.0 - std::pow(h.beta2, in.t);
+    const double mu = h.beta1 * (1.0 - 0.5 * std::pow(0.96, in.t * h.momentum_decay));
+    const double mu_next = h.beta1 * (1.0 - 0.5 * std::pow(0.96, (in.t + 1.0) * h.momentum_decay));
+    double& mu_product = state[0];
+    mu_product = mu_product * mu;
+    v.neg_lr = (-in.lr * (1.0 - mu)) / (1.0 - mu_product);
+    v.neg_lr_m = (-in.lr * mu_next) / (1.0 - mu_product * mu_next);
+  }
+  (void)state;
+  return v;
 }
 
-template <TextbookRule R, Decay D, TextbookPhase P, class V, class T>
-FUSEDOPT_INLINE void textbook_math(TextbookLanes<V>& x, const TextbookScalars<T>& c) {
+template <OptimRule R, OptimDecay D, OptimPhase P, class V, class T>
+FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
+  constexpr const OptimRuleSpec& S = spec_of(R);
   x.g = x.g * c.gscale;
-  if constexpr (D == Decay::L2) x.g = x.g + c.wd * x.p;
-  if constexpr (D == Decay::DECOUPLED) x.p = x.p * c.decay;
-  if constexpr (is_sgd<R>()) {
+  if constexpr (D == OptimDecay::L2) x.g = x.g + c.wd * x.p;
+  if constexpr (D == OptimDecay::DECOUPLED) x.p = x.p * c.decay;
+  if constexpr (S.math == Math::SGD) {
     V d = x.g;
-    if constexpr (R != TextbookRule::SGD) {
-      if constexpr (P == TextbookPhase::FIRST) x.s0 = x.g;
+    if constexpr ((S.flags & WITH_MOMENTUM) != 0) {
+      if constexpr (P == OptimPhase::FIRST) x.s0 = x.g;
       else x.s0 = (x.s0 * c.momentum) + (c.omd * x.g);
-      d = R == TextbookRule::SGD_NESTEROV ? x.g + c.momentum * x.s0 : x.s0;
+      d = (S.flags & NESTEROV) != 0 ? x.g + c.momentum * x.s0 : x.s0;
     }
     x.p = x.p + c.neg_lr * d;
-  } else if constexpr (is_adam<R>()) {
+  } else if constexpr (S.math == Math::ADAM) {
     x.s0 = lerp(x.s0, x.g, c);
     x.s1 = (x.s1 * c.b2) + ((c.omb2 * x.g) * x.g);
     V den = x.s1;
-    if constexpr (R == TextbookRule::ADAM_AMSGRAD) {
+    if constexpr ((S.flags & AMSGRAD) != 0) {
       x.s2 = vmax(x.s2, x.s1);
       den = x.s2;
     }
-    den = (vsqrt(den) / c.bc2_sqrt) + c.eps;
+    den = (vsqrt(den) / c.bc2) + c.eps;
     x.p = x.p + (c.neg_lr * x.s0) / den;
-  } else if constexpr (is_rmsprop<R>()) {
-    constexpr bool centered = R == TextbookRule::RMSPROP_CENTERED || R == TextbookRule::RMSPROP_CENTERED_MOMENTUM;
-    constexpr bool momentum = R == TextbookRule::RMSPROP_MOMENTUM || R == TextbookRule::RMSPROP_CENTERED_MOMENTUM;
+  } else if constexpr (S.math == Math::RMSPROP) {
     x.s0 = (x.s0 * c.b2) + ((c.omb2 * x.g) * x.g);
     V avg = x.s0;
-    if constexpr (centered) {
+    if constexpr ((S.flags & CENTERED) != 0) {
       x.s1 = lerp(x.s1, x.g, c);
       avg = avg - x.s1 * x.s1;  // torch's addcmul(value=-1): avg + (-1*ga)*ga, the same bits
     }
     avg = vsqrt(avg) + c.eps;
-    if constexpr (momentum) {
+    if constexpr ((S.flags & WITH_MOMENTUM) != 0) {
       x.s2 = (x.s2 * c.momentum) + x.g / avg;
       x.p = x.p + c.neg_lr * x.s2;
     } else {
       x.p = x.p + (c.neg_lr * x.g) / avg;
     }
-  } else if constexpr (R == TextbookRule::ADAGRAD) {
+  } else if constexpr (S.math == Math::ADAGRAD) {
     x.s0 = x.s0 + x.g * x.g;
     x.p = x.p + (c.neg_lr * x.g) / (vsqrt(x.s0) + c.eps);
-  } else if constexpr (R == TextbookRule::LION) {
+  } else if constexpr (S.math == Math::LION) {
     const V u = (c.b1 * x.s0) + (c.omb1 * x.g);
     x.p = x.p + c.neg_lr * vsign<V, T>(u);  // p - lr*sign(u): the same bits
     x.s0 = (c.b2 * x.s0) + (c.omb2 * x.g);
+  } else if constexpr (S.math == Math::NADAM) {
+    x.s0 = lerp(x.s0, x.g, c);
+    x.s1 = (x.s1 * c.b2) + ((c.omb2 * x.g) * x.g);
+    const V den = vsqrt(x.s1 / c.bc2) + c.eps;
+    x.p = x.p + (c.neg_lr * x.g) / den;  // torch's two addcdiv_, in its order
+    x.p = x.p + (c.neg_lr_m * x.s0) / den;
   }
 }
 
-// Which slots the kernel of (R, P) reads: FIRST writes SGD's buffer unread.
-template <TextbookRule R, TextbookPhase P>
-constexpr bool reads_slot(std::size_t k) { return uses_slot(R, k) && !(P == TextbookPhase::FIRST && k == 0); }
+// Which slots the kernel of (R, P) reads: FIRST writes slot 0 unread.
+template <OptimRule R, OptimPhase P>
+constexpr bool reads_slot(std::size_t k) { return uses_slot(R, k) && !(P == OptimPhase::FIRST && k == 0); }
 
-template <TextbookRule R, Decay D, TextbookPhase P, class V, class T>
-FUSEDOPT_INLINE void textbook_at(const TextbookSegment<T>& s, const TextbookScalars<T>& c, std::size_t i) {
-  TextbookLanes<V> x{};
+template <OptimRule R, OptimDecay D, OptimPhase P, class V, class T>
+FUSEDOPT_INLINE void optim_at(const OptimSegment<T>& s, const OptimScalars<T>& c, std::size_t i) {
+  OptimLanes<V> x{};
   x.g = load<V>(s.g + i);
   x.p = load<V>(s.p + i);
   if constexpr (reads_slot<R, P>(0)) x.s0 = load<V>(s.s[0] + i);
   if constexpr (reads_slot<R, P>(1)) x.s1 = load<V>(s.s[1] + i);
   if constexpr (reads_slot<R, P>(2)) x.s2 = load<V>(s.s[2] + i);
-  textbook_math<R, D, P>(x, c);
+  optim_math<R, D, P>(x, c);
   store(s.p + i, x.p);
   if constexpr (uses_slot(R, 0)) store(s.s[0] + i, x.s0);
   if constexpr (uses_slot(R, 1)) store(s.s[1] + i, x.s1);
@@ -123,19 +163,19 @@ FUSEDOPT_INLINE void textbook_at(const TextbookSegment<T>& s, const TextbookScal
 // One segment: four native vectors at a time, then one, then scalars. Every
 // element goes through the same operations whichever path takes it, so the
 // bits do not depend on the vector width or where a segment starts.
-template <class T, TextbookRule R, Decay D, TextbookPhase P>
-void run_textbook_segment(const TextbookSegment<T>& seg, const TextbookScalars<T>& scalars) {
-  const TextbookSegment<T> s = seg;  // local copies: stores cannot alias them
-  const TextbookScalars<T> c = scalars;
+template <class T, OptimRule R, OptimDecay D, OptimPhase P>
+void run_optim_segment(const OptimSegment<T>& seg, const OptimScalars<T>& scalars) {
+  const OptimSegment<T> s = seg;  // local copies: stores cannot alias them
+  const OptimScalars<T> c = scalars;
   using V = typename Vec<T>::type;
   constexpr std::size_t L = Vec<T>::lanes;
   std::size_t i = 0;
   for (; i + 4 * L <= s.n; i += 4 * L) {
 #pragma GCC unroll 4
-    for (std::size_t k = 0; k < 4; ++k) textbook_at<R, D, P, V>(s, c, i + k * L);
+    for (std::size_t k = 0; k < 4; ++k) optim_at<R, D, P, V>(s, c, i + k * L);
   }
-  for (; i + L <= s.n; i += L) textbook_at<R, D, P, V>(s, c, i);
-  for (; i < s.n; ++i) textbook_at<R, D, P, T>(s, c, i);
+  for (; i + L <= s.n; i += L) optim_at<R, D, P, V>(s, c, i);
+  for (; i < s.n; ++i) optim_at<R, D, P, T>(s, c, i);
 }
 
 // sum(g*g) in double: element i adds to accumulator i mod 16 (the same at

@@ -1,157 +1,265 @@
-// The textbook optimizers (fusedopt.optim, docs/optim.md) as named rules: one
-// enum of rules, their weight-decay modes and phases, and ONE table of the
-// (rule, decay, phase) combinations. The table is the list of what every
-// instruction set compiles (optim/kernels_isa.cpp) and what the driver dispatches
-// on: a combination missing from it fails the build (lookup below), never a user.
+// The optim family (fusedopt.optim, fusedopt.torch; docs/optim.md) as named
+// rules, each declared by ONE spec in kOptimRuleSpecs: its name, its state
+// slots and their start values, its per-rule scalar state, its weight-decay
+// modes, whether it has a first phase, and which element math it runs. The
+// kernel table (every (rule, decay, phase) compiled per dtype and instruction
+// set, optim/kernels_isa.cpp) is generated from the specs, and static_asserts
+// check the specs at build time, so a rule that is declared is compiled and
+// dispatched, or the build fails. The hyper-parameters every rule may read
+// are declared here too (kHyperSpecs), once each.
 #pragma once
 #include <array>
 #include <cstddef>
-#include <utility>
+#include <iterator>
+#include "common/combinations.h"
 
 namespace fusedopt {
 
-// One rule per torch.optim update; a variant that changes the element math
-// (or the state it keeps) is a rule of its own.
-enum class TextbookRule : unsigned {
-  SGD,                         // p += -lr * g
-  SGD_MOMENTUM,                // heavy ball: buf = momentum*buf + (1-dampening)*g
-  SGD_NESTEROV,                // d = g + momentum*buf
-  ADAM,                        // Adam / AdamW
-  ADAM_AMSGRAD,                // with the running maximum of exp_avg_sq
-  RMSPROP,
-  RMSPROP_CENTERED,            // subtracts grad_avg**2 under the root
-  RMSPROP_MOMENTUM,            // momentum buffer of g / avg
-  RMSPROP_CENTERED_MOMENTUM,
-  ADAGRAD,
-  LION,                        // Chen et al. 2023
+// -- hyper-parameters -------------------------------------------------------------------------
+// What Python may store in a field; fusedopt.optim validates each value by its
+// field's domain (python/fusedopt/optim/_checks.py, DOMAINS). Flags are 0 or 1.
+enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLAG };
+
+// X(name, domain): every hyper-parameter of every rule, declared once. The
+// native field, its Python name (OptimHyper[name]) and its validation follow.
+#define FUSEDOPT_OPTIM_HYPER(X)                                                                        \
+  X(beta1, UNIT_OPEN)                    /* Adam, Lion: betas[0] */                                    \
+  X(beta2, UNIT_OPEN)                    /* Adam, Lion: betas[1] */                                    \
+  X(alpha, UNIT_CLOSED)                  /* RMSprop's smoothing constant */                            \
+  X(eps, NON_NEGATIVE)                                                                                 \
+  X(weight_decay, NON_NEGATIVE)                                                                        \
+  X(decoupled_weight_decay, FLAG)        /* rules with both decay modes: p *= 1 - lr*wd, not L2 */     \
+  X(momentum, NON_NEGATIVE)                                                                            \
+  X(dampening, FINITE)                                                                                 \
+  X(lr_decay, NON_NEGATIVE)                                                                            \
+  X(initial_accumulator_value, NON_NEGATIVE)                                                           \
+  X(max_grad_norm, NON_NEGATIVE)         /* 0: no clipping */                                          \
+  X(momentum_decay, NON_NEGATIVE)        /* NAdam: psi of mu_t = beta1 * (1 - 0.96**(t*psi) / 2) */     \
+  X(maximize, FLAG)
+
+struct OptimHyper {
+#define FUSEDOPT_HYPER_FIELD(name, domain) double name = 0.0;
+  FUSEDOPT_OPTIM_HYPER(FUSEDOPT_HYPER_FIELD)
+#undef FUSEDOPT_HYPER_FIELD
 };
+
+struct HyperSpec {
+  const char* name;
+  Domain domain;
+  const char* domain_name;  // the enum's name, as Python's checks know it
+  double OptimHyper::*field;
+};
+constexpr HyperSpec kHyperSpecs[] = {
+#define FUSEDOPT_HYPER_SPEC(name, domain) {#name, Domain::domain, #domain, &OptimHyper::name},
+    FUSEDOPT_OPTIM_HYPER(FUSEDOPT_HYPER_SPEC)
+#undef FUSEDOPT_HYPER_SPEC
+};
+constexpr std::size_t kNumHyper = std::size(kHyperSpecs);
+constexpr bool same_name(const char* a, const char* b) {
+  while (*a && *a == *b) ++a, ++b;
+  return *a == *b;
+}
+// An index into kHyperSpecs: the hyper-parameter a slot starts at.
+constexpr int hyper_index(const char* name) {
+  for (std::size_t i = 0; i < kNumHyper; ++i)
+    if (same_name(kHyperSpecs[i].name, name)) return static_cast<int>(i);
+  return -2;  // no such field: refused by the static_assert below
+}
+
+// -- rules ------------------------------------------------------------------------------------
+// A rule is its index in kOptimRuleSpecs (Python: fusedopt._core.OptimRule,
+// named by the spec). One rule per torch.optim update; a variant that changes
+// the element math (or the state it keeps) is a rule of its own.
+enum class OptimRule : unsigned {};
 
 // How weight decay enters: not at all (weight_decay == 0, or the leaf is
-// masked out), L2 (g += wd * p, torch's Adam, SGD, RMSprop, Adagrad) or
-// decoupled (p *= 1 - lr*wd, AdamW and Lion).
-enum class Decay : unsigned { NONE, L2, DECOUPLED };
+// masked out), L2 (g += wd * p) or decoupled (p *= 1 - lr*wd).
+enum class OptimDecay : unsigned { NONE, L2, DECOUPLED };
+constexpr unsigned kNumOptimDecays = 3;
+constexpr unsigned decays(OptimDecay d) { return 1u << static_cast<unsigned>(d); }
 
-// FIRST: the step that creates SGD's momentum buffer (buf = g, as torch's
-// clone of the gradient); every other rule starts its state at a constant.
-enum class TextbookPhase : unsigned { FIRST, STEADY };
+// FIRST: the step that starts a slot from the gradient itself (SGD's momentum
+// buffer, torch's clone of the gradient); every other step is STEADY.
+enum class OptimPhase : unsigned { FIRST, STEADY };
+constexpr unsigned kNumOptimPhases = 2;
 
-struct RuleEntry {
-  TextbookRule rule;
-  Decay decay;
-  TextbookPhase phase;
+// The element math a rule runs (optim/math.h), with its variant flags.
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM };
+enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
+
+// Up to three state arrays per leaf, at fixed positions (the math reads
+// s0..s2), named as torch.optim names them; "" is an unused slot. A slot
+// starts at 0, or at a hyper-parameter (start = hyper_index(...)).
+constexpr std::size_t kSlots = 3;
+constexpr int kZero = -1;
+struct SlotSpec {
+  const char* name = "";
+  int start = kZero;
 };
 
-// Every compiled combination (per dtype, per instruction set).
-constexpr std::array<RuleEntry, 28> kRuleTable = {{
-    {TextbookRule::SGD, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::SGD, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::SGD_MOMENTUM, Decay::NONE, TextbookPhase::FIRST},
-    {TextbookRule::SGD_MOMENTUM, Decay::L2, TextbookPhase::FIRST},
-    {TextbookRule::SGD_MOMENTUM, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::SGD_MOMENTUM, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::SGD_NESTEROV, Decay::NONE, TextbookPhase::FIRST},
-    {TextbookRule::SGD_NESTEROV, Decay::L2, TextbookPhase::FIRST},
-    {TextbookRule::SGD_NESTEROV, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::SGD_NESTEROV, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::ADAM, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::ADAM, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::ADAM, Decay::DECOUPLED, TextbookPhase::STEADY},
-    {TextbookRule::ADAM_AMSGRAD, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::ADAM_AMSGRAD, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::ADAM_AMSGRAD, Decay::DECOUPLED, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP_CENTERED, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP_CENTERED, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP_MOMENTUM, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP_MOMENTUM, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP_CENTERED_MOMENTUM, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::RMSPROP_CENTERED_MOMENTUM, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::ADAGRAD, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::ADAGRAD, Decay::L2, TextbookPhase::STEADY},
-    {TextbookRule::LION, Decay::NONE, TextbookPhase::STEADY},
-    {TextbookRule::LION, Decay::DECOUPLED, TextbookPhase::STEADY},
-}};
+// Per-rule scalar state: numbers carried from step to step for the whole
+// tree (a running product), saved in state_dict.
+constexpr std::size_t kMaxScalarState = 2;
+struct ScalarStateSpec {
+  const char* name = "";
+  double start = 0.0;
+};
 
-// Index of a combination in kRuleTable, or kRuleTable.size() when not compiled.
-constexpr std::size_t rule_index(TextbookRule r, Decay d, TextbookPhase p) {
-  for (std::size_t i = 0; i < kRuleTable.size(); ++i)
-    if (kRuleTable[i].rule == r && kRuleTable[i].decay == d && kRuleTable[i].phase == p) return i;
-  return kRuleTable.size();
+struct OptimRuleSpec {
+  const char* name;   // Python's fusedopt._core.OptimRule name
+  Math math;
+  unsigned flags;     // MathFlag
+  unsigned decay;     // decays(...) the rule has besides NONE
+  bool first_phase;   // slot 0 starts from the gradient at step 1 (OptimPhase::FIRST)
+  std::array<SlotSpec, kSlots> slots;
+  std::array<ScalarStateSpec, kMaxScalarState> scalar_state;
+};
+
+constexpr unsigned kL2 = decays(OptimDecay::L2), kDecoupled = decays(OptimDecay::DECOUPLED);
+
+constexpr OptimRuleSpec kOptimRuleSpecs[] = {
+    {"SGD", Math::SGD, 0, kL2, false, {}, {}},
+    {"SGD_MOMENTUM", Math::SGD, WITH_MOMENTUM, kL2, true, {{{"momentum_buffer"}}}, {}},
+    {"SGD_NESTEROV", Math::SGD, WITH_MOMENTUM | NESTEROV, kL2, true,
+     {{{"momentum_buffer"}}}, {}},
+    {"ADAM", Math::ADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {}},
+    {"ADAM_AMSGRAD", Math::ADAM, AMSGRAD, kL2 | kDecoupled, false,
+     {{{"exp_avg"}, {"exp_avg_sq"}, {"max_exp_avg_sq"}}}, {}},
+    {"RMSPROP", Math::RMSPROP, 0, kL2, false, {{{"square_avg"}}}, {}},
+    {"RMSPROP_CENTERED", Math::RMSPROP, CENTERED, kL2, false,
+     {{{"square_avg"}, {"grad_avg"}}}, {}},
+    {"RMSPROP_MOMENTUM", Math::RMSPROP, WITH_MOMENTUM, kL2, false,
+     {{{"square_avg"}, {}, {"momentum_buffer"}}}, {}},
+    {"RMSPROP_CENTERED_MOMENTUM", Math::RMSPROP, CENTERED | WITH_MOMENTUM, kL2,
+     false, {{{"square_avg"}, {"grad_avg"}, {"momentum_buffer"}}}, {}},
+    {"ADAGRAD", Math::ADAGRAD, 0, kL2, false,
+     {{{"sum", hyper_index("initial_accumulator_value")}}}, {}},
+    {"LION", Math::LION, 0, kDecoupled, false, {{{"exp_avg"}}}, {}},
+    {"NADAM", Math::NADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {{{"mu_product", 1.0}}}},
+};
+constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
+
+constexpr const OptimRuleSpec& spec_of(OptimRule r) { return kOptimRuleSpecs[static_cast<unsigned>(r)]; }
+constexpr bool uses_slot(OptimRule r, std::size_t k) { return spec_of(r).slots[k].name[0] != '\0'; }
+constexpr bool has_decay(OptimRule r, OptimDecay d) {
+  return d == OptimDecay::NONE || (spec_of(r).decay & decays(d)) != 0;
+}
+constexpr bool has_phase(OptimRule r, OptimPhase p) { return p == OptimPhase::STEADY || spec_of(r).first_phase; }
+
+// The decay mode of a rule when weight_decay != 0: its only one, or the one
+// decoupled_weight_decay chooses when it has both.
+constexpr OptimDecay decay_of(OptimRule r, bool decoupled) {
+  const unsigned d = spec_of(r).decay;
+  if (d == kDecoupled || (d == (kL2 | kDecoupled) && decoupled)) return OptimDecay::DECOUPLED;
+  return d == 0 ? OptimDecay::NONE : OptimDecay::L2;
 }
 
-// The names Python sees (fusedopt._core.TextbookRule), one per rule.
-constexpr std::array<std::pair<TextbookRule, const char*>, 11> kRuleNames = {{
-    {TextbookRule::SGD, "SGD"}, {TextbookRule::SGD_MOMENTUM, "SGD_MOMENTUM"}, {TextbookRule::SGD_NESTEROV, "SGD_NESTEROV"},
-    {TextbookRule::ADAM, "ADAM"}, {TextbookRule::ADAM_AMSGRAD, "ADAM_AMSGRAD"}, {TextbookRule::RMSPROP, "RMSPROP"},
-    {TextbookRule::RMSPROP_CENTERED, "RMSPROP_CENTERED"}, {TextbookRule::RMSPROP_MOMENTUM, "RMSPROP_MOMENTUM"},
-    {TextbookRule::RMSPROP_CENTERED_MOMENTUM, "RMSPROP_CENTERED_MOMENTUM"}, {TextbookRule::ADAGRAD, "ADAGRAD"}, {TextbookRule::LION, "LION"},
-}};
+// -- the kernel table, generated from the specs -----------------------------------------------
+struct OptimKernelEntry {
+  OptimRule rule;
+  OptimDecay decay;
+  OptimPhase phase;
+};
 
-// Whether rule r has a FIRST phase of its own (else it is its STEADY kernel).
-constexpr bool has_first_phase(TextbookRule r) { return r == TextbookRule::SGD_MOMENTUM || r == TextbookRule::SGD_NESTEROV; }
+constexpr auto optim_valid = [](unsigned r, unsigned d, unsigned p) {
+  return has_decay(OptimRule(r), OptimDecay(d)) && has_phase(OptimRule(r), OptimPhase(p));
+};
 
-// The decay mode of a rule's optimizer class when weight_decay != 0.
-constexpr Decay decay_of(TextbookRule r, bool decoupled) {
-  return r == TextbookRule::LION || decoupled ? Decay::DECOUPLED : Decay::L2;
+// Every compiled combination (per dtype, per instruction set), in enum order.
+constexpr auto kOptimKernels =
+    valid_combinations<OptimKernelEntry, count_valid<kNumOptimRules, kNumOptimDecays, kNumOptimPhases>(optim_valid),
+                       kNumOptimRules, kNumOptimDecays, kNumOptimPhases>(
+        optim_valid, [](unsigned r, unsigned d, unsigned p) {
+          return OptimKernelEntry{OptimRule(r), OptimDecay(d), OptimPhase(p)};
+        });
+
+// Index of (rule, decay, phase) in kOptimKernels; every rule has (NONE, STEADY).
+constexpr auto kOptimKernelIndex = combination_index<kNumOptimRules, kNumOptimDecays, kNumOptimPhases>(
+    kOptimKernels, [](const OptimKernelEntry& e) {
+      return std::array<unsigned, 3>{static_cast<unsigned>(e.rule), static_cast<unsigned>(e.decay),
+                                     static_cast<unsigned>(e.phase)};
+    });
+constexpr std::size_t kernel_of(OptimRule r, OptimDecay d, OptimPhase p) {
+  return static_cast<std::size_t>(
+      kOptimKernelIndex[(static_cast<unsigned>(r) * kNumOptimDecays + static_cast<unsigned>(d)) * kNumOptimPhases +
+                        static_cast<unsigned>(p)]);
 }
 
-// State slots: up to three arrays per leaf, named as torch.optim names them;
-// "" is an unused slot. Fixed positions per rule, so the math reads s0..s2.
-constexpr std::size_t kSlots = 3;
-constexpr std::array<const char*, kSlots> slot_names(TextbookRule r) {
-  switch (r) {
-    case TextbookRule::SGD: return {"", "", ""};
-    case TextbookRule::SGD_MOMENTUM:
-    case TextbookRule::SGD_NESTEROV: return {"momentum_buffer", "", ""};
-    case TextbookRule::ADAM: return {"exp_avg", "exp_avg_sq", ""};
-    case TextbookRule::ADAM_AMSGRAD: return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
-    case TextbookRule::RMSPROP: return {"square_avg", "", ""};
-    case TextbookRule::RMSPROP_CENTERED: return {"square_avg", "grad_avg", ""};
-    case TextbookRule::RMSPROP_MOMENTUM: return {"square_avg", "", "momentum_buffer"};
-    case TextbookRule::RMSPROP_CENTERED_MOMENTUM: return {"square_avg", "grad_avg", "momentum_buffer"};
-    case TextbookRule::ADAGRAD: return {"sum", "", ""};
-    case TextbookRule::LION: return {"exp_avg", "", ""};
-  }
-  return {"", "", ""};
-}
-constexpr bool uses_slot(TextbookRule r, std::size_t k) { return slot_names(r)[k][0] != '\0'; }
-
-// Every rule of the table, with a FIRST phase where it has one, has every
-// decay mode its classes use: checked at compile time.
-constexpr bool table_complete() {
-  for (const RuleEntry& e : kRuleTable) {
-    const TextbookRule r = e.rule;
-    const bool adam = r == TextbookRule::ADAM || r == TextbookRule::ADAM_AMSGRAD;
-    for (Decay d : {Decay::NONE, decay_of(r, false), decay_of(r, adam)}) {
-      if (rule_index(r, d, TextbookPhase::STEADY) == kRuleTable.size()) return false;
-      if (has_first_phase(r) && rule_index(r, d, TextbookPhase::FIRST) == kRuleTable.size()) return false;
+// -- build-time checks of the specs -----------------------------------------------------------
+constexpr bool optim_specs_valid() {
+  for (unsigned r = 0; r < kNumOptimRules; ++r) {
+    const OptimRuleSpec& s = kOptimRuleSpecs[r];
+    if (s.name[0] == '\0') return false;
+    for (unsigned q = 0; q < r; ++q)
+      if (same_name(kOptimRuleSpecs[q].name, s.name)) return false;
+    if ((s.decay & ~(kL2 | kDecoupled)) != 0) return false;
+    if (s.first_phase && s.slots[0].name[0] == '\0') return false;  // FIRST starts slot 0
+    for (std::size_t k = 0; k < kSlots; ++k) {
+      if (s.slots[k].start < kZero || s.slots[k].start >= static_cast<int>(kNumHyper)) return false;
+      for (std::size_t j = 0; j < k; ++j)
+        if (s.slots[k].name[0] && same_name(s.slots[j].name, s.slots[k].name)) return false;
     }
+    for (std::size_t k = 0; k < kMaxScalarState; ++k)
+      for (std::size_t j = 0; j < k; ++j)
+        if (s.scalar_state[k].name[0] && same_name(s.scalar_state[j].name, s.scalar_state[k].name)) return false;
   }
   return true;
 }
-static_assert(table_complete(), "kRuleTable lacks a (rule, decay, phase) that the optimizers use");
+static_assert(optim_specs_valid(),
+              "kOptimRuleSpecs: a rule unnamed or named twice, an unknown decay mode or start "
+              "hyper-parameter, a first phase without slot 0, or a slot named twice");
+constexpr bool kernels_complete() {
+  for (unsigned r = 0; r < kNumOptimRules; ++r)
+    for (bool decoupled : {false, true})
+      for (OptimDecay d : {OptimDecay::NONE, decay_of(OptimRule(r), decoupled)})
+        for (OptimPhase p : {OptimPhase::FIRST, OptimPhase::STEADY})
+          if (has_phase(OptimRule(r), p) && kOptimKernelIndex[(r * kNumOptimDecays + static_cast<unsigned>(d)) * kNumOptimPhases +
+                                                               static_cast<unsigned>(p)] < 0)
+            return false;
+  return true;
+}
+static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose is not in kOptimKernels");
 
-// Scalars of one step, computed once per step by the driver (optim/step.cpp)
-// in double as torch computes them in Python, then rounded to the leaf's dtype.
+// -- per-step scalars -------------------------------------------------------------------------
+// X(name): every scalar the element math reads, declared once. The driver
+// (optim/step.cpp) computes each in double as torch computes it in Python
+// (optim/math.h, step_values), then rounds each to the leaf's dtype.
+#define FUSEDOPT_OPTIM_SCALARS(X)                                                                      \
+  X(gscale)    /* g = g * gscale: the clip scale, negated for maximize */                              \
+  X(wd)        /* L2: g = g + wd * p */                                                                \
+  X(decay)     /* decoupled: p = p * (1 - lr*wd) */                                                    \
+  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad), g's (NAdam) */         \
+  X(neg_lr_m)  /* NAdam: the coefficient of m */                                                       \
+  X(b1)        /* Lion: beta1 */                                                                       \
+  X(omb1)      /* Lion: 1 - beta1 */                                                                   \
+  X(b2)        /* beta2 / alpha: v = v*b2 + (omb2*g)*g; Lion's beta2 */                                \
+  X(omb2)      /* 1 - beta2 / 1 - alpha */                                                             \
+  X(lerp_w)    /* torch's lerp weight (1 - beta1, 1 - alpha) */                                        \
+  X(bc2)       /* Adam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                                     \
+  X(eps)                                                                                               \
+  X(momentum)                                                                                          \
+  X(omd)       /* 1 - dampening */
+
 template <class T>
-struct TextbookScalars {
-  T gscale;        // g = g * gscale: the clip scale, negated for maximize
-  T wd;            // L2: g = g + wd * p
-  T decay;         // decoupled: p = p * (1 - lr*wd)
-  T neg_lr;        // -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad)
-  T b1, omb1;      // Lion: beta1, 1 - beta1
-  T b2, omb2;      // beta2 / alpha, 1 - beta2 / 1 - alpha: v = v*b2 + (omb2*g)*g; Lion's beta2
-  T lerp_w, lerp_omw;  // torch's lerp weight (1 - beta1, 1 - alpha) and 1 - it
-  bool lerp_small;     // |lerp_w| < 0.5: start + w*(end - start), else end - (end - start)*(1 - w)
-  T bc2_sqrt;      // Adam: sqrt(1 - beta2**t)
-  T eps;
-  T momentum, omd;  // momentum, 1 - dampening
+struct OptimScalars {
+#define FUSEDOPT_SCALAR_FIELD(name) T name;
+  FUSEDOPT_OPTIM_SCALARS(FUSEDOPT_SCALAR_FIELD)
+#undef FUSEDOPT_SCALAR_FIELD
+  T lerp_omw;       // 1 - lerp_w in T, as torch computes it (opmath(1) - weight)
+  bool lerp_small;  // |lerp_w| < 0.5: start + w*(end - start), else end - (end - start)*(1 - w)
+};
+using StepValues = OptimScalars<double>;
+
+// The inputs of a step's scalars (step_values also takes the rule's scalar
+// state, which it advances; the driver commits it with the step).
+struct StepInput {
+  const OptimHyper& h;
+  double lr, t, clip;
 };
 
 // Pointers of one contiguous piece of one leaf; unused slots are null.
 template <class T>
-struct TextbookSegment {
+struct OptimSegment {
   const T* g;
   T* p;
   T* s[kSlots];
@@ -159,15 +267,18 @@ struct TextbookSegment {
 };
 
 template <class T>
-using TextbookFn = void (*)(const TextbookSegment<T>&, const TextbookScalars<T>&);
+using OptimFn = void (*)(const OptimSegment<T>&, const OptimScalars<T>&);
+using StepValuesFn = StepValues (*)(const StepInput&, double* state);
 // sum(g*g) over n elements, in double, in the same order at every level.
 template <class T>
 using SumSquaresFn = double (*)(const T* g, std::size_t n);
 
-// One instruction set's kernels, index for index with kRuleTable.
-struct TextbookTable {
-  std::array<TextbookFn<float>, kRuleTable.size()> f32;
-  std::array<TextbookFn<double>, kRuleTable.size()> f64;
+// One instruction set's kernels, index for index with kOptimKernels, and each
+// rule's per-step scalars (index: the rule).
+struct OptimTable {
+  std::array<OptimFn<float>, kOptimKernels.size()> f32;
+  std::array<OptimFn<double>, kOptimKernels.size()> f64;
+  std::array<StepValuesFn, kNumOptimRules> values;
   SumSquaresFn<float> sumsq32;
   SumSquaresFn<double> sumsq64;
 };

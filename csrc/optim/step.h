@@ -1,7 +1,8 @@
-// One step of a textbook optimizer over every leaf of a tree: the per-step
+// One step of an optim-family rule over every leaf of a tree: the per-step
 // scalars once, an optional read-only pass for the gradient's global norm,
 // then the rule's kernel over the same chunks as every other family.
 #pragma once
+#include <array>
 #include <cstddef>
 #include <vector>
 #include "common/multi_tensor.h"
@@ -9,20 +10,7 @@
 
 namespace fusedopt {
 
-// The hyper-parameters of every textbook rule (each rule reads its own).
-struct TextbookHyper {
-  double beta1 = 0.9, beta2 = 0.999;  // RMSprop's alpha is beta2
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-  double momentum = 0.0, dampening = 0.0;
-  double lr_decay = 0.0;
-  double initial_accumulator_value = 0.0;
-  double max_grad_norm = 0.0;  // <= 0: no clipping
-  bool maximize = false;
-  bool decoupled = false;      // Adam rules: AdamW's decay
-};
-
-struct TextbookLeaf {
+struct OptimLeaf {
   Dtype dtype;
   const void* g;
   void* p;
@@ -30,10 +18,13 @@ struct TextbookLeaf {
   bool decay;  // weight decay applies to this leaf (weight_decay_mask)
 };
 
-// Step number t (1 for the first step) of rule `rule` with learning rate lr;
-// returns the global L2 norm of the gradient when clipping (else -1).
+using ScalarState = std::array<double, kMaxScalarState>;
+
+// Step number t (1 for the first step) of `rule` with learning rate lr;
+// `state` is the rule's scalar state before the step and is advanced in
+// place. Returns the global L2 norm of the gradient when clipping (else -1).
 // Call without the GIL.
-double run_textbook_step(TextbookRule rule, const ChunkLayout& layout, const std::vector<TextbookLeaf>& leaves,
-                         const TextbookHyper& hyper, double lr, long long t);
+double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves,
+                      const OptimHyper& hyper, double lr, long long t, ScalarState& state);
 
 }  // namespace fusedopt

@@ -7,6 +7,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include "common/combinations.h"
 #include "paysage/kernel_modes.h"
 
 namespace fusedopt {
@@ -88,25 +89,14 @@ struct KernelEntry {
   unsigned mode;
 };
 
-constexpr std::size_t count_kernels() {
-  std::size_t n = 0;
-  for (unsigned r = 0; r < kNumRules; ++r)
-    for (unsigned ph = 0; ph < kNumPhases; ++ph)
-      for (unsigned o = 0; o < kNumOutputs; ++o) n += valid(Rule(r), Phase(ph), Output(o));
-  return n;
-}
+constexpr auto kernel_valid = [](unsigned r, unsigned ph, unsigned o) { return valid(Rule(r), Phase(ph), Output(o)); };
 
 // The table: every valid (rule, phase, output), in enum order.
-constexpr auto kKernels = [] {
-  std::array<KernelEntry, count_kernels()> a{};
-  std::size_t k = 0;
-  for (unsigned r = 0; r < kNumRules; ++r)
-    for (unsigned ph = 0; ph < kNumPhases; ++ph)
-      for (unsigned o = 0; o < kNumOutputs; ++o)
-        if (valid(Rule(r), Phase(ph), Output(o)))
-          a[k++] = {Rule(r), Phase(ph), Output(o), mode_of(Rule(r), Phase(ph), Output(o))};
-  return a;
-}();
+constexpr auto kKernels =
+    valid_combinations<KernelEntry, count_valid<kNumRules, kNumPhases, kNumOutputs>(kernel_valid), kNumRules,
+                       kNumPhases, kNumOutputs>(kernel_valid, [](unsigned r, unsigned ph, unsigned o) {
+      return KernelEntry{Rule(r), Phase(ph), Output(o), mode_of(Rule(r), Phase(ph), Output(o))};
+    });
 
 // Build-time checks: the rule specs are in enum order, and no two entries of
 // the table share a kernel (a typo in a spec would make two rules one).
@@ -127,16 +117,10 @@ static_assert(specs_in_order(), "kRuleSpecs must list the rules in the order of 
 static_assert(modes_distinct(), "two (rule, phase, output) entries map to the same kernel");
 
 // Index of (rule, phase, output) in kKernels, or -1 when the rule has no such step.
-constexpr auto kKernelIndex = [] {
-  std::array<int, kNumRules * kNumPhases * kNumOutputs> a{};
-  for (auto& x : a) x = -1;
-  for (std::size_t i = 0; i < kKernels.size(); ++i) {
-    const KernelEntry& k = kKernels[i];
-    a[(static_cast<unsigned>(k.rule) * kNumPhases + static_cast<unsigned>(k.phase)) * kNumOutputs +
-      static_cast<unsigned>(k.output)] = static_cast<int>(i);
-  }
-  return a;
-}();
+constexpr auto kKernelIndex = combination_index<kNumRules, kNumPhases, kNumOutputs>(kKernels, [](const KernelEntry& k) {
+  return std::array<unsigned, 3>{static_cast<unsigned>(k.rule), static_cast<unsigned>(k.phase),
+                                 static_cast<unsigned>(k.output)};
+});
 constexpr int kernel_index(Rule r, Phase ph, Output out) {
   const unsigned ri = static_cast<unsigned>(r), pi = static_cast<unsigned>(ph), oi = static_cast<unsigned>(out);
   if (ri >= kNumRules || pi >= kNumPhases || oi >= kNumOutputs) return -1;

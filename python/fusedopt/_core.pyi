@@ -1,7 +1,7 @@
 # Type stubs for fusedopt._core, the C++ extension (csrc/bindings/*.cpp).
 # tests/test_config.py checks that every public name of the module is here.
 import enum
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -154,74 +154,67 @@ def probe(
 ) -> float:
     """Seconds for one pass reading g, p, m, v and writing p, m, v (ADAM's in-place traffic)."""
 
-# -- the textbook optimizers (csrc/optim/rules.h, csrc/bindings/register_optim.cpp) --
-class TextbookRule(enum.IntEnum):
-    """The textbook optimizers' rules."""
-    SGD = 0
-    SGD_MOMENTUM = 1
-    SGD_NESTEROV = 2
-    ADAM = 3
-    ADAM_AMSGRAD = 4
-    RMSPROP = 5
-    RMSPROP_CENTERED = 6
-    RMSPROP_MOMENTUM = 7
-    RMSPROP_CENTERED_MOMENTUM = 8
-    ADAGRAD = 9
-    LION = 10
+# -- the optim family (csrc/optim/rules.h, csrc/bindings/register_optim.cpp) --
+class OptimRule:
+    """The optim family's rules: one per spec of kOptimRuleSpecs, named by it (a pybind11 enum;
+    its members are generated from the specs, so they are listed in __members__, not here)."""
+    __members__: ClassVar[dict[str, OptimRule]]
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+    def __int__(self) -> int: ...
 
-class Decay(enum.IntEnum):
-    """How weight decay enters a textbook rule."""
+class OptimDecay(enum.IntEnum):
+    """How weight decay enters an optim rule."""
     NONE = 0
     L2 = 1
     DECOUPLED = 2
 
-class TextbookPhase(enum.IntEnum):
-    """FIRST: the step that creates SGD's momentum buffer."""
+class OptimPhase(enum.IntEnum):
+    """FIRST: the step that starts slot 0 from the gradient (SGD's buffer)."""
     FIRST = 0
     STEADY = 1
 
-# Every compiled (rule, decay, phase) combination.
-rule_table: tuple[tuple[TextbookRule, Decay, TextbookPhase], ...]
+# Every compiled (rule, decay, phase) combination, generated from the rule specs.
+optim_kernels: tuple[tuple[OptimRule, OptimDecay, OptimPhase], ...]
+# Every native hyper-parameter (FUSEDOPT_OPTIM_HYPER): (name, domain), the domain one of
+# "FINITE", "NON_NEGATIVE", "UNIT_OPEN", "UNIT_CLOSED", "FLAG".
+optim_hyper_fields: tuple[tuple[str, str], ...]
 
-def rule_slots(rule: TextbookRule) -> list[str]:
-    """The state slots of a rule, in torch.optim's names."""
+def optim_rule_spec(rule: OptimRule) -> dict[str, Any]:
+    """A rule's spec: "slots" {name: the hyper-parameter it starts at, or None for 0},
+    "scalars" {name: start value}, "decays" and "phases" (tuples of the enums)."""
 
-class TextbookHyper:
-    """Hyper-parameters of a textbook rule (each rule reads its own)."""
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    momentum: float
-    dampening: float
-    lr_decay: float
-    initial_accumulator_value: float
-    max_grad_norm: float
-    maximize: bool
-    decoupled: bool
+class OptimHyper:
+    """Hyper-parameters of an optim rule, read and written by the names of optim_hyper_fields."""
     def __init__(self) -> None: ...
+    def __getitem__(self, name: str) -> float: ...
+    def __setitem__(self, name: str, value: float) -> None: ...
 
 class OptimState:
-    """A textbook optimizer's state over one tree: plan, slots, step count."""
-    def __init__(self, rule: TextbookRule, plan: Plan, decay_mask: Sequence[bool], hyper: TextbookHyper) -> None: ...
+    """An optim rule's state over one tree: plan, slots, scalars, step count."""
+    def __init__(self, rule: OptimRule, plan: Plan, decay_mask: Sequence[bool], hyper: OptimHyper) -> None: ...
     def step(self, params: Any, grads: Any, lr: float, check_finite: bool) -> None:
         """One step of the rule over the whole tree (every array checked first)."""
     def slot_views(self, name: str) -> list[_Arena]:
         """Writable views of a slot, one per leaf."""
-    def load(self, slots: dict[str, Sequence[Any]], step_count: int) -> None:
-        """Copy {slot name: leaves} in and set the step count, after checking everything."""
+    def load(self, slots: dict[str, Sequence[Any]], scalars: dict[str, float], step_count: int) -> None:
+        """Copy {slot name: leaves} and {scalar name: value} in and set the step count, after checking everything."""
     @property
     def slot_names(self) -> list[str]: ...
+    @property
+    def scalars(self) -> dict[str, float]: ...
     @property
     def decay_mask(self) -> list[bool]: ...
     @decay_mask.setter
     def decay_mask(self, mask: Sequence[bool]) -> None: ...
     @property
-    def rule(self) -> TextbookRule: ...
+    def rule(self) -> OptimRule: ...
     @property
     def plan(self) -> Plan: ...
     @property
-    def hyper(self) -> TextbookHyper: ...
+    def hyper(self) -> OptimHyper: ...
     @property
     def step_count(self) -> int: ...
     @property

@@ -71,33 +71,37 @@ def strs(items: Sequence[str]) -> np.ndarray:
     return np.array(items, dtype=str) if items else np.zeros(0, dtype=str)
 
 
-def check_header(state: Any, kind: str, fmt: str, version: int) -> None:
-    """Refuse what is not a state of format `fmt`, this `version`, for a `kind` (a class name)."""
+def check_header(state: Any, kind: str, fmt: str, version: int, oldest: Optional[int] = None) -> int:
+    """Refuse what is not a state of format `fmt`, a version from `oldest` (default: this
+    `version` only) to `version`, for a `kind` (a class name); returns the saved version."""
     if not isinstance(state, Mapping):
         raise TypeError(f"a state must be a mapping (a dict or np.load's NpzFile), got {type(state).__name__}")
     saved_fmt = as_str(get(state, "format", fmt, version), "format")
     if saved_fmt != fmt:
         raise ValueError(f"not a {fmt} state: format is {saved_fmt!r}, expected {fmt!r}")
     saved_version = as_int(get(state, "version", fmt, version), "version")
-    if saved_version != version:
-        raise ValueError(f"state format version {saved_version} is not supported: this fusedopt reads version {version}")
+    first = version if oldest is None else oldest
+    if not first <= saved_version <= version:
+        reads = f"version {version}" if first == version else f"versions {first} to {version}"
+        raise ValueError(f"state format version {saved_version} is not supported: this fusedopt reads {reads}")
     saved = as_str(get(state, "kind", fmt, version), "kind")
     if saved != kind:
         raise ValueError(f"the state is of a {saved}, it cannot be loaded into a {kind}")
+    return saved_version
 
 
 class Format:
     """The typed readers of one state format (its name and version in every error)."""
 
-    def __init__(self, fmt: str, version: int) -> None:
-        self.fmt, self.version = fmt, version
+    def __init__(self, fmt: str, version: int, oldest: Optional[int] = None) -> None:
+        self.fmt, self.version, self.oldest = fmt, version, oldest
 
     def header(self, kind: str) -> dict[str, Any]:
         """The entries that open every state of a `kind` (a class name)."""
         return {"format": self.fmt, "version": self.version, "kind": kind}
 
-    def check_header(self, state: Any, kind: str) -> None:
-        check_header(state, kind, self.fmt, self.version)
+    def check_header(self, state: Any, kind: str) -> int:
+        return check_header(state, kind, self.fmt, self.version, self.oldest)
 
     def get(self, state: Mapping[str, Any], key: str) -> Any:
         return get(state, key, self.fmt, self.version)

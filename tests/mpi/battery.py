@@ -12,6 +12,8 @@ average) runs on every rank next to the data-parallel one.
 import argparse
 import collections
 import gc
+import os
+import sys
 import weakref
 
 import numpy as np
@@ -19,6 +21,9 @@ from harness import (COMM, RANK, SIZE, Checks, copy_tree, leaves, map_tree, out_
                      same_state, threshold)
 
 from fusedopt import distributed, optim, optimizers, schedules
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from optim_cases import OPTIM  # noqa: E402
 
 P = collections.namedtuple("P", "loc")
 W = collections.namedtuple("W", "matrix")
@@ -57,16 +62,14 @@ OPTIMIZERS = {
 }
 
 
-# fusedopt.optim, wrapped with replicated moments; options that need the whole tree included.
-TEXTBOOK = {
-    "SGD-nesterov": lambda: optim.SGD(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    "Adam-clip": lambda: optim.Adam(lr=schedules.ExponentialDecay(initial=0.01, coefficient=0.8), max_grad_norm=0.5),
-    "AdamW-mask": lambda: optim.AdamW(lr=3e-3, weight_decay=0.1, amsgrad=True,
-                                      weight_decay_mask=lambda path, a: a.ndim > 1),
-    "RMSprop-centered": lambda: optim.RMSprop(lr=1e-3, centered=True, momentum=0.5),
-    "Adagrad": lambda: optim.Adagrad(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
-    "Lion": lambda: optim.Lion(lr=1e-3, weight_decay=0.05),
-}
+# fusedopt.optim, wrapped with replicated moments: every entry of the optim test registry
+# (tests/optim_cases.py) with its richest case, and in turn an option that needs the whole tree.
+_OPTIM_OPTIONS = (lambda: {"lr": 1e-3},
+                  lambda: {"lr": schedules.ExponentialDecay(initial=0.01, coefficient=0.8), "max_grad_norm": 0.5},
+                  lambda: {"lr": 3e-3, "weight_decay_mask": lambda path, a: a.ndim > 1})
+TEXTBOOK = {f"{e.name}-{i % len(_OPTIM_OPTIONS)}":
+            (lambda e=e, i=i: getattr(optim, e.name)(**e.rich, **_OPTIM_OPTIONS[i % len(_OPTIM_OPTIONS)]()))
+            for i, e in enumerate(OPTIM)}
 
 
 def grad(tree, step, rank, seed=0):
@@ -257,7 +260,7 @@ def textbook(c, kind, tree, shard, det, steps=4):
     ref.step(ref_p, average(tree, steps + 1))
     dp.step(res_p, grad(tree, steps + 1, RANK))
     c.equal_trees(ref_p, res_p, f"{what} reloaded, one more step")
-    if kind == "AdamW-mask":  # a mask assigned between steps applies to the whole tree's leaves
+    if ref.weight_decay_mask is not None:  # a mask assigned between steps applies to the whole tree's leaves
         mask = lambda path, a: a.size > 10  # noqa: E731
         ref.weight_decay_mask = dp.optimizer.weight_decay_mask = mask
         ref.step(ref_p, average(tree, steps + 2))

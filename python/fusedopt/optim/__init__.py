@@ -1,4 +1,4 @@
-"""Textbook optimizers on numpy trees, with torch.optim 2.13's single-tensor
+"""The optim family: torch.optim's optimizers on numpy trees, with torch.optim 2.13's single-tensor
 semantics (``foreach=False``), each step one fused native call for the tree::
 
     from fusedopt import optim
@@ -41,29 +41,10 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from .. import _core
-from . import _checks as checks
-from ._base import LR, Optimizer, _Hyper
+from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion"]
-
-Rule = _core.TextbookRule
-
-
-class _Betas(_Hyper):
-    """(beta1, beta2) in [0, 1), stored as the native beta1 and beta2."""
-
-    def __init__(self) -> None:
-        super().__init__(checks.betas, None)
-
-
-def _store_betas(opt: Optimizer, name: str) -> bool:
-    if name != "betas":
-        return False
-    opt._hyper.beta1, opt._hyper.beta2 = opt._values["betas"]
-    return True
-
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -79,12 +60,11 @@ class SGD(Optimizer):
         p = p + (-lr) * d
     """
 
-    _hyper_names = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
-    momentum = _Hyper(checks.non_negative, "momentum", selects_rule=True)
-    dampening = _Hyper(checks.finite, "dampening")
-    weight_decay = _Hyper(checks.non_negative, "weight_decay")
-    nesterov = _Hyper(checks.flag, None, selects_rule=True)
-    maximize = _Hyper(checks.flag, "maximize")
+    momentum = _Hyper(selects_rule=True)
+    dampening = _Hyper()
+    weight_decay = _Hyper()
+    nesterov = _RuleOption()
+    maximize = _Hyper()
 
     def __init__(self, lr: LR = 1e-3, momentum: float = 0, dampening: float = 0, weight_decay: float = 0,
                  nesterov: bool = False, maximize: bool = False, *, weight_decay_mask: Mask = None,
@@ -99,10 +79,10 @@ class SGD(Optimizer):
         if v.get("nesterov") and (v.get("momentum", 0.0) <= 0.0 or v.get("dampening", 0.0) != 0.0):
             raise ValueError("nesterov momentum requires momentum > 0 and dampening == 0")
 
-    def _rule(self) -> _core.TextbookRule:
+    def _rule(self) -> str:
         if self._values["momentum"] == 0.0:
-            return Rule.SGD
-        return Rule.SGD_NESTEROV if self._values["nesterov"] else Rule.SGD_MOMENTUM
+            return "SGD"
+        return "SGD_NESTEROV" if self._values["nesterov"] else "SGD_MOMENTUM"
 
 
 class Adam(Optimizer):
@@ -125,13 +105,11 @@ class Adam(Optimizer):
     State slots: exp_avg (m), exp_avg_sq (v), max_exp_avg_sq (vmax, amsgrad).
     """
 
-    _hyper_names = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
-    _decoupled = False
-    betas = _Betas()
-    eps = _Hyper(checks.non_negative, "eps")
-    weight_decay = _Hyper(checks.non_negative, "weight_decay")
-    amsgrad = _Hyper(checks.flag, None, selects_rule=True)
-    maximize = _Hyper(checks.flag, "maximize")
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    amsgrad = _RuleOption()
+    maximize = _Hyper()
 
     def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, amsgrad: bool = False, maximize: bool = False, *,
@@ -141,19 +119,15 @@ class Adam(Optimizer):
                          check_finite=check_finite)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize))
 
-    def _store(self, name: str) -> None:
-        if not _store_betas(self, name):
-            super()._store(name)
-
-    def _rule(self) -> _core.TextbookRule:
-        return Rule.ADAM_AMSGRAD if self._values["amsgrad"] else Rule.ADAM
+    def _rule(self) -> str:
+        return "ADAM_AMSGRAD" if self._values["amsgrad"] else "ADAM"
 
 
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter 2019), as torch.optim.AdamW: Adam with decoupled
     weight decay ``p = p * (1 - lr * weight_decay)`` before the moments (see Adam)."""
 
-    _decoupled = True
+    _fixed = {"decoupled_weight_decay": 1.0}
 
     def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, maximize: bool = False, *,
@@ -161,6 +135,52 @@ class AdamW(Adam):
                  check_finite: bool = False) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, weight_decay_mask=weight_decay_mask,
                          max_grad_norm=max_grad_norm, check_finite=check_finite)
+
+
+class NAdam(Optimizer):
+    """NAdam (Dozat 2016, Adam with Nesterov momentum), as torch.optim.NAdam.
+
+    Per step t (1 for the first), in double as torch computes them in Python::
+
+        mu = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+        mu_product = mu_product * mu                       the scalar state, 1 before the first step
+        c_g = -lr * (1 - mu) / (1 - mu_product)
+        c_m = -lr * mu_next / (1 - mu_product * mu_next)
+
+    then per element, each operation rounded in the leaf's dtype::
+
+        g = g * s                                  s: clip scale, negated for maximize
+        g = g + weight_decay * p                   if the leaf decays (L2)
+        p = p * (1 - lr * weight_decay)            decoupled_weight_decay instead
+        m = m + w * (g - m)                        w = 1 - beta1 (torch's lerp, as Adam's)
+        v = v * beta2 + ((1 - beta2) * g) * g
+        den = sqrt(v / (1 - beta2**t)) + eps
+        p = p + (c_g * g) / den
+        p = p + (c_m * m) / den
+
+    State slots: exp_avg (m), exp_avg_sq (v); scalar state: mu_product (kept in double;
+    torch keeps it in its default dtype).
+    """
+
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    momentum_decay = _Hyper()
+    decoupled_weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
+                 maximize: bool = False, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+
+    def _rule(self) -> str:
+        return "NADAM"
 
 
 class RMSprop(Optimizer):
@@ -179,13 +199,12 @@ class RMSprop(Optimizer):
     State slots: square_avg (v), grad_avg (ga, centered), momentum_buffer (buf, momentum > 0).
     """
 
-    _hyper_names = ("alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
-    alpha = _Hyper(checks.unit_closed, "beta2")
-    eps = _Hyper(checks.non_negative, "eps")
-    weight_decay = _Hyper(checks.non_negative, "weight_decay")
-    momentum = _Hyper(checks.non_negative, "momentum", selects_rule=True)
-    centered = _Hyper(checks.flag, None, selects_rule=True)
-    maximize = _Hyper(checks.flag, "maximize")
+    alpha = _Hyper()
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    momentum = _Hyper(selects_rule=True)
+    centered = _RuleOption()
+    maximize = _Hyper()
 
     def __init__(self, lr: LR = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
                  momentum: float = 0, centered: bool = False, maximize: bool = False, *,
@@ -196,11 +215,11 @@ class RMSprop(Optimizer):
         self._set_all(dict(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                            centered=centered, maximize=maximize))
 
-    def _rule(self) -> _core.TextbookRule:
+    def _rule(self) -> str:
         centered, momentum = self._values["centered"], self._values["momentum"] > 0.0
         if centered:
-            return Rule.RMSPROP_CENTERED_MOMENTUM if momentum else Rule.RMSPROP_CENTERED
-        return Rule.RMSPROP_MOMENTUM if momentum else Rule.RMSPROP
+            return "RMSPROP_CENTERED_MOMENTUM" if momentum else "RMSPROP_CENTERED"
+        return "RMSPROP_MOMENTUM" if momentum else "RMSPROP"
 
 
 class Adagrad(Optimizer):
@@ -216,12 +235,11 @@ class Adagrad(Optimizer):
     State slot: sum, which starts at initial_accumulator_value (read when the state is created).
     """
 
-    _hyper_names = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
-    lr_decay = _Hyper(checks.non_negative, "lr_decay")
-    weight_decay = _Hyper(checks.non_negative, "weight_decay")
-    initial_accumulator_value = _Hyper(checks.non_negative, "initial_accumulator_value")
-    eps = _Hyper(checks.non_negative, "eps")
-    maximize = _Hyper(checks.flag, "maximize")
+    lr_decay = _Hyper()
+    weight_decay = _Hyper()
+    initial_accumulator_value = _Hyper()
+    eps = _Hyper()
+    maximize = _Hyper()
 
     def __init__(self, lr: LR = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, maximize: bool = False, *,
@@ -232,8 +250,8 @@ class Adagrad(Optimizer):
         self._set_all(dict(lr_decay=lr_decay, weight_decay=weight_decay,
                            initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize))
 
-    def _rule(self) -> _core.TextbookRule:
-        return Rule.ADAGRAD
+    def _rule(self) -> str:
+        return "ADAGRAD"
 
 
 class Lion(Optimizer):
@@ -250,10 +268,9 @@ class Lion(Optimizer):
     State slot: exp_avg (m).
     """
 
-    _hyper_names = ("betas", "weight_decay", "maximize")
-    betas = _Betas()
-    weight_decay = _Hyper(checks.non_negative, "weight_decay")
-    maximize = _Hyper(checks.flag, "maximize")
+    betas = _Hyper("beta1", "beta2")
+    weight_decay = _Hyper()
+    maximize = _Hyper()
 
     def __init__(self, lr: LR = 1e-4, betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0,
                  maximize: bool = False, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
@@ -262,9 +279,5 @@ class Lion(Optimizer):
                          check_finite=check_finite)
         self._set_all(dict(betas=betas, weight_decay=weight_decay, maximize=maximize))
 
-    def _store(self, name: str) -> None:
-        if not _store_betas(self, name):
-            super()._store(name)
-
-    def _rule(self) -> _core.TextbookRule:
-        return Rule.LION
+    def _rule(self) -> str:
+        return "LION"

@@ -2,8 +2,11 @@
 clipping, the native state (fusedopt._core.OptimState), state_dict and pickle.
 
 A class declares its rule (``_rule()``) and its hyper-parameters (``_Hyper``
-descriptors writing into one ``_core.TextbookHyper``, which the native state
-reads at every step); everything else is here.
+descriptors). Each hyper-parameter is declared once, natively
+(``FUSEDOPT_OPTIM_HYPER`` in csrc/optim/rules.h: its field and its domain); a
+descriptor names the field it exposes, validates by that field's domain and
+stores into the one ``_core.OptimHyper`` that the native state reads at every
+step. Everything else is here.
 """
 from __future__ import annotations
 
@@ -20,22 +23,31 @@ from ._tree import Mask, resolve_mask
 LR = Union[float, schedules.Schedule, Callable[[int], Any]]
 
 
+_DOMAINS: Dict[str, str] = dict(_core.optim_hyper_fields)
+
+
 class _Hyper:
-    """A validated hyper-parameter stored in the optimizer's TextbookHyper as `field`.
+    """A hyper-parameter stored in the optimizer's OptimHyper: in the native field of
+    its own name, or in `fields` (a sequence of that length: betas -> beta1, beta2),
+    each entry checked by its field's declared domain.
 
     ``selects_rule``: the value picks the kernel and the state slots (momentum
-    on or off, nesterov, amsgrad, centered), so it may change only while the
-    optimizer has no state (before the first step, or after reset()).
+    on or off), so it may change only while the optimizer has no state (before
+    the first step, or after reset()).
     """
 
-    def __init__(self, check: checks.Check, field: Optional[str] = None, selects_rule: bool = False) -> None:
-        self.check = check
-        self.field = field
+    def __init__(self, *fields: str, selects_rule: bool = False) -> None:
+        self.fields = fields
         self.selects_rule = selects_rule
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+        self.fields = self.fields or (name,)
+        unknown = [f for f in self.fields if f not in _DOMAINS]
+        if unknown:
+            raise TypeError(f"{owner.__name__}.{name}: no native hyper-parameter {unknown[0]!r} "
+                            f"(declare it in FUSEDOPT_OPTIM_HYPER, csrc/optim/rules.h)")
 
     def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
         if obj is None:
@@ -44,6 +56,35 @@ class _Hyper:
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj._set_all({self.name: value})
+
+    def check(self, name: str, value: Any) -> Any:
+        if len(self.fields) == 1:
+            return checks.DOMAINS[_DOMAINS[self.fields[0]]](name, value)
+        n = len(self.fields)
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != n:
+            raise TypeError(f"{name} must be a sequence of {n} ({', '.join(self.fields)}), got {value!r}")
+        return tuple(checks.DOMAINS[_DOMAINS[f]](f"{name}[{i}]", v) for i, (f, v) in enumerate(zip(self.fields, value)))
+
+    def store(self, hyper: _core.OptimHyper, value: Any) -> None:
+        values = value if len(self.fields) > 1 else (value,)
+        for field, v in zip(self.fields, values):
+            hyper[field] = float(v)
+
+
+class _RuleOption(_Hyper):
+    """A flag that only chooses the rule (nesterov, amsgrad, centered): no native field."""
+
+    def __init__(self) -> None:
+        super().__init__(selects_rule=True)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def check(self, name: str, value: Any) -> Any:
+        return checks.flag(name, value)
+
+    def store(self, hyper: _core.OptimHyper, value: Any) -> None:
+        pass
 
 
 def _check_lr(value: Any) -> LR:
@@ -58,14 +99,24 @@ def _check_lr(value: Any) -> LR:
 class Optimizer:
     """Base class of fusedopt.optim's optimizers (see the module's documentation)."""
 
-    _hyper_names: Tuple[str, ...] = ()  # constructor hyper-parameters, saved in state_dict()
-    _decoupled = False  # weight decay as p *= 1 - lr*wd (AdamW) instead of L2 (rules of both kinds)
+    # The class's hyper-parameters, in the order its body declares them (its _Hyper
+    # descriptors, inherited ones first): saved in state_dict(), shown by repr().
+    _hyper_names: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names: Dict[str, None] = {}
+        for klass in reversed(cls.__mro__):
+            names.update({k: None for k, v in vars(klass).items() if isinstance(v, _Hyper)})
+        cls._hyper_names = tuple(names)
+    _fixed: Dict[str, float] = {}  # native fields the class fixes (AdamW: decoupled_weight_decay)
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False) -> None:
         self._values: Dict[str, Any] = {}
-        self._hyper = _core.TextbookHyper()
-        self._hyper.decoupled = self._decoupled
+        self._hyper = _core.OptimHyper()
+        for field, value in self._fixed.items():
+            self._hyper[field] = value
         self._state: Optional[_core.OptimState] = None
         self._pending: Optional[Dict[str, Any]] = None  # loaded state waiting for the first step's tree
         self._lr: LR = 0.0
@@ -75,8 +126,12 @@ class Optimizer:
         self.weight_decay_mask = weight_decay_mask
 
     # -- what a class declares --------------------------------------------------------
-    def _rule(self) -> _core.TextbookRule:
+    def _rule(self) -> str:
+        """The name of the rule the current hyper-parameters select (a member of _core.OptimRule)."""
         raise NotImplementedError
+
+    def _native_rule(self) -> _core.OptimRule:
+        return _core.OptimRule.__members__[self._rule()]
 
     def _validate(self) -> None:
         """Checks across hyper-parameters (e.g. SGD's nesterov needs momentum)."""
@@ -90,7 +145,7 @@ class Optimizer:
                 hyper = getattr(type(self), name)
                 self._values[name] = hyper.check(name, value)
             self._validate()
-            if self._state is not None and self._rule() != self._state.rule:
+            if self._state is not None and self._native_rule() != self._state.rule:
                 changed = [n for n in values if getattr(type(self), n).selects_rule]
                 raise ValueError(f"{', '.join(changed)} chooses the update rule and its state slots: it cannot "
                                  f"change once the optimizer has state (call reset() first)")
@@ -98,13 +153,7 @@ class Optimizer:
             self._values = old
             raise
         for name in values:
-            self._store(name)
-
-    def _store(self, name: str) -> None:
-        """Writes a checked value into the native hyper-parameters (a class may map it)."""
-        field = getattr(type(self), name).field
-        if field is not None:
-            setattr(self._hyper, field, self._values[name])
+            getattr(type(self), name).store(self._hyper, self._values[name])
 
     # -- learning rate ----------------------------------------------------------------
     @property
@@ -146,7 +195,7 @@ class Optimizer:
     def max_grad_norm(self, value: Optional[float]) -> None:
         value = checks.max_norm("max_grad_norm", value)
         self._values["max_grad_norm"] = value
-        self._hyper.max_grad_norm = 0.0 if value is None else value
+        self._hyper["max_grad_norm"] = 0.0 if value is None else value
 
     @property
     def check_finite(self) -> bool:
@@ -210,7 +259,7 @@ class Optimizer:
     def _bind(self, params: Any) -> _core.OptimState:
         plan = _core.Plan(params, "params")
         mask = resolve_mask(self.weight_decay_mask, plan.paths, plan.flatten(params, "params"))
-        state = _core.OptimState(self._rule(), plan, mask, self._hyper)
+        state = _core.OptimState(self._native_rule(), plan, mask, self._hyper)
         if self._pending is not None:
             _load_pending(state, self._pending)
         return state
@@ -265,23 +314,28 @@ class Optimizer:
             paths, dtypes, mask = plan.paths, plan.leaf_dtypes, self._state.decay_mask
             slots = {name: [np.array(v, copy=True) for v in self._state.slot_views(name)]
                      for name in self._state.slot_names}
+            scalars = dict(self._state.scalars)
         elif self._pending is not None:
             paths, dtypes, mask = self._pending["paths"], self._pending["dtypes"], self._pending["mask"]
             slots = {name: [a.copy() for a in leaves] for name, leaves in self._pending["slots"].items()}
+            scalars = dict(self._pending["scalars"])
         else:
-            paths, dtypes, mask, slots = [], [], [], {}
+            paths, dtypes, mask, slots, scalars = [], [], [], {}, {}
         out["leaf_paths"], out["leaf_dtypes"] = fmt.strs(paths), fmt.strs(dtypes)
         out["decay_mask"] = np.array(mask, dtype=bool)
-        out["slots"] = fmt.strs(slots)
+        out["slots"] = fmt.strs(list(slots))
         for name, leaves in slots.items():
             for i, leaf in enumerate(leaves):
                 out[f"{name}.{i}"] = leaf
+        out["scalars"] = fmt.strs(list(scalars))
+        for name, value in scalars.items():
+            out[f"scalar.{name}"] = value
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict() (also as np.load reads it back), hyper-parameters included;
         everything is checked before anything changes."""
-        fmt.check_header(state, type(self).__name__)
+        version = fmt.check_header(state, type(self).__name__)
         values = {name: fmt.get_value(state, f"hyper.{name}") for name in self._hyper_names}
         max_grad_norm = fmt.get_value(state, "max_grad_norm")
         values["max_grad_norm"] = None if max_grad_norm == 0.0 else max_grad_norm
@@ -298,10 +352,10 @@ class Optimizer:
         Optimizer.__init__(trial, values.pop("lr", 0.0), check_finite=values.pop("check_finite"),
                            max_grad_norm=values.pop("max_grad_norm"))
         trial._set_all(values)
-        pending = _parse_pending(state, trial._rule())
+        pending = _parse_pending(state, version, trial._native_rule())
         new_state = None
         if self._state is not None and pending is not None:
-            new_state = _core.OptimState(trial._rule(), self._state.plan, self._state.decay_mask, trial._hyper)
+            new_state = _core.OptimState(trial._native_rule(), self._state.plan, self._state.decay_mask, trial._hyper)
             _load_pending(new_state, pending)
         # Commit: nothing below can fail.
         trial._values["weight_decay_mask"] = self._values["weight_decay_mask"]
@@ -326,9 +380,10 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-def _parse_pending(state: Mapping[str, Any], rule: _core.TextbookRule) -> Optional[Dict[str, Any]]:
-    """The saved leaves of the state, checked against the slots of `rule`; None for a
-    state saved before the first step."""
+def _parse_pending(state: Mapping[str, Any], version: int, rule: _core.OptimRule) -> Optional[Dict[str, Any]]:
+    """The saved leaves and scalar state, checked against the spec of `rule`; None for a
+    state saved before the first step. Version 1 has no scalar state (no rule of its
+    time kept one)."""
     paths = fmt.get_strs(state, "leaf_paths")
     dtypes = fmt.get_strs(state, "leaf_dtypes", len(paths))
     for path, dtype in zip(paths, dtypes):
@@ -341,17 +396,26 @@ def _parse_pending(state: Mapping[str, Any], rule: _core.TextbookRule) -> Option
     if step_count < 0:
         raise ValueError(f"state['step_count'] must be >= 0, got {step_count}")
     names = fmt.get_strs(state, "slots")
-    expected = _core.rule_slots(rule) if paths else []
+    spec = _core.optim_rule_spec(rule)
+    expected = list(spec["slots"]) if paths else []
     if sorted(names) != sorted(expected):
         raise ValueError(f"state: slots {names} do not match this optimizer's {expected} "
                          f"(a state of other options, e.g. amsgrad or momentum?)")
     slots = {name: fmt.slot_leaves(state, name, paths, dtypes) for name in names}
+    scalar_names = fmt.get_strs(state, "scalars") if version >= 2 else []
+    expected = list(spec["scalars"]) if paths else []
+    if sorted(scalar_names) != sorted(expected):
+        raise ValueError(f"state: scalars {scalar_names} do not match this optimizer's {expected}")
+    scalars = {name: fmt.get_float(state, f"scalar.{name}") for name in scalar_names}
+    for name, value in scalars.items():
+        if not np.isfinite(value):
+            raise ValueError(f"state['scalar.{name}'] must be finite, got {value!r}")
     if not paths:
         if step_count:
             raise ValueError(f"state: step_count is {step_count} but the state has no leaves")
         return None
     return {"paths": paths, "dtypes": dtypes, "mask": [bool(b) for b in mask], "slots": slots,
-            "step_count": step_count}
+            "scalars": scalars, "step_count": step_count}
 
 
 def _load_pending(state: _core.OptimState, pending: Dict[str, Any]) -> None:
@@ -370,5 +434,5 @@ def _load_pending(state: _core.OptimState, pending: Dict[str, Any]) -> None:
                              f"the parameter is {dtype}")
         order.append(i)
     state.load({name: [leaves[i] for i in order] for name, leaves in pending["slots"].items()},
-               pending["step_count"])
+               pending["scalars"], pending["step_count"])
     state.decay_mask = [pending["mask"][i] for i in order]

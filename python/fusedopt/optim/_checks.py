@@ -1,4 +1,4 @@
-"""Validation of the textbook optimizers' hyper-parameters (fusedopt.optim).
+"""Validation of the optim family's hyper-parameters (fusedopt.optim).
 
 Each check returns the value to store, or raises TypeError (wrong kind of
 value) or ValueError (right kind, out of range) naming the parameter.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Tuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -59,11 +59,10 @@ def flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def betas(name: str, value: Any) -> Tuple[float, float]:
-    """A pair of reals in [0, 1)."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
-    return unit_open(f"{name}[0]", value[0]), unit_open(f"{name}[1]", value[1])
+# The check of each domain a native hyper-parameter is declared with (csrc/optim/rules.h,
+# fusedopt._core.optim_hyper_fields).
+DOMAINS: dict[str, Check] = {"FINITE": finite, "NON_NEGATIVE": non_negative, "UNIT_OPEN": unit_open,
+                             "UNIT_CLOSED": unit_closed, "FLAG": flag}
 
 
 def max_norm(name: str, value: Any) -> float | None:

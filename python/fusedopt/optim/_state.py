@@ -2,7 +2,8 @@
 
 ``state_dict()`` holds only numpy arrays and Python scalars, so ``np.savez``
 stores it and ``np.load`` gives it back (scalars then come back as 0-d
-arrays, which loading accepts). Format "fusedopt.optim", version 1:
+arrays, which loading accepts). Format "fusedopt.optim", version 2 (version 1,
+the same without the rule's scalar state, still loads):
 
     format, version, kind (class name)            str, int, str
     hyper.<name>                                  each constructor hyper-parameter
@@ -20,6 +21,9 @@ arrays, which loading accepts). Format "fusedopt.optim", version 1:
     slots                                         str array of the slot names
     <slot>.<i>                                    slot of leaf i (torch.optim's
                                                   names: exp_avg, momentum_buffer, ...)
+    scalars                                       str array of the rule's scalar state
+                                                  (empty for most rules; version 2)
+    scalar.<name>                                 float, e.g. NAdam's mu_product
 
 A callable lr is not saved (it may not be data): the optimizer that loads
 the state keeps its own lr then.
@@ -34,11 +38,12 @@ import numpy as np
 from .. import _state_fields as _fields, schedules
 
 FORMAT = "fusedopt.optim"
-VERSION = 1
+VERSION = 2
 
 
-_FORMAT = _fields.Format(FORMAT, VERSION)
+_FORMAT = _fields.Format(FORMAT, VERSION, oldest=1)
 get, get_str, get_int, get_strs = _FORMAT.get, _FORMAT.get_str, _FORMAT.get_int, _FORMAT.get_strs
+get_float = _FORMAT.get_float
 header, check_header = _FORMAT.header, _FORMAT.check_header
 
 

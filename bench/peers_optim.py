@@ -1,4 +1,4 @@
-"""The textbook optimizers (fusedopt.optim) and their peers, for bench_step.py.
+"""The optim family (fusedopt.optim) and its peers, for bench_step.py.
 
 Same contract as peers.py: ``make(name, params, grads) -> step`` on float32
 trees, ``Skip`` when a peer cannot run. Names are ``optim.<Class>``; every
@@ -41,7 +41,7 @@ def make_fusedopt(name, params, grads):
     return functools.partial(opt.step, params, grads)
 
 
-class NumpyTextbook:
+class NumpyOptim:
     """docs/optim.md in float32 numpy, one in-place ufunc per operation."""
 
     def __init__(self, name):
@@ -121,7 +121,7 @@ def _scaled_step(p, g, v, eps, a, b):
 
 
 def make_numpy(name, params, grads):
-    return functools.partial(NumpyTextbook(name).step, params, grads)
+    return functools.partial(NumpyOptim(name).step, params, grads)
 
 
 def make_torch(variant):

@@ -1,0 +1,217 @@
+"""The optim family's test registry: one entry per fusedopt.optim class, with its
+cases and its NumPy reference in the operation order docs/optim.md documents
+(every array operation rounded in the leaf's dtype, per-step scalars computed in
+Python floats and rounded to that dtype). Every optim test draws from here: the
+bits (test_optim_bits), torch parity (test_optim_torch), state (test_optim_state),
+hypothesis (test_optim_hypothesis), bad input (test_optim_bad_input) and the MPI
+battery (tests/mpi/battery.py). A new optimizer gets all of them from its entry.
+
+An entry's ``step(ref, p, g, st, T, decay)`` steps one leaf in place: ``ref`` is
+the optim_reference.Reference (``ref.h``: the hyper-parameters with the class's
+defaults, ``ref.lr``, ``ref.t``: the step number, ``ref.scalars``: the rule's
+scalar state, advanced once per step by ``begin``), ``st`` the leaf's slots.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+def lerp(start, end, weight, T):
+    """torch's lerp: the form depends on |weight| < 0.5."""
+    w = T(weight)
+    if abs(w) < 0.5:
+        return start + w * (end - start)
+    return end - (end - start) * (T(1) - w)
+
+
+def l2(ref, p, g, T, decay):
+    wd = ref.h["weight_decay"] if decay else 0.0
+    return g + T(wd) * p if wd != 0 else g
+
+
+def decoupled(ref, p, T, decay):
+    wd = ref.h["weight_decay"] if decay else 0.0
+    if wd != 0:
+        p[...] = p * T(1 - ref.lr * wd)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """name: the class in fusedopt.optim. cases: hyper-parameter sets that together select
+    every rule and decay mode of the class (the first: the defaults). slots(h): the state
+    slots of a case, torch's names. step: the reference (module docstring); begin(ref):
+    the per-step part, once per step before the leaves. start(slot, h): a slot's start
+    value. torch: torch.optim has the class (parity). bad: (hyper-parameters, exception)
+    the constructor refuses."""
+    name: str
+    cases: tuple
+    slots: Callable[[dict], list]
+    step: Callable
+    bad: tuple
+    begin: Optional[Callable] = None
+    scalars: dict = field(default_factory=dict)
+    start: Callable[[str, dict], float] = lambda slot, h: 0.0
+    torch: bool = True
+
+    @property
+    def rich(self) -> dict:
+        """The case with the most options set."""
+        return max(self.cases, key=len)
+
+
+# -- SGD -------------------------------------------------------------------------------------------
+def _sgd(ref, p, g, st, T, decay):
+    h = ref.h
+    g = l2(ref, p, g, T, decay)
+    d = g
+    if h["momentum"] != 0:
+        if ref.t == 1:
+            st["momentum_buffer"][...] = g
+        else:
+            st["momentum_buffer"][...] = st["momentum_buffer"] * T(h["momentum"]) + T(1 - h["dampening"]) * g
+        buf = st["momentum_buffer"]
+        d = g + T(h["momentum"]) * buf if h["nesterov"] else buf
+    p[...] = p + T(-ref.lr) * d
+
+
+# -- Adam, AdamW -----------------------------------------------------------------------------------
+def adam_moments(ref, p, g, st, T, decay, is_decoupled):
+    """Weight decay and the two moments, as Adam's family computes them; returns (g, m, v)."""
+    b1, b2 = ref.h["betas"]
+    if is_decoupled:
+        decoupled(ref, p, T, decay)
+    else:
+        g = l2(ref, p, g, T, decay)
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    m[...] = lerp(m, g, 1 - b1, T)
+    v[...] = v * T(b2) + (T(1 - b2) * g) * g
+    return g, m, v
+
+
+def _adam(ref, p, g, st, T, decay, is_decoupled=False):
+    h = ref.h
+    b1, b2 = h["betas"]
+    _, m, v = adam_moments(ref, p, g, st, T, decay, is_decoupled)
+    step_size = ref.lr / (1 - b1 ** ref.t)
+    bc2 = (1 - b2 ** ref.t) ** 0.5
+    den = v
+    if h["amsgrad"]:
+        st["max_exp_avg_sq"][...] = np.maximum(st["max_exp_avg_sq"], v)
+        den = st["max_exp_avg_sq"]
+    den = np.sqrt(den) / T(bc2) + T(h["eps"])
+    p[...] = p + (T(-step_size) * m) / den
+
+
+def _adam_slots(h):
+    return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if h.get("amsgrad") else [])
+
+
+# -- RMSprop ---------------------------------------------------------------------------------------
+def _rmsprop(ref, p, g, st, T, decay):
+    h = ref.h
+    alpha, eps, mom = h["alpha"], h["eps"], h["momentum"]
+    g = l2(ref, p, g, T, decay)
+    v = st["square_avg"]
+    v[...] = v * T(alpha) + (T(1 - alpha) * g) * g
+    if h["centered"]:
+        ga = st["grad_avg"]
+        ga[...] = lerp(ga, g, 1 - alpha, T)
+        avg = np.sqrt(v - ga * ga) + T(eps)
+    else:
+        avg = np.sqrt(v) + T(eps)
+    if mom > 0:
+        buf = st["momentum_buffer"]
+        buf[...] = buf * T(mom) + g / avg
+        p[...] = p + T(-ref.lr) * buf
+    else:
+        p[...] = p + (T(-ref.lr) * g) / avg
+
+
+# -- Adagrad ---------------------------------------------------------------------------------------
+def _adagrad(ref, p, g, st, T, decay):
+    h = ref.h
+    g = l2(ref, p, g, T, decay)
+    clr = ref.lr / (1 + (ref.t - 1) * h["lr_decay"])
+    s = st["sum"]
+    s[...] = s + g * g
+    p[...] = p + (T(-clr) * g) / (np.sqrt(s) + T(h["eps"]))
+
+
+# -- Lion ------------------------------------------------------------------------------------------
+def _lion(ref, p, g, st, T, decay):
+    b1, b2 = ref.h["betas"]
+    decoupled(ref, p, T, decay)
+    m = st["exp_avg"]
+    u = T(b1) * m + T(1 - b1) * g
+    p[...] = p + T(-ref.lr) * np.sign(u)
+    m[...] = T(b2) * m + T(1 - b2) * g
+
+
+# -- NAdam -----------------------------------------------------------------------------------------
+def _nadam_begin(ref):
+    b1, md, t = ref.h["betas"][0], ref.h["momentum_decay"], ref.t
+    ref.mu = b1 * (1.0 - 0.5 * (0.96 ** (t * md)))
+    ref.mu_next = b1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * md)))
+    ref.scalars["mu_product"] *= ref.mu
+
+
+def _nadam(ref, p, g, st, T, decay):
+    h = ref.h
+    b2 = h["betas"][1]
+    g, m, v = adam_moments(ref, p, g, st, T, decay, h["decoupled_weight_decay"])
+    den = np.sqrt(v / T(1 - b2 ** ref.t)) + T(h["eps"])
+    mu_product = ref.scalars["mu_product"]
+    p[...] = p + (T(-ref.lr * (1.0 - ref.mu) / (1.0 - mu_product)) * g) / den
+    p[...] = p + (T((-ref.lr * ref.mu_next) / (1.0 - mu_product * ref.mu_next)) * m) / den
+
+
+_COMMON_BAD = (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"lr": float("nan")}, ValueError),
+               ({"max_grad_norm": 0.0}, ValueError), ({"max_grad_norm": -1.0}, ValueError),
+               ({"check_finite": 1}, TypeError), ({"weight_decay": -0.01}, ValueError),
+               ({"weight_decay": float("inf")}, ValueError), ({"maximize": 1}, TypeError))
+_BETAS_BAD = (({"betas": (0.9, 1.0)}, ValueError), ({"betas": (-0.1, 0.9)}, ValueError),
+              ({"betas": 0.9}, TypeError), ({"betas": (0.9, 0.99, 0.5)}, TypeError))
+
+OPTIM = (
+    Entry("SGD", ({}, {"weight_decay": 0.01}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01},
+                  {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True}),
+          lambda h: ["momentum_buffer"] if h.get("momentum", 0) else [], _sgd,
+          _COMMON_BAD + (({"momentum": -0.1}, ValueError), ({"nesterov": True}, ValueError),
+                         ({"momentum": 0.9, "nesterov": True, "dampening": 0.1}, ValueError),
+                         ({"dampening": float("nan")}, ValueError))),
+    Entry("Adam", ({}, {"weight_decay": 0.1, "amsgrad": True},
+                   {"amsgrad": True, "betas": (0.8, 0.99), "eps": 1e-6},
+                   {"betas": (0.3, 0.9), "eps": 1e-3, "maximize": True}),  # lerp weight >= 0.5: the other form
+          _adam_slots, _adam,
+          _COMMON_BAD + _BETAS_BAD + (({"eps": -1e-8}, ValueError), ({"amsgrad": "yes"}, TypeError))),
+    Entry("AdamW", ({}, {"amsgrad": True, "maximize": True}, {"amsgrad": True, "weight_decay": 0.1}),
+          _adam_slots, lambda *a: _adam(*a, is_decoupled=True), _COMMON_BAD + _BETAS_BAD),
+    Entry("RMSprop", ({}, {"centered": True, "weight_decay": 0.1}, {"momentum": 0.5, "weight_decay": 0.1},
+                      {"alpha": 0.9, "weight_decay": 0.1}, {"centered": True, "momentum": 0.5, "weight_decay": 0.1},
+                      {"centered": True, "momentum": 0.5, "alpha": 0.3, "maximize": True}),
+          lambda h: (["square_avg"] + (["grad_avg"] if h.get("centered") else [])
+                     + (["momentum_buffer"] if h.get("momentum", 0) > 0 else [])), _rmsprop,
+          _COMMON_BAD + (({"alpha": 1.5}, ValueError), ({"centered": None}, TypeError), ({"eps": -1.0}, ValueError))),
+    Entry("Adagrad", ({}, {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.1},
+                      {"weight_decay": 0.1, "eps": 1e-3}),
+          lambda h: ["sum"], _adagrad,
+          _COMMON_BAD + (({"lr_decay": -1.0}, ValueError), ({"initial_accumulator_value": -1.0}, ValueError)),
+          start=lambda slot, h: h["initial_accumulator_value"]),
+    Entry("Lion", ({}, {"weight_decay": 0.5, "betas": (0.8, 0.95)}), lambda h: ["exp_avg"], _lion,
+          _COMMON_BAD + _BETAS_BAD, torch=False),
+    Entry("NAdam", ({}, {"weight_decay": 0.1, "momentum_decay": 0.01},
+                    {"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.3, 0.9), "maximize": True}),
+          lambda h: ["exp_avg", "exp_avg_sq"], _nadam,
+          _COMMON_BAD + _BETAS_BAD + (({"momentum_decay": -1e-3}, ValueError), ({"eps": -1.0}, ValueError),
+                                      ({"decoupled_weight_decay": 1}, TypeError)),
+          begin=_nadam_begin, scalars={"mu_product": 1.0}),
+)
+
+ENTRIES = {e.name: e for e in OPTIM}
+# (class name, hyper-parameters): every case of every entry.
+CASES = [(e.name, h) for e in OPTIM for h in e.cases]
+CASE_IDS = [f"{e.name}-{i}" for e in OPTIM for i in range(len(e.cases))]
+# The richest case of each class (state, the MPI battery).
+RICH = [(e.name, e.rich) for e in OPTIM]
+TORCH_CASES = [(e.name, h) for e in OPTIM if e.torch for h in e.cases]
