@@ -176,21 +176,22 @@ class GroupPlan:
         self.state_id = (id(state), len(state))
         # What check_memory compares: the memory a step writes (parameters, their state, the
         # step counts) and reads (gradients), with names for its messages.
+        # Names sort as the parameters are listed (messages name the later one first).
         self.written: list[np.ndarray] = []
-        self.written_names: list[str] = []
+        self.written_names: list[tuple[tuple[int, int], str]] = []
         position = {id(p): i for i, p in enumerate(params)}
         for bucket in self.buckets:
             views = {slot: bucket.engine.views(slot) for slot in bucket.slots}
             for j, p in enumerate(bucket.params):
                 name = f"{where}[{position[id(p)]}]"
                 self.written.append(array_of(p))
-                self.written_names.append(name)
+                self.written_names.append(((index, position[id(p)]), name))
                 for slot, leaves in views.items():
                     self.written.append(leaves[j])
-                    self.written_names.append(f"the optimizer's state of {name} ('{slot}')")
+                    self.written_names.append(((index, position[id(p)]), f"the optimizer's state of {name} ('{slot}')"))
             if bucket.counts is not None:
                 self.written.append(bucket.counts)
-                self.written_names.append("the optimizer's step counts")
+                self.written_names.append(((index, -1), "the optimizer's step counts"))
         self.read_names = [f"{where}[{position[id(p)]}].grad" for bucket in self.buckets for p in bucket.params]
         self.grads_checked = False  # check_memory has not seen these gradients
 
@@ -248,12 +249,11 @@ class Memory:
         found = _core.first_overlap(self.written)
         if found is not None:
             _, i, j = found
-            raise ValueError(_shared(self.names[j], self.names[i]))
+            raise ValueError(_shared(*sorted((self.names[i], self.names[j]), reverse=True)))
 
 
-def _shared(a: str, b: str) -> str:
-    if a.startswith("the optimizer's"):
-        a, b = b, a
+def _shared(a: tuple[tuple[int, int], str], b: tuple[tuple[int, int], str]) -> str:
+    a, b = (b[1], a[1]) if a[1].startswith("the optimizer's") else (a[1], b[1])
     if b.startswith("the optimizer's"):
         return f"{a} shares memory with {b}: the optimizer's own state cannot be stepped as a parameter"
     return (f"{a} shares memory with {b}: each parameter must have memory of its own (is a parameter "
@@ -278,7 +278,7 @@ def check_memory(plans: Sequence[GroupPlan], memory: Memory | None) -> Memory:
         if found is not None:
             _, i, j = found
             name = [n for plan in unchecked for n in plan.read_names][i]
-            raise ValueError(f"{name} shares memory with {memory.names[j]}, which the step writes: fusedopt.torch "
+            raise ValueError(f"{name} shares memory with {memory.names[j][1]}, which the step writes: fusedopt.torch "
                              "refuses such a gradient (as torch.optim's SGD does); pass a copy (grad.clone())")
         for plan in unchecked:
             plan.grads_checked = True
