@@ -357,16 +357,18 @@ void State::set_plan(py::object p) {
   conv_count = -1;
   drop_spares();
   checked_.clear();  // its keys name the old plan, whose address another plan may take
+  staged_ = Staged{};
 }
 
 void State::set_moment(bool square, py::object arenas) {
   (square ? mean_square : mean) = std::move(arenas);
   (square ? v_tree_ : m_tree_) = py::none();
   drop_spares();
+  staged_ = Staged{};
 }
 
 py::object State::step(py::handle owner, py::handle rule_arg, py::handle output_arg, py::handle grad, py::handle target,
-                double lr, bool check_finite) {
+                       double lr, bool check_finite) {
   return step_as(owner, enum_arg<Rule>(rule_arg, kNumRules, "rule"), enum_arg<Output>(output_arg, kNumOutputs, "output"),
                  grad, target, lr, check_finite);
 }
@@ -398,15 +400,20 @@ void State::update(PyObject* owner, PyObject* model, PyObject* grad) {
 }
 
 py::object State::step_as(py::handle owner, Rule rule, Output output, py::handle grad, py::handle target, double lr,
-                   bool check_finite) {
+                          bool check_finite) {
   const RowAverage avg = std::move(pending_avg_);  // for this step only, whatever happens
   pending_avg_ = RowAverage{};
+  const Staged staged = std::move(staged_);  // the same
+  staged_ = Staged{};
   const Rule r = effective_rule(rule, w, w2);
   const bool fixed = !mean.is_none() || !mean_square.is_none();  // moments fix the structure
   bool model_called = false;
-  if (plan.is_none()) return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called, avg);
+  if (staged.active())
+    return run(owner, r, output, grad, target, lr, check_finite, staged.plan, model_called, avg, staged);
+  if (plan.is_none())
+    return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called, avg, staged);
   try {
-    return run(owner, r, output, grad, target, lr, check_finite, plan, model_called, avg);
+    return run(owner, r, output, grad, target, lr, check_finite, plan, model_called, avg, staged);
   } catch (py::error_already_set& e) {
     if (fixed || model_called || !(e.matches(PyExc_TypeError) || e.matches(PyExc_ValueError))) throw;
   } catch (py::builtin_exception&) {
@@ -415,7 +422,16 @@ py::object State::step_as(py::handle owner, Rule rule, Output output, py::handle
     if (fixed || model_called) throw;
   }
   // No moments yet: a gradient of another structure simply starts over.
-  return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called, avg);
+  return run(owner, r, output, grad, target, lr, check_finite, new_plan(grad), model_called, avg, staged);
+}
+
+void State::install_next(py::object plan_obj, py::object m, py::object v) {
+  if (!py::isinstance<Plan>(plan_obj)) throw py::type_error("install_next: plan must be a fusedopt._core.Plan");
+  const Plan& p = plan_obj.cast<const Plan&>();
+  for (const py::object* arenas : {&m, &v})
+    if (!arenas->is_none())
+      for (Dtype d : {F32, F64}) arena_of(*arenas, d, p, "install_next: moment");
+  staged_ = Staged{std::move(plan_obj), std::move(m), std::move(v)};
 }
 
 void State::average_next(py::object rows, py::object base, double divisor) {
@@ -527,10 +543,11 @@ py::object State::free_spare(py::object& spare, const Plan& plan) {
 }
 
 py::object State::run(py::handle owner, Rule r, Output output, py::handle grad, py::handle target, double lr,
-               bool check_finite, py::object plan_obj, bool& model_called, const RowAverage& avg) {
+                      bool check_finite, py::object plan_obj, bool& model_called, const RowAverage& avg,
+                      const Staged& staged) {
   const bool same_plan = plan_obj.is(plan);
   const Plan& p = same_plan && plan_ptr_ ? *plan_ptr_ : plan_obj.cast<const Plan&>();
-  py::object m = same_plan ? mean : py::none(), v = same_plan ? mean_square : py::none();
+  py::object m = same_plan ? mean : staged.mean, v = same_plan ? mean_square : staged.mean_square;
   const RuleSpec& spec = spec_of(r);
   const bool start_m = spec.mean && m.is_none(), start_v = spec.sq && v.is_none();
   const Phase ph = phase_for(spec, start_m, start_v);
@@ -541,8 +558,10 @@ py::object State::run(py::handle owner, Rule r, Output output, py::handle grad, 
   // On the paysage path the model takes the delta before anything commits:
   // the new moments go to second buffers until parameter_update returns.
   const bool deferred = output == Output::DELTA && !target.is_none();
-  py::object m_out = start_m ? new_arenas(p) : (updates_m(mode) && deferred ? free_spare(m_spare_, p) : m);
-  py::object v_out = start_v ? new_arenas(p) : (updates_v(mode) && deferred ? free_spare(v_spare_, p) : v);
+  // (Spares are the current plan's: a staged plan takes new second buffers.)
+  auto second = [&](py::object& spare) { return same_plan ? free_spare(spare, p) : new_arenas(p); };
+  py::object m_out = start_m ? new_arenas(p) : (updates_m(mode) && deferred ? second(m_spare_) : m);
+  py::object v_out = start_v ? new_arenas(p) : (updates_v(mode) && deferred ? second(v_spare_) : v);
   Prepared P;
   // When nothing can fail after the kernel, it writes the sums in place.
   const bool sums_in_place = !deferred && same_plan && sums_fit(sums, p.leaves().size());
@@ -602,12 +621,13 @@ py::object State::run(py::handle owner, Rule r, Output output, py::handle grad, 
     drop_spares();
     checked_.clear();
   }
-  if (!m_out.is(m)) {
+  if (staged.active()) pending = py::none();
+  if (!m_out.is(mean)) {  // new arenas, or a staged plan's
     if (!start_m && deferred) m_spare_ = m;
     mean = std::move(m_out);
     m_tree_ = py::none();
   }
-  if (!v_out.is(v)) {
+  if (!v_out.is(mean_square)) {
     if (!start_v && deferred) v_spare_ = v;
     mean_square = std::move(v_out);
     v_tree_ = py::none();

@@ -24,6 +24,15 @@ struct RowAverage {
   bool active() const { return !base.is_none(); }
 };
 
+// Moments loaded without a structure (GradientMemory.load_state_dict), put
+// under the structure of the next step's gradient: that step starts from them
+// and commits them with its own results, or nothing (State.install_next).
+struct Staged {
+  py::object plan = py::none();
+  py::object mean = py::none(), mean_square = py::none();  // arenas, or None
+  bool active() const { return !plan.is_none(); }
+};
+
 class State {
  public:
   py::object plan = py::none();       // Plan of the gradients, or None
@@ -33,6 +42,7 @@ class State {
   double w = 0, w2 = 0;               // the float32 weights, as doubles
   long long conv_count = -1;          // n of check_convergence; -1: unknown until the next step
   bool conv_inplace = false;          // the last optimizer step was in place: check_convergence uses sums
+  py::object pending = py::none();    // the loaded moments waiting for a structure (Python's), or None
 
   // Trees of views into the current arenas, built on first use.
   py::object tree(bool square) {
@@ -61,6 +71,11 @@ class State {
   // average of `rows` at the same byte offset, (((rows[0] + rows[1]) + ...) / divisor) in the
   // leaf's dtype, inside its kernel (fusedopt.distributed's fused rank average). None: no rows.
   void average_next(py::object rows, py::object base, double divisor);
+
+  // The next step starts from these plan and moment arenas instead of the state's, and
+  // commits them (and clears `pending`) with its results; a refused step leaves the state as
+  // it was. Cleared by any assignment of the plan or a moment.
+  void install_next(py::object plan, py::object mean, py::object mean_square);
  private:
 
   py::object m_tree_ = py::none(), v_tree_ = py::none();
@@ -86,6 +101,7 @@ class State {
   py::object m_spare_ = py::none(), v_spare_ = py::none();  // second buffers of the paysage path
   CheckedAddresses checked_;
   RowAverage pending_avg_;  // set by average_next for the next step
+  Staged staged_;           // set by install_next for the next step
 
   void drop_spares() {
     m_spare_ = py::none();
@@ -100,7 +116,8 @@ class State {
   static py::object free_spare(py::object& spare, const Plan& plan);
 
   py::object run(py::handle owner, Rule r, Output output, py::handle grad, py::handle target, double lr,
-                 bool check_finite, py::object plan_obj, bool& model_called, const RowAverage& avg);
+                 bool check_finite, py::object plan_obj, bool& model_called, const RowAverage& avg,
+                 const Staged& staged);
 };
 
 }  // namespace fusedopt

@@ -114,6 +114,12 @@ void register_step(py::module_& m) {
                     [](State& s, py::object n) { s.conv_count = n.is_none() ? -1 : n.cast<long long>(); })
       .def_readwrite("conv_inplace", &State::conv_inplace,
                      "Whether the last optimizer step was in place (check_convergence then uses the sums).")
+      .def_readwrite("pending", &State::pending,
+                     "The loaded moments waiting for a gradient's structure (GradientMemory's), or None; cleared "
+                     "by the step that installs them.")
+      .def("install_next", &State::install_next, py::arg("plan"), py::arg("mean"), py::arg("mean_square"),
+           "The next step starts from this plan and these moment arenas (or None) and commits them, clearing "
+           "`pending`, with its results; a refused step leaves the state as it was.")
       .def("average_next", &State::average_next, py::arg("rows"), py::arg("base"), py::arg("divisor"),
            "The next step reads each gradient leaf lying inside `base` as (((rows[0] + rows[1]) + ...) / divisor) "
            "at the same byte offset, averaged inside its kernel; base=None: no rows.")

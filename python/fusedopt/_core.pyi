@@ -94,6 +94,8 @@ class State:
     conv_count: int | None
     # Whether the last optimizer step was in place (check_convergence then uses the sums).
     conv_inplace: bool
+    # The loaded moments waiting for a gradient's structure (GradientMemory's), or None.
+    pending: Any
     def __init__(self) -> None: ...
     def step(self, owner: Any, rule: Rule | int, output: Output | int, grad: Any, target: Any, lr: float,
              check_finite: bool) -> Any:
@@ -106,7 +108,15 @@ class State:
         """The next step reads each gradient leaf lying inside `base` as
         (((rows[0] + rows[1]) + ...) / divisor) at the same byte offset, averaged inside its kernel
         (fusedopt.distributed); base=None: no rows."""
+    def install_next(self, plan: Plan, mean: tuple[_Arena, _Arena] | None,
+                     mean_square: tuple[_Arena, _Arena] | None) -> None:
+        """The next step starts from this plan and these moments and commits them (clearing
+        `pending`) with its results; a refused step leaves the state as it was."""
 
+def first_overlap(written: Sequence[npt.NDArray[Any]], read: Sequence[npt.NDArray[Any]] = ...
+                  ) -> tuple[Literal["written", "read"], int, int] | None:
+    """Overlap by bounds (numpy.may_share_memory's test): ('written', i, j) when written[i] and
+    written[j] (i < j) overlap, else ('read', i, j) when read[i] overlaps written[j], else None."""
 def bound_update(state: State) -> Callable[[Any, Any, Any], None]:
     """Optimizer.update's native call on `state`: f(optimizer, model, grad)."""
 def simd_level() -> Literal["avx512", "avx2", "baseline"]:

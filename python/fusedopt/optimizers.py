@@ -99,8 +99,6 @@ class GradientMemory:
     64-byte aligned arena per dtype.
     """
 
-    _pending = None  # moments loaded by load_state_dict, waiting for a gradient's structure (_state)
-
     def __init__(self, mean_weight: float = 0.9, mean_square_weight: float = 0.0) -> None:
         """Create a gradient memory.
 
@@ -126,6 +124,9 @@ class GradientMemory:
     _v = _native_property("mean_square", "The same for the mean square.")
     _m_tree = _native_property("mean_tree", "Tree of views into the mean's arenas, or None.")
     _v_tree = _native_property("mean_square_tree", "Tree of views into the mean square's arenas, or None.")
+    # Moments loaded by load_state_dict (a _state.Moments), waiting for a gradient's structure:
+    # the next step installs them under its gradient's structure and commits them with its results.
+    _pending = _native_property("pending", "Loaded moments waiting for a gradient's structure, or None.")
     _w = _float32_slot("_w32", "w")
     _w2 = _float32_slot("_w2_32", "w2")
 
@@ -198,30 +199,32 @@ class GradientMemory:
     def update_mean(self, grad: Tree) -> None:
         """Update the running mean: m = g on the first call, then m = w*m + (1-w)*g."""
         if self._pending is not None:
-            self._bind_pending(grad)
+            self._stage_pending(grad)
         self._native.step(None, Rule.UPDATE_MEAN, Output.NONE, grad, None, 0.0, False)
 
     def update_mean_square(self, grad: Tree) -> None:
         """Update the running mean square: v = g*g first, then v = w2*v + ((1-w2)*g)*g."""
         if self._pending is not None:
-            self._bind_pending(grad)
+            self._stage_pending(grad)
         self._native.step(None, Rule.UPDATE_MEAN_SQUARE, Output.NONE, grad, None, 0.0, False)
 
     def update(self, grad: Tree) -> None:
         """Update the mean (if mean_weight != 0) and the mean square (if mean_square_weight != 0)."""
-        if self._pending is not None:
-            self._bind_pending(grad)
         rule = _MEMORY_UPDATES[bool(self.mean_weight), bool(self.mean_square_weight)]
-        if rule is not None:
-            self._native.step(None, rule, Output.NONE, grad, None, 0.0, False)
+        if rule is None:
+            return
+        if self._pending is not None:
+            self._stage_pending(grad)
+        self._native.step(None, rule, Output.NONE, grad, None, 0.0, False)
 
     def normalize(self, grad: Tree, unbiased: bool = False) -> Tree:
         """Return grad / sqrt(EPS + v), or with unbiased=True
         (grad / (1 - w)) / sqrt(EPS + v / (1 - w2)); grad itself when there is no mean square yet."""
-        if self._pending is not None:
-            self._bind_pending(grad)
-        if self._v is None:
+        pending = self._pending
+        if self._v is None and (pending is None or pending.v is None):
             return grad
+        if pending is not None:
+            self._stage_pending(grad)
         rule = (Rule.NORMALIZE_UNBIASED_MEAN if self.mean_weight else Rule.NORMALIZE_UNBIASED) if unbiased \
             else Rule.NORMALIZE
         return self._native.step(None, rule, Output.DELTA, grad, None, 0.0, False)
@@ -307,10 +310,12 @@ class GradientMemory:
             dst[...] = src
         return arenas, views
 
-    def _bind_pending(self, tree):
-        """Attach moments loaded without a structure, taking it from `tree` (a gradient)."""
+    def _stage_pending(self, tree):
+        """Moments loaded without a structure go in with the next step, under the structure of
+        `tree` (its gradient): the step commits them with its results, a refused step not at all."""
         plan = _core.Plan(tree, "grad")
-        self._install(plan, *self._pending.ordered(_state.match(plan, self._pending, "grad")))
+        m, v = self._pending.ordered(_state.match(plan, self._pending, "grad"))
+        self._native.install_next(plan, self._filled(plan, m)[0], self._filled(plan, v)[0])
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and moments as plain numpy arrays and Python scalars (versioned)."""
@@ -692,7 +697,7 @@ class Optimizer:
         # The native call reads lr, ascent, check_finite, keep_delta and the class's rule itself.
         mem = self._memory
         if mem._pending is not None:
-            mem._bind_pending(grad)
+            mem._stage_pending(grad)
         mem._update(self, model, grad)
 
 
