@@ -297,24 +297,22 @@ def _views(draw_index, base):
 
 @pytest.mark.parametrize("i", range(9))
 @pytest.mark.parametrize("j", range(9))
-def test_first_overlap_is_numpys_bounds_test(i, j):
+def test_span_set_is_numpys_bounds_test(i, j):
     base = np.zeros((5, 7))
     views = _views(None, base)
     a, b = views[i], views[j][1:] if views[j].ndim == 1 else views[j][1:, 1:]
     expected = np.may_share_memory(a, b)  # bounds only (numpy's default max_work)
-    found = _core.first_overlap([a, b])
-    assert (found is not None) == expected
-    if expected:
-        assert found == ("written", 0, 1)
-    read = _core.first_overlap([a], [np.zeros(3), b])
-    assert read == (("read", 1, 0) if expected else None)
+    assert _core.SpanSet([a, b]).overlap == ((0, 1) if expected else None)
+    assert _core.SpanSet([np.zeros(2), a]).first_hit([np.zeros(3), b]) == ((1, 1) if expected else None)
 
 
-def test_first_overlap_ignores_empty_arrays_and_refuses_other_objects():
+def test_span_set_ignores_empty_arrays_and_refuses_other_objects():
     base = np.zeros(4)
-    assert _core.first_overlap([base, base[2:2]]) is None
+    assert _core.SpanSet([base, base[2:2]]).overlap is None
     with pytest.raises(TypeError, match="numpy arrays"):
-        _core.first_overlap([base, [1.0]])
+        _core.SpanSet([base, [1.0]])
+    with pytest.raises(ValueError, match="own arrays overlap"):
+        _core.SpanSet([base, base[1:]]).first_hit([np.zeros(1)])
 
 
 # -- fusedopt.torch: one check over every group and bucket (items 3 and 4) ---------------------------

@@ -59,38 +59,50 @@ const Span* overlapping(const std::vector<Span>& spans, const char* begin, const
 
 namespace {
 
-// Spans of a list of arrays, `what` marking the list, `index` the position in it.
-void add_arrays(std::vector<Span>& spans, py::handle arrays, const char* what) {
+// Spans of a list of arrays, `index` their positions in it.
+std::vector<Span> spans_of(py::handle arrays, const char* what) {
+  std::vector<Span> spans;
   std::size_t i = 0;
   for (py::handle o : arrays) {
-    if (!PyArray_Check(o.ptr())) throw py::type_error(std::string("first_overlap: ") + what + " must hold numpy arrays");
+    if (!PyArray_Check(o.ptr())) throw py::type_error(std::string("SpanSet: ") + what + " must hold numpy arrays");
     const auto [b, e] = array_bounds(reinterpret_cast<PyArrayObject*>(o.ptr()));
     if (b != e) spans.push_back({b, e, what, i});
     ++i;
   }
+  return spans;
 }
 
-// (what, i, j) of the first overlap: ("written", i, j) two written arrays,
-// ("read", i, j) read[i] inside written[j]; None when there is none.
-py::object first_overlap_of(py::sequence written, py::sequence read) {
-  std::vector<Span> spans;
-  spans.reserve(py::len(written));
-  add_arrays(spans, written, "written");
-  const auto [a, b] = first_overlap(spans);
-  if (a) return py::make_tuple("written", std::min(a->index, b->index), std::max(a->index, b->index));
-  std::vector<Span> reads;
-  add_arrays(reads, read, "read");
-  for (const Span& r : reads)
-    if (const Span* w = overlapping(spans, r.begin, r.end)) return py::make_tuple("read", r.index, w->index);
-  return py::none();
-}
+// The memory of a list of arrays, sorted once (the addresses only: the caller keeps the arrays).
+class SpanSet {
+ public:
+  explicit SpanSet(py::sequence arrays) : spans_(spans_of(arrays, "arrays")) {
+    const auto [a, b] = first_overlap(spans_);
+    if (a) overlap_ = py::make_tuple(std::min(a->index, b->index), std::max(a->index, b->index));
+  }
+  const py::object& overlap() const { return overlap_; }
+  py::object first_hit(py::sequence arrays) const {
+    if (!overlap_.is_none()) throw py::value_error("SpanSet.first_hit: the set's own arrays overlap");
+    for (const Span& r : spans_of(arrays, "arrays"))
+      if (const Span* w = overlapping(spans_, r.begin, r.end)) return py::make_tuple(r.index, w->index);
+    return py::none();
+  }
+
+ private:
+  std::vector<Span> spans_;
+  py::object overlap_ = py::none();
+};
 
 }  // namespace
 
 void register_overlap(py::module_& m) {
-  m.def("first_overlap", &first_overlap_of, py::arg("written"), py::arg("read") = py::list(),
-        "Memory overlap by bounds (numpy.may_share_memory's test) in one call: ('written', i, j) when written[i] "
-        "and written[j] (i < j) overlap, else ('read', i, j) when read[i] overlaps written[j], else None.");
+  py::class_<SpanSet>(m, "SpanSet",
+                      "The memory of a list of arrays, compared by bounds as numpy.may_share_memory compares it "
+                      "(fusedopt.torch checks all its groups' memory with one).")
+      .def(py::init<py::sequence>(), py::arg("arrays"))
+      .def_property_readonly("overlap", &SpanSet::overlap,
+                             "(i, j), i < j, when arrays[i] and arrays[j] overlap (the first pair found), else None.")
+      .def("first_hit", &SpanSet::first_hit, py::arg("arrays"),
+           "(i, j) when arrays[i] overlaps the set's arrays[j] (the first found), else None.");
 }
 
 }  // namespace fusedopt

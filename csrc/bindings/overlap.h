@@ -77,8 +77,8 @@ class CheckedAddresses {
   int next_ = 0;
 };
 
-// _core.first_overlap(written, read): the overlap check for fusedopt.torch's
-// plans, over every array of a step at once.
+// _core.SpanSet: the overlap check of fusedopt.torch's plans, over the memory
+// of all its groups at once.
 void register_overlap(py::module_& m);
 
 }  // namespace fusedopt

@@ -113,10 +113,14 @@ class State:
         """The next step starts from this plan and these moments and commits them (clearing
         `pending`) with its results; a refused step leaves the state as it was."""
 
-def first_overlap(written: Sequence[npt.NDArray[Any]], read: Sequence[npt.NDArray[Any]] = ...
-                  ) -> tuple[Literal["written", "read"], int, int] | None:
-    """Overlap by bounds (numpy.may_share_memory's test): ('written', i, j) when written[i] and
-    written[j] (i < j) overlap, else ('read', i, j) when read[i] overlaps written[j], else None."""
+class SpanSet:
+    """The memory of a list of arrays, compared by bounds as numpy.may_share_memory compares it."""
+
+    def __init__(self, arrays: Sequence[npt.NDArray[Any]]) -> None: ...
+    # (i, j), i < j, when arrays[i] and arrays[j] overlap (the first pair found), else None.
+    overlap: tuple[int, int] | None
+    def first_hit(self, arrays: Sequence[npt.NDArray[Any]]) -> tuple[int, int] | None:
+        """(i, j) when arrays[i] overlaps the set's arrays[j] (the first found), else None."""
 def bound_update(state: State) -> Callable[[Any, Any, Any], None]:
     """Optimizer.update's native call on `state`: f(optimizer, model, grad)."""
 def simd_level() -> Literal["avx512", "avx2", "baseline"]:

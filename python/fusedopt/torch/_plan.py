@@ -244,11 +244,11 @@ class Memory:
 
     def __init__(self, plans: Sequence[GroupPlan]) -> None:
         self.plans = list(plans)
-        self.written = [a for plan in plans for a in plan.written]
         self.names = [n for plan in plans for n in plan.written_names]
-        found = _core.first_overlap(self.written)
+        self.spans = _core.SpanSet([a for plan in plans for a in plan.written])
+        found = self.spans.overlap
         if found is not None:
-            _, i, j = found
+            i, j = found
             raise ValueError(_shared(*sorted((self.names[i], self.names[j]), reverse=True)))
 
 
@@ -265,7 +265,7 @@ def check_memory(plans: Sequence[GroupPlan], memory: Memory | None) -> Memory:
     other or with the optimizer's state, or a gradient overlaps any of that
     memory (torch.optim's SGD refuses such a gradient too; its other optimizers'
     results would depend on their implementation's order): one native call over
-    every array, when a plan is new, else over the gradients that changed.
+    every array when a plan is new (sorted once), else over the gradients that changed.
     Returns the memory to pass next time; changes nothing else."""
     if memory is None or memory.plans != list(plans):
         memory = Memory(plans)
@@ -274,9 +274,9 @@ def check_memory(plans: Sequence[GroupPlan], memory: Memory | None) -> Memory:
         unchecked = [plan for plan in plans if not plan.grads_checked]
     if unchecked:
         read = [a for plan in unchecked for a in plan.read()]
-        found = _core.first_overlap(memory.written, read)
+        found = memory.spans.first_hit(read)
         if found is not None:
-            _, i, j = found
+            i, j = found
             name = [n for plan in unchecked for n in plan.read_names][i]
             raise ValueError(f"{name} shares memory with {memory.names[j][1]}, which the step writes: fusedopt.torch "
                              "refuses such a gradient (as torch.optim's SGD does); pass a copy (grad.clone())")
