@@ -1,7 +1,8 @@
-"""Memory overlap between the arrays of a step (docs/threads.md, "Aliasing and
-overlap"): a gradient that shares memory with anything the step writes is read
-as a copy taken before the step (numpy's ``p - lr * g.copy()``); parameters that
-share memory with each other or with the optimizer's own state are refused."""
+"""Memory overlap between the arrays of a step (docs/aliasing.md): in the numpy
+families a gradient that shares memory with anything the step writes is read as
+a copy taken before the step (numpy's ``p - lr * g.copy()``), fusedopt.torch
+refuses it; parameters that share memory with each other or with the
+optimizer's own state are refused by every family."""
 import copy
 
 import numpy as np
