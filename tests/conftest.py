@@ -1,5 +1,12 @@
-"""Shared fixtures: the reference module on sys.path, RNGs, and restoring global
-native settings (SIMD level, thread count) that some tests change."""
+"""Shared fixtures: the reference module on sys.path, RNGs, restoring global native
+settings (SIMD level, thread count) that some tests change, and hypothesis's profiles.
+
+Hypothesis profiles (HYPOTHESIS_PROFILE=name; CONTRIBUTING.md):
+- "deterministic" (the default, and what CI runs): examples derived from each test alone
+  (derandomize) and no example database, so a run's outcome depends only on the code;
+- "thorough": fresh random examples, ten times as many for every test (its own
+  max_examples included), still without a database; run it before resolving an issue
+  that touches kernels, trees or state."""
 import os
 import sys
 import warnings
@@ -20,6 +27,35 @@ with warnings.catch_warnings():
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+THOROUGH_FACTOR = 10
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("thorough", derandomize=False, database=None, print_blob=True)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "deterministic")
+settings.load_profile(PROFILE)
+
+
+def _thorough(s):
+    return settings(s, max_examples=s.max_examples * THOROUGH_FACTOR)
+
+
+def pytest_collection_modifyitems(items):
+    """Under "thorough", every hypothesis test and state machine runs THOROUGH_FACTOR times as
+    many examples as its own settings say (a profile alone cannot raise an explicit max_examples)."""
+    if PROFILE != "thorough":
+        return
+    seen = set()
+    for item in items:
+        test = getattr(item, "obj", None)
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is not None and id(test) not in seen:
+            seen.add(id(test))
+            test._hypothesis_internal_use_settings = _thorough(own)
+        cls = getattr(item, "cls", None)
+        if cls is not None and isinstance(getattr(cls, "settings", None), settings) and cls not in seen:
+            seen.add(cls)
+            cls.settings = _thorough(cls.settings)
 
 import fusedopt  # noqa: E402
 from fusedopt import _core  # noqa: E402

@@ -1,7 +1,8 @@
-"""Memory overlap between the arrays of a step (docs/threads.md, "Aliasing and
-overlap"): a gradient that shares memory with anything the step writes is read
-as a copy taken before the step (numpy's ``p - lr * g.copy()``); parameters that
-share memory with each other or with the optimizer's own state are refused."""
+"""Memory overlap between the arrays of a step (docs/aliasing.md): in the numpy
+families a gradient that shares memory with anything the step writes is read as
+a copy taken before the step (numpy's ``p - lr * g.copy()``), fusedopt.torch
+refuses it; parameters that share memory with each other or with the
+optimizer's own state are refused by every family."""
 import copy
 
 import numpy as np
@@ -201,3 +202,206 @@ def test_addresses_that_passed_before_are_checked_again_when_they_change(kind, p
         assert np.array_equal(p, tp), k
         assert np.array_equal(opt.memory.mean_gradient, twin.memory.mean_gradient), k
         assert opt.step_count == twin.step_count
+
+
+# -- fusedopt.optim: the same rule (issue 22, items 1 and 2) -----------------------------------
+OPTIM_KINDS = [
+    ("SGD", {"momentum": 0.9, "nesterov": True}),
+    ("SGD", {}),
+    ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+    ("AdamW", {}),
+    ("RMSprop", {"centered": True, "momentum": 0.3}),
+    ("Adagrad", {"initial_accumulator_value": 0.5, "lr_decay": 0.1}),
+    ("Lion", {"weight_decay": 0.1}),
+]
+
+
+def optim_pair(name, hyper):
+    from fusedopt import optim
+    return [getattr(optim, name)(lr=0.25, **hyper) for _ in range(2)]
+
+
+def test_optim_sgd_gradient_overlapping_its_parameter_reads_it_before_the_step():
+    """The issue's example: numpy's p - lr * g.copy() is [1, 1.5, 2, 2.5, 3, 3.5]."""
+    from fusedopt import optim
+    buf = np.arange(7, dtype=np.float32)
+    optim.SGD(lr=0.5).step(buf[1:], buf[:-1])
+    assert buf.tolist() == [0, 1, 1.5, 2, 2.5, 3, 3.5]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("name,hyper", OPTIM_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optim_overlapping_gradient_equals_a_step_on_its_copy(level, name, hyper, dtype, restore_simd_level, rng):
+    """Shifted views and the optimizer's own state as the gradient, mixed with clean steps at the
+    same addresses (remembered after the first): at every step the bits of a twin stepped with copies."""
+    _core._set_simd_level(level)
+    n = 3001
+    opt, twin = optim_pair(name, hyper)
+    buf = rng.standard_normal(n + 5).astype(dtype)
+    tbuf = buf.copy()
+    g = rng.standard_normal(n).astype(dtype)
+    p, tp = buf[5:], tbuf[5:]
+    for k in range(9):
+        case = k % 3
+        if case == 0:
+            opt.step([p], [g])
+            twin.step([tp], [g.copy()])
+        elif case == 1:
+            opt.step([p], [buf[:-5]])
+            twin.step([tp], [tbuf[:-5].copy()])
+        else:
+            slots = opt.state_arrays()
+            if not slots:
+                continue
+            slot = sorted(slots)[k % len(slots)]
+            opt.step([p], slots[slot])
+            twin.step([tp], [twin.state_arrays()[slot][0].copy()])
+        assert np.array_equal(buf, tbuf), k
+        for slot, leaves in opt.state_arrays().items():
+            assert np.array_equal(leaves[0], twin.state_arrays()[slot][0]), (k, slot)
+
+
+@pytest.mark.parametrize("name,hyper", [kind for kind in OPTIM_KINDS if kind != ("SGD", {})])
+def test_optim_own_state_as_parameters_is_refused(name, hyper, rng):
+    """Item 2: every slot, as the whole parameter tree or as one leaf of it, at every step."""
+    opt, _ = optim_pair(name, hyper)
+    p = [rng.standard_normal(5).astype(np.float32), rng.standard_normal(3)]
+    g = [rng.standard_normal(5).astype(np.float32), rng.standard_normal(3)]
+    opt.step(p, g)
+    for slot, leaves in opt.state_arrays().items():
+        for params in (leaves, [p[0], leaves[1]]):
+            before = opt.state_dict()
+            with pytest.raises(ValueError, match=rf"params at \[\d\]: shares memory with the optimizer's "
+                                                 rf"{slot} arena \(the optimizer's own state"):
+                opt.step(params, g)
+            after = opt.state_dict()
+            assert before.keys() == after.keys()
+            assert all(np.array_equal(before[k], after[k]) for k in before), slot
+
+
+def test_optim_parameters_overlapping_each_other_are_refused_naming_both():
+    from fusedopt import optim
+    buf = np.zeros(10, np.float32)
+    opt = optim.Adam(lr=0.1)
+    with pytest.raises(ValueError, match=r"params at \['b'\]: shares memory with params at \['a'\]"):
+        opt.step({"a": buf[:6], "b": buf[4:]}, {"a": np.ones(6, np.float32), "b": np.ones(6, np.float32)})
+    assert not buf.any() and opt.step_count == 0
+
+
+# -- the native check itself: numpy's bounds ------------------------------------------------------
+def _views(draw_index, base):
+    """A few views of `base`: slices, steps, transposes and reversals."""
+    return [base, base[1:], base[:, ::2], base.T, base[::-1], base[2], base[:, 3], base[1:3, 1:4], base[::2, ::-3]]
+
+
+@pytest.mark.parametrize("i", range(9))
+@pytest.mark.parametrize("j", range(9))
+def test_span_set_is_numpys_bounds_test(i, j):
+    base = np.zeros((5, 7))
+    views = _views(None, base)
+    a, b = views[i], views[j][1:] if views[j].ndim == 1 else views[j][1:, 1:]
+    expected = np.may_share_memory(a, b)  # bounds only (numpy's default max_work)
+    assert _core.SpanSet([a, b]).overlap == ((0, 1) if expected else None)
+    assert _core.SpanSet([np.zeros(2), a]).first_hit([np.zeros(3), b]) == ((1, 1) if expected else None)
+
+
+def test_span_set_ignores_empty_arrays_and_refuses_other_objects():
+    base = np.zeros(4)
+    assert _core.SpanSet([base, base[2:2]]).overlap is None
+    with pytest.raises(TypeError, match="numpy arrays"):
+        _core.SpanSet([base, [1.0]])
+    with pytest.raises(ValueError, match="own arrays overlap"):
+        _core.SpanSet([base, base[1:]]).first_hit([np.zeros(1)])
+
+
+# -- fusedopt.torch: one check over every group and bucket (items 3 and 4) ---------------------------
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def test_torch_parameters_sharing_memory_across_layouts_are_refused():
+    """Item 3's example: a transposed view (stepped through a buffer) and a row of the same tensor."""
+    torch = _torch()
+    import fusedopt.torch as ft
+    base = torch.arange(16.).reshape(4, 4)
+    params = [torch.nn.Parameter(base.t()), torch.nn.Parameter(base[0])]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = ft.SGD(params, lr=0.5)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\] shares memory with "
+                                         r"param_groups\[0\]\['params'\]\[0\]"):
+        opt.step()
+    assert torch.equal(base, torch.arange(16.).reshape(4, 4)) and opt.state == {}
+
+
+def test_torch_parameters_sharing_memory_in_other_buckets_and_groups_are_refused():
+    """Rows of one tensor with different step counts (separate native calls), and in another group."""
+    torch = _torch()
+    import fusedopt.torch as ft
+    base = torch.zeros(8)
+    first, second = torch.nn.Parameter(base[:4]), torch.nn.Parameter(base[2:6])
+    other = torch.nn.Parameter(torch.zeros(3))
+    opt = ft.Adam([first, other], lr=0.1)
+    first.grad = torch.ones(4)
+    opt.step()  # first has a count of 1 now, second will start at 0: two buckets
+    opt.param_groups[0]["params"].append(second)
+    second.grad, other.grad = torch.ones(4), torch.ones(3)
+    saved = base.clone(), {k: v.clone() for k, v in opt.state[first].items()}
+    with pytest.raises(ValueError, match=r"\['params'\]\[2\] shares memory with param_groups\[0\]\['params'\]\[0\]"):
+        opt.step()
+    assert torch.equal(base, saved[0]) and all(torch.equal(opt.state[first][k], v) for k, v in saved[1].items())
+    opt.param_groups[0]["params"].pop()
+    opt.add_param_group({"params": [second]})
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\] shares memory with "
+                                         r"param_groups\[0\]\['params'\]\[0\]"):
+        opt.step()
+    assert torch.equal(base, saved[0]) and torch.equal(other, torch.zeros(3))
+
+
+def test_torch_the_optimizers_state_as_a_parameter_is_refused():
+    torch = _torch()
+    import fusedopt.torch as ft
+    q = torch.nn.Parameter(torch.zeros(3))
+    q.grad = torch.ones(3)
+    opt = ft.Adam([q])
+    opt.step()
+    moment = opt.state[q]["exp_avg"]
+    r = torch.nn.Parameter(moment)
+    r.grad = torch.ones(3)
+    opt.add_param_group({"params": [r]})
+    before = moment.clone()
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\] shares memory with the optimizer's "
+                                         r"state of param_groups\[0\]\['params'\]\[0\] \('exp_avg'\)"):
+        opt.step()
+    assert torch.equal(moment, before)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad", "Lion"])
+def test_torch_gradient_overlapping_written_memory_is_refused_every_time(name):
+    """Item 4: a .grad that is a shifted view of its parameter, given when the plan is built and
+    later as a new gradient of a planned step (the cheaper path that only looks at gradients)."""
+    torch = _torch()
+    import fusedopt.torch as ft
+    data = torch.arange(8.)
+    p = torch.nn.Parameter(data[1:])
+    opt = getattr(ft, name)([p], lr=0.5)
+    pattern = (r"param_groups\[0\]\['params'\]\[0\]\.grad shares memory with param_groups\[0\]\['params'\]\[0\], "
+               r"which the step writes")
+    def snapshot():
+        return data.clone(), {k: v.clone() for k, v in opt.state[p].items()} if p in opt.state else None
+
+    def same(a, b):
+        return torch.equal(a[0], b[0]) and (a[1] is None) == (b[1] is None) and \
+            (a[1] is None or all(torch.equal(a[1][k], b[1][k]) for k in a[1]))
+
+    for stepped_before in (False, True):
+        if stepped_before:
+            p.grad = torch.ones(7)
+            opt.step()
+        before = snapshot()
+        for _ in range(2):
+            p.grad = data[:-1]
+            with pytest.raises(ValueError, match=pattern):
+                opt.step()
+            assert same(snapshot(), before)

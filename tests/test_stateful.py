@@ -263,3 +263,137 @@ class OptimizerMachine(RuleBasedStateMachine):
 
 TestOptimizerMachine = OptimizerMachine.TestCase
 TestOptimizerMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
+
+
+# -- fusedopt.optim (issue 22): the same kind of machine against optim_reference.Reference --------
+OPTIM_KINDS = {
+    "sgd": ("SGD", {"momentum": 0.9, "nesterov": True}),
+    "adam": ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+    "adamw": ("AdamW", {}),
+    "rmsprop": ("RMSprop", {"centered": True, "momentum": 0.3}),
+    "adagrad": ("Adagrad", {"initial_accumulator_value": 0.5, "lr_decay": 0.1}),
+    "lion": ("Lion", {"weight_decay": 0.1}),
+}
+OPTIM_LR = 0.05
+
+
+class OptimMachine(RuleBasedStateMachine):
+    """Steps (also with the optimizer's own state as the gradient, read as a copy), refused steps,
+    state_dict/load_state_dict (directly and through np.savez's form), deepcopy and pickle, on a
+    fusedopt.optim optimizer and on the NumPy reference: after every rule both agree bit for bit."""
+
+    @initialize(kind=st.sampled_from(sorted(OPTIM_KINDS)), seed=st.integers(0, 2 ** 16))
+    def start(self, kind, seed):
+        from fusedopt import optim
+        import optim_reference
+        name, hyper = OPTIM_KINDS[kind]
+        self.rng = np.random.default_rng(seed)
+        self.params = [self.rng.standard_normal((3, 5)).astype(np.float32), self.rng.standard_normal(7),
+                       self.rng.standard_normal(40).astype(np.float32)]
+        self.ref_params = [p.copy() for p in self.params]
+        self.opt = getattr(optim, name)(lr=OPTIM_LR, **hyper)
+        self.ref = optim_reference.Reference(name, lr=OPTIM_LR, **hyper)
+        self.check_finite = False
+
+    def _grads(self):
+        return [self.rng.standard_normal(p.shape).astype(p.dtype) for p in self.params]
+
+    @rule()
+    def step(self):
+        grads = self._grads()
+        self.opt.step(self.params, grads)
+        self.ref.step(self.ref_params, grads)
+
+    def _state_is_small(self):
+        """Not while loaded state waits for a tree, nor once the state is large: fed back as its own
+        gradient (Adagrad's sum += sum * sum) it would overflow within a few steps."""
+        slots = self.opt.state_arrays()
+        return bool(slots) and all(np.abs(a).max() < 1e3 for leaves in slots.values() for a in leaves)
+
+    @precondition(lambda self: self._state_is_small())
+    @rule(data=st.data())
+    def step_with_own_state_as_gradient(self, data):
+        slot = data.draw(st.sampled_from(self.ref.slot_names()))
+        self.opt.step(self.params, self.opt.state_arrays()[slot])
+        self.ref.step(self.ref_params, [s[slot].copy() for s in self.ref.state])
+
+    @rule(how=st.sampled_from(["shape", "dtype", "nan", "readonly", "own state", "overlapping params"]))
+    def refused_step(self, how):
+        grads, params = self._grads(), list(self.params)
+        if how == "shape":
+            grads[2] = grads[2][:-1]
+        elif how == "dtype":
+            grads[1] = grads[1].astype(np.float32)
+        elif how == "nan":
+            if not self.check_finite:
+                return
+            grads[0][1, 2] = np.nan
+        elif how == "readonly":
+            params[1] = params[1].copy()
+            params[1].flags.writeable = False
+        elif how == "own state":
+            slots = self.opt.state_arrays()
+            if not slots:
+                return
+            params[2] = slots[sorted(slots)[0]][2]
+        else:
+            params[0] = params[2][:15].reshape(3, 5)
+        before = self.opt.state_dict()
+        with pytest.raises((TypeError, ValueError, FloatingPointError)):
+            self.opt.step(params, grads)
+        after = self.opt.state_dict()
+        assert before.keys() == after.keys()
+        for key in before:
+            assert np.array_equal(before[key], after[key]), key
+
+    @rule(finite=st.booleans())
+    def set_check_finite(self, finite):
+        self.opt.check_finite = self.check_finite = finite
+
+    @rule(how=st.sampled_from(["dict", "savez", "deepcopy", "pickle"]))
+    def reload(self, how):
+        if how == "dict":
+            fresh = type(self.opt)(lr=1.0)
+            fresh.load_state_dict(self.opt.state_dict())
+        elif how == "savez":
+            import io
+            buf = io.BytesIO()
+            np.savez(buf, **self.opt.state_dict())
+            buf.seek(0)
+            fresh = type(self.opt)(lr=1.0)
+            fresh.load_state_dict(dict(np.load(buf)))
+        elif how == "deepcopy":
+            fresh = copy.deepcopy(self.opt)
+        else:
+            fresh = pickle.loads(pickle.dumps(self.opt))
+        self.opt = fresh
+
+    @invariant()
+    def agree(self):
+        if not hasattr(self, "opt"):
+            return
+        for p, q in zip(self.params, self.ref_params):
+            assert p.tobytes() == q.tobytes()
+        assert self.opt.step_count == self.ref.t
+        assert self.opt.check_finite == self.check_finite
+        if self.ref.state is None:
+            return
+        slots = self.opt.state_arrays()
+        if not slots:  # loaded, waiting for the next step's tree
+            slots = {name: [self.opt.state_dict()[f"{name}.{i}"] for i in range(len(self.params))]
+                     for name in self.ref.slot_names()}
+        assert sorted(slots) == sorted(self.ref.slot_names())
+        for name, leaves in slots.items():
+            assert [a.tobytes() for a in leaves] == [s[name].tobytes() for s in self.ref.state], name
+
+
+TestOptimMachine = OptimMachine.TestCase
+TestOptimMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+def test_the_default_hypothesis_profile_is_deterministic():
+    """CI's runs depend only on the code: examples derived from each test, no example database."""
+    import os
+    if os.environ.get("HYPOTHESIS_PROFILE", "deterministic") != "deterministic":
+        pytest.skip("another profile was chosen")
+    assert settings.default.derandomize and settings.default.database is None

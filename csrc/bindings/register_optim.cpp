@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -16,16 +17,13 @@
 #include "optim/step.h"
 #include "arrays.h"
 #include "numpy_api.h"
+#include "overlap.h"
 #include "registry.h"
 #include "tree.h"
 
 namespace fusedopt {
 
 namespace {
-
-std::string at_leaf(const std::string& what, const LeafSpec& s) {
-  return s.path.empty() ? what : what + " at " + s.path;
-}
 
 std::string got_of(PyObject* o) {
   if (!PyArray_Check(o)) return Py_TYPE(o)->tp_name;
@@ -43,7 +41,7 @@ PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const
   const bool shape_ok = a && PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
   if (dtype_ok && shape_ok) return a;
-  const std::string msg = at_leaf(what, s) + ": expected a " + dtype_name(s.dtype) + " array of shape " +
+  const std::string msg = where(what, s) + ": expected a " + dtype_name(s.dtype) + " array of shape " +
                           plan.shape_str(l) + ", got " + (a ? "a " : "") + got_of(o);
   if (!dtype_ok) throw py::type_error(msg);
   throw py::value_error(msg);
@@ -98,6 +96,8 @@ class OptimState {
 
   void step(py::handle params, py::handle grads, double lr, bool check_finite) {
     if (!(lr >= 0.0 && std::isfinite(lr))) throw py::value_error("lr must be finite and >= 0, got " + std::to_string(lr));
+    if (step_count_ == LLONG_MAX)
+      throw py::value_error("step_count is 2**63 - 1, the most this optimizer counts: no further step can be taken");
     const auto& specs = plan_->leaves();
     std::vector<OptimLeaf> data(specs.size());
     std::vector<py::object> held;  // every array the kernels touch, alive while the GIL is released
@@ -119,20 +119,20 @@ class OptimState {
     plan_->walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
       PyArrayObject* a = matching_leaf(*plan_, l, o, "params");
       if (!PyArray_ISWRITEABLE(a))
-        throw py::value_error(at_leaf("params", specs[l]) + ": the array is read-only; it must be writeable to be stepped in place");
+        throw py::value_error(where("params", specs[l]) + ": the array is read-only; it must be writeable to be stepped in place");
       if (!PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
-        throw py::value_error(at_leaf("params", specs[l]) +
+        throw py::value_error(where("params", specs[l]) +
                               ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
       held.push_back(py::reinterpret_borrow<py::object>(o));
       data[l].p = PyArray_DATA(a);
     });
-    check_no_shared_params(data);
+    check_overlaps(data, held);
     if (check_finite)
       for (std::size_t l = 0; l < specs.size(); ++l) {
         const bool ok = all_finite(data[l].g, specs[l].dtype, specs[l].size);
         if (!ok) {
           PyErr_SetString(PyExc_FloatingPointError,
-                          (at_leaf("grads", specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
+                          (where("grads", specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
           throw py::error_already_set();
         }
       }
@@ -257,19 +257,35 @@ class OptimState {
     return base + s.offset * item_size(s.dtype);
   }
 
-  // Two parameter leaves sharing memory would be stepped twice (and raced by threads).
-  void check_no_shared_params(const std::vector<OptimLeaf>& data) const {
+  // Parameters overlapping each other or a state arena are refused; a gradient
+  // overlapping either is read as it was before the step (a copy, kept in `held`),
+  // as numpy's p - lr * g.copy() reads it. Addresses that passed are remembered.
+  void check_overlaps(std::vector<OptimLeaf>& data, std::vector<py::object>& held) {
     const auto& specs = plan_->leaves();
-    std::vector<std::pair<const char*, std::size_t>> spans;
+    auto& key = checked_.probe();  // the arenas and the plan are this state's for life
+    for (const OptimLeaf& d : data) key.insert(key.end(), {d.g, static_cast<const void*>(d.p)});
+    if (checked_.seen()) return;
+    std::vector<Span> spans;
+    spans.reserve(specs.size() + 2 * kSlots);
     for (std::size_t l = 0; l < specs.size(); ++l)
-      if (specs[l].size > 0) spans.emplace_back(static_cast<const char*>(data[l].p), l);
-    std::sort(spans.begin(), spans.end());
-    for (std::size_t k = 1; k < spans.size(); ++k) {
-      const LeafSpec& prev = specs[spans[k - 1].second];
-      if (spans[k - 1].first + prev.size * item_size(prev.dtype) > spans[k].first)
-        throw py::value_error(at_leaf("params", specs[spans[k].second]) + ": shares memory with " + at_leaf("params", prev) +
-                              "; each parameter must be its own array");
+      add_span(spans, data[l].p, specs[l].size * item_size(specs[l].dtype), "params", l);
+    for (std::size_t k = 0; k < kSlots; ++k)
+      if (uses_slot(rule_, k))
+        for (Dtype d : {F32, F64})
+          add_span(spans, PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][d].ptr())),
+                   plan_->arena_size(d) * item_size(d), spec_of(rule_).slots[k].name, kNoIndex);
+    refuse_overlaps(*plan_, spans);
+    bool copied = false;  // then the key is not remembered: this step reads copies
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      const char* g = static_cast<const char*>(data[l].g);
+      if (!overlapping(spans, g, g + specs[l].size * item_size(specs[l].dtype))) continue;
+      PyObject* c = PyArray_FromAny(held[l].ptr(), nullptr, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
+      if (!c) throw py::error_already_set();
+      held.push_back(py::reinterpret_steal<py::object>(c));
+      data[l].g = PyArray_DATA(reinterpret_cast<PyArrayObject*>(c));
+      copied = true;
     }
+    if (!copied) checked_.add();
   }
 
   OptimRule rule_;
@@ -283,6 +299,7 @@ class OptimState {
   long long step_count_ = 0;
   double last_norm_ = -1.0;
   std::atomic<bool> busy_{false};
+  CheckedAddresses checked_;
 };
 
 }  // namespace

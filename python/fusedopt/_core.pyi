@@ -94,6 +94,8 @@ class State:
     conv_count: int | None
     # Whether the last optimizer step was in place (check_convergence then uses the sums).
     conv_inplace: bool
+    # The loaded moments waiting for a gradient's structure (GradientMemory's), or None.
+    pending: Any
     def __init__(self) -> None: ...
     def step(self, owner: Any, rule: Rule | int, output: Output | int, grad: Any, target: Any, lr: float,
              check_finite: bool) -> Any:
@@ -106,7 +108,19 @@ class State:
         """The next step reads each gradient leaf lying inside `base` as
         (((rows[0] + rows[1]) + ...) / divisor) at the same byte offset, averaged inside its kernel
         (fusedopt.distributed); base=None: no rows."""
+    def install_next(self, plan: Plan, mean: tuple[_Arena, _Arena] | None,
+                     mean_square: tuple[_Arena, _Arena] | None) -> None:
+        """The next step starts from this plan and these moments and commits them (clearing
+        `pending`) with its results; a refused step leaves the state as it was."""
 
+class SpanSet:
+    """The memory of a list of arrays, compared by bounds as numpy.may_share_memory compares it."""
+
+    def __init__(self, arrays: Sequence[npt.NDArray[Any]]) -> None: ...
+    # (i, j), i < j, when arrays[i] and arrays[j] overlap (the first pair found), else None.
+    overlap: tuple[int, int] | None
+    def first_hit(self, arrays: Sequence[npt.NDArray[Any]]) -> tuple[int, int] | None:
+        """(i, j) when arrays[i] overlaps the set's arrays[j] (the first found), else None."""
 def bound_update(state: State) -> Callable[[Any, Any, Any], None]:
     """Optimizer.update's native call on `state`: f(optimizer, model, grad)."""
 def simd_level() -> Literal["avx512", "avx2", "baseline"]:

@@ -65,6 +65,17 @@ def as_strs(value: Any, key: str, n: Optional[int] = None) -> list[str]:
     return [str(s) for s in value]
 
 
+def snapshot(leaf: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """A C-contiguous copy of an array's values that costs the memory the array holds:
+    a broadcast (zero-stride) axis is copied once and broadcast again, read-only. A
+    loaded state is checked against the layout before it is expanded, so huge
+    broadcast views are refused by their shape instead of running out of memory."""
+    compact = leaf[tuple(slice(0, 1) if stride == 0 and n > 1 else slice(None)
+                         for stride, n in zip(leaf.strides, leaf.shape))]
+    out = np.array(compact, dtype=dtype, order="C", copy=True)
+    return out if out.shape == leaf.shape else np.broadcast_to(out, leaf.shape)
+
+
 def strs(items: Sequence[str]) -> np.ndarray:
     """A 1-d str array (np.array([]) alone would be float64)."""
     items = list(items)

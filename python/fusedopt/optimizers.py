@@ -99,8 +99,6 @@ class GradientMemory:
     64-byte aligned arena per dtype.
     """
 
-    _pending = None  # moments loaded by load_state_dict, waiting for a gradient's structure (_state)
-
     def __init__(self, mean_weight: float = 0.9, mean_square_weight: float = 0.0) -> None:
         """Create a gradient memory.
 
@@ -126,6 +124,12 @@ class GradientMemory:
     _v = _native_property("mean_square", "The same for the mean square.")
     _m_tree = _native_property("mean_tree", "Tree of views into the mean's arenas, or None.")
     _v_tree = _native_property("mean_square_tree", "Tree of views into the mean square's arenas, or None.")
+    # Moments loaded by load_state_dict (a _state.Moments), waiting for a gradient's structure:
+    # the next step installs them under its gradient's structure and commits them with its results.
+    # The native state's `pending` is the truth (its commit clears it); this plain attribute mirrors
+    # it for the steps' quick look, and is cleared after the step (_waiting() reconciles the two
+    # should a signal fall in between).
+    _pending = None
     _w = _float32_slot("_w32", "w")
     _w2 = _float32_slot("_w2_32", "w2")
 
@@ -152,11 +156,11 @@ class GradientMemory:
     def _assign_moment(self, which, tree):
         """Set moment `which` ("m" or "v") to a copy of `tree` (None clears it); everything is
         checked before anything changes."""
-        pending = self._pending
+        pending = self._waiting()
         if tree is None:
             if pending is not None:
                 pending = pending._replace(**{which: None})
-                self._pending = pending if (pending.m is not None or pending.v is not None) else None
+                self._set_pending(pending if (pending.m is not None or pending.v is not None) else None)
             setattr(self, f"_{which}", None)
             setattr(self, f"_{which}_tree", None)
             return
@@ -192,45 +196,38 @@ class GradientMemory:
         self._m = self._v = self._m_tree = self._v_tree = None
         self._plan = None
         self._sumsq = None
-        self._pending = None
+        self._set_pending(None)
 
     # -- paysage's GradientMemory API ----------------------------------------------
     def update_mean(self, grad: Tree) -> None:
         """Update the running mean: m = g on the first call, then m = w*m + (1-w)*g."""
-        if self._pending is not None:
-            self._bind_pending(grad)
-        self._native.step(None, Rule.UPDATE_MEAN, Output.NONE, grad, None, 0.0, False)
+        self._step(grad, self._native.step, None, Rule.UPDATE_MEAN, Output.NONE, grad, None, 0.0, False)
 
     def update_mean_square(self, grad: Tree) -> None:
         """Update the running mean square: v = g*g first, then v = w2*v + ((1-w2)*g)*g."""
-        if self._pending is not None:
-            self._bind_pending(grad)
-        self._native.step(None, Rule.UPDATE_MEAN_SQUARE, Output.NONE, grad, None, 0.0, False)
+        self._step(grad, self._native.step, None, Rule.UPDATE_MEAN_SQUARE, Output.NONE, grad, None, 0.0, False)
 
     def update(self, grad: Tree) -> None:
         """Update the mean (if mean_weight != 0) and the mean square (if mean_square_weight != 0)."""
-        if self._pending is not None:
-            self._bind_pending(grad)
         rule = _MEMORY_UPDATES[bool(self.mean_weight), bool(self.mean_square_weight)]
         if rule is not None:
-            self._native.step(None, rule, Output.NONE, grad, None, 0.0, False)
+            self._step(grad, self._native.step, None, rule, Output.NONE, grad, None, 0.0, False)
 
     def normalize(self, grad: Tree, unbiased: bool = False) -> Tree:
         """Return grad / sqrt(EPS + v), or with unbiased=True
         (grad / (1 - w)) / sqrt(EPS + v / (1 - w2)); grad itself when there is no mean square yet."""
-        if self._pending is not None:
-            self._bind_pending(grad)
-        if self._v is None:
+        pending = self._waiting()
+        if self._v is None and (pending is None or pending.v is None):
             return grad
         rule = (Rule.NORMALIZE_UNBIASED_MEAN if self.mean_weight else Rule.NORMALIZE_UNBIASED) if unbiased \
             else Rule.NORMALIZE
-        return self._native.step(None, rule, Output.DELTA, grad, None, 0.0, False)
+        return self._step(grad, self._native.step, None, rule, Output.DELTA, grad, None, 0.0, False)
 
     def __repr__(self) -> str:
         saved = self._saved_moments()
         count = None if saved is None else len(saved.paths)
         moments = "None" if saved is None else repr(f"{count} " + ("leaf" if count == 1 else "leaves") + (
-            ", waiting for a gradient" if self._pending is not None else ""))
+            ", waiting for a gradient" if self._waiting() is not None else ""))
         return (f"GradientMemory(mean_weight={_show(self._w)}, mean_square_weight={_show(self._w2)}, "
                 f"moments={moments})")
 
@@ -250,7 +247,7 @@ class GradientMemory:
     # A memory's state: its two weights and its moments, per leaf with their paths.
     def _saved_moments(self):
         """The moments as a _state.Moments of views (or the loaded ones still waiting), or None."""
-        if self._pending is not None:
+        if self._waiting() is not None:
             return self._pending
         if self._m is None and self._v is None:
             return None
@@ -287,7 +284,7 @@ class GradientMemory:
             self._install(plan, *saved.ordered(order))
         else:
             self._clear()
-            self._pending = saved
+            self._set_pending(saved)
         self._w, self._w2 = weights
 
     def _install(self, plan, m, v, sumsq=None):
@@ -295,7 +292,8 @@ class GradientMemory:
         m_arenas, m_tree = self._filled(plan, m)
         v_arenas, v_tree = self._filled(plan, v)
         sums = np.zeros(plan.num_leaves) if sumsq is None else np.array(sumsq, dtype=np.float64)
-        self._plan, self._sumsq, self._pending = plan, sums, None
+        self._plan, self._sumsq = plan, sums
+        self._set_pending(None)
         self._m, self._m_tree, self._v, self._v_tree = m_arenas, m_tree, v_arenas, v_tree
 
     def _filled(self, plan, leaves):
@@ -307,10 +305,27 @@ class GradientMemory:
             dst[...] = src
         return arenas, views
 
-    def _bind_pending(self, tree):
-        """Attach moments loaded without a structure, taking it from `tree` (a gradient)."""
-        plan = _core.Plan(tree, "grad")
-        self._install(plan, *self._pending.ordered(_state.match(plan, self._pending, "grad")))
+    def _set_pending(self, saved):
+        self._native.pending = saved
+        self._pending = saved
+
+    def _waiting(self):
+        """The loaded moments still waiting for a structure, or None (also once a step installed them)."""
+        if self._pending is not None and self._native.pending is None:
+            self._pending = None
+        return self._pending
+
+    def _step(self, grad, call, *args):
+        """call(*args), a native step on `grad`. Loaded moments waiting go in with it, under the
+        structure of `grad`: the step commits them with its results, a refused step not at all."""
+        if self._pending is None or self._waiting() is None:
+            return call(*args)
+        plan = _core.Plan(grad, "grad")
+        m, v = self._pending.ordered(_state.match(plan, self._pending, "grad"))
+        self._native.install_next(plan, self._filled(plan, m)[0], self._filled(plan, v)[0])
+        out = call(*args)
+        self._pending = None  # the step installed them, and cleared the native state's
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and moments as plain numpy arrays and Python scalars (versioned)."""
@@ -344,7 +359,7 @@ class GradientMemory:
             m, v = (None, None) if saved is None else saved.ordered(_state.match_in_order(plan, saved))
             self._install(plan, m, v, state["sumsq"])
         elif saved is not None:
-            self._pending = saved
+            self._set_pending(saved)
 
 
 _DEFAULT_STEPSIZE = schedules.Constant(initial=0.001)
@@ -691,9 +706,10 @@ class Optimizer:
         """
         # The native call reads lr, ascent, check_finite, keep_delta and the class's rule itself.
         mem = self._memory
-        if mem._pending is not None:
-            mem._bind_pending(grad)
-        mem._update(self, model, grad)
+        if mem._pending is None:
+            mem._update(self, model, grad)
+        else:
+            mem._step(grad, mem._update, self, model, grad)
 
 
 def _show(value: Any) -> str:

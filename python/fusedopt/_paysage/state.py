@@ -135,7 +135,7 @@ def parse_moments(state: Mapping[str, Any]) -> Optional[Moments]:
                 raise TypeError(f"state: {_where(name, path)} must be a numpy array, got {type(leaf).__name__}")
             if leaf.dtype != np.dtype(dtype):
                 raise ValueError(f"state: {_where(name, path)} has dtype {leaf.dtype}, the state says {dtype}")
-            leaves.append(np.array(leaf, dtype=dtype, order="C", copy=True))
+            leaves.append(_fields.snapshot(leaf, dtype))
         moments[name] = leaves
     m, v = moments["mean_gradient"], moments["mean_square_gradient"]
     if m is not None and v is not None:

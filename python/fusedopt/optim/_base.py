@@ -393,8 +393,8 @@ def _parse_pending(state: Mapping[str, Any], version: int, rule: _core.OptimRule
     if not (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (len(paths),)):
         raise ValueError(f"state['decay_mask'] must be a bool array of {len(paths)} entries")
     step_count = fmt.get_int(state, "step_count")
-    if step_count < 0:
-        raise ValueError(f"state['step_count'] must be >= 0, got {step_count}")
+    if not 0 <= step_count <= fmt.MAX_STEP_COUNT:
+        raise ValueError(f"state['step_count'] must be in [0, 2**63 - 1], got {step_count}")
     names = fmt.get_strs(state, "slots")
     spec = _core.optim_rule_spec(rule)
     expected = list(spec["slots"]) if paths else []

@@ -39,6 +39,7 @@ from .. import _state_fields as _fields, schedules
 
 FORMAT = "fusedopt.optim"
 VERSION = 2
+MAX_STEP_COUNT = 2 ** 63 - 1  # the native count is a signed 64-bit integer
 
 
 _FORMAT = _fields.Format(FORMAT, VERSION, oldest=1)
@@ -92,5 +93,5 @@ def slot_leaves(state: Mapping[str, Any], name: str, paths: List[str], dtypes: L
             raise TypeError(f"state: {where} must be a numpy array, got {type(leaf).__name__}")
         if leaf.dtype != np.dtype(dtype):
             raise ValueError(f"state: {where} has dtype {leaf.dtype}, the state says {dtype}")
-        out.append(np.array(leaf, copy=True, order="C"))
+        out.append(_fields.snapshot(leaf))
     return out

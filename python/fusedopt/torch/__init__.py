@@ -27,7 +27,7 @@ import torch
 from torch.optim import Optimizer
 
 from ._engine import check_values, engine_key
-from ._plan import GroupPlan, named_group, step_dtype
+from ._plan import GroupPlan, check_memory, named_group, step_dtype
 from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_flags, check_hyper, scalar
 from ._state import check_state_dict
 
@@ -134,6 +134,7 @@ class _FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         ready = [self._prepare(i, group) for i, group in enumerate(self.param_groups)]
+        self._memory = check_memory([plan for plan, _ in ready], getattr(self, "_memory", None))
         del self._plans[len(self.param_groups):]
         self._plans.extend([None] * (len(self.param_groups) - len(self._plans)))
         for i, (plan, hyper) in enumerate(ready):

@@ -26,6 +26,7 @@ from typing import Any, Iterator, MutableMapping, Sequence
 import numpy as np
 import torch
 
+from .. import _core
 from ._engine import Engine, engine_key
 from ._specs import Spec
 
@@ -163,8 +164,6 @@ class GroupPlan:
             ps, gs = stepped.setdefault(_bucket_key(spec, count), ([], []))
             ps.append(p)
             gs.append(g)
-        for ps in (ps for ps, _ in stepped.values()):
-            _check_disjoint(ps, {id(p): i for i, p in enumerate(params)}, where)
         with named_group(index):
             self.buckets = [Bucket(spec, group, defaults, ps, gs, state, key)
                             for key, (ps, gs) in sorted(stepped.items())]
@@ -175,6 +174,26 @@ class GroupPlan:
         self.grads: list[Any] | None = grads  # held, so that no other tensor can take a held one's id
         self.missing = [g is None for g in grads]
         self.state_id = (id(state), len(state))
+        # What check_memory compares: the memory a step writes (parameters, their state, the
+        # step counts) and reads (gradients), with names for its messages.
+        # Names sort as the parameters are listed (messages name the later one first).
+        self.written: list[np.ndarray] = []
+        self.written_names: list[tuple[tuple[int, int], str]] = []
+        position = {id(p): i for i, p in enumerate(params)}
+        for bucket in self.buckets:
+            views = {slot: bucket.engine.views(slot) for slot in bucket.slots}
+            for j, p in enumerate(bucket.params):
+                name = f"{where}[{position[id(p)]}]"
+                self.written.append(array_of(p))
+                self.written_names.append(((index, position[id(p)]), name))
+                for slot, leaves in views.items():
+                    self.written.append(leaves[j])
+                    self.written_names.append(((index, position[id(p)]), f"the optimizer's state of {name} ('{slot}')"))
+            if bucket.counts is not None:
+                self.written.append(bucket.counts)
+                self.written_names.append(((index, -1), "the optimizer's step counts"))
+        self.read_names = [f"{where}[{position[id(p)]}].grad" for bucket in self.buckets for p in bucket.params]
+        self.grads_checked = False  # check_memory has not seen these gradients
 
     def refresh_grads(self, spec: Spec, index: int, group: dict[str, Any], grads: list[Any]) -> None:
         """New gradient tensors in the same places: check them and rebuild only their arrays."""
@@ -194,6 +213,7 @@ class GroupPlan:
             bucket.grads = arrays
         self.grad_ids = list(map(id, grads))
         self.grads = grads
+        self.grads_checked = False
 
     def release_grads(self) -> None:
         """Drop the held gradients (zero_grad(set_to_none=True)): their memory is freed as torch frees it."""
@@ -209,10 +229,60 @@ class GroupPlan:
             for bucket in self.buckets:
                 bucket.engine.sync(group)
 
+    def read(self) -> list[np.ndarray]:
+        """The gradient arrays, in the order of read_names."""
+        return [g for bucket in self.buckets for g in bucket.grads]
+
     def run(self, state: MutableMapping[Any, Any]) -> None:
         for bucket in self.buckets:
             bucket.run(state)
         self.state_id = (id(state), len(state))
+
+
+class Memory:
+    """The memory the steps of an optimizer's plans write, checked to be disjoint."""
+
+    def __init__(self, plans: Sequence[GroupPlan]) -> None:
+        self.plans = list(plans)
+        self.names = [n for plan in plans for n in plan.written_names]
+        self.spans = _core.SpanSet([a for plan in plans for a in plan.written])
+        found = self.spans.overlap
+        if found is not None:
+            i, j = found
+            raise ValueError(_shared(*sorted((self.names[i], self.names[j]), reverse=True)))
+
+
+def _shared(a: tuple[tuple[int, int], str], b: tuple[tuple[int, int], str]) -> str:
+    a, b = (b[1], a[1]) if a[1].startswith("the optimizer's") else (a[1], b[1])
+    if b.startswith("the optimizer's"):
+        return f"{a} shares memory with {b}: the optimizer's own state cannot be stepped as a parameter"
+    return (f"{a} shares memory with {b}: each parameter must have memory of its own (is a parameter "
+            "listed twice, or a view of another?)")
+
+
+def check_memory(plans: Sequence[GroupPlan], memory: Memory | None) -> Memory:
+    """ValueError when parameters of any groups and buckets share memory with each
+    other or with the optimizer's state, or a gradient overlaps any of that
+    memory (torch.optim's SGD refuses such a gradient too; its other optimizers'
+    results would depend on their implementation's order): one native call over
+    every array when a plan is new (sorted once), else over the gradients that changed.
+    Returns the memory to pass next time; changes nothing else."""
+    if memory is None or memory.plans != list(plans):
+        memory = Memory(plans)
+        unchecked = list(plans)
+    else:
+        unchecked = [plan for plan in plans if not plan.grads_checked]
+    if unchecked:
+        read = [a for plan in unchecked for a in plan.read()]
+        found = memory.spans.first_hit(read)
+        if found is not None:
+            i, j = found
+            name = [n for plan in unchecked for n in plan.read_names][i]
+            raise ValueError(f"{name} shares memory with {memory.names[j][1]}, which the step writes: fusedopt.torch "
+                             "refuses such a gradient (as torch.optim's SGD does); pass a copy (grad.clone())")
+        for plan in unchecked:
+            plan.grads_checked = True
+    return memory
 
 
 def _bucket_key(spec: Spec, count: int) -> int:
@@ -223,19 +293,6 @@ def _bucket_key(spec: Spec, count: int) -> int:
     if spec.counted:
         return count
     return 0 if spec.keeps_step else min(count, 1)
-
-
-def _check_disjoint(params: list[torch.Tensor], position: dict[int, int], where: str) -> None:
-    """ValueError if two parameters that one call steps in place share memory
-    (a parameter listed twice, or views of one tensor): the native step refuses
-    them, and torch would step that memory twice. Non-contiguous parameters
-    are stepped in buffers of their own."""
-    spans = sorted((p.data_ptr(), p.data_ptr() + p.numel() * p.element_size(), position[id(p)])
-                   for p in params if p.numel() and p.is_contiguous())
-    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
-        if start < end:
-            raise ValueError(f"{where}[{max(i, j)}] shares memory with {where}[{min(i, j)}]: each parameter "
-                             "must have memory of its own (is a parameter listed twice?)")
 
 
 @contextmanager
