@@ -214,8 +214,16 @@ def _hyper_values(group: dict[str, Any], keys: tuple[str, ...]) -> tuple[Any, ..
     values = [group.get(k) for k in keys]
     for i, v in enumerate(values):
         if type(v) not in _PLAIN:
-            values[i] = tuple(map(scalar, v)) if isinstance(v, (list, tuple)) else scalar(v)
+            values[i] = tuple(map(_plain, v)) if isinstance(v, (list, tuple)) else _plain(v)
     return tuple(values)
+
+
+def _plain(value: Any) -> Any:
+    """A 1-element tensor as its number; other tensors as a new object, unequal
+    to every earlier value (so the group is checked, and the tensor refused)."""
+    if torch.is_tensor(value) and value.numel() != 1:
+        return object()
+    return scalar(value)
 
 
 class SGD(_FusedOptimizer):
