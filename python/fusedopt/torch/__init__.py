@@ -111,13 +111,14 @@ class _FusedOptimizer(Optimizer):
                 state_dict = result
         check_state_dict(self._spec, self.param_groups, state_dict)
         pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
-        self._optimizer_load_state_dict_pre_hooks = self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = \
+            OrderedDict(), OrderedDict()
         try:  # torch's load, without its hooks: the pre-hooks ran, the post-hooks run after it
             super().load_state_dict(state_dict)
         finally:
             self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
-        for hook in post.values():
-            hook(self)
+        for post_hook in post.values():
+            post_hook(self)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's zero_grad. With set_to_none (the default) the optimizer also

@@ -174,7 +174,7 @@ class Bucket:
         runs = self.engine.step_count - self.first_run
         for p, buf in self.copies:
             p.detach().copy_(buf)
-        if self.counts is not None:
+        if self.counts is not None and self.start is not None:
             np.add(self.start, runs, out=self.counts)
             self.shown = self.counts.tobytes()
         if not self.installed:
