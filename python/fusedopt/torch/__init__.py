@@ -21,7 +21,8 @@ This module imports torch; ``import fusedopt`` does not import it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable, Optional, Union, overload
+from collections import OrderedDict
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, Union, overload
 
 import torch
 from torch.optim import Optimizer
@@ -46,9 +47,9 @@ class _FusedOptimizer(Optimizer):
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         spec = self._spec
         check_flags(spec, defaults)
-        if "betas" in defaults:
-            defaults["betas"] = tuple(scalar(b) for b in defaults["betas"])  # as torch: tensors become floats
         check_hyper(spec, defaults)
+        if "betas" in defaults:
+            defaults["betas"] = tuple(scalar(b) for b in defaults["betas"])  # 1-element tensors become floats
         check_values(spec, defaults)
         self._plans: list[Optional[GroupPlan]] = []
         super().__init__(params, defaults)
@@ -71,27 +72,53 @@ class _FusedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "differentiable" not in self._spec.flags:
+            self.defaults.pop("differentiable", None)  # torch's __setstate__ adds it; Lion has no such flag
         for group in self.param_groups:
             for key, value in LOAD_DEFAULTS.items():
                 if key in self._spec.hyper:
                     group.setdefault(key, value)
             for key in IMPLEMENTATION_DEFAULTS:
-                if key in self.defaults:
+                if key in self._spec.flags:
                     group[key] = self.defaults[key]  # a state saved by torch's foreach or fused optimizer
         self._plans = []  # the state tensors are new: the next step copies them into new arenas
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict, after completing a step whose commit an
+        exception from a signal handler interrupted (so that it shows the step)."""
+        self._finish()
+        return super().state_dict()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict (the same format and matching of parameters
-        by position), after checking the whole state first: the groups'
-        hyper-parameters, and for every parameter the moments its group's
-        settings use (shape) and its step count. Nothing changes when any is refused.
+        by position) in torch's order: the load pre-hooks, then a check of the
+        whole state they leave (the groups' hyper-parameters, and for every
+        parameter the moments its group's settings use and its step count),
+        then the load, then the post-hooks. Nothing changes when the check
+        refuses the state.
 
         A state saved by torch.optim's optimizer of the same name loads, also
         from its foreach or fused implementation (the implementation flags are
         reset to fusedopt's defaults); training continues as torch's would.
         """
+        if not isinstance(state_dict, Mapping):
+            raise ValueError("a state dict is a mapping with 'state' and 'param_groups' "
+                             f"(from Optimizer.state_dict()), got {type(state_dict).__name__}")
+        state_dict = dict(state_dict)  # shallow, as torch's: a hook may edit its entries
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         check_state_dict(self._spec, self.param_groups, state_dict)
-        super().load_state_dict(state_dict)
+        pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = \
+            OrderedDict(), OrderedDict()
+        try:  # torch's load, without its hooks: the pre-hooks ran, the post-hooks run after it
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
+        for post_hook in post.values():
+            post_hook(self)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's zero_grad. With set_to_none (the default) the optimizer also
@@ -143,6 +170,12 @@ class _FusedOptimizer(Optimizer):
             plan.run(self.state)
         return loss
 
+    def _finish(self) -> None:
+        """Complete any step commit that an exception from a signal handler cut short."""
+        for plan in self._plans:
+            if plan is not None:
+                plan.finish(self.state)
+
     def _prepare(self, index: int, group: dict[str, Any]) -> tuple[GroupPlan, tuple[Any, ...]]:
         """The group's plan for this step (the last one when still valid, its
         engines given the group's current values) and those values; checks
@@ -153,11 +186,13 @@ class _FusedOptimizer(Optimizer):
         ptrs = list(map(_data_ptr, params))
         hyper = _hyper_values(group, spec.hyper)
         plan = self._plans[index] if index < len(self._plans) else None
+        if plan is not None:
+            plan.finish(self.state)
         hyper_changed = plan is None or hyper != plan.hyper
         if hyper_changed:
             check_hyper(spec, group, f"param_groups[{index}]")
         if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), len(self.state)) and \
-                (not hyper_changed or engine_key(spec, group) == plan.key):
+                plan.current() and (not hyper_changed or engine_key(spec, group) == plan.key):
             if list(map(id, grads)) != plan.grad_ids:
                 if [g is None for g in grads] == plan.missing:
                     plan.refresh_grads(spec, index, group, grads)
@@ -181,8 +216,16 @@ def _hyper_values(group: dict[str, Any], keys: tuple[str, ...]) -> tuple[Any, ..
     values = [group.get(k) for k in keys]
     for i, v in enumerate(values):
         if type(v) not in _PLAIN:
-            values[i] = tuple(map(scalar, v)) if isinstance(v, (list, tuple)) else scalar(v)
+            values[i] = tuple(map(_plain, v)) if isinstance(v, (list, tuple)) else _plain(v)
     return tuple(values)
+
+
+def _plain(value: Any) -> Any:
+    """A 1-element tensor as its number; other tensors as a new object, unequal
+    to every earlier value (so the group is checked, and the tensor refused)."""
+    if torch.is_tensor(value) and value.numel() != 1:
+        return object()
+    return scalar(value)
 
 
 class SGD(_FusedOptimizer):

@@ -93,5 +93,11 @@ class Engine:
             if getattr(self.opt, key) != value:
                 setattr(self.opt, key, value)
 
+    @property
+    def step_count(self) -> int:
+        """Kernel runs so far (counted in the same native call as the run itself)."""
+        count: int = self.opt.step_count
+        return count
+
     def step(self, arrays: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
         self.opt.step(arrays, grads)

@@ -65,12 +65,36 @@ def check_pair(spec: Spec, where: str, p: torch.Tensor, g: torch.Tensor) -> None
         if t.layout != torch.strided:
             raise TypeError(f"{where}{what} is {t.layout} (sparse); fusedopt.torch.{spec.name} does not support "
                             "sparse tensors (torch.optim.SparseAdam does)")
+    if overlaps_itself(p):
+        raise ValueError(f"{where} has elements that share memory (strides {p.stride()}, e.g. an expand()ed "
+                         "tensor): a step would write them more than once; step a tensor of memory of its own")
     if p.dtype not in _SUPPORTED:
         raise TypeError(f"{where} is {p.dtype}; fusedopt.torch.{spec.name} steps float32 and float64 tensors "
                         "only (keep an fp32 master copy of bf16/fp16 parameters)")
     if g.dtype != p.dtype or g.shape != p.shape:
         raise ValueError(f"{where}: the gradient is {g.dtype} of shape {tuple(g.shape)}, the parameter "
                          f"{p.dtype} of shape {tuple(p.shape)}")
+
+
+def overlaps_itself(t: torch.Tensor) -> bool:
+    """Whether two elements of t are one location in memory (as numpy's
+    internal-overlap check: exact, by listing the offsets when the strides do
+    not settle it)."""
+    if t.is_contiguous():
+        return False
+    dims = sorted((abs(stride), size) for stride, size in zip(t.stride(), t.shape) if size > 1)
+    reach = 0  # the largest offset the dimensions so far reach
+    if dims and dims[0][0] == 0:
+        return True  # broadcast (expand): one location for a whole dimension
+    for stride, size in dims:
+        if stride <= reach:
+            break
+        reach += stride * (size - 1)
+    else:
+        return False  # each stride steps past everything the smaller ones reach
+    offsets = sum(np.arange(size, dtype=np.int64).reshape([-1] + [1] * k) * stride
+                  for k, (stride, size) in enumerate(dims))
+    return bool(np.unique(offsets).size != t.numel())
 
 
 def check_slot(where: str, p: torch.Tensor, value: Any) -> None:
@@ -113,6 +137,11 @@ class Bucket:
         if spec.keeps_step:
             self.counts = np.array([steps_of(state[p], spec) if p in state else 0 for p in params],
                                    dtype=np.float64 if step_dtype() == torch.float64 else np.float32)
+        # The engine's own count is the commit mark of a kernel run: the counts
+        # shown are those of the plan's start plus the runs since.
+        self.start = None if self.counts is None else self.counts.copy()
+        self.first_run = self.committed = self.engine.step_count
+        self.shown = None if self.counts is None else self.counts.tobytes()  # the counts as last committed
         self.installed = False
 
     def install(self, state: MutableMapping[Any, Any]) -> None:
@@ -128,16 +157,35 @@ class Bucket:
             for slot in self.slots:
                 s[slot] = torch.from_numpy(views[slot][j])
 
+    def current(self) -> bool:
+        """Whether the step counts are still as committed (not edited in place)."""
+        return self.counts is None or self.counts.tobytes() == self.shown
+
     def run(self, state: MutableMapping[Any, Any]) -> None:
         for p, buf in self.copies:  # detached: no autograd record, no grad mode to switch off
             buf.copy_(p.detach())
         self.engine.step(self.arrays, self.grads)
+        self.commit(state)
+
+    def commit(self, state: MutableMapping[Any, Any]) -> None:
+        """Show the kernel's runs: the copied parameters, the step counts, the
+        state tensors. Every line can run again with the same result, so a
+        commit that an exception from a signal handler cut short is completed
+        by the next call (finish)."""
+        runs = self.engine.step_count - self.first_run
         for p, buf in self.copies:
             p.detach().copy_(buf)
-        if self.counts is not None:
-            self.counts += 1
+        if self.counts is not None and self.start is not None:
+            np.add(self.start, runs, out=self.counts)
+            self.shown = self.counts.tobytes()
         if not self.installed:
             self.install(state)
+        self.committed = self.first_run + runs
+
+    def finish(self, state: MutableMapping[Any, Any]) -> None:
+        """Complete a commit that was cut short (the engine ran past it)."""
+        if self.engine.step_count != self.committed:
+            self.commit(state)
 
 
 class GroupPlan:
@@ -232,6 +280,17 @@ class GroupPlan:
     def read(self) -> list[np.ndarray]:
         """The gradient arrays, in the order of read_names."""
         return [g for bucket in self.buckets for g in bucket.grads]
+
+    def current(self) -> bool:
+        """Whether no step count was edited in place since the last step."""
+        for bucket in self.buckets:
+            if not bucket.current():
+                return False
+        return True
+
+    def finish(self, state: MutableMapping[Any, Any]) -> None:
+        for bucket in self.buckets:
+            bucket.finish(state)
 
     def run(self, state: MutableMapping[Any, Any]) -> None:
         for bucket in self.buckets:

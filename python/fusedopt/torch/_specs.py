@@ -123,6 +123,7 @@ def check_hyper(spec: Spec, group: Mapping[str, Any], where: str = "") -> None:
     if "betas" in spec.hyper:
         _check_betas(group["betas"], at("betas"))
     for key, label, ok in spec.checks:
+        _check_one_element(group[key], f"{at(key)}Tensor {key}")
         value = scalar(group[key])
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{at(key)}{key} must be a number, got {type(value).__name__}")
@@ -136,9 +137,24 @@ def check_hyper(spec: Spec, group: Mapping[str, Any], where: str = "") -> None:
             raise TypeError(f"{at(key)}{key} must be a bool, got {type(group[key]).__name__}")
 
 
+def _is_tensor(x: Any) -> bool:
+    """Whether x is a tensor (without importing torch: it has numel())."""
+    return callable(getattr(x, "numel", None))
+
+
+def _check_one_element(x: Any, what: str) -> None:
+    """torch's ValueError for a tensor hyper-parameter of other than one element."""
+    if _is_tensor(x) and x.numel() != 1:
+        raise ValueError(f"{what} must be 1-element")
+
+
 def _check_betas(betas: Any, at: str) -> None:
     if not isinstance(betas, Sequence) or len(betas) != 2:
         raise TypeError(f"{at}betas must be a pair of numbers, got {betas!r}")
+    if _is_tensor(betas[0]) != _is_tensor(betas[1]):
+        raise ValueError(f"{at}betas must be either both floats or both Tensors")
+    for i, b in enumerate(betas):
+        _check_one_element(b, f"{at}Tensor betas[{i}]")
     for i, b in enumerate(scalar(b) for b in betas):
         if isinstance(b, bool) or not isinstance(b, (int, float)):
             raise TypeError(f"{at}betas[{i}] must be a number, got {type(b).__name__}")
