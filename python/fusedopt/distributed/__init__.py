@@ -27,21 +27,37 @@ except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
 
 from .. import _core, optimizers
 from . import _optim as textbook
+from . import _abort, _fields
+from ._abort import abort_on_uncaught
 from ._agree import agree, try_local
 from ._layout import Layout, aligned_bytes
 
-__all__ = ["DataParallel"]
+__all__ = ["DataParallel", "abort_on_uncaught"]
 
 
-class _Capture:
-    """The model of a shard step on the paysage path: keeps the delta pieces it is handed."""
+class _Forward:
+    """The model of a shard step on the paysage path: all-gathers the delta pieces it is handed
+    and hands the whole delta to the caller's model, all inside the wrapped optimizer's step,
+    which commits only after this returned: a model that raises leaves the step undone."""
 
-    __slots__ = ("delta",)
+    __slots__ = ("dp", "lay", "model", "delta", "entered", "seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, dp: "DataParallel", lay: Layout, model: Any) -> None:
+        self.dp, self.lay, self.model = dp, lay, model
         self.delta: Any = None
+        self.entered = 0.0  # when the step's kernel had run
+        self.seconds = 0.0  # spent in the caller's model
 
-    def parameter_update(self, delta: Any) -> None:
+    def parameter_update(self, pieces: Any) -> None:
+        self.entered = time.perf_counter()
+        lay = self.lay
+        flat = self.dp._delta_buffer(lay)
+        lay.shard_pack.pack(pieces, flat[lay.lo:lay.hi], "delta")
+        self.dp._allgather(lay, flat)
+        delta = lay.tree(flat)
+        t = time.perf_counter()
+        self.model.parameter_update(delta)
+        self.seconds = time.perf_counter() - t
         self.delta = delta
 
 
@@ -122,6 +138,20 @@ class _Buffers:
             self.avg_tree = lay.tree(self.avg)
 
 
+def _checked_comm(comm: Any) -> Any:
+    if comm is None:
+        return MPI.COMM_WORLD
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py communicator (MPI.Intracomm: MPI.COMM_WORLD or one made "
+                        f"from it), got {type(comm).__name__}")
+    if comm == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL: this process is not in the communicator (make the DataParallel "
+                         "only on the processes of the communicator)")
+    if not isinstance(comm, MPI.Intracomm):
+        raise TypeError(f"comm must be an intracommunicator (MPI.Intracomm), got {type(comm).__name__}")
+    return comm
+
+
 class DataParallel:
     """A fusedopt optimizer stepped data-parallel over the ranks of an MPI communicator.
 
@@ -158,13 +188,17 @@ class DataParallel:
         if self._textbook and shard_state:
             _check_no_clip(optimizer)
         self._opt: Any = optimizer
-        self._comm = MPI.COMM_WORLD if comm is None else comm
+        self._comm = _checked_comm(comm)
         self._size, self._rank = self._comm.Get_size(), self._comm.Get_rank()
         self._shard, self._det = bool(shard_state), bool(deterministic)
         self._config = (type(optimizer).__name__, self._shard, self._det, self._size)
         self._layout: Optional[Layout] = None   # the layout all ranks agreed on
         self._bufs: Any = None                   # the _Buffers of the layout and path kind in use
-        self._pending: Optional[dict[str, Any]] = None  # loaded state (moments) awaiting a layout
+        # Loaded state (moments) awaiting a layout; sharded, a state the optimizer already holds
+        # (stepped before it was wrapped) waits the same way, to be cut into this rank's shard.
+        self._pending: Optional[dict[str, Any]] = self._held_state() if self._shard else None
+        self._drawn: Any = None                  # fusedopt.optim during a step: (its rate, the schedule's undo)
+        self._static: Any = None                 # (the static fields, their hash) of the last step
         self._user_mask: Optional[tuple[Any]] = None     # fusedopt.optim sharded: the caller's mask,
         self._piece_mask: Any = None                     # the mask of the pieces made from it,
         self._flags: list[bool] = []                     # and the whole tree's flags
@@ -172,7 +206,7 @@ class DataParallel:
         self._inplace = False                   # the last step's path: parameters in place, or a model
         self._delta: Any = None
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
-        self._delta_flat: Optional[np.ndarray] = None  # the buffer the paysage path's delta views
+        self._delta_flats: list[np.ndarray] = []  # the buffers the paysage path's deltas view (two at most)
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
         self._src: Any = None                   # during a step: the flat bytes of this rank's gradient
         # During a step: (rows, base, N) whose average the wrapped optimizer's kernel computes
@@ -190,6 +224,20 @@ class DataParallel:
         #: all-gather, and copies between flat buffers and trees (parameters, delta).
         self.timings = {"pack": 0.0, "agree": 0.0, "exchange": 0.0, "average": 0.0, "step": 0.0, "gather": 0.0,
                         "copy": 0.0}
+        _abort.install()  # one rank's uncaught exception ends the job (docs/launching.md)
+
+    def _held_state(self) -> Optional[dict[str, Any]]:
+        """The state an optimizer held before it was wrapped with shard_state (its moments go:
+        it will step this rank's pieces), or None."""
+        opt = self._opt
+        if self._textbook:
+            return _state_of(opt) if textbook.leaf_paths(_state_of(opt)) else None
+        mem = getattr(opt, "memory", None)
+        if mem is None or not (_holds_moments(opt) or mem._pending is not None):
+            return None
+        held = _state_of(mem)
+        opt.reset()
+        return held
 
     # -- passthrough of the wrapped optimizer ---------------------------------------------
     @property
@@ -284,20 +332,28 @@ class DataParallel:
             self._step_once(model, grad)
         finally:
             self._src = self._fused = None  # may hold the caller's gradient: not kept past the step
+            self._drawn = None
 
     def _step_once(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
         is_model = not self._textbook and hasattr(model, "parameter_update")
-        lay, changed, exc, pleaves = self._local_checks(model, grad, is_model)
-        value = 0 if lay is None else lay.hash(self._config, is_model, lay is self._layout)
+        lay, exc, pleaves, prepared = self._local_checks(model, grad, is_model)
+        fields, value = None, 0
+        if exc is None:
+            assert lay is not None
+            fields = self._fields()
+            value = self._agreement_value(lay, is_model, fields)
         t1 = time.perf_counter()
-        if not agree(self._comm, exc, value, self._message):
-            self._raise_mismatch(lay, is_model)
-        if lay is not self._layout:
-            assert lay is not None  # no error anywhere, so every rank has its layout
-            self._adopt(lay, changed)
-        lay = self._layout
-        assert lay is not None
+        try:
+            if not agree(self._comm, exc, value, self._message):
+                self._raise_mismatch(lay, is_model, fields)
+        except BaseException:
+            self._undraw()
+            raise
+        assert lay is not None  # no error anywhere, so every rank has its layout
+        # Agreed: from here on every rank takes the same collectives, and nothing below fails on
+        # one rank only for an input the checks above could see (docs/distributed.md lists what can).
+        self._adopt(lay, prepared)
         self._bufs = self._buffers_for(lay, not is_model)
         t2 = time.perf_counter()
         self.timings["pack"] += t1 - t0
@@ -314,7 +370,7 @@ class DataParallel:
             self._check_finite(self._bufs.avg_tree)
             t = time.perf_counter()
             if self._textbook:
-                self._opt.step(model, self._bufs.avg_tree)
+                self._textbook_step(model, self._bufs.avg_tree)
             else:
                 self._update_wrapped(model, self._bufs.avg_tree)
             self.timings["step"] += time.perf_counter() - t
@@ -322,9 +378,10 @@ class DataParallel:
         self._probe = None
 
     def _local_checks(self, model: Any, grad: Any, is_model: bool
-                      ) -> tuple[Optional[Layout], Optional[BaseException], Optional[BaseException], Any]:
-        """(layout of grad, why the agreed layout no longer fits, local error, param leaves);
-        packs grad into its send buffer. Modifies nothing a user sees."""
+                      ) -> tuple[Optional[Layout], Optional[BaseException], Any, Any]:
+        """(layout of grad, local error, param leaves, what _adopt installs); packs grad into its
+        send buffer. Modifies nothing a user sees (a fusedopt.optim rate drawn from its schedule
+        is undone if the step does not happen)."""
         lay, changed = self._layout, None
         self._src = None
         try:
@@ -337,9 +394,6 @@ class DataParallel:
                 lay = Layout(_core.Plan(grad, "grad"), self._size, self._rank)
                 self._src = self._grad_bytes(lay, grad)
             self._buffers_for(lay, not is_model)  # allocated here: a MemoryError is agreed on too
-            if (self._textbook and self._shard and lay is self._layout
-                    and self._opt.weight_decay_mask is not self._piece_mask):
-                self._translate_mask(lay)  # the caller assigned a new mask: pieces decay by it
             pleaves = None
             if not is_model:
                 pleaves = lay.plan.flatten(model, "params")
@@ -350,9 +404,42 @@ class DataParallel:
             if not self._textbook and opt.lr is None and getattr(opt.stepsize, "value", None) is None:
                 raise TypeError(f"call update_lr() before update(): the schedule "
                                 f"{type(opt.stepsize).__name__} has no current value")
-            return lay, changed, None, pleaves
+            prepared = self._prepare(lay, changed)
+            if self._textbook:
+                self._drawn = textbook.draw_lr(opt)  # last: nothing after it fails
+            return lay, None, pleaves, prepared
         except Exception as exc:  # every local failure must reach the agreement
-            return lay, changed, exc, None
+            return lay, exc, None, None
+
+    def _fields(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """(static, dynamic) fields of the wrapped optimizer that every rank must hold alike."""
+        pending = self._pending is not None
+        if self._textbook:
+            return _fields.textbook(self._opt, None if self._drawn is None else self._drawn[0], pending)
+        return _fields.paysage(self._opt, pending)
+
+    def _agreement_value(self, lay: Layout, is_model: bool, fields: tuple[Any, ...]) -> int:
+        """The step's hash: the layout, path kind and configuration, and the wrapped optimizer's
+        fields (the static ones hashed again only when they change)."""
+        static, dynamic = fields
+        key = (lay.hash(self._config, is_model, lay is self._layout), static)
+        memo = self._static
+        if memo is None or memo[0] != key:
+            memo = self._static = (key, _fields.static_hash(*key))
+        return _fields.combined_hash(memo[1], dynamic)
+
+    def _undraw(self) -> None:
+        if self._drawn is not None:
+            textbook.undraw_lr(self._opt, self._drawn)
+            self._drawn = None
+
+    def _textbook_step(self, params: Any, grads: Any) -> None:
+        """The wrapped fusedopt.optim optimizer's step at the rate drawn (and agreed) before."""
+        try:
+            textbook.step_at(self._opt, self._drawn[0], params, grads)
+        except BaseException:
+            self._undraw()
+            raise
 
     def _grad_bytes(self, lay: Layout, grad: Any) -> np.ndarray:
         """The flat bytes the collectives send: the caller's own memory for a tree of one
@@ -373,53 +460,80 @@ class DataParallel:
             bufs = lay.bufs[inplace] = _Buffers(lay, self._size, self._shard, self._det, inplace)
         return bufs
 
-    def _raise_mismatch(self, lay: Optional[Layout], is_model: bool) -> None:
-        """All ranks: layouts differ. Say which rank and leaf differ from rank 0."""
-        mine = (["paysage path (a model)" if is_model else "in-place path (params)"]
-                + (lay.describe() if lay is not None else []) + [f"configuration {self._config}"])
+    def _raise_mismatch(self, lay: Optional[Layout], is_model: bool, fields: Any) -> None:
+        """All ranks: their steps' hashes differ. Every rank's fields by name, all-gathered; the
+        same ValueError on every rank names each that differs and the ranks of each value."""
+        assert lay is not None and fields is not None
+        mine = [("path", "paysage (a model)" if is_model else "in place (params)"),
+                ("layout", "the agreed one" if lay is self._layout else "a new one")]
+        mine += [(f"grad leaf {p or '(root)'}", f"{d} {tuple(shape)}")
+                 for p, d, shape in zip(lay.paths, lay.dtypes, lay.shapes)]
+        mine += [("shard_state", repr(self._shard)), ("deterministic", repr(self._det)),
+                 ("world size", repr(self._size))]
+        names = _fields.TEXTBOOK_STATIC if self._textbook else _fields.PAYSAGE_STATIC
+        mine += _fields.describe(names, *fields)
         every = self._comm.allgather(mine)
-        for r, desc in enumerate(every):
-            if desc != every[0]:
-                first = next((i for i, (a, b) in enumerate(zip(desc, every[0])) if a != b), min(len(desc), len(every[0])))
-                a = every[0][first] if first < len(every[0]) else "(nothing)"
-                b = desc[first] if first < len(desc) else "(nothing)"
-                raise ValueError(f"the gradient tree layout differs across ranks: rank 0 has {a!r}, rank {r} has "
-                                 f"{b!r} (entry {first}; every rank must pass the same paths, shapes and dtypes)")
-        raise ValueError("the gradient tree layout changed on some ranks but not on others")
+        raise ValueError("DataParallel: the ranks differ in what a step needs alike (nothing was changed): "
+                         + _fields.mismatch_message(every))
 
-    def _adopt(self, lay: Layout, changed: Optional[BaseException]) -> None:
-        """Every rank: a new agreed layout. Same decision on all ranks (same state everywhere)."""
-        if self._layout is not None and _holds_moments(self._opt):
+    def _prepare(self, lay: Layout, changed: Optional[BaseException]) -> Any:
+        """What _adopt installs after the agreement, checked now (an error here is agreed on):
+        for a new layout, the shard of a waiting state and (fusedopt.optim) the pieces' mask;
+        for the agreed one, a mask the caller assigned since the last step."""
+        opt = self._opt
+        if lay is self._layout:
+            if self._textbook and self._shard and opt.weight_decay_mask is not self._piece_mask:
+                return None, self._mask_for(lay)
+            return None
+        if self._layout is not None and _holds_moments(opt):
             raise changed if changed is not None else ValueError(
                 "the gradient's structure differs from the optimizer's moments (call reset() first)")
+        if not self._shard:
+            return None
+        if self._textbook:
+            shard = None
+            if self._pending is not None:
+                shard = textbook.shard_state(self._pending, lay)
+                probe = copy.deepcopy(opt)
+                probe.reset()
+                probe.load_state_dict(shard)  # what _adopt does, on a copy
+            return shard, self._mask_for(lay)
+        return None if self._pending is None else self._full_moments(lay, self._pending)
+
+    def _adopt(self, lay: Layout, prepared: Any) -> None:
+        """Every rank, after the agreement: install what _prepare checked (cannot fail)."""
+        if lay is self._layout:
+            if prepared is not None:
+                self._set_mask(prepared[1])
+            return
+        opt = self._opt
         if self._textbook and self._shard:
-            self._adopt_textbook(lay)
-        elif self._shard and self._pending is not None:
-            self._install(lay, self._pending)  # ValueError if the loaded state does not fit
+            shard, mask = prepared
+            if shard is not None:
+                opt.reset()
+                opt.load_state_dict(shard)
+                self._pending = None
+            self._set_mask(mask)
+        elif prepared is not None:
+            self._install_pieces(lay, *prepared)
             self._pending = None
         self._layout = lay
 
-    def _adopt_textbook(self, lay: Layout) -> None:
-        """A fusedopt.optim optimizer stepping this rank's pieces: each piece decays as its
-        leaf does under the caller's mask, and a state loaded before is cut to the shard."""
+    def _mask_for(self, lay: Layout) -> tuple[Any, list[bool], Any]:
+        """(the caller's weight-decay mask, its flags over the whole tree, the mask of this
+        rank's pieces) of a fusedopt.optim optimizer stepping pieces."""
         opt = self._opt
-        shard = None if self._pending is None else textbook.shard_state(self._pending, lay)
-        if shard is not None:
-            opt.reset()
-            opt.load_state_dict(shard)
-            self._pending = None
-        self._translate_mask(lay)
-
-    def _translate_mask(self, lay: Layout) -> None:
-        """The caller's weight-decay mask resolved over the whole tree, as a mask of the pieces."""
-        opt = self._opt
-        if self._user_mask is None or opt.weight_decay_mask is not self._piece_mask:
-            self._user_mask = (opt.weight_decay_mask,)  # the caller's (None is a valid mask)
+        user = self._user_mask
+        if user is None or opt.weight_decay_mask is not self._piece_mask:
+            user = (opt.weight_decay_mask,)  # the caller's (None is a valid mask)
         probe = copy.deepcopy(opt)
-        probe.weight_decay_mask = self._user_mask[0]
-        self._flags = textbook.whole_tree_flags(probe, lay)
-        self._piece_mask = textbook.piece_mask(lay, self._flags)
-        opt.weight_decay_mask = self._piece_mask
+        probe.weight_decay_mask = user[0]
+        flags = textbook.whole_tree_flags(probe, lay)
+        return user, flags, textbook.piece_mask(lay, flags)
+
+    def _set_mask(self, mask: tuple[Any, list[bool], Any]) -> None:
+        self._user_mask, self._flags, self._piece_mask = mask
+        self._opt.weight_decay_mask = self._piece_mask
 
     # -- the average -----------------------------------------------------------------------
     def _average_shard(self, lay: Layout) -> None:
@@ -529,19 +643,13 @@ class DataParallel:
 
     # -- sharded steps -------------------------------------------------------------------------
     def _sharded_paysage_step(self, lay: Layout, model: Any) -> None:
-        bufs = self._bufs
-        t0 = time.perf_counter()
-        capture = _Capture()
-        self._update_wrapped(capture, bufs.avg_pieces)
-        t1, gather0 = time.perf_counter(), self.timings["gather"]
-        self.timings["step"] += t1 - t0
-        flat = self._delta_buffer(lay)
-        lay.shard_pack.pack(capture.delta, flat[lay.lo:lay.hi], "delta")
-        self._allgather(lay, flat)
-        delta = lay.tree(flat)
-        self._delta = delta
-        self._count_copies(t1, gather0)
-        model.parameter_update(delta)
+        t0, gather0 = time.perf_counter(), self.timings["gather"]
+        forward = _Forward(self, lay, model)
+        self._update_wrapped(forward, self._bufs.avg_pieces)
+        self._delta = forward.delta
+        self.timings["step"] += forward.entered - t0
+        self._count_copies(forward.entered, gather0)
+        self.timings["copy"] -= forward.seconds  # the caller's model is no phase of the wrapper's
 
     def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
         bufs, opt = self._bufs, self._opt
@@ -555,7 +663,7 @@ class DataParallel:
         t1 = time.perf_counter()
         keep = False
         if self._textbook:
-            opt.step(pieces, bufs.avg_pieces)
+            self._textbook_step(pieces, bufs.avg_pieces)
         else:
             # This rank's delta pieces, for check_convergence and `delta`: the setting is set in
             # the instance dict, where the native step reads it (True needs no check) and the
@@ -596,16 +704,17 @@ class DataParallel:
         return flat, pieces
 
     def _delta_buffer(self, lay: Layout) -> np.ndarray:
-        """The flat buffer of this step's delta: the last one's again when nothing else holds it
-        (no array of the last delta is alive), else a fresh one, so a delta a model kept is
-        never overwritten; reuse spares a large delta its page faults every step."""
-        self._delta = None
-        last = self._delta_flat
-        # NumPy points every view at the array owning the memory, so the owner's references
-        # count the views: none alive leaves `last`'s own and getrefcount's argument.
-        if last is not None and last.nbytes == lay.gather_nbytes and sys.getrefcount(last.base) == 2:
-            return last
-        self._delta_flat = flat = lay.gather_buffer(zero=False)
+        """The flat buffer of this step's delta: one of the last two again when nothing holds it
+        any more (no array of that delta is alive; the last committed delta, `delta`, still
+        holds its own, so a step that fails keeps it), else a fresh one. A delta a model kept
+        is never overwritten; reuse spares a large delta its page faults every step."""
+        for flat in self._delta_flats:
+            # NumPy points every view at the array owning the memory, so the owner's references
+            # count the views: none alive leaves `flat`'s own and getrefcount's argument.
+            if flat.nbytes == lay.gather_nbytes and sys.getrefcount(flat.base) == 2:
+                return flat
+        flat = lay.gather_buffer(zero=False)
+        self._delta_flats = [flat, *self._delta_flats[:1]]
         return flat
 
     def _gather_delta(self, lay: Layout) -> Any:
@@ -651,6 +760,8 @@ class DataParallel:
         """The whole state in the wrapped optimizer's own format, identical on every rank and
         loadable by a single-process optimizer (collective with shard_state)."""
         opt = self._opt
+        if self._shard:
+            self._agree_on_state()
         if self._textbook and self._shard and self._layout is not None:
             own = _state_of(opt)  # this rank's pieces (stepped, or loaded and waiting for the next step)
             if textbook.leaf_paths(own):
@@ -672,6 +783,17 @@ class DataParallel:
         full.memory.mean_gradient = m_full
         full.memory.mean_square_gradient = v_full
         return _state_of(full)
+
+    def _agree_on_state(self) -> None:
+        """Sharded: whether state_dict() gathers depends on this rank's state; every rank must
+        hold alike (a layout, a loaded state waiting, moments) or all raise."""
+        lay, held = self._layout, _holds_moments(self._opt)
+        mine = (None if lay is None else lay.hash(), self._pending is not None, held)
+        if not agree(self._comm, None, _fields.static_hash(*mine), self._message):
+            every = self._comm.allgather([("layout", "none" if lay is None else f"{len(lay.paths)} leaves"),
+                                          ("loaded state waiting", repr(mine[1])), ("moments", repr(held))])
+            raise ValueError("state_dict(): the ranks' optimizer states differ (reset() or a step on some ranks "
+                             "only?): " + _fields.mismatch_message(every))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a state_dict() saved at any number of ranks (a single process's included).
@@ -702,7 +824,7 @@ class DataParallel:
         self._pending = None
         if mem_state is not None:
             if self._layout is not None:
-                self._install(self._layout, mem_state)
+                self._install_pieces(self._layout, *self._full_moments(self._layout, mem_state))
             else:
                 self._pending = mem_state
 
@@ -730,9 +852,8 @@ class DataParallel:
         mem.load_state_dict(mem_state)     # which the loaded moments must then match
         return mem.mean_gradient, mem.mean_square_gradient
 
-    def _install(self, lay: Layout, mem_state: dict[str, Any]) -> None:
-        """This rank's pieces of loaded moments into the wrapped optimizer."""
-        m, v = self._full_moments(lay, mem_state)
+    def _install_pieces(self, lay: Layout, m: Any, v: Any) -> None:
+        """This rank's pieces of whole moment trees (from _full_moments) into the wrapped optimizer."""
         mem = self._opt.memory
         for name, tree in (("mean_gradient", m), ("mean_square_gradient", v)):
             if tree is not None:

@@ -95,3 +95,28 @@ def whole_state(state: Mapping[str, Any], lay: Layout, flags: list[bool],
         for i, leaf in enumerate(whole):
             out[f"{name}.{i}"] = np.array(leaf, copy=True)
     return out
+
+
+# -- the rate of a step, drawn before the agreement --------------------------------------------
+# A schedule or callable rate is evaluated inside step(); under the wrapper it is drawn before
+# the ranks agree, so that its value is agreed on and an error in it is raised on every rank
+# before any collective, and the step then runs at that rate.
+def draw_lr(opt: Any) -> tuple[float, Any]:
+    """(this step's rate, what undraw_lr needs to put the schedule back)."""
+    return opt._next_lr()  # type: ignore[no-any-return]
+
+
+def undraw_lr(opt: Any, drawn: tuple[float, Any]) -> None:
+    saved = drawn[1]
+    if saved is not None:
+        vars(opt.lr).update(saved)
+
+
+def step_at(opt: Any, lr: float, params: Any, grads: Any) -> None:
+    """opt.step(params, grads) at the rate `lr` (its own schedule or callable is not called)."""
+    own = opt._lr
+    opt._lr = float(lr)
+    try:
+        opt.step(params, grads)
+    finally:
+        opt._lr = own
