@@ -153,7 +153,7 @@ def schedules_apart(c, family, shard, path, group):
         if RANK == LAST:
             run.dp.update_lr()
         before = run.local()
-        refused(c, what, run.update, ["lr", "schedule position"])
+        refused(c, what, run.update, ["schedule value"])
     else:
         ref = optim.Adam(lr=schedules.ExponentialDecay(initial=0.01, coefficient=0.9))
         dp = distributed.DataParallel(optim.Adam(lr=schedules.ExponentialDecay(initial=0.01, coefficient=0.9)),

@@ -353,7 +353,8 @@ class DataParallel:
         assert lay is not None  # no error anywhere, so every rank has its layout
         # Agreed: from here on every rank takes the same collectives, and nothing below fails on
         # one rank only for an input the checks above could see (docs/distributed.md lists what can).
-        self._adopt(lay, prepared)
+        if lay is not self._layout or prepared is not None:
+            self._adopt(lay, prepared)
         self._bufs = self._buffers_for(lay, not is_model)
         t2 = time.perf_counter()
         self.timings["pack"] += t1 - t0
@@ -404,7 +405,8 @@ class DataParallel:
             if not self._textbook and opt.lr is None and getattr(opt.stepsize, "value", None) is None:
                 raise TypeError(f"call update_lr() before update(): the schedule "
                                 f"{type(opt.stepsize).__name__} has no current value")
-            prepared = self._prepare(lay, changed)
+            # (the common case, a step on the agreed layout of a fusedopt.optimizers one, needs nothing)
+            prepared = None if lay is self._layout and not self._textbook else self._prepare(lay, changed)
             if self._textbook:
                 self._drawn = textbook.draw_lr(opt)  # last: nothing after it fails
             return lay, None, pleaves, prepared
@@ -422,11 +424,11 @@ class DataParallel:
         """The step's hash: the layout, path kind and configuration, and the wrapped optimizer's
         fields (the static ones hashed again only when they change)."""
         static, dynamic = fields
-        key = (lay.hash(self._config, is_model, lay is self._layout), static)
-        memo = self._static
-        if memo is None or memo[0] != key:
-            memo = self._static = (key, _fields.static_hash(*key))
-        return _fields.combined_hash(memo[1], dynamic)
+        memo, fresh = self._static, lay is not self._layout
+        if memo is None or memo[0] is not lay or memo[1] != (is_model, fresh) or memo[2] != static:
+            memo = self._static = (lay, (is_model, fresh), static,
+                                   _fields.static_hash(lay.hash(self._config, is_model, not fresh), static))
+        return _fields.combined_hash(memo[3], dynamic)
 
     def _undraw(self) -> None:
         if self._drawn is not None:

@@ -4,32 +4,34 @@ A step's agreement (``_agree.agree``) compares one 62-bit hash per rank. It hash
 tuples: the *static* fields (the optimizer's class, rule and hyper-parameters, its flags,
 the schedule's kind), which rarely change and are hashed again only when they do, and the
 *dynamic* ones (step count, this step's rate, the schedule's position, whether state
-exists), numbers packed as float64 bits, so NaN and -0.0 compare by their bits and nothing
-depends on Python's per-process hash seed. On a mismatch every rank describes its fields
+exists), numbers taken as the bits of their float64 values (so NaN and -0.0 compare by their
+bits) and hashed as a tuple of ints, whose hash, unlike a string's, is the same in every
+process. On a mismatch every rank describes its fields
 by name (``describe``) and ``mismatch_message`` says which differ and on which ranks.
 """
 from __future__ import annotations
 
 import hashlib
-import numbers
+import operator
 import struct
 from typing import Any, Optional
 
-import numpy as np
 
 _MASK = (1 << 62) - 1  # so that a hash and its negation fit an int64 for a MAX allreduce
-_NUMBER = (int, float, bool, np.floating, np.integer, np.bool_)
 
-PAYSAGE_STATIC = ("optimizer", "rule", "mean_weight", "mean_square_weight", "ascent", "check_finite",
-                  "keep_delta", "tolerance", "stepsize schedule")
+PAYSAGE_STATIC = ("optimizer", "mean_weight, mean_square_weight", "ascent", "check_finite", "keep_delta",
+                  "tolerance", "stepsize schedule")
 TEXTBOOK_STATIC = ("optimizer", "hyper-parameters", "max_grad_norm", "check_finite", "lr kind")
 DYNAMIC = ("step_count", "lr", "optimizer state exists", "loaded state waiting")
 
 
-def schedule_position(schedule: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-    """(names, values) of a schedule's numeric attributes: where it is and what it will return."""
-    items = [(k, v) for k, v in vars(schedule).items() if isinstance(v, _NUMBER)] if hasattr(schedule, "__dict__") else []
-    return tuple(k for k, _ in items), tuple(v for _, v in items)
+def schedule_position(schedule: Any) -> tuple[Any, ...]:
+    """Where a schedule is: its current ``value`` (fusedopt's schedules return it, or a rate
+    derived from it, next; a schedule without one contributes nothing). Only the value: a
+    step's rate is agreed on by itself, and the rest of a schedule's attributes would cost
+    more each step than they tell (a Step schedule's counter shows in its value when it matters)."""
+    value = getattr(schedule, "value", None)
+    return () if value is None else (value,)
 
 
 def _rate(value: Any) -> float:
@@ -39,18 +41,33 @@ def _rate(value: Any) -> float:
         return float("nan")
 
 
+# Read in one C call per dict, every step (the step's own data has just left the caches, and
+# each Python-level attribute read then costs a fraction of a microsecond).
+_OPT_FIELDS = operator.itemgetter("ascent", "check_finite", "keep_delta", "tolerance", "_stepsize", "lr", "step_count")
+_OPT_NAMES = ("ascent", "check_finite", "keep_delta", "tolerance", "stepsize", "lr", "step_count")
+_WEIGHTS = operator.itemgetter("_w32", "_w2_32")
+
+
 def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """(static, dynamic) fields of a fusedopt.optimizers optimizer. `pending`: the wrapper
     holds moments waiting for a layout."""
-    d, mem, schedule = opt.__dict__, getattr(opt, "_memory", None), opt._stepsize
-    names, position = schedule_position(schedule)
-    static = (type(opt).__name__, opt._rule_code, None if mem is None else mem._w, None if mem is None else mem._w2,
-              d.get("ascent"), d.get("check_finite"), d.get("keep_delta"), d.get("tolerance"),
-              (type(schedule).__name__, names))
-    lr = d.get("lr")
-    moments = mem is not None and (mem._m is not None or mem._v is not None or mem._pending is not None)
-    dynamic = (d.get("step_count", 0), _rate(lr if lr is not None else getattr(schedule, "value", None)),
-               moments, pending, *position)
+    d = opt.__dict__
+    try:
+        ascent, finite, keep, tolerance, schedule, lr, count = _OPT_FIELDS(d)
+    except KeyError:  # a subclass that keeps them elsewhere
+        ascent, finite, keep, tolerance, schedule, lr, count = (getattr(opt, n, None) for n in _OPT_NAMES)
+    mem = d.get("memory", d.get("_memory"))
+    if mem is None:
+        mem = getattr(opt, "_memory", None)
+    try:
+        weights = None if mem is None else _WEIGHTS(mem.__dict__)
+    except KeyError:
+        weights = (mem.mean_weight, mem.mean_square_weight)
+    position = schedule_position(schedule)
+    static = (type(opt), weights, ascent, finite, keep, tolerance, type(schedule))
+    # A structure is held from the first step until reset() (with the moments, if the rule has any).
+    moments = mem is not None and (mem._plan is not None or mem._pending is not None)
+    dynamic = (count, lr if lr is not None else _rate(position[0] if position else None), moments, pending, *position)
     return static, dynamic
 
 
@@ -60,12 +77,13 @@ def textbook(opt: Any, lr: Optional[float], pending: bool) -> tuple[tuple[Any, .
     schedule = opt.lr
     kind: Any = type(schedule).__name__
     position: tuple[Any, ...] = ()
-    if not isinstance(schedule, numbers.Real):
-        names, position = schedule_position(schedule)
-        kind = (kind, getattr(schedule, "__qualname__", ""), names)
+    if type(schedule) is not float:  # (a constant rate is stored as a float)
+        position = schedule_position(schedule)
+        kind = (kind, getattr(schedule, "__qualname__", ""))
     static = (type(opt).__name__, tuple(opt._hyper_values().items()), opt.max_grad_norm, opt.check_finite, kind)
-    rate = _rate(schedule if lr is None and isinstance(schedule, numbers.Real) else lr)
-    dynamic = (opt.step_count, rate, bool(opt.state_arrays()), pending, *position)
+    rate = _rate(schedule if lr is None and type(schedule) is float else lr)
+    state = opt._state is not None or opt._pending is not None  # (state_arrays() would build views)
+    dynamic = (opt.step_count, rate, state, pending, *position)
     return static, dynamic
 
 
@@ -74,24 +92,38 @@ def static_hash(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & _MASK
 
 
-_FORMATS: dict[int, struct.Struct] = {}
+_FORMATS: dict[int, tuple[struct.Struct, struct.Struct]] = {}
 
 
 def combined_hash(static: int, dynamic: tuple[Any, ...]) -> int:
     """The hash a step agrees on: the static hash and the dynamic numbers' float64 bits."""
     fmt = _FORMATS.get(len(dynamic))
     if fmt is None:
-        fmt = _FORMATS[len(dynamic)] = struct.Struct(f"<q{len(dynamic)}d")
-    digest = hashlib.blake2b(fmt.pack(static, *dynamic), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & _MASK
+        fmt = _FORMATS[len(dynamic)] = (struct.Struct(f"<{len(dynamic)}d"), struct.Struct(f"<{len(dynamic)}q"))
+    try:
+        bits = fmt[1].unpack(fmt[0].pack(*dynamic))
+    except (struct.error, TypeError, ValueError, OverflowError):  # a schedule attribute that is no number
+        return combined_hash(static, _numbers(dynamic))
+    return hash((static, *bits)) & _MASK
+
+
+def _numbers(values: tuple[Any, ...]) -> tuple[float, ...]:
+    """The values as floats: a number as itself, anything else as NaN (its name is in the static fields)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError, OverflowError):
+            out.append(float("nan"))
+    return tuple(out)
 
 
 def describe(static_names: tuple[str, ...], static: tuple[Any, ...], dynamic: tuple[Any, ...]) -> list[tuple[str, str]]:
     """(name, value as text) of every field (the schedule's position as one entry)."""
-    out = [(n, repr(v)) for n, v in zip(static_names, static)]
+    out = [(n, v.__name__ if isinstance(v, type) else repr(v)) for n, v in zip(static_names, static)]
     out += [(n, repr(v)) for n, v in zip(DYNAMIC, dynamic)]
     if len(dynamic) > len(DYNAMIC):
-        out.append(("schedule position", repr(tuple(float(x) for x in dynamic[len(DYNAMIC):]))))
+        out.append(("schedule value", repr(_numbers(dynamic[len(DYNAMIC):]))))
     return out
 
 
