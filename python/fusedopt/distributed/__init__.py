@@ -341,7 +341,7 @@ class DataParallel:
         fields, value = None, 0
         if exc is None:
             assert lay is not None
-            fields = self._fields()
+            fields = self._fields() if self._textbook else _fields.paysage(self._opt, self._pending is not None)
             value = self._agreement_value(lay, is_model, fields)
         t1 = time.perf_counter()
         try:

@@ -63,11 +63,12 @@ def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         weights = None if mem is None else _WEIGHTS(mem.__dict__)
     except KeyError:
         weights = (mem.mean_weight, mem.mean_square_weight)
-    position = schedule_position(schedule)
+    value = getattr(schedule, "value", None)  # schedule_position(), inline: this runs every step
+    position = () if value is None else (value,)
     static = (type(opt), weights, ascent, finite, keep, tolerance, type(schedule))
     # A structure is held from the first step until reset() (with the moments, if the rule has any).
     moments = mem is not None and (mem._plan is not None or mem._pending is not None)
-    dynamic = (count, lr if lr is not None else _rate(position[0] if position else None), moments, pending, *position)
+    dynamic = (count, lr if lr is not None else _rate(value), moments, pending, *position)
     return static, dynamic
 
 
