@@ -11,7 +11,6 @@ Launch with ``mpiexec -n N python train.py``; needs the ``[mpi]`` extra
 from __future__ import annotations
 
 import copy
-import hashlib
 import sys
 import time
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
 
 from .. import _core, optimizers
 from . import _optim as textbook
-from . import _abort, _fields
+from . import _abort, _checkpoint, _fields, _layout
 from ._abort import abort_on_uncaught
 from ._agree import agree, try_local
 from ._layout import Layout, aligned_bytes
@@ -96,17 +95,6 @@ def _state_of(obj: Any) -> dict[str, Any]:
 
 def _leaves(tree: Any) -> list[np.ndarray]:
     return list(_core.Plan(tree, "tree").flatten(tree)) if tree is not None else []
-
-
-def _state_hash(state: Mapping[str, Any]) -> int:
-    """A 62-bit hash of a state dict's content, to check that every rank loads the same state.
-    Values go through np.asarray, so a state as saved and as np.load gives it back hash alike."""
-    h = hashlib.blake2b(digest_size=8)
-    for key in sorted(state):
-        value = np.asarray(state[key])
-        h.update(f"{key!r}{value.dtype.str}{value.shape}".encode())
-        h.update(value.tobytes() if value.dtype.kind != "O" else repr(value).encode())
-    return int.from_bytes(h.digest(), "little") & ((1 << 62) - 1)
 
 
 class _Buffers:
@@ -786,6 +774,120 @@ class DataParallel:
         full.memory.mean_square_gradient = v_full
         return _state_of(full)
 
+    # -- sharded checkpoints ------------------------------------------------------------------
+    def save_sharded(self, directory: str) -> None:
+        """Write this rank's part of the state to ``directory/shard-<rank>-of-<N>.npz``
+        (collective; each rank writes only the moments of its own shard, cut as the layout cuts
+        them also without shard_state). Loadable by ``load_sharded`` at any number of ranks.
+        Needs a layout (a step, or a load_sharded, before). Anything wrong on any rank (states
+        that differ, a file that cannot be written) raises on every rank."""
+        lay = self._layout
+        self._agree_on_state()
+        part, exc = try_local(self._own_part, lay)
+        ident = 0 if exc is not None else _checkpoint.checkpoint_id(part[0], lay, self._size)
+        if not agree(self._comm, exc, ident, self._message):
+            raise ValueError("save_sharded(): the ranks' optimizer states differ (hyper-parameters, schedule or "
+                             "step counts); nothing was written")
+        _, exc = try_local(_checkpoint.write, directory, self._rank, self._size, part[0], lay, part[1])
+        agree(self._comm, exc)
+
+    def _own_part(self, lay: Optional[Layout]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(the state without its leaves' values, {moment or slot: this rank's bytes of it})."""
+        if lay is None:
+            raise ValueError("save_sharded() needs the layout of a step: take a step (or load_sharded) first, "
+                             "or save state_dict()")
+        opt, state = self._opt, _state_of(self._opt)
+        start, end = _layout.data_range(lay.data, self._size, self._rank)
+        sources: dict[str, list[Any]] = {}
+        if self._textbook:
+            scalars = textbook.without_leaves(state)
+            paths = textbook.leaf_paths(state)
+            index = {p: i for i, p in enumerate(paths)}
+            for name in textbook.slot_names(state) if paths else []:
+                sources[name] = ([state[f"{name}.{j}"] for j in range(len(paths))] if self._shard
+                                 else [state[f"{name}.{index[p]}"] for p in lay.paths])
+            flags = self._flags if self._shard else [bool(b) for b in np.asarray(state["decay_mask"]).reshape(-1)]
+            scalars.update(textbook.whole_leaf_keys(lay, flags if paths else None))
+        else:
+            mem = getattr(opt, "memory", None)
+            for name in ("mean_gradient", "mean_square_gradient"):
+                tree = None if mem is None else getattr(mem, name)
+                if tree is not None:
+                    sources[name] = list(tree) if self._shard else list(lay.plan.flatten(tree))
+            moment_keys = tuple(f"{name}." for name in ("mean_gradient", "mean_square_gradient"))
+            scalars = {k: v for k, v in state.items() if not k.startswith(moment_keys)}
+            scalars.update(leaf_paths=np.zeros(0, str), leaf_dtypes=np.zeros(0, str), has_mean_gradient=False,
+                           has_mean_square_gradient=False)
+        flats = {}
+        for name, leaves in sources.items():
+            if self._shard:
+                flat = aligned_bytes(lay.shard_nbytes)
+                lay.shard_pack.pack(leaves, flat, name)
+                flats[name] = flat[:end - start]
+            else:
+                flat = aligned_bytes(lay.nbytes)
+                lay.pack.pack(leaves, flat, name)
+                flats[name] = flat[start:end]
+        return scalars, flats
+
+    def load_sharded(self, directory: str, like: Any) -> None:
+        """Load a checkpoint of ``save_sharded`` saved at any number of ranks (collective): each
+        rank reads only the files holding its shard (all of them without shard_state). `like`:
+        a tree of the gradient's structure (the parameters on the in-place path, a gradient on
+        the paysage path), the same on every rank. A missing, foreign or mismatched file, or a
+        checkpoint of other leaves, raises ValueError on every rank and changes nothing."""
+        commit, exc = try_local(self._read_sharded, directory, like)
+        value = 0 if exc is not None else commit[1]
+        if not agree(self._comm, exc, value, self._message):
+            raise ValueError("load_sharded(): the ranks were given different checkpoints or trees")
+        commit[0]()
+        self._stepped, self._delta, self._probe, self._static = False, None, None, None
+
+    def _read_sharded(self, directory: str, like: Any) -> tuple[Any, int]:
+        """(what installs the checkpoint's part of this rank, cannot fail; the checkpoint's and
+        layout's hash), everything checked on copies first."""
+        lay = Layout(_core.Plan(like, "grad"), self._size, self._rank)
+        if self._layout is not None and self._layout.hash() == lay.hash():
+            lay = self._layout
+        lo, hi = (lay.displs[self._rank], lay.displs[self._rank] + lay.counts[self._rank]) if self._shard \
+            else (0, lay.data)
+        scalars, flats, ident = _checkpoint.read(directory, lay, lo, hi, self._rank, self._size)
+        buffers = {}
+        for name, data in flats.items():
+            buf = aligned_bytes(lay.shard_nbytes if self._shard else lay.nbytes)
+            buf[:hi - lo] = data
+            buffers[name] = buf
+        opt = self._opt
+        probe = copy.deepcopy(opt)
+        probe.reset()
+        if self._textbook:
+            state = textbook.shard_state(scalars, lay, buffers) if self._shard else \
+                textbook.whole_state_from(scalars, lay, buffers)
+            probe.load_state_dict(state)
+            mask = self._mask_for(lay) if self._shard else None
+
+            def install() -> None:
+                opt.reset()
+                opt.load_state_dict(state)
+                if mask is not None:
+                    self._set_mask(mask)
+                self._layout, self._pending = lay, None
+        else:
+            unknown = sorted(set(buffers) - {"mean_gradient", "mean_square_gradient"})
+            if unknown:
+                raise ValueError(f"{directory}: moments {unknown} are not a fusedopt.optimizers optimizer's")
+            probe.load_state_dict(scalars)
+            moments = {name: lay.shard_pieces(buf) if self._shard else lay.tree(buf) for name, buf in buffers.items()}
+
+            def install() -> None:
+                opt.reset()
+                opt.load_state_dict(scalars)
+                opt.reset()
+                for name, tree in moments.items():
+                    setattr(opt.memory, name, tree)
+                self._layout, self._pending = lay, None
+        return install, _fields.static_hash(ident, lay.hash())
+
     def _agree_on_state(self) -> None:
         """Sharded: whether state_dict() gathers depends on this rank's state; every rank must
         hold alike (a layout, a loaded state waiting, moments) or all raise."""
@@ -806,7 +908,7 @@ class DataParallel:
         if self._shard:
             probe.reset()  # this rank's shard structure is not the state's
         mem_state, exc = try_local(self._check_state, probe, state)
-        value = 0 if exc is not None else _state_hash(state)
+        value = 0 if exc is not None else _fields.state_hash(state)
         if not agree(self._comm, exc, value, self._message):
             raise ValueError("load_state_dict() was given different states on different ranks")
         self._stepped, self._delta, self._probe = False, None, None

@@ -14,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import operator
 import struct
+from collections.abc import Mapping
 from typing import Any, Optional
+
+import numpy as np
 
 
 _MASK = (1 << 62) - 1  # so that a hash and its negation fit an int64 for a MAX allreduce
@@ -86,6 +89,17 @@ def textbook(opt: Any, lr: Optional[float], pending: bool) -> tuple[tuple[Any, .
     state = opt._state is not None or opt._pending is not None  # (state_arrays() would build views)
     dynamic = (opt.step_count, rate, state, pending, *position)
     return static, dynamic
+
+
+def state_hash(state: Mapping[str, Any]) -> int:
+    """A 62-bit hash of a state dict's content, to check that every rank loads the same state.
+    Values go through np.asarray, so a state as saved and as np.load gives it back hash alike."""
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(state):
+        value = np.asarray(state[key])
+        h.update(f"{key!r}{value.dtype.str}{value.shape}".encode())
+        h.update(value.tobytes() if value.dtype.kind != "O" else repr(value).encode())
+    return int.from_bytes(h.digest(), "little") & _MASK
 
 
 def static_hash(*parts: Any) -> int:
