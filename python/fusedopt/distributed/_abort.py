@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any, Optional
 
 from mpi4py import MPI
 
 ENV = "FUSEDOPT_MPI_ABORT"
+_GRACE = 0.2  # seconds between the traceback and MPI_Abort
 
 _previous: Optional[Any] = None  # the hook ours chains, while ours is installed
 _opted_out = False
@@ -39,6 +41,9 @@ def _abort(kind: type) -> None:
             stream.flush()
         except Exception:  # a closed stream must not keep the job from ending
             pass
+    # MPI_Abort makes the launcher kill every process, its output forwarders included: a moment
+    # first lets the traceback, already in the pipe, reach the terminal.
+    time.sleep(_GRACE)
     # The status a shell gives a process killed by SIGINT, as mpi4py's own runner does.
     MPI.COMM_WORLD.Abort(128 + signal.SIGINT if issubclass(kind, KeyboardInterrupt) else 1)
 
