@@ -171,6 +171,15 @@ def schedules_apart(c, family, shard, path, group):
     run.unchanged(c, before, what)
 
 
+def take_step(family, opt, target, g):
+    """One step as each family takes it (paysage: update_lr() first)."""
+    if family == "paysage":
+        opt.update_lr()
+        opt.update(target, g)
+    else:
+        opt.step(target, g)
+
+
 def stepped_before_wrapping(c, family, shard, path, group):
     """The optimizer stepped before it was wrapped: on rank 0 only (refused, naming the step
     counts), or on every rank alike (sharded: its moments are cut into the shards)."""
@@ -179,44 +188,27 @@ def stepped_before_wrapping(c, family, shard, path, group):
     pre_p = params0(TREE)
     steps = 3 if RANK == 0 else 0
     for s in range(steps):
-        if family == "paysage":
-            pre.update_lr()
-            pre.update(pre_p, average(TREE, s))
-        else:
-            pre.step(pre_p, average(TREE, s))
+        take_step(family, pre, pre_p, average(TREE, s))
     dp = distributed.DataParallel(pre, shard_state=shard)
     p = params0(TREE)
 
-    def step():
-        if family == "paysage":
-            dp.update(Model(p) if path == "model" else p, grad(TREE, 0, RANK))
-        else:
-            dp.step(p, grad(TREE, 0, RANK))
     if SIZE > 1:
-        refused(c, f"{tag}: stepped on rank 0 before wrapping", step, ["step_count", "rank 0"])
+        refused(c, f"{tag}: stepped on rank 0 before wrapping",
+                lambda: take_step(family, dp, Model(p) if path == "model" else p, grad(TREE, 0, RANK)),
+                ["step_count", "rank 0"])
         c.equal_trees(params0(TREE), p, f"{tag}: stepped on rank 0 before wrapping: params")
     # Every rank alike: the wrapper resumes from it as a single process would.
     ref, pre = make(family), make(family)
     ref_p, pre_p, p = params0(TREE), params0(TREE), params0(TREE)
     for s in range(2):
         for opt, params in ((ref, ref_p), (pre, pre_p)):
-            if family == "paysage":
-                opt.update_lr()
-                opt.update(params, average(TREE, s))
-            else:
-                opt.step(params, average(TREE, s))
+            take_step(family, opt, params, average(TREE, s))
     dp = distributed.DataParallel(pre, shard_state=shard)
     same_state(c, ref.state_dict(), dp.state_dict(), f"{tag}: stepped before wrapping, state_dict")
     p = copy_tree(ref_p)
     for s in range(2, 4):
-        if family == "paysage":
-            ref.update_lr()
-            dp.update_lr()
-            ref.update(Model(ref_p) if path == "model" else ref_p, average(TREE, s))
-            dp.update(Model(p) if path == "model" else p, grad(TREE, s, RANK))
-        else:
-            ref.step(ref_p, average(TREE, s))
-            dp.step(p, grad(TREE, s, RANK))
+        take_step(family, ref, Model(ref_p) if path == "model" else ref_p, average(TREE, s))
+        take_step(family, dp, Model(p) if path == "model" else p, grad(TREE, s, RANK))
         c.equal_trees(ref_p, p, f"{tag}: stepped before wrapping on every rank, step {s}")
     same_state(c, ref.state_dict(), dp.state_dict(), f"{tag}: stepped before wrapping, state after")
 
