@@ -343,7 +343,6 @@ class DataParallel:
         # one rank only for an input the checks above could see (docs/distributed.md lists what can).
         if lay is not self._layout or prepared is not None:
             self._adopt(lay, prepared)
-        self._bufs = self._buffers_for(lay, not is_model)
         t2 = time.perf_counter()
         self.timings["pack"] += t1 - t0
         self.timings["agree"] += t2 - t1
@@ -382,7 +381,9 @@ class DataParallel:
             if lay is None:
                 lay = Layout(_core.Plan(grad, "grad"), self._size, self._rank)
                 self._src = self._grad_bytes(lay, grad)
-            self._buffers_for(lay, not is_model)  # allocated here: a MemoryError is agreed on too
+            # The step's buffers, allocated here (a MemoryError is agreed on too); used only after
+            # the agreement, which a failed step never passes.
+            self._bufs = self._buffers_for(lay, not is_model)
             pleaves = None
             if not is_model:
                 pleaves = lay.plan.flatten(model, "params")
