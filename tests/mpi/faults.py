@@ -280,6 +280,29 @@ def model_raises(c, shard, det):
                 ["step_count"])
 
 
+def nan_with_a_schedule(c, shard):
+    """fusedopt.optim with a schedule and check_finite: a NaN on one rank's gradient is refused on
+    every rank before the step, and the schedule drawn for it is put back (as a single process does)."""
+    tag = f"textbook/nan with a schedule/shard={shard}"
+
+    def make_one():
+        return optim.Adam(lr=schedules.ExponentialDecay(initial=0.01, coefficient=0.9), check_finite=True)
+    ref, dp = make_one(), distributed.DataParallel(make_one(), shard_state=shard)
+    ref_p, p = params0(TREE), params0(TREE)
+    ref.step(ref_p, average(TREE, 0))
+    dp.step(p, grad(TREE, 0, RANK))
+    value = dp.optimizer.lr.value
+    g = grad(TREE, 1, RANK)
+    if RANK == LAST:
+        g["b"][2] = np.nan
+    refused(c, tag, lambda: dp.step(p, g), [], kind=FloatingPointError, same_text=False)
+    c.check(dp.optimizer.lr.value == value, f"{tag}: the schedule moved ({value} -> {dp.optimizer.lr.value})")
+    c.check(dp.step_count == 1, f"{tag}: step_count {dp.step_count}")
+    ref.step(ref_p, average(TREE, 1))
+    dp.step(p, grad(TREE, 1, RANK))
+    c.equal_trees(ref_p, p, f"{tag}: the next good step")
+
+
 def opt_out(c):
     """The abort hook: installed by the first DataParallel of a job of several ranks, removable."""
     c.check(sys.excepthook is not sys.__excepthook__, "no hook after DataParallel()")
@@ -311,6 +334,8 @@ def main():
         for shard in (True, False):
             for det in (True, False):
                 c.run(f"model raises shard={shard} det={det}", model_raises, shard, det)
+        for shard in (True, False):
+            c.run(f"nan with a schedule shard={shard}", nan_with_a_schedule, shard)
         c.run("opt out", opt_out)
     c.finish(out_path())
 

@@ -318,6 +318,9 @@ class DataParallel:
     def _step(self, model: Any, grad: Any) -> None:
         try:
             self._step_once(model, grad)
+        except BaseException:
+            self._undraw()  # a fusedopt.optim schedule drawn for a step that did not happen
+            raise
         finally:
             self._src = self._fused = None  # may hold the caller's gradient: not kept past the step
             self._drawn = None
@@ -332,12 +335,8 @@ class DataParallel:
             fields = self._fields() if self._textbook else _fields.paysage(self._opt, self._pending is not None)
             value = self._agreement_value(lay, is_model, fields)
         t1 = time.perf_counter()
-        try:
-            if not agree(self._comm, exc, value, self._message):
-                self._raise_mismatch(lay, is_model, fields)
-        except BaseException:
-            self._undraw()
-            raise
+        if not agree(self._comm, exc, value, self._message):
+            self._raise_mismatch(lay, is_model, fields)
         assert lay is not None  # no error anywhere, so every rank has its layout
         # Agreed: from here on every rank takes the same collectives, and nothing below fails on
         # one rank only for an input the checks above could see (docs/distributed.md lists what can).
@@ -426,11 +425,8 @@ class DataParallel:
 
     def _textbook_step(self, params: Any, grads: Any) -> None:
         """The wrapped fusedopt.optim optimizer's step at the rate drawn (and agreed) before."""
-        try:
-            textbook.step_at(self._opt, self._drawn[0], params, grads)
-        except BaseException:
-            self._undraw()
-            raise
+        textbook.step_at(self._opt, self._drawn[0], params, grads)
+        self._drawn = None  # taken: the schedule stays where the step left it
 
     def _grad_bytes(self, lay: Layout, grad: Any) -> np.ndarray:
         """The flat bytes the collectives send: the caller's own memory for a tree of one
