@@ -11,7 +11,6 @@ Launch with ``mpiexec -n N python train.py``; needs the ``[mpi]`` extra
 from __future__ import annotations
 
 import copy
-import hashlib
 import sys
 import time
 from collections.abc import Mapping
@@ -27,21 +26,37 @@ except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
 
 from .. import _core, optimizers
 from . import _optim as textbook
+from . import _abort, _checkpoint, _fields, _layout
+from ._abort import abort_on_uncaught
 from ._agree import agree, try_local
 from ._layout import Layout, aligned_bytes
 
-__all__ = ["DataParallel"]
+__all__ = ["DataParallel", "abort_on_uncaught"]
 
 
-class _Capture:
-    """The model of a shard step on the paysage path: keeps the delta pieces it is handed."""
+class _Forward:
+    """The model of a shard step on the paysage path: all-gathers the delta pieces it is handed
+    and hands the whole delta to the caller's model, all inside the wrapped optimizer's step,
+    which commits only after this returned: a model that raises leaves the step undone."""
 
-    __slots__ = ("delta",)
+    __slots__ = ("dp", "lay", "model", "delta", "entered", "seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, dp: "DataParallel", lay: Layout, model: Any) -> None:
+        self.dp, self.lay, self.model = dp, lay, model
         self.delta: Any = None
+        self.entered = 0.0  # when the step's kernel had run
+        self.seconds = 0.0  # spent in the caller's model
 
-    def parameter_update(self, delta: Any) -> None:
+    def parameter_update(self, pieces: Any) -> None:
+        self.entered = time.perf_counter()
+        lay = self.lay
+        flat = self.dp._delta_buffer(lay)
+        lay.shard_pack.pack(pieces, flat[lay.lo:lay.hi], "delta")
+        self.dp._allgather(lay, flat)
+        delta = lay.tree(flat)
+        t = time.perf_counter()
+        self.model.parameter_update(delta)
+        self.seconds = time.perf_counter() - t
         self.delta = delta
 
 
@@ -82,17 +97,6 @@ def _leaves(tree: Any) -> list[np.ndarray]:
     return list(_core.Plan(tree, "tree").flatten(tree)) if tree is not None else []
 
 
-def _state_hash(state: Mapping[str, Any]) -> int:
-    """A 62-bit hash of a state dict's content, to check that every rank loads the same state.
-    Values go through np.asarray, so a state as saved and as np.load gives it back hash alike."""
-    h = hashlib.blake2b(digest_size=8)
-    for key in sorted(state):
-        value = np.asarray(state[key])
-        h.update(f"{key!r}{value.dtype.str}{value.shape}".encode())
-        h.update(value.tobytes() if value.dtype.kind != "O" else repr(value).encode())
-    return int.from_bytes(h.digest(), "little") & ((1 << 62) - 1)
-
-
 class _Buffers:
     """The wrapper's flat byte buffers for one layout and path kind (allocated once)."""
 
@@ -120,6 +124,20 @@ class _Buffers:
             # otherwise the allreduce works in the send buffer itself.
             self.avg = lay.gather_buffer() if deterministic else lay.send
             self.avg_tree = lay.tree(self.avg)
+
+
+def _checked_comm(comm: Any) -> Any:
+    if comm is None:
+        return MPI.COMM_WORLD
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py communicator (MPI.Intracomm: MPI.COMM_WORLD or one made "
+                        f"from it), got {type(comm).__name__}")
+    if comm == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL: this process is not in the communicator (make the DataParallel "
+                         "only on the processes of the communicator)")
+    if not isinstance(comm, MPI.Intracomm):
+        raise TypeError(f"comm must be an intracommunicator (MPI.Intracomm), got {type(comm).__name__}")
+    return comm
 
 
 class DataParallel:
@@ -158,13 +176,17 @@ class DataParallel:
         if self._textbook and shard_state:
             _check_no_clip(optimizer)
         self._opt: Any = optimizer
-        self._comm = MPI.COMM_WORLD if comm is None else comm
+        self._comm = _checked_comm(comm)
         self._size, self._rank = self._comm.Get_size(), self._comm.Get_rank()
         self._shard, self._det = bool(shard_state), bool(deterministic)
         self._config = (type(optimizer).__name__, self._shard, self._det, self._size)
         self._layout: Optional[Layout] = None   # the layout all ranks agreed on
         self._bufs: Any = None                   # the _Buffers of the layout and path kind in use
-        self._pending: Optional[dict[str, Any]] = None  # loaded state (moments) awaiting a layout
+        # Loaded state (moments) awaiting a layout; sharded, a state the optimizer already holds
+        # (stepped before it was wrapped) waits the same way, to be cut into this rank's shard.
+        self._pending: Optional[dict[str, Any]] = self._held_state() if self._shard else None
+        self._drawn: Any = None                  # fusedopt.optim during a step: (its rate, the schedule's undo)
+        self._static: Any = None                 # (the static fields, their hash) of the last step
         self._user_mask: Optional[tuple[Any]] = None     # fusedopt.optim sharded: the caller's mask,
         self._piece_mask: Any = None                     # the mask of the pieces made from it,
         self._flags: list[bool] = []                     # and the whole tree's flags
@@ -172,7 +194,7 @@ class DataParallel:
         self._inplace = False                   # the last step's path: parameters in place, or a model
         self._delta: Any = None
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
-        self._delta_flat: Optional[np.ndarray] = None  # the buffer the paysage path's delta views
+        self._delta_flats: list[np.ndarray] = []  # the buffers the paysage path's deltas view (two at most)
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
         self._src: Any = None                   # during a step: the flat bytes of this rank's gradient
         # During a step: (rows, base, N) whose average the wrapped optimizer's kernel computes
@@ -190,6 +212,20 @@ class DataParallel:
         #: all-gather, and copies between flat buffers and trees (parameters, delta).
         self.timings = {"pack": 0.0, "agree": 0.0, "exchange": 0.0, "average": 0.0, "step": 0.0, "gather": 0.0,
                         "copy": 0.0}
+        _abort.install()  # one rank's uncaught exception ends the job (docs/launching.md)
+
+    def _held_state(self) -> Optional[dict[str, Any]]:
+        """The state an optimizer held before it was wrapped with shard_state (its moments go:
+        it will step this rank's pieces), or None."""
+        opt = self._opt
+        if self._textbook:
+            return _state_of(opt) if textbook.leaf_paths(_state_of(opt)) else None
+        mem = getattr(opt, "memory", None)
+        if mem is None or not (_holds_moments(opt) or mem._pending is not None):
+            return None
+        held = _state_of(mem)
+        opt.reset()
+        return held
 
     # -- passthrough of the wrapped optimizer ---------------------------------------------
     @property
@@ -282,23 +318,30 @@ class DataParallel:
     def _step(self, model: Any, grad: Any) -> None:
         try:
             self._step_once(model, grad)
+        except BaseException:
+            self._undraw()  # a fusedopt.optim schedule drawn for a step that did not happen
+            raise
         finally:
             self._src = self._fused = None  # may hold the caller's gradient: not kept past the step
+            self._drawn = None
 
     def _step_once(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
         is_model = not self._textbook and hasattr(model, "parameter_update")
-        lay, changed, exc, pleaves = self._local_checks(model, grad, is_model)
-        value = 0 if lay is None else lay.hash(self._config, is_model, lay is self._layout)
+        lay, exc, pleaves, prepared = self._local_checks(model, grad, is_model)
+        fields, value = None, 0
+        if exc is None:
+            assert lay is not None
+            fields = self._fields() if self._textbook else _fields.paysage(self._opt, self._pending is not None)
+            value = self._agreement_value(lay, is_model, fields)
         t1 = time.perf_counter()
         if not agree(self._comm, exc, value, self._message):
-            self._raise_mismatch(lay, is_model)
-        if lay is not self._layout:
-            assert lay is not None  # no error anywhere, so every rank has its layout
-            self._adopt(lay, changed)
-        lay = self._layout
-        assert lay is not None
-        self._bufs = self._buffers_for(lay, not is_model)
+            self._raise_mismatch(lay, is_model, fields)
+        assert lay is not None  # no error anywhere, so every rank has its layout
+        # Agreed: from here on every rank takes the same collectives, and nothing below fails on
+        # one rank only for an input the checks above could see (docs/distributed.md lists what can).
+        if lay is not self._layout or prepared is not None:
+            self._adopt(lay, prepared)
         t2 = time.perf_counter()
         self.timings["pack"] += t1 - t0
         self.timings["agree"] += t2 - t1
@@ -314,7 +357,7 @@ class DataParallel:
             self._check_finite(self._bufs.avg_tree)
             t = time.perf_counter()
             if self._textbook:
-                self._opt.step(model, self._bufs.avg_tree)
+                self._textbook_step(model, self._bufs.avg_tree)
             else:
                 self._update_wrapped(model, self._bufs.avg_tree)
             self.timings["step"] += time.perf_counter() - t
@@ -322,9 +365,10 @@ class DataParallel:
         self._probe = None
 
     def _local_checks(self, model: Any, grad: Any, is_model: bool
-                      ) -> tuple[Optional[Layout], Optional[BaseException], Optional[BaseException], Any]:
-        """(layout of grad, why the agreed layout no longer fits, local error, param leaves);
-        packs grad into its send buffer. Modifies nothing a user sees."""
+                      ) -> tuple[Optional[Layout], Optional[BaseException], Any, Any]:
+        """(layout of grad, local error, param leaves, what _adopt installs); packs grad into its
+        send buffer. Modifies nothing a user sees (a fusedopt.optim rate drawn from its schedule
+        is undone if the step does not happen)."""
         lay, changed = self._layout, None
         self._src = None
         try:
@@ -336,10 +380,9 @@ class DataParallel:
             if lay is None:
                 lay = Layout(_core.Plan(grad, "grad"), self._size, self._rank)
                 self._src = self._grad_bytes(lay, grad)
-            self._buffers_for(lay, not is_model)  # allocated here: a MemoryError is agreed on too
-            if (self._textbook and self._shard and lay is self._layout
-                    and self._opt.weight_decay_mask is not self._piece_mask):
-                self._translate_mask(lay)  # the caller assigned a new mask: pieces decay by it
+            # The step's buffers, allocated here (a MemoryError is agreed on too); used only after
+            # the agreement, which a failed step never passes.
+            self._bufs = self._buffers_for(lay, not is_model)
             pleaves = None
             if not is_model:
                 pleaves = lay.plan.flatten(model, "params")
@@ -350,9 +393,40 @@ class DataParallel:
             if not self._textbook and opt.lr is None and getattr(opt.stepsize, "value", None) is None:
                 raise TypeError(f"call update_lr() before update(): the schedule "
                                 f"{type(opt.stepsize).__name__} has no current value")
-            return lay, changed, None, pleaves
+            # (the common case, a step on the agreed layout of a fusedopt.optimizers one, needs nothing)
+            prepared = None if lay is self._layout and not self._textbook else self._prepare(lay, changed)
+            if self._textbook:
+                self._drawn = textbook.draw_lr(opt)  # last: nothing after it fails
+            return lay, None, pleaves, prepared
         except Exception as exc:  # every local failure must reach the agreement
-            return lay, changed, exc, None
+            return lay, exc, None, None
+
+    def _fields(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """(static, dynamic) fields of the wrapped optimizer that every rank must hold alike."""
+        pending = self._pending is not None
+        if self._textbook:
+            return _fields.textbook(self._opt, None if self._drawn is None else self._drawn[0], pending)
+        return _fields.paysage(self._opt, pending)
+
+    def _agreement_value(self, lay: Layout, is_model: bool, fields: tuple[Any, ...]) -> int:
+        """The step's hash: the layout, path kind and configuration, and the wrapped optimizer's
+        fields (the static ones hashed again only when they change)."""
+        static, dynamic = fields
+        memo, fresh = self._static, lay is not self._layout
+        if memo is None or memo[0] is not lay or memo[1] != (is_model, fresh) or memo[2] != static:
+            memo = self._static = (lay, (is_model, fresh), static,
+                                   _fields.static_hash(lay.hash(self._config, is_model, not fresh), static))
+        return _fields.combined_hash(memo[3], dynamic)
+
+    def _undraw(self) -> None:
+        if self._drawn is not None:
+            textbook.undraw_lr(self._opt, self._drawn)
+            self._drawn = None
+
+    def _textbook_step(self, params: Any, grads: Any) -> None:
+        """The wrapped fusedopt.optim optimizer's step at the rate drawn (and agreed) before."""
+        textbook.step_at(self._opt, self._drawn[0], params, grads)
+        self._drawn = None  # taken: the schedule stays where the step left it
 
     def _grad_bytes(self, lay: Layout, grad: Any) -> np.ndarray:
         """The flat bytes the collectives send: the caller's own memory for a tree of one
@@ -373,53 +447,80 @@ class DataParallel:
             bufs = lay.bufs[inplace] = _Buffers(lay, self._size, self._shard, self._det, inplace)
         return bufs
 
-    def _raise_mismatch(self, lay: Optional[Layout], is_model: bool) -> None:
-        """All ranks: layouts differ. Say which rank and leaf differ from rank 0."""
-        mine = (["paysage path (a model)" if is_model else "in-place path (params)"]
-                + (lay.describe() if lay is not None else []) + [f"configuration {self._config}"])
+    def _raise_mismatch(self, lay: Optional[Layout], is_model: bool, fields: Any) -> None:
+        """All ranks: their steps' hashes differ. Every rank's fields by name, all-gathered; the
+        same ValueError on every rank names each that differs and the ranks of each value."""
+        assert lay is not None and fields is not None
+        mine = [("path", "paysage (a model)" if is_model else "in place (params)"),
+                ("layout", "the agreed one" if lay is self._layout else "a new one")]
+        mine += [(f"grad leaf {p or '(root)'}", f"{d} {tuple(shape)}")
+                 for p, d, shape in zip(lay.paths, lay.dtypes, lay.shapes)]
+        mine += [("shard_state", repr(self._shard)), ("deterministic", repr(self._det)),
+                 ("world size", repr(self._size))]
+        names = _fields.TEXTBOOK_STATIC if self._textbook else _fields.PAYSAGE_STATIC
+        mine += _fields.describe(names, *fields)
         every = self._comm.allgather(mine)
-        for r, desc in enumerate(every):
-            if desc != every[0]:
-                first = next((i for i, (a, b) in enumerate(zip(desc, every[0])) if a != b), min(len(desc), len(every[0])))
-                a = every[0][first] if first < len(every[0]) else "(nothing)"
-                b = desc[first] if first < len(desc) else "(nothing)"
-                raise ValueError(f"the gradient tree layout differs across ranks: rank 0 has {a!r}, rank {r} has "
-                                 f"{b!r} (entry {first}; every rank must pass the same paths, shapes and dtypes)")
-        raise ValueError("the gradient tree layout changed on some ranks but not on others")
+        raise ValueError("DataParallel: the ranks differ in what a step needs alike (nothing was changed): "
+                         + _fields.mismatch_message(every))
 
-    def _adopt(self, lay: Layout, changed: Optional[BaseException]) -> None:
-        """Every rank: a new agreed layout. Same decision on all ranks (same state everywhere)."""
-        if self._layout is not None and _holds_moments(self._opt):
+    def _prepare(self, lay: Layout, changed: Optional[BaseException]) -> Any:
+        """What _adopt installs after the agreement, checked now (an error here is agreed on):
+        for a new layout, the shard of a waiting state and (fusedopt.optim) the pieces' mask;
+        for the agreed one, a mask the caller assigned since the last step."""
+        opt = self._opt
+        if lay is self._layout:
+            if self._textbook and self._shard and opt.weight_decay_mask is not self._piece_mask:
+                return None, self._mask_for(lay)
+            return None
+        if self._layout is not None and _holds_moments(opt):
             raise changed if changed is not None else ValueError(
                 "the gradient's structure differs from the optimizer's moments (call reset() first)")
+        if not self._shard:
+            return None
+        if self._textbook:
+            shard = None
+            if self._pending is not None:
+                shard = textbook.shard_state(self._pending, lay)
+                probe = copy.deepcopy(opt)
+                probe.reset()
+                probe.load_state_dict(shard)  # what _adopt does, on a copy
+            return shard, self._mask_for(lay)
+        return None if self._pending is None else self._full_moments(lay, self._pending)
+
+    def _adopt(self, lay: Layout, prepared: Any) -> None:
+        """Every rank, after the agreement: install what _prepare checked (cannot fail)."""
+        if lay is self._layout:
+            if prepared is not None:
+                self._set_mask(prepared[1])
+            return
+        opt = self._opt
         if self._textbook and self._shard:
-            self._adopt_textbook(lay)
-        elif self._shard and self._pending is not None:
-            self._install(lay, self._pending)  # ValueError if the loaded state does not fit
+            shard, mask = prepared
+            if shard is not None:
+                opt.reset()
+                opt.load_state_dict(shard)
+                self._pending = None
+            self._set_mask(mask)
+        elif prepared is not None:
+            self._install_pieces(lay, *prepared)
             self._pending = None
         self._layout = lay
 
-    def _adopt_textbook(self, lay: Layout) -> None:
-        """A fusedopt.optim optimizer stepping this rank's pieces: each piece decays as its
-        leaf does under the caller's mask, and a state loaded before is cut to the shard."""
+    def _mask_for(self, lay: Layout) -> tuple[Any, list[bool], Any]:
+        """(the caller's weight-decay mask, its flags over the whole tree, the mask of this
+        rank's pieces) of a fusedopt.optim optimizer stepping pieces."""
         opt = self._opt
-        shard = None if self._pending is None else textbook.shard_state(self._pending, lay)
-        if shard is not None:
-            opt.reset()
-            opt.load_state_dict(shard)
-            self._pending = None
-        self._translate_mask(lay)
-
-    def _translate_mask(self, lay: Layout) -> None:
-        """The caller's weight-decay mask resolved over the whole tree, as a mask of the pieces."""
-        opt = self._opt
-        if self._user_mask is None or opt.weight_decay_mask is not self._piece_mask:
-            self._user_mask = (opt.weight_decay_mask,)  # the caller's (None is a valid mask)
+        user = self._user_mask
+        if user is None or opt.weight_decay_mask is not self._piece_mask:
+            user = (opt.weight_decay_mask,)  # the caller's (None is a valid mask)
         probe = copy.deepcopy(opt)
-        probe.weight_decay_mask = self._user_mask[0]
-        self._flags = textbook.whole_tree_flags(probe, lay)
-        self._piece_mask = textbook.piece_mask(lay, self._flags)
-        opt.weight_decay_mask = self._piece_mask
+        probe.weight_decay_mask = user[0]
+        flags = textbook.whole_tree_flags(probe, lay)
+        return user, flags, textbook.piece_mask(lay, flags)
+
+    def _set_mask(self, mask: tuple[Any, list[bool], Any]) -> None:
+        self._user_mask, self._flags, self._piece_mask = mask
+        self._opt.weight_decay_mask = self._piece_mask
 
     # -- the average -----------------------------------------------------------------------
     def _average_shard(self, lay: Layout) -> None:
@@ -529,19 +630,13 @@ class DataParallel:
 
     # -- sharded steps -------------------------------------------------------------------------
     def _sharded_paysage_step(self, lay: Layout, model: Any) -> None:
-        bufs = self._bufs
-        t0 = time.perf_counter()
-        capture = _Capture()
-        self._update_wrapped(capture, bufs.avg_pieces)
-        t1, gather0 = time.perf_counter(), self.timings["gather"]
-        self.timings["step"] += t1 - t0
-        flat = self._delta_buffer(lay)
-        lay.shard_pack.pack(capture.delta, flat[lay.lo:lay.hi], "delta")
-        self._allgather(lay, flat)
-        delta = lay.tree(flat)
-        self._delta = delta
-        self._count_copies(t1, gather0)
-        model.parameter_update(delta)
+        t0, gather0 = time.perf_counter(), self.timings["gather"]
+        forward = _Forward(self, lay, model)
+        self._update_wrapped(forward, self._bufs.avg_pieces)
+        self._delta = forward.delta
+        self.timings["step"] += forward.entered - t0
+        self._count_copies(forward.entered, gather0)
+        self.timings["copy"] -= forward.seconds  # the caller's model is no phase of the wrapper's
 
     def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
         bufs, opt = self._bufs, self._opt
@@ -555,7 +650,7 @@ class DataParallel:
         t1 = time.perf_counter()
         keep = False
         if self._textbook:
-            opt.step(pieces, bufs.avg_pieces)
+            self._textbook_step(pieces, bufs.avg_pieces)
         else:
             # This rank's delta pieces, for check_convergence and `delta`: the setting is set in
             # the instance dict, where the native step reads it (True needs no check) and the
@@ -596,16 +691,17 @@ class DataParallel:
         return flat, pieces
 
     def _delta_buffer(self, lay: Layout) -> np.ndarray:
-        """The flat buffer of this step's delta: the last one's again when nothing else holds it
-        (no array of the last delta is alive), else a fresh one, so a delta a model kept is
-        never overwritten; reuse spares a large delta its page faults every step."""
-        self._delta = None
-        last = self._delta_flat
-        # NumPy points every view at the array owning the memory, so the owner's references
-        # count the views: none alive leaves `last`'s own and getrefcount's argument.
-        if last is not None and last.nbytes == lay.gather_nbytes and sys.getrefcount(last.base) == 2:
-            return last
-        self._delta_flat = flat = lay.gather_buffer(zero=False)
+        """The flat buffer of this step's delta: one of the last two again when nothing holds it
+        any more (no array of that delta is alive; the last committed delta, `delta`, still
+        holds its own, so a step that fails keeps it), else a fresh one. A delta a model kept
+        is never overwritten; reuse spares a large delta its page faults every step."""
+        for flat in self._delta_flats:
+            # NumPy points every view at the array owning the memory, so the owner's references
+            # count the views: none alive leaves `flat`'s own and getrefcount's argument.
+            if flat.nbytes == lay.gather_nbytes and sys.getrefcount(flat.base) == 2:
+                return flat
+        flat = lay.gather_buffer(zero=False)
+        self._delta_flats = [flat, *self._delta_flats[:1]]
         return flat
 
     def _gather_delta(self, lay: Layout) -> Any:
@@ -651,6 +747,8 @@ class DataParallel:
         """The whole state in the wrapped optimizer's own format, identical on every rank and
         loadable by a single-process optimizer (collective with shard_state)."""
         opt = self._opt
+        if self._shard:
+            self._agree_on_state()
         if self._textbook and self._shard and self._layout is not None:
             own = _state_of(opt)  # this rank's pieces (stepped, or loaded and waiting for the next step)
             if textbook.leaf_paths(own):
@@ -673,6 +771,131 @@ class DataParallel:
         full.memory.mean_square_gradient = v_full
         return _state_of(full)
 
+    # -- sharded checkpoints ------------------------------------------------------------------
+    def save_sharded(self, directory: str) -> None:
+        """Write this rank's part of the state to ``directory/shard-<rank>-of-<N>.npz``
+        (collective; each rank writes only the moments of its own shard, cut as the layout cuts
+        them also without shard_state). Loadable by ``load_sharded`` at any number of ranks.
+        Needs a layout (a step, or a load_sharded, before). Anything wrong on any rank (states
+        that differ, a file that cannot be written) raises on every rank."""
+        lay = self._layout
+        self._agree_on_state()
+        part, exc = try_local(self._own_part, lay)
+        ident = 0 if exc is not None else _checkpoint.checkpoint_id(part[0], lay, self._size)
+        if not agree(self._comm, exc, ident, self._message):
+            raise ValueError("save_sharded(): the ranks' optimizer states differ (hyper-parameters, schedule or "
+                             "step counts); nothing was written")
+        _, exc = try_local(_checkpoint.write, directory, self._rank, self._size, part[0], lay, part[1])
+        agree(self._comm, exc)
+
+    def _own_part(self, lay: Optional[Layout]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(the state without its leaves' values, {moment or slot: this rank's bytes of it})."""
+        if lay is None:
+            raise ValueError("save_sharded() needs the layout of a step: take a step (or load_sharded) first, "
+                             "or save state_dict()")
+        opt, state = self._opt, _state_of(self._opt)
+        start, end = _layout.data_range(lay.data, self._size, self._rank)
+        sources: dict[str, list[Any]] = {}
+        if self._textbook:
+            scalars = textbook.without_leaves(state)
+            paths = textbook.leaf_paths(state)
+            index = {p: i for i, p in enumerate(paths)}
+            for name in textbook.slot_names(state) if paths else []:
+                sources[name] = ([state[f"{name}.{j}"] for j in range(len(paths))] if self._shard
+                                 else [state[f"{name}.{index[p]}"] for p in lay.paths])
+            flags = self._flags if self._shard else [bool(b) for b in np.asarray(state["decay_mask"]).reshape(-1)]
+            scalars.update(textbook.whole_leaf_keys(lay, flags if paths else None))
+        else:
+            mem = getattr(opt, "memory", None)
+            for name in ("mean_gradient", "mean_square_gradient"):
+                tree = None if mem is None else getattr(mem, name)
+                if tree is not None:
+                    sources[name] = list(tree) if self._shard else list(lay.plan.flatten(tree))
+            moment_keys = tuple(f"{name}." for name in ("mean_gradient", "mean_square_gradient"))
+            scalars = {k: v for k, v in state.items() if not k.startswith(moment_keys)}
+            scalars.update(leaf_paths=np.zeros(0, str), leaf_dtypes=np.zeros(0, str), has_mean_gradient=False,
+                           has_mean_square_gradient=False)
+        flats = {}
+        for name, leaves in sources.items():
+            if self._shard:
+                flat = aligned_bytes(lay.shard_nbytes)
+                lay.shard_pack.pack(leaves, flat, name)
+                flats[name] = flat[:end - start]
+            else:
+                flat = aligned_bytes(lay.nbytes)
+                lay.pack.pack(leaves, flat, name)
+                flats[name] = flat[start:end]
+        return scalars, flats
+
+    def load_sharded(self, directory: str, like: Any) -> None:
+        """Load a checkpoint of ``save_sharded`` saved at any number of ranks (collective): each
+        rank reads only the files holding its shard (all of them without shard_state). `like`:
+        a tree of the gradient's structure (the parameters on the in-place path, a gradient on
+        the paysage path), the same on every rank. A missing, foreign or mismatched file, or a
+        checkpoint of other leaves, raises ValueError on every rank and changes nothing."""
+        commit, exc = try_local(self._read_sharded, directory, like)
+        value = 0 if exc is not None else commit[1]
+        if not agree(self._comm, exc, value, self._message):
+            raise ValueError("load_sharded(): the ranks were given different checkpoints or trees")
+        commit[0]()
+        self._stepped, self._delta, self._probe, self._static = False, None, None, None
+
+    def _read_sharded(self, directory: str, like: Any) -> tuple[Any, int]:
+        """(what installs the checkpoint's part of this rank, cannot fail; the checkpoint's and
+        layout's hash), everything checked on copies first."""
+        lay = Layout(_core.Plan(like, "grad"), self._size, self._rank)
+        if self._layout is not None and self._layout.hash() == lay.hash():
+            lay = self._layout
+        lo, hi = (lay.displs[self._rank], lay.displs[self._rank] + lay.counts[self._rank]) if self._shard \
+            else (0, lay.data)
+        scalars, flats, ident = _checkpoint.read(directory, lay, lo, hi, self._rank, self._size)
+        buffers = {}
+        for name, data in flats.items():
+            buf = aligned_bytes(lay.shard_nbytes if self._shard else lay.nbytes)
+            buf[:hi - lo] = data
+            buffers[name] = buf
+        opt = self._opt
+        probe = copy.deepcopy(opt)
+        probe.reset()
+        if self._textbook:
+            state = textbook.shard_state(scalars, lay, buffers) if self._shard else \
+                textbook.whole_state_from(scalars, lay, buffers)
+            probe.load_state_dict(state)
+            mask = self._mask_for(lay) if self._shard else None
+
+            def install() -> None:
+                opt.reset()
+                opt.load_state_dict(state)
+                if mask is not None:
+                    self._set_mask(mask)
+                self._layout, self._pending = lay, None
+        else:
+            unknown = sorted(set(buffers) - {"mean_gradient", "mean_square_gradient"})
+            if unknown:
+                raise ValueError(f"{directory}: moments {unknown} are not a fusedopt.optimizers optimizer's")
+            probe.load_state_dict(scalars)
+            moments = {name: lay.shard_pieces(buf) if self._shard else lay.tree(buf) for name, buf in buffers.items()}
+
+            def install() -> None:
+                opt.reset()
+                opt.load_state_dict(scalars)
+                opt.reset()
+                for name, tree in moments.items():
+                    setattr(opt.memory, name, tree)
+                self._layout, self._pending = lay, None
+        return install, _fields.static_hash(ident, lay.hash())
+
+    def _agree_on_state(self) -> None:
+        """Sharded: whether state_dict() gathers depends on this rank's state; every rank must
+        hold alike (a layout, a loaded state waiting, moments) or all raise."""
+        lay, held = self._layout, _holds_moments(self._opt)
+        mine = (None if lay is None else lay.hash(), self._pending is not None, held)
+        if not agree(self._comm, None, _fields.static_hash(*mine), self._message):
+            every = self._comm.allgather([("layout", "none" if lay is None else f"{len(lay.paths)} leaves"),
+                                          ("loaded state waiting", repr(mine[1])), ("moments", repr(held))])
+            raise ValueError("state_dict(): the ranks' optimizer states differ (reset() or a step on some ranks "
+                             "only?): " + _fields.mismatch_message(every))
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a state_dict() saved at any number of ranks (a single process's included).
         Collective: every rank must pass the same state; anything wrong raises on every rank
@@ -682,7 +905,7 @@ class DataParallel:
         if self._shard:
             probe.reset()  # this rank's shard structure is not the state's
         mem_state, exc = try_local(self._check_state, probe, state)
-        value = 0 if exc is not None else _state_hash(state)
+        value = 0 if exc is not None else _fields.state_hash(state)
         if not agree(self._comm, exc, value, self._message):
             raise ValueError("load_state_dict() was given different states on different ranks")
         self._stepped, self._delta, self._probe = False, None, None
@@ -702,7 +925,7 @@ class DataParallel:
         self._pending = None
         if mem_state is not None:
             if self._layout is not None:
-                self._install(self._layout, mem_state)
+                self._install_pieces(self._layout, *self._full_moments(self._layout, mem_state))
             else:
                 self._pending = mem_state
 
@@ -730,9 +953,8 @@ class DataParallel:
         mem.load_state_dict(mem_state)     # which the loaded moments must then match
         return mem.mean_gradient, mem.mean_square_gradient
 
-    def _install(self, lay: Layout, mem_state: dict[str, Any]) -> None:
-        """This rank's pieces of loaded moments into the wrapped optimizer."""
-        m, v = self._full_moments(lay, mem_state)
+    def _install_pieces(self, lay: Layout, m: Any, v: Any) -> None:
+        """This rank's pieces of whole moment trees (from _full_moments) into the wrapped optimizer."""
         mem = self._opt.memory
         for name, tree in (("mean_gradient", m), ("mean_square_gradient", v)):
             if tree is not None:

@@ -43,6 +43,21 @@ def layout_hash(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & ((1 << 62) - 1)
 
 
+def shard_bounds(data: int, size: int) -> tuple[int, list[tuple[int, int]]]:
+    """(a shard's stride, each rank's byte range of the padded flat buffer) for `data` bytes of
+    leaves on `size` ranks. No padding inside the data, so a rank holds at most
+    ceil(data / N) + 63 bytes of it."""
+    nbytes = round_up(data)
+    per_rank = round_up(-(-data // size)) if data else 0
+    return per_rank, [(min(r * per_rank, nbytes), min((r + 1) * per_rank, nbytes)) for r in range(size)]
+
+
+def data_range(data: int, size: int, rank: int) -> tuple[int, int]:
+    """The bytes of leaf data in rank `rank`'s shard (its range cut at the end of the data)."""
+    a, b = shard_bounds(data, size)[1][rank]
+    return min(a, data), max(min(a, data), min(b, data))
+
+
 @dataclass(frozen=True)
 class Part:
     """The float32 or float64 part of a shard: `count` elements from byte `offset` of the shard."""
@@ -74,9 +89,7 @@ class Layout:
         self.data = pos  # bytes of data, before the end padding
         self.nbytes = round_up(pos)
         self.pack = _core.FlatPack(self.paths, self.shapes, self.dtypes, offsets)
-        # No padding inside the data, so a rank holds at most ceil(data / N) + 63 bytes of it.
-        per_rank = round_up(-(-pos // size)) if pos else 0
-        self.bounds = [(min(r * per_rank, self.nbytes), min((r + 1) * per_rank, self.nbytes)) for r in range(size)]
+        per_rank, self.bounds = shard_bounds(pos, size)
         self.counts = [max(0, min(b, pos) - a) for a, b in self.bounds]  # each shard's data bytes
         self.displs = [min(a, pos) for a, _ in self.bounds]
         # The all-gather: MPI's Allgather of N blocks of per_rank bytes (MPICH runs it about twice

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -53,8 +53,10 @@ def piece_mask(lay: Layout, flags: list[bool]) -> Callable[[str, Any], bool]:
     return lambda path, array: by_path.get(path, False)
 
 
-def shard_state(state: Mapping[str, Any], lay: Layout) -> dict[str, Any]:
-    """This rank's state cut from a whole tree's (ValueError if its leaves do not fit the layout)."""
+def shard_state(state: Mapping[str, Any], lay: Layout, flats: Optional[Mapping[str, np.ndarray]] = None
+                ) -> dict[str, Any]:
+    """This rank's state cut from a whole tree's (ValueError if its leaves do not fit the layout);
+    with `flats`, the slots' shard bytes by name (a sharded checkpoint's) instead of its leaves."""
     paths, names = leaf_paths(state), slot_names(state)
     out = without_leaves(state)
     if not paths:
@@ -74,10 +76,30 @@ def shard_state(state: Mapping[str, Any], lay: Layout) -> dict[str, Any]:
     out["leaf_dtypes"] = _strs([lay.dtypes[leaf] for leaf, _, _, _ in pieces] or ["float32"])
     out["decay_mask"] = np.array([bool(mask[order[leaf]]) for leaf, _, _, _ in pieces] or [False])
     for name in names:
-        flat = aligned_bytes(lay.nbytes)
-        lay.pack.pack([np.asarray(state[f"{name}.{i}"]) for i in order], flat, name)
-        for j, piece in enumerate(lay.shard_pieces(flat[lay.lo:lay.hi])):
+        if flats is not None:
+            shard = flats[name]
+        else:
+            flat = aligned_bytes(lay.nbytes)
+            lay.pack.pack([np.asarray(state[f"{name}.{i}"]) for i in order], flat, name)
+            shard = flat[lay.lo:lay.hi]
+        for j, piece in enumerate(lay.shard_pieces(shard)):
             out[f"{name}.{j}"] = piece.copy()
+    return out
+
+
+def whole_leaf_keys(lay: Layout, flags: Optional[list[bool]]) -> dict[str, Any]:
+    """The whole tree's leaf keys of a state (`flags` None: a state without leaves)."""
+    if flags is None:
+        return {"leaf_paths": _strs([]), "leaf_dtypes": _strs([]), "decay_mask": np.zeros(0, bool)}
+    return {"leaf_paths": _strs(lay.paths), "leaf_dtypes": _strs(lay.dtypes), "decay_mask": np.array(flags, bool)}
+
+
+def whole_state_from(scalars: Mapping[str, Any], lay: Layout, flats: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A whole tree's state from its leaves' keys and scalars, and each slot's whole flat buffer."""
+    out = dict(scalars)
+    for name, flat in flats.items():
+        for i, leaf in enumerate(lay.plan.flatten(lay.tree(flat))):
+            out[f"{name}.{i}"] = np.array(leaf, copy=True)
     return out
 
 
@@ -88,10 +110,34 @@ def whole_state(state: Mapping[str, Any], lay: Layout, flags: list[bool],
     names = slot_names(state)
     n = len(leaf_paths(state))
     out = without_leaves(state)
-    out["leaf_paths"], out["leaf_dtypes"] = _strs(lay.paths), _strs(lay.dtypes)
-    out["decay_mask"] = np.array(flags, dtype=bool)
+    out.update(whole_leaf_keys(lay, flags))
     for name in names:
         whole = lay.plan.flatten(gather(lay, [state[f"{name}.{j}"] for j in range(n)]))
         for i, leaf in enumerate(whole):
             out[f"{name}.{i}"] = np.array(leaf, copy=True)
     return out
+
+
+# -- the rate of a step, drawn before the agreement --------------------------------------------
+# A schedule or callable rate is evaluated inside step(); under the wrapper it is drawn before
+# the ranks agree, so that its value is agreed on and an error in it is raised on every rank
+# before any collective, and the step then runs at that rate.
+def draw_lr(opt: Any) -> tuple[float, Any]:
+    """(this step's rate, what undraw_lr needs to put the schedule back)."""
+    return opt._next_lr()  # type: ignore[no-any-return]
+
+
+def undraw_lr(opt: Any, drawn: tuple[float, Any]) -> None:
+    saved = drawn[1]
+    if saved is not None:
+        vars(opt.lr).update(saved)
+
+
+def step_at(opt: Any, lr: float, params: Any, grads: Any) -> None:
+    """opt.step(params, grads) at the rate `lr` (its own schedule or callable is not called)."""
+    own = opt._lr
+    opt._lr = float(lr)
+    try:
+        opt.step(params, grads)
+    finally:
+        opt._lr = own

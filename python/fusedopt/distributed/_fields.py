@@ -1,0 +1,166 @@
+"""What every rank must hold alike for a data-parallel step to be correct and collective.
+
+A step's agreement (``_agree.agree``) compares one 62-bit hash per rank. It hashes two
+tuples: the *static* fields (the optimizer's class, rule and hyper-parameters, its flags,
+the schedule's kind), which rarely change and are hashed again only when they do, and the
+*dynamic* ones (step count, this step's rate, the schedule's position, whether state
+exists), numbers taken as the bits of their float64 values (so NaN and -0.0 compare by their
+bits) and hashed as a tuple of ints, whose hash, unlike a string's, is the same in every
+process. On a mismatch every rank describes its fields
+by name (``describe``) and ``mismatch_message`` says which differ and on which ranks.
+"""
+from __future__ import annotations
+
+import hashlib
+import operator
+import struct
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import numpy as np
+
+
+_MASK = (1 << 62) - 1  # so that a hash and its negation fit an int64 for a MAX allreduce
+
+PAYSAGE_STATIC = ("optimizer", "mean_weight, mean_square_weight", "ascent", "check_finite", "keep_delta",
+                  "tolerance", "stepsize schedule")
+TEXTBOOK_STATIC = ("optimizer", "hyper-parameters", "max_grad_norm", "check_finite", "lr kind")
+DYNAMIC = ("step_count", "lr", "optimizer state exists", "loaded state waiting")
+
+
+def schedule_position(schedule: Any) -> tuple[Any, ...]:
+    """Where a schedule is: its current ``value`` (fusedopt's schedules return it, or a rate
+    derived from it, next; a schedule without one contributes nothing). Only the value: a
+    step's rate is agreed on by itself, and the rest of a schedule's attributes would cost
+    more each step than they tell (a Step schedule's counter shows in its value when it matters)."""
+    value = getattr(schedule, "value", None)
+    return () if value is None else (value,)
+
+
+def _rate(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# Read in one C call per dict, every step (the step's own data has just left the caches, and
+# each Python-level attribute read then costs a fraction of a microsecond).
+_OPT_FIELDS = operator.itemgetter("ascent", "check_finite", "keep_delta", "tolerance", "_stepsize", "lr", "step_count")
+_OPT_NAMES = ("ascent", "check_finite", "keep_delta", "tolerance", "stepsize", "lr", "step_count")
+_WEIGHTS = operator.itemgetter("_w32", "_w2_32")
+
+
+def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(static, dynamic) fields of a fusedopt.optimizers optimizer. `pending`: the wrapper
+    holds moments waiting for a layout."""
+    d = opt.__dict__
+    try:
+        ascent, finite, keep, tolerance, schedule, lr, count = _OPT_FIELDS(d)
+    except KeyError:  # a subclass that keeps them elsewhere
+        ascent, finite, keep, tolerance, schedule, lr, count = (getattr(opt, n, None) for n in _OPT_NAMES)
+    mem = d.get("memory", d.get("_memory"))
+    if mem is None:
+        mem = getattr(opt, "_memory", None)
+    try:
+        weights = None if mem is None else _WEIGHTS(mem.__dict__)
+    except KeyError:
+        weights = (mem.mean_weight, mem.mean_square_weight)
+    value = getattr(schedule, "value", None)  # schedule_position(), inline: this runs every step
+    position = () if value is None else (value,)
+    static = (type(opt), weights, ascent, finite, keep, tolerance, type(schedule))
+    # A structure is held from the first step until reset() (with the moments, if the rule has any).
+    moments = mem is not None and (mem._plan is not None or mem._pending is not None)
+    dynamic = (count, lr if lr is not None else _rate(value), moments, pending, *position)
+    return static, dynamic
+
+
+def textbook(opt: Any, lr: Optional[float], pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(static, dynamic) fields of a fusedopt.optim optimizer; `lr`: this step's rate, already
+    drawn from its schedule or callable (None outside a step)."""
+    schedule = opt.lr
+    kind: Any = type(schedule).__name__
+    position: tuple[Any, ...] = ()
+    if type(schedule) is not float:  # (a constant rate is stored as a float)
+        position = schedule_position(schedule)
+        kind = (kind, getattr(schedule, "__qualname__", ""))
+    static = (type(opt).__name__, tuple(opt._hyper_values().items()), opt.max_grad_norm, opt.check_finite, kind)
+    rate = _rate(schedule if lr is None and type(schedule) is float else lr)
+    state = opt._state is not None or opt._pending is not None  # (state_arrays() would build views)
+    dynamic = (opt.step_count, rate, state, pending, *position)
+    return static, dynamic
+
+
+def state_hash(state: Mapping[str, Any]) -> int:
+    """A 62-bit hash of a state dict's content, to check that every rank loads the same state.
+    Values go through np.asarray, so a state as saved and as np.load gives it back hash alike."""
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(state):
+        value = np.asarray(state[key])
+        h.update(f"{key!r}{value.dtype.str}{value.shape}".encode())
+        h.update(value.tobytes() if value.dtype.kind != "O" else repr(value).encode())
+    return int.from_bytes(h.digest(), "little") & _MASK
+
+
+def static_hash(*parts: Any) -> int:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & _MASK
+
+
+_FORMATS: dict[int, tuple[struct.Struct, struct.Struct]] = {}
+
+
+def combined_hash(static: int, dynamic: tuple[Any, ...]) -> int:
+    """The hash a step agrees on: the static hash and the dynamic numbers' float64 bits."""
+    fmt = _FORMATS.get(len(dynamic))
+    if fmt is None:
+        fmt = _FORMATS[len(dynamic)] = (struct.Struct(f"<{len(dynamic)}d"), struct.Struct(f"<{len(dynamic)}q"))
+    try:
+        bits = fmt[1].unpack(fmt[0].pack(*dynamic))
+    except (struct.error, TypeError, ValueError, OverflowError):  # a schedule attribute that is no number
+        return combined_hash(static, _numbers(dynamic))
+    return hash((static, *bits)) & _MASK
+
+
+def _numbers(values: tuple[Any, ...]) -> tuple[float, ...]:
+    """The values as floats: a number as itself, anything else as NaN (its name is in the static fields)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError, OverflowError):
+            out.append(float("nan"))
+    return tuple(out)
+
+
+def describe(static_names: tuple[str, ...], static: tuple[Any, ...], dynamic: tuple[Any, ...]) -> list[tuple[str, str]]:
+    """(name, value as text) of every field (the schedule's position as one entry)."""
+    out = [(n, v.__name__ if isinstance(v, type) else repr(v)) for n, v in zip(static_names, static)]
+    out += [(n, repr(v)) for n, v in zip(DYNAMIC, dynamic)]
+    if len(dynamic) > len(DYNAMIC):
+        out.append(("schedule value", repr(_numbers(dynamic[len(DYNAMIC):]))))
+    return out
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+
+
+def mismatch_message(every: list[list[tuple[str, str]]], limit: int = 4) -> str:
+    """What differs across the ranks' descriptions, naming the ranks of each value (the same
+    text on every rank: it is made from the same all-gathered descriptions)."""
+    tables = [dict(desc) for desc in every]
+    names: list[str] = []
+    for desc in every:
+        names += [n for n, _ in desc if n not in names]
+    parts = []
+    for name in names:
+        values: dict[str, list[int]] = {}
+        for r, table in enumerate(tables):
+            values.setdefault(table.get(name, "(nothing)"), []).append(r)
+        if len(values) > 1:
+            parts.append(f"{name}: " + "; ".join(f"{v} on {_ranks(rs)}" for v, rs in values.items()))
+    if not parts:
+        return "the ranks' steps differ (a layout changed on some ranks but not on others)"
+    more = f" (and {len(parts) - limit} more)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
