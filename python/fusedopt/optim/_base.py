@@ -13,11 +13,29 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .. import _core, schedules
+from .. import _core, _docs, schedules
 from . import _checks as checks, _state as fmt
 from ._tree import Mask, resolve_mask
 
+#: The learning rate ``lr`` of every fusedopt.optim optimizer: a float >= 0; a fusedopt
+#: schedule (``next(schedule)`` gives each step's rate, evaluated just before the step);
+#: or a callable ``step -> lr`` (called with the number of steps taken: 0 for the first).
 LR = Union[float, schedules.Schedule, Callable[[int], Any]]
+
+_USAGE = """
+Usage (``params`` and ``grads``: trees of the same structure of float32/float64 arrays)::
+
+    from fusedopt import optim
+    opt = optim.{name}(lr=1e-3)
+    for batch in batches:
+        opt.step(params, grads_of(params, batch))   # params stepped in place, one native call
+
+``lr`` is an ``LR``: a float, a fusedopt schedule or a callable ``step -> lr``.
+``weight_decay_mask`` (keyword) is a ``Mask``: None (every leaf decays), a tree of bools
+shaped like ``params``, or a callable ``(path, array) -> bool``. ``max_grad_norm``
+(keyword) clips the whole gradient tree to that L2 norm; ``check_finite`` (keyword)
+refuses NaN/Inf gradients.
+"""
 
 
 class _Hyper:
@@ -59,7 +77,10 @@ class Optimizer:
     """Base class of fusedopt.optim's optimizers (see the module's documentation)."""
 
     _hyper_names: Tuple[str, ...] = ()  # constructor hyper-parameters, saved in state_dict()
-    _decoupled = False  # weight decay as p *= 1 - lr*wd (AdamW) instead of L2 (rules of both kinds)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _docs.complete(cls, _USAGE)
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False) -> None:
