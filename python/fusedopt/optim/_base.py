@@ -54,6 +54,9 @@ class _Hyper:
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+        self.__doc__ = (f"The hyper-parameter {name}, checked on assignment as at construction and used from "
+                        f"the next step on" + (" (it chooses the update rule and its state: it changes only "
+                                                "while the optimizer has no state)." if self.selects_rule else "."))
 
     def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
         if obj is None:
