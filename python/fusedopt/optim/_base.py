@@ -80,6 +80,7 @@ class Optimizer:
     """Base class of fusedopt.optim's optimizers (see the module's documentation)."""
 
     _hyper_names: Tuple[str, ...] = ()  # constructor hyper-parameters, saved in state_dict()
+    _decoupled = False  # weight decay as p *= 1 - lr*wd (AdamW) instead of L2 (rules of both kinds)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
