@@ -10,7 +10,7 @@ def complete(cls: type, usage: str) -> None:
     """Adds `usage` (``{name}`` replaced by the class's name) to the docstring of `cls`
     unless it has a usage section, and a docstring to its own ``__init__`` if it has none."""
     name = cls.__name__
-    if cls.__doc__ and "Usage" not in cls.__doc__:
+    if usage and cls.__doc__ and "Usage" not in cls.__doc__:
         cls.__doc__ = cls.__doc__.rstrip() + "\n\n" + textwrap.indent(usage.format(name=name).strip("\n"), "    ") + "\n"
     init = cls.__dict__.get("__init__")
     if init is not None and not init.__doc__:

@@ -125,6 +125,8 @@ class thread_limits:
     """
 
     def __init__(self, fusedopt: Optional[int] = None, blas: Optional[int] = None) -> None:
+        """Sets the counts now (see the class documentation); ValueError, with nothing changed, for a
+        count that is not None or an integer from 1 (fusedopt: to ``fusedopt._core.max_threads``)."""
         fusedopt = _check_count("fusedopt", fusedopt)
         blas = _check_count("blas", blas)
         if fusedopt is not None and fusedopt > _core.max_threads:

@@ -88,6 +88,7 @@ class Optimizer:
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False) -> None:
+        """Called by the subclasses' constructors with the options every optimizer takes."""
         self._values: Dict[str, Any] = {}
         self._hyper = _core.TextbookHyper()
         self._hyper.decoupled = self._decoupled
