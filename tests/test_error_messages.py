@@ -53,8 +53,8 @@ CASES = [
      "grad does not match the structure it is stepped with: expected a dict with keys ['W', 'b'], "
      "got a dict of 4 entries; unexpected keys 'c', 'd'" + STRUCTURE),
     ("paysage", None, {"W": params()["W"]}, grads(), StructureError,
-     "params does not match the structure it is stepped with: expected a dict with keys ['W', 'b'], "
-     "got a dict of 1 entry; missing key 'b'" + STRUCTURE),
+     "params does not match the structure it is stepped with: expected (as in the gradient) "
+     "a dict with keys ['W', 'b'], got a dict of 1 entry; missing key 'b'" + STRUCTURE),
     ("paysage", None, params(), [1.0], TypeError,
      "grad at [0]: expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, "
      "got float (wrap a scalar in np.array(x, np.float32))"),

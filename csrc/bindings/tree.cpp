@@ -145,7 +145,8 @@ void Plan::record(py::handle obj, const std::string& name, const std::string& pa
   } else {
     throw py::type_error(leaf_label(name, path) +
                          ": expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, got " +
-                         type_name(o) + (PyFloat_Check(o) || PyLong_Check(o) ? " (wrap a scalar in np.array(x, np.float32))" : ""));
+                         type_name(o) +
+                         (PyFloat_Check(o) || PyLong_Check(o) ? " (wrap a scalar in np.array(x, np.float32))" : ""));
   }
 }
 
@@ -212,8 +213,10 @@ void Plan::mismatch(std::size_t node, PyObject* obj, const char* name) const {
     py::list present = py::reinterpret_steal<py::list>(keys);
     fix = keys_lacking(n.keys, obj, "missing") + keys_lacking(present, recorded.ptr(), "unexpected");
   }
+  // Parameters are checked against the gradient's plan (the paysage family): say so.
+  const bool params = std::string(name) == "params";
   throw StructureError(leaf_label(name, n.path) + " does not match the structure it is stepped with: expected " +
-                       describe(node) + ", got " + got + fix +
+                       (params ? "(as in the gradient) " : "") + describe(node) + ", got " + got + fix +
                        " (parameters and gradients share one structure, fixed at the first step)");
 }
 
