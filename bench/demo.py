@@ -1,7 +1,8 @@
 """fusedopt's main job, end to end: train with ADAM, the same bits as numpy, and time both.
 
-    python bench/demo.py                 # 5 interleaved rounds (about 10-20 s)
+    python bench/demo.py                 # 5 interleaved rounds (about 15 s)
     python bench/demo.py --rounds 9      # more rounds: steadier medians
+    python bench/demo.py --threads-as-is # keep the thread counts as they are (no thread_limits)
 
 A linear regression y = x @ W + b with 1,001,000 float32 parameters (W: 1000 x
 1000, b: 1000) is trained from the same start on the same minibatches twice per
@@ -11,11 +12,18 @@ peers.NumpyOptimizer). The two alternate which goes first from round to round.
 The learning rate follows an ExponentialDecay schedule advanced once per epoch
 with update_lr(), as paysage's training loops do.
 
-Printed: the thread settings (fusedopt's, BLAS's, the OpenMP environment), a
-warning when they ask for more threads than the machine has cores, whether the
-two trainings' parameters are bit-identical in every round (exit status 1 if
-not), and, per implementation, the median over rounds of the median optimizer
-step and of the whole training, with the range over rounds.
+The training runs in the thread configuration docs/threads.md recommends for
+loops of matrix products and steps, ``fusedopt.thread_limits.training()``: when
+BLAS's threads and fusedopt's together would outnumber the cores, fusedopt steps
+on the calling thread and BLAS keeps its threads (BLAS's spinning threads would
+otherwise hold the cores a step's helper threads need).
+
+Printed: the thread settings, whether the two trainings' parameters are
+bit-identical in every round (exit status 1 if not), per implementation the
+median over rounds of the median optimizer step and of the whole training with
+the spread over rounds ((max - min) / median), the two speedups, and one line per
+other family at one size: fusedopt.optim.Adam against a numpy textbook Adam, and
+fusedopt.torch.Adam against torch.optim.Adam(fused=True) (when torch is installed).
 """
 import argparse
 import os
@@ -27,43 +35,30 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import NumpyOptimizer  # noqa: E402
+from peers import NumpyOptimizer, Skip  # noqa: E402
+import peers_optim as textbook  # noqa: E402
 
 import fusedopt  # noqa: E402
 from fusedopt import optimizers, schedules  # noqa: E402
 
-BATCH, BATCHES, EPOCHS = 256, 8, 4
+BATCH, BATCHES, EPOCHS = 256, 8, 8
 ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def blas_threads():
-    """[(library, threads)] of the BLAS libraries numpy loaded, or None without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return [(i.get("internal_api", i["prefix"]), i["num_threads"]) for i in threadpool_info()
-            if i.get("user_api") == "blas"]
-
-
-def thread_report():
-    """Lines stating the thread settings, and a warning if BLAS and fusedopt oversubscribe the cores."""
-    cores = os.cpu_count() or 1
-    ours = fusedopt.get_num_threads()
-    blas = blas_threads()
+def thread_report(limits):
+    """One line stating the thread settings the training runs with, and why."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    blas = ", ".join(f"{lib} {n}" for lib, n in fusedopt.blas_threads()) or "none found"
     env = ", ".join(f"{k}={os.environ[k]}" for k in ENV if k in os.environ) or "none set"
-    lines = [f"threads: fusedopt {ours} (SIMD {fusedopt.simd_level()}); BLAS "
-             + ("unknown (pip install threadpoolctl to see it)" if blas is None else
-                ", ".join(f"{lib} {n}" for lib, n in blas) or "none loaded")
-             + f"; {cores} cores; environment: {env}"]
-    blas_max = max((n for _, n in blas or []), default=1)
-    if blas and ours > 1 and blas_max > 1 and ours + blas_max > cores:
-        lines.append(
-            f"note: BLAS ({blas_max} threads) and fusedopt ({ours} threads) together want more than the "
-            f"{cores} cores; between matrix products BLAS's threads spin and a fusedopt step can wait for a "
-            "descheduled thread. Choose one: OPENBLAS_NUM_THREADS=1 (or threadpoolctl's threadpool_limits), "
-            "fusedopt.set_num_threads(1) / OMP_NUM_THREADS=1, or OMP_WAIT_POLICY=passive.")
-    return lines
+    if limits is None:
+        how = "as they were (--threads-as-is)"
+    elif fusedopt.get_num_threads() != limits.before["fusedopt"]:
+        how = (f"fusedopt.thread_limits.training(): fusedopt steps on the calling thread, as its "
+               f"{limits.before['fusedopt']} threads and BLAS's would outnumber the cores")
+    else:
+        how = "fusedopt.thread_limits.training(): unchanged, the cores suffice"
+    return (f"threads: fusedopt {fusedopt.get_num_threads()} (SIMD {fusedopt.simd_level()}), BLAS {blas}, "
+            f"{cores} cores [{how}]; environment: {env}")
 
 
 def make_data(rng, n_in, n_out):
@@ -116,20 +111,69 @@ def run_numpy(start, schedule, x, y):
     return params, train(step, set_lr, params, x, y)
 
 
+def spread(values):
+    return (max(values) - min(values)) / statistics.median(values)
+
+
 def summary(name, step_medians, totals):
     med_step, med_total = statistics.median(step_medians), statistics.median(totals)
-    return (f"  {name:<9} optimizer step {1e3 * med_step:7.3f} ms (rounds {1e3 * min(step_medians):.3f}-"
-            f"{1e3 * max(step_medians):.3f})   whole training {med_total:6.2f} s "
-            f"(rounds {min(totals):.2f}-{max(totals):.2f})"), med_step, med_total
+    return (f"  {name:<9} optimizer step {1e3 * med_step:7.3f} ms (spread {spread(step_medians):4.0%})   "
+            f"whole training {med_total:6.3f} s (spread {spread(totals):4.0%})"), med_step, med_total
+
+
+def step_time(step, repeats):
+    """Median seconds of `repeats` calls of step()."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def family_line(label, ours, peer, size, rounds=5, repeats=20):
+    """One line: the median step of `ours` and `peer` (make(name, params, grads) -> step on
+    float32 arrays of `size` elements) in interleaved rounds, and the speedup."""
+    rng = np.random.default_rng(1)
+    steps = []
+    try:
+        for make in (ours, peer):
+            p = rng.standard_normal(size, dtype=np.float32)
+            g = np.float32(1e-3) * rng.standard_normal(size, dtype=np.float32)
+            steps.append(make[1](make[0], [p], [g]))
+    except (Skip, ImportError) as e:
+        return f"  {label}: skipped ({e})"
+    times = [[], []]
+    for _ in range(rounds):
+        for k, step in enumerate(steps):
+            times[k].append(step_time(step, repeats))
+    a, b = statistics.median(times[0]), statistics.median(times[1])
+    return f"  {label}: {1e6 * a:,.0f} us vs {1e6 * b:,.0f} us per step of {size:,} float32 elements, {b / a:.2f}x"
+
+
+def other_families(size):
+    """The textbook and torch families, one line each, at `size` elements (all of fusedopt's
+    threads: no matrix products compete here)."""
+    import bench_torch
+    return [
+        family_line("fusedopt.optim.Adam vs numpy textbook Adam", ("optim.Adam", textbook.make_fusedopt),
+                    ("optim.Adam", textbook.make_numpy), size),
+        family_line("fusedopt.torch.Adam vs torch.optim.Adam(fused=True)", ("Adam", bench_torch.make_fusedopt_torch),
+                    ("optim.Adam", textbook.make_torch("fused")), size),
+    ]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--size", type=int, default=1000, help="W is size x size (default 1000)")
+    ap.add_argument("--family-size", type=int, default=1_000_000,
+                    help="elements of the other families' comparison (default 1,000,000)")
+    ap.add_argument("--threads-as-is", action="store_true",
+                    help="train with the thread counts as they are, not fusedopt.thread_limits.training()")
     args = ap.parse_args(argv)
-    if args.rounds < 1 or args.size < 1:
-        ap.error("--rounds and --size must be positive")
+    if args.rounds < 1 or args.size < 1 or args.family_size < 1:
+        ap.error("--rounds, --size and --family-size must be positive")
 
     rng = np.random.default_rng(0)
     x, y = make_data(rng, args.size, args.size)
@@ -138,33 +182,45 @@ def main(argv=None):
     n = sum(v.size for v in start.values())
     print(f"linear regression, {n:,} float32 parameters, ADAM, {EPOCHS * BATCHES} steps per training, "
           f"{args.rounds} interleaved rounds")
-    for line in thread_report():
-        print(line)
 
+    limits = None if args.threads_as_is else fusedopt.thread_limits.training()
+    print(thread_report(limits))
     runs = {"fusedopt": run_fusedopt, "numpy": run_numpy}
     steps = {k: [] for k in runs}
     totals = {k: [] for k in runs}
     identical_rounds = 0
-    for r in range(args.rounds):
-        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-        results = {}
-        for name in order:
-            params, (losses, step_times, total) = runs[name](start, schedule, x, y)
-            results[name] = params, losses
-            steps[name].append(statistics.median(step_times))
-            totals[name].append(total)
-        identical_rounds += all(np.array_equal(results["fusedopt"][0][k], results["numpy"][0][k]) for k in start)
+    try:
+        for r in range(args.rounds):
+            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+            results = {}
+            for name in order:
+                params, (losses, step_times, total) = runs[name](start, schedule, x, y)
+                results[name] = params, losses
+                steps[name].append(statistics.median(step_times))
+                totals[name].append(total)
+            identical_rounds += all(np.array_equal(results["fusedopt"][0][k], results["numpy"][0][k])
+                                    for k in start)
+    finally:
+        if limits is not None:
+            limits.restore()
     losses = results["fusedopt"][1]
     print(f"loss: {losses[0]:.4f} -> {losses[-1]:.4f}")
     print(f"parameters bit-identical to the numpy ADAM: {identical_rounds == args.rounds} "
           f"({identical_rounds} of {args.rounds} rounds)")
-    print("medians over rounds (each round: the median step of its training):")
+    print("medians over rounds (each round: the median step of its training), spread = (max - min) / median:")
     line_f, step_f, total_f = summary("fusedopt", steps["fusedopt"], totals["fusedopt"])
     line_n, step_n, total_n = summary("numpy", steps["numpy"], totals["numpy"])
     print(line_f)
     print(line_n)
-    print(f"  ratio numpy / fusedopt: optimizer step {step_n / step_f:.2f}x, whole training "
-          f"{total_n / total_f:.2f}x (the matrix products of the gradients are the same numpy code in both)")
+    print(f"speedup of fusedopt: optimizer step {step_n / step_f:.2f}x, whole training {total_n / total_f:.2f}x "
+          f"(the gradients' matrix products are the same numpy code in both)")
+    print(f"the other families, fusedopt against its peer (all {fusedopt.get_num_threads()} fusedopt threads):")
+    for line in other_families(args.family_size):
+        print(line)
+    widest = max(spread(v) for v in (*steps.values(), *totals.values()))
+    if widest > 0.15:
+        print(f"note: a spread of {widest:.0%} over rounds (above 15%): other work disturbed some rounds; "
+              "the medians still hold, --rounds 9 steadies them")
     load = os.getloadavg()[0]
     if load > 1.0:
         print(f"note: load average {load:.1f} on {os.cpu_count()} cores: other processes competed for the CPU "

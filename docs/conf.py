@@ -1,11 +1,10 @@
 """Sphinx configuration of fusedopt's documentation site.
 
 Build: ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (after
-installing the package, whose docstrings the API reference reads).
+installing the package, whose docstrings the API reference, api.md, reads).
 
 Some pages and modules arrive from other branches (docs/optim.md,
-fusedopt/torch.py, ...). The site builds with or without them: the API pages
-are generated here for the public modules that exist; the index's toctree
+fusedopt/torch.py, ...). The site builds with or without them: the index's toctree
 lines naming a missing topic page are dropped, and pages no toctree names are
 listed under "More topics"; text that links a topic page sits in an ``{only}``
 block that is dropped when the page is missing.
@@ -113,37 +112,3 @@ def setup(app):
     app.connect("source-read", drop_missing)
     app.connect("autodoc-process-signature", class_signature)
     app.connect("autodoc-process-docstring", class_docstring)
-
-# Public modules, in the order the API reference lists them; a module gets a
-# page when its source exists in this checkout.
-PUBLIC_MODULES = ["fusedopt", "fusedopt.optimizers", "fusedopt.schedules", "fusedopt.optim", "fusedopt.torch",
-                  "fusedopt.distributed"]
-
-
-def module_exists(name: str) -> bool:
-    rel = Path(*name.split(".")[1:])
-    return name == "fusedopt" or (PACKAGE / rel).with_suffix(".py").exists() or (PACKAGE / rel / "__init__.py").exists()
-
-
-def write_api_pages() -> list[str]:
-    """Writes docs/api/<module>.md for each public module present; returns their names."""
-    api = DOCS / "api"
-    api.mkdir(exist_ok=True)
-    present = [m for m in PUBLIC_MODULES if module_exists(m)]
-    wanted = {f"{m}.md" for m in present}
-    for stale in api.glob("*.md"):
-        if stale.name not in wanted:
-            stale.unlink()
-    for name in present:
-        text = (f"# `{name}`\n\n"
-                f"```{{eval-rst}}\n.. automodule:: {name}\n   :members:\n"
-                + ("   :imported-members:\n" if name == "fusedopt" else "")
-                + "```\n")
-        path = api / f"{name}.md"
-        # Rewrite only on change: Sphinx re-reads files whose time stamp moved.
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-    return present
-
-
-API_MODULES = write_api_pages()

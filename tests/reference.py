@@ -5,7 +5,7 @@ Nothing here imports fusedopt. Three parts:
 * trees: flatten / structure / map helpers, paysage-like namedtuples, a mock
   paysage model and builders of random test trees;
 * optimizers: docs/semantics.md ("Optimizers") on a flat list of leaf arrays, in plain NumPy.
-  Fed arrays of the leaf's dtype it follows SPEC 3's operation order exactly
+  Fed arrays of the leaf's dtype it follows the operation order of docs/semantics.md exactly
   (float32 scalars for float32 leaves, float64(float32(w)) for float64 leaves),
   so fusedopt must match it with np.array_equal.  Fed float64 copies of float32
   leaves it evaluates the same formulas in float64, which checks the formulas
@@ -157,7 +157,7 @@ def _scalar(value32, like):
 
 
 class RefMemory:
-    """GradientMemory of SPEC 3 on flat lists of arrays; weights are float32 as fusedopt stores them."""
+    """GradientMemory of docs/semantics.md, "Gradient memory", on flat lists of arrays; weights are float32 as fusedopt stores them."""
 
     def __init__(self, mean_weight=0.9, mean_square_weight=0.0):
         self.w = np.float32(mean_weight)
@@ -208,7 +208,7 @@ class RefMemory:
         self.mean = self.mean_square = None
 
 
-# Memory weights of each optimizer (SPEC 3's table); keyword names as fusedopt's constructors.
+# Memory weights of each optimizer (docs/semantics.md, "Optimizers"); keyword names as fusedopt's constructors.
 def memory_weights(kind, **weights):
     if kind == "gradient":
         return 0.0, 0.0
@@ -222,7 +222,7 @@ def memory_weights(kind, **weights):
 
 
 class RefOptimizer:
-    """An optimizer of SPEC 3 on flat lists.
+    """An optimizer of docs/semantics.md on flat lists.
 
     rates: iterator of float32 rates (what next(stepsize) returns), consumed by
     update_lr(); before the first update_lr the rate is float32(unstepped_value).

@@ -42,7 +42,7 @@ def test_structure_error_is_public():
     assert issubclass(fusedopt.StructureError, ValueError)
     opt = optimizers.Momentum(0.1)
     opt.update([np.zeros(2, np.float32)], [np.ones(2, np.float32)])
-    with pytest.raises(fusedopt.StructureError, match=r"expected a list of 1 entries"):
+    with pytest.raises(fusedopt.StructureError, match=r"expected a list of 1 entry"):
         opt.update([np.zeros(2, np.float32)] * 2, [np.ones(2, np.float32)] * 2)
 
 

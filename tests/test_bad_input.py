@@ -108,8 +108,8 @@ BAD_GRADS = [
     ("none_leaf", MATRIX, lambda a: None, TypeError, [MATRIX_PATH, "NoneType"]),
     ("numpy_scalar", MATRIX, lambda a: np.float32(1), TypeError, [MATRIX_PATH, "float32"]),
     ("python_float", MATRIX, lambda a: 1.0, TypeError, [MATRIX_PATH, "float"]),
-    ("missing_entry", ("weights",), lambda w: [], ValueError, [r"weights", "1 entries", "0 entries"]),
-    ("extra_entry", ("layers", 1), lambda l: l + [l[0]], ValueError, [r"layers\[1\]", "1 entries", "2 entries"]),
+    ("missing_entry", ("weights",), lambda w: [], ValueError, [r"weights", "1 entry", "0 entries"]),
+    ("extra_entry", ("layers", 1), lambda l: l + [l[0]], ValueError, [r"layers\[1\]", "1 entry", "2 entries"]),
     ("tuple_for_namedtuple", ("weights", 0, 0), tuple, ValueError, [r"weights\[0\]\[0\]", "ParamsWeights", "tuple"]),
     ("tuple_for_list", ("layers",), tuple, ValueError, [r"layers", "list", "tuple"]),
     ("dict_for_namedtuple", ("weights", 0, 0), lambda nt: nt._asdict(), ValueError,
@@ -130,7 +130,7 @@ BAD_PARAMS = [
     ("object_param", MATRIX, lambda a: a.astype(object), TypeError, [MATRIX_PATH, "object"]),
     ("shape_param", MATRIX, lambda a: a.T.copy(), ValueError, [MATRIX_PATH, r"\(5, 3\)", r"\(3, 5\)"]),
     ("list_param", MATRIX, lambda a: a.tolist(), TypeError, [MATRIX_PATH, "list"]),
-    ("structure_param", ("weights",), lambda w: [], ValueError, [r"weights", "1 entries", "0 entries"]),
+    ("structure_param", ("weights",), lambda w: [], ValueError, [r"weights", "1 entry", "0 entries"]),
 ]
 
 

@@ -2,7 +2,7 @@
 (csrc/paysage/exact_division.h, AVX-512 only) gives exactly the divider's bits: every constant is
 checked over all 2^23 significands before use, and vectors with a lane outside
 [2^-60, 2^100) (zeros, subnormals, huge values, Inf, NaN) fall back to the divider.
-Compared bit for bit with the NumPy reference of SPEC 3 and with the divider-only kernels."""
+Compared bit for bit with the NumPy reference of docs/semantics.md and with the divider-only kernels."""
 import os
 import subprocess
 import sys

@@ -1,5 +1,5 @@
 """GradientMemory's own API (update_mean, update_mean_square, update, normalize,
-reset, the moment trees) against the reference memory of SPEC 3, bit for bit."""
+reset, the moment trees) against the reference memory of docs/semantics.md, bit for bit."""
 import numpy as np
 import pytest
 from hypothesis import given, settings

@@ -1,4 +1,4 @@
-"""The four optimizers against the NumPy reference of SPEC 3: bit for bit in the
+"""The four optimizers against the NumPy reference of docs/semantics.md: bit for bit in the
 leaf's dtype, and within a tolerance of a float64 evaluation of the formulas."""
 import inspect
 

@@ -110,7 +110,7 @@ def test_random_trees_match_the_references(spec, h, steps, seed):
     got = leaves_in_order(p)
     for a, b, c in zip(got, want, want64):
         assert a.dtype == b.dtype and a.shape == b.shape
-        assert np.array_equal(a, b)  # SPEC 3 order in the leaf's dtype: the same bits
+        assert np.array_equal(a, b)  # docs/semantics.md's order in the leaf's dtype: the same bits
         rtol = 1e-4 if a.dtype == np.float32 else 1e-12
         bound = rtol * (np.abs(c) + (np.max(np.abs(c)) if c.size else 0.0))
         assert np.all(np.abs(a - c) <= bound)  # the formulas themselves, in float64

@@ -1,4 +1,5 @@
-"""The five schedules of SPEC 5 against reference generators written separately."""
+"""The five schedules (docs/semantics.md, "Rates and schedules") against reference
+generators written separately."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +10,7 @@ from reference import RATE_GENERATORS, SCHEDULE_ARGS, take
 
 NAMES = list(RATE_GENERATORS)
 
-# Constructor arguments of each schedule (SPEC 5), to check get_config.
+# Constructor arguments of each schedule (docs/semantics.md), to check get_config.
 ARGUMENTS = {
     "Constant": ("initial", "value"),
     "Linear": ("initial", "delta", "value", "minval", "maxval"),

@@ -1,5 +1,5 @@
-"""Every SIMD level the machine has and 1 or 2 threads give the same bits, equal to
-the NumPy reference (SPEC 4), including trees large enough for OpenMP to run."""
+"""Every SIMD level the machine has and 1 or 2 threads give the same bits (docs/threads.md),
+equal to the NumPy reference, including trees large enough for OpenMP to run."""
 import math
 import os
 import subprocess

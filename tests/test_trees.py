@@ -1,4 +1,4 @@
-"""Trees (SPEC 2): whatever fusedopt hands back has the input's structure and
+"""Trees (docs/guide.md, "Trees"): whatever fusedopt hands back has the input's structure and
 container types, leaves keep their shapes and dtypes, and a tree's structure is
 fixed while moments exist."""
 import collections

@@ -38,7 +38,12 @@ PyArrayObject* check_leaf(const Plan& plan, std::size_t l, PyObject* o, const ch
   PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
   const bool same = PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
                     std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
-  if (!same) throw py::value_error(where(name, s) + ": expected shape " + plan.shape_str(l) + ", got " + shape_of(a));
+  if (!same) {
+    // The plan is the gradient's: a parameter that differs is named with both shapes, whichever is wrong.
+    if (std::string(name) == "params")
+      throw py::value_error(where(name, s) + ": shape " + shape_of(a) + " does not match the gradient's " + plan.shape_str(l));
+    throw py::value_error(where(name, s) + ": expected shape " + plan.shape_str(l) + ", got " + shape_of(a));
+  }
   return a;
 }
 

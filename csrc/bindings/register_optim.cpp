@@ -42,7 +42,8 @@ PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
   if (dtype_ok && shape_ok) return a;
   const std::string msg = where(what, s) + ": expected a " + dtype_name(s.dtype) + " array of shape " +
-                          plan.shape_str(l) + ", got " + (a ? "a " : "") + got_of(o);
+                          plan.shape_str(l) + (what == "grads" ? " (its parameter's)" : "") + ", got " + (a ? "a " : "") +
+                          got_of(o);
   if (!dtype_ok) throw py::type_error(msg);
   throw py::value_error(msg);
 }

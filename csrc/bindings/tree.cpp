@@ -51,9 +51,12 @@ void make_unique(std::vector<std::string>& labels) {
 
 }  // namespace
 
+std::string leaf_label(const std::string& name, const std::string& path) {
+  return path.empty() ? name : name + " at " + path;
+}
+
 Plan::Plan(py::handle tree, const std::string& name) {
-  (void)name;
-  record(tree, "");
+  record(tree, name, "");
   // Labels are unique inside each dict, but a custom repr may still spell a
   // whole path of another branch: leaf paths are made unique as a last step.
   std::vector<std::string> paths;
@@ -80,10 +83,10 @@ Plan::Plan(py::handle tree, const std::string& name) {
 // recurse until the C stack overflows.
 constexpr int kMaxDepth = 1000;
 
-void Plan::record(py::handle obj, const std::string& path, int depth) {
+void Plan::record(py::handle obj, const std::string& name, const std::string& path, int depth) {
   if (depth > kMaxDepth)
-    throw py::value_error("at " + path.substr(0, 60) + "...: the tree is nested more than " + std::to_string(kMaxDepth) +
-                          " levels deep (does a container contain itself?)");
+    throw py::value_error(name + " at " + path.substr(0, 60) + "...: the tree is nested more than " +
+                          std::to_string(kMaxDepth) + " levels deep (does a container contain itself?)");
   const std::size_t here = nodes_.size();
   nodes_.push_back(Node{});
   nodes_[here].path = path;
@@ -97,9 +100,9 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
     PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
     const int t = PyArray_TYPE(a);
     if (t != npy_type_number(F32) && t != npy_type_number(F64))
-      throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
-                           ": expected a float32 or float64 array, got dtype " +
-                           py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>());
+      throw py::type_error(leaf_label(name, path) + ": expected a float32 or float64 array, got dtype " +
+                           py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>() +
+                           " (convert it, e.g. x.astype(np.float32))");
     LeafSpec spec;
     spec.dtype = t == npy_type_number(F32) ? F32 : F64;
     spec.shape.assign(PyArray_DIMS(a), PyArray_DIMS(a) + PyArray_NDIM(a));
@@ -115,18 +118,18 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
     py::tuple fields = obj.attr("_fields");
     for (Py_ssize_t i = 0; i < n; ++i) {
       const std::string field = py::str(fields[i]);
-      record(PyTuple_GET_ITEM(o, i), path.empty() ? field : join_path(path, "." + field), depth + 1);
+      record(PyTuple_GET_ITEM(o, i), name, path.empty() ? field : join_path(path, "." + field), depth + 1);
     }
   } else if (PyTuple_Check(o)) {
     const Py_ssize_t n = PyTuple_GET_SIZE(o);
     children(Node::TUPLE, static_cast<std::size_t>(n));
-    for (Py_ssize_t i = 0; i < n; ++i) record(PyTuple_GET_ITEM(o, i), join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
+    for (Py_ssize_t i = 0; i < n; ++i) record(PyTuple_GET_ITEM(o, i), name, join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
   } else if (PyList_Check(o)) {
     const Py_ssize_t n = PyList_GET_SIZE(o);
     children(Node::LIST, static_cast<std::size_t>(n));
     for (Py_ssize_t i = 0; i < n; ++i) {
       py::object item = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(o, i));
-      record(item, join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
+      record(item, name, join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
     }
   } else if (PyDict_Check(o)) {
     children(Node::DICT, static_cast<std::size_t>(PyDict_Size(o)));
@@ -138,11 +141,12 @@ void Plan::record(py::handle obj, const std::string& path, int depth) {
     for (const auto& key : keys) labels.push_back(key_label(key));
     make_unique(labels);
     for (std::size_t k = 0; k < keys.size(); ++k)
-      record(d[keys[k]], join_path(path, "[" + labels[k] + "]"), depth + 1);
+      record(d[keys[k]], name, join_path(path, "[" + labels[k] + "]"), depth + 1);
   } else {
-    throw py::type_error("at " + (path.empty() ? std::string("the root") : path) +
+    throw py::type_error(leaf_label(name, path) +
                          ": expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, got " +
-                         type_name(o));
+                         type_name(o) +
+                         (PyFloat_Check(o) || PyLong_Check(o) ? " (wrap a scalar in np.array(x, np.float32))" : ""));
   }
 }
 
@@ -152,13 +156,19 @@ std::string shape_string(const Py_ssize_t* dims, std::size_t ndim) {
   return out + (ndim == 1 ? ",)" : ")");
 }
 
+namespace {
+
+std::string entries(std::size_t n) { return std::to_string(n) + (n == 1 ? " entry" : " entries"); }
+
+}  // namespace
+
 std::string Plan::describe(std::size_t node) const {
   const Node& n = nodes_[node];
-  const std::string count = std::to_string(n.nchild);
+  const std::string count = entries(n.nchild);
   switch (n.kind) {
     case Node::LEAF: return "an array";
-    case Node::TUPLE: return "a " + std::string(reinterpret_cast<PyTypeObject*>(n.type.ptr())->tp_name) + " of " + count + " entries";
-    case Node::LIST: return "a " + std::string(reinterpret_cast<PyTypeObject*>(n.type.ptr())->tp_name) + " of " + count + " entries";
+    case Node::TUPLE: return "a " + std::string(reinterpret_cast<PyTypeObject*>(n.type.ptr())->tp_name) + " of " + count;
+    case Node::LIST: return "a " + std::string(reinterpret_cast<PyTypeObject*>(n.type.ptr())->tp_name) + " of " + count;
     case Node::NAMEDTUPLE: return "a " + py::str(n.type.attr("__name__")).cast<std::string>() + " namedtuple";
     case Node::DICT: {
       std::string keys;
@@ -169,14 +179,45 @@ std::string Plan::describe(std::size_t node) const {
   return "?";
 }
 
+namespace {
+
+// "; missing keys 'a', 'b'": the keys of `keys` that dict `d` lacks, or "" if it has them all.
+template <class Keys>
+std::string keys_lacking(const Keys& keys, PyObject* d, const char* what) {
+  std::vector<std::string> out;
+  for (const auto& k : keys) {
+    const int has = PyDict_Contains(d, py::handle(k).ptr());
+    if (has < 0) throw py::error_already_set();
+    if (!has) out.push_back(py::repr(py::handle(k)).template cast<std::string>());
+  }
+  if (out.empty()) return "";
+  std::string joined;
+  for (const auto& k : out) joined += (joined.empty() ? "" : ", ") + k;
+  return std::string("; ") + what + (out.size() == 1 ? " key " : " keys ") + joined;
+}
+
+}  // namespace
+
 void Plan::mismatch(std::size_t node, PyObject* obj, const char* name) const {
   const Node& n = nodes_[node];
   std::string got = type_name(obj);
   if (PyTuple_Check(obj) || PyList_Check(obj) || PyDict_Check(obj))
-    got += " of " + std::to_string(PyObject_Length(obj)) + " entries";
-  throw StructureError(std::string(name) + (n.path.empty() ? "" : " at " + n.path) +
-                       " does not match the structure it is stepped with: expected " + describe(node) +
-                       ", got " + got);
+    got = "a " + got + " of " + entries(static_cast<std::size_t>(PyObject_Length(obj)));
+  std::string fix;
+  if (n.kind == Node::DICT && PyDict_Check(obj)) {
+    // Which keys differ, by name: the expected keys the dict lacks, and its keys the first step did not have.
+    py::dict recorded;
+    for (const auto& k : n.keys) recorded[k] = py::none();
+    PyObject* keys = PyDict_Keys(obj);
+    if (!keys) throw py::error_already_set();
+    py::list present = py::reinterpret_steal<py::list>(keys);
+    fix = keys_lacking(n.keys, obj, "missing") + keys_lacking(present, recorded.ptr(), "unexpected");
+  }
+  // Parameters are checked against the gradient's plan (the paysage family): say so.
+  const bool params = std::string(name) == "params";
+  throw StructureError(leaf_label(name, n.path) + " does not match the structure it is stepped with: expected " +
+                       (params ? "(as in the gradient) " : "") + describe(node) + ", got " + got + fix +
+                       " (parameters and gradients share one structure, fixed at the first step)");
 }
 
 namespace {

@@ -23,6 +23,8 @@ struct StructureError : std::runtime_error {
 
 // "(3,)", "(2, 5)": a shape as Python writes it.
 std::string shape_string(const Py_ssize_t* dims, std::size_t ndim);
+// "grads at ['w']", or "grads" for the root: the argument and the leaf an error is about.
+std::string leaf_label(const std::string& name, const std::string& path);
 
 struct LeafSpec {
   std::vector<Py_ssize_t> shape;
@@ -43,7 +45,7 @@ struct Node {
 
 class Plan {
  public:
-  // Records the structure of `tree`; `name` is used in error messages.
+  // Records the structure of `tree`; `name` (the argument it was passed as) starts error messages.
   Plan(py::handle tree, const std::string& name);
 
   // Calls visit(leaf_index, array_object) for every leaf of `tree`, in order,
@@ -67,7 +69,7 @@ class Plan {
   std::string describe(std::size_t node) const;
 
  private:
-  void record(py::handle obj, const std::string& path, int depth = 0);
+  void record(py::handle obj, const std::string& name, const std::string& path, int depth = 0);
   py::object build(std::size_t& node, const std::vector<py::object>& leaves) const;
 
   template <class Visit>

@@ -17,8 +17,9 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
 from . import _core, optim, optimizers, schedules  # noqa: E402
 from ._core import StructureError, get_num_threads, set_num_threads, simd_level
 from ._config import show_config
+from ._threads import blas_threads, thread_limits
 
 from ._version import __version__
 
-__all__ = ["optim", "optimizers", "schedules", "simd_level", "get_num_threads", "set_num_threads", "show_config",
-           "StructureError", "__version__"]
+__all__ = ["optim", "optimizers", "schedules", "simd_level", "get_num_threads", "set_num_threads", "thread_limits",
+           "blas_threads", "show_config", "StructureError", "__version__"]

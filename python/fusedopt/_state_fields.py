@@ -97,7 +97,8 @@ def check_header(state: Any, kind: str, fmt: str, version: int, oldest: Optional
         raise ValueError(f"state format version {saved_version} is not supported: this fusedopt reads {reads}")
     saved = as_str(get(state, "kind", fmt, version), "kind")
     if saved != kind:
-        raise ValueError(f"the state is of a {saved}, it cannot be loaded into a {kind}")
+        raise ValueError(f"the state was saved by {saved}, it cannot be loaded into {kind} "
+                         f"(load it into a new {saved}(), or train this {kind} from its start)")
     return saved_version
 
 

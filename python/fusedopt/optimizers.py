@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Ty
 import numpy as np
 import numpy.typing as npt
 
-from . import _core, schedules
+from . import _core, _docs, schedules
 from ._paysage import checks as _checks, state as _state
 
 __all__ = ["GradientMemory", "Optimizer", "Gradient", "Momentum", "RMSProp", "ADAM",
@@ -232,7 +232,8 @@ class GradientMemory:
                 f"moments={moments})")
 
     # paysage's per-array running averages, for subclasses written as paysage's optimizers
-    # are; in SPEC's operation order (numpy's rounding, as the fused kernels round).
+    # are; in the operation order of docs/semantics.md, "Gradient memory" (numpy's rounding,
+    # as the fused kernels round).
     def mixer_(self, x: npt.NDArray[np.floating[Any]], y: npt.NDArray[np.floating[Any]]) -> None:
         """Running mean of one array, in place: x = (w * x) + ((1 - w) * y), w = mean_weight."""
         w = x.dtype.type(self._w)
@@ -393,9 +394,23 @@ _OPTIONS_DOC = """
 _Class = TypeVar("_Class", bound=type)
 
 
+_USAGE_DOC = """
+Usage (one epoch of ``batches``)::
+
+    opt = optimizers.{name}(stepsize=schedules.ExponentialDecay(initial=1e-3, coefficient=0.9))
+    opt.update_lr()                              # once per epoch: the schedule's next rate
+    for x in batches:
+        opt.update(params, grads_of(params, x))  # in place: p -= lr * direction
+        # or paysage's path: opt.update(model, grad) calls model.parameter_update(delta)
+"""
+
+
 def _with_options(cls: _Class) -> _Class:
-    """Completes the Args section of an optimizer's docstring with the options every optimizer takes."""
+    """Completes the Args section of an optimizer's docstring with the options every optimizer
+    takes, and adds a usage example to the classes users construct (not to the base class)."""
     cls.__doc__ = (cls.__doc__ or "").rstrip() + _OPTIONS_DOC.rstrip("\n") + "\n    "
+    if cls.__name__ != "Optimizer":
+        _docs.complete(cls, _USAGE_DOC)
     return cls
 
 

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _docs
 from ._paysage import checks as _checks
 
 # A schedule's numbers: Python or numpy reals (their arithmetic rounds differently, and each is
@@ -57,6 +58,10 @@ class Schedule:
         initial: the value ``reset()`` goes back to.
         value: the current value, which the next ``next()`` returns as float32.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _docs.complete(cls, "")
 
     _state_attrs: tuple[str, ...] = ()  # attributes restored after construction
     initial: Any

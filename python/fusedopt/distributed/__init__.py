@@ -169,6 +169,7 @@ class DataParallel:
 
     def __init__(self, optimizer: Any, comm: Any = None, *, shard_state: bool = True,
                  deterministic: bool = True) -> None:
+        """The arguments are explained in the class documentation, help(DataParallel)."""
         self._textbook = _is_textbook(optimizer)
         if not (self._textbook or isinstance(optimizer, optimizers.Optimizer)):
             raise TypeError(f"DataParallel wraps a fusedopt.optimizers or fusedopt.optim optimizer, "

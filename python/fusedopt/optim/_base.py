@@ -16,11 +16,29 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .. import _core, schedules
+from .. import _core, _docs, schedules
 from . import _checks as checks, _state as fmt
 from ._tree import Mask, resolve_mask
 
+#: The learning rate ``lr`` of every fusedopt.optim optimizer: a float >= 0; a fusedopt
+#: schedule (``next(schedule)`` gives each step's rate, evaluated just before the step);
+#: or a callable ``step -> lr`` (called with the number of steps taken: 0 for the first).
 LR = Union[float, schedules.Schedule, Callable[[int], Any]]
+
+_USAGE = """
+Usage (``params`` and ``grads``: trees of the same structure of float32/float64 arrays)::
+
+    from fusedopt import optim
+    opt = optim.{name}(lr=1e-3)
+    for batch in batches:
+        opt.step(params, grads_of(params, batch))   # params stepped in place, one native call
+
+``lr`` is an ``LR``: a float, a fusedopt schedule or a callable ``step -> lr``.
+``weight_decay_mask`` (keyword) is a ``Mask``: None (every leaf decays), a tree of bools
+shaped like ``params``, or a callable ``(path, array) -> bool``. ``max_grad_norm``
+(keyword) clips the whole gradient tree to that L2 norm; ``check_finite`` (keyword)
+refuses NaN/Inf gradients.
+"""
 
 
 _DOMAINS: Dict[str, str] = dict(_core.optim_hyper_fields)
@@ -48,6 +66,9 @@ class _Hyper:
         if unknown:
             raise TypeError(f"{owner.__name__}.{name}: no native hyper-parameter {unknown[0]!r} "
                             f"(declare it in FUSEDOPT_OPTIM_HYPER, csrc/optim/rules.h)")
+        self.__doc__ = (f"The hyper-parameter {name}, checked on assignment as at construction and used from "
+                        f"the next step on" + (" (it chooses the update rule and its state: it changes only "
+                                                "while the optimizer has no state)." if self.selects_rule else "."))
 
     def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
         if obj is None:
@@ -109,10 +130,13 @@ class Optimizer:
         for klass in reversed(cls.__mro__):
             names.update({k: None for k, v in vars(klass).items() if isinstance(v, _Hyper)})
         cls._hyper_names = tuple(names)
+        _docs.complete(cls, _USAGE)
+
     _fixed: Dict[str, float] = {}  # native fields the class fixes (AdamW: decoupled_weight_decay)
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False) -> None:
+        """Called by the subclasses' constructors with the options every optimizer takes."""
         self._values: Dict[str, Any] = {}
         self._hyper = _core.OptimHyper()
         for field, value in self._fixed.items():

@@ -6,6 +6,9 @@ from typing import Any, Callable, Dict, List, Sequence, Union
 
 import numpy as np
 
+#: ``weight_decay_mask`` of every fusedopt.optim optimizer: None (every leaf decays), a tree
+#: of bools shaped like the parameters, or a callable ``(path, array) -> bool`` (path as in
+#: error messages, e.g. ``"['W']"``; called once per leaf at the first step).
 Mask = Union[None, Callable[[str, Any], Any], Any]
 
 

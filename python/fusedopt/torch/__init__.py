@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, Union, 
 import torch
 from torch.optim import Optimizer
 
+from .. import _docs
 from ._engine import check_values, engine_key
 from ._plan import GroupPlan, check_memory, named_group, step_dtype
 from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_flags, check_hyper, scalar
@@ -36,6 +37,15 @@ __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion"]
 
 Params = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
 _data_ptr = torch.Tensor.data_ptr
+_USAGE = """
+Usage, as torch.optim's::
+
+    opt = fusedopt.torch.{name}(model.parameters(), lr=1e-3)
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()                       # one native call per parameter group
+"""
 
 
 class _FusedOptimizer(Optimizer):
@@ -43,6 +53,10 @@ class _FusedOptimizer(Optimizer):
     checked hyper-parameters and state, and torch's state dict format."""
 
     _spec: ClassVar[Spec]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _docs.complete(cls, _USAGE)
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         spec = self._spec
