@@ -24,10 +24,22 @@ void same_count(std::size_t a, std::size_t b, const char* what) {
   if (a != b) throw py::value_error(std::string(what) + ": the lists must have one entry per parameter");
 }
 
+// rows and cols of the first `count` arrays of `keep`, each 2-D.
+void matrix_shapes(const std::vector<py::object>& keep, std::size_t count, const std::string& what,
+                   std::vector<std::size_t>& rows, std::vector<std::size_t>& cols) {
+  for (std::size_t l = 0; l < count; ++l) {
+    auto* a = reinterpret_cast<PyArrayObject*>(keep[l].ptr());
+    if (PyArray_NDIM(a) != 2) throw py::value_error(what + "[" + std::to_string(l) + "] must be 2-D");
+    rows.push_back(static_cast<std::size_t>(PyArray_DIM(a, 0)));
+    cols.push_back(static_cast<std::size_t>(PyArray_DIM(a, 1)));
+  }
+}
+
 }  // namespace
 
 void register_muon(py::module_& m) {
-  m.def("muon_momentum", [](py::handle grads, py::handle bufs, py::handle xs, double momentum, bool nesterov) {
+  m.def("muon_momentum", [](py::handle grads, py::handle bufs, py::handle xs, const std::vector<bool>& transposed,
+                            double momentum, bool nesterov) {
     std::vector<py::object> keep;
     const auto G = array_list(grads, "muon_momentum: grads", false, -1, keep);
     const int dt = G.empty() ? -1 : G[0].dtype;
@@ -35,13 +47,13 @@ void register_muon(py::module_& m) {
     const auto X = array_list(xs, "muon_momentum: xs", true, F32, keep);
     same_count(G.size(), B.size(), "muon_momentum");
     same_count(G.size(), X.size(), "muon_momentum");
-    std::vector<std::size_t> n;
-    for (std::size_t l = 0; l < G.size(); ++l) {
+    same_count(G.size(), transposed.size(), "muon_momentum");
+    std::vector<std::size_t> rows, cols;
+    matrix_shapes(keep, G.size(), "muon_momentum: grads", rows, cols);
+    for (std::size_t l = 0; l < G.size(); ++l)
       if (B[l].n != G[l].n || X[l].n != G[l].n)
         throw py::value_error("muon_momentum: bufs[" + std::to_string(l) + "] and xs[" + std::to_string(l) +
                               "] must have grads[" + std::to_string(l) + "]'s size");
-      n.push_back(G[l].n);
-    }
     std::vector<double> sumsq(G.size());
     {
       py::gil_scoped_release nogil;
@@ -52,15 +64,17 @@ void register_muon(py::module_& m) {
           g.push_back(static_cast<const double*>(G[l].data));
           b.push_back(static_cast<double*>(B[l].data));
         }
-        muon::momentum<double>(g, b, float_ptrs(X), n, momentum, nesterov, sumsq.data());
+        muon::momentum<double>(g, b, float_ptrs(X), rows, cols, transposed, momentum, nesterov, sumsq.data());
       } else {
         std::vector<const float*> g;
         for (const auto& a : G) g.push_back(static_cast<const float*>(a.data));
-        muon::momentum<float>(g, float_ptrs(B), float_ptrs(X), n, momentum, nesterov, sumsq.data());
+        muon::momentum<float>(g, float_ptrs(B), float_ptrs(X), rows, cols, transposed, momentum, nesterov,
+                              sumsq.data());
       }
     }
     return sumsq;
-  }, "buf = lerp(buf, g, 1 - momentum); x = bf16(nesterov ? lerp(g, buf, momentum) : buf); returns sum x*x per leaf");
+  }, "buf = lerp(buf, g, 1 - momentum); x = bf16(nesterov ? lerp(g, buf, momentum) : buf) (transposed where "
+     "asked); returns sum x*x per leaf");
   m.def("muon_round", [](py::handle x) {
     const ArrayRef X = array_ref(x, "muon_round: x", true, F32);
     py::gil_scoped_release nogil;
@@ -89,11 +103,8 @@ void register_muon(py::module_& m) {
     same_count(P.size(), transposed.size(), "muon_update");
     same_count(P.size(), neg_lr.size(), "muon_update");
     std::vector<std::size_t> rows, cols;
+    matrix_shapes(keep, P.size(), "muon_update: params", rows, cols);
     for (std::size_t l = 0; l < P.size(); ++l) {
-      auto* a = reinterpret_cast<PyArrayObject*>(keep[l].ptr());
-      if (PyArray_NDIM(a) != 2) throw py::value_error("muon_update: params[" + std::to_string(l) + "] must be 2-D");
-      rows.push_back(static_cast<std::size_t>(PyArray_DIM(a, 0)));
-      cols.push_back(static_cast<std::size_t>(PyArray_DIM(a, 1)));
       if (O[l].n != P[l].n)
         throw py::value_error("muon_update: os[" + std::to_string(l) + "] must have params[" + std::to_string(l) +
                               "]'s size");

@@ -30,19 +30,22 @@ T lerp(T self, T end, T weight) {
 
 template <class T>
 void momentum(const std::vector<const T*>& g, const std::vector<T*>& buf, const std::vector<float*>& x,
-              const std::vector<std::size_t>& n, double mu, bool nesterov, double* sumsq) {
+              const std::vector<std::size_t>& rows, const std::vector<std::size_t>& cols,
+              const std::vector<bool>& transposed, double mu, bool nesterov, double* sumsq) {
   // torch passes 1 - mu (computed in double) and mu as lerp weights.
   const T w = static_cast<T>(1.0 - mu), mom = static_cast<T>(mu);
   for (std::size_t l = 0; l < g.size(); ++l) {
     const T* gl = g[l];
     T* bl = buf[l];
     float* xl = x[l];
-    sumsq[l] = fixed_sum(n[l], [&](std::size_t i) {
+    const std::size_t r = rows[l], c = cols[l];
+    const bool tr = transposed[l];
+    sumsq[l] = fixed_sum(r * c, [&](std::size_t i) {
       const T b = lerp(bl[i], gl[i], w);
       bl[i] = b;
       const T u = nesterov ? lerp(gl[i], b, mom) : b;
       const float xi = round_bf16(static_cast<float>(u));
-      xl[i] = xi;
+      xl[tr ? (i % c) * r + i / c : i] = xi;
       return static_cast<double>(xi) * static_cast<double>(xi);
     });
   }
@@ -79,9 +82,11 @@ void update(const std::vector<T*>& p, const std::vector<const float*>& o, const 
 }
 
 template void momentum<float>(const std::vector<const float*>&, const std::vector<float*>&, const std::vector<float*>&,
-                              const std::vector<std::size_t>&, double, bool, double*);
+                              const std::vector<std::size_t>&, const std::vector<std::size_t>&,
+                              const std::vector<bool>&, double, bool, double*);
 template void momentum<double>(const std::vector<const double*>&, const std::vector<double*>&,
-                               const std::vector<float*>&, const std::vector<std::size_t>&, double, bool, double*);
+                               const std::vector<float*>&, const std::vector<std::size_t>&,
+                               const std::vector<std::size_t>&, const std::vector<bool>&, double, bool, double*);
 template void update<float>(const std::vector<float*>&, const std::vector<const float*>&,
                             const std::vector<std::size_t>&, const std::vector<std::size_t>&,
                             const std::vector<bool>&, float, const std::vector<float>&);

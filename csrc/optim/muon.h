@@ -14,16 +14,17 @@ namespace muon {
 // x rounded to the nearest bfloat16 (ties to even; NaN to the quiet NaN torch gives).
 float round_bf16(float x);
 
-// For each leaf (n[l] elements, parameter dtype T):
+// For each leaf (rows[l] x cols[l], parameter dtype T):
 //   buf = lerp(buf, g, T(1 - mu))
 //   u = lerp(g, buf, T(mu)) if nesterov, else buf
 // with torch's lerp(a, b, w) = a + w * (b - a) for |w| < 0.5, else
 // b - (b - a) * (1 - w), each operation rounded in T;
-//   x = bf16(float(u))
+//   x = bf16(float(u)), stored transposed (cols x rows) where transposed[l]
 // and sumsq[l] = the sum of x*x in the fixed order of flat_sum.h.
 template <class T>
 void momentum(const std::vector<const T*>& g, const std::vector<T*>& buf, const std::vector<float*>& x,
-              const std::vector<std::size_t>& n, double mu, bool nesterov, double* sumsq);
+              const std::vector<std::size_t>& rows, const std::vector<std::size_t>& cols,
+              const std::vector<bool>& transposed, double mu, bool nesterov, double* sumsq);
 
 // x = bf16(x), over n elements (a BLAS product's result).
 void round(float* x, std::size_t n);

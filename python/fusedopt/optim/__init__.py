@@ -268,3 +268,9 @@ class Lion(Optimizer):
 
     def _rule(self) -> _core.TextbookRule:
         return Rule.LION
+
+# Not on the rule table: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
+from ._lbfgs_tree import LBFGS  # noqa: E402
+from ._muon import Muon  # noqa: E402
+
+__all__ += ["LBFGS", "Muon"]
