@@ -50,7 +50,7 @@ class _TorchProblem(_lbfgs.Problem):
 
     def evaluate(self) -> Tuple[Any, float]:
         loss = self.closure()
-        return loss, float(loss)
+        return loss, float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
 
     def flat_grad(self) -> np.ndarray:
         grads: List[Optional[np.ndarray]] = []
