@@ -79,7 +79,7 @@ class Muon(Optimizer):
                 g = p.grad
                 if g.dtype != p.dtype or g.shape != p.shape:
                     raise TypeError(f"params[{i}].grad: expected {p.dtype} of shape {tuple(p.shape)}")
-                buf = self.state[p].get("momentum_buffer")
+                buf = self.state[p]["momentum_buffer"] if p in self.state and "momentum_buffer" in self.state[p] else None
                 if buf is not None and (buf.dtype != p.dtype or buf.shape != p.shape or buf.device.type != "cpu"):
                     raise ValueError(f"state of params[{i}]: momentum_buffer must be a CPU {p.dtype} tensor "
                                      f"of shape {tuple(p.shape)}")
