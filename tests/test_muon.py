@@ -181,7 +181,7 @@ def test_refusals_change_nothing(rng):
     assert torch.equal(p, torch.ones(2, 3)) and len(opt.state) == 0
     x = rng.standard_normal((3, 4))
     o = optim.Muon()
-    with pytest.raises(TypeError, match=r"grads at w: expected a float64 array of shape \(3, 4\)"):
+    with pytest.raises(TypeError, match=r"grads at \['w'\]: expected a float64 array of shape \(3, 4\)"):
         o.step({"w": x}, {"w": np.zeros((4, 3))})
     with pytest.raises(ValueError, match="only supports 2D"):
         o.step({"w": np.zeros(3)}, {"w": np.zeros(3)})
