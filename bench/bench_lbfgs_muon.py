@@ -4,7 +4,7 @@ of each: no foreach or fused variant), and where a step's time goes.
 Run from the repository root::
 
     python bench/bench_lbfgs_muon.py            # about a minute
-    python bench/bench_lbfgs_muon.py --quick
+    python bench/bench_lbfgs_muon.py --quick     # 1e4 and 1e5 elements, 3 repeats
 
 LBFGS: a separable quadratic over 10 float32 tensors (1e4 and 1e6 elements in
 all), the closure one autograd pass; max_iter=20, history_size=10, with and
@@ -117,7 +117,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
     print("\nLBFGS (float32, 10 tensors, max_iter=20, history_size=10)")
     print(f"{'elements':>9} {'line search':>12} {'implementation':>22} {'ms/step':>9} {'µs/eval (own)':>14}")
-    for n in (10_000, 1_000_000):
+    for n in ((10_000, 100_000) if args.quick else (10_000, 1_000_000)):
         for ls in (None, "strong_wolfe"):
             for name, cls in (("torch.optim.LBFGS", torch.optim.LBFGS), ("fusedopt.torch.LBFGS", ft.LBFGS)):
                 ms, us = lbfgs_case(cls, n, ls, repeats)

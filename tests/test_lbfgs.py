@@ -150,22 +150,32 @@ TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-3
 LR_SCALE = {"quadratic": 1.0, "rosenbrock": 0.01, "regression": 1.0}
 
 
+def _steps(opt, ps, f, steps):
+    """`steps` steps of opt with the closure of loss f; the losses."""
+    def closure():
+        opt.zero_grad()
+        loss = f(ps)
+        loss.backward()
+        return loss
+    return [float(opt.step(closure).detach()) for _ in range(steps)]
+
+
 def _run(opt_class, problem, dtype, steps=3, **kw):
     if "lr" in kw:
         kw = dict(kw, lr=kw["lr"] * LR_SCALE[problem])
     init, f = PROBLEMS[problem](dtype)
     ps = [p.clone().requires_grad_() for p in init]
     opt = opt_class(ps, **kw)
-    losses = []
+    return ps, opt, _steps(opt, ps, f, steps)
 
-    def closure():
-        opt.zero_grad()
-        loss = f(ps)
-        loss.backward()
-        return loss
-    for _ in range(steps):
-        losses.append(float(opt.step(closure).detach()))
-    return ps, opt, losses
+
+def _resume(cls, ps, saved, f, steps, **kw):
+    """A new cls on copies of ps, loaded from saved, stepped `steps` times."""
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    opt = cls(qs, **kw)
+    opt.load_state_dict(copy.deepcopy(saved))  # torch's step writes its state tensors in place
+    _steps(opt, qs, f, steps)
+    return qs, opt
 
 
 @pytest.mark.parametrize("problem", list(PROBLEMS))
@@ -214,16 +224,7 @@ def test_state_dict_interchange_with_torch(direction):
     _, f = _rosenbrock(torch.float64)
     results = []
     for cls in (first, second):
-        qs = [p.detach().clone().requires_grad_() for p in ps]
-        o = cls(qs, **kw)
-        o.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch's step writes its state tensors in place
-
-        def closure():
-            o.zero_grad()
-            loss = f(qs)
-            loss.backward()
-            return loss
-        o.step(closure)
+        qs, o = _resume(cls, ps, opt.state_dict(), f, 1, **kw)
         results.append((qs[0].detach(), o.state[qs[0]]["n_iter"]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-9, atol=1e-11)
     assert results[0][1] == results[1][1]
@@ -233,18 +234,7 @@ def test_state_dict_round_trip_resumes_exactly():
     kw = dict(line_search_fn="strong_wolfe", history_size=3, max_iter=3)
     full, _, _ = _run(ft.LBFGS, "quadratic", torch.float32, steps=4, **kw)
     ps, opt, _ = _run(ft.LBFGS, "quadratic", torch.float32, steps=2, **kw)
-    saved = opt.state_dict()
-    qs = [p.detach().clone().requires_grad_() for p in ps]
-    o = ft.LBFGS(qs, **kw)
-    o.load_state_dict(saved)
-    _, f = _quadratic(torch.float32)
-    for _ in range(2):
-        def closure():
-            o.zero_grad()
-            loss = f(qs)
-            loss.backward()
-            return loss
-        o.step(closure)
+    qs, _ = _resume(ft.LBFGS, ps, opt.state_dict(), _quadratic(torch.float32)[1], 2, **kw)
     _same_bits(qs[0].detach().numpy(), full[0].detach().numpy())
     # the numpy class: its own state dict resumes exactly as well
     x = np.linspace(-1, 1, 8)

@@ -3,6 +3,8 @@
 // Each checks every array first, then runs without the GIL.
 #include <pybind11/stl.h>
 
+#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -43,6 +45,23 @@ void check_total(const std::vector<std::size_t>& sizes, std::size_t n, const cha
   if (total != n)
     throw py::value_error(std::string(what) + ": the leaves hold " + std::to_string(total) +
                           " elements, the flat vector " + std::to_string(n));
+}
+
+// Checks flat and the writeable leaves (one dtype, sizes adding up to flat's),
+// then runs f(flat, leaves, sizes) without the GIL.
+template <class F>
+void over_leaves(py::handle leaves, py::handle flat, const std::string& name, F&& f) {
+  const ArrayRef A = array_ref(flat, name + ": flat", false);
+  std::vector<py::object> keep;
+  const auto L = array_list(leaves, name + ": leaves", true, A.dtype, keep);
+  const auto sizes = leaf_sizes(L);
+  check_total(sizes, A.n, name.c_str());
+  py::gil_scoped_release nogil;
+  by_dtype(A.dtype, [&](auto z) {
+    using T = decltype(z);
+    f(static_cast<const T*>(A.data), ptrs<T>(L), sizes);
+    return 0;
+  });
 }
 
 }  // namespace
@@ -130,29 +149,14 @@ void register_lbfgs(py::module_& m) {
     });
   }, "flat = the leaves end to end (None: zeros of its size)");
   m.def("lbfgs_scatter", [](py::handle flat, py::handle leaves) {
-    const ArrayRef F = array_ref(flat, "lbfgs_scatter: flat", false);
-    std::vector<py::object> keep;
-    const auto L = array_list(leaves, "lbfgs_scatter: leaves", true, F.dtype, keep);
-    const auto sizes = leaf_sizes(L);
-    check_total(sizes, F.n, "lbfgs_scatter");
-    py::gil_scoped_release nogil;
-    by_dtype(F.dtype, [&](auto z) {
-      using T = decltype(z);
-      lbfgs::scatter(ptr<T>(F), ptrs<T>(L), sizes);
-      return 0;
+    over_leaves(leaves, flat, "lbfgs_scatter", [](auto* f, const auto& ls, const auto& sizes) {
+      lbfgs::scatter(f, ls, sizes);
     });
   }, "each leaf = its slice of flat");
   m.def("lbfgs_add", [](py::handle leaves, py::handle flat, double t) {
-    const ArrayRef F = array_ref(flat, "lbfgs_add: flat", false);
-    std::vector<py::object> keep;
-    const auto L = array_list(leaves, "lbfgs_add: leaves", true, F.dtype, keep);
-    const auto sizes = leaf_sizes(L);
-    check_total(sizes, F.n, "lbfgs_add");
-    py::gil_scoped_release nogil;
-    by_dtype(F.dtype, [&](auto z) {
-      using T = decltype(z);
-      lbfgs::add(ptrs<T>(L), sizes, ptr<T>(F), static_cast<T>(t));
-      return 0;
+    over_leaves(leaves, flat, "lbfgs_add", [t](auto* f, const auto& ls, const auto& sizes) {
+      using T = std::remove_const_t<std::remove_pointer_t<decltype(f)>>;
+      lbfgs::add(ls, sizes, f, static_cast<T>(t));
     });
   }, "each leaf = leaf + t * its slice of flat (t rounded to the dtype)");
 }

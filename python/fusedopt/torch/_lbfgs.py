@@ -170,11 +170,6 @@ class LBFGS(Optimizer):
         self._params = self.param_groups[0]["params"]
         self._bridge = _Bridge()
 
-    def __getstate__(self) -> Dict[str, Any]:
-        out = super().__getstate__()
-        out.pop("_bridge", None)
-        return out
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] = None) -> Any:  # type: ignore[override]
         """One torch.optim.LBFGS step; `closure` (required) re-evaluates the model and returns the loss."""
