@@ -28,13 +28,14 @@ inline double lane_sum(std::size_t b, std::size_t e, F&& f) {
 }
 
 // Runs chunk(b, e) -> double for every chunk of [0, n) and adds the results
-// in chunk order.
+// in chunk order. Adaptive: LBFGS runs dozens of short passes per iteration,
+// and a team that does not help (a busy machine) is given up for a while.
 template <class Chunk>
 inline double chunked_sum(std::size_t n, Chunk&& chunk) {
   const std::size_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> part(chunks);
   auto body = [&](std::size_t c) { part[c] = chunk(c * kChunk, std::min(n, (c + 1) * kChunk)); };
-  for_each_chunk(chunks, n >= kSerialBelow, false, body);
+  for_each_chunk(chunks, n >= kSerialBelow, true, body);
   double total = 0.0;
   for (double x : part) total += x;
   return total;

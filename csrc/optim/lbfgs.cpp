@@ -21,7 +21,7 @@ T chunked_max(std::size_t n, T (*chunk)(const T*, T, std::size_t, std::size_t), 
   const std::size_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<T> part(chunks);
   auto body = [&](std::size_t c) { part[c] = chunk(a, alpha, c * kChunk, std::min(n, (c + 1) * kChunk)); };
-  for_each_chunk(chunks, n >= kSerialBelow, false, body);
+  for_each_chunk(chunks, n >= kSerialBelow, true, body);
   T m = T(0);
   for (T x : part) m = nan_max(m, x);
   return m;
@@ -149,7 +149,7 @@ void add(const std::vector<T*>& leaves, const std::vector<std::size_t>& sizes, c
   const ChunkLayout layout(sizes);
   std::vector<std::size_t> start(leaves.size());
   for (std::size_t l = 1; l < leaves.size(); ++l) start[l] = start[l - 1] + sizes[l - 1];
-  for_each_piece(layout, false, [&](std::size_t, const ChunkLayout::Piece& pc) {
+  for_each_piece(layout, true, [&](std::size_t, const ChunkLayout::Piece& pc) {
     T* p = leaves[pc.leaf];
     const T* u = flat + start[pc.leaf];
     for (std::size_t i = pc.begin; i < pc.end; ++i) p[i] = p[i] + t * u[i];
