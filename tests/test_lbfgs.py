@@ -101,6 +101,22 @@ def test_abs_max_propagates_nan():
     assert np.isnan(_core.lbfgs_abs_max(a))
 
 
+def test_shared_memory_is_refused_and_nothing_changes():
+    x = np.arange(6.0)
+    with pytest.raises(ValueError, match=r"lbfgs_two_loop: d must not share memory with lbfgs_two_loop: g"):
+        _core.lbfgs_two_loop(x, x, [], [], np.empty(0), 1.0, np.empty(0))
+    with pytest.raises(ValueError, match=r"lbfgs_add: leaves\[0\] and lbfgs_add: leaves\[1\] must not share memory"):
+        _core.lbfgs_add([x[:4], x[2:]], np.ones(8), 1.0)
+    with pytest.raises(ValueError, match=r"lbfgs_new_pair: prev must not share memory with lbfgs_new_pair: d"):
+        _core.lbfgs_new_pair(np.ones(6), x, x, 1.0, np.empty(6), np.empty(6))
+    _same_bits(x, np.arange(6.0))
+    opt = optim.LBFGS()
+    with pytest.raises(ValueError, match=r"params at \[1\] shares memory with params at \[0\]"):
+        opt.step([x, x[3:]], lambda: (0.0, [np.ones(6), np.ones(3)]))
+    _same_bits(x, np.arange(6.0))
+    assert opt.state == {}
+
+
 def test_native_refusals_name_the_argument():
     a = np.zeros(4)
     with pytest.raises(TypeError, match="lbfgs_dot: b must be float64"):

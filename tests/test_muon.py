@@ -81,6 +81,14 @@ def test_rounding_matches_the_bit_formula(rng):
     assert y.tobytes() == bf16(x).tobytes()
 
 
+def test_shared_memory_is_refused():
+    x = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"muon_combine: out must not share memory with muon_combine: c"):
+        _core.muon_combine(x.ravel()[:8], x.ravel()[4:12], np.zeros(8, np.float32), 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"muon_update: params\[0\] must not share memory with muon_update: os\[0\]"):
+        _core.muon_update([x], [x], [False], 1.0, [-1.0])
+
+
 def _torch_run(cls, kwargs, dtype, shapes=((6, 4), (4, 9)), steps=4):
     gen = torch.Generator().manual_seed(0)
     ps = [torch.randn(*s, dtype=dtype, generator=gen).requires_grad_() for s in shapes]

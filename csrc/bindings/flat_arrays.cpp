@@ -38,4 +38,28 @@ std::vector<ArrayRef> array_list(py::handle seq, const std::string& what, bool w
   return out;
 }
 
+namespace {
+
+bool overlap(const ArrayRef& x, const ArrayRef& y) {
+  const char* a = static_cast<const char*>(x.data);
+  const char* b = static_cast<const char*>(y.data);
+  const std::size_t na = x.n * item_size(x.dtype), nb = y.n * item_size(y.dtype);
+  return na && nb && a < b + nb && b < a + na;
+}
+
+bool same(const ArrayRef& x, const ArrayRef& y) { return x.data == y.data && x.n == y.n && x.dtype == y.dtype; }
+
+}  // namespace
+
+void check_disjoint(const std::vector<Named>& writes, const std::vector<Named>& reads, bool same_ok) {
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    for (std::size_t j = i + 1; j < writes.size(); ++j)
+      if (overlap(writes[i].a, writes[j].a))
+        throw py::value_error(writes[i].name + " and " + writes[j].name + " must not share memory");
+    for (const auto& r : reads)
+      if (overlap(writes[i].a, r.a) && !(same_ok && same(writes[i].a, r.a)))
+        throw py::value_error(writes[i].name + " must not share memory with " + r.name);
+  }
+}
+
 }  // namespace fusedopt

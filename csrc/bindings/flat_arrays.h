@@ -28,4 +28,13 @@ ArrayRef array_ref(py::handle obj, const std::string& what, bool writeable, int 
 std::vector<ArrayRef> array_list(py::handle seq, const std::string& what, bool writeable, int want,
                                  std::vector<py::object>& keep);
 
+// Refuses (ValueError naming both) a written array whose memory overlaps
+// another written array or a read one; `same_ok`: a read array that is exactly
+// a written one (an element-wise pass in place) is allowed.
+struct Named {
+  ArrayRef a;
+  std::string name;
+};
+void check_disjoint(const std::vector<Named>& writes, const std::vector<Named>& reads, bool same_ok);
+
 }  // namespace fusedopt

@@ -56,6 +56,9 @@ void over_leaves(py::handle leaves, py::handle flat, const std::string& name, F&
   const auto L = array_list(leaves, name + ": leaves", true, A.dtype, keep);
   const auto sizes = leaf_sizes(L);
   check_total(sizes, A.n, name.c_str());
+  std::vector<Named> writes;
+  for (std::size_t l = 0; l < L.size(); ++l) writes.push_back({L[l], name + ": leaves[" + std::to_string(l) + "]"});
+  check_disjoint(writes, {{A, name + ": flat"}}, false);
   py::gil_scoped_release nogil;
   by_dtype(A.dtype, [&](auto z) {
     using T = decltype(z);
@@ -93,6 +96,8 @@ void register_lbfgs(py::module_& m) {
     const ArrayRef D = array_ref(d, "lbfgs_new_pair: d", false, G.dtype, n);
     const ArrayRef Y = array_ref(y, "lbfgs_new_pair: y", true, G.dtype, n);
     const ArrayRef S = array_ref(s, "lbfgs_new_pair: s", true, G.dtype, n);
+    check_disjoint({{P, "lbfgs_new_pair: prev"}, {Y, "lbfgs_new_pair: y"}, {S, "lbfgs_new_pair: s"}},
+                   {{G, "lbfgs_new_pair: g"}, {D, "lbfgs_new_pair: d"}}, false);
     py::gil_scoped_release nogil;
     return by_dtype(G.dtype, [&](auto z) {
       using T = decltype(z);
@@ -113,6 +118,12 @@ void register_lbfgs(py::module_& m) {
     const ArrayRef R = array_ref(ro, "lbfgs_two_loop: ro", false, G.dtype, static_cast<long long>(Y.size()));
     const ArrayRef A = array_ref(al, "lbfgs_two_loop: al", true, G.dtype);
     if (A.n < Y.size()) throw py::value_error("lbfgs_two_loop: al must hold one entry per stored pair");
+    std::vector<Named> reads{{G, "lbfgs_two_loop: g"}, {R, "lbfgs_two_loop: ro"}};
+    for (std::size_t k = 0; k < Y.size(); ++k) {
+      reads.push_back({Y[k], "lbfgs_two_loop: old_dirs[" + std::to_string(k) + "]"});
+      reads.push_back({S[k], "lbfgs_two_loop: old_stps[" + std::to_string(k) + "]"});
+    }
+    check_disjoint({{D, "lbfgs_two_loop: d"}, {A, "lbfgs_two_loop: al"}}, reads, false);
     py::gil_scoped_release nogil;
     return by_dtype(G.dtype, [&](auto z) {
       using T = decltype(z);
@@ -129,16 +140,19 @@ void register_lbfgs(py::module_& m) {
     check_total(sizes, F.n, "lbfgs_gather");
     std::vector<py::object> keep;
     std::vector<const void*> data;
+    std::vector<Named> reads;
     for (std::size_t l = 0; l < sizes.size(); ++l) {
       py::object item = items[l];
       if (item.is_none()) {
         data.push_back(nullptr);
       } else {
         const std::string what = "lbfgs_gather: leaves[" + std::to_string(l) + "]";
-        data.push_back(array_ref(item, what, false, F.dtype, static_cast<long long>(sizes[l])).data);
+        reads.push_back({array_ref(item, what, false, F.dtype, static_cast<long long>(sizes[l])), what});
+        data.push_back(reads.back().a.data);
       }
       keep.push_back(std::move(item));
     }
+    check_disjoint({{F, "lbfgs_gather: flat"}}, reads, false);
     py::gil_scoped_release nogil;
     by_dtype(F.dtype, [&](auto z) {
       using T = decltype(z);

@@ -54,6 +54,14 @@ void register_muon(py::module_& m) {
       if (B[l].n != G[l].n || X[l].n != G[l].n)
         throw py::value_error("muon_momentum: bufs[" + std::to_string(l) + "] and xs[" + std::to_string(l) +
                               "] must have grads[" + std::to_string(l) + "]'s size");
+    std::vector<Named> writes, reads;
+    for (std::size_t l = 0; l < G.size(); ++l) {
+      const std::string k = "[" + std::to_string(l) + "]";
+      writes.push_back({B[l], "muon_momentum: bufs" + k});
+      writes.push_back({X[l], "muon_momentum: xs" + k});
+      reads.push_back({G[l], "muon_momentum: grads" + k});
+    }
+    check_disjoint(writes, reads, false);
     std::vector<double> sumsq(G.size());
     {
       py::gil_scoped_release nogil;
@@ -90,6 +98,7 @@ void register_muon(py::module_& m) {
     const auto n = static_cast<long long>(O.n);
     const ArrayRef C = array_ref(c, "muon_combine: c", false, F32, n);
     const ArrayRef P = array_ref(prod, "muon_combine: prod", false, F32, n);
+    check_disjoint({{O, "muon_combine: out"}}, {{C, "muon_combine: c"}, {P, "muon_combine: prod"}}, true);
     py::gil_scoped_release nogil;
     muon::combine(static_cast<float*>(O.data), static_cast<const float*>(C.data), static_cast<const float*>(P.data),
                   static_cast<float>(beta), static_cast<float>(alpha), O.n);
@@ -109,6 +118,12 @@ void register_muon(py::module_& m) {
         throw py::value_error("muon_update: os[" + std::to_string(l) + "] must have params[" + std::to_string(l) +
                               "]'s size");
     }
+    std::vector<Named> writes, reads;
+    for (std::size_t l = 0; l < P.size(); ++l) {
+      writes.push_back({P[l], "muon_update: params[" + std::to_string(l) + "]"});
+      reads.push_back({O[l], "muon_update: os[" + std::to_string(l) + "]"});
+    }
+    check_disjoint(writes, reads, false);
     py::gil_scoped_release nogil;
     if (!P.empty() && P[0].dtype == F64) {
       std::vector<double*> p;

@@ -56,6 +56,14 @@ def check_hyper(values: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def check_disjoint(arrays: List[np.ndarray], names: List[str]) -> None:
+    """Refuses parameters that share memory: a step adds to each once."""
+    spans = sorted((a.__array_interface__["data"][0], a.nbytes, name) for a, name in zip(arrays, names) if a.nbytes)
+    for (start, size, first), (other, _, second) in zip(spans, spans[1:]):
+        if other < start + size:
+            raise ValueError(f"{second} shares memory with {first}: every parameter must have its own memory")
+
+
 class Problem:
     """What an optimizer supplies: the flat size and dtype, and the operations
     on the parameters (each one native call)."""

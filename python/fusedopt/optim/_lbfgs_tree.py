@@ -33,6 +33,7 @@ class _TreeProblem(_lbfgs.Problem):
             if not (leaf.flags.c_contiguous and leaf.flags.writeable and leaf.flags.aligned):
                 raise ValueError(f"params at {where}: expected a writeable C-contiguous array")
         assert dtype is not None
+        _lbfgs.check_disjoint(self.leaves, [f"params at {p or 'the root'}" for p in self.paths])
         self.dtype = np.dtype(dtype)
         self.sizes = [leaf.size for leaf in self.leaves]
         self.n = sum(self.sizes)

@@ -43,6 +43,7 @@ class _TorchProblem(_lbfgs.Problem):
                 raise ValueError(f"params[{i}]: expected a contiguous tensor")
         self.params = params
         self.arrays = [p.detach().numpy() for p in params]
+        _lbfgs.check_disjoint(self.arrays, [f"params[{i}]" for i in range(len(params))])
         self.dtype = self.arrays[0].dtype
         self.sizes = [a.size for a in self.arrays]
         self.n = sum(self.sizes)
