@@ -11,7 +11,7 @@ import pytest
 MODULES = ["fusedopt", "fusedopt.optimizers", "fusedopt.schedules", "fusedopt.optim", "fusedopt.torch",
            "fusedopt.distributed"]
 USAGE = {"fusedopt.optimizers": "opt.update(params, ", "fusedopt.optim": "opt.step(params, ",
-         "fusedopt.torch": "opt.step()"}
+         "fusedopt.torch": "opt.step("}  # LBFGS: opt.step(closure)
 PRIVATE = re.compile(r"fusedopt\._(?!core\b)\w+|\b_\w+\.py\b|\bSPEC\b|Initialize self")
 
 

@@ -18,4 +18,6 @@ PYBIND11_MODULE(_core, m) {
   register_runtime(m);
   register_optim(m);
   register_reduce(m);
+  register_lbfgs(m);
+  register_muon(m);
 }

@@ -10,4 +10,6 @@ void register_tree(pybind11::module_& m);
 void register_runtime(pybind11::module_& m);
 void register_optim(pybind11::module_& m);
 void register_reduce(pybind11::module_& m);  // fusedopt.distributed
+void register_lbfgs(pybind11::module_& m);   // LBFGS's vector passes
+void register_muon(pybind11::module_& m);    // Muon's element passes
 }  // namespace fusedopt

@@ -281,3 +281,10 @@ class Lion(Optimizer):
 
     def _rule(self) -> str:
         return "LION"
+
+
+# Not on the rule table: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
+from ._lbfgs_tree import LBFGS  # noqa: E402
+from ._muon import Muon  # noqa: E402
+
+__all__ += ["LBFGS", "Muon"]

@@ -339,3 +339,9 @@ class Lion(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0, maximize: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize})
+
+# Not on the plan/engine path: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
+from ._lbfgs import LBFGS  # noqa: E402
+from ._muon import Muon  # noqa: E402
+
+__all__ += ["LBFGS", "Muon"]

@@ -1,0 +1,98 @@
+#include "optim/muon.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include "optim/flat_sum.h"
+
+namespace fusedopt {
+namespace muon {
+
+float round_bf16(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if (std::isnan(x)) u = 0x7FC00000u;
+  else u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  float out;
+  std::memcpy(&out, &u, sizeof out);
+  return out;
+}
+
+namespace {
+
+// torch's lerp(self, end, weight) for one element, in T.
+template <class T>
+T lerp(T self, T end, T weight) {
+  return std::fabs(weight) < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
+}
+
+}  // namespace
+
+template <class T>
+void momentum(const std::vector<const T*>& g, const std::vector<T*>& buf, const std::vector<float*>& x,
+              const std::vector<std::size_t>& rows, const std::vector<std::size_t>& cols,
+              const std::vector<bool>& transposed, double mu, bool nesterov, double* sumsq) {
+  // torch passes 1 - mu (computed in double) and mu as lerp weights.
+  const T w = static_cast<T>(1.0 - mu), mom = static_cast<T>(mu);
+  for (std::size_t l = 0; l < g.size(); ++l) {
+    const T* gl = g[l];
+    T* bl = buf[l];
+    float* xl = x[l];
+    const std::size_t r = rows[l], c = cols[l];
+    const bool tr = transposed[l];
+    sumsq[l] = fixed_sum(r * c, [&](std::size_t i) {
+      const T b = lerp(bl[i], gl[i], w);
+      bl[i] = b;
+      const T u = nesterov ? lerp(gl[i], b, mom) : b;
+      const float xi = round_bf16(static_cast<float>(u));
+      xl[tr ? (i % c) * r + i / c : i] = xi;
+      return static_cast<double>(xi) * static_cast<double>(xi);
+    });
+  }
+}
+
+void round(float* x, std::size_t n) {
+  for_each_element(n, [&](std::size_t i) { x[i] = round_bf16(x[i]); });
+}
+
+void scale(float* x, float norm, std::size_t n) {
+  for_each_element(n, [&](std::size_t i) { x[i] = round_bf16(x[i] / norm); });
+}
+
+void combine(float* out, const float* c, const float* prod, float beta, float alpha, std::size_t n) {
+  for_each_element(n, [&](std::size_t i) { out[i] = round_bf16(beta * c[i] + alpha * prod[i]); });
+}
+
+template <class T>
+void update(const std::vector<T*>& p, const std::vector<const float*>& o, const std::vector<std::size_t>& rows,
+            const std::vector<std::size_t>& cols, const std::vector<bool>& transposed, T decay,
+            const std::vector<T>& neg_lr) {
+  for (std::size_t l = 0; l < p.size(); ++l) {
+    T* pl = p[l];
+    const float* ol = o[l];
+    const std::size_t r = rows[l], c = cols[l];
+    const bool tr = transposed[l];
+    const T a = neg_lr[l];
+    for_each_element(r * c, [&](std::size_t i) {
+      const float oi = tr ? ol[(i % c) * r + i / c] : ol[i];
+      const T q = pl[i] * decay;
+      pl[i] = q + a * static_cast<T>(oi);
+    });
+  }
+}
+
+template void momentum<float>(const std::vector<const float*>&, const std::vector<float*>&, const std::vector<float*>&,
+                              const std::vector<std::size_t>&, const std::vector<std::size_t>&,
+                              const std::vector<bool>&, double, bool, double*);
+template void momentum<double>(const std::vector<const double*>&, const std::vector<double*>&,
+                               const std::vector<float*>&, const std::vector<std::size_t>&,
+                               const std::vector<std::size_t>&, const std::vector<bool>&, double, bool, double*);
+template void update<float>(const std::vector<float*>&, const std::vector<const float*>&,
+                            const std::vector<std::size_t>&, const std::vector<std::size_t>&,
+                            const std::vector<bool>&, float, const std::vector<float>&);
+template void update<double>(const std::vector<double*>&, const std::vector<const float*>&,
+                             const std::vector<std::size_t>&, const std::vector<std::size_t>&,
+                             const std::vector<bool>&, double, const std::vector<double>&);
+
+}  // namespace muon
+}  // namespace fusedopt

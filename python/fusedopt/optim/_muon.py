@@ -1,0 +1,209 @@
+"""Muon (torch.optim.Muon, torch 2.13) on numpy trees, and the step that
+fusedopt.torch.Muon shares.
+
+Per 2-D parameter (rows x cols), in this order; bf16(x) rounds a float32 to
+the nearest bfloat16 (ties to even), as torch's bfloat16 operations round
+their float results::
+
+    buf = lerp(buf, g, 1 - momentum)                 native pass, in the parameter's dtype
+    u = lerp(g, buf, momentum) if nesterov else buf  (same pass)
+    X = bf16(u), transposed if rows > cols           (same pass; also sum X*X in a fixed order)
+    X = bf16(X / max(bf16(sqrt(sum)), eps))          native pass
+    ns_steps times, with (a, b, c) = ns_coefficients:
+        A = bf16(X @ X.T)                            BLAS sgemm, then a native rounding pass
+        B = bf16(b * A + c * (A @ A))                BLAS, then a native pass
+        X = bf16(a * X + B @ X)                      BLAS, then a native pass
+    p = p * (1 - lr * weight_decay)                  native pass, in the parameter's dtype
+    p = p + (-adjusted_lr) * O                       (same pass; O = X, transposed back)
+
+The products are float32 GEMMs of bfloat16 values (each product exact, the
+sums in the BLAS's order, which depends on the library, its version, the CPU
+and its thread count); everything else is fixed. torch does the same products
+in bfloat16 GEMMs of its own, so the two agree to torch's tolerances, not bits.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import _core
+from . import _checks as checks
+from ._tree import leaves_by_path
+
+DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+Matmul = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _bf16(x: float) -> np.float32:
+    a = np.array([x], np.float32)
+    _core.muon_round(a)
+    return a[0]
+
+
+def check_hyper(values: Dict[str, Any]) -> Dict[str, Any]:
+    """torch's refusals (lr, momentum, weight_decay >= 0; adjust_lr_fn), plus the
+    ones torch makes only at the first step (ns_steps < 100, three coefficients)."""
+    out = dict(values)
+    lr = values["lr"]
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real) or not math.isfinite(float(lr)):
+        raise TypeError(f"lr must be a finite real number, got {lr!r}")
+    if not 0.0 <= float(lr):
+        raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+    out["lr"] = float(lr)
+    for name in ("momentum", "weight_decay"):
+        out[name] = checks.non_negative(name, values[name])
+    out["eps"] = checks.non_negative("eps", values["eps"])
+    out["nesterov"] = checks.flag("nesterov", values["nesterov"])
+    coeffs = values["ns_coefficients"]
+    if isinstance(coeffs, (str, bytes)) or not hasattr(coeffs, "__len__") or len(coeffs) != 3:
+        raise ValueError("ns_coefficients: Coefficients must be a tuple of exactly 3 values")
+    out["ns_coefficients"] = tuple(checks.finite(f"ns_coefficients[{i}]", c) for i, c in enumerate(coeffs))
+    steps = values["ns_steps"]
+    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise TypeError(f"ns_steps must be an int >= 0, got {steps!r}")
+    if steps >= 100:
+        raise ValueError("ns_steps: Number of steps must be less than 100 for computational efficiency")
+    out["ns_steps"] = int(steps)
+    if values["adjust_lr_fn"] not in (None, "original", "match_rms_adamw"):
+        raise ValueError(f"Adjust learning rate function {values['adjust_lr_fn']} is not supported")
+    return out
+
+
+def adjusted_lr(lr: float, adjust_lr_fn: Optional[str], shape: Tuple[int, ...]) -> float:
+    """torch's _adjust_lr."""
+    a, b = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        ratio = math.sqrt(max(1, a / b))
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(a, b))
+    else:
+        ratio = 1.0
+    return lr * ratio
+
+
+def step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], bufs: Sequence[np.ndarray],
+         hyper: Dict[str, Any], matmul: Matmul) -> None:
+    """One Muon step of 2-D C-contiguous arrays (params and bufs written in
+    place); `matmul(a, b)` returns a new C-contiguous float32 a @ b."""
+    transposed = [p.shape[0] > p.shape[1] for p in params]
+    xs = [np.empty(p.shape[::-1] if tr else p.shape, np.float32) for p, tr in zip(params, transposed)]
+    sums = _core.muon_momentum(list(grads), list(bufs), xs, transposed, hyper["momentum"], hyper["nesterov"])
+    a, b, c = hyper["ns_coefficients"]
+    eps = _bf16(hyper["eps"])
+    outs = []
+    for x, total in zip(xs, sums):
+        _core.muon_scale(x, float(max(_bf16(math.sqrt(total)), eps)))
+        for _ in range(hyper["ns_steps"]):
+            gram = matmul(x, x.T)
+            _core.muon_round(gram)
+            update = matmul(gram, gram)
+            _core.muon_combine(update, gram, update, b, c)
+            prod = matmul(update, x)
+            _core.muon_combine(prod, x, prod, a, 1.0)
+            x = prod
+        outs.append(x)
+    lr = hyper["lr"]
+    neg = [-adjusted_lr(lr, hyper["adjust_lr_fn"], p.shape) for p in params]
+    _core.muon_update(list(params), outs, transposed, 1 - lr * hyper["weight_decay"], neg)
+
+
+def _numpy_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.matmul(a, b)
+
+
+class Muon:
+    """Muon (torch.optim.Muon, torch 2.13) on a numpy tree of 2-D float32 or
+    float64 arrays: momentum, then Newton-Schulz orthogonalisation in
+    bfloat16 through numpy's BLAS, then decoupled weight decay and the update
+    (the operation order is in docs/optim.md, "Muon")::
+
+        opt = optim.Muon(lr=0.02)
+        opt.step(params, grads)        # params stepped in place
+
+    State: ``momentum_buffer`` per leaf (``state_arrays()``), created at the
+    first step. Bad input raises before anything is written.
+    """
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95, nesterov: bool = True,
+                 ns_coefficients: Tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS, eps: float = 1e-7,
+                 ns_steps: int = 5, adjust_lr_fn: Optional[str] = None) -> None:
+        """The arguments are explained in the class documentation, help(Muon)."""
+        self._given = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                           ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        self._hyper = check_hyper(self._given)
+        self._bufs: Optional[Dict[str, np.ndarray]] = None
+
+    def __getattr__(self, name: str) -> Any:
+        hyper = self.__dict__.get("_hyper", {})
+        if name in hyper:
+            return hyper[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        if name not in self._given:
+            raise AttributeError(f"Muon has no hyper-parameter {name!r}")
+        given = dict(self._given, **{name: value})
+        self._hyper = check_hyper(given)
+        self._given = given
+
+    def _leaves(self, params: Any, grads: Any) -> Tuple[List[str], List[np.ndarray], List[np.ndarray]]:
+        ps, gs = leaves_by_path(params), leaves_by_path(grads)
+        if list(ps) != list(gs):
+            raise ValueError(f"grads must have the parameters' structure {list(ps)}, got {list(gs)}")
+        for path, p in ps.items():
+            where = path or "the root"
+            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"params at {where}: expected a float32 or float64 numpy array, got {type(p).__name__}")
+            if p.ndim != 2:
+                raise ValueError(f"params at {where}: Muon only supports 2D parameters whereas we found a "
+                                 f"parameter with size: {p.shape}")
+            if not (p.flags.c_contiguous and p.flags.writeable):
+                raise ValueError(f"params at {where}: expected a writeable C-contiguous array")
+            g = gs[path]
+            if not isinstance(g, np.ndarray) or g.dtype != p.dtype or g.shape != p.shape:
+                raise TypeError(f"grads at {where}: expected a {p.dtype} array of shape {p.shape}")
+        if self._bufs is not None:
+            shapes = {k: (v.shape, v.dtype) for k, v in self._bufs.items()}
+            if shapes != {k: (p.shape, p.dtype) for k, p in ps.items()}:
+                raise ValueError("params: the tree differs from the state's (reset() forgets the state)")
+        return list(ps), list(ps.values()), [np.ascontiguousarray(g) for g in gs.values()]
+
+    def step(self, params: Any, grads: Any) -> None:
+        paths, ps, gs = self._leaves(params, grads)
+        # New buffers, committed after the parameters' pass: an exception before leaves the state as it was.
+        old = self._bufs
+        bufs = {k: np.zeros_like(p) if old is None else old[k].copy() for k, p in zip(paths, ps)}
+        step(ps, gs, [bufs[k] for k in paths], self._hyper, _numpy_matmul)
+        self._bufs = bufs
+
+    def reset(self) -> None:
+        self._bufs = None
+
+    def state_arrays(self) -> Dict[str, Dict[str, np.ndarray]]:
+        """``{"momentum_buffer": {path: array}}`` (the state's own arrays); ``{}`` before the first step."""
+        return {} if self._bufs is None else {"momentum_buffer": dict(self._bufs)}
+
+    def state_dict(self) -> Dict[str, Any]:
+        bufs = None if self._bufs is None else {k: v.copy() for k, v in self._bufs.items()}
+        return {"version": 1, "class": "Muon", "hyper": dict(self._given), "momentum_buffer": bufs}
+
+    def load_state_dict(self, saved: Dict[str, Any]) -> None:
+        if not isinstance(saved, dict) or saved.get("class") != "Muon" or saved.get("version") != 1:
+            raise ValueError("state_dict: expected a version 1 Muon state dict")
+        hyper = check_hyper(saved["hyper"])
+        bufs = saved["momentum_buffer"]
+        if bufs is not None:
+            for k, v in bufs.items():
+                if not isinstance(v, np.ndarray) or v.ndim != 2 or v.dtype not in (np.float32, np.float64):
+                    raise ValueError(f"state_dict: momentum_buffer at {k}: expected a 2-D float array")
+            bufs = {k: np.array(v, copy=True, order="C") for k, v in bufs.items()}
+        self._given, self._hyper, self._bufs = dict(saved["hyper"]), hyper, bufs
+
+    def __repr__(self) -> str:
+        return f"Muon({', '.join(f'{k}={v!r}' for k, v in self._given.items())})"

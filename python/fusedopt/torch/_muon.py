@@ -1,0 +1,108 @@
+"""fusedopt.torch.Muon: torch.optim.Muon (torch 2.13) with fusedopt's native
+momentum, rounding, scaling and update passes around torch's own BLAS
+products (fusedopt/optim/_muon.py has the step and its operation order)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch.optim import Optimizer
+
+from ..optim import _muon
+
+
+def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return torch.mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        lr = lr.item()
+    return _muon.check_hyper({k: lr if k == "lr" else group[k] for k in
+                              ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps",
+                               "adjust_lr_fn")})
+
+
+class Muon(Optimizer):
+    """torch.optim.Muon (torch 2.13): the same constructor, defaults,
+    refusals, parameter groups and ``momentum_buffer`` state (state dicts
+    interchange with torch's). The Newton-Schulz products go through torch's
+    BLAS in float32 on bfloat16 values; the momentum, the roundings, the
+    scaling and the update are fusedopt's native passes (docs/torch.md,
+    "Muon"). Dense CPU float32/float64 2-D parameters.
+
+    Usage, as torch.optim.Muon's (the 2-D weights here, the rest with another optimizer)::
+
+        opt = fusedopt.torch.Muon([p for p in model.parameters() if p.ndim == 2], lr=1e-3)
+        for x, y in loader:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    """
+
+    def __init__(self, params: Any, lr: Any = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True, ns_coefficients: tuple[float, float, float] = _muon.DEFAULT_NS_COEFFICIENTS,
+                 eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: Optional[str] = None) -> None:
+        """The arguments are explained in the class documentation, help(Muon)."""
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        _hyper(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(
+                        f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()}")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:
+            _hyper(self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = []
+        for group in self.param_groups:  # everything checked before anything is written
+            hyper = _hyper(group)
+            params, grads, bufs = [], [], []
+            for i, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if torch.is_complex(p):
+                    raise RuntimeError("Muon does not support complex parameters")
+                if p.grad.is_sparse:
+                    raise RuntimeError("Muon does not support sparse gradients")
+                if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64) or not p.is_contiguous():
+                    raise TypeError(f"params[{i}]: fusedopt.torch.Muon takes contiguous CPU float32/float64 "
+                                    f"tensors, got {p.dtype} on {p.device}")
+                g = p.grad
+                if g.dtype != p.dtype or g.shape != p.shape:
+                    raise TypeError(f"params[{i}].grad: expected {p.dtype} of shape {tuple(p.shape)}")
+                buf = self.state[p]["momentum_buffer"] if p in self.state and "momentum_buffer" in self.state[p] else None
+                if buf is not None and (buf.dtype != p.dtype or buf.shape != p.shape or buf.device.type != "cpu"):
+                    raise ValueError(f"state of params[{i}]: momentum_buffer must be a CPU {p.dtype} tensor "
+                                     f"of shape {tuple(p.shape)}")
+                new = torch.zeros_like(p, memory_format=torch.contiguous_format) if buf is None else \
+                    buf.detach().clone(memory_format=torch.contiguous_format)
+                params.append(p)
+                grads.append(g.detach().contiguous().numpy())
+                bufs.append(new)
+            plans.append((hyper, params, grads, bufs))
+        for hyper, params, grads, bufs in plans:
+            if params:
+                _muon.step([p.detach().numpy() for p in params], grads, [b.numpy() for b in bufs], hyper,
+                           _torch_matmul)
+                for p, b in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = b
+        return loss
