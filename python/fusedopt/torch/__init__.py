@@ -32,6 +32,7 @@ from ._engine import check_values, engine_key
 from ._plan import GroupPlan, check_memory, named_group, step_dtype
 from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_flags, check_hyper, scalar
 from ._state import check_state_dict
+from ._tracked import State, changes, plain
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion"]
 
@@ -84,8 +85,20 @@ class _FusedOptimizer(Optimizer):
             self.param_groups.pop()
             raise
 
+    @property
+    def state(self) -> State:
+        """torch's ``state`` (parameter -> dict of its state tensors), read by every
+        step: a dict or tensor assigned into it is what the next step uses."""
+        return self._tracked_state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._tracked_state = value if isinstance(value, State) else State(value)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "state" in self.__dict__:  # torch's __setstate__ updates __dict__, past the property
+            self.state = self.__dict__.pop("state")
         if "differentiable" not in self._spec.flags:
             self.defaults.pop("differentiable", None)  # torch's __setstate__ adds it; Lion has no such flag
         for group in self.param_groups:
@@ -98,10 +111,13 @@ class _FusedOptimizer(Optimizer):
         self._plans = []  # the state tensors are new: the next step copies them into new arenas
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state_dict, after completing a step whose commit an
-        exception from a signal handler interrupted (so that it shows the step)."""
+        """torch's state_dict (its per-parameter states plain dicts, as torch's),
+        after completing a step whose commit an exception from a signal handler
+        interrupted (so that it shows the step)."""
         self._finish()
-        return super().state_dict()
+        out = super().state_dict()
+        out["state"] = plain(out["state"])
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict (the same format and matching of parameters
@@ -205,7 +221,7 @@ class _FusedOptimizer(Optimizer):
         hyper_changed = plan is None or hyper != plan.hyper
         if hyper_changed:
             check_hyper(spec, group, f"param_groups[{index}]")
-        if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), len(self.state)) and \
+        if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), changes()) and \
                 plan.current() and (not hyper_changed or engine_key(spec, group) == plan.key):
             if list(map(id, grads)) != plan.grad_ids:
                 if [g is None for g in grads] == plan.missing:
@@ -289,8 +305,20 @@ class AdamW(_FusedOptimizer):
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
                                   "decoupled_weight_decay": True})
 
+    @property
+    def state(self) -> State:
+        """torch's ``state`` (parameter -> dict of its state tensors), read by every
+        step: a dict or tensor assigned into it is what the next step uses."""
+        return self._tracked_state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._tracked_state = value if isinstance(value, State) else State(value)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "state" in self.__dict__:  # torch's __setstate__ updates __dict__, past the property
+            self.state = self.__dict__.pop("state")
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True  # as torch's AdamW: always decoupled, whatever was saved
 

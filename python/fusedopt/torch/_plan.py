@@ -29,6 +29,7 @@ import torch
 from .. import _core
 from ._engine import Engine, engine_key
 from ._specs import Spec
+from ._tracked import changes
 
 _SUPPORTED = (torch.float32, torch.float64)
 
@@ -221,7 +222,7 @@ class GroupPlan:
         self.grad_ids = list(map(id, grads))
         self.grads: list[Any] | None = grads  # held, so that no other tensor can take a held one's id
         self.missing = [g is None for g in grads]
-        self.state_id = (id(state), len(state))
+        self.state_id = (id(state), changes())
         # What check_memory compares: the memory a step writes (parameters, their state, the
         # step counts) and reads (gradients), with names for its messages.
         # Names sort as the parameters are listed (messages name the later one first).
@@ -295,7 +296,7 @@ class GroupPlan:
     def run(self, state: MutableMapping[Any, Any]) -> None:
         for bucket in self.buckets:
             bucket.run(state)
-        self.state_id = (id(state), len(state))
+        self.state_id = (id(state), changes())
 
 
 class Memory:
