@@ -3,6 +3,7 @@
 Random sequences of: steps (some gradients None), refused steps (a bad
 gradient, parameter or hyper-parameter: nothing may change), in-place edits of
 state tensors (step counts and moments, as code that rewinds a schedule does),
+assignments into the state (a parameter's dict, one tensor, a deletion),
 lr changes, state_dict/load_state_dict (own, crossed with torch's, refused, and
 through a load pre-hook), deepcopy and pickle, zero_grad, all applied to a
 fusedopt.torch optimizer and to torch.optim's (foreach=False; Lion's
@@ -120,6 +121,23 @@ class TorchOptimizerMachine(RuleBasedStateMachine):
         slot = data.draw(st.sampled_from(slots), label="slot")
         for opt, params in self.both():
             opt.state[params[i]][slot].mul_(factor)  # factor >= 0: second moments stay >= 0
+
+    @precondition(lambda self: self.stepped())
+    @rule(data=st.data(), what=st.sampled_from(["dict", "tensor", "delete"]))
+    def assign_state(self, data, what):
+        """Assignments into opt.state (ZeroRedundancyOptimizer's load assigns whole dicts)."""
+        i = data.draw(st.sampled_from(self.stepped()), label="param")
+        slots = sorted(self.ours.state[self.our_params[i]])
+        slot = data.draw(st.sampled_from(slots), label="slot")
+        for opt, params in self.both():
+            p = params[i]
+            if what == "dict":
+                opt.state[p] = {k: v.clone() for k, v in opt.state[p].items()}
+            elif what == "tensor":
+                t = opt.state[p][slot].clone()
+                opt.state[p][slot] = t + 1 if slot == "step" else t * 0.5
+            else:
+                del opt.state[p]
 
     # -- state dicts, hooks, copies ----------------------------------------------------------
     @rule(crossed=st.booleans())
