@@ -305,20 +305,8 @@ class AdamW(_FusedOptimizer):
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
                                   "decoupled_weight_decay": True})
 
-    @property
-    def state(self) -> State:
-        """torch's ``state`` (parameter -> dict of its state tensors), read by every
-        step: a dict or tensor assigned into it is what the next step uses."""
-        return self._tracked_state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self._tracked_state = value if isinstance(value, State) else State(value)
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        if "state" in self.__dict__:  # torch's __setstate__ updates __dict__, past the property
-            self.state = self.__dict__.pop("state")
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True  # as torch's AdamW: always decoupled, whatever was saved
 

@@ -28,20 +28,36 @@ def _changed() -> None:
     _changes[0] += 1
 
 
-class Slots(dict):
+class _Counted:
+    """What both containers count the same way: removals and in-place merges."""
+
+    def __delitem__(self, key: Any) -> None:
+        _changed()
+        super().__delitem__(key)  # type: ignore[misc]
+
+    def __ior__(self, other: Any) -> Any:
+        self.update(other)  # type: ignore[attr-defined]
+        return self
+
+    def pop(self, *args: Any) -> Any:
+        _changed()
+        return super().pop(*args)  # type: ignore[misc]
+
+    def popitem(self) -> Any:
+        _changed()
+        return super().popitem()  # type: ignore[misc]
+
+    def clear(self) -> None:
+        _changed()
+        super().clear()  # type: ignore[misc]
+
+
+class Slots(_Counted, dict):
     """One parameter's state (``opt.state[p]``): a dict whose assignments are counted."""
 
     def __setitem__(self, key: Any, value: Any) -> None:
         _changed()
         super().__setitem__(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        _changed()
-        super().__delitem__(key)
-
-    def __ior__(self, other: Any) -> "Slots":
-        self.update(other)
-        return self
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         _changed()
@@ -51,18 +67,6 @@ class Slots(dict):
         _changed()
         return super().setdefault(key, default)
 
-    def pop(self, *args: Any) -> Any:
-        _changed()
-        return super().pop(*args)
-
-    def popitem(self) -> Any:
-        _changed()
-        return super().popitem()
-
-    def clear(self) -> None:
-        _changed()
-        super().clear()
-
 
 def _slots(value: Any) -> Any:
     # A plain dict assigned as a parameter's state is held as Slots (a copy of it),
@@ -70,7 +74,7 @@ def _slots(value: Any) -> Any:
     return Slots(value) if type(value) is dict else value
 
 
-class State(defaultdict):
+class State(_Counted, defaultdict):
     """``opt.state``: parameter -> Slots, created on first access as torch's defaultdict(dict)."""
 
     def __init__(self, items: Any = ()) -> None:
@@ -86,14 +90,6 @@ class State(defaultdict):
         _changed()
         super().__setitem__(key, _slots(value))
 
-    def __delitem__(self, key: Any) -> None:
-        _changed()
-        super().__delitem__(key)
-
-    def __ior__(self, other: Any) -> "State":
-        self.update(other)
-        return self
-
     def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
@@ -102,18 +98,6 @@ class State(defaultdict):
         if key not in self:
             self[key] = default
         return self[key]
-
-    def pop(self, *args: Any) -> Any:
-        _changed()
-        return super().pop(*args)
-
-    def popitem(self) -> Any:
-        _changed()
-        return super().popitem()
-
-    def clear(self) -> None:
-        _changed()
-        super().clear()
 
 
 def plain(state: Mapping[Any, Any]) -> dict[Any, Any]:
