@@ -20,4 +20,5 @@ PYBIND11_MODULE(_core, m) {
   register_reduce(m);
   register_lbfgs(m);
   register_muon(m);
+  register_quant8(m);
 }

@@ -1,0 +1,125 @@
+// The driver of Adam8bit/AdamW8bit: the step's scalars once (in double, as
+// torch.optim computes them in Python), the decode tables, the kernel of the
+// selected SIMD level, and the spans of blocks handed to the thread team.
+#include "optim/quant8.h"
+
+#include <cmath>
+#include <string>
+#include "common/dispatch.h"
+#include "common/threads.h"
+
+namespace fusedopt {
+namespace baseline { void fill_quant8(Quant8Fn*); }
+#if defined(FUSEDOPT_HAVE_AVX2)
+namespace avx2 { void fill_quant8(Quant8Fn*); }
+#endif
+#if defined(FUSEDOPT_HAVE_AVX512)
+namespace avx512 { void fill_quant8(Quant8Fn*); }
+#endif
+
+namespace {
+
+// Every magnitude of a map in index order: 0, then binades from the smallest up, then 1.0.
+void fill_values(float* out, int M) {
+  std::size_t i = 0;
+  out[i++] = 0.0f;
+  for (int k = quant8_binades(M) - 1; k >= 0; --k) {
+    const int g = k >> 2, bits = g < M ? M - g : 0;
+    for (int r = 0; r < (1 << bits); ++r)
+      out[i++] = std::ldexp(1.0f + static_cast<float>(r) / static_cast<float>(1 << bits), -(k + 1));
+  }
+  out[i] = 1.0f;
+}
+
+Quant8Maps build_maps() {
+  Quant8Maps maps{};
+  fill_values(maps.unsigned_values, kQuant8UnsignedBits);
+  fill_values(maps.signed_values, kQuant8SignedBits);
+  for (int i = 0; i < 128; ++i) maps.signed_values[128 + i] = -maps.signed_values[i];
+  maps.signed_values[128] = 0.0f;  // never written: the sign bit is not set on the code 0
+  return maps;
+}
+
+const Quant8Fn* kernels_of_level() {
+  static Quant8Fn base[3], a2[3], a512[3];
+  static const bool filled = [] {
+    baseline::fill_quant8(base);
+#if defined(FUSEDOPT_HAVE_AVX2)
+    avx2::fill_quant8(a2);
+#endif
+#if defined(FUSEDOPT_HAVE_AVX512)
+    avx512::fill_quant8(a512);
+#endif
+    return true;
+  }();
+  (void)filled;
+  const std::string level = simd_level();
+  return level == "avx512" ? a512 : level == "avx2" ? a2 : base;
+}
+
+Quant8Scalars scalars(const Quant8Hyper& h, double lr, long long t) {
+  const double step = static_cast<double>(t);
+  Quant8Scalars c{};
+  c.gscale = h.maximize ? -1.0f : 1.0f;
+  c.wd = static_cast<float>(h.weight_decay);
+  c.decay = static_cast<float>(1.0 - lr * h.weight_decay);
+  c.neg_lr = static_cast<float>(-(lr / (1.0 - std::pow(h.beta1, step))));
+  c.b2 = static_cast<float>(h.beta2);
+  c.omb2 = static_cast<float>(1.0 - h.beta2);
+  c.lerp_w = static_cast<float>(1.0 - h.beta1);
+  c.lerp_omw = 1.0f - c.lerp_w;
+  c.lerp_small = std::fabs(c.lerp_w) < 0.5f;
+  c.bc2_sqrt = static_cast<float>(std::pow(1.0 - std::pow(h.beta2, step), 0.5));
+  c.eps = static_cast<float>(h.eps);
+  return c;
+}
+
+// Elements per span handed to one thread at a time (a whole number of blocks).
+constexpr std::size_t kSpanElements = 8192;
+
+}  // namespace
+
+const Quant8Maps& quant8_maps() {
+  static const Quant8Maps maps = build_maps();
+  return maps;
+}
+
+void run_quant8_step(const std::vector<Quant8Leaf>& leaves, std::size_t block, const Quant8Hyper& h, double lr,
+                     long long t) {
+  const Quant8Fn* fns = kernels_of_level();
+  const Quant8Maps& maps = quant8_maps();
+  Quant8Scalars c = scalars(h, lr, t);
+  std::vector<Quant8Span> spans;
+  std::size_t total = 0;
+  const std::size_t per = (kSpanElements / block > 0 ? kSpanElements / block : 1) * block;
+  for (const Quant8Leaf& l : leaves) {
+    for (std::size_t b = 0; b < l.n; b += per) spans.push_back({l, b, b + per < l.n ? b + per : l.n});
+    total += l.n;
+  }
+  auto body = [&](std::size_t k) {
+    const Quant8Span& s = spans[k];
+    fns[static_cast<int>(s.leaf.decay)](s, block, c, maps);
+  };
+  for_each_chunk(spans.size(), total >= kSerialBelow, true, body);
+}
+
+void quant8_encode(const float* x, std::size_t n, std::size_t block, bool is_signed, std::uint8_t* codes, float* absmax) {
+  for (std::size_t b0 = 0, blk = 0; b0 < n; b0 += block, ++blk) {
+    const std::size_t e = b0 + block < n ? b0 + block : n;
+    float a = 0.0f;
+    for (std::size_t i = b0; i < e; ++i) a = quant8_max(a, std::fabs(x[i]));
+    for (std::size_t i = b0; i < e; ++i) {
+      const float q = a > 0.0f ? x[i] / a : 0.0f;
+      codes[i] = is_signed ? quant8_signed(q) : quant8_unsigned(q);
+    }
+    absmax[blk] = a;
+  }
+}
+
+void quant8_decode(const std::uint8_t* codes, const float* absmax, std::size_t n, std::size_t block, bool is_signed,
+                   float* out) {
+  const float* values = is_signed ? quant8_maps().signed_values : quant8_maps().unsigned_values;
+  for (std::size_t i = 0; i < n; ++i) out[i] = values[codes[i]] * absmax[i / block];
+}
+
+}  // namespace fusedopt

@@ -1,0 +1,166 @@
+"""Adam8bit and AdamW8bit: Adam/AdamW with 8-bit blockwise states (Dettmers et
+al. 2021), on float32 numpy trees. docs/lowbit.md gives the map, its error, the
+operation order and the state format."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+import numbers
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .. import _core
+from . import _checks as checks, _state as fmt
+from ._base import LR, Optimizer, _Hyper, _parse_pending
+from ._tree import Mask
+
+SLOTS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax")
+
+
+def _block_size(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not (
+            16 <= value <= 4096 and value & (value - 1) == 0):
+        raise ValueError(f"{name} must be a power of two from 16 to 4096, got {value!r}")
+    return int(value)
+
+
+def _size(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _read_slot(state: Mapping[str, Any], name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
+    """Saved leaves of a slot as arrays (the native load checks each one's dtype and shape)."""
+    out = []
+    for i, path in enumerate(paths):
+        leaf = fmt.get(state, f"{name}.{i}")
+        if not isinstance(leaf, np.ndarray):
+            raise TypeError(f"state: {name} at {path or 'the root'} must be a numpy array, got {type(leaf).__name__}")
+        out.append(np.array(leaf, copy=True, order="C"))
+    return out
+
+
+class Adam8bit(Optimizer):
+    """Adam (torch.optim.Adam's operation order, L2 weight decay) with 8-bit moments.
+
+    ``exp_avg`` (signed map) and ``exp_avg_sq`` (unsigned map) are stored as one
+    code per element and a float32 absmax per block of ``block_size`` elements;
+    leaves of fewer than ``min_8bit_size`` elements keep float32 moments (as
+    bitsandbytes does). Per block and step: decode ``m = value[code] * absmax``,
+    the Adam element math in float32 as fusedopt.optim.Adam, the new block absmax
+    (the largest ``|m|``, ``v``), then each code is the nearest of ``m / absmax``.
+    float32 parameters only; no amsgrad, no ``max_grad_norm``.
+    """
+
+    _hyper_names = ("betas", "eps", "weight_decay", "maximize", "block_size", "min_8bit_size")
+    _float32_kind = "Adam"
+    betas = _Hyper(checks.betas)
+    eps = _Hyper(checks.non_negative, "eps")
+    weight_decay = _Hyper(checks.non_negative, "weight_decay")
+    maximize = _Hyper(checks.flag, "maximize")
+    block_size = _Hyper(_block_size, selects_rule=True)
+    min_8bit_size = _Hyper(_size, selects_rule=True)
+
+    def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, maximize: bool = False, *, block_size: int = 256,
+                 min_8bit_size: int = 4096, weight_decay_mask: Mask = None, check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                           block_size=block_size, min_8bit_size=min_8bit_size))
+
+    def _store(self, name: str) -> None:
+        if name == "betas":
+            self._hyper.beta1, self._hyper.beta2 = self._values["betas"]
+        else:
+            super()._store(name)
+
+    def _rule(self) -> _core.TextbookRule:
+        return _core.TextbookRule.ADAM
+
+    def _validate(self) -> None:
+        state = getattr(self, "_state", None)
+        if state is not None and (self._values.get("block_size"), self._values.get("min_8bit_size")) != (
+                state.block_size, state.min_8bit_size):
+            raise ValueError("block_size and min_8bit_size choose the state's layout: they cannot change once "
+                             "the optimizer has state (call reset() first)")
+
+    @property
+    def max_grad_norm(self) -> Optional[float]:
+        """Always None: the 8-bit optimizers do not clip."""
+        return None
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: Optional[float]) -> None:
+        if value is not None:
+            raise ValueError(f"max_grad_norm: {type(self).__name__} does not clip gradients, got {value!r} "
+                             f"(clip before the step, or use fusedopt.optim.{self._float32_kind})")
+        self._values["max_grad_norm"] = None
+
+    def _new_state(self, plan: Any, mask: List[bool]) -> Any:
+        return _core.Quant8State(plan, mask, self._hyper, self._values["block_size"], self._values["min_8bit_size"])
+
+    def _parse_state(self, state: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+        return _parse_pending(state, list(SLOTS), _read_slot)
+
+    # -- conversion from and to the float32 optimizers' state ----------------------------
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state_dict() of this class, or of the float32 class (``Adam`` for
+        Adam8bit, ``AdamW`` for AdamW8bit: its moments are quantized with this optimizer's
+        block_size and min_8bit_size); everything is checked before anything changes."""
+        if fmt.get_str(state, "kind") == self._float32_kind:
+            state = self._from_float32(state)
+        super().load_state_dict(state)
+
+    def _from_float32(self, state: Mapping[str, Any]) -> Dict[str, Any]:
+        if fmt.get_value(state, "hyper.amsgrad"):
+            raise ValueError(f"state: a {self._float32_kind} state with amsgrad=True has no 8-bit form")
+        out = {k: v for k, v in state.items() if k != "hyper.amsgrad"}
+        out["kind"] = type(self).__name__
+        block, least = self._values["block_size"], self._values["min_8bit_size"]
+        out["hyper.block_size"], out["hyper.min_8bit_size"] = block, least
+        paths = fmt.get_strs(state, "leaf_paths")
+        if paths and sorted(fmt.get_strs(state, "slots")) != ["exp_avg", "exp_avg_sq"]:
+            raise ValueError(f"state: a {self._float32_kind} state has the slots exp_avg and exp_avg_sq")
+        for i, path in enumerate(paths):
+            for name, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                leaf = fmt.get(state, f"{name}.{i}")
+                if not (isinstance(leaf, np.ndarray) and leaf.dtype == np.float32):
+                    raise TypeError(f"state: {name} at {path or 'the root'} must be a float32 array "
+                                    f"({type(self).__name__} steps float32 parameters)")
+                if leaf.size >= least:
+                    out[f"{name}.{i}"], out[f"{name}_absmax.{i}"] = _core.quantize_blockwise(leaf, signed, block)
+                else:
+                    out[f"{name}_absmax.{i}"] = np.zeros(0, np.float32)
+        out["slots"] = fmt.strs(SLOTS if paths else [])
+        return out
+
+    def float32_state_dict(self) -> Dict[str, Any]:
+        """This state as the float32 class's state_dict (``Adam`` or ``AdamW``, loadable by
+        fusedopt.optim's class): the moments decoded from their codes, amsgrad False."""
+        out = self.state_dict()
+        out["kind"] = self._float32_kind
+        block = out.pop("hyper.block_size")
+        del out["hyper.min_8bit_size"]
+        out["hyper.amsgrad"] = False
+        for i in range(len(out["leaf_paths"])):
+            for name, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                codes, absmax = out[f"{name}.{i}"], out.pop(f"{name}_absmax.{i}")
+                if codes.dtype == np.uint8:
+                    out[f"{name}.{i}"] = _core.dequantize_blockwise(codes, absmax, signed, block)
+        out["slots"] = fmt.strs(["exp_avg", "exp_avg_sq"] if len(out["leaf_paths"]) else [])
+        return out
+
+
+class AdamW8bit(Adam8bit):
+    """AdamW (torch.optim.AdamW's order: ``p = p * (1 - lr * weight_decay)`` first) with
+    8-bit moments; see Adam8bit."""
+
+    _decoupled = True
+    _float32_kind = "AdamW"
+
+    def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, maximize: bool = False, *, block_size: int = 256,
+                 min_8bit_size: int = 4096, weight_decay_mask: Mask = None, check_finite: bool = False) -> None:
+        super().__init__(lr, betas, eps, weight_decay, maximize, block_size=block_size,
+                         min_8bit_size=min_8bit_size, weight_decay_mask=weight_decay_mask, check_finite=check_finite)

@@ -1,0 +1,334 @@
+"""Adam8bit and AdamW8bit (docs/lowbit.md): the maps and the encoder against an
+exhaustive-search reference, the step bit for bit against a NumPy float32
+reference at every SIMD level and thread count, state memory, conversion
+from and to AdamW's state, resume, bad input, and a training run."""
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import fusedopt
+from fusedopt import _core, optim
+
+import quant8_reference as ref
+
+
+def _bits_equal(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+# -- the maps ------------------------------------------------------------------------
+@pytest.mark.parametrize("signed", [True, False])
+def test_map_is_the_documented_one(signed):
+    values = np.array(_core.quant8_map(signed), np.float32)
+    _bits_equal(values, ref.map_values(signed))
+    mags = values[:128] if signed else values
+    assert np.all(np.diff(mags) > 0) and mags[0] == 0 and mags[-1] == 1
+    # smallest nonzero code: 2^-22 (signed), 2^-26 (unsigned)
+    assert mags[1] == 2.0 ** (-22 if signed else -26)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_relative_error_of_the_map_is_as_documented(signed):
+    # q = x / absmax in binade k (q in [2^-(k+1), 2^-k)) with bits(k) = max(0, M - k // 4) > 0 is
+    # within 2^-(bits+1) of its code, relative to q; a binade of one code within 1/3; below the
+    # smallest code's half it is 0.
+    M = 4 if signed else 5
+    rng = np.random.default_rng(5)
+    x = np.exp(rng.uniform(np.log(2.0 ** -40), 0, 200_000)).astype(np.float32)
+    codes, absmax = _core.quantize_blockwise(x, signed, 4096)
+    q = (x / absmax[np.arange(x.size) // 4096]).astype(np.float64)
+    got = ref.map_values(signed)[codes].astype(np.float64)
+    k = -np.frexp(q)[1]
+    bits = np.maximum(0, M - k // 4)
+    bound = np.where(bits > 0, 2.0 ** -(bits + 1.0), 1 / 3)
+    coded = q >= 2.0 ** -(4 * M + 7)
+    assert np.all(np.abs(got - q)[coded] <= (bound * q)[coded])
+    assert np.all(got[~coded] <= 2.0 ** -(4 * M + 6))
+    assert np.max((np.abs(got - q) / q)[q >= 2.0 ** -4]) > 0.9 * 2.0 ** -(M + 1)  # the bound is tight
+
+
+def _edges(signed):
+    """Every code, the midpoints between neighbours (ties), and their neighbouring floats."""
+    v = np.unique(np.abs(ref.map_values(signed))).astype(np.float64)
+    mids = ((v[1:] + v[:-1]) / 2).astype(np.float32)
+    assert np.all(mids.astype(np.float64) == (v[1:] + v[:-1]) / 2)  # exactly representable: true ties
+    pts = np.concatenate([v.astype(np.float32), mids, np.nextafter(mids, np.float32(0)), np.nextafter(mids, np.float32(1)),
+                          np.array([2.0 ** -140, 1e-45, 2.0 ** -30, 2.0 ** -27, 2.0 ** -23], np.float32)])
+    pts = pts[pts <= 1]
+    return np.concatenate([pts, -pts]) if signed else pts
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_encoder_at_every_code_tie_and_edge(signed):
+    x = _edges(signed)
+    x = np.concatenate([[np.float32(1.0)], x]).astype(np.float32)  # absmax 1: x / absmax == x
+    codes, absmax = _core.quantize_blockwise(x, signed, 4096)
+    assert absmax[0] == 1.0
+    _bits_equal(codes, ref.nearest_codes(x, signed))
+
+
+finite32 = st.floats(-2.0 ** 100, 2.0 ** 100, width=32, allow_subnormal=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=hnp.arrays(np.float32, st.integers(1, 700), elements=finite32),
+       block=st.sampled_from([16, 64, 256]), signed=st.booleans(), scale=st.sampled_from([1.0, 1e-20, 3.0, 2.0 ** -126]))
+def test_encoder_matches_exhaustive_search(x, block, signed, scale):
+    x = (x * np.float32(scale)).astype(np.float32)
+    if not signed:
+        x = np.abs(x)
+    codes, absmax = _core.quantize_blockwise(x, signed, block)
+    want_codes, want_absmax = ref.quantize(x, signed, block)
+    _bits_equal(absmax, want_absmax)
+    _bits_equal(codes, want_codes)
+    _bits_equal(_core.dequantize_blockwise(codes, absmax, signed, block), ref.dequantize(codes, absmax, signed, block))
+
+
+# -- the step ------------------------------------------------------------------------
+SHAPES = [(70, 9), (37,), (5, 40)]  # with least=64: quantized, float32, quantized (a partial block)
+
+
+def _run(kind, hyper, rng, steps=4, block=64, least=64, shapes=SHAPES):
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    mine = [p.copy() for p in params]
+    opt = getattr(optim, kind)(lr=0.01, block_size=block, min_8bit_size=least, **hyper)
+    r = ref.Reference([p.copy() for p in params], 0.01, block=block, least=least, decoupled=kind == "AdamW8bit",
+                      weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, maximize=opt.maximize)
+    for _ in range(steps):
+        grads = [(rng.standard_normal(s) * rng.choice([1e-3, 1.0, 30.0])).astype(np.float32) for s in shapes]
+        grads[0].flat[:5] = 0  # exact zeros: codes 0
+        opt.step(mine, grads)
+        r.step(params, grads)
+    return mine, params, opt, r
+
+
+CASES = [("AdamW8bit", {}), ("Adam8bit", {}), ("Adam8bit", {"weight_decay": 0.1}),
+         ("AdamW8bit", {"weight_decay": 0.3, "maximize": True, "betas": (0.3, 0.9)}), ("AdamW8bit", {"weight_decay": 0})]
+
+
+def _assert_matches(mine, params, opt, r):
+    for a, b in zip(mine, params):
+        _bits_equal(a, b)
+    for name, tree in opt.state_arrays().items():
+        for a, st_ in zip(tree, r.state):
+            _bits_equal(a, st_[name])
+
+
+@pytest.mark.parametrize("kind,hyper", CASES)
+def test_step_bits_at_every_simd_level_and_thread_count(kind, hyper, rng, restore_simd_level, restore_num_threads):
+    seed = int(rng.integers(2 ** 31))
+    first = None
+    for level in _core.simd_levels_supported():
+        _core._set_simd_level(level)
+        for threads in (1, 2):
+            fusedopt.set_num_threads(threads)
+            mine, params, opt, r = _run(kind, hyper, np.random.default_rng(seed))
+            _assert_matches(mine, params, opt, r)
+            first = first or mine
+            for a, b in zip(mine, first):
+                _bits_equal(a, b)
+
+
+def test_large_tree_threaded_default_sizes(rng, restore_num_threads, restore_simd_level):
+    # Default block_size 256 and min_8bit_size 4096, above the serial threshold: the thread team runs the spans.
+    shapes = [(40_001,), (4095,), (64, 64)]
+    out = []
+    for level in _core.simd_levels_supported():
+        _core._set_simd_level(level)
+        for threads in (1, 2):
+            fusedopt.set_num_threads(threads)
+            mine, params, opt, r = _run("AdamW8bit", {}, np.random.default_rng(3), steps=2, block=256, least=4096,
+                                        shapes=shapes)
+            _assert_matches(mine, params, opt, r)
+            assert opt.state_arrays()["exp_avg"][1].dtype == np.float32  # 4095 < 4096: float32 state
+            assert opt.state_arrays()["exp_avg"][2].dtype == np.uint8
+            out.append(mine)
+    for o in out[1:]:
+        for a, b in zip(o, out[0]):
+            _bits_equal(a, b)
+
+
+def test_small_leaves_step_as_fusedopt_adamw(rng):
+    params = [rng.standard_normal((30,)).astype(np.float32)]
+    a, b = [params[0].copy()], [params[0].copy()]
+    o8, o32 = optim.AdamW8bit(lr=0.01, weight_decay=0.1), optim.AdamW(lr=0.01, weight_decay=0.1)
+    for _ in range(3):
+        g = [rng.standard_normal((30,)).astype(np.float32)]
+        o8.step(a, g)
+        o32.step(b, g)
+    _bits_equal(a[0], b[0])
+    _bits_equal(o8.state_arrays()["exp_avg_sq"][0], o32.state_arrays()["exp_avg_sq"][0])
+
+
+def test_state_memory_at_most_27_percent_of_adam(rng):
+    params = {"w": np.zeros((1000, 1000), np.float32), "b": np.zeros(1000, np.float32)}
+    grads = {k: np.ones_like(v) for k, v in params.items()}
+    o8, o32 = optim.AdamW8bit(), optim.AdamW()
+    o8.step(params, grads)
+    o32.step({k: v.copy() for k, v in params.items()}, grads)
+
+    def nbytes(opt):
+        return sum(leaf.nbytes for tree in opt.state_arrays().values() for leaf in tree.values())
+
+    ratio = nbytes(o8) / nbytes(o32)
+    # 1e6 codes x2 + 3907 blocks x 4 bytes x2 + the 1000-element bias in float32
+    assert nbytes(o8) == 2 * 1_000_000 + 2 * 4 * 3907 + 2 * 4 * 1000
+    assert ratio <= 0.27, ratio
+
+
+# -- state_dict, resume, conversion ----------------------------------------------------
+def test_resume_from_state_dict_bit_for_bit(rng):
+    shapes = SHAPES
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(6)]
+    a = [p.copy() for p in params]
+    opt = optim.AdamW8bit(lr=0.02, block_size=64, min_8bit_size=64)
+    for g in grads:
+        opt.step(a, g)
+    b = [p.copy() for p in params]
+    first = optim.AdamW8bit(lr=0.02, block_size=64, min_8bit_size=64)
+    for g in grads[:3]:
+        first.step(b, g)
+    buf = io.BytesIO()
+    np.savez(buf, **first.state_dict())
+    buf.seek(0)
+    second = optim.AdamW8bit(lr=0.5)  # every hyper-parameter comes from the state
+    second.load_state_dict(dict(np.load(buf)))
+    assert second.block_size == 64 and second.min_8bit_size == 64 and second.lr == 0.02
+    for g in grads[3:]:
+        second.step(b, g)
+    for x, y in zip(a, b):
+        _bits_equal(x, y)
+    assert second.step_count == 6
+    sd = second.state_dict()
+    assert sd["exp_avg.0"].dtype == np.uint8 and sd["exp_avg_absmax.0"].dtype == np.float32
+    assert sd["exp_avg.1"].dtype == np.float32 and sd["exp_avg_absmax.1"].shape == (0,)
+
+
+def test_conversion_from_and_to_adamw_state(rng):
+    shapes = SHAPES
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    o32 = optim.AdamW(lr=0.01)
+    for _ in range(2):
+        o32.step(params, [rng.standard_normal(s).astype(np.float32) for s in shapes])
+    st32 = o32.state_dict()
+    o8 = optim.AdamW8bit(block_size=64, min_8bit_size=64)
+    o8.load_state_dict(st32)
+    assert o8.step_count == 2 and o8.lr == 0.01
+    sd8 = o8.state_dict()
+    arrays = {name: [sd8[f"{name}.{i}"] for i in range(3)] for name in sd8["slots"]}
+    for i in (0, 2):
+        codes, absmax = ref.quantize(st32[f"exp_avg.{i}"], True, 64)
+        _bits_equal(arrays["exp_avg"][i], codes)
+        _bits_equal(arrays["exp_avg_absmax"][i], absmax)
+        codes, absmax = ref.quantize(st32[f"exp_avg_sq.{i}"], False, 64)
+        _bits_equal(arrays["exp_avg_sq"][i], codes)
+    _bits_equal(arrays["exp_avg"][1], st32["exp_avg.1"])  # small leaf: float32 as it was
+    back = o8.float32_state_dict()
+    o32b = optim.AdamW()
+    o32b.load_state_dict(back)  # the float32 class takes it
+    sd32b = o32b.state_dict()
+    for i in (0, 2):
+        m = sd32b[f"exp_avg.{i}"]
+        _bits_equal(m, ref.dequantize(arrays["exp_avg"][i], arrays["exp_avg_absmax"][i], True, 64))
+        # the quantization error of the round trip: within the map's bound relative to the block's absmax
+        err = np.abs(m - st32[f"exp_avg.{i}"]).ravel()
+        top = np.repeat(arrays["exp_avg_absmax"][i], 64)[: err.size]
+        assert np.all(err <= top * 2.0 ** -5)
+    _bits_equal(sd32b["exp_avg.1"], st32["exp_avg.1"])
+    # the other way round: AdamW state -> Adam8bit is refused (AdamW8bit's), amsgrad refused
+    with pytest.raises(ValueError):
+        optim.Adam8bit().load_state_dict(st32)
+    ams = optim.AdamW(amsgrad=True)
+    ams.step(params, [np.ones(s, np.float32) for s in shapes])
+    with pytest.raises(ValueError, match="amsgrad"):
+        optim.AdamW8bit().load_state_dict(ams.state_dict())
+
+
+# -- bad input ---------------------------------------------------------------------------
+def _snapshot(opt, params):
+    return [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in opt.state_arrays().items()}
+
+
+def _unchanged(opt, params, snap):
+    for a, b in zip(params, snap[0]):
+        _bits_equal(a, b)
+    for k, v in opt.state_arrays().items():
+        for a, b in zip(v, snap[1][k]):
+            _bits_equal(a, b)
+
+
+def test_bad_input_is_refused_and_changes_nothing(rng):
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    opt = optim.AdamW8bit(block_size=64, min_8bit_size=64)
+    opt.step(params, [np.ones(s, np.float32) for s in SHAPES])
+    snap = _snapshot(opt, params)
+    bad = [np.ones(s, np.float32) for s in SHAPES]
+    bad[2] = bad[2].astype(np.float64)
+    with pytest.raises(TypeError, match=r"grads at \[2\]: expected a float32 array of shape \(5, 40\)"):
+        opt.step(params, bad)
+    with pytest.raises(ValueError, match="shape"):
+        opt.step(params, [np.ones(s, np.float32) for s in SHAPES[:2]] + [np.ones((40, 5), np.float32)])
+    nan = [np.ones(s, np.float32) for s in SHAPES]
+    nan[1][3] = np.nan
+    opt.check_finite = True
+    with pytest.raises(FloatingPointError, match=r"grads at \[1\]"):
+        opt.step(params, nan)
+    sd = opt.state_dict()
+    sd["exp_avg_sq_absmax.2"] = np.full_like(sd["exp_avg_sq_absmax.2"], -1.0)
+    with pytest.raises(ValueError, match="absmax"):
+        opt.load_state_dict(sd)
+    sd = opt.state_dict()
+    sd["exp_avg.0"] = sd["exp_avg.0"].astype(np.float32)
+    with pytest.raises(TypeError, match="exp_avg at \\[0\\]: expected a uint8 array"):
+        opt.load_state_dict(sd)
+    _unchanged(opt, params, snap)
+    assert opt.step_count == 1
+    with pytest.raises(ValueError, match="block_size"):
+        opt.block_size = 128
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        opt.max_grad_norm = 1.0
+    assert opt.block_size == 64
+
+
+def test_float64_and_bad_options_are_refused():
+    with pytest.raises(TypeError, match=r"params at \['w'\]: Adam8bit and AdamW8bit step float32 parameters, got float64"):
+        optim.AdamW8bit().step({"w": np.zeros(3)}, {"w": np.zeros(3)})
+    for bad in (100, 8, 8192, 256.0, True):
+        with pytest.raises(ValueError, match="block_size"):
+            optim.Adam8bit(block_size=bad)
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        optim.Adam8bit(min_8bit_size=-1)
+    with pytest.raises(ValueError, match="betas"):
+        optim.AdamW8bit(betas=(1.0, 0.9))
+
+
+# -- a training run ------------------------------------------------------------------------
+def _logistic(opt, steps=300):
+    rng = np.random.default_rng(0)
+    n, d = 512, 4096
+    x = (rng.standard_normal((n, d)) / np.sqrt(d)).astype(np.float32)
+    w_true = rng.standard_normal(d).astype(np.float32)
+    y = (x @ w_true > 0).astype(np.float32)
+    w = {"w": np.zeros(d, np.float32), "b": np.zeros(1, np.float32)}
+    losses = []
+    for _ in range(steps):
+        z = x @ w["w"] + w["b"][0]
+        pr = 1 / (1 + np.exp(-z))
+        losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))
+        r = ((pr - y) / n).astype(np.float32)
+        opt.step(w, {"w": (x.T @ r).astype(np.float32), "b": np.array([r.sum()], np.float32)})
+    return np.array(losses)
+
+
+def test_training_loss_within_margin_of_float32_adamw():
+    l32 = _logistic(optim.AdamW(lr=0.01, weight_decay=1e-4))
+    l8 = _logistic(optim.AdamW8bit(lr=0.01, weight_decay=1e-4))
+    assert l32[-1] < 0.5 * l32[0]  # it learns
+    # every step's loss within 3% of float32 AdamW's (relative)
+    assert np.max(np.abs(l8 - l32) / l32) < 0.03
