@@ -118,8 +118,11 @@ void quant8_encode(const float* x, std::size_t n, std::size_t block, bool is_sig
 
 void quant8_decode(const std::uint8_t* codes, const float* absmax, std::size_t n, std::size_t block, bool is_signed,
                    float* out) {
-  const float* values = is_signed ? quant8_maps().signed_values : quant8_maps().unsigned_values;
-  for (std::size_t i = 0; i < n; ++i) out[i] = values[codes[i]] * absmax[i / block];
+  for (std::size_t b0 = 0, blk = 0; b0 < n; b0 += block, ++blk) {
+    const std::size_t e = b0 + block < n ? b0 + block : n;
+    for (std::size_t i = b0; i < e; ++i)
+      out[i] = (is_signed ? quant8_signed_value(codes[i]) : quant8_unsigned_value(codes[i])) * absmax[blk];
+  }
 }
 
 }  // namespace fusedopt

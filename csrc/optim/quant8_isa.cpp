@@ -4,6 +4,7 @@
 // at every level, so the bits do not depend on it.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include "optim/quant8.h"
 
 #ifndef FUSEDOPT_ISA
@@ -31,6 +32,30 @@ inline void adam_element(const float* g_in, float* p_io, float& m, float& v, std
   p_io[i] = p + (c.neg_lr * m) / den;
 }
 
+// The largest |x[i]| (abs) or x[i], NaN if any is NaN: 16 running maxima
+// (element i in lane i mod 16, vectorised), then combined; max is exact, so
+// the order does not change the result.
+inline float block_max(const float* x, std::size_t n, bool abs) {
+  constexpr std::size_t L = 16;
+  float acc[L] = {};
+  int nan = 0;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L)
+    for (std::size_t j = 0; j < L; ++j) {
+      const float a = abs ? std::fabs(x[i + j]) : x[i + j];
+      nan |= a != a;
+      acc[j] = a > acc[j] ? a : acc[j];
+    }
+  for (std::size_t j = 0; i + j < n; ++j) {
+    const float a = abs ? std::fabs(x[i + j]) : x[i + j];
+    nan |= a != a;
+    acc[j] = a > acc[j] ? a : acc[j];
+  }
+  float out = 0.0f;
+  for (std::size_t j = 0; j < L; ++j) out = acc[j] > out ? acc[j] : out;
+  return nan ? std::numeric_limits<float>::quiet_NaN() : out;
+}
+
 template <Quant8Decay D>
 void quantized_span(const Quant8Span& s, std::size_t block, const Quant8Scalars& c, const Quant8Maps& maps) {
   const Quant8Leaf& l = s.leaf;
@@ -41,20 +66,18 @@ void quantized_span(const Quant8Span& s, std::size_t block, const Quant8Scalars&
     const std::uint8_t* mc = l.mc + b0;
     const std::uint8_t* vc = l.vc + b0;
     for (std::size_t i = 0; i < n; ++i) {
-      m[i] = maps.signed_values[mc[i]] * old_ma;
-      v[i] = maps.unsigned_values[vc[i]] * old_va;
+      m[i] = quant8_signed_value(mc[i]) * old_ma;
+      v[i] = quant8_unsigned_value(vc[i]) * old_va;
     }
     for (std::size_t i = 0; i < n; ++i) adam_element<D>(l.g + b0, l.p + b0, m[i], v[i], i, c);
-    float am = 0.0f, av = 0.0f;
-    for (std::size_t i = 0; i < n; ++i) {
-      am = quant8_max(am, std::fabs(m[i]));
-      av = quant8_max(av, v[i]);
-    }
+    const float am = block_max(m, n, true), av = block_max(v, n, false);
     std::uint8_t* mo = l.mc + b0;
     std::uint8_t* vo = l.vc + b0;
+    // An absmax of 0 means every value is 0 (or -0): divided by 1 they stay 0.
+    const float dm = am > 0.0f ? am : 1.0f, dv = av > 0.0f ? av : 1.0f;
     for (std::size_t i = 0; i < n; ++i) {
-      mo[i] = quant8_signed(am > 0.0f ? m[i] / am : 0.0f);
-      vo[i] = quant8_unsigned(av > 0.0f ? v[i] / av : 0.0f);
+      mo[i] = quant8_signed(m[i] / dm);
+      vo[i] = quant8_unsigned(v[i] / dv);
     }
     l.ma[blk] = am;
     l.va[blk] = av;

@@ -19,21 +19,25 @@ constexpr int quant8_binades(int M) { return 4 * M + 6; }
 constexpr std::uint32_t quant8_top(int M) { return (1u << (M + 3)) - 1u; }
 
 // Magnitude index (0 .. quant8_top(M)) of the code nearest |x| for |x| <= 1;
-// NaN and |x| > 1 give the top index.
+// NaN and |x| > 1 give the top index. Branch-free (selects), so loops of it vectorise.
 inline std::uint32_t quant8_index(float x, int M) {
   std::uint32_t u;
   std::memcpy(&u, &x, sizeof u);
   u &= 0x7fffffffu;
-  const int k = 126 - static_cast<int>(u >> 23);  // x in [2^-(k+1), 2^-k)
-  const int K = quant8_binades(M);
+  const std::int32_t K = quant8_binades(M);
+  const std::int32_t k = 126 - static_cast<std::int32_t>(u >> 23);  // x in [2^-(k+1), 2^-k)
   const std::uint32_t frac = u & 0x7fffffu;
-  if (k < 0) return quant8_top(M);
-  if (k >= K) return (k == K && frac != 0) ? 1u : 0u;  // 0 or the smallest code 2^-K (tie: 0)
-  const int g = k >> 2, j = k & 3;
-  const int bits = g < M ? M - g : 0;
-  const std::uint32_t base = g < M ? (static_cast<std::uint32_t>(7 - j) << (M - g)) - 1u : static_cast<std::uint32_t>(K - k);
-  const int s = 23 - bits;
-  return base + ((frac + (1u << (s - 1)) - 1u) >> s);
+  const std::int32_t kc = k < 0 ? 0 : (k > K - 1 ? K - 1 : k);
+  const std::int32_t g = kc >> 2, j = kc & 3;
+  const bool fine = g < M;
+  const std::int32_t bits = fine ? M - g : 0;
+  const std::uint32_t base = fine ? (static_cast<std::uint32_t>(7 - j) << static_cast<std::uint32_t>(fine ? M - g : 0)) - 1u
+                                  : static_cast<std::uint32_t>(K - kc);
+  const std::uint32_t s = static_cast<std::uint32_t>(23 - bits);
+  std::uint32_t idx = base + ((frac + (1u << (s - 1u)) - 1u) >> s);  // ties toward zero
+  idx = k < 0 ? quant8_top(M) : idx;
+  const std::uint32_t below = (k == K && frac != 0) ? 1u : 0u;  // 0 or the smallest code 2^-K (tie: 0)
+  return k >= K ? below : idx;
 }
 
 // The signed code of x: sign bit 7 (never set on the code 0), magnitude below.
@@ -44,6 +48,36 @@ inline std::uint8_t quant8_signed(float x) {
   return static_cast<std::uint8_t>(i == 0 ? 0u : i | ((u >> 31) << 7));
 }
 inline std::uint8_t quant8_unsigned(float x) { return static_cast<std::uint8_t>(quant8_index(x, kQuant8UnsignedBits)); }
+
+// The magnitude of index i (the inverse of quant8_index), computed from i's
+// bits: w = i + 1 lies in [2^(M-g+2), 2^(M-g+3)) for the codes of group g,
+// whose binade is 4g + 7 - (w >> (M-g)) and fraction w mod 2^(M-g).
+inline float quant8_magnitude(std::uint32_t i, int M) {
+  const std::int32_t K = quant8_binades(M);
+  const std::uint32_t w = i + 1u;
+  const float wf = static_cast<float>(static_cast<std::int32_t>(w));
+  std::uint32_t wb;
+  std::memcpy(&wb, &wf, sizeof wb);
+  const std::int32_t g = M + 2 - (static_cast<std::int32_t>(wb >> 23) - 127);
+  const std::int32_t gc = g < 0 ? 0 : (g > M - 1 ? M - 1 : g);
+  const std::uint32_t b = static_cast<std::uint32_t>(M - gc);
+  const std::int32_t k_fine = 4 * gc + 7 - static_cast<std::int32_t>(w >> b);
+  const bool tail = i <= 6u;  // one code per binade: 2^-(K-i+1)
+  const std::int32_t k = tail ? K - static_cast<std::int32_t>(i) : k_fine;
+  const std::uint32_t mant = tail ? 0u : (w & ((1u << b) - 1u)) << (23u - b);
+  std::uint32_t bits = (static_cast<std::uint32_t>(126 - k) << 23) | mant;
+  bits = i == 0u ? 0u : bits;
+  bits = i >= quant8_top(M) ? 0x3f800000u : bits;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+inline float quant8_signed_value(std::uint8_t code) {
+  const std::uint32_t i = code & 127u;
+  const float m = quant8_magnitude(i, kQuant8SignedBits);
+  return (code & 128u) && i != 0u ? -m : m;
+}
+inline float quant8_unsigned_value(std::uint8_t code) { return quant8_magnitude(code, kQuant8UnsignedBits); }
 
 // NaN-propagating maximum (torch.max): a block's absmax.
 inline float quant8_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }

@@ -1,0 +1,74 @@
+"""AdamW with 8-bit states beside float32 AdamW: fusedopt.optim.AdamW8bit,
+fusedopt.optim.AdamW and torch.optim.AdamW(fused=True), float32 parameters.
+
+    python bench/bench_quant8.py                 # 1e6, 1e7, 6.4e7
+    python bench/bench_quant8.py --sizes 1e6     # one size
+
+Each implementation steps its own copy of the same parameters and gradients;
+the time per step is the median over interleaved rounds (every implementation
+once per round), so a slow spell of a shared machine hits all of them alike.
+Bytes/element is the traffic of a step: parameter read and write, gradient
+read, and each moment read and written (1 byte per 8-bit code, the block
+absmax adds 8/256 per moment and step).
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import fusedopt
+from fusedopt import optim
+
+BYTES = {"fusedopt AdamW8bit": 4 + 4 + 4 + 2 * (1 + 1) + 2 * 2 * 4 / 256,
+         "fusedopt AdamW f32": 4 + 4 + 4 + 2 * (4 + 4), "torch fused AdamW f32": 4 + 4 + 4 + 2 * (4 + 4)}
+
+
+def steppers(n, rng):
+    p = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+    out = {}
+    for name, cls in (("fusedopt AdamW8bit", optim.AdamW8bit), ("fusedopt AdamW f32", optim.AdamW)):
+        params, opt = [p.copy()], cls(lr=1e-4)
+        out[name] = (lambda params=params, opt=opt: opt.step(params, [g]))
+    try:
+        import torch
+        torch.set_num_threads(fusedopt.get_num_threads())
+        tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+        tp.grad = torch.from_numpy(g.copy())
+        topt = torch.optim.AdamW([tp], lr=1e-4, fused=True)
+        out["torch fused AdamW f32"] = topt.step
+    except ImportError:
+        pass
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1e6,1e7,6.4e7")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    print(f"threads {fusedopt.get_num_threads()}, SIMD {fusedopt.simd_level()}")
+    print(f"{'size':>8} {'implementation':<24} {'bytes/el':>8} {'ms/step':>9} {'GB/s':>6} {'x torch':>8}")
+    for size in args.sizes.split(","):
+        n = int(float(size))
+        fns = steppers(n, np.random.default_rng(0))
+        for fn in fns.values():  # warm-up: state created, pages touched
+            fn()
+            fn()
+        times = {name: [] for name in fns}
+        for _ in range(args.rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        base = statistics.median(times["torch fused AdamW f32"]) if "torch fused AdamW f32" in times else None
+        for name, ts in times.items():
+            t = statistics.median(ts)
+            ratio = f"{base / t:8.2f}" if base else "       -"
+            print(f"{size:>8} {name:<24} {BYTES[name]:8.2f} {t * 1e3:9.3f} {BYTES[name] * n / t / 1e9:6.1f} {ratio}")
+        del fns
+
+
+if __name__ == "__main__":
+    main()
