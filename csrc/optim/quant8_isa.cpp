@@ -4,7 +4,9 @@
 // at every level, so the bits do not depend on it.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include "common/simd_vec.h"
 #include "optim/quant8.h"
 
 #ifndef FUSEDOPT_ISA
@@ -32,28 +34,29 @@ inline void adam_element(const float* g_in, float* p_io, float& m, float& v, std
   p_io[i] = p + (c.neg_lr * m) / den;
 }
 
-// The largest |x[i]| (abs) or x[i], NaN if any is NaN: 16 running maxima
-// (element i in lane i mod 16, vectorised), then combined; max is exact, so
-// the order does not change the result.
+// a if it is larger than m or NaN, else m: a running maximum that keeps the first NaN.
+template <class V>
+FUSEDOPT_INLINE V max_or_nan(V m, V a) {
+  return (a > m) | (a != a) ? a : m;
+}
+
+// The largest |x[i]| (abs) or x[i], NaN if any is NaN, over native vectors
+// then lanes; max is exact, so the lane count does not change the result.
 inline float block_max(const float* x, std::size_t n, bool abs) {
-  constexpr std::size_t L = 16;
-  float acc[L] = {};
-  int nan = 0;
+  using V = Vec<float>::type;
+  typedef std::int32_t IV __attribute__((vector_size(kVecBytes)));
+  constexpr std::size_t L = Vec<float>::lanes;
+  V acc = V{} + 0.0f;
   std::size_t i = 0;
-  for (; i + L <= n; i += L)
-    for (std::size_t j = 0; j < L; ++j) {
-      const float a = abs ? std::fabs(x[i + j]) : x[i + j];
-      nan |= a != a;
-      acc[j] = a > acc[j] ? a : acc[j];
-    }
-  for (std::size_t j = 0; i + j < n; ++j) {
-    const float a = abs ? std::fabs(x[i + j]) : x[i + j];
-    nan |= a != a;
-    acc[j] = a > acc[j] ? a : acc[j];
+  for (; i + L <= n; i += L) {
+    V a = load<V>(x + i);
+    if (abs) a = reinterpret_cast<V>(reinterpret_cast<IV>(a) & 0x7fffffff);  // fabs, NaNs included
+    acc = max_or_nan(acc, a);
   }
   float out = 0.0f;
-  for (std::size_t j = 0; j < L; ++j) out = acc[j] > out ? acc[j] : out;
-  return nan ? std::numeric_limits<float>::quiet_NaN() : out;
+  for (std::size_t j = 0; j < L; ++j) out = max_or_nan(out, acc[j]);
+  for (; i < n; ++i) out = max_or_nan(out, abs ? std::fabs(x[i]) : x[i]);
+  return out;
 }
 
 template <Quant8Decay D>
