@@ -17,6 +17,7 @@
 #include "arrays.h"
 #include "numpy_api.h"
 #include "registry.h"
+#include "leaf_checks.h"
 #include "tree.h"
 
 namespace fusedopt {
@@ -119,7 +120,9 @@ class Quant8State {
       held.push_back(py::reinterpret_borrow<py::object>(o));
       leaves[l].p = static_cast<float*>(PyArray_DATA(a));
     });
-    check_disjoint(leaves);
+    std::vector<const void*> ps;
+    for (const Quant8Leaf& d : leaves) ps.push_back(d.p);
+    check_disjoint_params(specs, ps);
     if (check_finite)
       for (std::size_t l = 0; l < specs.size(); ++l)
         if (!all_finite(leaves[l].g, F32, specs[l].size)) {
@@ -198,12 +201,7 @@ class Quant8State {
     step_count_ = step_count;
   }
 
-  void set_decay_mask(const std::vector<bool>& mask) {
-    if (mask.size() != plan_->leaves().size())
-      throw py::value_error("decay_mask has " + std::to_string(mask.size()) + " entries, the tree has " +
-                            std::to_string(plan_->leaves().size()) + " leaves");
-    decay_.assign(mask.begin(), mask.end());
-  }
+  void set_decay_mask(const std::vector<bool>& mask) { decay_ = decay_flags(mask, plan_->leaves().size()); }
   std::vector<bool> decay_mask() const { return std::vector<bool>(decay_.begin(), decay_.end()); }
   std::vector<bool> quantized_leaves() const {
     std::vector<bool> out;
@@ -230,19 +228,6 @@ class Quant8State {
     throw py::value_error("no state slot '" + name + "' in this optimizer (its slots: exp_avg, exp_avg_sq, "
                           "exp_avg_absmax, exp_avg_sq_absmax)");
   }
-  // Two parameter leaves sharing memory would be stepped twice (and raced by threads).
-  void check_disjoint(const std::vector<Quant8Leaf>& leaves) const {
-    const auto& specs = plan_->leaves();
-    std::vector<std::pair<const float*, std::size_t>> spans;
-    for (std::size_t l = 0; l < specs.size(); ++l)
-      if (specs[l].size > 0) spans.emplace_back(leaves[l].p, l);
-    std::sort(spans.begin(), spans.end());
-    for (std::size_t k = 1; k < spans.size(); ++k)
-      if (spans[k - 1].first + specs[spans[k - 1].second].size > spans[k].first)
-        throw py::value_error(where("params", specs[spans[k].second]) + ": shares memory with " +
-                              where("params", specs[spans[k - 1].second]) + "; each parameter must be its own array");
-  }
-
   py::object plan_obj_;
   const Plan* plan_ = nullptr;
   py::object hyper_obj_;
