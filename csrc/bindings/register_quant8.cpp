@@ -276,11 +276,6 @@ void register_quant8(py::module_& m) {
         "(codes uint8, absmax float32 per block) of a float32 array: Adam8bit's encoder (docs/lowbit.md).");
   m.def("dequantize_blockwise", &dequantize_blockwise, py::arg("codes"), py::arg("absmax"), py::arg("signed"),
         py::arg("block_size"), "The float32 values of blockwise codes.");
-  m.def("quant8_map", [](bool is_signed) {
-    const Quant8Maps& maps = quant8_maps();
-    return std::vector<float>(is_signed ? maps.signed_values : maps.unsigned_values,
-                              (is_signed ? maps.signed_values : maps.unsigned_values) + 256);
-  }, py::arg("signed"), "The value of every code of a map, by code.");
   py::class_<Quant8State>(m, "Quant8State", "Adam8bit/AdamW8bit state over one tree: plan, moments, step count.")
       .def(py::init<py::object, std::vector<bool>, py::object, long long, long long>(), py::arg("plan"),
            py::arg("decay_mask"), py::arg("hyper"), py::arg("block_size"), py::arg("min_8bit_size"))

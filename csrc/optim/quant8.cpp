@@ -1,5 +1,5 @@
 // The driver of Adam8bit/AdamW8bit: the step's scalars once (in double, as
-// torch.optim computes them in Python), the decode tables, the kernel of the
+// torch.optim computes them in Python), the kernel of the
 // selected SIMD level, and the spans of blocks handed to the thread team.
 #include "optim/quant8.h"
 
@@ -18,27 +18,6 @@ namespace avx512 { void fill_quant8(Quant8Fn*); }
 #endif
 
 namespace {
-
-// Every magnitude of a map in index order: 0, then binades from the smallest up, then 1.0.
-void fill_values(float* out, int M) {
-  std::size_t i = 0;
-  out[i++] = 0.0f;
-  for (int k = quant8_binades(M) - 1; k >= 0; --k) {
-    const int g = k >> 2, bits = g < M ? M - g : 0;
-    for (int r = 0; r < (1 << bits); ++r)
-      out[i++] = std::ldexp(1.0f + static_cast<float>(r) / static_cast<float>(1 << bits), -(k + 1));
-  }
-  out[i] = 1.0f;
-}
-
-Quant8Maps build_maps() {
-  Quant8Maps maps{};
-  fill_values(maps.unsigned_values, kQuant8UnsignedBits);
-  fill_values(maps.signed_values, kQuant8SignedBits);
-  for (int i = 0; i < 128; ++i) maps.signed_values[128 + i] = -maps.signed_values[i];
-  maps.signed_values[128] = 0.0f;  // never written: the sign bit is not set on the code 0
-  return maps;
-}
 
 const Quant8Fn* kernels_of_level() {
   static Quant8Fn base[3], a2[3], a512[3];
@@ -79,15 +58,9 @@ constexpr std::size_t kSpanElements = 8192;
 
 }  // namespace
 
-const Quant8Maps& quant8_maps() {
-  static const Quant8Maps maps = build_maps();
-  return maps;
-}
-
 void run_quant8_step(const std::vector<Quant8Leaf>& leaves, std::size_t block, const Quant8Hyper& h, double lr,
                      long long t) {
   const Quant8Fn* fns = kernels_of_level();
-  const Quant8Maps& maps = quant8_maps();
   Quant8Scalars c = scalars(h, lr, t);
   std::vector<Quant8Span> spans;
   std::size_t total = 0;
@@ -98,7 +71,7 @@ void run_quant8_step(const std::vector<Quant8Leaf>& leaves, std::size_t block, c
   }
   auto body = [&](std::size_t k) {
     const Quant8Span& s = spans[k];
-    fns[static_cast<int>(s.leaf.decay)](s, block, c, maps);
+    fns[static_cast<int>(s.leaf.decay)](s, block, c);
   };
   for_each_chunk(spans.size(), total >= kSerialBelow, true, body);
 }

@@ -33,7 +33,7 @@ struct Quant8Span {
   std::size_t begin, end;
 };
 
-using Quant8Fn = void (*)(const Quant8Span&, std::size_t block, const Quant8Scalars&, const Quant8Maps&);
+using Quant8Fn = void (*)(const Quant8Span&, std::size_t block, const Quant8Scalars&);
 
 struct Quant8Hyper {
   double beta1, beta2, eps, weight_decay;

@@ -60,7 +60,7 @@ inline float block_max(const float* x, std::size_t n, bool abs) {
 }
 
 template <Quant8Decay D>
-void quantized_span(const Quant8Span& s, std::size_t block, const Quant8Scalars& c, const Quant8Maps& maps) {
+void quantized_span(const Quant8Span& s, std::size_t block, const Quant8Scalars& c) {
   const Quant8Leaf& l = s.leaf;
   alignas(64) float m[kMaxBlock], v[kMaxBlock];
   for (std::size_t b0 = s.begin; b0 < s.end; b0 += block) {
@@ -94,9 +94,9 @@ void float_span(const Quant8Span& s, const Quant8Scalars& c) {
 }
 
 template <Quant8Decay D>
-void span(const Quant8Span& s, std::size_t block, const Quant8Scalars& c, const Quant8Maps& maps) {
+void span(const Quant8Span& s, std::size_t block, const Quant8Scalars& c) {
   if (s.leaf.mc)
-    quantized_span<D>(s, block, c, maps);
+    quantized_span<D>(s, block, c);
   else
     float_span<D>(s, c);
 }

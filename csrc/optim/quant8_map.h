@@ -82,11 +82,4 @@ inline float quant8_unsigned_value(std::uint8_t code) { return quant8_magnitude(
 // NaN-propagating maximum (torch.max): a block's absmax.
 inline float quant8_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 
-// The value of every code: decode tables of the two maps.
-struct Quant8Maps {
-  float signed_values[256];
-  float unsigned_values[256];
-};
-const Quant8Maps& quant8_maps();
-
 }  // namespace fusedopt

@@ -290,9 +290,6 @@ def quantize_blockwise(x: Any, signed: bool, block_size: int) -> tuple[Any, Any]
     """(codes uint8, absmax float32 per block) of a float32 array: Adam8bit's encoder."""
 def dequantize_blockwise(codes: Any, absmax: Any, signed: bool, block_size: int) -> Any:
     """The float32 values of blockwise codes."""
-def quant8_map(signed: bool) -> list[float]:
-    """The value of every code of a map, by code."""
-
 class Quant8State:
     """Adam8bit/AdamW8bit state over one tree: plan, moments, step count."""
     def __init__(self, plan: Plan, decay_mask: Sequence[bool], hyper: TextbookHyper, block_size: int,
