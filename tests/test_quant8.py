@@ -341,3 +341,37 @@ def test_training_loss_within_margin_of_float32_adamw():
     assert l32[-1] < 0.5 * l32[0]  # it learns
     # every step's loss within 3% of float32 AdamW's (relative)
     assert np.max(np.abs(l8 - l32) / l32) < 0.03
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=4), block=st.sampled_from([16, 32, 128]),
+       least=st.sampled_from([0, 20, 100]), decoupled=st.booleans(), wd=st.sampled_from([0.0, 0.05]),
+       beta1=st.sampled_from([0.0, 0.3, 0.9]), maximize=st.booleans(), scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e6]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_step_matches_reference_on_drawn_trees(sizes, block, least, decoupled, wd, beta1, maximize, scale, seed):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    mine = [p.copy() for p in params]
+    cls = optim.AdamW8bit if decoupled else optim.Adam8bit
+    opt = cls(lr=0.01, betas=(beta1, 0.99), weight_decay=wd, maximize=maximize, block_size=block, min_8bit_size=least)
+    r = ref.Reference(params, 0.01, betas=(beta1, 0.99), weight_decay=wd, decoupled=decoupled, maximize=maximize,
+                      block=block, least=least)
+    for _ in range(3):
+        grads = [(rng.standard_normal(n) * scale).astype(np.float32) for n in sizes]
+        opt.step(mine, grads)
+        r.step(params, grads)
+    _assert_matches(mine, params, opt, r)
+
+
+def test_pickle_resumes_bit_for_bit(rng):
+    import pickle
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    opt = optim.AdamW8bit(lr=0.01, block_size=64, min_8bit_size=64)
+    opt.step(params, grads)
+    copy = pickle.loads(pickle.dumps(opt))
+    a, b = [p.copy() for p in params], [p.copy() for p in params]
+    opt.step(a, grads)
+    copy.step(b, grads)
+    for x, y in zip(a, b):
+        _bits_equal(x, y)
