@@ -1,5 +1,6 @@
 """AdamW with 8-bit states beside float32 AdamW: fusedopt.optim.AdamW8bit,
-fusedopt.optim.AdamW and torch.optim.AdamW(fused=True), float32 parameters.
+fusedopt.optim.AdamW and torch.optim.AdamW(fused=True), float32 parameters;
+bitsandbytes' AdamW8bit on CPU too, up to 1e7, when it is installed (optional).
 
     python bench/bench_quant8.py                 # 1e6, 1e7, 6.4e7
     python bench/bench_quant8.py --sizes 1e6     # one size
@@ -21,6 +22,7 @@ import fusedopt
 from fusedopt import optim
 
 BYTES = {"fusedopt AdamW8bit": 4 + 4 + 4 + 2 * (1 + 1) + 2 * 2 * 4 / 256,
+         "bitsandbytes AdamW8bit": 4 + 4 + 4 + 2 * (1 + 1) + 2 * 2 * 4 / 256,
          "fusedopt AdamW f32": 4 + 4 + 4 + 2 * (4 + 4), "torch fused AdamW f32": 4 + 4 + 4 + 2 * (4 + 4)}
 
 
@@ -38,6 +40,15 @@ def steppers(n, rng):
         tp.grad = torch.from_numpy(g.copy())
         topt = torch.optim.AdamW([tp], lr=1e-4, fused=True)
         out["torch fused AdamW f32"] = topt.step
+    except ImportError:
+        pass
+    try:  # optional peer, never a dependency; its CPU path is Python ops, so only up to 1e7
+        import bitsandbytes as bnb
+        import torch
+        if n <= 10 ** 7:
+            bp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+            bp.grad = torch.from_numpy(g.copy())
+            out["bitsandbytes AdamW8bit"] = bnb.optim.AdamW8bit([bp], lr=1e-4).step
     except ImportError:
         pass
     return out

@@ -375,3 +375,27 @@ def test_pickle_resumes_bit_for_bit(rng):
     copy.step(b, grads)
     for x, y in zip(a, b):
         _bits_equal(x, y)
+
+
+def test_training_loss_within_margin_of_bitsandbytes():
+    # Optional peer: bitsandbytes' CPU AdamW8bit (its own dynamic map, block 256) on the same data.
+    bnb = pytest.importorskip("bitsandbytes")
+    torch = pytest.importorskip("torch")
+
+    class Bnb:
+        def __init__(self):
+            self.opt = self.params = None
+
+        def step(self, params, grads):
+            if self.opt is None:
+                self.params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
+                self.opt = bnb.optim.AdamW8bit(list(self.params.values()), lr=0.01, weight_decay=1e-4)
+            for k, t in self.params.items():
+                t.grad = torch.from_numpy(grads[k])
+            self.opt.step()
+            for k, t in self.params.items():
+                params[k][...] = t.detach().numpy()
+
+    lb = _logistic(Bnb())
+    l8 = _logistic(optim.AdamW8bit(lr=0.01, weight_decay=1e-4))
+    assert np.max(np.abs(l8 - lb) / lb) < 0.03
