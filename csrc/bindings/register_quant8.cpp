@@ -1,14 +1,17 @@
 // Binding of Adam8bit/AdamW8bit's native state (fusedopt.optim): Quant8State
 // holds a tree's plan, each leaf's moments (codes and block absmax for leaves
-// of at least min_8bit_size elements, float32 below) and the step count; it
-// checks every array of a step before anything is written. Also the blockwise
+// of at least min_8bit_size elements, float32 below) and the step count, reads
+// the optim family's OptimHyper, and checks every array of a step (overlap as
+// OptimState: docs/aliasing.md) before anything is written. Also the blockwise
 // encoder and decoder themselves, for state conversion and tests.
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,8 +19,8 @@
 #include "optim/step.h"
 #include "arrays.h"
 #include "numpy_api.h"
+#include "overlap.h"
 #include "registry.h"
-#include "leaf_checks.h"
 #include "tree.h"
 
 namespace fusedopt {
@@ -26,8 +29,6 @@ namespace {
 
 constexpr int kNpyUint8 = NPY_UINT8;
 const char* const kSlotNames[4] = {"exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"};
-
-std::string where(const std::string& what, const LeafSpec& s) { return s.path.empty() ? what : what + " at " + s.path; }
 
 std::string describe(PyObject* o) {
   if (!PyArray_Check(o)) return Py_TYPE(o)->tp_name;
@@ -87,11 +88,11 @@ class Quant8State {
   Quant8State(py::object plan, std::vector<bool> decay_mask, py::object hyper, long long block_size, long long min_8bit_size)
       : plan_obj_(std::move(plan)), hyper_obj_(std::move(hyper)) {
     if (!py::isinstance<Plan>(plan_obj_)) throw py::type_error("plan must be a fusedopt._core.Plan");
-    if (!py::isinstance<TextbookHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.TextbookHyper");
+    if (!py::isinstance<OptimHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.OptimHyper");
     check_block(block_size);
     if (min_8bit_size < 0) throw py::value_error("min_8bit_size must be >= 0, got " + std::to_string(min_8bit_size));
     plan_ = plan_obj_.cast<const Plan*>();
-    hyper_ = &hyper_obj_.cast<const TextbookHyper&>();
+    hyper_ = &hyper_obj_.cast<const OptimHyper&>();
     block_ = static_cast<std::size_t>(block_size);
     min_8bit_ = static_cast<std::size_t>(min_8bit_size);
     for (const LeafSpec& s : plan_->leaves())
@@ -105,24 +106,27 @@ class Quant8State {
 
   void step(py::handle params, py::handle grads, double lr, bool check_finite) {
     if (!(lr >= 0.0 && std::isfinite(lr))) throw py::value_error("lr must be finite and >= 0, got " + std::to_string(lr));
+    if (step_count_ == LLONG_MAX)
+      throw py::value_error("step_count is 2**63 - 1, the most this optimizer counts: no further step can be taken");
     const auto& specs = plan_->leaves();
     std::vector<Quant8Leaf> leaves(specs.size());
-    std::vector<py::object> held;
+    std::vector<py::object> held;  // gradient l at held[l], then the parameters: alive while the GIL is released
+    held.reserve(2 * specs.size());
     plan_->walk(grads.ptr(), "grads", [&](std::size_t l, PyObject* o) {
       PyArrayObject* a = contiguous(checked(o, NPY_FLOAT, specs[l].shape, where("grads", specs[l])), held);
       leaves[l].g = static_cast<const float*>(PyArray_DATA(a));
     });
     plan_->walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
       PyArrayObject* a = checked(o, NPY_FLOAT, specs[l].shape, where("params", specs[l]));
-      if (!PyArray_ISWRITEABLE(a) || !PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
+      if (!PyArray_ISWRITEABLE(a))
+        throw py::value_error(where("params", specs[l]) + ": the array is read-only; it must be writeable to be stepped in place");
+      if (!PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
         throw py::value_error(where("params", specs[l]) +
-                              ": the array must be writeable, C-contiguous, aligned and in native byte order to be stepped in place");
+                              ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
       held.push_back(py::reinterpret_borrow<py::object>(o));
       leaves[l].p = static_cast<float*>(PyArray_DATA(a));
     });
-    std::vector<const void*> ps;
-    for (const Quant8Leaf& d : leaves) ps.push_back(d.p);
-    check_disjoint_params(specs, ps);
+    check_overlaps(leaves, held);
     if (check_finite)
       for (std::size_t l = 0; l < specs.size(); ++l)
         if (!all_finite(leaves[l].g, F32, specs[l].size)) {
@@ -130,9 +134,10 @@ class Quant8State {
                           (where("grads", specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
           throw py::error_already_set();
         }
-    const TextbookHyper& h = *hyper_;
-    const Quant8Hyper hyper{h.beta1, h.beta2, h.eps, h.weight_decay, h.maximize, h.decoupled};
-    const Quant8Decay decays = h.weight_decay == 0.0 ? Quant8Decay::NONE : h.decoupled ? Quant8Decay::DECOUPLED : Quant8Decay::L2;
+    const OptimHyper h = *hyper_;  // a copy: Python may assign to it while the GIL is released
+    const bool decoupled = h.decoupled_weight_decay != 0.0;
+    const Quant8Hyper hyper{h.beta1, h.beta2, h.eps, h.weight_decay, h.maximize != 0.0, decoupled};
+    const Quant8Decay decays = h.weight_decay == 0.0 ? Quant8Decay::NONE : decoupled ? Quant8Decay::DECOUPLED : Quant8Decay::L2;
     for (std::size_t l = 0; l < specs.size(); ++l) {
       Quant8Leaf& d = leaves[l];
       d.n = specs[l].size;
@@ -167,9 +172,11 @@ class Quant8State {
     return out;
   }
 
-  // {slot name: leaves} for all four slots, each leaf checked, then copied in: all or nothing.
-  void load(py::dict slots, long long step_count) {
+  // {slot name: leaves} for all four slots, each leaf checked, then copied in: all
+  // or nothing. `scalars` as OptimState.load's: this rule keeps none.
+  void load(py::dict slots, py::dict scalars, long long step_count) {
     if (step_count < 0) throw py::value_error("step_count must be >= 0, got " + std::to_string(step_count));
+    if (py::len(scalars) != 0) throw py::value_error("the state has scalars this rule does not keep (its scalars: 0)");
     const auto& specs = plan_->leaves();
     std::vector<std::vector<py::object>> sources(4);
     for (int k = 0; k < 4; ++k) {
@@ -201,7 +208,12 @@ class Quant8State {
     step_count_ = step_count;
   }
 
-  void set_decay_mask(const std::vector<bool>& mask) { decay_ = decay_flags(mask, plan_->leaves().size()); }
+  void set_decay_mask(const std::vector<bool>& mask) {
+    if (mask.size() != plan_->leaves().size())
+      throw py::value_error("decay_mask has " + std::to_string(mask.size()) + " entries, the tree has " +
+                            std::to_string(plan_->leaves().size()) + " leaves");
+    decay_.assign(mask.begin(), mask.end());
+  }
   std::vector<bool> decay_mask() const { return std::vector<bool>(decay_.begin(), decay_.end()); }
   std::vector<bool> quantized_leaves() const {
     std::vector<bool> out;
@@ -210,6 +222,7 @@ class Quant8State {
   }
 
   const py::object& plan() const { return plan_obj_; }
+  const py::object& hyper() const { return hyper_obj_; }
   long long step_count() const { return step_count_; }
   long long block_size() const { return static_cast<long long>(block_); }
   long long min_8bit_size() const { return static_cast<long long>(min_8bit_); }
@@ -228,16 +241,53 @@ class Quant8State {
     throw py::value_error("no state slot '" + name + "' in this optimizer (its slots: exp_avg, exp_avg_sq, "
                           "exp_avg_absmax, exp_avg_sq_absmax)");
   }
+  // Parameters overlapping each other or a state array are refused; a gradient
+  // overlapping either is read as it was before the step (a copy, kept in
+  // `held`), as OptimState does. Addresses that passed are remembered.
+  void check_overlaps(std::vector<Quant8Leaf>& leaves, std::vector<py::object>& held) {
+    const auto& specs = plan_->leaves();
+    auto& key = checked_.probe();  // the state arrays and the plan are this state's for life
+    for (const Quant8Leaf& d : leaves) key.insert(key.end(), {static_cast<const void*>(d.g), static_cast<const void*>(d.p)});
+    if (checked_.seen()) return;
+    std::vector<Span> spans;
+    spans.reserve(5 * specs.size());
+    for (std::size_t l = 0; l < specs.size(); ++l) add_span(spans, leaves[l].p, specs[l].size * sizeof(float), "params", l);
+    for (int k = 0; k < 4; ++k)
+      for (const py::object& a : slots_[k])
+        add_span(spans, data_of(a), static_cast<std::size_t>(PyArray_NBYTES(reinterpret_cast<PyArrayObject*>(a.ptr()))),
+                 kSlotNames[k], kNoIndex);
+    refuse_overlaps(*plan_, spans);
+    bool copied = false;  // then the key is not remembered: this step reads copies
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      const char* g = reinterpret_cast<const char*>(leaves[l].g);
+      if (!overlapping(spans, g, g + specs[l].size * sizeof(float))) continue;
+      PyObject* c = PyArray_FromAny(held[l].ptr(), nullptr, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
+      if (!c) throw py::error_already_set();
+      held.push_back(py::reinterpret_steal<py::object>(c));
+      leaves[l].g = static_cast<const float*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(c)));
+      copied = true;
+    }
+    if (!copied) checked_.add();
+  }
+
   py::object plan_obj_;
   const Plan* plan_ = nullptr;
-  py::object hyper_obj_;
-  const TextbookHyper* hyper_ = nullptr;
+  py::object hyper_obj_;  // keeps hyper_ alive; Python assigns its fields between steps
+  const OptimHyper* hyper_ = nullptr;
   std::size_t block_ = 256, min_8bit_ = 4096;
   std::vector<py::object> slots_[4];
   std::vector<char> decay_;
   long long step_count_ = 0;
   std::atomic<bool> busy_{false};
+  CheckedAddresses checked_;
 };
+
+// The rule whose element math the 8-bit step shares (fusedopt._core.OptimRule.ADAM).
+OptimRule adam_rule() {
+  for (unsigned r = 0; r < kNumOptimRules; ++r)
+    if (same_name(kOptimRuleSpecs[r].name, "ADAM")) return OptimRule(r);
+  throw std::logic_error("no ADAM rule in kOptimRuleSpecs");
+}
 
 py::tuple quantize_blockwise(py::handle x, bool is_signed, long long block_size) {
   check_block(block_size);
@@ -281,15 +331,17 @@ void register_quant8(py::module_& m) {
            py::arg("decay_mask"), py::arg("hyper"), py::arg("block_size"), py::arg("min_8bit_size"))
       .def("step", &Quant8State::step, py::arg("params"), py::arg("grads"), py::arg("lr"), py::arg("check_finite"))
       .def("slot_views", &Quant8State::slot_views, py::arg("name"))
-      .def("load", &Quant8State::load, py::arg("slots"), py::arg("step_count"))
+      .def("load", &Quant8State::load, py::arg("slots"), py::arg("scalars"), py::arg("step_count"))
       .def_property_readonly("slot_names", &Quant8State::slot_names)
+      .def_property_readonly("scalars", [](const Quant8State&) { return py::dict(); })
       .def_property("decay_mask", &Quant8State::decay_mask, &Quant8State::set_decay_mask)
       .def_property_readonly("quantized_leaves", &Quant8State::quantized_leaves)
       .def_property_readonly("plan", &Quant8State::plan)
+      .def_property_readonly("hyper", &Quant8State::hyper)
       .def_property_readonly("step_count", &Quant8State::step_count)
       .def_property_readonly("block_size", &Quant8State::block_size)
       .def_property_readonly("min_8bit_size", &Quant8State::min_8bit_size)
-      .def_property_readonly("rule", [](const Quant8State&) { return TextbookRule::ADAM; })
+      .def_property_readonly("rule", [](const Quant8State&) { return adam_rule(); })
       .def_property_readonly("last_grad_norm", [](const Quant8State&) { return py::none(); });
 }
 

@@ -288,3 +288,8 @@ from ._lbfgs_tree import LBFGS  # noqa: E402
 from ._muon import Muon  # noqa: E402
 
 __all__ += ["LBFGS", "Muon"]
+
+# Adam's element math on 8-bit blockwise states of their own (docs/lowbit.md).
+from ._quant8 import Adam8bit, AdamW8bit  # noqa: E402
+
+__all__ += ["Adam8bit", "AdamW8bit"]

@@ -93,16 +93,18 @@ class _Hyper:
 
 
 class _RuleOption(_Hyper):
-    """A flag that only chooses the rule (nesterov, amsgrad, centered): no native field."""
+    """An option with no native field that chooses the rule (the flags nesterov, amsgrad,
+    centered) or the state's layout (Adam8bit's block_size: checked by `check`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[str, Any], Any] = checks.flag) -> None:
         super().__init__(selects_rule=True)
+        self._check = check
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     def check(self, name: str, value: Any) -> Any:
-        return checks.flag(name, value)
+        return self._check(name, value)
 
     def store(self, hyper: _core.OptimHyper, value: Any) -> None:
         pass
@@ -280,10 +282,19 @@ class Optimizer:
         self._state = None
         self._pending = None
 
+    def _new_state(self, plan: _core.Plan, mask: List[bool]) -> Any:
+        """The native state of a tree: an OptimState (the 8-bit classes keep a Quant8State,
+        of the same interface)."""
+        return _core.OptimState(self._native_rule(), plan, mask, self._hyper)
+
+    def _parse_state(self, state: Mapping[str, Any], version: int) -> Optional[Dict[str, Any]]:
+        """The saved leaves and scalars of a state_dict, checked against this state's."""
+        return _parse_pending(state, version, _core.optim_rule_spec(self._native_rule()))
+
     def _bind(self, params: Any) -> _core.OptimState:
         plan = _core.Plan(params, "params")
         mask = resolve_mask(self.weight_decay_mask, plan.paths, plan.flatten(params, "params"))
-        state = _core.OptimState(self._native_rule(), plan, mask, self._hyper)
+        state = self._new_state(plan, mask)
         if self._pending is not None:
             _load_pending(state, self._pending)
         return state
@@ -376,10 +387,10 @@ class Optimizer:
         Optimizer.__init__(trial, values.pop("lr", 0.0), check_finite=values.pop("check_finite"),
                            max_grad_norm=values.pop("max_grad_norm"))
         trial._set_all(values)
-        pending = _parse_pending(state, version, trial._native_rule())
+        pending = trial._parse_state(state, version)
         new_state = None
         if self._state is not None and pending is not None:
-            new_state = _core.OptimState(trial._native_rule(), self._state.plan, self._state.decay_mask, trial._hyper)
+            new_state = trial._new_state(self._state.plan, self._state.decay_mask)
             _load_pending(new_state, pending)
         # Commit: nothing below can fail.
         trial._values["weight_decay_mask"] = self._values["weight_decay_mask"]
@@ -404,9 +415,11 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-def _parse_pending(state: Mapping[str, Any], version: int, rule: _core.OptimRule) -> Optional[Dict[str, Any]]:
-    """The saved leaves and scalar state, checked against the spec of `rule`; None for a
-    state saved before the first step. Version 1 has no scalar state (no rule of its
+def _parse_pending(state: Mapping[str, Any], version: int, spec: Mapping[str, Any],
+                   read_slot: Callable[..., List[np.ndarray]] = fmt.slot_leaves) -> Optional[Dict[str, Any]]:
+    """The saved leaves and scalar state, checked against `spec` (a rule's spec: its
+    "slots" and "scalars") and read by `read_slot(state, name, paths, dtypes)`; None for
+    a state saved before the first step. Version 1 has no scalar state (no rule of its
     time kept one)."""
     paths = fmt.get_strs(state, "leaf_paths")
     dtypes = fmt.get_strs(state, "leaf_dtypes", len(paths))
@@ -420,12 +433,11 @@ def _parse_pending(state: Mapping[str, Any], version: int, rule: _core.OptimRule
     if not 0 <= step_count <= fmt.MAX_STEP_COUNT:
         raise ValueError(f"state['step_count'] must be in [0, 2**63 - 1], got {step_count}")
     names = fmt.get_strs(state, "slots")
-    spec = _core.optim_rule_spec(rule)
     expected = list(spec["slots"]) if paths else []
     if sorted(names) != sorted(expected):
         raise ValueError(f"state: slots {names} do not match this optimizer's {expected} "
                          f"(a state of other options, e.g. amsgrad or momentum?)")
-    slots = {name: fmt.slot_leaves(state, name, paths, dtypes) for name in names}
+    slots = {name: read_slot(state, name, paths, dtypes) for name in names}
     scalar_names = fmt.get_strs(state, "scalars") if version >= 2 else []
     expected = list(spec["scalars"]) if paths else []
     if sorted(scalar_names) != sorted(expected):

@@ -9,9 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .. import _core
-from . import _checks as checks, _state as fmt
-from ._base import LR, Optimizer, _Hyper, _parse_pending
+from .. import _core, _state_fields
+from . import _state as fmt
+from ._base import LR, Optimizer, _Hyper, _RuleOption, _parse_pending
 from ._tree import Mask
 
 SLOTS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax")
@@ -31,14 +31,18 @@ def _size(name: str, value: Any) -> int:
 
 
 def _read_slot(state: Mapping[str, Any], name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
-    """Saved leaves of a slot as arrays (the native load checks each one's dtype and shape)."""
+    """Saved leaves of a slot as arrays (the native load checks each one's dtype and shape:
+    codes are uint8, the rest float32)."""
     out = []
     for i, path in enumerate(paths):
         leaf = fmt.get(state, f"{name}.{i}")
         if not isinstance(leaf, np.ndarray):
             raise TypeError(f"state: {name} at {path or 'the root'} must be a numpy array, got {type(leaf).__name__}")
-        out.append(np.array(leaf, copy=True, order="C"))
+        out.append(_state_fields.snapshot(leaf))
     return out
+
+
+_SPEC = {"slots": dict.fromkeys(SLOTS), "scalars": {}}  # as _core.optim_rule_spec gives a rule's
 
 
 class Adam8bit(Optimizer):
@@ -53,14 +57,13 @@ class Adam8bit(Optimizer):
     float32 parameters only; no amsgrad, no ``max_grad_norm``.
     """
 
-    _hyper_names = ("betas", "eps", "weight_decay", "maximize", "block_size", "min_8bit_size")
     _float32_kind = "Adam"
-    betas = _Hyper(checks.betas)
-    eps = _Hyper(checks.non_negative, "eps")
-    weight_decay = _Hyper(checks.non_negative, "weight_decay")
-    maximize = _Hyper(checks.flag, "maximize")
-    block_size = _Hyper(_block_size, selects_rule=True)
-    min_8bit_size = _Hyper(_size, selects_rule=True)
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    maximize = _Hyper()
+    block_size = _RuleOption(_block_size)
+    min_8bit_size = _RuleOption(_size)
 
     def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, maximize: bool = False, *, block_size: int = 256,
@@ -69,14 +72,8 @@ class Adam8bit(Optimizer):
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                            block_size=block_size, min_8bit_size=min_8bit_size))
 
-    def _store(self, name: str) -> None:
-        if name == "betas":
-            self._hyper.beta1, self._hyper.beta2 = self._values["betas"]
-        else:
-            super()._store(name)
-
-    def _rule(self) -> _core.TextbookRule:
-        return _core.TextbookRule.ADAM
+    def _rule(self) -> str:
+        return "ADAM"  # the element math; the state is the 8-bit one
 
     def _validate(self) -> None:
         state = getattr(self, "_state", None)
@@ -97,11 +94,11 @@ class Adam8bit(Optimizer):
                              f"(clip before the step, or use fusedopt.optim.{self._float32_kind})")
         self._values["max_grad_norm"] = None
 
-    def _new_state(self, plan: Any, mask: List[bool]) -> Any:
+    def _new_state(self, plan: _core.Plan, mask: List[bool]) -> _core.Quant8State:
         return _core.Quant8State(plan, mask, self._hyper, self._values["block_size"], self._values["min_8bit_size"])
 
-    def _parse_state(self, state: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
-        return _parse_pending(state, list(SLOTS), _read_slot)
+    def _parse_state(self, state: Mapping[str, Any], version: int) -> Optional[Dict[str, Any]]:
+        return _parse_pending(state, version, _SPEC, _read_slot)
 
     # -- conversion from and to the float32 optimizers' state ----------------------------
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -156,7 +153,7 @@ class AdamW8bit(Adam8bit):
     """AdamW (torch.optim.AdamW's order: ``p = p * (1 - lr * weight_decay)`` first) with
     8-bit moments; see Adam8bit."""
 
-    _decoupled = True
+    _fixed = {"decoupled_weight_decay": 1.0}
     _float32_kind = "AdamW"
 
     def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
