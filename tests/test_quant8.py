@@ -308,11 +308,16 @@ def test_bad_input_is_refused_and_changes_nothing(rng):
 def test_float64_and_bad_options_are_refused():
     with pytest.raises(TypeError, match=r"params at \['w'\]: Adam8bit and AdamW8bit step float32 parameters, got float64"):
         optim.AdamW8bit().step({"w": np.zeros(3)}, {"w": np.zeros(3)})
-    for bad in (100, 8, 8192, 256.0, True):
-        with pytest.raises(ValueError, match="block_size"):
+    for bad in (100, 8, 8192, 0, -256):
+        with pytest.raises(ValueError, match="block_size must be a power of two from 16 to 4096"):
             optim.Adam8bit(block_size=bad)
-    with pytest.raises(ValueError, match="min_8bit_size"):
+    for bad in (256.0, True, "256", None):
+        with pytest.raises(TypeError, match="block_size must be an int"):
+            optim.Adam8bit(block_size=bad)
+    with pytest.raises(ValueError, match="min_8bit_size must be an int >= 0, got -1"):
         optim.Adam8bit(min_8bit_size=-1)
+    with pytest.raises(TypeError, match="min_8bit_size must be an int, got 1.5"):
+        optim.Adam8bit(min_8bit_size=1.5)
     with pytest.raises(ValueError, match="betas"):
         optim.AdamW8bit(betas=(1.0, 0.9))
 
@@ -399,3 +404,104 @@ def test_training_loss_within_margin_of_bitsandbytes():
     lb = _logistic(Bnb())
     l8 = _logistic(optim.AdamW8bit(lr=0.01, weight_decay=1e-4))
     assert np.max(np.abs(l8 - lb) / lb) < 0.03
+
+
+# -- overlap (docs/aliasing.md) and the step count -------------------------------------------
+def _tree_and_grads(rng):
+    """Leaf 0 quantized (256 elements, 4 blocks of 64), leaf 1 float32 state (16 elements), leaf 2 the
+    size of leaf 0's codes seen as float32 (64), leaf 3 the size of its absmax (4)."""
+    shapes = [(256,), (16,), (64,), (4,)]
+    return ([rng.standard_normal(s).astype(np.float32) for s in shapes],
+            [rng.standard_normal(s).astype(np.float32) for s in shapes])
+
+
+def _pair():
+    return [optim.AdamW8bit(lr=0.01, block_size=64, min_8bit_size=100) for _ in range(2)]
+
+
+def test_overlapping_gradient_equals_a_step_on_its_copy(rng):
+    """A shifted view of the parameters and the optimizer's own state arrays (codes seen as float32,
+    absmax, float32 moments) as gradients, mixed with clean steps at the same addresses (remembered
+    after the first): every step has the bits of a twin stepped with copies."""
+    opt, twin = _pair()
+    params, g = _tree_and_grads(rng)
+    buf = np.concatenate([rng.standard_normal(3).astype(np.float32), params[0]])
+    tbuf = buf.copy()
+    mine, theirs = [buf[3:]] + params[1:], [tbuf[3:]] + [p.copy() for p in params[1:]]
+    opt.init(mine)
+    twin.init(theirs)
+
+    def own(o):
+        s = o.state_arrays()
+        return [buf[:-3] if o is opt else tbuf[:-3], s["exp_avg_sq"][1], s["exp_avg"][0].view(np.float32),
+                s["exp_avg_sq_absmax"][0]]
+
+    for k in range(6):
+        grads = g if k % 2 == 0 else own(opt)
+        opt.step(mine, grads)
+        twin.step(theirs, g if k % 2 == 0 else [a.copy() for a in own(twin)])
+        _bits_equal(buf, tbuf)
+        for a, b in zip(mine[1:], theirs[1:]):
+            _bits_equal(a, b)
+        for name, leaves in opt.state_arrays().items():
+            for a, b in zip(leaves, twin.state_arrays()[name]):
+                _bits_equal(a, b)
+
+
+@pytest.mark.parametrize("slot,leaf", [("exp_avg", 1), ("exp_avg_sq", 1), ("exp_avg", 0), ("exp_avg_sq", 0),
+                                       ("exp_avg_absmax", 0), ("exp_avg_sq_absmax", 0)])
+def test_own_state_as_parameters_is_refused(slot, leaf, rng):
+    """Every kind of state array (float32 moments, codes, absmax) in the parameters' place: a ValueError
+    naming the parameter and the slot, and nothing changes."""
+    opt, _ = _pair()
+    params, g = _tree_and_grads(rng)
+    opt.step(params, g)
+    state = opt.state_arrays()[slot][leaf]
+    at = {1: 1, 0: 3 if "absmax" in slot else 2}[leaf]  # the leaf of the state array's float32 shape
+    bad = list(params)
+    bad[at] = state if state.dtype == np.float32 else state.view(np.float32)
+    before, values = opt.state_dict(), [p.copy() for p in params]
+    with pytest.raises(ValueError, match=rf"params at \[{at}\]: shares memory with the optimizer's {slot} arena "
+                                         r"\(the optimizer's own state cannot be stepped as parameters\)"):
+        opt.step(bad, g)
+    after = opt.state_dict()
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    for a, b in zip(params, values):
+        _bits_equal(a, b)
+
+
+def test_parameters_overlapping_each_other_are_refused_naming_both():
+    buf = np.zeros(300, np.float32)
+    opt = optim.Adam8bit(lr=0.1, block_size=64, min_8bit_size=100)
+    with pytest.raises(ValueError, match=r"params at \['b'\]: shares memory with params at \['a'\]; each parameter"):
+        opt.step({"a": buf[:200], "b": buf[100:]}, {"a": np.ones(200, np.float32), "b": np.ones(200, np.float32)})
+    assert not buf.any() and opt.step_count == 0
+
+
+@pytest.mark.parametrize("count", [2 ** 63, 2 ** 70, -1])
+def test_step_count_out_of_range_is_refused_at_load(count, rng):
+    opt, _ = _pair()
+    opt.step(*_tree_and_grads(rng))
+    state, before = opt.state_dict(), opt.state_dict()
+    state["step_count"] = count
+    with pytest.raises(ValueError, match=rf"state\['step_count'\] must be in \[0, 2\*\*63 - 1\], got {count}"):
+        opt.load_state_dict(state)
+    after = opt.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_step_that_would_overflow_the_count_is_refused(rng):
+    opt, _ = _pair()
+    params, g = _tree_and_grads(rng)
+    opt.step(params, g)
+    state = opt.state_dict()
+    state["step_count"] = 2 ** 63 - 1
+    opt.load_state_dict(state)
+    before, values = opt.state_dict(), [p.copy() for p in params]
+    with pytest.raises(ValueError, match=r"step_count is 2\*\*63 - 1.*no further step"):
+        opt.step(params, g)
+    after = opt.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    for a, b in zip(params, values):
+        _bits_equal(a, b)
+    opt.load_state_dict(after)  # and the state still loads

@@ -291,7 +291,7 @@ class Optimizer:
         """The saved leaves and scalars of a state_dict, checked against this state's."""
         return _parse_pending(state, version, _core.optim_rule_spec(self._native_rule()))
 
-    def _bind(self, params: Any) -> _core.OptimState:
+    def _bind(self, params: Any) -> Any:
         plan = _core.Plan(params, "params")
         mask = resolve_mask(self.weight_decay_mask, plan.paths, plan.flatten(params, "params"))
         state = self._new_state(plan, mask)

@@ -17,17 +17,26 @@ from ._tree import Mask
 SLOTS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax")
 
 
-def _block_size(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not (
-            16 <= value <= 4096 and value & (value - 1) == 0):
-        raise ValueError(f"{name} must be a power of two from 16 to 4096, got {value!r}")
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)
 
 
 def _size(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+    """An int >= 0 (min_8bit_size)."""
+    out = _int(name, value)
+    if out < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return out
+
+
+def _block_size(name: str, value: Any) -> int:
+    """A power of two from 16 to 4096."""
+    out = _int(name, value)
+    if not (16 <= out <= 4096 and out & (out - 1) == 0):
+        raise ValueError(f"{name} must be a power of two from 16 to 4096, got {value!r}")
+    return out
 
 
 def _read_slot(state: Mapping[str, Any], name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
@@ -55,6 +64,17 @@ class Adam8bit(Optimizer):
     the Adam element math in float32 as fusedopt.optim.Adam, the new block absmax
     (the largest ``|m|``, ``v``), then each code is the nearest of ``m / absmax``.
     float32 parameters only; no amsgrad, no ``max_grad_norm``.
+
+    Usage (``params`` and ``grads``: trees of the same structure of float32 arrays)::
+
+        from fusedopt import optim
+        opt = optim.Adam8bit(lr=1e-3)               # block_size=256, min_8bit_size=4096
+        for batch in batches:
+            opt.step(params, grads_of(params, batch))   # params stepped in place, one native call
+
+    ``lr``, ``weight_decay_mask`` and ``check_finite`` as every fusedopt.optim optimizer's.
+    ``state_dict()`` holds the codes and absmax; ``load_state_dict`` also takes the state of
+    the float32 class (Adam), ``float32_state_dict()`` gives this state in that class's format.
     """
 
     _float32_kind = "Adam"
@@ -151,7 +171,15 @@ class Adam8bit(Optimizer):
 
 class AdamW8bit(Adam8bit):
     """AdamW (torch.optim.AdamW's order: ``p = p * (1 - lr * weight_decay)`` first) with
-    8-bit moments; see Adam8bit."""
+    8-bit moments; everything else as Adam8bit (the float32 class of its state: AdamW).
+
+    Usage (``params`` and ``grads``: trees of the same structure of float32 arrays)::
+
+        from fusedopt import optim
+        opt = optim.AdamW8bit(lr=1e-3, weight_decay=1e-2)
+        for batch in batches:
+            opt.step(params, grads_of(params, batch))   # params stepped in place, one native call
+    """
 
     _fixed = {"decoupled_weight_decay": 1.0}
     _float32_kind = "AdamW"
