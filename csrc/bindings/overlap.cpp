@@ -57,6 +57,16 @@ const Span* overlapping(const std::vector<Span>& spans, const char* begin, const
   return it != spans.end() && it->begin < end ? &*it : nullptr;
 }
 
+const void* copy_if_overlapping(const std::vector<Span>& spans, const void* data, std::size_t bytes, py::handle array,
+                                std::vector<py::object>& held) {
+  const char* g = static_cast<const char*>(data);
+  if (!overlapping(spans, g, g + bytes)) return nullptr;
+  PyObject* c = PyArray_FromAny(array.ptr(), nullptr, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
+  if (!c) throw py::error_already_set();
+  held.push_back(py::reinterpret_steal<py::object>(c));
+  return PyArray_DATA(reinterpret_cast<PyArrayObject*>(c));
+}
+
 namespace {
 
 // Spans of a list of arrays, `index` their positions in it.

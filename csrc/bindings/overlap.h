@@ -49,6 +49,12 @@ std::pair<const Span*, const Span*> first_overlap(std::vector<Span>& spans);
 // The span of `spans` (sorted, disjoint) that [begin, end) overlaps, or nullptr.
 const Span* overlapping(const std::vector<Span>& spans, const char* begin, const char* end);
 
+// A gradient's data (`bytes` long, of `array`) that overlaps `spans` (sorted,
+// disjoint) is read as it was before the step: the data of a C-contiguous copy,
+// kept alive in `held`; nullptr when it does not overlap (no copy).
+const void* copy_if_overlapping(const std::vector<Span>& spans, const void* data, std::size_t bytes, py::handle array,
+                                std::vector<py::object>& held);
+
 // The addresses of the last two steps whose overlap checks passed with nothing
 // to copy (two: the paysage path alternates between two moment buffers, a user
 // may alternate two parameter buffers). Overlap is a function of addresses and

@@ -277,15 +277,11 @@ class OptimState {
                    plan_->arena_size(d) * item_size(d), spec_of(rule_).slots[k].name, kNoIndex);
     refuse_overlaps(*plan_, spans);
     bool copied = false;  // then the key is not remembered: this step reads copies
-    for (std::size_t l = 0; l < specs.size(); ++l) {
-      const char* g = static_cast<const char*>(data[l].g);
-      if (!overlapping(spans, g, g + specs[l].size * item_size(specs[l].dtype))) continue;
-      PyObject* c = PyArray_FromAny(held[l].ptr(), nullptr, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
-      if (!c) throw py::error_already_set();
-      held.push_back(py::reinterpret_steal<py::object>(c));
-      data[l].g = PyArray_DATA(reinterpret_cast<PyArrayObject*>(c));
-      copied = true;
-    }
+    for (std::size_t l = 0; l < specs.size(); ++l)
+      if (const void* c = copy_if_overlapping(spans, data[l].g, specs[l].size * item_size(specs[l].dtype), held[l], held)) {
+        data[l].g = c;
+        copied = true;
+      }
     if (!copied) checked_.add();
   }
 

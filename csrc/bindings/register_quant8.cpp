@@ -258,15 +258,11 @@ class Quant8State {
                  kSlotNames[k], kNoIndex);
     refuse_overlaps(*plan_, spans);
     bool copied = false;  // then the key is not remembered: this step reads copies
-    for (std::size_t l = 0; l < specs.size(); ++l) {
-      const char* g = reinterpret_cast<const char*>(leaves[l].g);
-      if (!overlapping(spans, g, g + specs[l].size * sizeof(float))) continue;
-      PyObject* c = PyArray_FromAny(held[l].ptr(), nullptr, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
-      if (!c) throw py::error_already_set();
-      held.push_back(py::reinterpret_steal<py::object>(c));
-      leaves[l].g = static_cast<const float*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(c)));
-      copied = true;
-    }
+    for (std::size_t l = 0; l < specs.size(); ++l)
+      if (const void* c = copy_if_overlapping(spans, leaves[l].g, specs[l].size * sizeof(float), held[l], held)) {
+        leaves[l].g = static_cast<const float*>(c);
+        copied = true;
+      }
     if (!copied) checked_.add();
   }
 
