@@ -5,6 +5,15 @@ Run on 2 ranks from the repository root::
     OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_distributed.py            # 1e5, 1e6, 1e7
     OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_distributed.py --quick    # seconds: a smoke run
 
+Before and after a change of fusedopt.distributed, side by side in one run::
+
+    git archive OLD python/fusedopt/distributed | tar -x -C /tmp/old
+    OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_distributed.py --sizes 1e5 \
+        --before /tmp/old/python/fusedopt/distributed
+
+(the old package runs on this build's native module, so only the Python differs; each mode is
+timed in both versions within the same interleaved rounds.)
+
 For each size (float32 ADAM, in-place path) and each mode (deterministic or MPI's own
 reductions, sharded or replicated moments) every rank takes steps on the same layout. The
 modes, the raw collectives and the single-process step of a size are timed in interleaved
@@ -22,6 +31,7 @@ step of the whole tree. Results go to a table on stdout and to JSON (--out), whi
 bench/model_distributed.py turns into the model of docs/distributed.md.
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -79,11 +89,22 @@ class Timed:
         return slowest_median(self.samples)
 
 
-def mode_item(n, det, shard):
+def load_before(path):
+    """Another version's fusedopt.distributed package (a directory), as fusedopt._distributed_before."""
+    name = "fusedopt._distributed_before"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__.py"),
+                                                  submodule_search_locations=[path])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def mode_item(n, det, shard, package=distributed):
     rng = np.random.default_rng(RANK)
     params = rng.standard_normal(n).astype(np.float32)
     grad = rng.standard_normal(n).astype(np.float32)
-    dp = distributed.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
+    dp = package.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
     return Timed(lambda: dp.update(params, grad), lambda: dp.timings), dp
 
 
@@ -130,18 +151,27 @@ def single_item(n):
     return Timed(lambda: opt.update(params, grad) if RANK == 0 else None)
 
 
-def bench_size(n, rounds, repeats, warmup):
+def bench_size(n, rounds, repeats, warmup, before=None):
     """Every mode, the raw collectives and the single-process step of n elements, timed in
-    interleaved rounds (a machine's slow spell then falls on all of them alike)."""
-    modes = {f"{name}/{'sharded' if shard else 'replicated'}": mode_item(n, det, shard)
-             for name, det, shard in MODES}
+    interleaved rounds (a machine's slow spell then falls on all of them alike); with `before`
+    (another version's package), every mode in it too, as "<mode> before"."""
+    modes = {}
+    for name, det, shard in MODES:
+        key = f"{name}/{'sharded' if shard else 'replicated'}"
+        modes[key] = mode_item(n, det, shard)
+        if before is not None:  # right beside it, and first every other round (what ran just
+            modes[f"{key} before"] = mode_item(n, det, shard, before)  # before a step shows in its time)
     raw = raw_items(n)
     single = single_item(n)
     items = [single, *raw.values(), *(item for item, _ in modes.values())]
     for item in items:
         item.warm(warmup)
-    for _ in range(rounds):
-        for item in items:
+    swapped = list(items)
+    if before is not None:  # each mode's pair in the other order
+        first = 1 + len(raw)
+        swapped[first::2], swapped[first + 1::2] = items[first + 1::2], items[first::2]
+    for r in range(rounds):
+        for item in swapped if r % 2 else items:
             item.round(repeats)
     # rank 0's own times: the other ranks only waited
     entry = {"bytes": 4 * n, "single_process_step_s": COMM.bcast(statistics.median(single.samples), root=0)}
@@ -161,6 +191,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1e4 and 1e5 elements, 2 rounds of 3")
     parser.add_argument("--out", default="bench/results/distributed.json")
+    parser.add_argument("--before", metavar="DIR", help="another version's fusedopt/distributed directory, "
+                        "timed beside this one (a 'before' row per mode)")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.rounds, args.repeats, args.warmup = "1e4,1e5", 2, 3, 2
@@ -173,8 +205,9 @@ def main():
     tiny_item.warm(20)
     tiny_item.round(200)
     result["allreduce_8B_s"] = tiny_item.median()
+    before = load_before(args.before) if args.before else None
     for n in sizes:
-        result["sizes"][str(n)] = bench_size(n, args.rounds, args.repeats, args.warmup)
+        result["sizes"][str(n)] = bench_size(n, args.rounds, args.repeats, args.warmup, before)
     if RANK == 0:
         report(result)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -189,7 +222,7 @@ def report(result):
     print(f"{'elements':>10} {'mode':>20} {'step us':>10} {'comm %':>7} {'busbw GB/s':>11} {'of raw':>7} "
           f"{'vs raw allreduce':>17} {'added us':>9} {'state B':>10}")
     for n, e in result["sizes"].items():
-        for key in (k for k in e if "/" in k):
+        for key in (k for k in e if "/" in k and not k.endswith(" before")):
             m = e[key]
             raw = e["alltoall_allgather_s"] if key.startswith("det") else (
                 e["reduce_scatter_allgather_s"] if key.endswith("/sharded") else e["allreduce_s"])
@@ -203,6 +236,17 @@ def report(result):
               f"  busbw {e['allreduce_busbw_GBps']:.2f} GB/s; Alltoallv+Allgatherv {e['alltoall_allgather_s'] * us:.1f} us;"
               f" Reduce_scatter+Allgatherv {e['reduce_scatter_allgather_s'] * us:.1f} us;"
               f" single process {e['single_process_step_s'] * us:.1f} us")
+    compared = [(n, k) for n, e in result["sizes"].items() for k in e if k.endswith(" before")]
+    if compared:
+        print(f"\n{'elements':>10} {'mode':>20} {'before us':>10} {'after us':>10} {'added us':>9} "
+              f"{'agree before':>13} {'agree after':>12} {'pack before':>12} {'pack after':>11}")
+    for n, key in compared:
+        e = result["sizes"][n]
+        old, new = e[key], e[key[:-len(" before")]]
+        print(f"{n:>10} {key[:-len(' before')]:>20} {old['step_s'] * us:10.2f} {new['step_s'] * us:10.2f} "
+              f"{(new['step_s'] - old['step_s']) * us:9.2f} {old['phases_s']['agree'] * us:13.2f} "
+              f"{new['phases_s']['agree'] * us:12.2f} {old['phases_s']['pack'] * us:12.2f} "
+              f"{new['phases_s']['pack'] * us:11.2f}")
 
 
 if __name__ == "__main__":
