@@ -49,10 +49,11 @@ class _Forward:
 
     def parameter_update(self, pieces: Any) -> None:
         self.entered = time.perf_counter()
-        lay = self.lay
-        flat = self.dp._delta_buffer(lay)
+        lay, dp = self.lay, self.dp
+        flat = dp._gather_flat
         lay.shard_pack.pack(pieces, flat[lay.lo:lay.hi], "delta")
-        self.dp._allgather(lay, flat)
+        dp._step_gather(lay, flat)
+        dp._settle(None, False)  # a rank that failed before this raises here on every rank: nothing commits
         delta = lay.tree(flat)
         t = time.perf_counter()
         self.model.parameter_update(delta)
@@ -197,6 +198,7 @@ class DataParallel:
         self._delta_shard: Any = None           # sharded in-place: this rank's delta pieces
         self._delta_flats: list[np.ndarray] = []  # the buffers the paysage path's deltas view (two at most)
         self._probe: Any = None                 # a Gradient holding the last delta's convergence sums
+        self._probe_gathers = False             # whether making it gathers the delta (collective)
         self._src: Any = None                   # during a step: the flat bytes of this rank's gradient
         # During a step: (rows, base, N) whose average the wrapped optimizer's kernel computes
         # itself (State.average_next) instead of a separate pass writing it to base; or None.
@@ -205,6 +207,15 @@ class DataParallel:
         # step can be handed rows (its memory is a GradientMemory, checked on assignment).
         self._kernel_averages = not self._textbook and type(optimizer).update is optimizers.Optimizer.update
         self._message = np.empty(3, np.int64)  # the step's agreement message, reused
+        # During a step, after the agreement: the collectives every rank takes (their kinds, in
+        # order), how many this rank has entered (None: an in-step agreement raised on every
+        # rank), and the flat buffer its (first) all-gather writes; see _join.
+        self._plan: tuple[str, ...] = ()
+        self._done: Optional[int] = 0
+        self._gather_flat: Any = None
+        self._adopted = 0.0  # when the step had installed what the agreement let it (for timings)
+        self._adopting: Any = None  # (layout, prepared) while _adopt installs them
+        self._step_layout: Any = None  # the layout of the step's collectives
         # (params leaf, layout, its flat bytes, this rank's pieces) of the last single-leaf step,
         # so that the same parameter array is not viewed again every step (it is kept alive).
         self._direct: Any = None
@@ -317,13 +328,18 @@ class DataParallel:
         self._step(params, grads)
 
     def _step(self, model: Any, grad: Any) -> None:
+        self._plan, self._done, self._adopting = ("agree",), 0, None
         try:
             self._step_once(model, grad)
-        except BaseException:
-            self._undraw()  # a fusedopt.optim schedule drawn for a step that did not happen
+        except BaseException as exc:
+            try:
+                self._join(exc)
+            finally:
+                self._undraw()  # a fusedopt.optim schedule drawn for a step that did not happen
             raise
         finally:
-            self._src = self._fused = None  # may hold the caller's gradient: not kept past the step
+            # (_src and _gather_flat may be the caller's gradient and parameters: not kept past the step)
+            self._src = self._fused = self._gather_flat = self._step_layout = None
             self._drawn = None
 
     def _step_once(self, model: Any, grad: Any) -> None:
@@ -335,35 +351,128 @@ class DataParallel:
             assert lay is not None
             fields = self._fields() if self._textbook else _fields.paysage(self._opt, self._pending is not None)
             value = self._agreement_value(lay, is_model, fields)
+            # From the agreement on, every rank takes the same collectives (the plan's), and nothing
+            # fails on one rank only for an input the checks above could see. What still can (an
+            # interrupt, a MemoryError, a subclass's own update) is joined to them: see _join.
+            self._plan, self._step_layout = ("agree", *self._collectives(lay, is_model)), lay
         t1 = time.perf_counter()
-        if not agree(self._comm, exc, value, self._message):
+        if not self._step_agree(exc, value):
+            self._plan = ("agree", "describe")
             self._raise_mismatch(lay, is_model, fields)
         assert lay is not None  # no error anywhere, so every rank has its layout
-        # Agreed: from here on every rank takes the same collectives, and nothing below fails on
-        # one rank only for an input the checks above could see (docs/distributed.md lists what can).
-        if lay is not self._layout or prepared is not None:
-            self._adopt(lay, prepared)
-        t2 = time.perf_counter()
+        self._agreed_step(lay, model, is_model, pleaves, prepared)
         self.timings["pack"] += t1 - t0
-        self.timings["agree"] += t2 - t1
+        self.timings["agree"] += self._adopted - t1
+
+    def _agreed_step(self, lay: Layout, model: Any, is_model: bool, pleaves: Any, prepared: Any) -> None:
+        if lay is not self._layout or prepared is not None:
+            self._adopting = (lay, prepared)
+            self._adopt(lay, prepared)
+        self._adopting = None
+        self._adopted = time.perf_counter()
         if self._shard:
             self._average_shard(lay)
-            self._check_finite(self._bufs.avg_pieces)
+            if self._opt.check_finite:  # agreed before any step
+                self._step_agree(self._finite_error(self._bufs.avg_pieces))
             if is_model:
                 self._sharded_paysage_step(lay, model)
             else:
                 self._sharded_inplace_step(lay, pleaves)
         else:
             self._average_replicated(lay)
-            self._check_finite(self._bufs.avg_tree)
+            self._settle(self._finite_error(self._bufs.avg_tree) if self._opt.check_finite else None, not is_model)
             t = time.perf_counter()
             if self._textbook:
                 self._textbook_step(model, self._bufs.avg_tree)
             else:
                 self._update_wrapped(model, self._bufs.avg_tree)
             self.timings["step"] += time.perf_counter() - t
-        self._stepped, self._inplace = True, not is_model
-        self._probe = None
+
+    # -- one rank failing after the agreement ----------------------------------------------------
+    def _collectives(self, lay: Layout, is_model: bool) -> tuple[str, ...]:
+        """The kinds of the collectives an agreed step takes, in order (the same on every rank:
+        they depend only on what the agreement compared)."""
+        if self._det:
+            exchange = ("alltoall", "gather") if not self._shard else ("alltoall",)
+        else:
+            kind = "reduce_scatter" if self._shard else "allreduce"
+            exchange = tuple(f"{kind} {dtype}" for dtype in ("float64", "float32") if self._exchanged(lay, dtype))
+        if not self._shard:
+            return (*exchange, "settle")
+        finite = ("finite",) if self._opt.check_finite else ()
+        keep = not is_model and not self._textbook and bool(self._opt.__dict__.get("keep_delta", False))
+        return (*exchange, *finite, "gather", *(("gather",) if keep else ()), "settle")
+
+    def _exchanged(self, lay: Layout, dtype: str) -> bool:
+        """Whether MPI's own reduction (deterministic=False) has bytes of this dtype to reduce."""
+        lo, hi = lay.region(dtype)
+        return bool(sum(lay.region_counts(dtype))) if self._shard else hi > lo
+
+    def _join(self, exc: BaseException) -> None:
+        """This rank's step raised: it takes part in the collectives of the step it has not
+        entered yet (with its own buffers; their results are not used) up to the next in-step
+        agreement, which raises `exc` on every rank (the others: the same type, naming this
+        rank). A failure after the step's last collective (the model's parameter_update, or the
+        replicated step itself) stays on this rank; the next collective call sees it."""
+        done, lay = self._done, self._step_layout
+        if done is None:  # raised by an in-step agreement: every rank raises it together
+            return
+        if self._adopting is not None:  # what the agreement installs, as on every other rank
+            self._adopt(*self._adopting)
+            self._adopting = None
+        first_gather = self._plan.index("gather") if "gather" in self._plan else -1
+        for at in range(done, len(self._plan)):
+            kind = self._plan[at]
+            if kind in ("agree", "finite", "settle"):
+                self._step_agree(exc)  # raises on every rank
+            elif kind == "describe":  # the others describe their steps to raise a mismatch
+                self._comm.allgather([("this step", f"{type(exc).__name__} raised")])
+            elif kind == "alltoall":
+                self._alltoall(lay)
+            elif kind == "gather":  # the step's own buffer; a kept delta's: scratch bytes
+                self._step_gather(lay, self._gather_flat if at == first_gather else self._bufs.params)
+            else:
+                self._reduce(lay, kind)
+
+    def _step_agree(self, exc: Optional[BaseException], value: int = 0) -> bool:
+        """An agreement of a step: raise on every rank if any rank failed; else whether every
+        rank passed the same `value`."""
+        done, self._done = self._done, None  # if it raises, it does so on every rank
+        same = agree(self._comm, exc, value, self._message)
+        self._done = cast(int, done) + 1
+        return same
+
+    def _settle(self, exc: Optional[BaseException], inplace: bool, gathers: bool = False) -> None:
+        """The step's last collective: whether every rank got through its part; then what
+        decides whether check_convergence() gathers moves on alike on every rank."""
+        self._step_agree(exc)
+        self._stepped, self._inplace, self._probe, self._probe_gathers = True, inplace, None, gathers
+
+    def _step_gather(self, lay: Layout, flat: np.ndarray) -> None:
+        self._done = cast(int, self._done) + 1
+        self._allgather(lay, flat)
+
+    def _alltoall(self, lay: Layout) -> None:
+        """Every other rank's copy of this rank's shard into bufs.recv (this rank's own is not sent)."""
+        self._done = cast(int, self._done) + 1
+        self._comm.Alltoallv([self._src, (lay.send_counts, lay.displs), MPI.BYTE],
+                             [self._bufs.recv, (lay.recv_counts, lay.recv_displs), MPI.BYTE])
+
+    def _reduce(self, lay: Layout, kind: str) -> None:
+        """MPI's own sum of one dtype's region (deterministic=False): this rank's shard of it
+        into bufs.avg (sharded), or all of it in lay.send (replicated)."""
+        self._done = cast(int, self._done) + 1
+        op, dtype = kind.split()
+        mpi_type = MPI.DOUBLE if dtype == "float64" else MPI.FLOAT
+        lo, hi = lay.region(dtype)
+        if op == "allreduce":
+            src = MPI.IN_PLACE if self._src is lay.send else [self._src[lo:hi], mpi_type]
+            self._comm.Allreduce(src, [lay.send[lo:hi], mpi_type], op=MPI.SUM)
+            return
+        part, item = (lay.part64, 8) if dtype == "float64" else (lay.part32, 4)
+        recv = self._bufs.avg[part.offset:part.offset + item * part.count]
+        self._comm.Reduce_scatter([self._src[lo:hi], mpi_type], [recv, mpi_type], lay.region_counts(dtype),
+                                  op=MPI.SUM)
 
     def _local_checks(self, model: Any, grad: Any, is_model: bool
                       ) -> tuple[Optional[Layout], Optional[BaseException], Any, Any]:
@@ -383,11 +492,12 @@ class DataParallel:
                 self._src = self._grad_bytes(lay, grad)
             # The step's buffers, allocated here (a MemoryError is agreed on too); used only after
             # the agreement, which a failed step never passes.
-            self._bufs = self._buffers_for(lay, not is_model)
+            self._bufs = bufs = self._buffers_for(lay, not is_model)
             pleaves = None
             if not is_model:
                 pleaves = lay.plan.flatten(model, "params")
                 lay.pack.check(pleaves, "params", True)
+            self._gather_flat = self._gather_target(lay, bufs, pleaves, is_model)
             opt = self._opt
             if self._textbook and self._shard:
                 _check_no_clip(opt)
@@ -442,6 +552,17 @@ class DataParallel:
             return lay.send
         return flat
 
+    def _gather_target(self, lay: Layout, bufs: _Buffers, pleaves: Any, is_model: bool) -> Any:
+        """The flat buffer the step's (first) all-gather writes: the delta's (sharded paysage
+        path), the parameters' (sharded in-place: the caller's array itself when it can be),
+        the average's (replicated, deterministic), or None (no all-gather)."""
+        if not self._shard:
+            return bufs.avg if self._det else None
+        if is_model:
+            return self._delta_buffer(lay)
+        direct = self._direct_params(lay, pleaves) if lay.single else None
+        return bufs.params if direct is None else direct[0]
+
     def _buffers_for(self, lay: Layout, inplace: bool) -> _Buffers:
         bufs = lay.bufs.get(inplace)
         if bufs is None:
@@ -460,6 +581,7 @@ class DataParallel:
                  ("world size", repr(self._size))]
         names = _fields.TEXTBOOK_STATIC if self._textbook else _fields.PAYSAGE_STATIC
         mine += _fields.describe(names, *fields)
+        self._done = cast(int, self._done) + 1
         every = self._comm.allgather(mine)
         raise ValueError("DataParallel: the ranks differ in what a step needs alike (nothing was changed): "
                          + _fields.mismatch_message(every))
@@ -531,12 +653,9 @@ class DataParallel:
             return
         bufs = self._bufs
         t0 = time.perf_counter()
-        for dtype, part, mpi_type, item in (("float64", lay.part64, MPI.DOUBLE, 8), ("float32", lay.part32, MPI.FLOAT, 4)):
-            counts = lay.region_counts(dtype)
-            if sum(counts):
-                lo, hi = lay.region(dtype)
-                recv = bufs.avg[part.offset:part.offset + item * part.count]
-                self._comm.Reduce_scatter([self._src[lo:hi], mpi_type], [recv, mpi_type], counts, op=MPI.SUM)
+        for kind in self._plan:
+            if kind.startswith("reduce_scatter"):
+                self._reduce(lay, kind)
         t1 = time.perf_counter()
         if self._fusable():
             self._fused = ([bufs.avg], bufs.avg, float(self._size))
@@ -551,14 +670,12 @@ class DataParallel:
         bufs = self._bufs
         if self._det:
             self._fixed_order_average(lay, bufs.avg[lay.lo:lay.hi])
-            self._allgather(lay, bufs.avg)
+            self._step_gather(lay, bufs.avg)
             return
         t0 = time.perf_counter()
-        for dtype, mpi_type in (("float64", MPI.DOUBLE), ("float32", MPI.FLOAT)):
-            lo, hi = lay.region(dtype)
-            if hi > lo:
-                src = MPI.IN_PLACE if self._src is lay.send else [self._src[lo:hi], mpi_type]
-                self._comm.Allreduce(src, [lay.send[lo:hi], mpi_type], op=MPI.SUM)
+        for kind in self._plan:
+            if kind.startswith("allreduce"):
+                self._reduce(lay, kind)
         t1 = time.perf_counter()
         if self._fusable():
             self._fused = ([lay.send], lay.send, float(self._size))
@@ -574,8 +691,7 @@ class DataParallel:
         `out` (the shard's bytes); with `fuse`, left to the step's kernel (self._fused)."""
         bufs, src = self._bufs, self._src
         t0 = time.perf_counter()
-        self._comm.Alltoallv([src, (lay.send_counts, lay.displs), MPI.BYTE],
-                             [bufs.recv, (lay.recv_counts, lay.recv_displs), MPI.BYTE])
+        self._alltoall(lay)
         t1 = time.perf_counter()
         rows = list(bufs.rows)  # this step's: it holds the caller's gradient
         rows[self._rank] = src[lay.lo:lay.lo + lay.counts[self._rank]]
@@ -620,14 +736,12 @@ class DataParallel:
         """Time since t0 that was not the all-gather: copies between the flat buffer and trees."""
         self.timings["copy"] += time.perf_counter() - t0 - (self.timings["gather"] - gather0)
 
-    def _check_finite(self, tree: Any) -> None:
-        """With check_finite, a non-finite average on any rank raises on all, before any step."""
-        if not self._opt.check_finite:
-            return
-        exc = None
-        if not all(np.isfinite(leaf).all() for leaf in _leaves(tree)):
-            exc = FloatingPointError("the averaged gradient has a NaN or Inf (check_finite=True); nothing was modified")
-        agree(self._comm, exc)
+    @staticmethod
+    def _finite_error(tree: Any) -> Optional[FloatingPointError]:
+        """With check_finite: this rank's part of the average non-finite (agreed on before any step)."""
+        if all(np.isfinite(leaf).all() for leaf in _leaves(tree)):
+            return None
+        return FloatingPointError("the averaged gradient has a NaN or Inf (check_finite=True); nothing was modified")
 
     # -- sharded steps -------------------------------------------------------------------------
     def _sharded_paysage_step(self, lay: Layout, model: Any) -> None:
@@ -642,12 +756,13 @@ class DataParallel:
     def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
         bufs, opt = self._bufs, self._opt
         t0, gather0 = time.perf_counter(), self.timings["gather"]
-        direct = self._direct_params(lay, pleaves) if lay.single else None
-        if direct is None:  # stepped in a flat copy, then copied back
-            flat, pieces = bufs.params, bufs.param_pieces
+        flat = self._gather_flat  # (chosen before the agreement)
+        direct = flat is not bufs.params
+        if not direct:  # stepped in a flat copy, then copied back
+            pieces = bufs.param_pieces
             lay.pack.pack(pleaves, flat[lay.lo:lay.hi], "params", lay.lo, lay.hi)
         else:  # the caller's array itself: its shard stepped in place, then gathered in place
-            flat, pieces = direct
+            pieces = self._direct[3]
         t1 = time.perf_counter()
         keep = False
         if self._textbook:
@@ -670,10 +785,16 @@ class DataParallel:
             self._delta_shard = opt.delta
         t2 = time.perf_counter()
         self.timings["step"] += t2 - t1
-        self._allgather(lay, flat)
-        if direct is None:
+        self._step_gather(lay, flat)
+        delta = None
+        if keep:
+            delta = lay.gather_buffer(zero=False)
+            lay.shard_pack.pack(list(self._delta_shard), delta[lay.lo:lay.hi], "delta")
+            self._step_gather(lay, delta)
+        self._settle(None, True, not keep)  # a rank that failed before this raises here on every rank
+        if not direct:
             lay.pack.unpack(flat, pleaves, "params")
-        self._delta = self._gather_delta(lay) if keep else None
+        self._delta = None if delta is None else lay.tree(delta)
         self._count_copies(t0, gather0)
         self.timings["copy"] -= t2 - t1
 
@@ -731,7 +852,9 @@ class DataParallel:
             return False
         if self._probe is None:
             lay = self._layout
-            delta = self._delta if self._delta is not None else self._gather_delta(lay)
+            delta = self._gather_delta(lay) if self._probe_gathers else self._delta
+            if delta is None:  # this rank's step failed after the others had taken theirs
+                raise ValueError("check_convergence(): the last step failed on this rank (no delta)")
             # A Gradient step with rate 1 takes d = 1 * delta exactly, and sums d**2 per leaf
             # over the same tree layout as the single process's step did, by the kernel of the
             # same output (the delta written, or parameters stepped in place, with or without
@@ -888,12 +1011,14 @@ class DataParallel:
 
     def _agree_on_state(self) -> None:
         """Sharded: whether state_dict() gathers depends on this rank's state; every rank must
-        hold alike (a layout, a loaded state waiting, moments) or all raise."""
+        hold alike (a layout, a loaded state waiting, moments, the step count: a step that failed
+        on one rank only leaves it behind) or all raise."""
         lay, held = self._layout, _holds_moments(self._opt)
-        mine = (None if lay is None else lay.hash(), self._pending is not None, held)
+        mine = (None if lay is None else lay.hash(), self._pending is not None, held, self.step_count)
         if not agree(self._comm, None, _fields.static_hash(*mine), self._message):
             every = self._comm.allgather([("layout", "none" if lay is None else f"{len(lay.paths)} leaves"),
-                                          ("loaded state waiting", repr(mine[1])), ("moments", repr(held))])
+                                          ("loaded state waiting", repr(mine[1])), ("moments", repr(held)),
+                                          ("step_count", repr(mine[3]))])
             raise ValueError("state_dict(): the ranks' optimizer states differ (reset() or a step on some ranks "
                              "only?): " + _fields.mismatch_message(every))
 

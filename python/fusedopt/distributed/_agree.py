@@ -14,9 +14,12 @@ from typing import Any, Optional
 import numpy as np
 from mpi4py import MPI  # only fusedopt.distributed imports this module, after mpi4py
 
-_CODES: dict[type, int] = {ValueError: 1, TypeError: 2, FloatingPointError: 3, MemoryError: 4}
+# An interrupt is raised as one on every rank, so that a script's `except KeyboardInterrupt:`
+# (a checkpoint, say) runs on all of them and they call the same collectives.
+_CODES: dict[type, int] = {ValueError: 1, TypeError: 2, FloatingPointError: 3, MemoryError: 4,
+                           KeyboardInterrupt: 6}
 _TYPES = {code: kind for kind, code in _CODES.items()}
-_OTHER = 5  # any other exception: RuntimeError on the other ranks
+_OTHER = 5  # any other exception: RuntimeError on the other ranks, naming its type
 
 
 def _code(exc: Optional[BaseException]) -> int:
@@ -45,10 +48,18 @@ def raise_everywhere(comm: Any, exc: Optional[BaseException]) -> None:
     """Called on all ranks once some rank is known to have failed: the lowest
     failing rank's error type and message are sent to all, and raised."""
     first = comm.allreduce(comm.Get_rank() if exc is not None else comm.Get_size(), op=MPI.MIN)
-    info = comm.bcast((_code(exc), str(exc)) if comm.Get_rank() == first else None, root=first)
+    info = comm.bcast((_code(exc), _text(exc)) if comm.Get_rank() == first else None, root=first)
     if exc is not None:
         raise exc
     raise _TYPES.get(info[0], RuntimeError)(f"on rank {first}: {info[1]}")
+
+
+def _text(exc: Optional[BaseException]) -> str:
+    """The message the other ranks raise: the exception's own, with its type's name for an
+    interrupt and for any type the others raise as RuntimeError."""
+    if _code(exc) in (_OTHER, _CODES[KeyboardInterrupt]):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return str(exc)
 
 
 def try_local(fn: Any, *args: Any) -> tuple[Any, Optional[BaseException]]:
