@@ -7,7 +7,8 @@ saved at another N (the file says which) and checks it against a single-process 
 
 Every rank computes every rank's gradient (a seeded function of step and rank), so the
 single-process reference (a plain fusedopt optimizer stepped with the NumPy rank-order
-average) runs on every rank next to the data-parallel one.
+average) runs on every rank next to the data-parallel one. On 2 and 3 ranks it also runs
+failpoints.py: one rank failing at each point of a step after the agreement.
 """
 import argparse
 import collections
@@ -652,6 +653,9 @@ def main():
         c.run("foreign", foreign)
         for shard in () if args.skip_errors else (True, False):
             c.run(f"errors shard={shard}", errors, shard)
+        if SIZE > 1:  # one rank failing at each point of a step after the agreement
+            import failpoints  # (it takes its trees and reference from this module)
+            failpoints.run_all(c)
     if args.load:
         c.run("resume load", resume_load, args.load)
     if args.save:
