@@ -28,7 +28,7 @@ from .. import _core, optimizers
 from . import _optim as textbook
 from . import _abort, _checkpoint, _fields, _layout
 from ._abort import abort_on_uncaught
-from ._agree import agree, try_local
+from ._agree import agree, agree_flag, try_local
 from ._layout import Layout, aligned_bytes
 
 __all__ = ["DataParallel", "abort_on_uncaught"]
@@ -207,13 +207,13 @@ class DataParallel:
         # step can be handed rows (its memory is a GradientMemory, checked on assignment).
         self._kernel_averages = not self._textbook and type(optimizer).update is optimizers.Optimizer.update
         self._message = np.empty(3, np.int64)  # the step's agreement message, reused
+        self._flag = bytearray(8)  # the message of the agreements inside a step (agree_flag)
         # During a step, after the agreement: the collectives every rank takes (their kinds, in
         # order), how many this rank has entered (None: an in-step agreement raised on every
         # rank), and the flat buffer its (first) all-gather writes; see _join.
         self._plan: tuple[str, ...] = ()
         self._done: Optional[int] = 0
         self._gather_flat: Any = None
-        self._adopted = 0.0  # when the step had installed what the agreement let it (for timings)
         self._adopting: Any = None  # (layout, prepared) while _adopt installs them
         self._step_layout: Any = None  # the layout of the step's collectives
         # (params leaf, layout, its flat bytes, this rank's pieces) of the last single-leaf step,
@@ -362,14 +362,12 @@ class DataParallel:
         assert lay is not None  # no error anywhere, so every rank has its layout
         self._agreed_step(lay, model, is_model, pleaves, prepared)
         self.timings["pack"] += t1 - t0
-        self.timings["agree"] += self._adopted - t1
 
     def _agreed_step(self, lay: Layout, model: Any, is_model: bool, pleaves: Any, prepared: Any) -> None:
         if lay is not self._layout or prepared is not None:
             self._adopting = (lay, prepared)
             self._adopt(lay, prepared)
         self._adopting = None
-        self._adopted = time.perf_counter()
         if self._shard:
             self._average_shard(lay)
             if self._opt.check_finite:  # agreed before any step
@@ -434,12 +432,18 @@ class DataParallel:
             else:
                 self._reduce(lay, kind)
 
-    def _step_agree(self, exc: Optional[BaseException], value: int = 0) -> bool:
+    def _step_agree(self, exc: Optional[BaseException], value: Optional[int] = None) -> bool:
         """An agreement of a step: raise on every rank if any rank failed; else whether every
-        rank passed the same `value`."""
+        rank passed the same `value` (None: no value, the cheapest message)."""
         done, self._done = self._done, None  # if it raises, it does so on every rank
-        same = agree(self._comm, exc, value, self._message)
+        t = time.perf_counter()
+        if value is None:
+            agree_flag(self._comm, exc, self._flag)
+            same = True
+        else:
+            same = agree(self._comm, exc, value, self._message)
         self._done = cast(int, done) + 1
+        self.timings["agree"] += time.perf_counter() - t
         return same
 
     def _settle(self, exc: Optional[BaseException], inplace: bool, gathers: bool = False) -> None:
@@ -732,9 +736,10 @@ class DataParallel:
             self._comm.Allgatherv(MPI.IN_PLACE, [flat, (lay.counts, lay.displs), MPI.BYTE])
         self.timings["gather"] += time.perf_counter() - t0
 
-    def _count_copies(self, t0: float, gather0: float) -> None:
-        """Time since t0 that was not the all-gather: copies between the flat buffer and trees."""
-        self.timings["copy"] += time.perf_counter() - t0 - (self.timings["gather"] - gather0)
+    def _count_copies(self, t0: float, since: float) -> None:
+        """Time since t0 that was neither the all-gather nor an agreement (`since`: their sum
+        then): copies between the flat buffer and trees."""
+        self.timings["copy"] += time.perf_counter() - t0 - (self.timings["gather"] + self.timings["agree"] - since)
 
     @staticmethod
     def _finite_error(tree: Any) -> Optional[FloatingPointError]:
@@ -745,17 +750,17 @@ class DataParallel:
 
     # -- sharded steps -------------------------------------------------------------------------
     def _sharded_paysage_step(self, lay: Layout, model: Any) -> None:
-        t0, gather0 = time.perf_counter(), self.timings["gather"]
+        t0, since = time.perf_counter(), self.timings["gather"] + self.timings["agree"]
         forward = _Forward(self, lay, model)
         self._update_wrapped(forward, self._bufs.avg_pieces)
         self._delta = forward.delta
         self.timings["step"] += forward.entered - t0
-        self._count_copies(forward.entered, gather0)
+        self._count_copies(forward.entered, since)
         self.timings["copy"] -= forward.seconds  # the caller's model is no phase of the wrapper's
 
     def _sharded_inplace_step(self, lay: Layout, pleaves: Any) -> None:
         bufs, opt = self._bufs, self._opt
-        t0, gather0 = time.perf_counter(), self.timings["gather"]
+        t0, since = time.perf_counter(), self.timings["gather"] + self.timings["agree"]
         flat = self._gather_flat  # (chosen before the agreement)
         direct = flat is not bufs.params
         if not direct:  # stepped in a flat copy, then copied back
@@ -795,7 +800,7 @@ class DataParallel:
         if not direct:
             lay.pack.unpack(flat, pleaves, "params")
         self._delta = None if delta is None else lay.tree(delta)
-        self._count_copies(t0, gather0)
+        self._count_copies(t0, since)
         self.timings["copy"] -= t2 - t1
 
     def _direct_params(self, lay: Layout, pleaves: Any) -> Optional[tuple[np.ndarray, list[np.ndarray]]]:
