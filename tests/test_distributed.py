@@ -3,7 +3,9 @@
 MPICH from the ``mpich`` wheel, one OpenMP thread per rank, oversubscribed on small machines.
 Each launch runs many checks (tests/mpi/battery.py: every fusedopt.optimizers optimizer on
 both paths and every fusedopt.optim one, both shard modes, mixed float32/float64 trees, trees with fewer elements than ranks, leaves straddling
-shards, errors raised on every rank, resume across rank counts; tests/mpi/paysage_sgd.py:
+shards, errors raised on every rank, resume across rank counts; on 2 and 3 ranks every optimizer
+with each setting unlike on one rank, and tests/mpi/failpoints.py: one rank failing, caught, at
+each point of a step after the agreement; tests/mpi/paysage_sgd.py:
 paysage's fit.SGD on 2 ranks) and writes what failed as JSON. A hang is a failure: every
 launch has a timeout.
 """

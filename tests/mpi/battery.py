@@ -536,6 +536,82 @@ class OwnUpdate(optimizers.Gradient):
         model.parameter_update(self.delta)
 
 
+# -- every optimizer, one setting unlike on the last rank: refused on every rank -----------------
+def _paysage_changes(opt):
+    """(field named in the message, what sets it otherwise on an optimizer like `opt`)."""
+    mem = getattr(opt, "memory", None)
+    changes = [("ascent", lambda o: setattr(o, "ascent", not o.ascent)),
+               ("tolerance", lambda o: setattr(o, "tolerance", o.tolerance * 2)),
+               ("check_finite", lambda o: setattr(o, "check_finite", not o.check_finite)),
+               ("keep_delta", lambda o: setattr(o, "keep_delta", not o.keep_delta)),
+               ("lr", lambda o: setattr(o, "lr", o.lr * 0.5))]
+    for name in ("mean_weight", "mean_square_weight"):
+        if mem is not None and getattr(mem, name, None) is not None:
+            changes.append(("mean_weight, mean_square_weight",
+                            lambda o, name=name: setattr(o.memory, name, getattr(o.memory, name) * 0.5 or 0.5)))
+    return changes
+
+
+def _textbook_changes(entry):
+    """(hyper-parameter, constructor keywords with it otherwise) of a fusedopt.optim entry's richest
+    case, for every hyper-parameter some other valid value can be found for."""
+    base = dict(entry.rich)
+    for name, value in getattr(optim, entry.name)(**base)._hyper_values().items():
+        if isinstance(value, bool):
+            candidates = [not value]
+        elif isinstance(value, (int, float)):
+            candidates = [value * 0.5, value + 0.01, 0.0]
+        elif isinstance(value, tuple):
+            candidates = [(value[0] * 0.5, *value[1:])]
+        else:
+            continue
+        for other in candidates:
+            if other == value:
+                continue
+            try:
+                getattr(optim, entry.name)(**{**base, name: other})
+            except (TypeError, ValueError):
+                continue
+            yield name, {**base, name: other}
+            break
+
+
+def unlike(c, shard):
+    """Every fusedopt.optimizers optimizer with each setting, and every fusedopt.optim one with each
+    hyper-parameter, unlike on the last rank: the same ValueError on every rank, naming it and the
+    rank, and nothing changed."""
+    last = SIZE - 1
+
+    def refused(what, fn, p, words):
+        before = copy_tree(p)
+        try:
+            fn()
+            got = None
+        except ValueError as exc:
+            got = str(exc)
+        every = COMM.allgather(got)
+        c.check(all(e is not None for e in every) and len(set(every)) == 1, f"{what}: raised {every}")
+        for word in words:
+            c.check(got is not None and word in got, f"{what}: {word!r} not in {got}")
+        c.equal_trees(before, p, f"{what}: params changed")
+
+    for kind, make in OPTIMIZERS.items():
+        for field, change in _paysage_changes(make()):
+            opt = make()
+            opt.update_lr()
+            if RANK == last:
+                change(opt)
+            dp, p = distributed.DataParallel(opt, shard_state=shard), params0("mixed")
+            refused(f"unlike {kind} {field} shard={shard}", lambda: dp.update(p, grad("mixed", 0, RANK)), p,
+                    [field, f"rank {last}"])
+    for entry in OPTIM:
+        for name, kwargs in _textbook_changes(entry):
+            opt = getattr(optim, entry.name)(**(kwargs if RANK == last else entry.rich))
+            dp, p = distributed.DataParallel(opt, shard_state=shard), params0("mixed")
+            refused(f"unlike {entry.name} {name} shard={shard}", lambda: dp.step(p, grad("mixed", 0, RANK)), p,
+                    ["hyper-parameters", f"'{name}'", f"rank {last}"])
+
+
 def foreign(c):
     """Inputs the ranks do not agree on beyond the layout, and optimizers the wrapper does not
     know: no hang, and the single process's bits."""
@@ -653,7 +729,9 @@ def main():
         c.run("foreign", foreign)
         for shard in () if args.skip_errors else (True, False):
             c.run(f"errors shard={shard}", errors, shard)
-        if SIZE > 1:  # one rank failing at each point of a step after the agreement
+        if SIZE > 1:  # settings unlike on one rank; one rank failing at each point of a step
+            for shard in (True, False):
+                c.run(f"unlike shard={shard}", unlike, shard)
             import failpoints  # (it takes its trees and reference from this module)
             failpoints.run_all(c)
     if args.load:
