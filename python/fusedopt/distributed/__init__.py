@@ -350,11 +350,11 @@ class DataParallel:
         if exc is None:
             assert lay is not None
             fields = self._fields() if self._textbook else _fields.paysage(self._opt, self._pending is not None)
-            value = self._agreement_value(lay, is_model, fields)
             # From the agreement on, every rank takes the same collectives (the plan's), and nothing
             # fails on one rank only for an input the checks above could see. What still can (an
             # interrupt, a MemoryError, a subclass's own update) is joined to them: see _join.
-            self._plan, self._step_layout = ("agree", *self._collectives(lay, is_model)), lay
+            value, self._plan = self._agreement_value(lay, is_model, fields)
+            self._step_layout = lay
         t1 = time.perf_counter()
         if not self._step_agree(exc, value):
             self._plan = ("agree", "describe")
@@ -523,15 +523,17 @@ class DataParallel:
             return _fields.textbook(self._opt, None if self._drawn is None else self._drawn[0], pending)
         return _fields.paysage(self._opt, pending)
 
-    def _agreement_value(self, lay: Layout, is_model: bool, fields: tuple[Any, ...]) -> int:
-        """The step's hash: the layout, path kind and configuration, and the wrapped optimizer's
-        fields (the static ones hashed again only when they change)."""
+    def _agreement_value(self, lay: Layout, is_model: bool, fields: tuple[Any, ...]) -> tuple[int, tuple[str, ...]]:
+        """(the step's hash: the layout, path kind and configuration, and the wrapped optimizer's
+        fields; the plan of its collectives), the static part of both made again only when it
+        changes (the plan depends on nothing else)."""
         static, dynamic = fields
         memo, fresh = self._static, lay is not self._layout
         if memo is None or memo[0] is not lay or memo[1] != (is_model, fresh) or memo[2] != static:
             memo = self._static = (lay, (is_model, fresh), static,
-                                   _fields.static_hash(lay.hash(self._config, is_model, not fresh), static))
-        return _fields.combined_hash(memo[3], dynamic)
+                                   _fields.static_hash(lay.hash(self._config, is_model, not fresh), static),
+                                   ("agree", *self._collectives(lay, is_model)))
+        return _fields.combined_hash(memo[3], dynamic), memo[4]
 
     def _undraw(self) -> None:
         if self._drawn is not None:

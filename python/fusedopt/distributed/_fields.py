@@ -107,19 +107,20 @@ def static_hash(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & _MASK
 
 
-_FORMATS: dict[int, tuple[struct.Struct, struct.Struct]] = {}
+_FORMATS: dict[int, struct.Struct] = {}
 
 
 def combined_hash(static: int, dynamic: tuple[Any, ...]) -> int:
-    """The hash a step agrees on: the static hash and the dynamic numbers' float64 bits."""
+    """The hash a step agrees on: the static hash and the dynamic numbers' float64 bits (as one
+    int: an int's hash, unlike that of bytes, is the same in every process)."""
     fmt = _FORMATS.get(len(dynamic))
     if fmt is None:
-        fmt = _FORMATS[len(dynamic)] = (struct.Struct(f"<{len(dynamic)}d"), struct.Struct(f"<{len(dynamic)}q"))
+        fmt = _FORMATS[len(dynamic)] = struct.Struct(f"<{len(dynamic)}d")
     try:
-        bits = fmt[1].unpack(fmt[0].pack(*dynamic))
+        bits = int.from_bytes(fmt.pack(*dynamic), "little")
     except (struct.error, TypeError, ValueError, OverflowError):  # a schedule attribute that is no number
         return combined_hash(static, _numbers(dynamic))
-    return hash((static, *bits)) & _MASK
+    return hash((static, bits)) & _MASK
 
 
 def _numbers(values: tuple[Any, ...]) -> tuple[float, ...]:
