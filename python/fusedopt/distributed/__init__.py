@@ -207,7 +207,7 @@ class DataParallel:
         # step can be handed rows (its memory is a GradientMemory, checked on assignment).
         self._kernel_averages = not self._textbook and type(optimizer).update is optimizers.Optimizer.update
         self._message = np.empty(3, np.int64)  # the step's agreement message, reused
-        self._flag = bytearray(8)  # the message of the agreements inside a step (agree_flag)
+        self._flag = [bytearray(8), MPI.INT64_T]  # the message of the agreements inside a step (agree_flag)
         # During a step, after the agreement: the collectives every rank takes (their kinds, in
         # order), how many this rank has entered (None: an in-step agreement raised on every
         # rank), and the flat buffer its (first) all-gather writes; see _join.
@@ -356,12 +356,17 @@ class DataParallel:
             value, self._plan = self._agreement_value(lay, is_model, fields)
             self._step_layout = lay
         t1 = time.perf_counter()
-        if not self._step_agree(exc, value):
+        self._done = None  # if the agreement raises, it does so on every rank
+        same = agree(self._comm, exc, value, self._message)
+        self._done = 1
+        timings = self.timings
+        timings["pack"] += t1 - t0
+        timings["agree"] += time.perf_counter() - t1
+        if not same:
             self._plan = ("agree", "describe")
             self._raise_mismatch(lay, is_model, fields)
         assert lay is not None  # no error anywhere, so every rank has its layout
         self._agreed_step(lay, model, is_model, pleaves, prepared)
-        self.timings["pack"] += t1 - t0
 
     def _agreed_step(self, lay: Layout, model: Any, is_model: bool, pleaves: Any, prepared: Any) -> None:
         if lay is not self._layout or prepared is not None:
@@ -421,7 +426,10 @@ class DataParallel:
         first_gather = self._plan.index("gather") if "gather" in self._plan else -1
         for at in range(done, len(self._plan)):
             kind = self._plan[at]
-            if kind in ("agree", "finite", "settle"):
+            if kind == "agree":
+                self._done = None
+                agree(self._comm, exc, 0, self._message)  # raises on every rank
+            elif kind in ("finite", "settle"):
                 self._step_agree(exc)  # raises on every rank
             elif kind == "describe":  # the others describe their steps to raise a mismatch
                 self._comm.allgather([("this step", f"{type(exc).__name__} raised")])
@@ -432,24 +440,22 @@ class DataParallel:
             else:
                 self._reduce(lay, kind)
 
-    def _step_agree(self, exc: Optional[BaseException], value: Optional[int] = None) -> bool:
-        """An agreement of a step: raise on every rank if any rank failed; else whether every
-        rank passed the same `value` (None: no value, the cheapest message)."""
+    def _step_agree(self, exc: Optional[BaseException]) -> None:
+        """An agreement inside a step, in the cheapest message: raise on every rank if any rank failed."""
         done, self._done = self._done, None  # if it raises, it does so on every rank
         t = time.perf_counter()
-        if value is None:
-            agree_flag(self._comm, exc, self._flag)
-            same = True
-        else:
-            same = agree(self._comm, exc, value, self._message)
+        agree_flag(self._comm, exc, self._flag)
         self._done = cast(int, done) + 1
         self.timings["agree"] += time.perf_counter() - t
-        return same
 
     def _settle(self, exc: Optional[BaseException], inplace: bool, gathers: bool = False) -> None:
         """The step's last collective: whether every rank got through its part; then what
         decides whether check_convergence() gathers moves on alike on every rank."""
-        self._step_agree(exc)
+        done, self._done = self._done, None  # (_step_agree, inline: this runs every step)
+        t = time.perf_counter()
+        agree_flag(self._comm, exc, self._flag)
+        self.timings["agree"] += time.perf_counter() - t
+        self._done = cast(int, done) + 1
         self._stepped, self._inplace, self._probe, self._probe_gathers = True, inplace, None, gathers
 
     def _step_gather(self, lay: Layout, flat: np.ndarray) -> None:

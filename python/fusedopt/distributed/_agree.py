@@ -44,14 +44,15 @@ def agree(comm: Any, exc: Optional[BaseException], value: int = 0, msg: Optional
     return bool(msg[1] == -msg[2])
 
 
-def agree_flag(comm: Any, exc: Optional[BaseException], flag: bytearray) -> None:
-    """agree() without a value, in the cheapest message: `flag`, 8 bytes kept zero between calls
-    (one int64 whose low byte is the error code)."""
+def agree_flag(comm: Any, exc: Optional[BaseException], flag: list[Any]) -> None:
+    """agree() without a value, in the cheapest message: `flag`, [8 bytes kept zero between
+    calls, MPI.INT64_T] (one int64 whose low byte is the error code)."""
+    data = flag[0]
     if exc is not None:
-        flag[0] = _code(exc)
-    comm.Allreduce(MPI.IN_PLACE, [flag, MPI.INT64_T], MPI.MAX)
-    if flag[0]:
-        flag[0] = 0
+        data[0] = _code(exc)
+    comm.Allreduce(MPI.IN_PLACE, flag, MPI.MAX)
+    if data[0]:
+        data[0] = 0
         raise_everywhere(comm, exc)
 
 
