@@ -1,17 +1,17 @@
-"""One rank failing at each point of a step after the agreement, the exception caught.
+"""One rank failing at each point of a step, the exception caught on every rank.
 
 Run by battery.py on 2 and 3 ranks (or alone: ``python failpoints.py RESULT.json``; mostly with
-check_finite, which has every point). The last
-rank raises (an interrupt, a MemoryError, its optimizer's own error) at one point of a step:
-right after the agreement (on a new layout, while the layout is installed, too), after the
-gradient exchange, in the check of the average, in the wrapped optimizer's step, before each
-all-gather. The script catches it on every rank and goes on, as a training loop that catches
+check_finite, which has every point). The last rank raises (an interrupt, a MemoryError, its
+optimizer's own error) at one point of a step: in the local checks before the agreement, right
+after the agreement (on a new layout, while the layout is installed, too), after the gradient
+exchange, in the check of the average, in the wrapped optimizer's step, before each all-gather.
+The script catches it on every rank and goes on, as a training loop that catches
 KeyboardInterrupt to save a checkpoint would: every rank must raise in that same step (the
 failing rank its own exception, the others the same type, or RuntimeError, naming the rank),
 and nothing may hang (the launch has a time limit). A step whose every rank raised before any
 rank stepped (every paysage-path step, every replicated step, a sharded in-place step that
 fails before the agreed check_finite) changes nothing anywhere; a sharded in-place step whose
-other ranks had stepped their shards leaves the step counts apart, which the next collective
+other ranks had stepped their shards may leave the step counts apart, which the next collective
 refuses on every rank. A failure after the step's last collective (the replicated step itself)
 raises on that rank only, and the next step raises on every rank. Every case then loads the
 reference's state and continues bit for bit as a single process does.
@@ -66,6 +66,8 @@ def raising(kind, when=lambda calls: calls == 1, after=False):
 # (name, the DataParallel attribute wrapped on the last rank, its wrapper, good steps before,
 # whether it applies to (family, shard, det, check_finite, keep, path))
 POINTS = [
+    ("before the agreement, in the local checks", "_local_checks", raising(KeyboardInterrupt), STEPS,
+     lambda f, shard, det, cf, keep, path: True),
     ("right after the agreement, installing a new layout", "_adopt", raising(KeyboardInterrupt), 0,
      lambda f, shard, det, cf, keep, path: True),
     ("right after the agreement", "_agreed_step", raising(KeyboardInterrupt), STEPS,
@@ -95,7 +97,7 @@ def inject(dp, family, attr, wrapper):
         return RuntimeError
     if RANK == LAST:
         setattr(dp, attr, wrapper(getattr(dp, attr)))
-    return {"_adopt": KeyboardInterrupt, "_agreed_step": KeyboardInterrupt,
+    return {"_local_checks": KeyboardInterrupt, "_adopt": KeyboardInterrupt, "_agreed_step": KeyboardInterrupt,
             "_finite_error": KeyboardInterrupt}.get(attr, MemoryError)
 
 
@@ -143,8 +145,8 @@ def failing_step(c, family, path, shard, det, cf, keep, point):
             c.check(e is not None and e[0] == others and f"on rank {LAST}" in e[1], f"{tag}: rank {r} raised {e}")
         # Every rank raised before any stepped, unless a sharded in-place step got past its
         # last agreement before the kernel (the check of the average) on the other ranks.
-        atomic = path == "model" or not shard or (cf and attr in ("_adopt", "_agreed_step", "_alltoall", "_reduce",
-                                                                  "_finite_error"))
+        atomic = path == "model" or not shard or attr == "_local_checks" or (
+            cf and attr in ("_adopt", "_agreed_step", "_alltoall", "_reduce", "_finite_error"))
         if atomic:
             p_before, count, state = before
             c.equal_trees(p_before, p, f"{tag}: params changed")
