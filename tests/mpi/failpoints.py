@@ -18,7 +18,6 @@ reference's state and continues bit for bit as a single process does.
 """
 import copy
 
-import numpy as np
 from battery import Model, average, grad, params0
 from harness import COMM, RANK, SIZE, Checks, copy_tree, out_path, same_state
 
