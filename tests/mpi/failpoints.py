@@ -69,7 +69,7 @@ POINTS = [
      lambda f, shard, det, cf, keep, path: True),
     ("right after the agreement, installing a new layout", "_adopt", raising(KeyboardInterrupt), 0,
      lambda f, shard, det, cf, keep, path: True),
-    ("right after the agreement", "_agreed_step", raising(KeyboardInterrupt), STEPS,
+    ("right after the agreement", "_average", raising(KeyboardInterrupt), STEPS,
      lambda f, shard, det, cf, keep, path: True),
     ("after the exchange", "_alltoall", raising(MemoryError, after=True), STEPS,
      lambda f, shard, det, cf, keep, path: det),
@@ -79,9 +79,9 @@ POINTS = [
      lambda f, shard, det, cf, keep, path: cf),
     ("in the wrapped optimizer's step", "optimizer", None, STEPS,
      lambda f, shard, det, cf, keep, path: True),
-    ("before the all-gather", "_step_gather", raising(MemoryError), STEPS,
+    ("before the all-gather", "_allgather", raising(MemoryError), STEPS,
      lambda f, shard, det, cf, keep, path: shard or det),
-    ("between the parameters' and the kept delta's all-gathers", "_step_gather",
+    ("between the parameters' and the kept delta's all-gathers", "_allgather",
      raising(MemoryError, when=lambda n: n == 2), STEPS,
      lambda f, shard, det, cf, keep, path: shard and keep and path == "params"),
 ]
@@ -94,9 +94,12 @@ def inject(dp, family, attr, wrapper):
         if RANK == LAST:
             setattr(dp.optimizer, name, raising(RuntimeError)(getattr(dp.optimizer, name)))
         return RuntimeError
+    if attr == "_average":  # the step's first call after the agreement
+        attr = "_average_shard" if dp.shard_state else "_average_replicated"
     if RANK == LAST:
         setattr(dp, attr, wrapper(getattr(dp, attr)))
-    return {"_local_checks": KeyboardInterrupt, "_adopt": KeyboardInterrupt, "_agreed_step": KeyboardInterrupt,
+    return {"_local_checks": KeyboardInterrupt, "_adopt": KeyboardInterrupt, "_average_shard": KeyboardInterrupt,
+            "_average_replicated": KeyboardInterrupt,
             "_finite_error": KeyboardInterrupt}.get(attr, MemoryError)
 
 
@@ -104,7 +107,8 @@ def uninject(dp, family, attr):
     if attr == "optimizer":
         dp.optimizer.__dict__.pop("update" if family == "paysage" else "step", None)
     else:
-        dp.__dict__.pop(attr, None)
+        for name in ("_average_shard", "_average_replicated") if attr == "_average" else (attr,):
+            dp.__dict__.pop(name, None)
 
 
 def local(dp, p):
@@ -145,7 +149,7 @@ def failing_step(c, family, path, shard, det, cf, keep, point):
         # Every rank raised before any stepped, unless a sharded in-place step got past its
         # last agreement before the kernel (the check of the average) on the other ranks.
         atomic = path == "model" or not shard or attr == "_local_checks" or (
-            cf and attr in ("_adopt", "_agreed_step", "_alltoall", "_reduce", "_finite_error"))
+            cf and attr in ("_adopt", "_average", "_alltoall", "_reduce", "_finite_error"))
         if atomic:
             p_before, count, state = before
             c.equal_trees(p_before, p, f"{tag}: params changed")

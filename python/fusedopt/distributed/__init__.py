@@ -52,7 +52,7 @@ class _Forward:
         lay, dp = self.lay, self.dp
         flat = dp._gather_flat
         lay.shard_pack.pack(pieces, flat[lay.lo:lay.hi], "delta")
-        dp._step_gather(lay, flat)
+        dp._allgather(lay, flat)
         dp._settle(None, False)  # a rank that failed before this raises here on every rank: nothing commits
         delta = lay.tree(flat)
         t = time.perf_counter()
@@ -340,7 +340,7 @@ class DataParallel:
         finally:
             # (_src and _gather_flat may be the caller's gradient and parameters: not kept past the step)
             self._src = self._fused = self._gather_flat = self._step_layout = None
-            self._drawn = None
+            self._drawn, self._done = None, 0  # (gathers outside a step count too, to no end)
 
     def _step_once(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
@@ -366,9 +366,6 @@ class DataParallel:
             self._plan = ("agree", "describe")
             self._raise_mismatch(lay, is_model, fields)
         assert lay is not None  # no error anywhere, so every rank has its layout
-        self._agreed_step(lay, model, is_model, pleaves, prepared)
-
-    def _agreed_step(self, lay: Layout, model: Any, is_model: bool, pleaves: Any, prepared: Any) -> None:
         if lay is not self._layout or prepared is not None:
             self._adopting = (lay, prepared)
             self._adopt(lay, prepared)
@@ -436,7 +433,7 @@ class DataParallel:
             elif kind == "alltoall":
                 self._alltoall(lay)
             elif kind == "gather":  # the step's own buffer; a kept delta's: scratch bytes
-                self._step_gather(lay, self._gather_flat if at == first_gather else self._bufs.params)
+                self._allgather(lay, self._gather_flat if at == first_gather else self._bufs.params)
             else:
                 self._reduce(lay, kind)
 
@@ -457,10 +454,6 @@ class DataParallel:
         self.timings["agree"] += time.perf_counter() - t
         self._done = cast(int, done) + 1
         self._stepped, self._inplace, self._probe, self._probe_gathers = True, inplace, None, gathers
-
-    def _step_gather(self, lay: Layout, flat: np.ndarray) -> None:
-        self._done = cast(int, self._done) + 1
-        self._allgather(lay, flat)
 
     def _alltoall(self, lay: Layout) -> None:
         """Every other rank's copy of this rank's shard into bufs.recv (this rank's own is not sent)."""
@@ -682,7 +675,7 @@ class DataParallel:
         bufs = self._bufs
         if self._det:
             self._fixed_order_average(lay, bufs.avg[lay.lo:lay.hi])
-            self._step_gather(lay, bufs.avg)
+            self._allgather(lay, bufs.avg)
             return
         t0 = time.perf_counter()
         for kind in self._plan:
@@ -737,6 +730,8 @@ class DataParallel:
             raise
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
+        """Every rank's shard of `flat` into it (counted among a step's collectives)."""
+        self._done = cast(int, self._done) + 1
         t0 = time.perf_counter()
         if lay.gather_blocks:
             self._comm.Allgather(MPI.IN_PLACE, [flat[:lay.gather_blocks], MPI.BYTE])
@@ -798,12 +793,12 @@ class DataParallel:
             self._delta_shard = opt.delta
         t2 = time.perf_counter()
         self.timings["step"] += t2 - t1
-        self._step_gather(lay, flat)
+        self._allgather(lay, flat)
         delta = None
         if keep:
             delta = lay.gather_buffer(zero=False)
             lay.shard_pack.pack(list(self._delta_shard), delta[lay.lo:lay.hi], "delta")
-            self._step_gather(lay, delta)
+            self._allgather(lay, delta)
         self._settle(None, True, not keep)  # a rank that failed before this raises here on every rank
         if not direct:
             lay.pack.unpack(flat, pleaves, "params")
