@@ -861,8 +861,8 @@ class DataParallel:
         if self._probe is None:
             lay = self._layout
             delta = self._gather_delta(lay) if self._probe_gathers else self._delta
-            if delta is None:  # this rank's step failed after the others had taken theirs
-                raise ValueError("check_convergence(): the last step failed on this rank (no delta)")
+            if delta is None:  # no step committed here (a model raised after the step's collectives)
+                return False
             # A Gradient step with rate 1 takes d = 1 * delta exactly, and sums d**2 per leaf
             # over the same tree layout as the single process's step did, by the kernel of the
             # same output (the delta written, or parameters stepped in place, with or without
