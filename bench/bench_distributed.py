@@ -12,7 +12,8 @@ Before and after a change of fusedopt.distributed, side by side in one run::
         --before /tmp/old/python/fusedopt/distributed
 
 (the old package runs on this build's native module, so only the Python differs; each mode is
-timed in both versions within the same interleaved rounds.)
+timed in both versions within the same interleaved rounds, each by four DataParallels made in
+turn and stepped in turn: where one's buffers and objects lie moves its step by several µs.)
 
 For each size (float32 ADAM, in-place path) and each mode (deterministic or MPI's own
 reductions, sharded or replicated moments) every rank takes steps on the same layout. The
@@ -100,12 +101,33 @@ def load_before(path):
     return module
 
 
-def mode_item(n, det, shard, package=distributed):
-    rng = np.random.default_rng(RANK)
-    params = rng.standard_normal(n).astype(np.float32)
-    grad = rng.standard_normal(n).astype(np.float32)
-    dp = package.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
-    return Timed(lambda: dp.update(params, grad), lambda: dp.timings), dp
+class Mode:
+    """A mode's steps, taken in turn by its DataParallels (add() makes one, with arrays of its
+    own): where a step's buffers and Python objects lie in memory moves its time by several µs,
+    so versions are compared over several placements, made in turn."""
+
+    def __init__(self, n, det, shard, package=distributed):
+        self.args, self.runs, self.turn = (n, det, shard, package), [], 0
+
+    def add(self):
+        n, det, shard, package = self.args
+        rng = np.random.default_rng(RANK)
+        params = rng.standard_normal(n).astype(np.float32)
+        grad = rng.standard_normal(n).astype(np.float32)
+        dp = package.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
+        self.runs.append((dp, params, grad))
+        return self
+
+    def step(self):
+        dp, params, grad = self.runs[self.turn % len(self.runs)]
+        self.turn += 1
+        dp.update(params, grad)
+
+    def timings(self):  # the sum over the DataParallels: a step's increments are its own
+        return {p: sum(dp.timings[p] for dp, _, _ in self.runs) for p in PHASES}
+
+    def item(self):
+        return Timed(self.step, self.timings), self.runs[0][0]
 
 
 def mode_result(n, item, dp):
@@ -151,16 +173,20 @@ def single_item(n):
     return Timed(lambda: opt.update(params, grad) if RANK == 0 else None)
 
 
-def bench_size(n, rounds, repeats, warmup, before=None):
+def bench_size(n, rounds, repeats, warmup, before=None, instances=1):
     """Every mode, the raw collectives and the single-process step of n elements, timed in
     interleaved rounds (a machine's slow spell then falls on all of them alike); with `before`
     (another version's package), every mode in it too, as "<mode> before"."""
     modes = {}
     for name, det, shard in MODES:
         key = f"{name}/{'sharded' if shard else 'replicated'}"
-        modes[key] = mode_item(n, det, shard)
+        pair = [Mode(n, det, shard)] + ([Mode(n, det, shard, before)] if before is not None else [])
+        for i in range(instances):
+            for mode in pair if i % 2 == 0 else pair[::-1]:
+                mode.add()
+        modes[key] = pair[0].item()
         if before is not None:  # right beside it, and first every other round (what ran just
-            modes[f"{key} before"] = mode_item(n, det, shard, before)  # before a step shows in its time)
+            modes[f"{key} before"] = pair[1].item()  # before a step shows in its time)
     raw = raw_items(n)
     single = single_item(n)
     items = [single, *raw.values(), *(item for item, _ in modes.values())]
@@ -193,6 +219,8 @@ def main():
     parser.add_argument("--out", default="bench/results/distributed.json")
     parser.add_argument("--before", metavar="DIR", help="another version's fusedopt/distributed directory, "
                         "timed beside this one (a 'before' row per mode)")
+    parser.add_argument("--instances", type=int, help="DataParallels per mode, stepped in turn "
+                        "(default 1; 4 with --before)")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.rounds, args.repeats, args.warmup = "1e4,1e5", 2, 3, 2
@@ -207,7 +235,8 @@ def main():
     result["allreduce_8B_s"] = tiny_item.median()
     before = load_before(args.before) if args.before else None
     for n in sizes:
-        result["sizes"][str(n)] = bench_size(n, args.rounds, args.repeats, args.warmup, before)
+        result["sizes"][str(n)] = bench_size(n, args.rounds, args.repeats, args.warmup, before,
+                                             args.instances or (4 if before is not None else 1))
     if RANK == 0:
         report(result)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
