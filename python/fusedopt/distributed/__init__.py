@@ -69,6 +69,7 @@ class _Sink:
 
 
 _UNSET = object()  # an attribute the instance dict did not hold
+_RAISED = -1  # DataParallel._done once an agreement of the step raised on every rank
 
 
 def _holds_moments(opt: Any) -> bool:
@@ -208,11 +209,11 @@ class DataParallel:
         self._kernel_averages = not self._textbook and type(optimizer).update is optimizers.Optimizer.update
         self._message = np.empty(3, np.int64)  # the step's agreement message, reused
         self._flag = [bytearray(8), MPI.INT64_T]  # the message of the agreements inside a step (agree_flag)
-        # During a step, after the agreement: the collectives every rank takes (their kinds, in
-        # order), how many this rank has entered (None: an in-step agreement raised on every
-        # rank), and the flat buffer its (first) all-gather writes; see _join.
+        # During a step: the collectives every rank takes (their kinds, in order), how many this
+        # rank has entered (_RAISED: an agreement of the step raised on every rank), and the flat
+        # buffer its (first) all-gather writes; see _join.
         self._plan: tuple[str, ...] = ()
-        self._done: Optional[int] = 0
+        self._done = 0
         self._gather_flat: Any = None
         self._adopting: Any = None  # (layout, prepared) while _adopt installs them
         self._step_layout: Any = None  # the layout of the step's collectives
@@ -356,7 +357,7 @@ class DataParallel:
             value, self._plan = self._agreement_value(lay, is_model, fields)
             self._step_layout = lay
         t1 = time.perf_counter()
-        self._done = None  # if the agreement raises, it does so on every rank
+        self._done = _RAISED  # if the agreement raises, it does so on every rank
         same = agree(self._comm, exc, value, self._message)
         self._done = 1
         timings = self.timings
@@ -415,7 +416,7 @@ class DataParallel:
         rank). A failure after the step's last collective (the model's parameter_update, or the
         replicated step itself) stays on this rank; the next collective call sees it."""
         done, lay = self._done, self._step_layout
-        if done is None:  # raised by an in-step agreement: every rank raises it together
+        if done == _RAISED:  # raised by an agreement of the step: every rank raises it together
             return
         if self._adopting is not None:  # what the agreement installs, as on every other rank
             self._adopt(*self._adopting)
@@ -424,7 +425,7 @@ class DataParallel:
         for at in range(done, len(self._plan)):
             kind = self._plan[at]
             if kind == "agree":
-                self._done = None
+                self._done = _RAISED
                 agree(self._comm, exc, 0, self._message)  # raises on every rank
             elif kind in ("finite", "settle"):
                 self._step_agree(exc)  # raises on every rank
@@ -439,32 +440,32 @@ class DataParallel:
 
     def _step_agree(self, exc: Optional[BaseException]) -> None:
         """An agreement inside a step, in the cheapest message: raise on every rank if any rank failed."""
-        done, self._done = self._done, None  # if it raises, it does so on every rank
+        done, self._done = self._done, _RAISED  # if it raises, it does so on every rank
         t = time.perf_counter()
         agree_flag(self._comm, exc, self._flag)
-        self._done = cast(int, done) + 1
+        self._done = done + 1
         self.timings["agree"] += time.perf_counter() - t
 
     def _settle(self, exc: Optional[BaseException], inplace: bool, gathers: bool = False) -> None:
         """The step's last collective: whether every rank got through its part; then what
         decides whether check_convergence() gathers moves on alike on every rank."""
-        done, self._done = self._done, None  # (_step_agree, inline: this runs every step)
+        done, self._done = self._done, _RAISED  # (_step_agree, inline: this runs every step)
         t = time.perf_counter()
         agree_flag(self._comm, exc, self._flag)
         self.timings["agree"] += time.perf_counter() - t
-        self._done = cast(int, done) + 1
+        self._done = done + 1
         self._stepped, self._inplace, self._probe, self._probe_gathers = True, inplace, None, gathers
 
     def _alltoall(self, lay: Layout) -> None:
         """Every other rank's copy of this rank's shard into bufs.recv (this rank's own is not sent)."""
-        self._done = cast(int, self._done) + 1
+        self._done += 1
         self._comm.Alltoallv([self._src, (lay.send_counts, lay.displs), MPI.BYTE],
                              [self._bufs.recv, (lay.recv_counts, lay.recv_displs), MPI.BYTE])
 
     def _reduce(self, lay: Layout, kind: str) -> None:
         """MPI's own sum of one dtype's region (deterministic=False): this rank's shard of it
         into bufs.avg (sharded), or all of it in lay.send (replicated)."""
-        self._done = cast(int, self._done) + 1
+        self._done += 1
         op, dtype = kind.split()
         mpi_type = MPI.DOUBLE if dtype == "float64" else MPI.FLOAT
         lo, hi = lay.region(dtype)
@@ -586,7 +587,7 @@ class DataParallel:
                  ("world size", repr(self._size))]
         names = _fields.TEXTBOOK_STATIC if self._textbook else _fields.PAYSAGE_STATIC
         mine += _fields.describe(names, *fields)
-        self._done = cast(int, self._done) + 1
+        self._done += 1
         every = self._comm.allgather(mine)
         raise ValueError("DataParallel: the ranks differ in what a step needs alike (nothing was changed): "
                          + _fields.mismatch_message(every))
@@ -731,7 +732,7 @@ class DataParallel:
 
     def _allgather(self, lay: Layout, flat: np.ndarray) -> None:
         """Every rank's shard of `flat` into it (counted among a step's collectives)."""
-        self._done = cast(int, self._done) + 1
+        self._done += 1
         t0 = time.perf_counter()
         if lay.gather_blocks:
             self._comm.Allgather(MPI.IN_PLACE, [flat[:lay.gather_blocks], MPI.BYTE])
