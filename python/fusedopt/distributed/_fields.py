@@ -62,15 +62,21 @@ def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     mem = d.get("memory", d.get("_memory"))
     if mem is None:
         mem = getattr(opt, "_memory", None)
-    try:
-        weights = None if mem is None else _WEIGHTS(mem.__dict__)
-    except KeyError:
-        weights = (mem.mean_weight, mem.mean_square_weight)
+    # A structure is held from the first step until reset() (with the moments, if the rule has
+    # any): read from the native state itself (the memory's property is a Python call more, slow
+    # once the step's data has evicted its code from the caches).
+    weights, moments = None, False
+    if mem is not None:
+        md = mem.__dict__
+        try:
+            weights = _WEIGHTS(md)
+            moments = md["_native"].plan is not None or md.get("_pending") is not None
+        except KeyError:  # a memory that keeps them elsewhere
+            weights = (mem.mean_weight, mem.mean_square_weight)
+            moments = mem._plan is not None or mem._pending is not None
     value = getattr(schedule, "value", None)  # schedule_position(), inline: this runs every step
     position = () if value is None else (value,)
     static = (type(opt), weights, ascent, finite, keep, tolerance, type(schedule))
-    # A structure is held from the first step until reset() (with the moments, if the rule has any).
-    moments = mem is not None and (mem._plan is not None or mem._pending is not None)
     dynamic = (count, lr if lr is not None else _rate(value), moments, pending, *position)
     return static, dynamic
 
