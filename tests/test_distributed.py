@@ -81,7 +81,7 @@ def _no_failures(out, at_least):
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_every_optimizer_bit_identical_errors_on_every_rank_and_resume(runs, n):
-    # ~12000 checks per rank: 6 optimizers x 3 trees x 2 paths x 2 shard modes and 6 textbook
+    # ~12000 checks per rank: 6 optimizers x 3 trees x 2 paths x 2 shard modes and 6 fusedopt.optim
     # optimizers x 2 trees x 2 shard modes, per step and leaf, then the errors and the resumes.
     _no_failures(runs[n], at_least=10000)
 

@@ -68,9 +68,9 @@ OPTIMIZERS = {
 _OPTIM_OPTIONS = (lambda: {"lr": 1e-3},
                   lambda: {"lr": schedules.ExponentialDecay(initial=0.01, coefficient=0.8), "max_grad_norm": 0.5},
                   lambda: {"lr": 3e-3, "weight_decay_mask": lambda path, a: a.ndim > 1})
-TEXTBOOK = {f"{e.name}-{i % len(_OPTIM_OPTIONS)}":
-            (lambda e=e, i=i: getattr(optim, e.name)(**e.rich, **_OPTIM_OPTIONS[i % len(_OPTIM_OPTIONS)]()))
-            for i, e in enumerate(OPTIM)}
+OPTIM_BUILDERS = {f"{e.name}-{i % len(_OPTIM_OPTIONS)}":
+                  (lambda e=e, i=i: getattr(optim, e.name)(**e.rich, **_OPTIM_OPTIONS[i % len(_OPTIM_OPTIONS)]()))
+                  for i, e in enumerate(OPTIM)}
 
 
 def grad(tree, step, rank, seed=0):
@@ -216,17 +216,17 @@ def equivalence_all(c):
             equivalence(c, "ADAM", "mixed", path, shard, False)
 
 
-def textbook(c, kind, tree, shard, det, steps=4):
+def optim_case(c, kind, tree, shard, det, steps=4):
     what = f"optim.{kind}/{tree}/shard={shard}/det={det}"
-    ref = TEXTBOOK[kind]()
+    ref = OPTIM_BUILDERS[kind]()
     if shard and ref.max_grad_norm is not None:
         try:
-            distributed.DataParallel(TEXTBOOK[kind](), shard_state=True)
+            distributed.DataParallel(OPTIM_BUILDERS[kind](), shard_state=True)
             c.check(False, f"{what}: clipping accepted with sharded state")
         except TypeError as exc:
             c.check("shard_state=False" in str(exc), f"{what}: {exc}")
         return
-    dp = distributed.DataParallel(TEXTBOOK[kind](), shard_state=shard, deterministic=det)
+    dp = distributed.DataParallel(OPTIM_BUILDERS[kind](), shard_state=shard, deterministic=det)
     ref_p, dp_p = params0(tree), params0(tree)
     for step in range(steps):
         ref.step(ref_p, average(tree, step))
@@ -247,7 +247,7 @@ def textbook(c, kind, tree, shard, det, steps=4):
     state = dp.state_dict()
     same_state(c, ref.state_dict(), state, f"{what} state_dict")
     # The single process's state resumes in a fresh DataParallel (loaded before its first step).
-    resumed = distributed.DataParallel(TEXTBOOK[kind](), shard_state=shard)
+    resumed = distributed.DataParallel(OPTIM_BUILDERS[kind](), shard_state=shard)
     resumed.load_state_dict(ref.state_dict())
     same_state(c, ref.state_dict(), resumed.state_dict(), f"{what} loaded state before a step")
     res_p = copy_tree(ref_p)
@@ -275,12 +275,12 @@ def textbook(c, kind, tree, shard, det, steps=4):
         c.check(True, "")
 
 
-def textbook_all(c):
-    for kind in TEXTBOOK:
+def optim_all(c):
+    for kind in OPTIM_BUILDERS:
         for shard in (True, False):
             for tree in ("mixed", "tiny", "one32"):
-                textbook(c, kind, tree, shard, True)
-            textbook(c, kind, "mixed", shard, False)
+                optim_case(c, kind, tree, shard, True)
+            optim_case(c, kind, "mixed", shard, False)
 
 
 # -- errors: raised on every rank, nothing modified, no hang ------------------------------------
@@ -552,7 +552,7 @@ def _paysage_changes(opt):
     return changes
 
 
-def _textbook_changes(entry):
+def _optim_changes(entry):
     """(hyper-parameter, constructor keywords with it otherwise) of a fusedopt.optim entry's richest
     case, for every hyper-parameter some other valid value can be found for."""
     base = dict(entry.rich)
@@ -605,7 +605,7 @@ def unlike(c, shard):
             refused(f"unlike {kind} {field} shard={shard}", lambda: dp.update(p, grad("mixed", 0, RANK)), p,
                     [field, f"rank {last}"])
     for entry in OPTIM:
-        for name, kwargs in _textbook_changes(entry):
+        for name, kwargs in _optim_changes(entry):
             opt = getattr(optim, entry.name)(**(kwargs if RANK == last else entry.rich))
             dp, p = distributed.DataParallel(opt, shard_state=shard), params0("mixed")
             refused(f"unlike {entry.name} {name} shard={shard}", lambda: dp.step(p, grad("mixed", 0, RANK)), p,
@@ -723,7 +723,7 @@ def main():
     c = Checks()
     if not args.only_resume:
         c.run("equivalence", equivalence_all)
-        c.run("fusedopt.optim", textbook_all)
+        c.run("fusedopt.optim", optim_all)
         c.run("direct", direct_all)
         c.run("aliased", aliased_all)
         c.run("foreign", foreign)

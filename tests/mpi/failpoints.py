@@ -189,7 +189,7 @@ def refused_next(c, dp, family, path, p, steps, tag):
 
 
 def configurations():
-    for family, paths in (("paysage", ("model", "params")), ("textbook", ("params",))):
+    for family, paths in (("paysage", ("model", "params")), ("optim", ("params",))):
         for path in paths:
             for shard in (True, False):
                 for det in (True, False):

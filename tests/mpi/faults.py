@@ -283,7 +283,7 @@ def model_raises(c, shard, det):
 def nan_with_a_schedule(c, shard):
     """fusedopt.optim with a schedule and check_finite: a NaN on one rank's gradient is refused on
     every rank before the step, and the schedule drawn for it is put back (as a single process does)."""
-    tag = f"textbook/nan with a schedule/shard={shard}"
+    tag = f"optim/nan with a schedule/shard={shard}"
 
     def make_one():
         return optim.Adam(lr=schedules.ExponentialDecay(initial=0.01, coefficient=0.9), check_finite=True)
@@ -323,7 +323,7 @@ SECTIONS = {"hangs": (configurations, stepped_before_wrapping, reset_on_one_rank
 def main():
     group = sys.argv[2]
     c = Checks()
-    for family, paths in (("paysage", ("model", "params")), ("textbook", ("params",))):
+    for family, paths in (("paysage", ("model", "params")), ("optim", ("params",))):
         for shard in (True, False):
             for path in paths:
                 for section in SECTIONS.get(group, ()):

@@ -25,7 +25,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
                       "pip install 'fusedopt[mpi]' (mpi4py and the mpich wheel)") from _exc
 
 from .. import _core, optimizers
-from . import _optim as textbook
+from . import _optim as optim_family
 from . import _abort, _checkpoint, _fields, _layout
 from ._abort import abort_on_uncaught
 from ._agree import agree, agree_flag, try_local
@@ -73,7 +73,7 @@ _RAISED = -1  # DataParallel._done once an agreement of the step raised on every
 
 
 def _holds_moments(opt: Any) -> bool:
-    if _is_textbook(opt):
+    if _is_optim(opt):
         return bool(opt.state_arrays())
     mem = getattr(opt, "memory", None)
     return mem is not None and (mem.mean_gradient is not None or mem.mean_square_gradient is not None)
@@ -85,7 +85,7 @@ def _check_no_clip(opt: Any) -> None:
                         "with shard_state=False (each rank then holds every moment)")
 
 
-def _is_textbook(opt: Any) -> bool:
+def _is_optim(opt: Any) -> bool:
     """A fusedopt.optim optimizer (step(params, grads)); imported only when there is one."""
     optim = sys.modules.get("fusedopt.optim")  # not loaded: `opt` cannot be one of its optimizers
     return optim is not None and isinstance(opt, optim.Optimizer)
@@ -172,11 +172,11 @@ class DataParallel:
     def __init__(self, optimizer: Any, comm: Any = None, *, shard_state: bool = True,
                  deterministic: bool = True) -> None:
         """The arguments are explained in the class documentation, help(DataParallel)."""
-        self._textbook = _is_textbook(optimizer)
-        if not (self._textbook or isinstance(optimizer, optimizers.Optimizer)):
+        self._is_optim = _is_optim(optimizer)
+        if not (self._is_optim or isinstance(optimizer, optimizers.Optimizer)):
             raise TypeError(f"DataParallel wraps a fusedopt.optimizers or fusedopt.optim optimizer, "
                             f"got {type(optimizer).__name__}")
-        if self._textbook and shard_state:
+        if self._is_optim and shard_state:
             _check_no_clip(optimizer)
         self._opt: Any = optimizer
         self._comm = _checked_comm(comm)
@@ -206,7 +206,7 @@ class DataParallel:
         self._fused: Any = None
         # A subclass's own update may read the gradient in Python: only Optimizer.update's native
         # step can be handed rows (its memory is a GradientMemory, checked on assignment).
-        self._kernel_averages = not self._textbook and type(optimizer).update is optimizers.Optimizer.update
+        self._kernel_averages = not self._is_optim and type(optimizer).update is optimizers.Optimizer.update
         self._message = np.empty(3, np.int64)  # the step's agreement message, reused
         self._flag = [bytearray(8), MPI.INT64_T]  # the message of the agreements inside a step (agree_flag)
         # During a step: the collectives every rank takes (their kinds, in order), how many this
@@ -231,8 +231,8 @@ class DataParallel:
         """The state an optimizer held before it was wrapped with shard_state (its moments go:
         it will step this rank's pieces), or None."""
         opt = self._opt
-        if self._textbook:
-            return _state_of(opt) if textbook.leaf_paths(_state_of(opt)) else None
+        if self._is_optim:
+            return _state_of(opt) if optim_family.leaf_paths(_state_of(opt)) else None
         mem = getattr(opt, "memory", None)
         if mem is None or not (_holds_moments(opt) or mem._pending is not None):
             return None
@@ -283,7 +283,7 @@ class DataParallel:
 
     @property
     def _delta_source(self) -> Any:
-        return None if self._textbook else self._opt.delta
+        return None if self._is_optim else self._opt.delta
 
     def reset(self) -> None:
         """Forget the moments (as the wrapped optimizer's reset())."""
@@ -294,7 +294,7 @@ class DataParallel:
     def state_nbytes(self) -> int:
         """Bytes of optimizer state (moments, slots) this rank holds: about 1/N of the whole
         with shard_state (at most full / N plus 64 bytes per moment), all of it without."""
-        if self._textbook:
+        if self._is_optim:
             trees = list(self._opt.state_arrays().values())
         else:
             mem = getattr(self._opt, "memory", None)
@@ -317,14 +317,14 @@ class DataParallel:
                 every rank, with nothing modified anywhere.
             FloatingPointError: with the optimizer's check_finite, a non-finite average.
         """
-        if self._textbook:
+        if self._is_optim:
             raise TypeError(f"fusedopt.optim's {type(self._opt).__name__} steps with step(params, grads)")
         self._step(model, grad)
 
     def step(self, params: Any, grads: Any) -> None:
         """One data-parallel step of a wrapped ``fusedopt.optim`` optimizer (collective): its
         ``step(params, average of every rank's grads)``; errors as in update()."""
-        if not self._textbook:
+        if not self._is_optim:
             raise TypeError(f"fusedopt.optimizers' {type(self._opt).__name__} steps with update(model, grad)")
         self._step(params, grads)
 
@@ -345,12 +345,12 @@ class DataParallel:
 
     def _step_once(self, model: Any, grad: Any) -> None:
         t0 = time.perf_counter()
-        is_model = not self._textbook and hasattr(model, "parameter_update")
+        is_model = not self._is_optim and hasattr(model, "parameter_update")
         lay, exc, pleaves, prepared = self._local_checks(model, grad, is_model)
         fields, value = None, 0
         if exc is None:
             assert lay is not None
-            fields = self._fields() if self._textbook else _fields.paysage(self._opt, self._pending is not None)
+            fields = self._fields() if self._is_optim else _fields.paysage(self._opt, self._pending is not None)
             # From the agreement on, every rank takes the same collectives (the plan's), and nothing
             # fails on one rank only for an input the checks above could see. What still can (an
             # interrupt, a MemoryError, a subclass's own update) is joined to them: see _join.
@@ -383,8 +383,8 @@ class DataParallel:
             self._average_replicated(lay)
             self._settle(self._finite_error(self._bufs.avg_tree) if self._opt.check_finite else None, not is_model)
             t = time.perf_counter()
-            if self._textbook:
-                self._textbook_step(model, self._bufs.avg_tree)
+            if self._is_optim:
+                self._optim_step(model, self._bufs.avg_tree)
             else:
                 self._update_wrapped(model, self._bufs.avg_tree)
             self.timings["step"] += time.perf_counter() - t
@@ -401,7 +401,7 @@ class DataParallel:
         if not self._shard:
             return (*exchange, "settle")
         finite = ("finite",) if self._opt.check_finite else ()
-        keep = not is_model and not self._textbook and bool(self._opt.__dict__.get("keep_delta", False))
+        keep = not is_model and not self._is_optim and bool(self._opt.__dict__.get("keep_delta", False))
         return (*exchange, *finite, "gather", *(("gather",) if keep else ()), "settle")
 
     def _exchanged(self, lay: Layout, dtype: str) -> bool:
@@ -503,15 +503,15 @@ class DataParallel:
                 lay.pack.check(pleaves, "params", True)
             self._gather_flat = self._gather_target(lay, bufs, pleaves, is_model)
             opt = self._opt
-            if self._textbook and self._shard:
+            if self._is_optim and self._shard:
                 _check_no_clip(opt)
-            if not self._textbook and opt.lr is None and getattr(opt.stepsize, "value", None) is None:
+            if not self._is_optim and opt.lr is None and getattr(opt.stepsize, "value", None) is None:
                 raise TypeError(f"call update_lr() before update(): the schedule "
                                 f"{type(opt.stepsize).__name__} has no current value")
             # (the common case, a step on the agreed layout of a fusedopt.optimizers one, needs nothing)
-            prepared = None if lay is self._layout and not self._textbook else self._prepare(lay, changed)
-            if self._textbook:
-                self._drawn = textbook.draw_lr(opt)  # last: nothing after it fails
+            prepared = None if lay is self._layout and not self._is_optim else self._prepare(lay, changed)
+            if self._is_optim:
+                self._drawn = optim_family.draw_lr(opt)  # last: nothing after it fails
             return lay, None, pleaves, prepared
         except Exception as exc:  # every local failure must reach the agreement
             return lay, exc, None, None
@@ -519,8 +519,8 @@ class DataParallel:
     def _fields(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """(static, dynamic) fields of the wrapped optimizer that every rank must hold alike."""
         pending = self._pending is not None
-        if self._textbook:
-            return _fields.textbook(self._opt, None if self._drawn is None else self._drawn[0], pending)
+        if self._is_optim:
+            return _fields.optim(self._opt, None if self._drawn is None else self._drawn[0], pending)
         return _fields.paysage(self._opt, pending)
 
     def _agreement_value(self, lay: Layout, is_model: bool, fields: tuple[Any, ...]) -> tuple[int, tuple[str, ...]]:
@@ -537,12 +537,12 @@ class DataParallel:
 
     def _undraw(self) -> None:
         if self._drawn is not None:
-            textbook.undraw_lr(self._opt, self._drawn)
+            optim_family.undraw_lr(self._opt, self._drawn)
             self._drawn = None
 
-    def _textbook_step(self, params: Any, grads: Any) -> None:
+    def _optim_step(self, params: Any, grads: Any) -> None:
         """The wrapped fusedopt.optim optimizer's step at the rate drawn (and agreed) before."""
-        textbook.step_at(self._opt, self._drawn[0], params, grads)
+        optim_family.step_at(self._opt, self._drawn[0], params, grads)
         self._drawn = None  # taken: the schedule stays where the step left it
 
     def _grad_bytes(self, lay: Layout, grad: Any) -> np.ndarray:
@@ -585,7 +585,7 @@ class DataParallel:
                  for p, d, shape in zip(lay.paths, lay.dtypes, lay.shapes)]
         mine += [("shard_state", repr(self._shard)), ("deterministic", repr(self._det)),
                  ("world size", repr(self._size))]
-        names = _fields.TEXTBOOK_STATIC if self._textbook else _fields.PAYSAGE_STATIC
+        names = _fields.OPTIM_STATIC if self._is_optim else _fields.PAYSAGE_STATIC
         mine += _fields.describe(names, *fields)
         self._done += 1
         every = self._comm.allgather(mine)
@@ -598,7 +598,7 @@ class DataParallel:
         for the agreed one, a mask the caller assigned since the last step."""
         opt = self._opt
         if lay is self._layout:
-            if self._textbook and self._shard and opt.weight_decay_mask is not self._piece_mask:
+            if self._is_optim and self._shard and opt.weight_decay_mask is not self._piece_mask:
                 return None, self._mask_for(lay)
             return None
         if self._layout is not None and _holds_moments(opt):
@@ -606,10 +606,10 @@ class DataParallel:
                 "the gradient's structure differs from the optimizer's moments (call reset() first)")
         if not self._shard:
             return None
-        if self._textbook:
+        if self._is_optim:
             shard = None
             if self._pending is not None:
-                shard = textbook.shard_state(self._pending, lay)
+                shard = optim_family.shard_state(self._pending, lay)
                 probe = copy.deepcopy(opt)
                 probe.reset()
                 probe.load_state_dict(shard)  # what _adopt does, on a copy
@@ -623,7 +623,7 @@ class DataParallel:
                 self._set_mask(prepared[1])
             return
         opt = self._opt
-        if self._textbook and self._shard:
+        if self._is_optim and self._shard:
             shard, mask = prepared
             if shard is not None:
                 opt.reset()
@@ -644,8 +644,8 @@ class DataParallel:
             user = (opt.weight_decay_mask,)  # the caller's (None is a valid mask)
         probe = copy.deepcopy(opt)
         probe.weight_decay_mask = user[0]
-        flags = textbook.whole_tree_flags(probe, lay)
-        return user, flags, textbook.piece_mask(lay, flags)
+        flags = optim_family.whole_tree_flags(probe, lay)
+        return user, flags, optim_family.piece_mask(lay, flags)
 
     def _set_mask(self, mask: tuple[Any, list[bool], Any]) -> None:
         self._user_mask, self._flags, self._piece_mask = mask
@@ -774,8 +774,8 @@ class DataParallel:
             pieces = self._direct[3]
         t1 = time.perf_counter()
         keep = False
-        if self._textbook:
-            self._textbook_step(pieces, bufs.avg_pieces)
+        if self._is_optim:
+            self._optim_step(pieces, bufs.avg_pieces)
         else:
             # This rank's delta pieces, for check_convergence and `delta`: the setting is set in
             # the instance dict, where the native step reads it (True needs no check) and the
@@ -882,10 +882,10 @@ class DataParallel:
         opt = self._opt
         if self._shard:
             self._agree_on_state()
-        if self._textbook and self._shard and self._layout is not None:
+        if self._is_optim and self._shard and self._layout is not None:
             own = _state_of(opt)  # this rank's pieces (stepped, or loaded and waiting for the next step)
-            if textbook.leaf_paths(own):
-                return textbook.whole_state(own, self._layout, self._flags, self._gather_pieces)
+            if optim_family.leaf_paths(own):
+                return optim_family.whole_state(own, self._layout, self._flags, self._gather_pieces)
         mem = getattr(opt, "memory", None)
         if not self._shard or mem is None:
             return _state_of(opt)  # (a sharded fusedopt.optim one without state: its own, pending or empty)
@@ -929,15 +929,15 @@ class DataParallel:
         opt, state = self._opt, _state_of(self._opt)
         start, end = _layout.data_range(lay.data, self._size, self._rank)
         sources: dict[str, list[Any]] = {}
-        if self._textbook:
-            scalars = textbook.without_leaves(state)
-            paths = textbook.leaf_paths(state)
+        if self._is_optim:
+            scalars = optim_family.without_leaves(state)
+            paths = optim_family.leaf_paths(state)
             index = {p: i for i, p in enumerate(paths)}
-            for name in textbook.slot_names(state) if paths else []:
+            for name in optim_family.slot_names(state) if paths else []:
                 sources[name] = ([state[f"{name}.{j}"] for j in range(len(paths))] if self._shard
                                  else [state[f"{name}.{index[p]}"] for p in lay.paths])
             flags = self._flags if self._shard else [bool(b) for b in np.asarray(state["decay_mask"]).reshape(-1)]
-            scalars.update(textbook.whole_leaf_keys(lay, flags if paths else None))
+            scalars.update(optim_family.whole_leaf_keys(lay, flags if paths else None))
         else:
             mem = getattr(opt, "memory", None)
             for name in ("mean_gradient", "mean_square_gradient"):
@@ -990,9 +990,9 @@ class DataParallel:
         opt = self._opt
         probe = copy.deepcopy(opt)
         probe.reset()
-        if self._textbook:
-            state = textbook.shard_state(scalars, lay, buffers) if self._shard else \
-                textbook.whole_state_from(scalars, lay, buffers)
+        if self._is_optim:
+            state = optim_family.shard_state(scalars, lay, buffers) if self._shard else \
+                optim_family.whole_state_from(scalars, lay, buffers)
             probe.load_state_dict(state)
             mask = self._mask_for(lay) if self._shard else None
 
@@ -1047,7 +1047,7 @@ class DataParallel:
         if not self._shard:
             opt.load_state_dict(state)
             return
-        if self._textbook:
+        if self._is_optim:
             opt.reset()
             opt.load_state_dict(mem_state if mem_state is not None else state)
             self._pending = dict(state) if self._layout is None else None
@@ -1068,8 +1068,8 @@ class DataParallel:
         """Load `state` into a copy; sharded, also return what this rank installs: the moments
         (a GradientMemory state; checked against a known layout) or a fusedopt.optim shard state."""
         probe.load_state_dict(state)
-        if self._textbook:  # sharded: this rank's cut of the state (checked), once a layout is known
-            return None if self._layout is None else textbook.shard_state(state, self._layout)
+        if self._is_optim:  # sharded: this rank's cut of the state (checked), once a layout is known
+            return None if self._layout is None else optim_family.shard_state(state, self._layout)
         mem = getattr(probe, "memory", None)
         if not self._shard or mem is None:
             return None

@@ -24,7 +24,7 @@ _MASK = (1 << 62) - 1  # so that a hash and its negation fit an int64 for a MAX 
 
 PAYSAGE_STATIC = ("optimizer", "mean_weight, mean_square_weight", "ascent", "check_finite", "keep_delta",
                   "tolerance", "stepsize schedule")
-TEXTBOOK_STATIC = ("optimizer", "hyper-parameters", "max_grad_norm", "check_finite", "lr kind")
+OPTIM_STATIC = ("optimizer", "hyper-parameters", "max_grad_norm", "check_finite", "lr kind")
 DYNAMIC = ("step_count", "lr", "optimizer state exists", "loaded state waiting")
 
 
@@ -81,7 +81,7 @@ def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     return static, dynamic
 
 
-def textbook(opt: Any, lr: Optional[float], pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+def optim(opt: Any, lr: Optional[float], pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """(static, dynamic) fields of a fusedopt.optim optimizer; `lr`: this step's rate, already
     drawn from its schedule or callable (None outside a step)."""
     schedule = opt.lr
