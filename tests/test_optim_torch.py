@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusedopt import optim
-from optim_cases import OPTIM, TORCH_CASES
+from optim_cases import FUSEDOPT_ONLY, OPTIM, TORCH_CASES
 
 torch = pytest.importorskip("torch")
 
@@ -35,11 +35,11 @@ def _torch_default_float64():
     torch.set_default_dtype(saved)
 
 
-def _compare(kind, hyper, dtype, rng, steps=60, groups=None, clip=None, mask=None):
+def _compare(kind, hyper, dtype, rng, steps=60, groups=None, clip=None, mask=None, ours=None):
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params]
     lr = 0.01
-    opt = getattr(optim, kind)(lr=lr, weight_decay_mask=mask, max_grad_norm=clip, **hyper)
+    opt = getattr(optim, kind)(lr=lr, weight_decay_mask=mask, max_grad_norm=clip, **hyper, **(ours or {}))
     tcls = getattr(torch.optim, kind)
     if groups is None:
         topt = tcls(tparams, lr=lr, foreach=False, **hyper)
@@ -69,6 +69,17 @@ def _compare(kind, hyper, dtype, rng, steps=60, groups=None, clip=None, mask=Non
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_parity_with_torch(kind, hyper, dtype, rng):
     _compare(kind, hyper, dtype, rng)
+
+
+@pytest.mark.parametrize("kind,hyper", [(k, {n: v for n, v in h.items() if n not in FUSEDOPT_ONLY})
+                                        for k, h in [(e.name, h) for e in OPTIM for h in e.cases]
+                                        if set(h) & set(FUSEDOPT_ONLY)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_float32_scalars_match_torch_under_its_float32_default(kind, hyper, dtype, rng):
+    """float32_scalars=True: the scalar state rounded as torch's 0-d float32 tensors, so
+    float64 leaves agree with torch under its default dtype float32 to float64's tolerance."""
+    torch.set_default_dtype(torch.float32)
+    _compare(kind, hyper, dtype, rng, ours={"float32_scalars": True})
 
 
 @pytest.mark.parametrize("kind,hyper", [(e.name, e.rich) for e in OPTIM if e.torch])

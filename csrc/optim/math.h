@@ -44,6 +44,12 @@ FUSEDOPT_INLINE V vsign(V x) {
   return x != x ? x : s;
 }
 
+// A value entering or leaving a rule's scalar state: float32's rounding of it
+// when torch would keep that state in float32 (float32_scalars), else itself.
+inline double scalar_state_value(const OptimHyper& h, double x) {
+  return h.float32_scalars != 0.0 ? static_cast<double>(static_cast<float>(x)) : x;
+}
+
 // The step's scalars in double, as torch.optim computes them in Python
 // (docs/optim.md): what every rule shares, then what the rule's math changes.
 // Compiled per instruction set next to the kernels, with the same float flags:
@@ -79,7 +85,7 @@ StepValues step_values(const StepInput& in, double* state) {
     const double mu = h.beta1 * (1.0 - 0.5 * std::pow(0.96, in.t * h.momentum_decay));
     const double mu_next = h.beta1 * (1.0 - 0.5 * std::pow(0.96, (in.t + 1.0) * h.momentum_decay));
     double& mu_product = state[0];
-    mu_product = mu_product * mu;
+    mu_product = scalar_state_value(h, mu_product * scalar_state_value(h, mu));  // torch: mu_product *= mu
     v.neg_lr = (-in.lr * (1.0 - mu)) / (1.0 - mu_product);
     v.neg_lr_m = (-in.lr * mu_next) / (1.0 - mu_product * mu_next);
   }

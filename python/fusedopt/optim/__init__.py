@@ -160,7 +160,9 @@ class NAdam(Optimizer):
         p = p + (c_m * m) / den
 
     State slots: exp_avg (m), exp_avg_sq (v); scalar state: mu_product (kept in double;
-    torch keeps it in its default dtype).
+    torch keeps it in its default dtype: ``float32_scalars=True`` rounds mu and the
+    product to float32 as torch's 0-d float32 tensor does, ``mu_product = f32(mu_product *
+    f32(mu))``, for torch's results under its default dtype float32).
     """
 
     betas = _Hyper("beta1", "beta2")
@@ -169,15 +171,17 @@ class NAdam(Optimizer):
     momentum_decay = _Hyper()
     decoupled_weight_decay = _Hyper()
     maximize = _Hyper()
+    float32_scalars = _Hyper()
 
     def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
-                 maximize: bool = False, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 maximize: bool = False, float32_scalars: bool = False, weight_decay_mask: Mask = None,
+                 max_grad_norm: Optional[float] = None, check_finite: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
-                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                           float32_scalars=float32_scalars))
 
     def _rule(self) -> str:
         return "NADAM"

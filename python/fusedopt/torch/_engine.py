@@ -4,7 +4,8 @@ values, loaded with the bucket's state, and kept in step with the group.
 
 Uses fusedopt.optim's public interface only: init(), state_arrays(),
 state_dict()/load_state_dict() (the way to set its step count) and
-hyper-parameter attributes. Imports numpy, not torch.
+hyper-parameter attributes. Imports numpy, and torch only to read the
+dtype it keeps per-parameter scalar state in.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ._specs import Spec, scalar
 # Settings that choose fusedopt.optim's rule and state slots: they cannot
 # change while an engine has state, so a change of one makes a new plan.
 _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"), "AdamW": ("amsgrad",),
-              "RMSprop": ("centered",), "Adagrad": (), "Lion": ()}
+              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": ()}
 
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -35,9 +36,13 @@ def _engine_class(spec: Spec, group: Mapping[str, Any]) -> type[optim.Optimizer]
 
 def _values(spec: Spec, group: Mapping[str, Any]) -> dict[str, Any]:
     """The group's hyper-parameters under fusedopt.optim's names (the same as torch's)."""
-    out = {k: scalar(group[k]) for k in spec.hyper if k not in ("lr", "decoupled_weight_decay")}
+    dropped = ("lr", "decoupled_weight_decay") if spec.name == "Adam" else ("lr",)  # Adam's picks the class
+    out = {k: scalar(group[k]) for k in spec.hyper if k not in dropped}
     if "betas" in out:
         out["betas"] = tuple(float(scalar(b)) for b in out["betas"])
+    if spec.scalars:
+        import torch  # the dtype torch keeps per-parameter scalar state in (its default dtype)
+        out["float32_scalars"] = torch.get_default_dtype() != torch.float64
     return out
 
 
@@ -92,6 +97,16 @@ class Engine:
         for key, value in _values(self.spec, group).items():
             if getattr(self.opt, key) != value:
                 setattr(self.opt, key, value)
+
+    @property
+    def scalars(self) -> tuple[float, ...]:
+        """The rule's scalar state, in the order of spec.scalars."""
+        values = self.opt.scalar_state
+        return tuple(values[name] for name, _ in self.spec.scalars)
+
+    @scalars.setter
+    def scalars(self, values: Sequence[float]) -> None:
+        self.opt.scalar_state = {name: float(v) for (name, _), v in zip(self.spec.scalars, values)}
 
     @property
     def step_count(self) -> int:

@@ -42,6 +42,10 @@ class Spec:
         keeps_step: whether torch keeps a per-parameter 'step' in the state.
         slots: the state slots that a group's settings use, in torch's names.
         fresh: the value a slot starts at (before the first step).
+        scalars: per-parameter scalar state (0-d tensors in torch's state, e.g.
+            NAdam's 'mu_product') with the value each starts at; fusedopt.optim's
+            rule keeps the same scalars, so parameters share a native call only
+            with equal values.
     """
 
     name: str
@@ -52,6 +56,7 @@ class Spec:
     keeps_step: bool
     slots: Callable[[Mapping[str, Any]], tuple[str, ...]]
     fresh: Callable[[str, Mapping[str, Any]], float] = lambda slot, defaults: 0.0
+    scalars: tuple[tuple[str, float], ...] = ()
 
 
 def _sgd_slots(g: Mapping[str, Any]) -> tuple[str, ...]:
@@ -89,6 +94,11 @@ SPECS: dict[str, Spec] = {
                     ("foreach", "differentiable", "fused"), counted=True, keeps_step=True,
                     slots=lambda g: ("sum",),
                     fresh=lambda slot, defaults: float(defaults["initial_accumulator_value"])),
+    "NAdam": Spec("NAdam", ("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
+                            "maximize"),
+                  (_LR, _EPS, _WD, ("momentum_decay", "momentum_decay value", _nonneg)),
+                  ("foreach", "capturable", "differentiable"), counted=True, keeps_step=True,
+                  slots=lambda g: ("exp_avg", "exp_avg_sq"), scalars=(("mu_product", 1.0),)),
     "Lion": Spec("Lion", ("lr", "betas", "weight_decay", "maximize"), (_LR, _WD),
                  (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
 }
