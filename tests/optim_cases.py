@@ -169,6 +169,23 @@ def _nadam(ref, p, g, st, T, decay):
     p[...] = p + (T((-ref.lr * ref.mu_next) / (1.0 - mu_product * ref.mu_next)) * m) / den
 
 
+# -- RAdam -----------------------------------------------------------------------------------------
+def _radam(ref, p, g, st, T, decay):
+    h, t = ref.h, ref.t
+    b1, b2 = h["betas"]
+    _, m, v = adam_moments(ref, p, g, st, T, decay, h["decoupled_weight_decay"])
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * (b2 ** t) / bc2
+    u = (m / T(bc1)) * T(ref.lr)
+    if rho_t > 5:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        adaptive = (T(1) / (np.sqrt(v) + T(h["eps"]))) * T(bc2 ** 0.5)
+        p[...] = p - (u * adaptive) * T(rect)
+    else:
+        p[...] = p - u
+
+
 _COMMON_BAD = (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"lr": float("nan")}, ValueError),
                ({"max_grad_norm": 0.0}, ValueError), ({"max_grad_norm": -1.0}, ValueError),
                ({"check_finite": 1}, TypeError), ({"weight_decay": -0.01}, ValueError),
@@ -210,6 +227,10 @@ OPTIM = (
           _COMMON_BAD + _BETAS_BAD + (({"momentum_decay": -1e-3}, ValueError), ({"eps": -1.0}, ValueError),
                                       ({"decoupled_weight_decay": 1}, TypeError), ({"float32_scalars": 1}, TypeError)),
           begin=_nadam_begin, scalars={"mu_product": 1.0}),
+    Entry("RAdam", ({}, {"weight_decay": 0.1, "betas": (0.6, 0.9)},
+                    {"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.5, 0.9), "maximize": True}),
+          lambda h: ["exp_avg", "exp_avg_sq"], _radam,
+          _COMMON_BAD + _BETAS_BAD + (({"eps": -1.0}, ValueError), ({"decoupled_weight_decay": 1}, TypeError))),
 )
 
 ENTRIES = {e.name: e for e in OPTIM}

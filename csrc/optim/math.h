@@ -88,6 +88,17 @@ StepValues step_values(const StepInput& in, double* state) {
     mu_product = scalar_state_value(h, mu_product * scalar_state_value(h, mu));  // torch: mu_product *= mu
     v.neg_lr = (-in.lr * (1.0 - mu)) / (1.0 - mu_product);
     v.neg_lr_m = (-in.lr * mu_next) / (1.0 - mu_product * mu_next);
+  } else if constexpr (S.math == Math::RADAM) {
+    const double bc2 = 1.0 - std::pow(h.beta2, in.t);
+    const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * in.t * std::pow(h.beta2, in.t) / bc2;
+    v.bc1 = 1.0 - std::pow(h.beta1, in.t);
+    v.lr = in.lr;
+    v.branch = rho_t > 5.0;  // torch's test, per step: rectify once the variance is tractable
+    if (v.branch) {
+      v.bc2 = std::pow(bc2, 0.5);
+      v.rect = std::pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5);
+    }
   }
   (void)state;
   return v;
@@ -144,6 +155,16 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
     const V den = vsqrt(x.s1 / c.bc2) + c.eps;
     x.p = x.p + (c.neg_lr * x.g) / den;  // torch's two addcdiv_, in its order
     x.p = x.p + (c.neg_lr_m * x.s0) / den;
+  } else if constexpr (S.math == Math::RADAM) {
+    x.s0 = lerp(x.s0, x.g, c);
+    x.s1 = (x.s1 * c.b2) + ((c.omb2 * x.g) * x.g);
+    const V m = (x.s0 / c.bc1) * c.lr;
+    if (c.branch) {
+      const V adaptive = ((V{} + T(1)) / (vsqrt(x.s1) + c.eps)) * c.bc2;  // torch: reciprocal(den) * sqrt(bc2)
+      x.p = x.p - (m * adaptive) * c.rect;
+    } else {
+      x.p = x.p - m;
+    }
   }
 }
 

@@ -86,7 +86,7 @@ enum class OptimPhase : unsigned { FIRST, STEADY };
 constexpr unsigned kNumOptimPhases = 2;
 
 // The element math a rule runs (optim/math.h), with its variant flags.
-enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM };
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM };
 enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
 
 // Up to three state arrays per leaf, at fixed positions (the math reads
@@ -138,6 +138,7 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
      {{{"sum", hyper_index("initial_accumulator_value")}}}, {}},
     {"LION", Math::LION, 0, kDecoupled, false, {{{"exp_avg"}}}, {}},
     {"NADAM", Math::NADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {{{"mu_product", 1.0}}}},
+    {"RADAM", Math::RADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {}},
 };
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
@@ -237,7 +238,10 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(b2)        /* beta2 / alpha: v = v*b2 + (omb2*g)*g; Lion's beta2 */                                \
   X(omb2)      /* 1 - beta2 / 1 - alpha */                                                             \
   X(lerp_w)    /* torch's lerp weight (1 - beta1, 1 - alpha) */                                        \
-  X(bc2)       /* Adam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                                     \
+  X(bc2)       /* Adam, RAdam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                              \
+  X(bc1)       /* RAdam: 1 - beta1**t */                                                               \
+  X(lr)        /* RAdam: lr */                                                                         \
+  X(rect)      /* RAdam: the variance rectification term */                                            \
   X(eps)                                                                                               \
   X(momentum)                                                                                          \
   X(omd)       /* 1 - dampening */
@@ -249,6 +253,7 @@ struct OptimScalars {
 #undef FUSEDOPT_SCALAR_FIELD
   T lerp_omw;       // 1 - lerp_w in T, as torch computes it (opmath(1) - weight)
   bool lerp_small;  // |lerp_w| < 0.5: start + w*(end - start), else end - (end - start)*(1 - w)
+  bool branch;      // a per-step choice between two forms of the update (RAdam: rectified)
 };
 using StepValues = OptimScalars<double>;
 

@@ -24,7 +24,8 @@ The interface other code builds on (the torch adapter among them); stable:
   views of the state with torch.optim's slot names: ``momentum_buffer`` (SGD
   with momentum, RMSprop with momentum), ``exp_avg``, ``exp_avg_sq``,
   ``max_exp_avg_sq`` (Adam, AdamW with amsgrad), ``square_avg``, ``grad_avg``
-  (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion). ``{}`` before the
+  (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion), ``exp_avg``,
+  ``exp_avg_sq`` (NAdam, RAdam). ``{}`` before the
   first step or ``init()``.
 * ``opt.step_count``: steps taken (torch's per-parameter ``step``); set it with
   ``load_state_dict`` (its ``step_count`` entry).
@@ -44,7 +45,7 @@ from typing import Optional, Tuple
 from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -185,6 +186,50 @@ class NAdam(Optimizer):
 
     def _rule(self) -> str:
         return "NADAM"
+
+
+class RAdam(Optimizer):
+    """RAdam (Liu et al. 2020, Adam with the variance rectified), as torch.optim.RAdam.
+
+    Per step t (1 for the first), in double as torch computes them in Python::
+
+        bc1 = 1 - beta1**t;  bc2 = 1 - beta2**t
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * t * beta2**t / bc2
+        rectified = rho_t > 5                  torch's branch, chosen per step
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+
+    then per element, each operation rounded in the leaf's dtype::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        p = p * (1 - lr * weight_decay)        decoupled_weight_decay instead
+        m = m + w * (g - m)                    w = 1 - beta1 (torch's lerp, as Adam's)
+        v = v * beta2 + ((1 - beta2) * g) * g
+        u = (m / bc1) * lr
+        p = p - (u * ((1 / (sqrt(v) + eps)) * bc2 ** 0.5)) * rect      if rectified
+        p = p - u                                                       otherwise
+
+    State slots: exp_avg (m), exp_avg_sq (v).
+    """
+
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    decoupled_weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay,
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+
+    def _rule(self) -> str:
+        return "RADAM"
 
 
 class RMSprop(Optimizer):

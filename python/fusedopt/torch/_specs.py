@@ -99,6 +99,9 @@ SPECS: dict[str, Spec] = {
                   (_LR, _EPS, _WD, ("momentum_decay", "momentum_decay value", _nonneg)),
                   ("foreach", "capturable", "differentiable"), counted=True, keeps_step=True,
                   slots=lambda g: ("exp_avg", "exp_avg_sq"), scalars=(("mu_product", 1.0),)),
+    "RAdam": Spec("RAdam", ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
+                  _ADAM_CHECKS, ("foreach", "capturable", "differentiable"), counted=True, keeps_step=True,
+                  slots=lambda g: ("exp_avg", "exp_avg_sq")),
     "Lion": Spec("Lion", ("lr", "betas", "weight_decay", "maximize"), (_LR, _WD),
                  (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
 }
