@@ -186,6 +186,17 @@ def _radam(ref, p, g, st, T, decay):
         p[...] = p - u
 
 
+# -- Adamax ----------------------------------------------------------------------------------------
+def _adamax(ref, p, g, st, T, decay):
+    h = ref.h
+    b1, b2 = h["betas"]
+    g = l2(ref, p, g, T, decay)
+    m, u = st["exp_avg"], st["exp_inf"]
+    m[...] = lerp(m, g, 1 - b1, T)
+    u[...] = np.maximum(u * T(b2), np.abs(g) + T(h["eps"]))
+    p[...] = p + (T(-(ref.lr / (1 - b1 ** ref.t))) * m) / u
+
+
 _COMMON_BAD = (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"lr": float("nan")}, ValueError),
                ({"max_grad_norm": 0.0}, ValueError), ({"max_grad_norm": -1.0}, ValueError),
                ({"check_finite": 1}, TypeError), ({"weight_decay": -0.01}, ValueError),
@@ -231,6 +242,9 @@ OPTIM = (
                     {"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.5, 0.9), "maximize": True}),
           lambda h: ["exp_avg", "exp_avg_sq"], _radam,
           _COMMON_BAD + _BETAS_BAD + (({"eps": -1.0}, ValueError), ({"decoupled_weight_decay": 1}, TypeError))),
+    Entry("Adamax", ({}, {"weight_decay": 0.1, "betas": (0.6, 0.9), "eps": 1e-3},
+                     {"weight_decay": 0.1, "betas": (0.5, 0.99), "maximize": True}),
+          lambda h: ["exp_avg", "exp_inf"], _adamax, _COMMON_BAD + _BETAS_BAD + (({"eps": -1.0}, ValueError),)),
 )
 
 ENTRIES = {e.name: e for e in OPTIM}

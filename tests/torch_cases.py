@@ -62,13 +62,18 @@ CONFIGS = {
         {"weight_decay": 0.1, "betas": (0.6, 0.9)},
         {"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.5, 0.9), "maximize": True},
     ],
+    "Adamax": [
+        {},
+        {"weight_decay": 0.1, "betas": (0.6, 0.9), "eps": 1e-3},
+        {"weight_decay": 0.1, "betas": (0.5, 0.99), "maximize": True},
+    ],
     "Lion": [
         {},
         {"weight_decay": 0.1, "betas": (0.95, 0.98)},
         {"maximize": True},
     ],
 }
-TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam")
+TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax")
 NAMES = TORCH_NAMES + ("Lion",)
 
 # Moment slots of each optimizer's per-parameter state, torch's names.
@@ -81,6 +86,7 @@ SLOTS = {
     "Lion": ("exp_avg",),
     "NAdam": ("exp_avg", "exp_avg_sq"),
     "RAdam": ("exp_avg", "exp_avg_sq"),
+    "Adamax": ("exp_avg", "exp_inf"),
 }
 
 # Parity tolerances (assert_close's rtol, atol) after STEPS steps. Both sides
@@ -103,7 +109,7 @@ STEPS = 30
 
 def lr_of(name):
     """A learning rate that moves parameters visibly in STEPS steps."""
-    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01}[name]
+    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01}[name]
 
 
 def make_params(dtype, seed=0, shapes=SHAPES):
@@ -127,7 +133,7 @@ def groups(params, name, config, split=SPLIT):
     optimizer's lr, the rest with twice that lr and other per-group values."""
     lr = lr_of(name)
     second = {"lr": 2 * lr}
-    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop", "NAdam", "RAdam"):
+    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop", "NAdam", "RAdam", "Adamax"):
         second["weight_decay"] = 0.05
     if name == "RMSprop":
         second["alpha"] = 0.95

@@ -35,6 +35,12 @@ FUSEDOPT_INLINE V vmax(V a, V b) {
   return a != a ? a : m;
 }
 
+// |x|, NaN for NaN (a -0 stays -0: every use adds eps >= 0 next, which gives +0 alike).
+template <class V, class T>
+FUSEDOPT_INLINE V vabs(V x) {
+  return x < (V{} + T(0)) ? -x : x;
+}
+
 // -1, 0 or 1, NaN for NaN (torch.sign, np.sign).
 template <class V, class T>
 FUSEDOPT_INLINE V vsign(V x) {
@@ -71,7 +77,7 @@ StepValues step_values(const StepInput& in, double* state) {
   v.eps = h.eps;
   v.momentum = h.momentum;
   v.omd = 1.0 - h.dampening;
-  if constexpr (S.math == Math::ADAM) {
+  if constexpr (S.math == Math::ADAM || S.math == Math::ADAMAX) {
     v.neg_lr = -(in.lr / (1.0 - std::pow(h.beta1, in.t)));
     v.bc2 = std::pow(1.0 - std::pow(h.beta2, in.t), 0.5);  // Python's ** 0.5, not sqrt
   } else if constexpr (S.math == Math::RMSPROP) {
@@ -155,6 +161,10 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
     const V den = vsqrt(x.s1 / c.bc2) + c.eps;
     x.p = x.p + (c.neg_lr * x.g) / den;  // torch's two addcdiv_, in its order
     x.p = x.p + (c.neg_lr_m * x.s0) / den;
+  } else if constexpr (S.math == Math::ADAMAX) {
+    x.s0 = lerp(x.s0, x.g, c);
+    x.s1 = vmax(x.s1 * c.b2, vabs<V, T>(x.g) + c.eps);  // torch.maximum: NaN from either side
+    x.p = x.p + (c.neg_lr * x.s0) / x.s1;
   } else if constexpr (S.math == Math::RADAM) {
     x.s0 = lerp(x.s0, x.g, c);
     x.s1 = (x.s1 * c.b2) + ((c.omb2 * x.g) * x.g);

@@ -86,7 +86,7 @@ enum class OptimPhase : unsigned { FIRST, STEADY };
 constexpr unsigned kNumOptimPhases = 2;
 
 // The element math a rule runs (optim/math.h), with its variant flags.
-enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM };
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX };
 enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
 
 // Up to three state arrays per leaf, at fixed positions (the math reads
@@ -139,6 +139,7 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
     {"LION", Math::LION, 0, kDecoupled, false, {{{"exp_avg"}}}, {}},
     {"NADAM", Math::NADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {{{"mu_product", 1.0}}}},
     {"RADAM", Math::RADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {}},
+    {"ADAMAX", Math::ADAMAX, 0, kL2, false, {{{"exp_avg"}, {"exp_inf"}}}, {}},
 };
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
@@ -231,7 +232,7 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(gscale)    /* g = g * gscale: the clip scale, negated for maximize */                              \
   X(wd)        /* L2: g = g + wd * p */                                                                \
   X(decay)     /* decoupled: p = p * (1 - lr*wd) */                                                    \
-  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad), g's (NAdam) */         \
+  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad, Adamax), g's (NAdam) */ \
   X(neg_lr_m)  /* NAdam: the coefficient of m */                                                       \
   X(b1)        /* Lion: beta1 */                                                                       \
   X(omb1)      /* Lion: 1 - beta1 */                                                                   \

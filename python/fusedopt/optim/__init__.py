@@ -25,7 +25,7 @@ The interface other code builds on (the torch adapter among them); stable:
   with momentum, RMSprop with momentum), ``exp_avg``, ``exp_avg_sq``,
   ``max_exp_avg_sq`` (Adam, AdamW with amsgrad), ``square_avg``, ``grad_avg``
   (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion), ``exp_avg``,
-  ``exp_avg_sq`` (NAdam, RAdam). ``{}`` before the
+  ``exp_avg_sq`` (NAdam, RAdam), ``exp_avg``, ``exp_inf`` (Adamax). ``{}`` before the
   first step or ``init()``.
 * ``opt.step_count``: steps taken (torch's per-parameter ``step``); set it with
   ``load_state_dict`` (its ``step_count`` entry).
@@ -45,7 +45,7 @@ from typing import Optional, Tuple
 from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -230,6 +230,37 @@ class RAdam(Optimizer):
 
     def _rule(self) -> str:
         return "RADAM"
+
+
+class Adamax(Optimizer):
+    """Adamax (Kingma & Ba 2015, Adam with the infinity norm), as torch.optim.Adamax.
+
+    Per element, in this order (each operation rounded in the leaf's dtype;
+    ``clr = lr / (1 - beta1**t)`` computed in double, then rounded)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        m = m + w * (g - m)                    w = 1 - beta1 (torch's lerp, as Adam's)
+        u = maximum(u * beta2, |g| + eps)      NaN if either side is NaN (torch.maximum)
+        p = p + ((-clr) * m) / u
+
+    State slots: exp_avg (m), exp_inf (u).
+    """
+
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, *, maximize: bool = False, weight_decay_mask: Mask = None,
+                 max_grad_norm: Optional[float] = None, check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize))
+
+    def _rule(self) -> str:
+        return "ADAMAX"
 
 
 class RMSprop(Optimizer):

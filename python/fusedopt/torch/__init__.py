@@ -8,7 +8,8 @@
     for x, y in loader:
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
 
-SGD, Adam, AdamW, NAdam, RAdam, RMSprop, Adagrad and Lion are subclasses of
+SGD, Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad and Lion are
+subclasses of
 ``torch.optim.Optimizer`` with torch.optim 2.13's constructor signatures,
 defaults and per-element semantics (its ``foreach=False`` implementations,
 through fusedopt.optim), parameter groups, schedulers, closures, hooks and
@@ -34,7 +35,7 @@ from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_f
 from ._state import check_state_dict
 from ._tracked import State, changes, plain
 
-__all__ = ["SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Lion"]
 
 Params = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
 _data_ptr = torch.Tensor.data_ptr
@@ -344,6 +345,20 @@ class RAdam(_FusedOptimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize,
                                   "foreach": foreach, "capturable": capturable, "differentiable": differentiable})
+
+
+class Adamax(_FusedOptimizer):
+    """torch.optim.Adamax (Adam with the infinity norm; L2 weight decay,
+    maximize) on fusedopt's kernels; state: 'step', 'exp_avg', 'exp_inf'."""
+
+    _spec = SPECS["Adamax"]
+
+    def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, foreach: Optional[bool] = None, *,
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                                  "capturable": capturable})
 
 
 class RMSprop(_FusedOptimizer):

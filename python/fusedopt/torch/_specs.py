@@ -102,6 +102,9 @@ SPECS: dict[str, Spec] = {
     "RAdam": Spec("RAdam", ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
                   _ADAM_CHECKS, ("foreach", "capturable", "differentiable"), counted=True, keeps_step=True,
                   slots=lambda g: ("exp_avg", "exp_avg_sq")),
+    "Adamax": Spec("Adamax", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_CHECKS,
+                   ("foreach", "differentiable", "capturable"), counted=True, keeps_step=True,
+                   slots=lambda g: ("exp_avg", "exp_inf")),
     "Lion": Spec("Lion", ("lr", "betas", "weight_decay", "maximize"), (_LR, _WD),
                  (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
 }
