@@ -197,6 +197,17 @@ def _adamax(ref, p, g, st, T, decay):
     p[...] = p + (T(-(ref.lr / (1 - b1 ** ref.t))) * m) / u
 
 
+# -- Adadelta --------------------------------------------------------------------------------------
+def _adadelta(ref, p, g, st, T, decay):
+    rho, eps = ref.h["rho"], T(ref.h["eps"])
+    g = l2(ref, p, g, T, decay)
+    v, a = st["square_avg"], st["acc_delta"]
+    v[...] = v * T(rho) + (T(1 - rho) * g) * g
+    delta = (np.sqrt(a + eps) / np.sqrt(v + eps)) * g
+    a[...] = a * T(rho) + (T(1 - rho) * delta) * delta
+    p[...] = p + T(-ref.lr) * delta
+
+
 _COMMON_BAD = (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"lr": float("nan")}, ValueError),
                ({"max_grad_norm": 0.0}, ValueError), ({"max_grad_norm": -1.0}, ValueError),
                ({"check_finite": 1}, TypeError), ({"weight_decay": -0.01}, ValueError),
@@ -245,6 +256,10 @@ OPTIM = (
     Entry("Adamax", ({}, {"weight_decay": 0.1, "betas": (0.6, 0.9), "eps": 1e-3},
                      {"weight_decay": 0.1, "betas": (0.5, 0.99), "maximize": True}),
           lambda h: ["exp_avg", "exp_inf"], _adamax, _COMMON_BAD + _BETAS_BAD + (({"eps": -1.0}, ValueError),)),
+    Entry("Adadelta", ({}, {"weight_decay": 0.1, "rho": 0.5, "eps": 1e-3}, {"rho": 1.0, "maximize": True},
+                       {"rho": 0.0, "weight_decay": 0.2}),
+          lambda h: ["square_avg", "acc_delta"], _adadelta,
+          _COMMON_BAD + (({"rho": 1.5}, ValueError), ({"rho": -0.1}, ValueError), ({"eps": -1.0}, ValueError))),
 )
 
 ENTRIES = {e.name: e for e in OPTIM}

@@ -67,13 +67,18 @@ CONFIGS = {
         {"weight_decay": 0.1, "betas": (0.6, 0.9), "eps": 1e-3},
         {"weight_decay": 0.1, "betas": (0.5, 0.99), "maximize": True},
     ],
+    "Adadelta": [
+        {},
+        {"weight_decay": 0.1, "rho": 0.5, "eps": 1e-3},
+        {"rho": 0.95, "maximize": True},
+    ],
     "Lion": [
         {},
         {"weight_decay": 0.1, "betas": (0.95, 0.98)},
         {"maximize": True},
     ],
 }
-TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax")
+TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta")
 NAMES = TORCH_NAMES + ("Lion",)
 
 # Moment slots of each optimizer's per-parameter state, torch's names.
@@ -87,6 +92,7 @@ SLOTS = {
     "NAdam": ("exp_avg", "exp_avg_sq"),
     "RAdam": ("exp_avg", "exp_avg_sq"),
     "Adamax": ("exp_avg", "exp_inf"),
+    "Adadelta": ("square_avg", "acc_delta"),
 }
 
 # Parity tolerances (assert_close's rtol, atol) after STEPS steps. Both sides
@@ -109,7 +115,7 @@ STEPS = 30
 
 def lr_of(name):
     """A learning rate that moves parameters visibly in STEPS steps."""
-    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01}[name]
+    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01, "Adadelta": 0.5}[name]
 
 
 def make_params(dtype, seed=0, shapes=SHAPES):
@@ -133,7 +139,7 @@ def groups(params, name, config, split=SPLIT):
     optimizer's lr, the rest with twice that lr and other per-group values."""
     lr = lr_of(name)
     second = {"lr": 2 * lr}
-    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop", "NAdam", "RAdam", "Adamax"):
+    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop", "NAdam", "RAdam", "Adamax", "Adadelta"):
         second["weight_decay"] = 0.05
     if name == "RMSprop":
         second["alpha"] = 0.95

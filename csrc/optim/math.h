@@ -84,6 +84,9 @@ StepValues step_values(const StepInput& in, double* state) {
     v.b2 = h.alpha;
     v.omb2 = 1.0 - h.alpha;
     v.lerp_w = 1.0 - h.alpha;  // grad_avg.lerp_(g, 1 - alpha)
+  } else if constexpr (S.math == Math::ADADELTA) {
+    v.b2 = h.rho;
+    v.omb2 = 1.0 - h.rho;
   } else if constexpr (S.math == Math::ADAGRAD) {
     v.neg_lr = -(in.lr / (1.0 + (in.t - 1.0) * h.lr_decay));
   } else if constexpr (S.math == Math::NADAM) {
@@ -161,6 +164,11 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
     const V den = vsqrt(x.s1 / c.bc2) + c.eps;
     x.p = x.p + (c.neg_lr * x.g) / den;  // torch's two addcdiv_, in its order
     x.p = x.p + (c.neg_lr_m * x.s0) / den;
+  } else if constexpr (S.math == Math::ADADELTA) {
+    x.s0 = (x.s0 * c.b2) + ((c.omb2 * x.g) * x.g);
+    const V delta = (vsqrt(x.s1 + c.eps) / vsqrt(x.s0 + c.eps)) * x.g;
+    x.s1 = (x.s1 * c.b2) + ((c.omb2 * delta) * delta);
+    x.p = x.p + c.neg_lr * delta;
   } else if constexpr (S.math == Math::ADAMAX) {
     x.s0 = lerp(x.s0, x.g, c);
     x.s1 = vmax(x.s1 * c.b2, vabs<V, T>(x.g) + c.eps);  // torch.maximum: NaN from either side

@@ -26,6 +26,7 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(beta1, UNIT_OPEN)                    /* Adam, Lion: betas[0] */                                    \
   X(beta2, UNIT_OPEN)                    /* Adam, Lion: betas[1] */                                    \
   X(alpha, UNIT_CLOSED)                  /* RMSprop's smoothing constant */                            \
+  X(rho, UNIT_CLOSED)                    /* Adadelta's smoothing constant */                           \
   X(eps, NON_NEGATIVE)                                                                                 \
   X(weight_decay, NON_NEGATIVE)                                                                        \
   X(decoupled_weight_decay, FLAG)        /* rules with both decay modes: p *= 1 - lr*wd, not L2 */     \
@@ -86,7 +87,7 @@ enum class OptimPhase : unsigned { FIRST, STEADY };
 constexpr unsigned kNumOptimPhases = 2;
 
 // The element math a rule runs (optim/math.h), with its variant flags.
-enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX };
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX, ADADELTA };
 enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
 
 // Up to three state arrays per leaf, at fixed positions (the math reads
@@ -140,6 +141,7 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
     {"NADAM", Math::NADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {{{"mu_product", 1.0}}}},
     {"RADAM", Math::RADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {}},
     {"ADAMAX", Math::ADAMAX, 0, kL2, false, {{{"exp_avg"}, {"exp_inf"}}}, {}},
+    {"ADADELTA", Math::ADADELTA, 0, kL2, false, {{{"square_avg"}, {"acc_delta"}}}, {}},
 };
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
@@ -236,8 +238,8 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(neg_lr_m)  /* NAdam: the coefficient of m */                                                       \
   X(b1)        /* Lion: beta1 */                                                                       \
   X(omb1)      /* Lion: 1 - beta1 */                                                                   \
-  X(b2)        /* beta2 / alpha: v = v*b2 + (omb2*g)*g; Lion's beta2 */                                \
-  X(omb2)      /* 1 - beta2 / 1 - alpha */                                                             \
+  X(b2)        /* beta2 / alpha / rho: v = v*b2 + (omb2*g)*g; Lion's beta2 */                          \
+  X(omb2)      /* 1 - beta2 / 1 - alpha / 1 - rho */                                                   \
   X(lerp_w)    /* torch's lerp weight (1 - beta1, 1 - alpha) */                                        \
   X(bc2)       /* Adam, RAdam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                              \
   X(bc1)       /* RAdam: 1 - beta1**t */                                                               \

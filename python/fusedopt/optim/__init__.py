@@ -25,7 +25,8 @@ The interface other code builds on (the torch adapter among them); stable:
   with momentum, RMSprop with momentum), ``exp_avg``, ``exp_avg_sq``,
   ``max_exp_avg_sq`` (Adam, AdamW with amsgrad), ``square_avg``, ``grad_avg``
   (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion), ``exp_avg``,
-  ``exp_avg_sq`` (NAdam, RAdam), ``exp_avg``, ``exp_inf`` (Adamax). ``{}`` before the
+  ``exp_avg_sq`` (NAdam, RAdam), ``exp_avg``, ``exp_inf`` (Adamax), ``square_avg``, ``acc_delta``
+  (Adadelta). ``{}`` before the
   first step or ``init()``.
 * ``opt.step_count``: steps taken (torch's per-parameter ``step``); set it with
   ``load_state_dict`` (its ``step_count`` entry).
@@ -45,7 +46,7 @@ from typing import Optional, Tuple
 from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -261,6 +262,37 @@ class Adamax(Optimizer):
 
     def _rule(self) -> str:
         return "ADAMAX"
+
+
+class Adadelta(Optimizer):
+    """Adadelta (Zeiler 2012), as torch.optim.Adadelta.
+
+    Per element, in this order (each operation rounded in the leaf's dtype)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        v = v * rho + ((1 - rho) * g) * g
+        delta = (sqrt(a + eps) / sqrt(v + eps)) * g
+        a = a * rho + ((1 - rho) * delta) * delta
+        p = p + (-lr) * delta
+
+    State slots: square_avg (v), acc_delta (a).
+    """
+
+    rho = _Hyper()
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0, *,
+                 maximize: bool = False, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
+
+    def _rule(self) -> str:
+        return "ADADELTA"
 
 
 class RMSprop(Optimizer):

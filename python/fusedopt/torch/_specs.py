@@ -22,6 +22,10 @@ def _unit(x: float) -> bool:
     return 0.0 <= x < 1.0
 
 
+def _unit_closed(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
 _LR: _Check = ("lr", "learning rate", _nonneg)
 _EPS: _Check = ("eps", "epsilon value", _nonneg)
 _WD: _Check = ("weight_decay", "weight_decay value", _nonneg)
@@ -105,6 +109,10 @@ SPECS: dict[str, Spec] = {
     "Adamax": Spec("Adamax", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_CHECKS,
                    ("foreach", "differentiable", "capturable"), counted=True, keeps_step=True,
                    slots=lambda g: ("exp_avg", "exp_inf")),
+    "Adadelta": Spec("Adadelta", ("lr", "rho", "eps", "weight_decay", "maximize"),
+                     (_LR, ("rho", "rho value", _unit_closed), _EPS, _WD),
+                     ("foreach", "capturable", "differentiable"), counted=False, keeps_step=True,
+                     slots=lambda g: ("square_avg", "acc_delta")),
     "Lion": Spec("Lion", ("lr", "betas", "weight_decay", "maximize"), (_LR, _WD),
                  (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
 }
