@@ -208,6 +208,25 @@ def _adadelta(ref, p, g, st, T, decay):
     p[...] = p + T(-ref.lr) * delta
 
 
+# -- ASGD ------------------------------------------------------------------------------------------
+def _asgd_begin(ref):
+    h, t, sc = ref.h, ref.t, ref.scalars
+    rounded = (lambda x: float(np.float32(x))) if h.get("float32_scalars") else (lambda x: x)
+    if sc["eta"] < 0:  # not made yet: the first step's lr
+        sc["eta"] = rounded(ref.lr)
+    ref.eta, ref.mu = sc["eta"], sc["mu"]
+    sc["eta"] = rounded(ref.lr / ((1 + h["lambd"] * ref.lr * t) ** h["alpha"]))
+    sc["mu"] = rounded(1 / max(1, t - h["t0"]))
+
+
+def _asgd(ref, p, g, st, T, decay):
+    g = l2(ref, p, g, T, decay)
+    p[...] = p * T(1 - ref.h["lambd"] * ref.eta)
+    p[...] = p + T(-ref.eta) * g
+    ax = st["ax"]
+    ax[...] = ax + (p - ax) * T(ref.mu) if ref.mu != 1 else p
+
+
 _COMMON_BAD = (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"lr": float("nan")}, ValueError),
                ({"max_grad_norm": 0.0}, ValueError), ({"max_grad_norm": -1.0}, ValueError),
                ({"check_finite": 1}, TypeError), ({"weight_decay": -0.01}, ValueError),
@@ -256,6 +275,12 @@ OPTIM = (
     Entry("Adamax", ({}, {"weight_decay": 0.1, "betas": (0.6, 0.9), "eps": 1e-3},
                      {"weight_decay": 0.1, "betas": (0.5, 0.99), "maximize": True}),
           lambda h: ["exp_avg", "exp_inf"], _adamax, _COMMON_BAD + _BETAS_BAD + (({"eps": -1.0}, ValueError),)),
+    Entry("ASGD", ({}, {"t0": 2, "lambd": 0.01, "alpha": 0.5, "weight_decay": 0.1},
+                   {"t0": 0, "lambd": 0.1, "maximize": True}, {"t0": 3, "alpha": 1.5, "float32_scalars": True}),
+          lambda h: ["ax"], _asgd,
+          _COMMON_BAD + (({"lambd": -1.0}, ValueError), ({"alpha": float("nan")}, ValueError),
+                         ({"t0": "1"}, TypeError), ({"float32_scalars": 1}, TypeError)),
+          begin=_asgd_begin, scalars={"eta": -1.0, "mu": 1.0}),
     Entry("Adadelta", ({}, {"weight_decay": 0.1, "rho": 0.5, "eps": 1e-3}, {"rho": 1.0, "maximize": True},
                        {"rho": 0.0, "weight_decay": 0.2}),
           lambda h: ["square_avg", "acc_delta"], _adadelta,

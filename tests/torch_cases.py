@@ -72,13 +72,18 @@ CONFIGS = {
         {"weight_decay": 0.1, "rho": 0.5, "eps": 1e-3},
         {"rho": 0.95, "maximize": True},
     ],
+    "ASGD": [
+        {},
+        {"t0": 2, "lambd": 0.01, "alpha": 0.5, "weight_decay": 0.1},
+        {"t0": 0, "lambd": 0.1, "maximize": True},
+    ],
     "Lion": [
         {},
         {"weight_decay": 0.1, "betas": (0.95, 0.98)},
         {"maximize": True},
     ],
 }
-TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta")
+TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD")
 NAMES = TORCH_NAMES + ("Lion",)
 
 # Moment slots of each optimizer's per-parameter state, torch's names.
@@ -93,6 +98,7 @@ SLOTS = {
     "RAdam": ("exp_avg", "exp_avg_sq"),
     "Adamax": ("exp_avg", "exp_inf"),
     "Adadelta": ("square_avg", "acc_delta"),
+    "ASGD": ("ax",),
 }
 
 # Parity tolerances (assert_close's rtol, atol) after STEPS steps. Both sides
@@ -108,14 +114,14 @@ TOL = {torch.float64: (1e-12, 1e-14), torch.float32: (2e-5, 2e-6)}
 # after loading a checkpoint torch carries NAdam's mu_product in float64 for float64
 # parameters, where fusedopt (and torch without a load) keeps torch's scalar dtype,
 # float32: relative differences ~1e-11 in the parameters after STEPS steps.
-SCALAR_STATE = ("NAdam",)
+SCALAR_STATE = ("NAdam", "ASGD")
 LOADED_BY_TORCH_TOL = (1e-9, 1e-12)
 STEPS = 30
 
 
 def lr_of(name):
     """A learning rate that moves parameters visibly in STEPS steps."""
-    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01, "Adadelta": 0.5}[name]
+    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01, "Adadelta": 0.5, "ASGD": 0.02}[name]
 
 
 def make_params(dtype, seed=0, shapes=SHAPES):
@@ -139,7 +145,7 @@ def groups(params, name, config, split=SPLIT):
     optimizer's lr, the rest with twice that lr and other per-group values."""
     lr = lr_of(name)
     second = {"lr": 2 * lr}
-    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop", "NAdam", "RAdam", "Adamax", "Adadelta"):
+    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD"):
         second["weight_decay"] = 0.05
     if name == "RMSprop":
         second["alpha"] = 0.95

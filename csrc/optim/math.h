@@ -4,6 +4,7 @@
 // per-step scalars. Compiled with -ffp-contract=off: every operation rounds on
 // its own, as NumPy's do.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include "common/simd_vec.h"
@@ -84,6 +85,17 @@ StepValues step_values(const StepInput& in, double* state) {
     v.b2 = h.alpha;
     v.omb2 = 1.0 - h.alpha;
     v.lerp_w = 1.0 - h.alpha;  // grad_avg.lerp_(g, 1 - alpha)
+  } else if constexpr (S.math == Math::ASGD) {
+    double& eta = state[0];
+    double& mu = state[1];
+    if (eta < 0.0) eta = scalar_state_value(h, in.lr);  // not made yet: torch makes eta = lr (and mu = 1)
+    v.shrink = 1.0 - h.lambd * eta;
+    v.neg_lr = -eta;
+    v.mu = mu;
+    v.branch = mu != 1.0;  // torch: ax = ax + (p - ax) * mu, else ax = p
+    // the next step's, as torch computes them after the update
+    eta = scalar_state_value(h, in.lr / std::pow(1.0 + h.lambd * in.lr * in.t, h.power));
+    mu = scalar_state_value(h, 1.0 / std::max(1.0, in.t - h.t0));
   } else if constexpr (S.math == Math::ADADELTA) {
     v.b2 = h.rho;
     v.omb2 = 1.0 - h.rho;
@@ -164,6 +176,14 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
     const V den = vsqrt(x.s1 / c.bc2) + c.eps;
     x.p = x.p + (c.neg_lr * x.g) / den;  // torch's two addcdiv_, in its order
     x.p = x.p + (c.neg_lr_m * x.s0) / den;
+  } else if constexpr (S.math == Math::ASGD) {
+    x.p = x.p * c.shrink;
+    x.p = x.p + c.neg_lr * x.g;
+    if (c.branch) {
+      x.s0 = x.s0 + (x.p - x.s0) * c.mu;
+    } else {
+      x.s0 = x.p;
+    }
   } else if constexpr (S.math == Math::ADADELTA) {
     x.s0 = (x.s0 * c.b2) + ((c.omb2 * x.g) * x.g);
     const V delta = (vsqrt(x.s1 + c.eps) / vsqrt(x.s0 + c.eps)) * x.g;

@@ -27,6 +27,9 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(beta2, UNIT_OPEN)                    /* Adam, Lion: betas[1] */                                    \
   X(alpha, UNIT_CLOSED)                  /* RMSprop's smoothing constant */                            \
   X(rho, UNIT_CLOSED)                    /* Adadelta's smoothing constant */                           \
+  X(lambd, NON_NEGATIVE)                 /* ASGD: the decay term */                                    \
+  X(power, FINITE)                       /* ASGD's alpha: eta = lr / (1 + lambd*lr*t)**alpha */        \
+  X(t0, FINITE)                          /* ASGD: the step averaging starts at */                      \
   X(eps, NON_NEGATIVE)                                                                                 \
   X(weight_decay, NON_NEGATIVE)                                                                        \
   X(decoupled_weight_decay, FLAG)        /* rules with both decay modes: p *= 1 - lr*wd, not L2 */     \
@@ -87,7 +90,7 @@ enum class OptimPhase : unsigned { FIRST, STEADY };
 constexpr unsigned kNumOptimPhases = 2;
 
 // The element math a rule runs (optim/math.h), with its variant flags.
-enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX, ADADELTA };
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX, ADADELTA, ASGD };
 enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
 
 // Up to three state arrays per leaf, at fixed positions (the math reads
@@ -142,6 +145,7 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
     {"RADAM", Math::RADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {}},
     {"ADAMAX", Math::ADAMAX, 0, kL2, false, {{{"exp_avg"}, {"exp_inf"}}}, {}},
     {"ADADELTA", Math::ADADELTA, 0, kL2, false, {{{"square_avg"}, {"acc_delta"}}}, {}},
+    {"ASGD", Math::ASGD, 0, kL2, false, {{{"ax"}}}, {{{"eta", -1.0}, {"mu", 1.0}}}},  // eta < 0: not made yet
 };
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
@@ -234,7 +238,8 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(gscale)    /* g = g * gscale: the clip scale, negated for maximize */                              \
   X(wd)        /* L2: g = g + wd * p */                                                                \
   X(decay)     /* decoupled: p = p * (1 - lr*wd) */                                                    \
-  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad, Adamax), g's (NAdam) */ \
+  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad, Adamax), g's (NAdam), */ \
+               /* -eta (ASGD) */                                                                       \
   X(neg_lr_m)  /* NAdam: the coefficient of m */                                                       \
   X(b1)        /* Lion: beta1 */                                                                       \
   X(omb1)      /* Lion: 1 - beta1 */                                                                   \
@@ -245,6 +250,8 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(bc1)       /* RAdam: 1 - beta1**t */                                                               \
   X(lr)        /* RAdam: lr */                                                                         \
   X(rect)      /* RAdam: the variance rectification term */                                            \
+  X(shrink)    /* ASGD: 1 - lambd * eta */                                                             \
+  X(mu)        /* ASGD: the averaging weight */                                                        \
   X(eps)                                                                                               \
   X(momentum)                                                                                          \
   X(omd)       /* 1 - dampening */
@@ -256,7 +263,7 @@ struct OptimScalars {
 #undef FUSEDOPT_SCALAR_FIELD
   T lerp_omw;       // 1 - lerp_w in T, as torch computes it (opmath(1) - weight)
   bool lerp_small;  // |lerp_w| < 0.5: start + w*(end - start), else end - (end - start)*(1 - w)
-  bool branch;      // a per-step choice between two forms of the update (RAdam: rectified)
+  bool branch;      // a per-step choice between two forms of the update (RAdam: rectified; ASGD: mu != 1)
 };
 using StepValues = OptimScalars<double>;
 

@@ -26,7 +26,7 @@ The interface other code builds on (the torch adapter among them); stable:
   ``max_exp_avg_sq`` (Adam, AdamW with amsgrad), ``square_avg``, ``grad_avg``
   (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion), ``exp_avg``,
   ``exp_avg_sq`` (NAdam, RAdam), ``exp_avg``, ``exp_inf`` (Adamax), ``square_avg``, ``acc_delta``
-  (Adadelta). ``{}`` before the
+  (Adadelta), ``ax`` (ASGD). ``{}`` before the
   first step or ``init()``.
 * ``opt.step_count``: steps taken (torch's per-parameter ``step``); set it with
   ``load_state_dict`` (its ``step_count`` entry).
@@ -46,7 +46,7 @@ from typing import Optional, Tuple
 from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -293,6 +293,51 @@ class Adadelta(Optimizer):
 
     def _rule(self) -> str:
         return "ADADELTA"
+
+
+class ASGD(Optimizer):
+    """Averaged SGD (Polyak & Juditsky 1992), as torch.optim.ASGD.
+
+    The scalar state eta (the step size) and mu (the averaging weight) are
+    torch's: at the first step eta = lr and mu = 1; after step t, in double as
+    torch computes them in Python::
+
+        eta = lr / (1 + lambd * lr * t) ** alpha
+        mu = 1 / max(1, t - t0)
+
+    Per element, in this order (each operation rounded in the leaf's dtype)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        p = p * (1 - lambd * eta)
+        p = p + (-eta) * g
+        ax = ax + (p - ax) * mu                if mu != 1 (torch's test, per step)
+        ax = p                                 otherwise
+
+    State slot: ax (the average); scalar state: eta, mu (kept in double;
+    ``float32_scalars=True`` rounds each to float32 as torch's 0-d tensors
+    under its default dtype float32). Before the first step eta reads -1: not
+    made yet, the first step takes lr (torch makes eta = lr then).
+    """
+
+    lambd = _Hyper()
+    alpha = _Hyper("power")
+    t0 = _Hyper()
+    weight_decay = _Hyper()
+    maximize = _Hyper()
+    float32_scalars = _Hyper()
+
+    def __init__(self, lr: LR = 1e-2, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6,
+                 weight_decay: float = 0, *, maximize: bool = False, float32_scalars: bool = False,
+                 weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize,
+                           float32_scalars=float32_scalars))
+
+    def _rule(self) -> str:
+        return "ASGD"
 
 
 class RMSprop(Optimizer):

@@ -8,8 +8,8 @@
     for x, y in loader:
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
 
-SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, RMSprop, Adagrad and Lion
-are subclasses of
+SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, ASGD, RMSprop, Adagrad and
+Lion are subclasses of
 ``torch.optim.Optimizer`` with torch.optim 2.13's constructor signatures,
 defaults and per-element semantics (its ``foreach=False`` implementations,
 through fusedopt.optim), parameter groups, schedulers, closures, hooks and
@@ -35,7 +35,7 @@ from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_f
 from ._state import check_state_dict
 from ._tracked import State, changes, plain
 
-__all__ = ["SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "RMSprop", "Adagrad", "Lion"]
 
 Params = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
 _data_ptr = torch.Tensor.data_ptr
@@ -373,6 +373,21 @@ class Adadelta(_FusedOptimizer):
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
                                   "foreach": foreach, "capturable": capturable, "maximize": maximize,
                                   "differentiable": differentiable})
+
+
+class ASGD(_FusedOptimizer):
+    """torch.optim.ASGD (averaged SGD: the decay term lambd, eta's power alpha,
+    averaging from step t0; L2 weight decay, maximize) on fusedopt's kernels;
+    state: 'step', 'eta', 'mu' (0-d, torch's scalar dtype), 'ax'."""
+
+    _spec = SPECS["ASGD"]
+
+    def __init__(self, params: Params, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+                 t0: float = 1e6, weight_decay: float = 0, foreach: Optional[bool] = None, maximize: bool = False,
+                 differentiable: bool = False, capturable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0, "weight_decay": weight_decay,
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                                  "capturable": capturable})
 
 
 class RMSprop(_FusedOptimizer):

@@ -19,7 +19,7 @@ from ._specs import Spec, scalar
 # Settings that choose fusedopt.optim's rule and state slots: they cannot
 # change while an engine has state, so a change of one makes a new plan.
 _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"), "AdamW": ("amsgrad",),
-              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": ()}
+              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": (), "ASGD": ()}
 
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:

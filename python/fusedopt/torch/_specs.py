@@ -113,6 +113,11 @@ SPECS: dict[str, Spec] = {
                      (_LR, ("rho", "rho value", _unit_closed), _EPS, _WD),
                      ("foreach", "capturable", "differentiable"), counted=False, keeps_step=True,
                      slots=lambda g: ("square_avg", "acc_delta")),
+    "ASGD": Spec("ASGD", ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize"),
+                 (_LR, ("lambd", "lambd value", _nonneg), ("alpha", "alpha value", math.isfinite),
+                  ("t0", "t0 value", math.isfinite), _WD),
+                 ("foreach", "differentiable", "capturable"), counted=True, keeps_step=True,
+                 slots=lambda g: ("ax",), scalars=(("eta", -1.0), ("mu", 1.0))),
     "Lion": Spec("Lion", ("lr", "betas", "weight_decay", "maximize"), (_LR, _WD),
                  (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
 }
