@@ -227,6 +227,22 @@ def _asgd(ref, p, g, st, T, decay):
     ax[...] = ax + (p - ax) * T(ref.mu) if ref.mu != 1 else p
 
 
+# -- Rprop -----------------------------------------------------------------------------------------
+def _rprop(ref, p, g, st, T, decay):
+    h = ref.h
+    etaminus, etaplus = h["etas"]
+    lo, hi = h["step_sizes"]
+    size, prev = st["step_size"], st["prev"]
+    if ref.t == 1:
+        size[...] = T(ref.lr)
+    s = np.sign(g * prev)
+    f = np.where(s > 0, T(etaplus), np.where(s < 0, T(etaminus), np.where(s == 0, T(1), s)))
+    size[...] = np.minimum(np.maximum(size * f, T(lo)), T(hi))
+    g = np.where(s < 0, T(0), g)
+    p[...] = p - np.sign(g) * size
+    prev[...] = g
+
+
 _COMMON_BAD = (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"lr": float("nan")}, ValueError),
                ({"max_grad_norm": 0.0}, ValueError), ({"max_grad_norm": -1.0}, ValueError),
                ({"check_finite": 1}, TypeError), ({"weight_decay": -0.01}, ValueError),
@@ -281,6 +297,12 @@ OPTIM = (
           _COMMON_BAD + (({"lambd": -1.0}, ValueError), ({"alpha": float("nan")}, ValueError),
                          ({"t0": "1"}, TypeError), ({"float32_scalars": 1}, TypeError)),
           begin=_asgd_begin, scalars={"eta": -1.0, "mu": 1.0}),
+    Entry("Rprop", ({}, {"etas": (0.3, 1.5), "step_sizes": (1e-3, 0.02)}, {"maximize": True, "step_sizes": (0, 1)}),
+          lambda h: ["step_size", "prev"], _rprop,
+          (({"lr": -1.0}, ValueError), ({"lr": "0.1"}, TypeError), ({"max_grad_norm": 0.0}, ValueError),
+           ({"check_finite": 1}, TypeError), ({"etas": (1.0, 1.2)}, ValueError), ({"etas": (0.5, 1.0)}, ValueError),
+           ({"etas": (0.0, 1.2)}, ValueError), ({"etas": 0.5}, TypeError), ({"step_sizes": (-1.0, 1.0)}, ValueError),
+           ({"step_sizes": (0.0, float("inf"))}, ValueError), ({"maximize": 1}, TypeError))),
     Entry("Adadelta", ({}, {"weight_decay": 0.1, "rho": 0.5, "eps": 1e-3}, {"rho": 1.0, "maximize": True},
                        {"rho": 0.0, "weight_decay": 0.2}),
           lambda h: ["square_avg", "acc_delta"], _adadelta,

@@ -32,7 +32,7 @@ def make(cls, name, config, params, **override):
 
 def other_hyper_parameters(name):
     """Constructor values unlike the saved ones, which loading must replace."""
-    return {"lr": 0.123, "weight_decay": 0.0}
+    return {"lr": 0.123} if name == "Rprop" else {"lr": 0.123, "weight_decay": 0.0}  # Rprop: no weight decay
 
 
 def by_position(opt, params):

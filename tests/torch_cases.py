@@ -77,13 +77,18 @@ CONFIGS = {
         {"t0": 2, "lambd": 0.01, "alpha": 0.5, "weight_decay": 0.1},
         {"t0": 0, "lambd": 0.1, "maximize": True},
     ],
+    "Rprop": [
+        {},
+        {"etas": (0.3, 1.5), "step_sizes": (1e-3, 0.02)},
+        {"maximize": True, "step_sizes": (0, 1)},
+    ],
     "Lion": [
         {},
         {"weight_decay": 0.1, "betas": (0.95, 0.98)},
         {"maximize": True},
     ],
 }
-TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD")
+TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop")
 NAMES = TORCH_NAMES + ("Lion",)
 
 # Moment slots of each optimizer's per-parameter state, torch's names.
@@ -99,6 +104,7 @@ SLOTS = {
     "Adamax": ("exp_avg", "exp_inf"),
     "Adadelta": ("square_avg", "acc_delta"),
     "ASGD": ("ax",),
+    "Rprop": ("prev", "step_size"),
 }
 
 # Parity tolerances (assert_close's rtol, atol) after STEPS steps. Both sides
@@ -121,7 +127,7 @@ STEPS = 30
 
 def lr_of(name):
     """A learning rate that moves parameters visibly in STEPS steps."""
-    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01, "Adadelta": 0.5, "ASGD": 0.02}[name]
+    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01, "Adadelta": 0.5, "ASGD": 0.02, "Rprop": 0.01}[name]
 
 
 def make_params(dtype, seed=0, shapes=SHAPES):

@@ -42,6 +42,13 @@ FUSEDOPT_INLINE V vabs(V x) {
   return x < (V{} + T(0)) ? -x : x;
 }
 
+// NaN-propagating minimum (torch.minimum, np.minimum).
+template <class V>
+FUSEDOPT_INLINE V vmin(V a, V b) {
+  const V m = a < b ? a : b;
+  return a != a ? a : m;
+}
+
 // -1, 0 or 1, NaN for NaN (torch.sign, np.sign).
 template <class V, class T>
 FUSEDOPT_INLINE V vsign(V x) {
@@ -96,6 +103,12 @@ StepValues step_values(const StepInput& in, double* state) {
     // the next step's, as torch computes them after the update
     eta = scalar_state_value(h, in.lr / std::pow(1.0 + h.lambd * in.lr * in.t, h.power));
     mu = scalar_state_value(h, 1.0 / std::max(1.0, in.t - h.t0));
+  } else if constexpr (S.math == Math::RPROP) {
+    v.lr = in.lr;
+    v.etaminus = h.etaminus;
+    v.etaplus = h.etaplus;
+    v.step_min = h.step_size_min;
+    v.step_max = h.step_size_max;
   } else if constexpr (S.math == Math::ADADELTA) {
     v.b2 = h.rho;
     v.omb2 = 1.0 - h.rho;
@@ -184,6 +197,17 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
     } else {
       x.s0 = x.p;
     }
+  } else if constexpr (S.math == Math::RPROP) {
+    if constexpr (P == OptimPhase::FIRST) x.s0 = V{} + c.lr;  // torch: step_size = full_like(p, lr)
+    const V zero = V{} + T(0);
+    const V s = vsign<V, T>(x.g * x.s1);
+    V f = s > zero ? V{} + c.etaplus : s;  // torch: sign's entries replaced in this order
+    f = s < zero ? V{} + c.etaminus : f;
+    f = s == zero ? V{} + T(1) : f;        // NaN stays NaN
+    x.s0 = vmin(vmax(x.s0 * f, V{} + c.step_min), V{} + c.step_max);  // clamp_, NaN-propagating
+    x.g = s < zero ? zero : x.g;           // torch: grad[sign.eq(etaminus)] = 0 (exactly where s < 0)
+    x.p = x.p - vsign<V, T>(x.g) * x.s0;   // addcmul(sign(g), step_size, value=-1): the same bits
+    x.s1 = x.g;
   } else if constexpr (S.math == Math::ADADELTA) {
     x.s0 = (x.s0 * c.b2) + ((c.omb2 * x.g) * x.g);
     const V delta = (vsqrt(x.s1 + c.eps) / vsqrt(x.s0 + c.eps)) * x.g;

@@ -30,6 +30,10 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(lambd, NON_NEGATIVE)                 /* ASGD: the decay term */                                    \
   X(power, FINITE)                       /* ASGD's alpha: eta = lr / (1 + lambd*lr*t)**alpha */        \
   X(t0, FINITE)                          /* ASGD: the step averaging starts at */                      \
+  X(etaminus, FINITE)                    /* Rprop: etas = (etaminus, etaplus), 0 < etaminus < 1 < etaplus */ \
+  X(etaplus, FINITE)                                                                                   \
+  X(step_size_min, NON_NEGATIVE)         /* Rprop: step_sizes = (min, max) */                          \
+  X(step_size_max, NON_NEGATIVE)                                                                       \
   X(eps, NON_NEGATIVE)                                                                                 \
   X(weight_decay, NON_NEGATIVE)                                                                        \
   X(decoupled_weight_decay, FLAG)        /* rules with both decay modes: p *= 1 - lr*wd, not L2 */     \
@@ -90,7 +94,7 @@ enum class OptimPhase : unsigned { FIRST, STEADY };
 constexpr unsigned kNumOptimPhases = 2;
 
 // The element math a rule runs (optim/math.h), with its variant flags.
-enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX, ADADELTA, ASGD };
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX, ADADELTA, ASGD, RPROP };
 enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
 
 // Up to three state arrays per leaf, at fixed positions (the math reads
@@ -146,6 +150,8 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
     {"ADAMAX", Math::ADAMAX, 0, kL2, false, {{{"exp_avg"}, {"exp_inf"}}}, {}},
     {"ADADELTA", Math::ADADELTA, 0, kL2, false, {{{"square_avg"}, {"acc_delta"}}}, {}},
     {"ASGD", Math::ASGD, 0, kL2, false, {{{"ax"}}}, {{{"eta", -1.0}, {"mu", 1.0}}}},  // eta < 0: not made yet
+    // step_size first, made from lr at the first step (FIRST); prev starts at 0
+    {"RPROP", Math::RPROP, 0, 0, true, {{{"step_size"}, {"prev"}}}, {}},
 };
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
@@ -248,10 +254,14 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(lerp_w)    /* torch's lerp weight (1 - beta1, 1 - alpha) */                                        \
   X(bc2)       /* Adam, RAdam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                              \
   X(bc1)       /* RAdam: 1 - beta1**t */                                                               \
-  X(lr)        /* RAdam: lr */                                                                         \
+  X(lr)        /* RAdam: lr; Rprop: the step sizes' start */                                           \
   X(rect)      /* RAdam: the variance rectification term */                                            \
   X(shrink)    /* ASGD: 1 - lambd * eta */                                                             \
   X(mu)        /* ASGD: the averaging weight */                                                        \
+  X(etaminus)  /* Rprop */                                                                             \
+  X(etaplus)   /* Rprop */                                                                             \
+  X(step_min)  /* Rprop: step_sizes[0] */                                                              \
+  X(step_max)  /* Rprop: step_sizes[1] */                                                              \
   X(eps)                                                                                               \
   X(momentum)                                                                                          \
   X(omd)       /* 1 - dampening */

@@ -26,7 +26,7 @@ The interface other code builds on (the torch adapter among them); stable:
   ``max_exp_avg_sq`` (Adam, AdamW with amsgrad), ``square_avg``, ``grad_avg``
   (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion), ``exp_avg``,
   ``exp_avg_sq`` (NAdam, RAdam), ``exp_avg``, ``exp_inf`` (Adamax), ``square_avg``, ``acc_delta``
-  (Adadelta), ``ax`` (ASGD). ``{}`` before the
+  (Adadelta), ``ax`` (ASGD), ``step_size``, ``prev`` (Rprop). ``{}`` before the
   first step or ``init()``.
 * ``opt.step_count``: steps taken (torch's per-parameter ``step``); set it with
   ``load_state_dict`` (its ``step_count`` entry).
@@ -46,7 +46,7 @@ from typing import Optional, Tuple
 from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -338,6 +338,48 @@ class ASGD(Optimizer):
 
     def _rule(self) -> str:
         return "ASGD"
+
+
+class Rprop(Optimizer):
+    """Rprop (Riedmiller & Braun 1993, resilient backpropagation), as torch.optim.Rprop.
+
+    Sign-based: each element keeps its own step size, grown by etaplus while its
+    gradient keeps its sign and shrunk by etaminus when the sign flips. Per
+    element, in this order (each operation rounded in the leaf's dtype)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        step_size = lr                         at the first step (torch makes it then)
+        s = sign(g * prev)                     prev starts at 0
+        f = etaplus if s > 0, etaminus if s < 0, 1 if s == 0 (NaN stays NaN)
+        step_size = min(max(step_size * f, step_size_min), step_size_max)    NaN-propagating
+        g = 0 where s < 0                      no step after a sign change
+        p = p - sign(g) * step_size
+        prev = g
+
+    State slots: step_size, prev. lr is read at the first step only (as torch's).
+    torch's Rprop has no weight decay: this one has none either (weight_decay_mask,
+    every class's option, has nothing to mask).
+    """
+
+    etas = _Hyper("etaminus", "etaplus")
+    step_sizes = _Hyper("step_size_min", "step_size_max")
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 1e-2, etas: Tuple[float, float] = (0.5, 1.2),
+                 step_sizes: Tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
+                 weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(etas=etas, step_sizes=step_sizes, maximize=maximize))
+
+    def _validate(self) -> None:
+        etaminus, etaplus = self._values.get("etas", (0.5, 1.2))
+        if not 0.0 < etaminus < 1.0 < etaplus:
+            raise ValueError(f"etas must satisfy 0 < etas[0] < 1 < etas[1], got ({etaminus!r}, {etaplus!r})")
+
+    def _rule(self) -> str:
+        return "RPROP"
 
 
 class RMSprop(Optimizer):

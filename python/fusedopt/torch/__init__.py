@@ -8,8 +8,8 @@
     for x, y in loader:
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
 
-SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, ASGD, RMSprop, Adagrad and
-Lion are subclasses of
+SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop, RMSprop, Adagrad
+and Lion are subclasses of
 ``torch.optim.Optimizer`` with torch.optim 2.13's constructor signatures,
 defaults and per-element semantics (its ``foreach=False`` implementations,
 through fusedopt.optim), parameter groups, schedulers, closures, hooks and
@@ -35,7 +35,7 @@ from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_f
 from ._state import check_state_dict
 from ._tracked import State, changes, plain
 
-__all__ = ["SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "RMSprop", "Adagrad", "Lion"]
 
 Params = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
 _data_ptr = torch.Tensor.data_ptr
@@ -388,6 +388,20 @@ class ASGD(_FusedOptimizer):
         super().__init__(params, {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0, "weight_decay": weight_decay,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                                   "capturable": capturable})
+
+
+class Rprop(_FusedOptimizer):
+    """torch.optim.Rprop (sign-based per-element step sizes: etas, step_sizes;
+    maximize) on fusedopt's kernels; state: 'step', 'prev', 'step_size'
+    (made from the group's lr at the parameter's first step)."""
+
+    _spec = SPECS["Rprop"]
+
+    def __init__(self, params: Params, lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
+                 step_sizes: tuple[float, float] = (1e-6, 50), *, capturable: bool = False,
+                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes, "capturable": capturable,
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable})
 
 
 class RMSprop(_FusedOptimizer):

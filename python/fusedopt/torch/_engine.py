@@ -19,7 +19,7 @@ from ._specs import Spec, scalar
 # Settings that choose fusedopt.optim's rule and state slots: they cannot
 # change while an engine has state, so a change of one makes a new plan.
 _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"), "AdamW": ("amsgrad",),
-              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": (), "ASGD": ()}
+              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": (), "ASGD": (), "Rprop": ()}
 
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -38,8 +38,9 @@ def _values(spec: Spec, group: Mapping[str, Any]) -> dict[str, Any]:
     """The group's hyper-parameters under fusedopt.optim's names (the same as torch's)."""
     dropped = ("lr", "decoupled_weight_decay") if spec.name == "Adam" else ("lr",)  # Adam's picks the class
     out = {k: scalar(group[k]) for k in spec.hyper if k not in dropped}
-    if "betas" in out:
-        out["betas"] = tuple(float(scalar(b)) for b in out["betas"])
+    for pair in ("betas", "etas", "step_sizes"):
+        if pair in out:
+            out[pair] = tuple(float(scalar(b)) for b in out[pair])
     if spec.scalars:
         import torch  # the dtype torch keeps per-parameter scalar state in (its default dtype)
         out["float32_scalars"] = torch.get_default_dtype() != torch.float64

@@ -243,7 +243,8 @@ class GroupPlan:
                 if state[p]:
                     scalars = tuple(check_scalar(f"state of {where}[{i}]['{name}']", state[p][name])
                                     if name in state[p] else start for name, start in spec.scalars)
-            ps, gs = stepped.setdefault((_bucket_key(spec, count), scalars), ([], []))
+            made = bool(spec.made_by_first_step) and p in state and state[p].get(spec.made_by_first_step) is not None
+            ps, gs = stepped.setdefault((_bucket_key(spec, count, made), scalars), ([], []))
             ps.append(p)
             gs.append(g)
         with named_group(index):
@@ -381,13 +382,16 @@ def check_memory(plans: Sequence[GroupPlan], memory: Memory | None) -> Memory:
     return memory
 
 
-def _bucket_key(spec: Spec, count: int) -> int:
+def _bucket_key(spec: Spec, count: int, made: bool) -> int:
     """Parameters of a group with equal keys share a native call: the count
     itself where it enters the update (bias corrections, lr decay); for SGD
     whether its momentum buffer exists yet (the first step copies the
-    gradient); else one call, whatever the counts."""
+    gradient), for Rprop whether its step sizes do (`made`: the first step
+    makes them from lr); else one call, whatever the counts."""
     if spec.counted:
         return count
+    if spec.made_by_first_step:
+        return int(made)
     return 0 if spec.keeps_step else min(count, 1)
 
 
