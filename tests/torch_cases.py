@@ -115,13 +115,8 @@ SLOTS = {
 # float64 ~7e-16; float32 ~3.5e-7 in parameters (3 ulps) and ~6e-6 in moments
 # beyond 1e-6 absolute (RMSprop's momentum buffer sums g/avg terms that cancel).
 TOL = {torch.float64: (1e-12, 1e-14), torch.float32: (2e-5, 2e-6)}
-# Optimizers with per-parameter scalar state (0-d tensors besides 'step'). torch's
-# load_state_dict casts every state tensor but 'step' to the parameter's dtype, so
-# after loading a checkpoint torch carries NAdam's mu_product in float64 for float64
-# parameters, where fusedopt (and torch without a load) keeps torch's scalar dtype,
-# float32: relative differences ~1e-11 in the parameters after STEPS steps.
+# Optimizers with per-parameter scalar state (0-d tensors besides 'step').
 SCALAR_STATE = ("NAdam", "ASGD")
-LOADED_BY_TORCH_TOL = (1e-9, 1e-12)
 STEPS = 30
 
 

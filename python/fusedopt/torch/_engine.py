@@ -4,8 +4,7 @@ values, loaded with the bucket's state, and kept in step with the group.
 
 Uses fusedopt.optim's public interface only: init(), state_arrays(),
 state_dict()/load_state_dict() (the way to set its step count) and
-hyper-parameter attributes. Imports numpy, and torch only to read the
-dtype it keeps per-parameter scalar state in.
+hyper-parameter attributes. Imports numpy, not torch.
 """
 from __future__ import annotations
 
@@ -41,9 +40,6 @@ def _values(spec: Spec, group: Mapping[str, Any]) -> dict[str, Any]:
     for pair in ("betas", "etas", "step_sizes"):
         if pair in out:
             out[pair] = tuple(float(scalar(b)) for b in out[pair])
-    if spec.scalars:
-        import torch  # the dtype torch keeps per-parameter scalar state in (its default dtype)
-        out["float32_scalars"] = torch.get_default_dtype() != torch.float64
     return out
 
 
@@ -63,13 +59,16 @@ class Engine:
             None for a parameter whose slot starts afresh at ``fresh[slot]``.
         fresh: per slot, the value a new slot starts at.
         count: the step count the bucket's parameters share.
+        float32_scalars: the rule's scalar state is rounded to float32 (the
+            dtype of torch's 0-d tensors holding it is float32).
     """
 
     def __init__(self, spec: Spec, group: Mapping[str, Any], arrays: Sequence[np.ndarray],
                  moments: Mapping[str, Sequence[Optional[np.ndarray]]], fresh: Mapping[str, float],
-                 count: int) -> None:
+                 count: int, float32_scalars: bool = False) -> None:
         self.spec = spec
-        self.opt = _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group))
+        options = {"float32_scalars": float32_scalars} if spec.scalars else {}
+        self.opt = _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group), **options)
         self.opt.init(list(arrays))
         if count:
             # fusedopt.optim restores a step count through its state dict only

@@ -40,8 +40,18 @@ def step_dtype() -> torch.dtype:
 
 
 def step_array_dtype() -> type:
-    """step_dtype() as numpy's: the arrays behind the 'step' (and scalar state) tensors."""
+    """step_dtype() as numpy's: the arrays behind the 'step' tensors."""
     return np.float64 if step_dtype() == torch.float64 else np.float32
+
+
+def scalar_state_wide(spec: Spec, state: MutableMapping[str, Any]) -> bool:
+    """Whether a parameter's scalar state (NAdam's 'mu_product') is held in
+    float64, as torch holds it: in its scalar dtype when torch makes it, in the
+    parameter's dtype once torch's load_state_dict has cast it."""
+    held = state.get(spec.scalars[0][0]) if spec.scalars else None
+    if torch.is_tensor(held):
+        return held.dtype == torch.float64
+    return step_dtype() == torch.float64
 
 
 def array_of(t: torch.Tensor) -> np.ndarray:
@@ -130,7 +140,7 @@ class Bucket:
 
     def __init__(self, spec: Spec, group: dict[str, Any], defaults: dict[str, Any], params: list[torch.Tensor],
                  grads: list[torch.Tensor], state: MutableMapping[Any, Any], count: int,
-                 scalars: tuple[float, ...] = ()) -> None:
+                 scalars: tuple[float, ...] = (), wide: bool = False) -> None:
         self.params = params
         self.arrays: list[np.ndarray] = []
         # (parameter, contiguous buffer) of parameters whose memory the kernel cannot step in place
@@ -147,11 +157,13 @@ class Bucket:
         moments = {slot: [state[p].get(slot) if p in state else None for p in params] for slot in self.slots}
         self.engine = Engine(spec, group, self.arrays,
                              {slot: [None if m is None else array_of(m) for m in ms] for slot, ms in moments.items()},
-                             {slot: spec.fresh(slot, defaults) for slot in self.slots}, count)
+                             {slot: spec.fresh(slot, defaults) for slot in self.slots}, count,
+                             not wide if spec.scalars_in_place else step_dtype() != torch.float64)
         # The rule's scalar state, one row per parameter (equal rows: they share a bucket),
-        # in torch's dtype for it; the rows are what the next run starts from.
+        # in the dtype torch keeps it in (float64 when wide); the rows are what the next run starts from.
         self.scalar_names = [name for name, _ in spec.scalars]
-        self.scalars = np.array([scalars] * len(params), dtype=step_array_dtype()).reshape(len(params), len(scalars))
+        self.scalars = np.array([scalars] * len(params), dtype=np.float64 if wide else np.float32).reshape(
+            len(params), len(scalars))
         self.counts: np.ndarray | None = None
         if spec.keeps_step:
             self.counts = np.array([steps_of(state[p], spec) if p in state else 0 for p in params],
@@ -232,6 +244,7 @@ class GroupPlan:
             check_pair(spec, f"{where}[{i}]", p, g)
             count = 0
             scalars = tuple(start for _, start in spec.scalars)
+            wide = scalar_state_wide(spec, state[p] if p in state else {})
             if p in state:
                 for slot in spec.slots(group):
                     if state[p].get(slot) is not None:
@@ -244,12 +257,12 @@ class GroupPlan:
                     scalars = tuple(check_scalar(f"state of {where}[{i}]['{name}']", state[p][name])
                                     if name in state[p] else start for name, start in spec.scalars)
             made = bool(spec.made_by_first_step) and p in state and state[p].get(spec.made_by_first_step) is not None
-            ps, gs = stepped.setdefault((_bucket_key(spec, count, made), scalars), ([], []))
+            ps, gs = stepped.setdefault((_bucket_key(spec, count, made), scalars, wide), ([], []))
             ps.append(p)
             gs.append(g)
         with named_group(index):
-            self.buckets = [Bucket(spec, group, defaults, ps, gs, state, key, scalars)
-                            for (key, scalars), (ps, gs) in sorted(stepped.items())]
+            self.buckets = [Bucket(spec, group, defaults, ps, gs, state, key, scalars, wide)
+                            for (key, scalars, wide), (ps, gs) in sorted(stepped.items())]
         self.key = engine_key(spec, group)
         self.hyper = hyper
         self.ptrs = ptrs

@@ -53,6 +53,9 @@ class Spec:
             NAdam's 'mu_product') with the value each starts at; fusedopt.optim's
             rule keeps the same scalars, so parameters share a native call only
             with equal values.
+        scalars_in_place: torch updates the scalar state in place, rounded to its
+            tensor's dtype (NAdam's ``mu_product *= mu``); else it makes each value
+            anew in its default dtype and copies it in (ASGD's ``torch.as_tensor``).
     """
 
     name: str
@@ -64,6 +67,7 @@ class Spec:
     slots: Callable[[Mapping[str, Any]], tuple[str, ...]]
     fresh: Callable[[str, Mapping[str, Any]], float] = lambda slot, defaults: 0.0
     scalars: tuple[tuple[str, float], ...] = ()
+    scalars_in_place: bool = True
     made_by_first_step: str = ""
 
 
@@ -121,7 +125,7 @@ SPECS: dict[str, Spec] = {
                  (_LR, ("lambd", "lambd value", _nonneg), ("alpha", "alpha value", math.isfinite),
                   ("t0", "t0 value", math.isfinite), _WD),
                  ("foreach", "differentiable", "capturable"), counted=True, keeps_step=True,
-                 slots=lambda g: ("ax",), scalars=(("eta", -1.0), ("mu", 1.0))),
+                 slots=lambda g: ("ax",), scalars=(("eta", -1.0), ("mu", 1.0)), scalars_in_place=False),
     "Rprop": Spec("Rprop", ("lr", "etas", "step_sizes", "maximize"), (_LR,),
                   ("capturable", "foreach", "differentiable"), counted=False, keeps_step=True,
                   slots=lambda g: ("step_size", "prev"), made_by_first_step="step_size"),
