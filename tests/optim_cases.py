@@ -228,6 +228,11 @@ def _asgd(ref, p, g, st, T, decay):
 
 
 # -- Rprop -----------------------------------------------------------------------------------------
+def torch_sign(x, T):
+    """torch.sign on CPU: (0 < x) - (x < 0), so 0 for NaN (np.sign gives NaN)."""
+    return np.where(x > 0, T(1), np.where(x < 0, T(-1), T(0)))
+
+
 def _rprop(ref, p, g, st, T, decay):
     h = ref.h
     etaminus, etaplus = h["etas"]
@@ -235,11 +240,11 @@ def _rprop(ref, p, g, st, T, decay):
     size, prev = st["step_size"], st["prev"]
     if ref.t == 1:
         size[...] = T(ref.lr)
-    s = np.sign(g * prev)
-    f = np.where(s > 0, T(etaplus), np.where(s < 0, T(etaminus), np.where(s == 0, T(1), s)))
+    s = torch_sign(g * prev, T)
+    f = np.where(s > 0, T(etaplus), np.where(s < 0, T(etaminus), T(1)))
     size[...] = np.minimum(np.maximum(size * f, T(lo)), T(hi))
     g = np.where(s < 0, T(0), g)
-    p[...] = p - np.sign(g) * size
+    p[...] = p - torch_sign(g, T) * size
     prev[...] = g
 
 

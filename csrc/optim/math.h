@@ -49,7 +49,15 @@ FUSEDOPT_INLINE V vmin(V a, V b) {
   return a != a ? a : m;
 }
 
-// -1, 0 or 1, NaN for NaN (torch.sign, np.sign).
+// -1, 0 or 1, 0 for NaN: torch.sign's on CPU, (0 < x) - (x < 0) (Rprop).
+template <class V, class T>
+FUSEDOPT_INLINE V vsign_torch(V x) {
+  const V zero = V{} + T(0), one = zero + T(1);
+  const V s = x > zero ? one : zero;
+  return x < zero ? -one : s;
+}
+
+// -1, 0 or 1, NaN for NaN (np.sign; Lion's, after the paper).
 template <class V, class T>
 FUSEDOPT_INLINE V vsign(V x) {
   const V zero = V{} + T(0), one = zero + T(1);
@@ -200,13 +208,12 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
   } else if constexpr (S.math == Math::RPROP) {
     if constexpr (P == OptimPhase::FIRST) x.s0 = V{} + c.lr;  // torch: step_size = full_like(p, lr)
     const V zero = V{} + T(0);
-    const V s = vsign<V, T>(x.g * x.s1);
-    V f = s > zero ? V{} + c.etaplus : s;  // torch: sign's entries replaced in this order
+    const V s = vsign_torch<V, T>(x.g * x.s1);  // 0 where g * prev is NaN
+    V f = s > zero ? V{} + c.etaplus : V{} + T(1);
     f = s < zero ? V{} + c.etaminus : f;
-    f = s == zero ? V{} + T(1) : f;        // NaN stays NaN
     x.s0 = vmin(vmax(x.s0 * f, V{} + c.step_min), V{} + c.step_max);  // clamp_, NaN-propagating
-    x.g = s < zero ? zero : x.g;           // torch: grad[sign.eq(etaminus)] = 0 (exactly where s < 0)
-    x.p = x.p - vsign<V, T>(x.g) * x.s0;   // addcmul(sign(g), step_size, value=-1): the same bits
+    x.g = s < zero ? zero : x.g;                 // torch: grad[sign.eq(etaminus)] = 0 (exactly where s < 0)
+    x.p = x.p - vsign_torch<V, T>(x.g) * x.s0;   // addcmul(sign(g), step_size, value=-1): the same bits
     x.s1 = x.g;
   } else if constexpr (S.math == Math::ADADELTA) {
     x.s0 = (x.s0 * c.b2) + ((c.omb2 * x.g) * x.g);

@@ -349,8 +349,8 @@ class Rprop(Optimizer):
 
         g = g * s                              s: clip scale, negated for maximize
         step_size = lr                         at the first step (torch makes it then)
-        s = sign(g * prev)                     prev starts at 0
-        f = etaplus if s > 0, etaminus if s < 0, 1 if s == 0 (NaN stays NaN)
+        s = sign(g * prev)                     prev starts at 0; sign is torch's: 0 for NaN
+        f = etaplus if s > 0, etaminus if s < 0, else 1
         step_size = min(max(step_size * f, step_size_min), step_size_max)    NaN-propagating
         g = 0 where s < 0                      no step after a sign change
         p = p - sign(g) * step_size
