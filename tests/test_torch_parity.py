@@ -285,3 +285,23 @@ def test_non_finite_gradients_as_torch(name):
         ref.step()
         ours.step()
         torch.testing.assert_close(our_p.detach(), ref_p.detach(), rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", tc.SCALAR_STATE)
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_scalar_state_under_a_float64_default_dtype(name, index):
+    """Under torch.set_default_dtype(torch.float64) torch keeps NAdam's and ASGD's
+    scalar state in float64, and so does fusedopt: the same float64 parity."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        config = tc.CONFIGS[name][index]
+        ref_params = tc.make_params(torch.float64)
+        our_params = tc.clone_params(ref_params)
+        ref = tc.reference_class(name)(tc.groups(ref_params, name, config), **config)
+        ours = getattr(ft, name)(tc.groups(our_params, name, config), **config)
+        tc.train(ref, ref_params, tc.STEPS)
+        tc.train(ours, our_params, tc.STEPS)
+        assert_same_training(name, ref, ref_params, ours, our_params, torch.float64)
+    finally:
+        torch.set_default_dtype(saved)
