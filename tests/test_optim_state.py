@@ -208,7 +208,7 @@ def test_checked_in_state_keeps_loading(name):
     params, grads = fixture_tree(rng), fixture_tree(rng)
     flat = [params["b"], params["w"], params["z"][0]]
     ref_params = [p.copy() for p in flat]
-    hyper = {name: state[f"hyper.{name}"] for name in type(made)._hyper_names}
+    hyper = {name: state[f"hyper.{name}"] for name in type(made)._hyper_names if f"hyper.{name}" in state}
     hyper = {k: tuple(v.tolist()) if v.ndim else v.item() for k, v in hyper.items()}
     lr = float(next(copy.deepcopy(opt.lr))) if isinstance(opt.lr, schedules.Schedule) else opt.lr
     ref = Reference(type(made).__name__, lr=lr, max_grad_norm=made.max_grad_norm,

@@ -4,11 +4,13 @@ FMAs in their vector loops and fusedopt does not, so the last bits differ);
 masks against parameter groups, clipping against clip_grad_norm_. torch runs
 with float64 as its default dtype: it keeps per-parameter scalar state (the
 step, NAdam's mu_product) in the default dtype, fusedopt keeps it in double."""
+import inspect
+
 import numpy as np
 import pytest
 
 from fusedopt import optim
-from optim_cases import OPTIM, TORCH_CASES
+from optim_cases import FUSEDOPT_ONLY, OPTIM, TORCH_CASES
 
 torch = pytest.importorskip("torch")
 
@@ -35,11 +37,11 @@ def _torch_default_float64():
     torch.set_default_dtype(saved)
 
 
-def _compare(kind, hyper, dtype, rng, steps=60, groups=None, clip=None, mask=None):
+def _compare(kind, hyper, dtype, rng, steps=60, groups=None, clip=None, mask=None, ours=None):
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params]
     lr = 0.01
-    opt = getattr(optim, kind)(lr=lr, weight_decay_mask=mask, max_grad_norm=clip, **hyper)
+    opt = getattr(optim, kind)(lr=lr, weight_decay_mask=mask, max_grad_norm=clip, **hyper, **(ours or {}))
     tcls = getattr(torch.optim, kind)
     if groups is None:
         topt = tcls(tparams, lr=lr, foreach=False, **hyper)
@@ -71,8 +73,20 @@ def test_parity_with_torch(kind, hyper, dtype, rng):
     _compare(kind, hyper, dtype, rng)
 
 
-@pytest.mark.parametrize("kind,hyper", [(e.name, e.rich) for e in OPTIM if e.torch])
-def test_mask_matches_parameter_groups(kind, hyper, rng):
+@pytest.mark.parametrize("kind,hyper", [(k, {n: v for n, v in h.items() if n not in FUSEDOPT_ONLY})
+                                        for k, h in [(e.name, h) for e in OPTIM for h in e.cases]
+                                        if set(h) & set(FUSEDOPT_ONLY)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_float32_scalars_match_torch_under_its_float32_default(kind, hyper, dtype, rng):
+    """float32_scalars=True: the scalar state rounded as torch's 0-d float32 tensors, so
+    float64 leaves agree with torch under its default dtype float32 to float64's tolerance."""
+    torch.set_default_dtype(torch.float32)
+    _compare(kind, hyper, dtype, rng, ours={"float32_scalars": True})
+
+
+@pytest.mark.parametrize("kind,hyper", [(e.name, e.rich) for e in OPTIM if e.torch and
+                                        "weight_decay" in inspect.signature(getattr(optim, e.name)).parameters])
+def test_mask_matches_parameter_groups(kind, hyper, rng):  # (Rprop has no weight decay to mask)
     groups = [True, False, True]
     _compare(kind, {**hyper, "weight_decay": 0.2}, np.float64, rng, steps=20, groups=groups, mask=groups)
 

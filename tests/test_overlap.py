@@ -213,6 +213,12 @@ OPTIM_KINDS = [
     ("RMSprop", {"centered": True, "momentum": 0.3}),
     ("Adagrad", {"initial_accumulator_value": 0.5, "lr_decay": 0.1}),
     ("Lion", {"weight_decay": 0.1}),
+    ("NAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("RAdam", {"weight_decay": 0.1, "betas": (0.5, 0.9)}),
+    ("Adamax", {"weight_decay": 0.1}),
+    ("Adadelta", {"weight_decay": 0.1}),
+    ("ASGD", {"t0": 2, "lambd": 0.01}),
+    ("Rprop", {"step_sizes": (1e-3, 0.5)}),
 ]
 
 
@@ -377,7 +383,8 @@ def test_torch_the_optimizers_state_as_a_parameter_is_refused():
     assert torch.equal(moment, before)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad", "Lion"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad", "Lion", "NAdam", "RAdam", "Adamax", "Adadelta",
+                                  "ASGD", "Rprop"])
 def test_torch_gradient_overlapping_written_memory_is_refused_every_time(name):
     """Item 4: a .grad that is a shifted view of its parameter, given when the plan is built and
     later as a new gradient of a planned step (the cheaper path that only looks at gradients)."""

@@ -273,6 +273,12 @@ OPTIM_KINDS = {
     "rmsprop": ("RMSprop", {"centered": True, "momentum": 0.3}),
     "adagrad": ("Adagrad", {"initial_accumulator_value": 0.5, "lr_decay": 0.1}),
     "lion": ("Lion", {"weight_decay": 0.1}),
+    "nadam": ("NAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    "radam": ("RAdam", {"weight_decay": 0.1, "betas": (0.5, 0.9)}),
+    "adamax": ("Adamax", {"weight_decay": 0.1}),
+    "adadelta": ("Adadelta", {"weight_decay": 0.1}),
+    "asgd": ("ASGD", {"t0": 2, "lambd": 0.01}),
+    "rprop": ("Rprop", {"step_sizes": (1e-3, 0.5)}),
 }
 OPTIM_LR = 0.05
 

@@ -89,6 +89,14 @@ def test_implementation_flags_are_refused(name, flag):
     ("Adagrad", {"initial_accumulator_value": -1.0}, "initial_accumulator_value"),
     ("Lion", {"betas": (0.9, 1.5)}, "beta"),
     ("Lion", {"lr": float("nan")}, "learning rate"),
+    ("NAdam", {"momentum_decay": -1.0}, "momentum_decay"),
+    ("RAdam", {"betas": (0.9, 1.0)}, "beta"),
+    ("Adamax", {"eps": -1.0}, "epsilon"),
+    ("Adadelta", {"rho": 1.5}, "rho"),
+    ("ASGD", {"lambd": -1.0}, "lambd"),
+    ("ASGD", {"t0": float("inf")}, "t0"),
+    ("Rprop", {"etas": (1.2, 0.5)}, "eta values"),
+    ("Rprop", {"step_sizes": (-1.0, 50)}, "step size"),
 ])
 def test_bad_hyper_parameters_at_construction(name, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -88,10 +88,11 @@ def set_grads(params, k, dtype):
 
 def tolerance(name, kwargs, dtype):
     """torch_cases.TOL; float32's for float64 parameters with a float32 tensor
-    lr, from which torch computes Adam's step size (lr / bias correction) in
-    float32 (fusedopt reads the lr as a Python float: docs/torch.md)."""
+    lr, from which torch computes Adam's and Adamax's step size (lr / bias correction),
+    RAdam's decoupled decay factor (1 - lr * weight_decay) and ASGD's eta in float32
+    (fusedopt reads the lr as a Python float: docs/torch.md)."""
     lr = kwargs.get("lr")
-    if name in ("Adam", "AdamW") and torch.is_tensor(lr) and lr.dtype == torch.float32:
+    if name in ("Adam", "AdamW", "Adamax", "RAdam", "ASGD") and torch.is_tensor(lr) and lr.dtype == torch.float32:
         return tc.TOL[torch.float32]
     return tc.TOL[dtype]
 

@@ -266,3 +266,42 @@ def test_one_cycle_schedule_of_lr_and_betas_and_named_parameters():
     rtol, atol = tc.TOL[torch.float64]
     for a, b in zip(model_ref.parameters(), model.parameters()):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", tc.TORCH_NAMES)
+def test_non_finite_gradients_as_torch(name):
+    """NaN and infinite gradient elements (and signed zeros) give torch's results:
+    the NaN propagation of torch.maximum and clamp, and torch.sign's 0 for NaN
+    (Rprop's step sizes then stay as they were)."""
+    p0 = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, -1.5], dtype=torch.float64)
+    ref_p, our_p = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    config = tc.CONFIGS[name][1]
+    ref = tc.reference_class(name)([ref_p], lr=tc.lr_of(name), **config)
+    ours = getattr(ft, name)([our_p], lr=tc.lr_of(name), **config)
+    nan, inf = float("nan"), float("inf")
+    for g in ([0.5, -1.0, nan, 0.0, inf, -0.0], [-0.5, -1.0, 1.0, 0.0, 1.0, -inf], [0.5, 2.0, 1.0, -0.0, -1.0, 1.0]):
+        for p in (ref_p, our_p):
+            p.grad = torch.tensor(g, dtype=torch.float64)
+        ref.step()
+        ours.step()
+        torch.testing.assert_close(our_p.detach(), ref_p.detach(), rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", tc.SCALAR_STATE)
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_scalar_state_under_a_float64_default_dtype(name, index):
+    """Under torch.set_default_dtype(torch.float64) torch keeps NAdam's and ASGD's
+    scalar state in float64, and so does fusedopt: the same float64 parity."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        config = tc.CONFIGS[name][index]
+        ref_params = tc.make_params(torch.float64)
+        our_params = tc.clone_params(ref_params)
+        ref = tc.reference_class(name)(tc.groups(ref_params, name, config), **config)
+        ours = getattr(ft, name)(tc.groups(our_params, name, config), **config)
+        tc.train(ref, ref_params, tc.STEPS)
+        tc.train(ours, our_params, tc.STEPS)
+        assert_same_training(name, ref, ref_params, ours, our_params, torch.float64)
+    finally:
+        torch.set_default_dtype(saved)

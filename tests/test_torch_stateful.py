@@ -74,9 +74,9 @@ class TorchOptimizerMachine(RuleBasedStateMachine):
             undo = lambda: g.__setitem__("lr", old)  # noqa: E731
             error = ValueError
         else:
-            key = "betas" if "betas" in g else "weight_decay"
+            key = "betas" if "betas" in g else "etas" if "etas" in g else "weight_decay"  # Rprop: no decay
             old = g[key]
-            g[key] = (0.9, 1.5) if key == "betas" else -1.0
+            g[key] = {"betas": (0.9, 1.5), "etas": (0.5, 0.9)}.get(key, -1.0)
             undo = lambda: g.__setitem__(key, old)  # noqa: E731
             error = ValueError
         before = tc.snapshot(opt, params)

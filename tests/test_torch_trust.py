@@ -168,6 +168,20 @@ def test_issue_item_5_exact_case():
     assert float(ours.state[our_p]["step"]) == 1.0
 
 
+@pytest.mark.parametrize("name", tc.SCALAR_STATE)
+def test_an_edited_scalar_state_is_used_and_splits_its_bucket_as_torch(name):
+    """opt.state[p][scalar].mul_(...) on one parameter (NAdam's mu_product):
+    the next steps start from the edited value, as torch's do."""
+    ref, ref_params, ours, our_params = pair(name, steps=4)
+    for opt, params in ((ref, ref_params), (ours, our_params)):
+        for key in opt.state[params[1]]:
+            if key != "step" and opt.state[params[1]][key].dim() == 0:
+                opt.state[params[1]][key].mul_(0.5)
+    tc.train(ref, ref_params, 4, start=4, none=tc.none_at)
+    tc.train(ours, our_params, 4, start=4, none=tc.none_at)
+    assert_same(ref, ref_params, ours, our_params)
+
+
 @pytest.mark.parametrize("name", ["Adam", "Adagrad", "RMSprop"])
 def test_an_edit_of_one_parameter_s_count_splits_its_bucket_as_torch(name):
     ref, ref_params, ours, our_params = pair(name, steps=4)

@@ -52,13 +52,43 @@ CONFIGS = {
         {"lr_decay": 0.01, "weight_decay": 0.1, "initial_accumulator_value": 0.1},
         {"maximize": True, "eps": 1e-6},
     ],
+    "NAdam": [
+        {},
+        {"weight_decay": 0.1, "momentum_decay": 0.01},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.5, 0.9), "maximize": True},
+    ],
+    "RAdam": [
+        {},
+        {"weight_decay": 0.1, "betas": (0.6, 0.9)},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True, "betas": (0.5, 0.9), "maximize": True},
+    ],
+    "Adamax": [
+        {},
+        {"weight_decay": 0.1, "betas": (0.6, 0.9), "eps": 1e-3},
+        {"weight_decay": 0.1, "betas": (0.5, 0.99), "maximize": True},
+    ],
+    "Adadelta": [
+        {},
+        {"weight_decay": 0.1, "rho": 0.5, "eps": 1e-3},
+        {"rho": 0.95, "maximize": True},
+    ],
+    "ASGD": [
+        {},
+        {"t0": 2, "lambd": 0.01, "alpha": 0.5, "weight_decay": 0.1},
+        {"t0": 0, "lambd": 0.1, "maximize": True},
+    ],
+    "Rprop": [
+        {},
+        {"etas": (0.3, 1.5), "step_sizes": (1e-3, 0.02)},
+        {"maximize": True, "step_sizes": (0, 1)},
+    ],
     "Lion": [
         {},
         {"weight_decay": 0.1, "betas": (0.95, 0.98)},
         {"maximize": True},
     ],
 }
-TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
+TORCH_NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop")
 NAMES = TORCH_NAMES + ("Lion",)
 
 # Moment slots of each optimizer's per-parameter state, torch's names.
@@ -69,6 +99,12 @@ SLOTS = {
     "RMSprop": ("square_avg", "momentum_buffer", "grad_avg"),
     "Adagrad": ("sum",),
     "Lion": ("exp_avg",),
+    "NAdam": ("exp_avg", "exp_avg_sq"),
+    "RAdam": ("exp_avg", "exp_avg_sq"),
+    "Adamax": ("exp_avg", "exp_inf"),
+    "Adadelta": ("square_avg", "acc_delta"),
+    "ASGD": ("ax",),
+    "Rprop": ("prev", "step_size"),
 }
 
 # Parity tolerances (assert_close's rtol, atol) after STEPS steps. Both sides
@@ -79,12 +115,14 @@ SLOTS = {
 # float64 ~7e-16; float32 ~3.5e-7 in parameters (3 ulps) and ~6e-6 in moments
 # beyond 1e-6 absolute (RMSprop's momentum buffer sums g/avg terms that cancel).
 TOL = {torch.float64: (1e-12, 1e-14), torch.float32: (2e-5, 2e-6)}
+# Optimizers with per-parameter scalar state (0-d tensors besides 'step').
+SCALAR_STATE = ("NAdam", "ASGD")
 STEPS = 30
 
 
 def lr_of(name):
     """A learning rate that moves parameters visibly in STEPS steps."""
-    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003}[name]
+    return {"SGD": 0.05, "Adam": 0.01, "AdamW": 0.01, "RMSprop": 0.005, "Adagrad": 0.05, "Lion": 0.003, "NAdam": 0.01, "RAdam": 0.01, "Adamax": 0.01, "Adadelta": 0.5, "ASGD": 0.02, "Rprop": 0.01}[name]
 
 
 def make_params(dtype, seed=0, shapes=SHAPES):
@@ -108,7 +146,7 @@ def groups(params, name, config, split=SPLIT):
     optimizer's lr, the rest with twice that lr and other per-group values."""
     lr = lr_of(name)
     second = {"lr": 2 * lr}
-    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop"):
+    if name in ("Adam", "AdamW", "Lion", "Adagrad", "SGD", "RMSprop", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD"):
         second["weight_decay"] = 0.05
     if name == "RMSprop":
         second["alpha"] = 0.95

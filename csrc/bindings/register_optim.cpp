@@ -177,11 +177,8 @@ class OptimState {
     return out;
   }
 
-  // Checks every array of `slots` (one list per used slot name), the rule's
-  // scalar state (every name, a finite value) and the count, then copies
-  // them in: all or nothing.
-  void load(py::dict slots, py::dict scalars, long long step_count) {
-    if (step_count < 0) throw py::value_error("step_count must be >= 0, got " + std::to_string(step_count));
+  // The rule's scalar state from {name: value}: every name it keeps, finite, no other.
+  ScalarState parsed_scalars(py::dict scalars) const {
     const OptimRuleSpec& spec = spec_of(rule_);
     ScalarState new_scalars{};
     std::size_t named = 0;
@@ -197,6 +194,22 @@ class OptimState {
     if (py::len(scalars) != named)
       throw py::value_error("the state has scalars this rule does not keep (its scalars: " +
                             std::to_string(named) + ")");
+    return new_scalars;
+  }
+
+  // Replaces the rule's scalar state (checked first: all or nothing).
+  void set_scalars(py::dict scalars) {
+    const ScalarState new_scalars = parsed_scalars(scalars);
+    if (busy_.load()) throw py::value_error("this optimizer is being stepped by another thread");
+    scalars_ = new_scalars;
+  }
+
+  // Checks every array of `slots` (one list per used slot name), the rule's
+  // scalar state (every name, a finite value) and the count, then copies
+  // them in: all or nothing.
+  void load(py::dict slots, py::dict scalars, long long step_count) {
+    if (step_count < 0) throw py::value_error("step_count must be >= 0, got " + std::to_string(step_count));
+    const ScalarState new_scalars = parsed_scalars(scalars);
     const auto& specs = plan_->leaves();
     std::vector<std::pair<std::size_t, std::vector<py::object>>> sources;
     for (const auto& item : slots) {
@@ -355,7 +368,7 @@ void register_optim(py::module_& m) {
       .def("load", &OptimState::load, py::arg("slots"), py::arg("scalars"), py::arg("step_count"),
            "Copy {slot name: leaves} and {scalar name: value} in and set the step count, after checking everything.")
       .def_property_readonly("slot_names", &OptimState::slot_names)
-      .def_property_readonly("scalars", &OptimState::scalars)
+      .def_property("scalars", &OptimState::scalars, &OptimState::set_scalars)
       .def_property("decay_mask", &OptimState::decay_mask, &OptimState::set_decay_mask)
       .def_property_readonly("rule", &OptimState::rule)
       .def_property_readonly("plan", &OptimState::plan)

@@ -4,6 +4,7 @@
 // per-step scalars. Compiled with -ffp-contract=off: every operation rounds on
 // its own, as NumPy's do.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include "common/simd_vec.h"
@@ -35,13 +36,40 @@ FUSEDOPT_INLINE V vmax(V a, V b) {
   return a != a ? a : m;
 }
 
-// -1, 0 or 1, NaN for NaN (torch.sign, np.sign).
+// |x|, NaN for NaN (a -0 stays -0: every use adds eps >= 0 next, which gives +0 alike).
+template <class V, class T>
+FUSEDOPT_INLINE V vabs(V x) {
+  return x < (V{} + T(0)) ? -x : x;
+}
+
+// NaN-propagating minimum (torch.minimum, np.minimum).
+template <class V>
+FUSEDOPT_INLINE V vmin(V a, V b) {
+  const V m = a < b ? a : b;
+  return a != a ? a : m;
+}
+
+// -1, 0 or 1, 0 for NaN: torch.sign's on CPU, (0 < x) - (x < 0) (Rprop).
+template <class V, class T>
+FUSEDOPT_INLINE V vsign_torch(V x) {
+  const V zero = V{} + T(0), one = zero + T(1);
+  const V s = x > zero ? one : zero;
+  return x < zero ? -one : s;
+}
+
+// -1, 0 or 1, NaN for NaN (np.sign; Lion's, after the paper).
 template <class V, class T>
 FUSEDOPT_INLINE V vsign(V x) {
   const V zero = V{} + T(0), one = zero + T(1);
   V s = x > zero ? one : zero;
   s = x < zero ? -one : s;
   return x != x ? x : s;
+}
+
+// A value entering or leaving a rule's scalar state: float32's rounding of it
+// when torch would keep that state in float32 (float32_scalars), else itself.
+inline double scalar_state_value(const OptimHyper& h, double x) {
+  return h.float32_scalars != 0.0 ? static_cast<double>(static_cast<float>(x)) : x;
 }
 
 // The step's scalars in double, as torch.optim computes them in Python
@@ -65,13 +93,33 @@ StepValues step_values(const StepInput& in, double* state) {
   v.eps = h.eps;
   v.momentum = h.momentum;
   v.omd = 1.0 - h.dampening;
-  if constexpr (S.math == Math::ADAM) {
+  if constexpr (S.math == Math::ADAM || S.math == Math::ADAMAX) {
     v.neg_lr = -(in.lr / (1.0 - std::pow(h.beta1, in.t)));
     v.bc2 = std::pow(1.0 - std::pow(h.beta2, in.t), 0.5);  // Python's ** 0.5, not sqrt
   } else if constexpr (S.math == Math::RMSPROP) {
     v.b2 = h.alpha;
     v.omb2 = 1.0 - h.alpha;
     v.lerp_w = 1.0 - h.alpha;  // grad_avg.lerp_(g, 1 - alpha)
+  } else if constexpr (S.math == Math::ASGD) {
+    double& eta = state[0];
+    double& mu = state[1];
+    if (eta < 0.0) eta = scalar_state_value(h, in.lr);  // not made yet: torch makes eta = lr (and mu = 1)
+    v.shrink = 1.0 - h.lambd * eta;
+    v.neg_lr = -eta;
+    v.mu = mu;
+    v.branch = mu != 1.0;  // torch: ax = ax + (p - ax) * mu, else ax = p
+    // the next step's, as torch computes them after the update
+    eta = scalar_state_value(h, in.lr / std::pow(1.0 + h.lambd * in.lr * in.t, h.power));
+    mu = scalar_state_value(h, 1.0 / std::max(1.0, in.t - h.t0));
+  } else if constexpr (S.math == Math::RPROP) {
+    v.lr = in.lr;
+    v.etaminus = h.etaminus;
+    v.etaplus = h.etaplus;
+    v.step_min = h.step_size_min;
+    v.step_max = h.step_size_max;
+  } else if constexpr (S.math == Math::ADADELTA) {
+    v.b2 = h.rho;
+    v.omb2 = 1.0 - h.rho;
   } else if constexpr (S.math == Math::ADAGRAD) {
     v.neg_lr = -(in.lr / (1.0 + (in.t - 1.0) * h.lr_decay));
   } else if constexpr (S.math == Math::NADAM) {
@@ -79,9 +127,20 @@ StepValues step_values(const StepInput& in, double* state) {
     const double mu = h.beta1 * (1.0 - 0.5 * std::pow(0.96, in.t * h.momentum_decay));
     const double mu_next = h.beta1 * (1.0 - 0.5 * std::pow(0.96, (in.t + 1.0) * h.momentum_decay));
     double& mu_product = state[0];
-    mu_product = mu_product * mu;
+    mu_product = scalar_state_value(h, mu_product * scalar_state_value(h, mu));  // torch: mu_product *= mu
     v.neg_lr = (-in.lr * (1.0 - mu)) / (1.0 - mu_product);
     v.neg_lr_m = (-in.lr * mu_next) / (1.0 - mu_product * mu_next);
+  } else if constexpr (S.math == Math::RADAM) {
+    const double bc2 = 1.0 - std::pow(h.beta2, in.t);
+    const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * in.t * std::pow(h.beta2, in.t) / bc2;
+    v.bc1 = 1.0 - std::pow(h.beta1, in.t);
+    v.lr = in.lr;
+    v.branch = rho_t > 5.0;  // torch's test, per step: rectify once the variance is tractable
+    if (v.branch) {
+      v.bc2 = std::pow(bc2, 0.5);
+      v.rect = std::pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5);
+    }
   }
   (void)state;
   return v;
@@ -138,6 +197,43 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
     const V den = vsqrt(x.s1 / c.bc2) + c.eps;
     x.p = x.p + (c.neg_lr * x.g) / den;  // torch's two addcdiv_, in its order
     x.p = x.p + (c.neg_lr_m * x.s0) / den;
+  } else if constexpr (S.math == Math::ASGD) {
+    x.p = x.p * c.shrink;
+    x.p = x.p + c.neg_lr * x.g;
+    if (c.branch) {
+      x.s0 = x.s0 + (x.p - x.s0) * c.mu;
+    } else {
+      x.s0 = x.p;
+    }
+  } else if constexpr (S.math == Math::RPROP) {
+    if constexpr (P == OptimPhase::FIRST) x.s0 = V{} + c.lr;  // torch: step_size = full_like(p, lr)
+    const V zero = V{} + T(0);
+    const V s = vsign_torch<V, T>(x.g * x.s1);  // 0 where g * prev is NaN
+    V f = s > zero ? V{} + c.etaplus : V{} + T(1);
+    f = s < zero ? V{} + c.etaminus : f;
+    x.s0 = vmin(vmax(x.s0 * f, V{} + c.step_min), V{} + c.step_max);  // clamp_, NaN-propagating
+    x.g = s < zero ? zero : x.g;                 // torch: grad[sign.eq(etaminus)] = 0 (exactly where s < 0)
+    x.p = x.p - vsign_torch<V, T>(x.g) * x.s0;   // addcmul(sign(g), step_size, value=-1): the same bits
+    x.s1 = x.g;
+  } else if constexpr (S.math == Math::ADADELTA) {
+    x.s0 = (x.s0 * c.b2) + ((c.omb2 * x.g) * x.g);
+    const V delta = (vsqrt(x.s1 + c.eps) / vsqrt(x.s0 + c.eps)) * x.g;
+    x.s1 = (x.s1 * c.b2) + ((c.omb2 * delta) * delta);
+    x.p = x.p + c.neg_lr * delta;
+  } else if constexpr (S.math == Math::ADAMAX) {
+    x.s0 = lerp(x.s0, x.g, c);
+    x.s1 = vmax(x.s1 * c.b2, vabs<V, T>(x.g) + c.eps);  // torch.maximum: NaN from either side
+    x.p = x.p + (c.neg_lr * x.s0) / x.s1;
+  } else if constexpr (S.math == Math::RADAM) {
+    x.s0 = lerp(x.s0, x.g, c);
+    x.s1 = (x.s1 * c.b2) + ((c.omb2 * x.g) * x.g);
+    const V m = (x.s0 / c.bc1) * c.lr;
+    if (c.branch) {
+      const V adaptive = ((V{} + T(1)) / (vsqrt(x.s1) + c.eps)) * c.bc2;  // torch: reciprocal(den) * sqrt(bc2)
+      x.p = x.p - (m * adaptive) * c.rect;
+    } else {
+      x.p = x.p - m;
+    }
   }
 }
 

@@ -26,6 +26,14 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(beta1, UNIT_OPEN)                    /* Adam, Lion: betas[0] */                                    \
   X(beta2, UNIT_OPEN)                    /* Adam, Lion: betas[1] */                                    \
   X(alpha, UNIT_CLOSED)                  /* RMSprop's smoothing constant */                            \
+  X(rho, UNIT_CLOSED)                    /* Adadelta's smoothing constant */                           \
+  X(lambd, NON_NEGATIVE)                 /* ASGD: the decay term */                                    \
+  X(power, FINITE)                       /* ASGD's alpha: eta = lr / (1 + lambd*lr*t)**alpha */        \
+  X(t0, FINITE)                          /* ASGD: the step averaging starts at */                      \
+  X(etaminus, FINITE)                    /* Rprop: etas = (etaminus, etaplus), 0 < etaminus < 1 < etaplus */ \
+  X(etaplus, FINITE)                                                                                   \
+  X(step_size_min, NON_NEGATIVE)         /* Rprop: step_sizes = (min, max) */                          \
+  X(step_size_max, NON_NEGATIVE)                                                                       \
   X(eps, NON_NEGATIVE)                                                                                 \
   X(weight_decay, NON_NEGATIVE)                                                                        \
   X(decoupled_weight_decay, FLAG)        /* rules with both decay modes: p *= 1 - lr*wd, not L2 */     \
@@ -35,6 +43,8 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(initial_accumulator_value, NON_NEGATIVE)                                                           \
   X(max_grad_norm, NON_NEGATIVE)         /* 0: no clipping */                                          \
   X(momentum_decay, NON_NEGATIVE)        /* NAdam: psi of mu_t = beta1 * (1 - 0.96**(t*psi) / 2) */     \
+  X(float32_scalars, FLAG)               /* the scalar state rounded to float32 as updated (torch's */ \
+                                         /* 0-d tensors under its default dtype float32) */            \
   X(maximize, FLAG)
 
 struct OptimHyper {
@@ -84,7 +94,7 @@ enum class OptimPhase : unsigned { FIRST, STEADY };
 constexpr unsigned kNumOptimPhases = 2;
 
 // The element math a rule runs (optim/math.h), with its variant flags.
-enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM };
+enum class Math : unsigned { SGD, ADAM, RMSPROP, ADAGRAD, LION, NADAM, RADAM, ADAMAX, ADADELTA, ASGD, RPROP };
 enum MathFlag : unsigned { NESTEROV = 1, AMSGRAD = 2, CENTERED = 4, WITH_MOMENTUM = 8 };
 
 // Up to three state arrays per leaf, at fixed positions (the math reads
@@ -136,6 +146,12 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
      {{{"sum", hyper_index("initial_accumulator_value")}}}, {}},
     {"LION", Math::LION, 0, kDecoupled, false, {{{"exp_avg"}}}, {}},
     {"NADAM", Math::NADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {{{"mu_product", 1.0}}}},
+    {"RADAM", Math::RADAM, 0, kL2 | kDecoupled, false, {{{"exp_avg"}, {"exp_avg_sq"}}}, {}},
+    {"ADAMAX", Math::ADAMAX, 0, kL2, false, {{{"exp_avg"}, {"exp_inf"}}}, {}},
+    {"ADADELTA", Math::ADADELTA, 0, kL2, false, {{{"square_avg"}, {"acc_delta"}}}, {}},
+    {"ASGD", Math::ASGD, 0, kL2, false, {{{"ax"}}}, {{{"eta", -1.0}, {"mu", 1.0}}}},  // eta < 0: not made yet
+    // step_size first, made from lr at the first step (FIRST); prev starts at 0
+    {"RPROP", Math::RPROP, 0, 0, true, {{{"step_size"}, {"prev"}}}, {}},
 };
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
@@ -228,14 +244,24 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
   X(gscale)    /* g = g * gscale: the clip scale, negated for maximize */                              \
   X(wd)        /* L2: g = g + wd * p */                                                                \
   X(decay)     /* decoupled: p = p * (1 - lr*wd) */                                                    \
-  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad), g's (NAdam) */         \
+  X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad, Adamax), g's (NAdam), */ \
+               /* -eta (ASGD) */                                                                       \
   X(neg_lr_m)  /* NAdam: the coefficient of m */                                                       \
   X(b1)        /* Lion: beta1 */                                                                       \
   X(omb1)      /* Lion: 1 - beta1 */                                                                   \
-  X(b2)        /* beta2 / alpha: v = v*b2 + (omb2*g)*g; Lion's beta2 */                                \
-  X(omb2)      /* 1 - beta2 / 1 - alpha */                                                             \
+  X(b2)        /* beta2 / alpha / rho: v = v*b2 + (omb2*g)*g; Lion's beta2 */                          \
+  X(omb2)      /* 1 - beta2 / 1 - alpha / 1 - rho */                                                   \
   X(lerp_w)    /* torch's lerp weight (1 - beta1, 1 - alpha) */                                        \
-  X(bc2)       /* Adam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                                     \
+  X(bc2)       /* Adam, RAdam: sqrt(1 - beta2**t); NAdam: 1 - beta2**t */                              \
+  X(bc1)       /* RAdam: 1 - beta1**t */                                                               \
+  X(lr)        /* RAdam: lr; Rprop: the step sizes' start */                                           \
+  X(rect)      /* RAdam: the variance rectification term */                                            \
+  X(shrink)    /* ASGD: 1 - lambd * eta */                                                             \
+  X(mu)        /* ASGD: the averaging weight */                                                        \
+  X(etaminus)  /* Rprop */                                                                             \
+  X(etaplus)   /* Rprop */                                                                             \
+  X(step_min)  /* Rprop: step_sizes[0] */                                                              \
+  X(step_max)  /* Rprop: step_sizes[1] */                                                              \
   X(eps)                                                                                               \
   X(momentum)                                                                                          \
   X(omd)       /* 1 - dampening */
@@ -247,6 +273,7 @@ struct OptimScalars {
 #undef FUSEDOPT_SCALAR_FIELD
   T lerp_omw;       // 1 - lerp_w in T, as torch computes it (opmath(1) - weight)
   bool lerp_small;  // |lerp_w| < 0.5: start + w*(end - start), else end - (end - start)*(1 - w)
+  bool branch;      // a per-step choice between two forms of the update (RAdam: rectified; ASGD: mu != 1)
 };
 using StepValues = OptimScalars<double>;
 

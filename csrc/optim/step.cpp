@@ -17,6 +17,7 @@ OptimScalars<T> rounded(const StepValues& v) {
 #undef FUSEDOPT_ROUND
   c.lerp_omw = T(1) - c.lerp_w;  // torch: opmath(1) - weight, in the tensor's precision
   c.lerp_small = std::fabs(c.lerp_w) < T(0.5);
+  c.branch = v.branch;
   return c;
 }
 

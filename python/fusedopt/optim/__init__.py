@@ -24,7 +24,9 @@ The interface other code builds on (the torch adapter among them); stable:
   views of the state with torch.optim's slot names: ``momentum_buffer`` (SGD
   with momentum, RMSprop with momentum), ``exp_avg``, ``exp_avg_sq``,
   ``max_exp_avg_sq`` (Adam, AdamW with amsgrad), ``square_avg``, ``grad_avg``
-  (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion). ``{}`` before the
+  (RMSprop centered), ``sum`` (Adagrad), ``exp_avg`` (Lion), ``exp_avg``,
+  ``exp_avg_sq`` (NAdam, RAdam), ``exp_avg``, ``exp_inf`` (Adamax), ``square_avg``, ``acc_delta``
+  (Adadelta), ``ax`` (ASGD), ``step_size``, ``prev`` (Rprop). ``{}`` before the
   first step or ``init()``.
 * ``opt.step_count``: steps taken (torch's per-parameter ``step``); set it with
   ``load_state_dict`` (its ``step_count`` entry).
@@ -44,7 +46,7 @@ from typing import Optional, Tuple
 from ._base import LR, Optimizer, _Hyper, _RuleOption
 from ._tree import Mask
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "RMSprop", "Adagrad", "Lion"]
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum (torch.optim.SGD).
@@ -160,7 +162,9 @@ class NAdam(Optimizer):
         p = p + (c_m * m) / den
 
     State slots: exp_avg (m), exp_avg_sq (v); scalar state: mu_product (kept in double;
-    torch keeps it in its default dtype).
+    torch keeps it in its default dtype: ``float32_scalars=True`` rounds mu and the
+    product to float32 as torch's 0-d float32 tensor does, ``mu_product = f32(mu_product *
+    f32(mu))``, for torch's results under its default dtype float32).
     """
 
     betas = _Hyper("beta1", "beta2")
@@ -169,18 +173,213 @@ class NAdam(Optimizer):
     momentum_decay = _Hyper()
     decoupled_weight_decay = _Hyper()
     maximize = _Hyper()
+    float32_scalars = _Hyper()
 
     def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
+                 maximize: bool = False, float32_scalars: bool = False, weight_decay_mask: Mask = None,
+                 max_grad_norm: Optional[float] = None, check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                           float32_scalars=float32_scalars))
+
+    def _rule(self) -> str:
+        return "NADAM"
+
+
+class RAdam(Optimizer):
+    """RAdam (Liu et al. 2020, Adam with the variance rectified), as torch.optim.RAdam.
+
+    Per step t (1 for the first), in double as torch computes them in Python::
+
+        bc1 = 1 - beta1**t;  bc2 = 1 - beta2**t
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * t * beta2**t / bc2
+        rectified = rho_t > 5                  torch's branch, chosen per step
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+
+    then per element, each operation rounded in the leaf's dtype::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        p = p * (1 - lr * weight_decay)        decoupled_weight_decay instead
+        m = m + w * (g - m)                    w = 1 - beta1 (torch's lerp, as Adam's)
+        v = v * beta2 + ((1 - beta2) * g) * g
+        u = (m / bc1) * lr
+        p = p - (u * ((1 / (sqrt(v) + eps)) * bc2 ** 0.5)) * rect      if rectified
+        p = p - u                                                       otherwise
+
+    State slots: exp_avg (m), exp_avg_sq (v).
+    """
+
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    decoupled_weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay,
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+
+    def _rule(self) -> str:
+        return "RADAM"
+
+
+class Adamax(Optimizer):
+    """Adamax (Kingma & Ba 2015, Adam with the infinity norm), as torch.optim.Adamax.
+
+    Per element, in this order (each operation rounded in the leaf's dtype;
+    ``clr = lr / (1 - beta1**t)`` computed in double, then rounded)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        m = m + w * (g - m)                    w = 1 - beta1 (torch's lerp, as Adam's)
+        u = maximum(u * beta2, |g| + eps)      NaN if either side is NaN (torch.maximum)
+        p = p + ((-clr) * m) / u
+
+    State slots: exp_avg (m), exp_inf (u).
+    """
+
+    betas = _Hyper("beta1", "beta2")
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, *, maximize: bool = False, weight_decay_mask: Mask = None,
+                 max_grad_norm: Optional[float] = None, check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize))
+
+    def _rule(self) -> str:
+        return "ADAMAX"
+
+
+class Adadelta(Optimizer):
+    """Adadelta (Zeiler 2012), as torch.optim.Adadelta.
+
+    Per element, in this order (each operation rounded in the leaf's dtype)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        v = v * rho + ((1 - rho) * g) * g
+        delta = (sqrt(a + eps) / sqrt(v + eps)) * g
+        a = a * rho + ((1 - rho) * delta) * delta
+        p = p + (-lr) * delta
+
+    State slots: square_avg (v), acc_delta (a).
+    """
+
+    rho = _Hyper()
+    eps = _Hyper()
+    weight_decay = _Hyper()
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0, *,
                  maximize: bool = False, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite)
-        self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
-                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
+        self._set_all(dict(rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
 
     def _rule(self) -> str:
-        return "NADAM"
+        return "ADADELTA"
+
+
+class ASGD(Optimizer):
+    """Averaged SGD (Polyak & Juditsky 1992), as torch.optim.ASGD.
+
+    The scalar state eta (the step size) and mu (the averaging weight) are
+    torch's: at the first step eta = lr and mu = 1; after step t, in double as
+    torch computes them in Python::
+
+        eta = lr / (1 + lambd * lr * t) ** alpha
+        mu = 1 / max(1, t - t0)
+
+    Per element, in this order (each operation rounded in the leaf's dtype)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        g = g + weight_decay * p               if the leaf decays (L2)
+        p = p * (1 - lambd * eta)
+        p = p + (-eta) * g
+        ax = ax + (p - ax) * mu                if mu != 1 (torch's test, per step)
+        ax = p                                 otherwise
+
+    State slot: ax (the average); scalar state: eta, mu (kept in double;
+    ``float32_scalars=True`` rounds each to float32 as torch's 0-d tensors
+    under its default dtype float32). Before the first step eta reads -1: not
+    made yet, the first step takes lr (torch makes eta = lr then).
+    """
+
+    lambd = _Hyper()
+    alpha = _Hyper("power")
+    t0 = _Hyper()
+    weight_decay = _Hyper()
+    maximize = _Hyper()
+    float32_scalars = _Hyper()
+
+    def __init__(self, lr: LR = 1e-2, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6,
+                 weight_decay: float = 0, *, maximize: bool = False, float32_scalars: bool = False,
+                 weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize,
+                           float32_scalars=float32_scalars))
+
+    def _rule(self) -> str:
+        return "ASGD"
+
+
+class Rprop(Optimizer):
+    """Rprop (Riedmiller & Braun 1993, resilient backpropagation), as torch.optim.Rprop.
+
+    Sign-based: each element keeps its own step size, grown by etaplus while its
+    gradient keeps its sign and shrunk by etaminus when the sign flips. Per
+    element, in this order (each operation rounded in the leaf's dtype)::
+
+        g = g * s                              s: clip scale, negated for maximize
+        step_size = lr                         at the first step (torch makes it then)
+        s = sign(g * prev)                     prev starts at 0; sign is torch's: 0 for NaN
+        f = etaplus if s > 0, etaminus if s < 0, else 1
+        step_size = min(max(step_size * f, step_size_min), step_size_max)    NaN-propagating
+        g = 0 where s < 0                      no step after a sign change
+        p = p - sign(g) * step_size
+        prev = g
+
+    State slots: step_size, prev. lr is read at the first step only (as torch's).
+    torch's Rprop has no weight decay: this one has none either (weight_decay_mask,
+    every class's option, has nothing to mask).
+    """
+
+    etas = _Hyper("etaminus", "etaplus")
+    step_sizes = _Hyper("step_size_min", "step_size_max")
+    maximize = _Hyper()
+
+    def __init__(self, lr: LR = 1e-2, etas: Tuple[float, float] = (0.5, 1.2),
+                 step_sizes: Tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
+                 weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
+                 check_finite: bool = False) -> None:
+        super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
+                         check_finite=check_finite)
+        self._set_all(dict(etas=etas, step_sizes=step_sizes, maximize=maximize))
+
+    def _validate(self) -> None:
+        etaminus, etaplus = self._values.get("etas", (0.5, 1.2))
+        if not 0.0 < etaminus < 1.0 < etaplus:
+            raise ValueError(f"etas must satisfy 0 < etas[0] < 1 < etas[1], got ({etaminus!r}, {etaplus!r})")
+
+    def _rule(self) -> str:
+        return "RPROP"
 
 
 class RMSprop(Optimizer):

@@ -119,6 +119,11 @@ def _check_lr(value: Any) -> LR:
     return checks.non_negative("lr", value)
 
 
+# Hyper-parameters added within the state format's version 2, with the value that
+# a state saved before them (which lacks the key) means.
+_LATER_HYPER: Dict[str, Any] = {"float32_scalars": False}
+
+
 class Optimizer:
     """Base class of fusedopt.optim's optimizers (see the module's documentation)."""
 
@@ -263,6 +268,21 @@ class Optimizer:
         """Global L2 norm of the last step's gradient (before clipping), when max_grad_norm is set."""
         return None if self._state is None else self._state.last_grad_norm
 
+    @property
+    def scalar_state(self) -> Dict[str, float]:
+        """The rule's scalar state, ``{name: value}`` (NAdam's ``mu_product``; ``{}`` for rules
+        that keep none, and before the first step or init()). Assigning replaces it (every name
+        the rule keeps, finite values; checked before anything changes)."""
+        if self._state is not None:
+            return dict(self._state.scalars)
+        return {} if self._pending is None else dict(self._pending["scalars"])
+
+    @scalar_state.setter
+    def scalar_state(self, values: Mapping[str, float]) -> None:
+        if self._state is None:
+            raise ValueError("scalar_state: the optimizer has no state yet (step or init() first)")
+        self._state.scalars = dict(values)
+
     def state_arrays(self) -> Dict[str, Any]:
         """{slot name: tree of writable views of that state slot}, e.g. ``exp_avg``; {} before the
         first step (or init()). Writing into a view changes the optimizer's state."""
@@ -371,7 +391,8 @@ class Optimizer:
         """Restore a state_dict() (also as np.load reads it back), hyper-parameters included;
         everything is checked before anything changes."""
         version = fmt.check_header(state, type(self).__name__)
-        values = {name: fmt.get_value(state, f"hyper.{name}") for name in self._hyper_names}
+        values = {name: _LATER_HYPER[name] if name in _LATER_HYPER and f"hyper.{name}" not in state
+                  else fmt.get_value(state, f"hyper.{name}") for name in self._hyper_names}
         max_grad_norm = fmt.get_value(state, "max_grad_norm")
         values["max_grad_norm"] = None if max_grad_norm == 0.0 else max_grad_norm
         values["check_finite"] = fmt.get_value(state, "check_finite")

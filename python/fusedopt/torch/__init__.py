@@ -8,7 +8,8 @@
     for x, y in loader:
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
 
-SGD, Adam, AdamW, RMSprop, Adagrad and Lion are subclasses of
+SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop, RMSprop, Adagrad
+and Lion are subclasses of
 ``torch.optim.Optimizer`` with torch.optim 2.13's constructor signatures,
 defaults and per-element semantics (its ``foreach=False`` implementations,
 through fusedopt.optim), parameter groups, schedulers, closures, hooks and
@@ -34,7 +35,7 @@ from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_f
 from ._state import check_state_dict
 from ._tracked import State, changes, plain
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "RMSprop", "Adagrad", "Lion"]
 
 Params = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
 _data_ptr = torch.Tensor.data_ptr
@@ -50,7 +51,7 @@ Usage, as torch.optim's::
 
 
 class _FusedOptimizer(Optimizer):
-    """What the six optimizers share: the planned, one-call-per-group step,
+    """What the optimizers on the plan share: the planned, one-call-per-group step,
     checked hyper-parameters and state, and torch's state dict format."""
 
     _spec: ClassVar[Spec]
@@ -309,6 +310,98 @@ class AdamW(_FusedOptimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True  # as torch's AdamW: always decoupled, whatever was saved
+
+
+class NAdam(_FusedOptimizer):
+    """torch.optim.NAdam (Nesterov momentum in Adam with torch's momentum
+    schedule ``momentum_decay``; L2 weight decay, or decoupled with
+    decoupled_weight_decay=True; maximize) on fusedopt's kernels; state:
+    'step', 'mu_product' (0-d, torch's scalar dtype), 'exp_avg', 'exp_avg_sq'."""
+
+    _spec = SPECS["NAdam"]
+
+    def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: Optional[bool] = None, maximize: bool = False,
+                 capturable: bool = False, differentiable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay,
+                                  "maximize": maximize, "foreach": foreach, "capturable": capturable,
+                                  "differentiable": differentiable})
+
+
+class RAdam(_FusedOptimizer):
+    """torch.optim.RAdam (Adam with the variance rectified from the step
+    where torch's rho_t > 5; L2 weight decay, or decoupled with
+    decoupled_weight_decay=True; maximize) on fusedopt's kernels; state:
+    'step', 'exp_avg', 'exp_avg_sq'."""
+
+    _spec = SPECS["RAdam"]
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
+                 foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize,
+                                  "foreach": foreach, "capturable": capturable, "differentiable": differentiable})
+
+
+class Adamax(_FusedOptimizer):
+    """torch.optim.Adamax (Adam with the infinity norm; L2 weight decay,
+    maximize) on fusedopt's kernels; state: 'step', 'exp_avg', 'exp_inf'."""
+
+    _spec = SPECS["Adamax"]
+
+    def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, foreach: Optional[bool] = None, *,
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                                  "capturable": capturable})
+
+
+class Adadelta(_FusedOptimizer):
+    """torch.optim.Adadelta (L2 weight decay, maximize) on fusedopt's kernels;
+    state: 'step', 'square_avg', 'acc_delta'."""
+
+    _spec = SPECS["Adadelta"]
+
+    def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0, foreach: Optional[bool] = None, *, capturable: bool = False,
+                 maximize: bool = False, differentiable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
+                                  "foreach": foreach, "capturable": capturable, "maximize": maximize,
+                                  "differentiable": differentiable})
+
+
+class ASGD(_FusedOptimizer):
+    """torch.optim.ASGD (averaged SGD: the decay term lambd, eta's power alpha,
+    averaging from step t0; L2 weight decay, maximize) on fusedopt's kernels;
+    state: 'step', 'eta', 'mu' (0-d, torch's scalar dtype), 'ax'."""
+
+    _spec = SPECS["ASGD"]
+
+    def __init__(self, params: Params, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+                 t0: float = 1e6, weight_decay: float = 0, foreach: Optional[bool] = None, maximize: bool = False,
+                 differentiable: bool = False, capturable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0, "weight_decay": weight_decay,
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                                  "capturable": capturable})
+
+
+class Rprop(_FusedOptimizer):
+    """torch.optim.Rprop (sign-based per-element step sizes: etas, step_sizes;
+    maximize) on fusedopt's kernels; state: 'step', 'prev', 'step_size'
+    (made from the group's lr at the parameter's first step)."""
+
+    _spec = SPECS["Rprop"]
+
+    def __init__(self, params: Params, lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
+                 step_sizes: tuple[float, float] = (1e-6, 50), *, capturable: bool = False,
+                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes, "capturable": capturable,
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable})
 
 
 class RMSprop(_FusedOptimizer):

@@ -18,7 +18,7 @@ from ._specs import Spec, scalar
 # Settings that choose fusedopt.optim's rule and state slots: they cannot
 # change while an engine has state, so a change of one makes a new plan.
 _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"), "AdamW": ("amsgrad",),
-              "RMSprop": ("centered",), "Adagrad": (), "Lion": ()}
+              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": (), "ASGD": (), "Rprop": ()}
 
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -35,9 +35,11 @@ def _engine_class(spec: Spec, group: Mapping[str, Any]) -> type[optim.Optimizer]
 
 def _values(spec: Spec, group: Mapping[str, Any]) -> dict[str, Any]:
     """The group's hyper-parameters under fusedopt.optim's names (the same as torch's)."""
-    out = {k: scalar(group[k]) for k in spec.hyper if k not in ("lr", "decoupled_weight_decay")}
-    if "betas" in out:
-        out["betas"] = tuple(float(scalar(b)) for b in out["betas"])
+    dropped = ("lr", "decoupled_weight_decay") if spec.name == "Adam" else ("lr",)  # Adam's picks the class
+    out = {k: scalar(group[k]) for k in spec.hyper if k not in dropped}
+    for pair in ("betas", "etas", "step_sizes"):
+        if pair in out:
+            out[pair] = tuple(float(scalar(b)) for b in out[pair])
     return out
 
 
@@ -57,13 +59,16 @@ class Engine:
             None for a parameter whose slot starts afresh at ``fresh[slot]``.
         fresh: per slot, the value a new slot starts at.
         count: the step count the bucket's parameters share.
+        float32_scalars: the rule's scalar state is rounded to float32 (the
+            dtype of torch's 0-d tensors holding it is float32).
     """
 
     def __init__(self, spec: Spec, group: Mapping[str, Any], arrays: Sequence[np.ndarray],
                  moments: Mapping[str, Sequence[Optional[np.ndarray]]], fresh: Mapping[str, float],
-                 count: int) -> None:
+                 count: int, float32_scalars: bool = False) -> None:
         self.spec = spec
-        self.opt = _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group))
+        options = {"float32_scalars": float32_scalars} if spec.scalars else {}
+        self.opt = _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group), **options)
         self.opt.init(list(arrays))
         if count:
             # fusedopt.optim restores a step count through its state dict only
@@ -92,6 +97,16 @@ class Engine:
         for key, value in _values(self.spec, group).items():
             if getattr(self.opt, key) != value:
                 setattr(self.opt, key, value)
+
+    @property
+    def scalars(self) -> tuple[float, ...]:
+        """The rule's scalar state, in the order of spec.scalars."""
+        values = self.opt.scalar_state
+        return tuple(values[name] for name, _ in self.spec.scalars)
+
+    @scalars.setter
+    def scalars(self, values: Sequence[float]) -> None:
+        self.opt.scalar_state = {name: float(v) for (name, _), v in zip(self.spec.scalars, values)}
 
     @property
     def step_count(self) -> int:

@@ -39,6 +39,21 @@ def step_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+def step_array_dtype() -> type:
+    """step_dtype() as numpy's: the arrays behind the 'step' tensors."""
+    return np.float64 if step_dtype() == torch.float64 else np.float32
+
+
+def scalar_state_wide(spec: Spec, state: MutableMapping[str, Any]) -> bool:
+    """Whether a parameter's scalar state (NAdam's 'mu_product') is held in
+    float64, as torch holds it: in its scalar dtype when torch makes it, in the
+    parameter's dtype once torch's load_state_dict has cast it."""
+    held = state.get(spec.scalars[0][0]) if spec.scalars else None
+    if torch.is_tensor(held):
+        return held.dtype == torch.float64
+    return step_dtype() == torch.float64
+
+
 def array_of(t: torch.Tensor) -> np.ndarray:
     """The tensor's memory as a numpy array (a view; strided if the tensor is)."""
     try:
@@ -105,6 +120,14 @@ def check_slot(where: str, p: torch.Tensor, value: Any) -> None:
         raise ValueError(f"{where}: expected a floating-point tensor of shape {tuple(p.shape)}, got {got}")
 
 
+def check_scalar(where: str, value: Any) -> float:
+    """A per-parameter scalar state entry (NAdam's 'mu_product'): a finite number or 1-element tensor."""
+    v = float(value) if torch.is_tensor(value) and value.numel() == 1 else value
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise ValueError(f"{where}: expected a finite number (a 0-d tensor, as torch keeps it), got {value!r}")
+    return float(v)
+
+
 def check_step(where: str, value: Any) -> int:
     v = float(value) if torch.is_tensor(value) and value.numel() == 1 else value
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 2 ** 53) or v != int(v):
@@ -116,7 +139,8 @@ class Bucket:
     """Parameters of one group that take one native call."""
 
     def __init__(self, spec: Spec, group: dict[str, Any], defaults: dict[str, Any], params: list[torch.Tensor],
-                 grads: list[torch.Tensor], state: MutableMapping[Any, Any], count: int) -> None:
+                 grads: list[torch.Tensor], state: MutableMapping[Any, Any], count: int,
+                 scalars: tuple[float, ...] = (), wide: bool = False) -> None:
         self.params = params
         self.arrays: list[np.ndarray] = []
         # (parameter, contiguous buffer) of parameters whose memory the kernel cannot step in place
@@ -133,16 +157,22 @@ class Bucket:
         moments = {slot: [state[p].get(slot) if p in state else None for p in params] for slot in self.slots}
         self.engine = Engine(spec, group, self.arrays,
                              {slot: [None if m is None else array_of(m) for m in ms] for slot, ms in moments.items()},
-                             {slot: spec.fresh(slot, defaults) for slot in self.slots}, count)
+                             {slot: spec.fresh(slot, defaults) for slot in self.slots}, count,
+                             not wide if spec.scalars_in_place else step_dtype() != torch.float64)
+        # The rule's scalar state, one row per parameter (equal rows: they share a bucket),
+        # in the dtype torch keeps it in (float64 when wide); the rows are what the next run starts from.
+        self.scalar_names = [name for name, _ in spec.scalars]
+        self.scalars = np.array([scalars] * len(params), dtype=np.float64 if wide else np.float32).reshape(
+            len(params), len(scalars))
         self.counts: np.ndarray | None = None
         if spec.keeps_step:
             self.counts = np.array([steps_of(state[p], spec) if p in state else 0 for p in params],
-                                   dtype=np.float64 if step_dtype() == torch.float64 else np.float32)
+                                   dtype=step_array_dtype())
         # The engine's own count is the commit mark of a kernel run: the counts
         # shown are those of the plan's start plus the runs since.
         self.start = None if self.counts is None else self.counts.copy()
         self.first_run = self.committed = self.engine.step_count
-        self.shown = None if self.counts is None else self.counts.tobytes()  # the counts as last committed
+        self.shown = self._shown()  # the counts and scalars as last committed
         self.installed = False
 
     def install(self, state: MutableMapping[Any, Any]) -> None:
@@ -155,16 +185,25 @@ class Bucket:
             s = state[p]
             if self.counts is not None:
                 s["step"] = torch.from_numpy(self.counts[j:j + 1].reshape(()))
+            for k, name in enumerate(self.scalar_names):
+                s[name] = torch.from_numpy(self.scalars[j, k:k + 1].reshape(()))
             for slot in self.slots:
                 s[slot] = torch.from_numpy(views[slot][j])
 
+    def _shown(self) -> bytes | None:
+        if self.counts is None:
+            return None
+        return self.counts.tobytes() + self.scalars.tobytes() if self.scalar_names else self.counts.tobytes()
+
     def current(self) -> bool:
-        """Whether the step counts are still as committed (not edited in place)."""
-        return self.counts is None or self.counts.tobytes() == self.shown
+        """Whether the step counts and scalars are still as committed (not edited in place)."""
+        return self.counts is None or self._shown() == self.shown
 
     def run(self, state: MutableMapping[Any, Any]) -> None:
         for p, buf in self.copies:  # detached: no autograd record, no grad mode to switch off
             buf.copy_(p.detach())
+        if self.scalar_names:
+            self.engine.scalars = self.scalars[0]  # as shown (torch's dtype), so a resumed state steps the same
         self.engine.step(self.arrays, self.grads)
         self.commit(state)
 
@@ -176,9 +215,11 @@ class Bucket:
         runs = self.engine.step_count - self.first_run
         for p, buf in self.copies:
             p.detach().copy_(buf)
+        if self.scalar_names:
+            self.scalars[...] = self.engine.scalars
         if self.counts is not None and self.start is not None:
             np.add(self.start, runs, out=self.counts)
-            self.shown = self.counts.tobytes()
+            self.shown = self._shown()
         if not self.installed:
             self.install(state)
         self.committed = self.first_run + runs
@@ -202,6 +243,8 @@ class GroupPlan:
                 continue
             check_pair(spec, f"{where}[{i}]", p, g)
             count = 0
+            scalars = tuple(start for _, start in spec.scalars)
+            wide = scalar_state_wide(spec, state[p] if p in state else {})
             if p in state:
                 for slot in spec.slots(group):
                     if state[p].get(slot) is not None:
@@ -210,12 +253,16 @@ class GroupPlan:
                     count = check_step(f"state of {where}[{i}]['step']", state[p]["step"])
                 else:
                     count = steps_of(state[p], spec)
-            ps, gs = stepped.setdefault(_bucket_key(spec, count), ([], []))
+                if state[p]:
+                    scalars = tuple(check_scalar(f"state of {where}[{i}]['{name}']", state[p][name])
+                                    if name in state[p] else start for name, start in spec.scalars)
+            made = bool(spec.made_by_first_step) and p in state and state[p].get(spec.made_by_first_step) is not None
+            ps, gs = stepped.setdefault((_bucket_key(spec, count, made), scalars, wide), ([], []))
             ps.append(p)
             gs.append(g)
         with named_group(index):
-            self.buckets = [Bucket(spec, group, defaults, ps, gs, state, key)
-                            for key, (ps, gs) in sorted(stepped.items())]
+            self.buckets = [Bucket(spec, group, defaults, ps, gs, state, key, scalars, wide)
+                            for (key, scalars, wide), (ps, gs) in sorted(stepped.items())]
         self.key = engine_key(spec, group)
         self.hyper = hyper
         self.ptrs = ptrs
@@ -241,6 +288,9 @@ class GroupPlan:
             if bucket.counts is not None:
                 self.written.append(bucket.counts)
                 self.written_names.append(((index, -1), "the optimizer's step counts"))
+            if bucket.scalar_names:
+                self.written.append(bucket.scalars)
+                self.written_names.append(((index, -1), "the optimizer's scalar state"))
         self.read_names = [f"{where}[{position[id(p)]}].grad" for bucket in self.buckets for p in bucket.params]
         self.grads_checked = False  # check_memory has not seen these gradients
 
@@ -345,13 +395,16 @@ def check_memory(plans: Sequence[GroupPlan], memory: Memory | None) -> Memory:
     return memory
 
 
-def _bucket_key(spec: Spec, count: int) -> int:
+def _bucket_key(spec: Spec, count: int, made: bool) -> int:
     """Parameters of a group with equal keys share a native call: the count
     itself where it enters the update (bias corrections, lr decay); for SGD
     whether its momentum buffer exists yet (the first step copies the
-    gradient); else one call, whatever the counts."""
+    gradient), for Rprop whether its step sizes do (`made`: the first step
+    makes them from lr); else one call, whatever the counts."""
     if spec.counted:
         return count
+    if spec.made_by_first_step:
+        return int(made)
     return 0 if spec.keeps_step else min(count, 1)
 
 

@@ -22,6 +22,10 @@ def _unit(x: float) -> bool:
     return 0.0 <= x < 1.0
 
 
+def _unit_closed(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
 _LR: _Check = ("lr", "learning rate", _nonneg)
 _EPS: _Check = ("eps", "epsilon value", _nonneg)
 _WD: _Check = ("weight_decay", "weight_decay value", _nonneg)
@@ -42,6 +46,16 @@ class Spec:
         keeps_step: whether torch keeps a per-parameter 'step' in the state.
         slots: the state slots that a group's settings use, in torch's names.
         fresh: the value a slot starts at (before the first step).
+        made_by_first_step: the slot the rule's first step makes (Rprop's
+            'step_size', from lr), not the step count: a parameter whose state
+            has it steps as a later step, whatever its count.
+        scalars: per-parameter scalar state (0-d tensors in torch's state, e.g.
+            NAdam's 'mu_product') with the value each starts at; fusedopt.optim's
+            rule keeps the same scalars, so parameters share a native call only
+            with equal values.
+        scalars_in_place: torch updates the scalar state in place, rounded to its
+            tensor's dtype (NAdam's ``mu_product *= mu``); else it makes each value
+            anew in its default dtype and copies it in (ASGD's ``torch.as_tensor``).
     """
 
     name: str
@@ -52,6 +66,9 @@ class Spec:
     keeps_step: bool
     slots: Callable[[Mapping[str, Any]], tuple[str, ...]]
     fresh: Callable[[str, Mapping[str, Any]], float] = lambda slot, defaults: 0.0
+    scalars: tuple[tuple[str, float], ...] = ()
+    scalars_in_place: bool = True
+    made_by_first_step: str = ""
 
 
 def _sgd_slots(g: Mapping[str, Any]) -> tuple[str, ...]:
@@ -89,6 +106,29 @@ SPECS: dict[str, Spec] = {
                     ("foreach", "differentiable", "fused"), counted=True, keeps_step=True,
                     slots=lambda g: ("sum",),
                     fresh=lambda slot, defaults: float(defaults["initial_accumulator_value"])),
+    "NAdam": Spec("NAdam", ("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
+                            "maximize"),
+                  (_LR, _EPS, _WD, ("momentum_decay", "momentum_decay value", _nonneg)),
+                  ("foreach", "capturable", "differentiable"), counted=True, keeps_step=True,
+                  slots=lambda g: ("exp_avg", "exp_avg_sq"), scalars=(("mu_product", 1.0),)),
+    "RAdam": Spec("RAdam", ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
+                  _ADAM_CHECKS, ("foreach", "capturable", "differentiable"), counted=True, keeps_step=True,
+                  slots=lambda g: ("exp_avg", "exp_avg_sq")),
+    "Adamax": Spec("Adamax", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_CHECKS,
+                   ("foreach", "differentiable", "capturable"), counted=True, keeps_step=True,
+                   slots=lambda g: ("exp_avg", "exp_inf")),
+    "Adadelta": Spec("Adadelta", ("lr", "rho", "eps", "weight_decay", "maximize"),
+                     (_LR, ("rho", "rho value", _unit_closed), _EPS, _WD),
+                     ("foreach", "capturable", "differentiable"), counted=False, keeps_step=True,
+                     slots=lambda g: ("square_avg", "acc_delta")),
+    "ASGD": Spec("ASGD", ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize"),
+                 (_LR, ("lambd", "lambd value", _nonneg), ("alpha", "alpha value", math.isfinite),
+                  ("t0", "t0 value", math.isfinite), _WD),
+                 ("foreach", "differentiable", "capturable"), counted=True, keeps_step=True,
+                 slots=lambda g: ("ax",), scalars=(("eta", -1.0), ("mu", 1.0)), scalars_in_place=False),
+    "Rprop": Spec("Rprop", ("lr", "etas", "step_sizes", "maximize"), (_LR,),
+                  ("capturable", "foreach", "differentiable"), counted=False, keeps_step=True,
+                  slots=lambda g: ("step_size", "prev"), made_by_first_step="step_size"),
     "Lion": Spec("Lion", ("lr", "betas", "weight_decay", "maximize"), (_LR, _WD),
                  (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
 }
@@ -122,6 +162,14 @@ def check_hyper(spec: Spec, group: Mapping[str, Any], where: str = "") -> None:
             raise ValueError(f"{where or 'the defaults'} lack {spec.name}'s hyper-parameter {key!r}")
     if "betas" in spec.hyper:
         _check_betas(group["betas"], at("betas"))
+    if "etas" in spec.hyper:
+        etaminus, etaplus = _number_pair(group["etas"], at("etas"), "etas")
+        if not 0.0 < etaminus < 1.0 < etaplus:
+            raise ValueError(f"{at('etas')}Invalid eta values: {etaminus}, {etaplus}")
+    if "step_sizes" in spec.hyper:
+        for i, size in enumerate(_number_pair(group["step_sizes"], at("step_sizes"), "step_sizes")):
+            if not _nonneg(size):  # torch takes any; a negative or infinite size makes no step
+                raise ValueError(f"{at('step_sizes')}Invalid step size at index {i}: {size}")
     for key, label, ok in spec.checks:
         _check_one_element(group[key], f"{at(key)}Tensor {key}")
         value = scalar(group[key])
@@ -146,6 +194,17 @@ def _check_one_element(x: Any, what: str) -> None:
     """torch's ValueError for a tensor hyper-parameter of other than one element."""
     if _is_tensor(x) and x.numel() != 1:
         raise ValueError(f"{what} must be 1-element")
+
+
+def _number_pair(pair: Any, at: str, name: str) -> tuple[float, float]:
+    """A pair of numbers (1-element tensors read as theirs), or TypeError."""
+    if not isinstance(pair, Sequence) or len(pair) != 2:
+        raise TypeError(f"{at}{name} must be a pair of numbers, got {pair!r}")
+    values = tuple(scalar(x) for x in pair)
+    for i, x in enumerate(values):
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise TypeError(f"{at}{name}[{i}] must be a number, got {type(x).__name__}")
+    return values[0], values[1]
 
 
 def _check_betas(betas: Any, at: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ._engine import check_values
-from ._plan import check_slot, check_step, named_group
+from ._plan import check_scalar, check_slot, check_step, named_group
 from ._specs import LOAD_DEFAULTS, Spec, check_hyper
 
 
@@ -53,6 +53,10 @@ def check_state_dict(spec: Spec, groups: Sequence[Mapping[str, Any]], state_dict
             if "step" not in entry:
                 raise ValueError(f"{name} lacks 'step', which {spec.name} keeps for every stepped parameter")
             check_step(f"{name}['step']", entry["step"])
+        for scalar_name, _ in spec.scalars:
+            if scalar_name not in entry:
+                raise ValueError(f"{name} lacks {scalar_name!r}, which {spec.name} keeps for every stepped parameter")
+            check_scalar(f"{name}[{scalar_name!r}]", entry[scalar_name])
         for slot in spec.slots(settings[gi]):
             if entry.get(slot) is None:
                 if spec.keeps_step:  # SGD alone starts a missing momentum buffer at its next step
