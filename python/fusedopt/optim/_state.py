@@ -106,6 +106,8 @@ def slot_leaves(state: Mapping[str, Any], name: str, paths: List[str], dtypes: L
         where = f"{name} at {path}" if path else name
         if not isinstance(leaf, np.ndarray):
             raise TypeError(f"state: {where} must be a numpy array, got {type(leaf).__name__}")
+        if dtype == "bfloat16" and leaf.dtype == np.dtype("V2"):
+            leaf = leaf.view(lowp.dtype(dtype))  # np.save stores ml_dtypes' bfloat16 as 2-byte voids
         if leaf.dtype != lowp.dtype(dtype):
             raise ValueError(f"state: {where} has dtype {leaf.dtype}, the state says {dtype}")
         out.append(_fields.snapshot(leaf))
