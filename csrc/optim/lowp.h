@@ -3,7 +3,9 @@
 // round to nearest even and stochastic rounding, and the counter-based
 // generator of the stochastic rounding's bits. Everything is integer lane
 // arithmetic (GCC vector extensions) plus exactly rounded float operations,
-// so every instruction set gives the same bits.
+// so every instruction set gives the same bits; AVX-512F's float16 conversions
+// (one instruction each way) round the same way, which tests/test_lowp.py
+// checks on every 16-bit pattern.
 #pragma once
 #include <cstdint>
 #include "common/simd_vec.h"
@@ -30,18 +32,40 @@ using VH = LowLanes::H;
 FUSEDOPT_INLINE VU bits(VF x) { return (VU)x; }
 FUSEDOPT_INLINE VF from_bits(VU u) { return (VF)u; }
 
+// 16-bit lanes to 32-bit lanes and back (zero extension, truncation). AVX-512
+// has one instruction each; GCC's generic conversion splits them.
+FUSEDOPT_INLINE VU zero_extend(VH h) {
+#if defined(__AVX512F__)
+  return (VU)_mm512_cvtepu16_epi32((__m256i)h);
+#else
+  return __builtin_convertvector(h, VU);
+#endif
+}
+
+FUSEDOPT_INLINE VH truncate(VU u) {
+#if defined(__AVX512F__)
+  return (VH)_mm512_cvtepi32_epi16((__m512i)u);
+#else
+  return __builtin_convertvector(u, VH);
+#endif
+}
+
 // The stored 16-bit values as float32 (exact).
 template <LowFormat F>
 FUSEDOPT_INLINE VF widen(VH h) {
-  const VU w = __builtin_convertvector(h, VU);
   if constexpr (F == LowFormat::BF16) {
-    return from_bits(w << 16);
+    return from_bits(zero_extend(h) << 16);
   } else {
+#if defined(__AVX512F__)
+    return (VF)_mm512_cvtph_ps((__m256i)h);  // exact, as below (a NaN's payload may differ: canonical on output)
+#else
+    const VU w = zero_extend(h);
     const VU sign = (w & 0x8000u) << 16, e = (w >> 10) & 0x1Fu, m = w & 0x3FFu;
     const VU normal = ((e + 112u) << 23) | (m << 13);
     const VU special = 0x7F800000u | (m << 13);  // inf, NaN with its payload
     const VU sub = bits(__builtin_convertvector((LowLanes::I)m, VF) * 0x1p-24f);  // m * 2**-24, exact
     return from_bits(sign | (e == 0u ? sub : (e == 31u ? special : normal)));
+#endif
   }
 }
 
@@ -61,6 +85,12 @@ FUSEDOPT_INLINE VH narrow(VF x, VU noise) {
     r = (b + add) >> 16;
     r = nan ? VU{} + 0x7FC0u : r;
   } else {
+#if defined(__AVX512F__)
+    if constexpr (!Stochastic) {  // the same rounding in one instruction; the quiet NaN 0x7FC00000 gives 0x7E00
+      const VF y = nan ? from_bits(VU{} + 0x7FC00000u) : x;
+      return (VH)_mm512_cvtps_ph((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+#endif
     const VU sign = (b >> 16) & 0x8000u;
     const VU rebased = a - 0x38000000u;  // exponent bias 127 -> 15
     const VU add = Stochastic ? noise : 0xFFFu + ((rebased >> 13) & 1u);
@@ -75,7 +105,7 @@ FUSEDOPT_INLINE VH narrow(VF x, VU noise) {
     }
     r = nan ? VU{} + 0x7E00u : sign | (a >= 0x38800000u ? normal : sub);
   }
-  return __builtin_convertvector(r, VH);
+  return truncate(r);
 }
 
 // The generator (docs/lowbit.md gives it in full): lowbias32, a 32-bit

@@ -42,7 +42,8 @@ unsigned format_of(Dtype d) { return static_cast<unsigned>(d == BF16 ? LowFormat
 
 // sqrt of the sum of every gradient element's square, in double: pieces in
 // parallel, then summed per leaf and over leaves in a fixed order.
-double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves, const OptimTable& t) {
+double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves, const OptimTable& t,
+                   const LowpTable& low) {
   std::vector<double> partial(layout.pieces().size());
   for_each_piece(layout, false, [&](std::size_t k, const ChunkLayout::Piece& pc) {
     const OptimLeaf& d = leaves[pc.leaf];
@@ -52,7 +53,7 @@ double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leav
     else if (d.dtype == F64)
       partial[k] = t.sumsq64(static_cast<const double*>(d.g) + pc.begin, n);
     else
-      partial[k] = lowp_kernels().sumsq[format_of(d.dtype)](static_cast<const std::uint16_t*>(d.g) + pc.begin, n);
+      partial[k] = low.sumsq[format_of(d.dtype)](static_cast<const std::uint16_t*>(d.g) + pc.begin, n);
   });
   std::vector<double> per_leaf(leaves.size());
   sum_by_leaf(layout, partial, per_leaf.data(), leaves.size());
@@ -67,13 +68,14 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
                       const OptimHyper& hyper, double lr, long long t, ScalarState& state,
                       const LowRounding& low) {
   const OptimTable& table = optim_kernels();
+  const LowpTable& lowp = lowp_kernels();
   const OptimPhase phase = has_phase(rule, OptimPhase::FIRST) && t == 1 ? OptimPhase::FIRST : OptimPhase::STEADY;
   const OptimDecay decays =
       hyper.weight_decay != 0.0 ? decay_of(rule, hyper.decoupled_weight_decay != 0.0) : OptimDecay::NONE;
   const std::size_t plain = kernel_of(rule, OptimDecay::NONE, phase), decayed = kernel_of(rule, decays, phase);
   double norm = -1.0, clip = 1.0;
   if (hyper.max_grad_norm > 0.0) {
-    norm = global_norm(layout, leaves, table);
+    norm = global_norm(layout, leaves, table, lowp);
     // torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6), at most 1.
     clip = std::min(hyper.max_grad_norm / (norm + 1e-6), 1.0);
   }
@@ -92,7 +94,6 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
   keys.key[0] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
   for (std::size_t k = 0; k < kSlots; ++k)
     if (uses_slot(rule, k)) keys.key[1 + k] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
-  const LowpTable& lowp = lowp_kernels();
   for_each_piece(layout, true, [&](std::size_t, const ChunkLayout::Piece& pc) {
     const OptimLeaf& d = leaves[pc.leaf];
     const std::size_t fn = d.decay ? decayed : plain;
