@@ -64,7 +64,10 @@ CASES = [
     ("optim", None, params(), grads(W=WRONG_SHAPE), ValueError,
      "grads at ['W']: expected a float32 array of shape (2, 3) (its parameter's), got a float32 array of shape (3, 2)"),
     ("optim", None, {**params(), "W": F16}, grads(), TypeError,
-     "params at ['W']: expected a float32 or float64 array, got dtype float16 (convert it, e.g. x.astype(np.float32))"),
+     "grads at ['W']: expected a float16 array of shape (2, 3) (its parameter's), got a float32 array of shape (2, 3)"),
+    ("optim", None, {**params(), "W": np.ones((2, 3), np.int32)}, grads(), TypeError,
+     "params at ['W']: expected a float32, float64, bfloat16 (ml_dtypes) or float16 array, got dtype int32 "
+     "(convert it, e.g. x.astype(np.float32))"),
     ("optim", grads(), params(), grads(b=None), StructureError,
      "grads does not match the structure it is stepped with: expected a dict with keys ['W', 'b'], "
      "got a dict of 1 entry; missing key 'b'" + STRUCTURE),

@@ -17,7 +17,26 @@
 namespace fusedopt {
 
 namespace {
-int npy_type(Dtype d) { return npy_type_number(d); }
+
+// ml_dtypes registers bfloat16 with NumPy when it is imported; its number
+// stays the same for the life of the process once it exists.
+int bfloat16_number() {
+  static int number = -1;
+  if (number >= 0) return number;
+  PyObject* module = PyImport_GetModule(py::str("ml_dtypes").ptr());  // only if imported: no import here
+  if (!module) {
+    if (PyErr_Occurred()) throw py::error_already_set();
+    return -1;
+  }
+  py::object ml = py::reinterpret_steal<py::object>(module);
+  PyArray_Descr* descr = nullptr;
+  if (!PyArray_DescrConverter(ml.attr("bfloat16").ptr(), &descr)) throw py::error_already_set();
+  number = descr->type_num;
+  Py_DECREF(descr);
+  return number;
+}
+
+int npy_type(Dtype d) { return type_number(d); }
 
 // Buffers of output arenas whose arrays have died, kept for the next step.
 // The paysage path allocates a delta arena every step, and the previous one
@@ -72,6 +91,15 @@ void give_back(PyObject* capsule) {
   delete block;
 }
 }  // namespace
+
+int type_number(Dtype dtype) { return dtype == BF16 ? bfloat16_number() : npy_type_number(dtype); }
+
+int dtype_of_type_number(int type) {
+  for (Dtype d : {F32, F64, F16})
+    if (type == npy_type_number(d)) return d;
+  if (type >= NPY_USERDEF && type == bfloat16_number()) return BF16;
+  return -1;
+}
 
 py::object recycled_empty(std::size_t n, Dtype dtype) {
   const std::size_t item = item_size(dtype);
@@ -143,10 +171,22 @@ bool finite_run(const T* x, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
   return ok;
 }
+// bfloat16 and float16: finite unless every exponent bit is set.
+bool finite_bits(const std::uint16_t* x, std::size_t n, std::uint16_t exponent) {
+  bool ok = true;
+  for (std::size_t i = 0; i < n; ++i) ok &= (x[i] & exponent) != exponent;
+  return ok;
+}
 }  // namespace
 
 bool all_finite(const void* data, Dtype dtype, std::size_t n) {
-  return dtype == F32 ? finite_run(static_cast<const float*>(data), n) : finite_run(static_cast<const double*>(data), n);
+  switch (dtype) {
+    case F32: return finite_run(static_cast<const float*>(data), n);
+    case F64: return finite_run(static_cast<const double*>(data), n);
+    case BF16: return finite_bits(static_cast<const std::uint16_t*>(data), n, 0x7F80);
+    case F16: return finite_bits(static_cast<const std::uint16_t*>(data), n, 0x7C00);
+  }
+  return false;
 }
 
 }  // namespace fusedopt

@@ -10,6 +10,12 @@ namespace py = pybind11;
 
 namespace fusedopt {
 
+// NumPy's type number of a dtype; bfloat16's is ml_dtypes' (-1 while
+// ml_dtypes is not imported: then no array can be bfloat16).
+int type_number(Dtype dtype);
+// The dtype of a NumPy type number, or -1 for another type.
+int dtype_of_type_number(int type);
+
 // A 1-d array of n elements whose data starts on a 64-byte boundary.
 py::object aligned_empty(std::size_t n, Dtype dtype);
 // The same for an output arena (a step's delta): large ones reuse the buffer

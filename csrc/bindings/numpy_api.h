@@ -14,5 +14,6 @@
 #include "common/dtype.h"
 
 static_assert(fusedopt::npy_type_number(fusedopt::F32) == NPY_FLOAT &&
-                  fusedopt::npy_type_number(fusedopt::F64) == NPY_DOUBLE,
+                  fusedopt::npy_type_number(fusedopt::F64) == NPY_DOUBLE &&
+                  fusedopt::npy_type_number(fusedopt::F16) == NPY_HALF,
               "dtype.h's NumPy type numbers must be NumPy's");

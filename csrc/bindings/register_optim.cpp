@@ -37,7 +37,7 @@ std::string got_of(PyObject* o) {
 PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what) {
   const LeafSpec& s = plan.leaves()[l];
   PyArrayObject* a = PyArray_Check(o) ? reinterpret_cast<PyArrayObject*>(o) : nullptr;
-  const bool dtype_ok = a && PyArray_TYPE(a) == npy_type_number(s.dtype);
+  const bool dtype_ok = a && PyArray_TYPE(a) == type_number(s.dtype);
   const bool shape_ok = a && PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
   if (dtype_ok && shape_ok) return a;
@@ -83,14 +83,17 @@ class OptimState {
       if (!uses_slot(rule_, k)) continue;
       const int start = spec.slots[k].start;
       const double fill = start == kZero ? 0.0 : hyper_->*kHyperSpecs[start].field;
-      for (Dtype d : {F32, F64}) {
+      for (Dtype d : {F32, F64, BF16, F16}) {
+        if (!has_arena(d)) continue;
         const std::size_t n = plan_->arena_size(d);
         arenas_[k][d] = aligned_empty(n, d);
         void* data = arena_data(arenas_[k][d], d, n, "slot");
         if (d == F32)
           std::fill_n(static_cast<float*>(data), n, static_cast<float>(fill));
-        else
+        else if (d == F64)
           std::fill_n(static_cast<double*>(data), n, fill);
+        else  // the start value's float32 rounded to nearest even, as NumPy and ml_dtypes convert it
+          arenas_[k][d].attr("fill")(py::module_::import("numpy").attr("float32")(fill));
       }
     }
   }
@@ -139,6 +142,7 @@ class OptimState {
       }
     for (std::size_t l = 0; l < specs.size(); ++l) {
       data[l].decay = decay_[l] != 0;
+      data[l].size = specs[l].size;
       for (std::size_t k = 0; k < kSlots; ++k)
         data[l].s[k] = uses_slot(rule_, k) ? slot_data(k, specs[l]) : nullptr;
     }
@@ -151,7 +155,7 @@ class OptimState {
     double norm;
     {
       py::gil_scoped_release nogil;
-      norm = run_optim_step(rule_, plan_->layout(), data, hyper, lr, step_count_ + 1, scalars);
+      norm = run_optim_step(rule_, plan_->layout(), data, hyper, lr, step_count_ + 1, scalars, rounding_);
     }
     ++step_count_;
     scalars_ = scalars;
@@ -223,7 +227,7 @@ class OptimState {
       for (std::size_t l = 0; l < specs.size(); ++l) {
         py::object leaf = leaves[l];
         matching_leaf(*plan_, l, leaf.ptr(), name);
-        PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(npy_type_number(specs[l].dtype)), 0, 0,
+        PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(type_number(specs[l].dtype)), 0, 0,
                                       NPY_ARRAY_CARRAY_RO, nullptr);
         if (!c) throw py::error_already_set();
         arrays.push_back(py::reinterpret_steal<py::object>(c));
@@ -251,6 +255,11 @@ class OptimState {
   }
   std::vector<bool> decay_mask() const { return std::vector<bool>(decay_.begin(), decay_.end()); }
 
+  bool stochastic_rounding() const { return rounding_.stochastic; }
+  void set_stochastic_rounding(bool on) { rounding_.stochastic = on; }
+  std::uint64_t seed() const { return rounding_.seed; }
+  void set_seed(std::uint64_t seed) { rounding_.seed = seed; }
+
   OptimRule rule() const { return rule_; }
   const py::object& plan() const { return plan_obj_; }
   const py::object& hyper() const { return hyper_obj_; }
@@ -265,6 +274,9 @@ class OptimState {
     for (const auto& n : slot_names()) known += (known.empty() ? "" : ", ") + n;
     throw py::value_error("no state slot '" + name + "' in this optimizer (its slots: " + (known.empty() ? "none" : known) + ")");
   }
+
+  // float32 and float64 arenas always exist (maybe empty); 16-bit ones when a leaf has that dtype.
+  bool has_arena(Dtype d) const { return !is_low(d) || plan_->uses(d); }
 
   void* slot_data(std::size_t k, const LeafSpec& s) const {
     char* base = static_cast<char*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][s.dtype].ptr())));
@@ -285,8 +297,9 @@ class OptimState {
       add_span(spans, data[l].p, specs[l].size * item_size(specs[l].dtype), "params", l);
     for (std::size_t k = 0; k < kSlots; ++k)
       if (uses_slot(rule_, k))
-        for (Dtype d : {F32, F64})
-          add_span(spans, PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][d].ptr())),
+        for (Dtype d : {F32, F64, BF16, F16})
+          if (has_arena(d))
+            add_span(spans, PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][d].ptr())),
                    plan_->arena_size(d) * item_size(d), spec_of(rule_).slots[k].name, kNoIndex);
     refuse_overlaps(*plan_, spans);
     bool copied = false;  // then the key is not remembered: this step reads copies
@@ -303,7 +316,8 @@ class OptimState {
   const Plan* plan_ = nullptr;
   py::object hyper_obj_;  // keeps hyper_ alive; Python assigns its fields between steps
   const OptimHyper* hyper_ = nullptr;
-  py::object arenas_[kSlots][2];  // slot k, dtype d: 64-byte aligned, laid out as the plan's arenas
+  py::object arenas_[kSlots][kNumDtypes];  // slot k, dtype d: 64-byte aligned, laid out as the plan's arenas
+  LowRounding rounding_;                   // of bfloat16/float16 leaves
   std::vector<char> decay_;
   ScalarState scalars_{};  // the rule's scalar state (spec_of(rule_).scalar_state)
   long long step_count_ = 0;
@@ -370,6 +384,9 @@ void register_optim(py::module_& m) {
       .def_property_readonly("slot_names", &OptimState::slot_names)
       .def_property("scalars", &OptimState::scalars, &OptimState::set_scalars)
       .def_property("decay_mask", &OptimState::decay_mask, &OptimState::set_decay_mask)
+      .def_property("stochastic_rounding", &OptimState::stochastic_rounding, &OptimState::set_stochastic_rounding,
+                    "Round bfloat16/float16 parameters and slots stochastically (else to nearest even).")
+      .def_property("seed", &OptimState::seed, &OptimState::set_seed, "The stochastic rounding's seed, 0 <= seed < 2**64.")
       .def_property_readonly("rule", &OptimState::rule)
       .def_property_readonly("plan", &OptimState::plan)
       .def_property_readonly("hyper", &OptimState::hyper)

@@ -21,7 +21,8 @@ void register_tree(py::module_& m) {
   py::register_exception<StructureError>(m, "StructureError", PyExc_ValueError);
 
   py::class_<Plan>(m, "Plan", "The structure of a tree, recorded once; leaves laid out in 64-byte aligned arenas.")
-      .def(py::init<py::handle, const std::string&>(), py::arg("tree"), py::arg("name") = "grad")
+      .def(py::init<py::handle, const std::string&, bool>(), py::arg("tree"), py::arg("name") = "grad",
+           py::arg("low_precision") = false)
       .def_property_readonly("num_leaves", [](const Plan& p) { return p.leaves().size(); })
       .def_property_readonly("arena_sizes", [](const Plan& p) { return py::make_tuple(p.arena_size(F32), p.arena_size(F64)); })
       .def_property_readonly("leaf_sizes", [](const Plan& p) {

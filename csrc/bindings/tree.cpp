@@ -3,6 +3,7 @@
 #include <cctype>
 #include <unordered_set>
 
+#include "arrays.h"
 #include "numpy_api.h"
 
 namespace fusedopt {
@@ -55,8 +56,8 @@ std::string leaf_label(const std::string& name, const std::string& path) {
   return path.empty() ? name : name + " at " + path;
 }
 
-Plan::Plan(py::handle tree, const std::string& name) {
-  record(tree, name, "");
+Plan::Plan(py::handle tree, const std::string& name, bool low_precision) {
+  record(tree, name, "", low_precision);
   // Labels are unique inside each dict, but a custom repr may still spell a
   // whole path of another branch: leaf paths are made unique as a last step.
   std::vector<std::string> paths;
@@ -69,7 +70,7 @@ Plan::Plan(py::handle tree, const std::string& name) {
     leaf.offset = arena_size_[leaf.dtype];
     uses_[leaf.dtype] = true;
     // Each leaf starts on a 64-byte boundary of its arena.
-    const std::size_t per_line = leaf.dtype == F32 ? 16 : 8;
+    const std::size_t per_line = 64 / item_size(leaf.dtype);
     arena_size_[leaf.dtype] += (leaf.size + per_line - 1) / per_line * per_line;
     sizes.push_back(leaf.size);
   }
@@ -83,7 +84,7 @@ Plan::Plan(py::handle tree, const std::string& name) {
 // recurse until the C stack overflows.
 constexpr int kMaxDepth = 1000;
 
-void Plan::record(py::handle obj, const std::string& name, const std::string& path, int depth) {
+void Plan::record(py::handle obj, const std::string& name, const std::string& path, bool low, int depth) {
   if (depth > kMaxDepth)
     throw py::value_error(name + " at " + path.substr(0, 60) + "...: the tree is nested more than " +
                           std::to_string(kMaxDepth) + " levels deep (does a container contain itself?)");
@@ -98,13 +99,15 @@ void Plan::record(py::handle obj, const std::string& name, const std::string& pa
   };
   if (PyArray_Check(o)) {
     PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
-    const int t = PyArray_TYPE(a);
-    if (t != npy_type_number(F32) && t != npy_type_number(F64))
-      throw py::type_error(leaf_label(name, path) + ": expected a float32 or float64 array, got dtype " +
+    const int d = dtype_of_type_number(PyArray_TYPE(a));
+    if (d < 0 || (!low && is_low(static_cast<Dtype>(d))))
+      throw py::type_error(leaf_label(name, path) + ": expected a " +
+                           (low ? "float32, float64, bfloat16 (ml_dtypes) or float16" : "float32 or float64") +
+                           " array, got dtype " +
                            py::str(py::handle(reinterpret_cast<PyObject*>(PyArray_DESCR(a)))).cast<std::string>() +
                            " (convert it, e.g. x.astype(np.float32))");
     LeafSpec spec;
-    spec.dtype = t == npy_type_number(F32) ? F32 : F64;
+    spec.dtype = static_cast<Dtype>(d);
     spec.shape.assign(PyArray_DIMS(a), PyArray_DIMS(a) + PyArray_NDIM(a));
     spec.size = static_cast<std::size_t>(PyArray_SIZE(a));
     spec.offset = 0;
@@ -118,18 +121,18 @@ void Plan::record(py::handle obj, const std::string& name, const std::string& pa
     py::tuple fields = obj.attr("_fields");
     for (Py_ssize_t i = 0; i < n; ++i) {
       const std::string field = py::str(fields[i]);
-      record(PyTuple_GET_ITEM(o, i), name, path.empty() ? field : join_path(path, "." + field), depth + 1);
+      record(PyTuple_GET_ITEM(o, i), name, path.empty() ? field : join_path(path, "." + field), low, depth + 1);
     }
   } else if (PyTuple_Check(o)) {
     const Py_ssize_t n = PyTuple_GET_SIZE(o);
     children(Node::TUPLE, static_cast<std::size_t>(n));
-    for (Py_ssize_t i = 0; i < n; ++i) record(PyTuple_GET_ITEM(o, i), name, join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
+    for (Py_ssize_t i = 0; i < n; ++i) record(PyTuple_GET_ITEM(o, i), name, join_path(path, "[" + std::to_string(i) + "]"), low, depth + 1);
   } else if (PyList_Check(o)) {
     const Py_ssize_t n = PyList_GET_SIZE(o);
     children(Node::LIST, static_cast<std::size_t>(n));
     for (Py_ssize_t i = 0; i < n; ++i) {
       py::object item = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(o, i));
-      record(item, name, join_path(path, "[" + std::to_string(i) + "]"), depth + 1);
+      record(item, name, join_path(path, "[" + std::to_string(i) + "]"), low, depth + 1);
     }
   } else if (PyDict_Check(o)) {
     children(Node::DICT, static_cast<std::size_t>(PyDict_Size(o)));
@@ -141,7 +144,7 @@ void Plan::record(py::handle obj, const std::string& name, const std::string& pa
     for (const auto& key : keys) labels.push_back(key_label(key));
     make_unique(labels);
     for (std::size_t k = 0; k < keys.size(); ++k)
-      record(d[keys[k]], name, join_path(path, "[" + labels[k] + "]"), depth + 1);
+      record(d[keys[k]], name, join_path(path, "[" + labels[k] + "]"), low, depth + 1);
   } else {
     throw py::type_error(leaf_label(name, path) +
                          ": expected a numpy array (float32 or float64) or a tuple, list, dict or namedtuple of them, got " +

@@ -46,7 +46,8 @@ struct Node {
 class Plan {
  public:
   // Records the structure of `tree`; `name` (the argument it was passed as) starts error messages.
-  Plan(py::handle tree, const std::string& name);
+  // Leaves are float32 or float64 arrays, also bfloat16 and float16 with `low_precision`.
+  Plan(py::handle tree, const std::string& name, bool low_precision = false);
 
   // Calls visit(leaf_index, array_object) for every leaf of `tree`, in order,
   // after checking the containers; throws StructureError naming the path.
@@ -69,7 +70,7 @@ class Plan {
   std::string describe(std::size_t node) const;
 
  private:
-  void record(py::handle obj, const std::string& name, const std::string& path, int depth = 0);
+  void record(py::handle obj, const std::string& name, const std::string& path, bool low, int depth = 0);
   py::object build(std::size_t& node, const std::vector<py::object>& leaves) const;
 
   template <class Visit>
@@ -78,8 +79,8 @@ class Plan {
 
   std::vector<Node> nodes_;  // pre-order
   std::vector<LeafSpec> leaves_;
-  std::size_t arena_size_[2] = {0, 0};
-  bool uses_[2] = {false, false};  // some leaf has this dtype
+  std::size_t arena_size_[kNumDtypes] = {};
+  bool uses_[kNumDtypes] = {};  // some leaf has this dtype
   std::unique_ptr<ChunkLayout> layout_;
 };
 

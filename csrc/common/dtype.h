@@ -1,15 +1,23 @@
-// The two element types of the paysage family and their facts, in one place.
+// The element types of the kernels and their facts, in one place. The paysage
+// family steps float32 and float64; the optim family also bfloat16 and
+// float16 leaves (docs/lowbit.md), whose math runs in float32.
 #pragma once
 #include <cstddef>
 
 namespace fusedopt {
 
-enum Dtype : int { F32 = 0, F64 = 1 };
+enum Dtype : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+constexpr int kNumDtypes = 4;
 
-constexpr std::size_t item_size(Dtype d) { return d == F32 ? 4 : 8; }
-constexpr const char* dtype_name(Dtype d) { return d == F32 ? "float32" : "float64"; }
-// NumPy's type numbers (NPY_FLOAT, NPY_DOUBLE; checked against NumPy's headers
-// in bindings/numpy_api.h), so that kernels need no NumPy header.
-constexpr int npy_type_number(Dtype d) { return d == F32 ? 11 : 12; }
+constexpr bool is_low(Dtype d) { return d == BF16 || d == F16; }
+constexpr std::size_t item_size(Dtype d) { return d == F32 ? 4 : d == F64 ? 8 : 2; }
+constexpr const char* dtype_name(Dtype d) {
+  return d == F32 ? "float32" : d == F64 ? "float64" : d == BF16 ? "bfloat16" : "float16";
+}
+// NumPy's type numbers (NPY_FLOAT, NPY_DOUBLE, NPY_HALF; checked against
+// NumPy's headers in bindings/numpy_api.h), so that kernels need no NumPy
+// header. bfloat16 (ml_dtypes) has none fixed: bindings/arrays.h's
+// type_number asks NumPy at run time.
+constexpr int npy_type_number(Dtype d) { return d == F32 ? 11 : d == F64 ? 12 : d == F16 ? 23 : -1; }
 
 }  // namespace fusedopt

@@ -4,6 +4,7 @@
 #include <cmath>
 #include "common/dispatch.h"
 #include "common/threads.h"
+#include "optim/lowp_types.h"
 
 namespace fusedopt {
 
@@ -32,14 +33,28 @@ OptimSegment<T> segment(const OptimLeaf& d, std::size_t b, std::size_t e) {
           e - b};
 }
 
+LowSegment low_segment(const OptimLeaf& d, std::size_t b, std::size_t e, std::uint64_t leaf_index) {
+  auto at16 = [&](void* base) { return base ? static_cast<std::uint16_t*>(base) + b : nullptr; };
+  return {static_cast<const std::uint16_t*>(d.g) + b, at16(d.p), {at16(d.s[0]), at16(d.s[1]), at16(d.s[2])}, e - b,
+          leaf_index + b};
+}
+
+unsigned format_of(Dtype d) { return static_cast<unsigned>(d == BF16 ? LowFormat::BF16 : LowFormat::F16); }
+
 // sqrt of the sum of every gradient element's square, in double: pieces in
 // parallel, then summed per leaf and over leaves in a fixed order.
-double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves, const OptimTable& t) {
+double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves, const OptimTable& t,
+                   const LowpTable& low) {
   std::vector<double> partial(layout.pieces().size());
   for_each_piece(layout, false, [&](std::size_t k, const ChunkLayout::Piece& pc) {
     const OptimLeaf& d = leaves[pc.leaf];
-    partial[k] = d.dtype == F32 ? t.sumsq32(static_cast<const float*>(d.g) + pc.begin, pc.end - pc.begin)
-                                : t.sumsq64(static_cast<const double*>(d.g) + pc.begin, pc.end - pc.begin);
+    const std::size_t n = pc.end - pc.begin;
+    if (d.dtype == F32)
+      partial[k] = t.sumsq32(static_cast<const float*>(d.g) + pc.begin, n);
+    else if (d.dtype == F64)
+      partial[k] = t.sumsq64(static_cast<const double*>(d.g) + pc.begin, n);
+    else
+      partial[k] = low.sumsq[format_of(d.dtype)](static_cast<const std::uint16_t*>(d.g) + pc.begin, n);
   });
   std::vector<double> per_leaf(leaves.size());
   sum_by_leaf(layout, partial, per_leaf.data(), leaves.size());
@@ -51,15 +66,17 @@ double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leav
 }  // namespace
 
 double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves,
-                      const OptimHyper& hyper, double lr, long long t, ScalarState& state) {
+                      const OptimHyper& hyper, double lr, long long t, ScalarState& state,
+                      const LowRounding& low) {
   const OptimTable& table = optim_kernels();
+  const LowpTable& lowp = lowp_kernels();
   const OptimPhase phase = has_phase(rule, OptimPhase::FIRST) && t == 1 ? OptimPhase::FIRST : OptimPhase::STEADY;
   const OptimDecay decays =
       hyper.weight_decay != 0.0 ? decay_of(rule, hyper.decoupled_weight_decay != 0.0) : OptimDecay::NONE;
   const std::size_t plain = kernel_of(rule, OptimDecay::NONE, phase), decayed = kernel_of(rule, decays, phase);
   double norm = -1.0, clip = 1.0;
   if (hyper.max_grad_norm > 0.0) {
-    norm = global_norm(layout, leaves, table);
+    norm = global_norm(layout, leaves, table, lowp);
     // torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6), at most 1.
     clip = std::min(hyper.max_grad_norm / (norm + 1e-6), 1.0);
   }
@@ -67,13 +84,26 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
                                                                       state.data());
   const OptimScalars<float> c32 = rounded<float>(values);
   const OptimScalars<double> c64 = rounded<double>(values);
+  // 16-bit leaves: each element's index in the whole tree and the step's keys
+  // (docs/lowbit.md), so the random bits do not depend on the chunking.
+  std::vector<std::uint64_t> first(leaves.size());
+  std::uint64_t total = 0;
+  for (std::size_t l = 0; l < leaves.size(); ++l) first[l] = total, total += leaves[l].size;
+  LowKeys keys{};
+  // Streams: 0 the parameter, 1, 2, ... the rule's slots in their order.
+  std::uint64_t stream = 0;
+  keys.key[0] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
+  for (std::size_t k = 0; k < kSlots; ++k)
+    if (uses_slot(rule, k)) keys.key[1 + k] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
   for_each_piece(layout, true, [&](std::size_t, const ChunkLayout::Piece& pc) {
     const OptimLeaf& d = leaves[pc.leaf];
     const std::size_t fn = d.decay ? decayed : plain;
     if (d.dtype == F32)
       table.f32[fn](segment<float>(d, pc.begin, pc.end), c32);
-    else
+    else if (d.dtype == F64)
       table.f64[fn](segment<double>(d, pc.begin, pc.end), c64);
+    else
+      lowp.fn[format_of(d.dtype)][low.stochastic][fn](low_segment(d, pc.begin, pc.end, first[pc.leaf]), c32, keys);
   });
   return norm;
 }

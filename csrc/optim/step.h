@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 #include "common/multi_tensor.h"
 #include "optim/rules.h"
@@ -16,15 +17,24 @@ struct OptimLeaf {
   void* p;
   void* s[kSlots];
   bool decay;  // weight decay applies to this leaf (weight_decay_mask)
+  std::size_t size;  // elements
 };
 
 using ScalarState = std::array<double, kMaxScalarState>;
+
+// How bfloat16/float16 leaves round their parameters and slots: to nearest
+// even, or stochastically with the bits of the generator keyed by seed.
+struct LowRounding {
+  bool stochastic = false;
+  std::uint64_t seed = 0;
+};
 
 // Step number t (1 for the first step) of `rule` with learning rate lr;
 // `state` is the rule's scalar state before the step and is advanced in
 // place. Returns the global L2 norm of the gradient when clipping (else -1).
 // Call without the GIL.
 double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves,
-                      const OptimHyper& hyper, double lr, long long t, ScalarState& state);
+                      const OptimHyper& hyper, double lr, long long t, ScalarState& state,
+                      const LowRounding& low = {});
 
 }  // namespace fusedopt

@@ -70,9 +70,11 @@ class SGD(Optimizer):
 
     def __init__(self, lr: LR = 1e-3, momentum: float = 0, dampening: float = 0, weight_decay: float = 0,
                  nesterov: bool = False, maximize: bool = False, *, weight_decay_mask: Mask = None,
-                 max_grad_norm: Optional[float] = None, check_finite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                            nesterov=nesterov, maximize=maximize))
 
@@ -116,9 +118,11 @@ class Adam(Optimizer):
     def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, amsgrad: bool = False, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize))
 
     def _rule(self) -> str:
@@ -134,9 +138,11 @@ class AdamW(Adam):
     def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, weight_decay_mask=weight_decay_mask,
-                         max_grad_norm=max_grad_norm, check_finite=check_finite)
+                         max_grad_norm=max_grad_norm, check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
 
 class NAdam(Optimizer):
@@ -178,9 +184,11 @@ class NAdam(Optimizer):
     def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
                  maximize: bool = False, float32_scalars: bool = False, weight_decay_mask: Mask = None,
-                 max_grad_norm: Optional[float] = None, check_finite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                            float32_scalars=float32_scalars))
@@ -223,9 +231,11 @@ class RAdam(Optimizer):
     def __init__(self, lr: LR = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay,
                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
 
@@ -255,9 +265,11 @@ class Adamax(Optimizer):
 
     def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, *, maximize: bool = False, weight_decay_mask: Mask = None,
-                 max_grad_norm: Optional[float] = None, check_finite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize))
 
     def _rule(self) -> str:
@@ -286,9 +298,11 @@ class Adadelta(Optimizer):
 
     def __init__(self, lr: LR = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0, *,
                  maximize: bool = False, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
 
     def _rule(self) -> str:
@@ -330,9 +344,11 @@ class ASGD(Optimizer):
     def __init__(self, lr: LR = 1e-2, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6,
                  weight_decay: float = 0, *, maximize: bool = False, float32_scalars: bool = False,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize,
                            float32_scalars=float32_scalars))
 
@@ -368,9 +384,11 @@ class Rprop(Optimizer):
     def __init__(self, lr: LR = 1e-2, etas: Tuple[float, float] = (0.5, 1.2),
                  step_sizes: Tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(etas=etas, step_sizes=step_sizes, maximize=maximize))
 
     def _validate(self) -> None:
@@ -408,9 +426,11 @@ class RMSprop(Optimizer):
     def __init__(self, lr: LR = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
                  momentum: float = 0, centered: bool = False, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                            centered=centered, maximize=maximize))
 
@@ -443,9 +463,11 @@ class Adagrad(Optimizer):
     def __init__(self, lr: LR = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(lr_decay=lr_decay, weight_decay=weight_decay,
                            initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize))
 
@@ -473,9 +495,11 @@ class Lion(Optimizer):
 
     def __init__(self, lr: LR = 1e-4, betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0,
                  maximize: bool = False, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
-                         check_finite=check_finite)
+                         check_finite=check_finite,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
         self._set_all(dict(betas=betas, weight_decay=weight_decay, maximize=maximize))
 
     def _rule(self) -> str:

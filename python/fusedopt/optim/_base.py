@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .. import _core, _docs, schedules
-from . import _checks as checks, _state as fmt
+from . import _checks as checks, _lowp as lowp, _state as fmt
 from ._tree import Mask, resolve_mask
 
 #: The learning rate ``lr`` of every fusedopt.optim optimizer: a float >= 0; a fusedopt
@@ -26,7 +26,8 @@ from ._tree import Mask, resolve_mask
 LR = Union[float, schedules.Schedule, Callable[[int], Any]]
 
 _USAGE = """
-Usage (``params`` and ``grads``: trees of the same structure of float32/float64 arrays)::
+Usage (``params`` and ``grads``: trees of the same structure of float32, float64, bfloat16
+(ml_dtypes) or float16 arrays)::
 
     from fusedopt import optim
     opt = optim.{name}(lr=1e-3)
@@ -37,7 +38,8 @@ Usage (``params`` and ``grads``: trees of the same structure of float32/float64 
 ``weight_decay_mask`` (keyword) is a ``Mask``: None (every leaf decays), a tree of bools
 shaped like ``params``, or a callable ``(path, array) -> bool``. ``max_grad_norm``
 (keyword) clips the whole gradient tree to that L2 norm; ``check_finite`` (keyword)
-refuses NaN/Inf gradients.
+refuses NaN/Inf gradients. ``stochastic_rounding`` and ``seed`` (keywords) round
+bfloat16/float16 parameters and state stochastically (docs/lowbit.md).
 """
 
 
@@ -142,7 +144,7 @@ class Optimizer:
     _fixed: Dict[str, float] = {}  # native fields the class fixes (AdamW: decoupled_weight_decay)
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
         """Called by the subclasses' constructors with the options every optimizer takes."""
         self._values: Dict[str, Any] = {}
         self._hyper = _core.OptimHyper()
@@ -154,6 +156,8 @@ class Optimizer:
         self.lr = lr
         self.max_grad_norm = max_grad_norm
         self.check_finite = check_finite
+        self.stochastic_rounding = stochastic_rounding
+        self.seed = seed
         self.weight_decay_mask = weight_decay_mask
 
     # -- what a class declares --------------------------------------------------------
@@ -238,6 +242,30 @@ class Optimizer:
         self._values["check_finite"] = checks.flag("check_finite", value)
 
     @property
+    def stochastic_rounding(self) -> bool:
+        """Round the bfloat16/float16 parameters and state slots stochastically (else to nearest
+        even), with the bits of the counter-based generator keyed by (seed, step, element)."""
+        return bool(self._values["stochastic_rounding"])
+
+    @stochastic_rounding.setter
+    def stochastic_rounding(self, value: bool) -> None:
+        self._values["stochastic_rounding"] = checks.flag("stochastic_rounding", value)
+        if self._state is not None:
+            self._set_rounding(self._state)
+
+    @property
+    def seed(self) -> int:
+        """The stochastic rounding's seed, an int in [0, 2**64); saved in state_dict()."""
+        value: int = self._values["seed"]
+        return value
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._values["seed"] = lowp.check_seed("seed", value)
+        if self._state is not None:
+            self._set_rounding(self._state)
+
+    @property
     def weight_decay_mask(self) -> Mask:
         """None (every leaf decays), a tree of bools shaped like the parameters, or a callable
         ``(path, array) -> bool``; resolved at the first step (the callable sees each parameter)
@@ -250,7 +278,7 @@ class Optimizer:
         if self._state is not None:
             # The parameters are not kept: a callable sees read-only stand-ins of their shape and dtype.
             plan = self._state.plan
-            stand_ins = [np.broadcast_to(np.zeros((), dtype), shape)
+            stand_ins = [np.broadcast_to(np.zeros((), lowp.dtype(dtype)), shape)
                          for dtype, shape in zip(plan.leaf_dtypes, plan.shapes)]
             self._state.decay_mask = resolve_mask(mask, plan.paths, stand_ins)
         self._values["weight_decay_mask"] = mask
@@ -305,14 +333,22 @@ class Optimizer:
     def _new_state(self, plan: _core.Plan, mask: List[bool]) -> Any:
         """The native state of a tree: an OptimState (the 8-bit classes keep a Quant8State,
         of the same interface)."""
-        return _core.OptimState(self._native_rule(), plan, mask, self._hyper)
+        state = _core.OptimState(self._native_rule(), plan, mask, self._hyper)
+        self._set_rounding(state)
+        return state
+
+    def _set_rounding(self, state: Any) -> None:
+        """The stochastic rounding options into a native state that rounds 16-bit leaves."""
+        if isinstance(state, _core.OptimState):
+            state.stochastic_rounding = self._values["stochastic_rounding"]
+            state.seed = self._values["seed"]
 
     def _parse_state(self, state: Mapping[str, Any], version: int) -> Optional[Dict[str, Any]]:
         """The saved leaves and scalars of a state_dict, checked against this state's."""
         return _parse_pending(state, version, _core.optim_rule_spec(self._native_rule()))
 
     def _bind(self, params: Any) -> Any:
-        plan = _core.Plan(params, "params")
+        plan = _core.Plan(params, "params", low_precision=True)
         mask = resolve_mask(self.weight_decay_mask, plan.paths, plan.flatten(params, "params"))
         state = self._new_state(plan, mask)
         if self._pending is not None:
@@ -320,9 +356,9 @@ class Optimizer:
         return state
 
     def step(self, params: Any, grads: Any) -> None:
-        """One step of every leaf of `params` (writeable C-contiguous float32/float64 arrays,
-        stepped in place) with `grads` (a tree of the same structure, dtypes and shapes; never
-        modified). Everything is checked before anything changes: a TypeError/ValueError names
+        """One step of every leaf of `params` (writeable C-contiguous float32, float64, bfloat16 or
+        float16 arrays, stepped in place) with `grads` (a tree of the same structure, dtypes and
+        shapes; never modified). Everything is checked before anything changes: a TypeError/ValueError names
         the leaf; check_finite raises FloatingPointError."""
         state, lr = self._state, self._lr
         if state is not None and type(lr) is float:  # steady state with a constant rate: straight in
@@ -357,6 +393,8 @@ class Optimizer:
             out[f"hyper.{name}"] = np.asarray(value) if isinstance(value, tuple) else value
         out["max_grad_norm"] = 0.0 if self.max_grad_norm is None else self.max_grad_norm
         out["check_finite"] = self.check_finite
+        out["stochastic_rounding"] = self.stochastic_rounding
+        out["seed"] = np.uint64(self.seed)
         lr = self._lr
         out["lr_kind"] = "float" if isinstance(lr, float) else "schedule" if isinstance(lr, schedules.Schedule) else "callable"
         if isinstance(lr, float):
@@ -396,6 +434,7 @@ class Optimizer:
         max_grad_norm = fmt.get_value(state, "max_grad_norm")
         values["max_grad_norm"] = None if max_grad_norm == 0.0 else max_grad_norm
         values["check_finite"] = fmt.get_value(state, "check_finite")
+        rounding = fmt.rounding_entries(state)
         lr_kind = fmt.get_str(state, "lr_kind")
         if lr_kind == "float":
             values["lr"] = fmt.get_value(state, "lr")
@@ -406,7 +445,7 @@ class Optimizer:
         # The hyper-parameters on a scratch optimizer: every check of construction and assignment.
         trial = type(self).__new__(type(self))
         Optimizer.__init__(trial, values.pop("lr", 0.0), check_finite=values.pop("check_finite"),
-                           max_grad_norm=values.pop("max_grad_norm"))
+                           max_grad_norm=values.pop("max_grad_norm"), **rounding)
         trial._set_all(values)
         pending = trial._parse_state(state, version)
         new_state = None
@@ -445,8 +484,9 @@ def _parse_pending(state: Mapping[str, Any], version: int, spec: Mapping[str, An
     paths = fmt.get_strs(state, "leaf_paths")
     dtypes = fmt.get_strs(state, "leaf_dtypes", len(paths))
     for path, dtype in zip(paths, dtypes):
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"state: leaf {path or 'at the root'} has dtype {dtype!r}, expected float32 or float64")
+        if dtype not in lowp.LEAF_DTYPES:
+            raise ValueError(f"state: leaf {path or 'at the root'} has dtype {dtype!r}, expected one of "
+                             f"{', '.join(lowp.LEAF_DTYPES)}")
     mask = fmt.get(state, "decay_mask")
     if not (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (len(paths),)):
         raise ValueError(f"state['decay_mask'] must be a bool array of {len(paths)} entries")

@@ -10,6 +10,9 @@ the same without the rule's scalar state, still loads):
                                                   (betas as hyper.betas, a 2-array)
     max_grad_norm                                 float, 0.0 for None
     check_finite                                  bool
+    stochastic_rounding, seed                     bool, uint64: bfloat16/float16
+                                                  rounding (absent in older states:
+                                                  False, 0)
     lr_kind                                       "float", "schedule" or "callable"
     lr                                            float (lr_kind "float")
     schedule, schedule.names, schedule.<name>     a fusedopt schedule's class and
@@ -36,6 +39,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .. import _state_fields as _fields, schedules
+from . import _lowp as lowp
 
 FORMAT = "fusedopt.optim"
 VERSION = 2
@@ -58,6 +62,17 @@ def get_value(state: Mapping[str, Any], key: str) -> Any:
 
 
 strs = _fields.strs
+
+
+def rounding_entries(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """stochastic_rounding and seed as constructor keywords; a state saved before they
+    existed rounds to nearest (False, seed 0)."""
+    out: Dict[str, Any] = {"stochastic_rounding": False, "seed": 0}
+    if "stochastic_rounding" in state:
+        out["stochastic_rounding"] = _fields.as_bool(get(state, "stochastic_rounding"), "stochastic_rounding")
+    if "seed" in state:
+        out["seed"] = lowp.check_seed("state['seed']", _fields.scalar(get(state, "seed")))
+    return out
 
 
 # -- schedules: attributes with their exact types (float vs numpy scalars round differently)
@@ -91,7 +106,9 @@ def slot_leaves(state: Mapping[str, Any], name: str, paths: List[str], dtypes: L
         where = f"{name} at {path}" if path else name
         if not isinstance(leaf, np.ndarray):
             raise TypeError(f"state: {where} must be a numpy array, got {type(leaf).__name__}")
-        if leaf.dtype != np.dtype(dtype):
+        if dtype == "bfloat16" and leaf.dtype == np.dtype("V2"):
+            leaf = leaf.view(lowp.dtype(dtype))  # np.save stores ml_dtypes' bfloat16 as 2-byte voids
+        if leaf.dtype != lowp.dtype(dtype):
             raise ValueError(f"state: {where} has dtype {leaf.dtype}, the state says {dtype}")
         out.append(_fields.snapshot(leaf))
     return out

@@ -1,0 +1,105 @@
+// The optim family's kernels for bfloat16 and float16 leaves, of one
+// instruction set (compiled once per level like optim/kernels_isa.cpp): every
+// entry of kOptimKernels, per format, rounded to nearest or stochastically.
+// Each lane is widened to float32, runs the rule's float32 math (optim/math.h)
+// and is narrowed again, parameter and slots alike.
+#include <cstring>
+#include <utility>
+#include "optim/lowp.h"
+#include "optim/math.h"
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA {
+
+namespace {
+
+template <LowFormat F, bool Stochastic>
+FUSEDOPT_INLINE VH rounded(VF x, std::uint64_t key, std::uint64_t index) {
+  if constexpr (Stochastic) return narrow<F, true>(x, random_bits(key, index) & kNoiseMask<F>);
+  else return narrow<F, false>(x, VU{});
+}
+
+template <LowFormat F, bool S, OptimRule R, OptimDecay D, OptimPhase P>
+FUSEDOPT_INLINE void low_at(const LowSegment& s, std::size_t i, std::uint64_t index, const OptimScalars<float>& c,
+                            const LowKeys& k) {
+  OptimLanes<VF> x{};
+  x.g = widen<F>(load<VH>(s.g + i));
+  x.p = widen<F>(load<VH>(s.p + i));
+  if constexpr (reads_slot<R, P>(0)) x.s0 = widen<F>(load<VH>(s.s[0] + i));
+  if constexpr (reads_slot<R, P>(1)) x.s1 = widen<F>(load<VH>(s.s[1] + i));
+  if constexpr (reads_slot<R, P>(2)) x.s2 = widen<F>(load<VH>(s.s[2] + i));
+  optim_math<R, D, P>(x, c);
+  store(s.p + i, rounded<F, S>(x.p, k.key[0], index));
+  if constexpr (uses_slot(R, 0)) store(s.s[0] + i, rounded<F, S>(x.s0, k.key[1], index));
+  if constexpr (uses_slot(R, 1)) store(s.s[1] + i, rounded<F, S>(x.s1, k.key[2], index));
+  if constexpr (uses_slot(R, 2)) store(s.s[2] + i, rounded<F, S>(x.s2, k.key[3], index));
+}
+
+// Whole vectors, then the tail through the same vector code on a zero-padded
+// copy: every element takes the same operations wherever it lies.
+template <LowFormat F, bool S, OptimRule R, OptimDecay D, OptimPhase P>
+void run_low_segment(const LowSegment& seg, const OptimScalars<float>& scalars, const LowKeys& keys) {
+  const LowSegment s = seg;  // local copies: stores cannot alias them
+  const OptimScalars<float> c = scalars;
+  const LowKeys k = keys;
+  constexpr std::size_t L = LowLanes::lanes;
+  std::size_t i = 0;
+  for (; i + 4 * L <= s.n; i += 4 * L) {
+#pragma GCC unroll 4
+    for (std::size_t j = 0; j < 4; ++j) low_at<F, S, R, D, P>(s, i + j * L, s.index + i + j * L, c, k);
+  }
+  for (; i + L <= s.n; i += L) low_at<F, S, R, D, P>(s, i, s.index + i, c, k);
+  if (i == s.n) return;
+  const std::size_t rest = s.n - i, bytes = rest * sizeof(std::uint16_t);
+  std::uint16_t g[L] = {}, p[L] = {}, st[kSlots][L] = {};
+  LowSegment tail{g, p, {st[0], st[1], st[2]}, L, 0};
+  std::memcpy(g, s.g + i, bytes);
+  std::memcpy(p, s.p + i, bytes);
+  for (std::size_t q = 0; q < kSlots; ++q)
+    if (uses_slot(R, q)) std::memcpy(st[q], s.s[q] + i, bytes);
+  low_at<F, S, R, D, P>(tail, 0, s.index + i, c, k);
+  std::memcpy(s.p + i, p, bytes);
+  for (std::size_t q = 0; q < kSlots; ++q)
+    if (uses_slot(R, q)) std::memcpy(s.s[q] + i, st[q], bytes);
+}
+
+// sum(g*g) in double, element i into accumulator i mod 16 as optim/math.h's
+// sum_squares (the zeros that pad the last block add nothing).
+template <LowFormat F>
+double low_sum_squares(const std::uint16_t* g, std::size_t n) {
+  constexpr std::size_t K = 16, L = LowLanes::lanes;
+  static_assert(K % L == 0, "a block is whole vectors");
+  double acc[K] = {};
+  for (std::size_t i = 0; i < n; i += K) {
+    std::uint16_t h[K] = {};
+    float f[K];
+    std::memcpy(h, g + i, (n - i < K ? n - i : K) * sizeof(std::uint16_t));
+    for (std::size_t j = 0; j < K; j += L) store(f + j, widen<F>(load<VH>(h + j)));
+    for (std::size_t j = 0; j < K; ++j) acc[j] += static_cast<double>(f[j]) * static_cast<double>(f[j]);
+  }
+  double total = 0.0;
+  for (std::size_t j = 0; j < K; ++j) total += acc[j];
+  return total;
+}
+
+template <LowFormat F, bool S, std::size_t... I>
+void fill_kernels(LowpTable& t, std::index_sequence<I...>) {
+  ((t.fn[static_cast<unsigned>(F)][S][I] =
+        &run_low_segment<F, S, kOptimKernels[I].rule, kOptimKernels[I].decay, kOptimKernels[I].phase>),
+   ...);
+}
+
+}  // namespace
+
+void fill_lowp_table(LowpTable& t) {
+  constexpr auto all = std::make_index_sequence<kOptimKernels.size()>{};
+  fill_kernels<LowFormat::BF16, false>(t, all);
+  fill_kernels<LowFormat::BF16, true>(t, all);
+  fill_kernels<LowFormat::F16, false>(t, all);
+  fill_kernels<LowFormat::F16, true>(t, all);
+  t.sumsq[static_cast<unsigned>(LowFormat::BF16)] = &low_sum_squares<LowFormat::BF16>;
+  t.sumsq[static_cast<unsigned>(LowFormat::F16)] = &low_sum_squares<LowFormat::F16>;
+}
+
+}  // namespace FUSEDOPT_ISA
+}  // namespace fusedopt

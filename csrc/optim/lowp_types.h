@@ -1,0 +1,55 @@
+// The optim family's kernels for bfloat16 and float16 leaves (one table per
+// instruction set, optim/kernels_lowp_isa.cpp): state in the leaf's format,
+// math in float32 (optim/math.h), results rounded to nearest even or
+// stochastically (optim/lowp.h).
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include "optim/rules.h"
+
+namespace fusedopt {
+
+enum class LowFormat : unsigned { BF16, F16 };
+
+// Pointers of one contiguous piece of a 16-bit leaf; `index` is the global
+// element index (in the tree's leaf order) of the piece's first element.
+struct LowSegment {
+  const std::uint16_t* g;
+  std::uint16_t* p;
+  std::uint16_t* s[kSlots];
+  std::size_t n;
+  std::uint64_t index;
+};
+
+// Stochastic rounding's per-step keys: the parameter's (0) and slot k's (1 + k).
+struct LowKeys {
+  std::uint64_t key[1 + kSlots];
+};
+
+// SplitMix64's output function (Steele, Lea and Flood 2014), a bijection of 64-bit integers.
+constexpr std::uint64_t mix64(std::uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// The key of stream j at step t (streams: 0 the parameter, 1, 2, ... the rule's
+// slots in the order of its spec).
+constexpr std::uint64_t low_key(std::uint64_t seed, std::uint64_t stream, std::uint64_t t) {
+  return mix64(mix64(mix64(seed) ^ stream) + t);
+}
+
+using LowFn = void (*)(const LowSegment&, const OptimScalars<float>&, const LowKeys&);
+using LowSumSquaresFn = double (*)(const std::uint16_t* g, std::size_t n);
+
+// [format][stochastic] kernels, index for index with kOptimKernels.
+struct LowpTable {
+  std::array<LowFn, kOptimKernels.size()> fn[2][2];
+  LowSumSquaresFn sumsq[2];
+};
+
+// The table of the SIMD level in use (common/dispatch.h's simd_level()).
+const LowpTable& lowp_kernels();
+
+}  // namespace fusedopt
