@@ -36,14 +36,15 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 # (Importing _core without the ASan runtime preloaded would abort, so look for the file.)
 platlib="$("$venv_py" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"
 core="$(ls "$platlib"/fusedopt/_core*.so)"
-if ! ldd "$core" | grep -q libasan; then
+# (grep without -q: under pipefail, -q's early exit can kill ldd with SIGPIPE and fail the pipe.)
+if ! ldd "$core" | grep libasan >/dev/null; then
   echo "sanitize.sh: $core is not linked against libasan" >&2
   exit 1
 fi
 
 # Every object must be instrumented, the kernels above all (compile options set
 # after a target is defined would silently miss it).
-if [[ -f "$work/build/build.ninja" ]] && grep -E '^  FLAGS = ' "$work/build/build.ninja" | grep -qv -- '-fsanitize=address'; then
+if [[ -f "$work/build/build.ninja" ]] && grep -E '^  FLAGS = ' "$work/build/build.ninja" | grep -v -- '-fsanitize=address' >/dev/null; then
   echo "sanitize.sh: some objects are compiled without -fsanitize=address (see $work/build/build.ninja)" >&2
   exit 1
 fi
