@@ -6,16 +6,17 @@ import io
 import pickle
 
 import hypothesis.strategies as st
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import fusedopt
-from fusedopt import _core, optim
-from lowp_reference import BF16, F16, LowReference, key, random_bits, round_nearest, round_stochastic
-from optim_cases import CASE_IDS, CASES
-from optim_reference import global_norm
+ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 leaves need ml_dtypes (pip install 'fusedopt[test]')")
+
+import fusedopt  # noqa: E402
+from fusedopt import _core, optim  # noqa: E402
+from lowp_reference import BF16, F16, LowReference, key, random_bits, round_nearest, round_stochastic  # noqa: E402
+from optim_cases import CASE_IDS, CASES  # noqa: E402
+from optim_reference import global_norm  # noqa: E402
 
 FORMATS = [BF16, F16]
 # Sizes with vector tails at every level; the 40000-element leaf makes a step
