@@ -1,6 +1,6 @@
 """Optimizer.update is one call of its memory's native state (_core.State.step),
-which keeps plan, moments and weights from step to step, and the optimizer caches
-float32(stepsize.value) for updates before update_lr(). Anything changed between two steps must still take effect: each test
+which keeps plan, moments and weights from step to step, and float32(stepsize.value) for
+updates before update_lr() (fusedopt._paysage.native_step.unset_rate). Anything changed between two steps must still take effect: each test
 changes one thing mid-run and checks every step bit for bit against the NumPy
 reference (tests/reference.py)."""
 import numpy as np
@@ -32,16 +32,6 @@ def test_rate_before_update_lr_follows_the_schedule_value(rng):
     opt.update(p, g)
     assert np.array_equal(p, want)
     assert opt.lr is None
-
-
-def test_rate_cache_is_not_pickled(rng):
-    import pickle
-    opt = optimizers.ADAM(stepsize=0.25)
-    p = rng.standard_normal(5).astype(f32)
-    opt.update(p, rng.standard_normal(5).astype(f32))
-    assert opt._unset_lr_cache is not None
-    assert "_unset_lr_cache" not in opt.__getstate__()
-    assert pickle.loads(pickle.dumps(opt))._unset_lr_cache is None
 
 
 CHANGES = ("keep_delta", "ascent", "update_lr", "path", "new_memory", "mean_weight", "mean_square_weight", "reset")
@@ -168,7 +158,7 @@ def test_native_update_reads_the_settings_python_would(rng):
     assert np.array_equal(p, want) and opt.step_count == 1
 
 
-def test_bound_update_takes_three_arguments():
+def test_bound_update_takes_five_arguments():
     opt = optimizers.ADAM(0.1)
-    with pytest.raises(TypeError, match="takes exactly 3 arguments"):
-        opt.memory._update(opt, np.zeros(3, f32))
+    with pytest.raises(TypeError, match="takes exactly 5 arguments"):
+        opt.memory._update(opt, np.zeros(3, f32), np.zeros(3, f32))

@@ -378,14 +378,15 @@ py::object State::step(py::handle owner, py::handle rule_arg, py::handle output_
                  grad, target, lr, check_finite);
 }
 
-void State::update(PyObject* owner, PyObject* model, PyObject* grad) {
+void State::update(PyObject* owner, PyObject* rule, PyObject* stepsize, PyObject* unset_rate, PyObject* model,
+                   PyObject* grad) {
   static PyObject* const dict_name = interned("__dict__");
   py::object dict = py::reinterpret_steal<py::object>(PyObject_GetAttr(owner, dict_name));
   if (!dict) throw py::error_already_set();
   if (!PyDict_Check(dict.ptr())) throw py::type_error("the optimizer's __dict__ must be a dict");
   static PyObject* const lr_name = interned("lr");
   py::object value = setting(owner, dict, lr_name);
-  double lr = value.is_none() ? unset_lr(owner, dict) : as_double(value.ptr());
+  double lr = value.is_none() ? unset_lr(stepsize, unset_rate) : as_double(value.ptr());
   static PyObject* const ascent_name = interned("ascent");
   static PyObject* const finite_name = interned("check_finite");
   if (truth(setting(owner, dict, ascent_name))) lr = -lr;
@@ -401,7 +402,7 @@ void State::update(PyObject* owner, PyObject* model, PyObject* grad) {
     static PyObject* const keep_name = interned("keep_delta");
     output = truth(setting(owner, dict, keep_name)) ? Output::BOTH : Output::IN_PLACE;
   }
-  step_as(owner, rule_of(owner), output, grad, model, lr, check_finite);
+  step_as(owner, rule_of(rule), output, grad, model, lr, check_finite);
 }
 
 py::object State::step_as(py::handle owner, Rule rule, Output output, py::handle grad, py::handle target, double lr,
@@ -485,33 +486,34 @@ double State::as_double(PyObject* o) {
   return v;
 }
 
-double State::unset_lr(PyObject* owner, const py::object& dict) {
-  static PyObject* const stepsize_name = interned("_stepsize");
+double State::unset_lr(PyObject* stepsize, PyObject* unset_rate) {
   static PyObject* const value_name = interned("value");
-  static PyObject* const cache_name = interned("_unset_lr_cache");
-  static PyObject* const unset_name = interned("_unset_lr");
-  PyObject* sched = PyDict_GetItemWithError(dict.ptr(), stepsize_name);  // borrowed
-  PyObject* cached = sched ? PyDict_GetItemWithError(dict.ptr(), cache_name) : nullptr;
-  if (cached && PyTuple_Check(cached) && PyTuple_GET_SIZE(cached) == 2) {
-    py::object value = py::reinterpret_steal<py::object>(PyObject_GetAttr(sched, value_name));
-    if (value && value.ptr() == PyTuple_GET_ITEM(cached, 0)) return as_double(PyTuple_GET_ITEM(cached, 1));
+  if (!unset_key_.is_none()) {
+    PyObject* value = PyObject_GetAttr(stepsize, value_name);
+    const bool hit = value == unset_key_.ptr();
+    Py_XDECREF(value);
+    if (hit) return unset_rate_;
+    PyErr_Clear();  // unset_rate says what is wrong
   }
-  PyErr_Clear();  // _unset_lr says what is wrong
-  py::object rate = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(owner, unset_name));
-  if (!rate) throw py::error_already_set();
-  return as_double(rate.ptr());
+  py::object answer = py::reinterpret_steal<py::object>(PyObject_CallOneArg(unset_rate, stepsize));
+  if (!answer) throw py::error_already_set();
+  if (!PyTuple_Check(answer.ptr()) || PyTuple_GET_SIZE(answer.ptr()) != 2)
+    throw py::type_error("unset_rate must return a (key, rate) pair");
+  const double rate = as_double(PyTuple_GET_ITEM(answer.ptr(), 1));
+  PyObject* key = PyTuple_GET_ITEM(answer.ptr(), 0);
+  if (key != Py_None) {
+    unset_key_ = py::reinterpret_borrow<py::object>(key);
+    unset_rate_ = rate;
+  }
+  return rate;
 }
 
-Rule State::rule_of(PyObject* owner) {
-  PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(owner));
-  if (owner_type_.ptr() != type) {
-    static PyObject* const rule_name = interned("_rule_code");
-    py::object code = py::reinterpret_steal<py::object>(PyObject_GetAttr(type, rule_name));
-    if (!code) throw py::error_already_set();
-    owner_rule_ = enum_arg<Rule>(code, kNumRules, "rule");
-    owner_type_ = py::reinterpret_borrow<py::object>(type);
+Rule State::rule_of(PyObject* rule) {
+  if (rule_obj_.ptr() != rule) {
+    rule_ = enum_arg<Rule>(rule, kNumRules, "rule");
+    rule_obj_ = py::reinterpret_borrow<py::object>(rule);
   }
-  return owner_rule_;
+  return rule_;
 }
 
 bool State::is_model(PyObject* model) {

@@ -59,10 +59,13 @@ class State {
   py::object step(py::handle owner, py::handle rule_arg, py::handle output_arg, py::handle grad, py::handle target,
                   double lr, bool check_finite);
 
-  // Optimizer.update(model, grad) of `owner`, whose settings (lr, ascent,
-  // check_finite, keep_delta; the class's rule) are read from its instance
-  // dict here: one native call instead of a dozen Python attribute reads.
-  void update(PyObject* owner, PyObject* model, PyObject* grad);
+  // Optimizer.update(model, grad) of `owner`: the interface declared in
+  // python/fusedopt/_paysage/native_step.py. Python hands over the class's rule, the
+  // stepsize schedule and unset_rate (stepsize -> (key, rate), for steps before any
+  // update_lr()); the public settings (lr, ascent, check_finite, keep_delta) are read
+  // from the instance dict here: one native call instead of a dozen attribute reads.
+  void update(PyObject* owner, PyObject* rule, PyObject* stepsize, PyObject* unset_rate, PyObject* model,
+              PyObject* grad);
 
   py::object step_as(py::handle owner, Rule rule, Output output, py::handle grad, py::handle target, double lr,
                      bool check_finite);
@@ -79,10 +82,13 @@ class State {
  private:
 
   py::object m_tree_ = py::none(), v_tree_ = py::none();
-  // The last optimizer class stepped and its rule; the last model class and
-  // whether it has parameter_update (types are kept alive, so never reused).
-  py::object owner_type_ = py::none(), model_type_ = py::none();
-  Rule owner_rule_ = Rule::GRADIENT;
+  // The last rule object handed to update() and its value; the last model class and
+  // whether it has parameter_update (both kept alive, so their addresses are never reused).
+  py::object rule_obj_ = py::none(), model_type_ = py::none();
+  Rule rule_ = Rule::GRADIENT;
+  // The last cacheable answer of unset_rate: stepsize.value's object (kept alive) and its rate.
+  py::object unset_key_ = py::none();
+  double unset_rate_ = 0;
   bool model_is_model_ = false;
 
   // An attribute of the optimizer: its instance dict's value, else Python's lookup (a class
@@ -91,10 +97,10 @@ class State {
   static bool truth(const py::object& o);
   // A rate: a Python float, a numpy float32 (as update_lr() stores it) or anything float() takes.
   static double as_double(PyObject* o);
-  // The rate before any update_lr(): the (stepsize.value, rate) that Optimizer._unset_lr()
-  // keeps in _unset_lr_cache when it is for this value object, else that method's answer.
-  static double unset_lr(PyObject* owner, const py::object& dict);
-  Rule rule_of(PyObject* owner);
+  // The rate before any update_lr(): the cached rate when stepsize.value is the cached
+  // value object, else unset_rate(stepsize)'s, cached when its key is not None.
+  double unset_lr(PyObject* stepsize, PyObject* unset_rate);
+  Rule rule_of(PyObject* rule);
   bool is_model(PyObject* model);
   py::int_ one_{1};
   const Plan* plan_ptr_ = nullptr;  // plan's C++ object (plan keeps it alive)

@@ -39,14 +39,15 @@ PyObject* raise_current() {
 }
 
 PyObject* fast_update(PyObject* capsule, PyObject* const* args, Py_ssize_t n) {
-  if (n != 3) {
-    PyErr_SetString(PyExc_TypeError, "update(optimizer, model, grad) takes exactly 3 arguments");
+  if (n != 5) {
+    PyErr_SetString(PyExc_TypeError, "update(optimizer, rule, stepsize, model, grad) takes exactly 5 arguments");
     return nullptr;
   }
   auto* state = static_cast<State*>(PyCapsule_GetPointer(capsule, kStateCapsule));
   if (!state) return nullptr;
+  PyObject* unset_rate = PyTuple_GET_ITEM(static_cast<PyObject*>(PyCapsule_GetContext(capsule)), 1);
   try {
-    state->update(args[0], args[1], args[2]);
+    state->update(args[0], args[1], args[2], unset_rate, args[3], args[4]);
   } catch (...) {
     return raise_current();
   }
@@ -54,16 +55,20 @@ PyObject* fast_update(PyObject* capsule, PyObject* const* args, Py_ssize_t n) {
 }
 
 PyMethodDef kFastUpdate = {"update", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(fast_update)), METH_FASTCALL,
-                           "update(optimizer, model, grad): Optimizer.update's native part (State.bound_update)."};
+                           "update(optimizer, rule, stepsize, model, grad): Optimizer.update's native part "
+                           "(fusedopt._paysage.native_step)."};
 
 void release_state(PyObject* capsule) { Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(capsule))); }
 
-// A builtin update() bound to `self`, which it keeps alive.
-py::object bound_update(py::handle self) {
+// A builtin update() bound to `self` and `unset_rate`, which it keeps alive (the capsule's
+// context is the pair).
+py::object bound_update(py::handle self, py::object unset_rate) {
   State* state = self.cast<State*>();
+  if (!PyCallable_Check(unset_rate.ptr())) throw py::type_error("bound_update: unset_rate must be callable");
   py::object capsule = py::reinterpret_steal<py::object>(PyCapsule_New(state, kStateCapsule, release_state));
   if (!capsule) throw py::error_already_set();
-  if (PyCapsule_SetContext(capsule.ptr(), self.inc_ref().ptr()) != 0) throw py::error_already_set();
+  py::tuple held = py::make_tuple(py::reinterpret_borrow<py::object>(self), std::move(unset_rate));
+  if (PyCapsule_SetContext(capsule.ptr(), held.release().ptr()) != 0) throw py::error_already_set();
   PyObject* f = PyCFunction_New(&kFastUpdate, capsule.ptr());
   if (!f) throw py::error_already_set();
   return py::reinterpret_steal<py::object>(f);
@@ -128,10 +133,11 @@ void register_step(py::module_& m) {
            "One step of `rule` over the tree `grad`. target: the parameters (IN_PLACE, BOTH), or a model whose "
            "parameter_update(delta) is called before the step commits (DELTA), or None. With an owner (the "
            "optimizer), its step_count and delta are committed with the moments. Returns the delta tree or None.");
-  m.def("bound_update", &bound_update, py::arg("state"),
-        "A builtin f(optimizer, model, grad) taking Optimizer.update's step on `state`: the optimizer's lr, ascent, "
-        "check_finite, keep_delta and rule are read from it, a model (has parameter_update) takes the delta, anything "
-        "else is stepped in place.");
+  m.def("bound_update", &bound_update, py::arg("state"), py::arg("unset_rate"),
+        "A builtin f(optimizer, rule, stepsize, model, grad) taking Optimizer.update's step of `rule` on `state`: "
+        "the optimizer's lr, ascent, check_finite and keep_delta are read from it, unset_rate(stepsize) -> (key, rate) "
+        "gives the rate while lr is None, a model (has parameter_update) takes the delta, anything else is stepped "
+        "in place. The interface is declared in fusedopt._paysage.native_step.");
 }
 
 }  // namespace fusedopt

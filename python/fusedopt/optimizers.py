@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core, _docs, schedules
-from ._paysage import checks as _checks, state as _state
+from ._paysage import checks as _checks, native_step as _native_step, state as _state
 
 __all__ = ["GradientMemory", "Optimizer", "Gradient", "Momentum", "RMSProp", "ADAM",
            "gradient", "momentum", "rmsprop", "adam", "EPS"]
@@ -114,7 +114,7 @@ class GradientMemory:
         # Plan, moment arenas, per-leaf sums and weights live in the native state, which
         # commits them together with each step.
         self._native = _core.State()
-        self._update = _core.bound_update(self._native)  # Optimizer.update's native call
+        self._update = _native_step.bind(self._native)  # Optimizer.update's native call
         self.mean_weight = mean_weight
         self.mean_square_weight = mean_square_weight
 
@@ -454,8 +454,6 @@ class Optimizer:
     Args:
     """
 
-    _unset_lr_cache = None  # (stepsize.value, its float32 as a float) for updates before update_lr()
-
     delta: Optional[Tree]
     """The last step's delta (a tree like the gradient), or None (in-place path without keep_delta)."""
     if TYPE_CHECKING:
@@ -516,7 +514,7 @@ class Optimizer:
         signed rate of the next step (``lr``, or float32(stepsize.value) before any update_lr();
         negated when ascent is True), as paysage's own subclasses apply it to their delta."""
         lr = self.lr
-        lr = lr if lr is not None else np.float32(self._unset_lr())
+        lr = lr if lr is not None else np.float32(_native_step.unset_rate(self._stepsize)[1])
         return partial(_scale_in_place, -lr if self.ascent else lr)
 
     def update_lr(self) -> None:
@@ -530,22 +528,6 @@ class Optimizer:
         """
         value = next(self._stepsize)
         self.lr = _checks.rate(f"the value {type(self._stepsize).__name__}.__next__() returned", value)
-
-    def _unset_lr(self):
-        """The rate of an update before any update_lr(): float32(stepsize.value), as a float.
-        Cached for the same immutable value object (np.float32() alone costs more than a small
-        step); an array value may change in place, so it is read every time."""
-        value = getattr(self._stepsize, "value", None)
-        cached = self._unset_lr_cache
-        if cached is not None and cached[0] is value:
-            return cached[1]
-        if value is None:
-            raise TypeError(f"call update_lr() before update(): the schedule "
-                            f"{type(self._stepsize).__name__} has no current value")
-        rate = float(_checks.rate(f"{type(self._stepsize).__name__}.value (the rate before any update_lr())", value))
-        if not isinstance(value, np.ndarray):
-            self._unset_lr_cache = (value, rate)
-        return rate
 
     def check_convergence(self) -> bool:
         """Whether the last step was small: True when
@@ -607,8 +589,7 @@ class Optimizer:
     _fixed_zero: tuple[str, ...] = ()  # the memory weights that must be 0 in a state (moments this class has not)
     # Attributes __getstate__ saves in its own way, or not at all (caches rebuilt on use).
     _PICKLED_APART = frozenset({"_stepsize", "tolerance", "ascent", "check_finite", "keep_delta", "lr",
-                                "step_count", "delta", "memory", "_memory", "_conv_n",
-                                "_unset_lr_cache"})
+                                "step_count", "delta", "memory", "_memory", "_conv_n"})
 
     def _fields(self):
         return _state.OptimizerFields(self.tolerance, self.ascent, self.check_finite, self.keep_delta,
@@ -700,12 +681,6 @@ class Optimizer:
         return []
 
     _rule = Rule.GRADIENT  # the named rule of a subclass (a weight of 0 drops its moment)
-    _rule_code = int(_rule)  # what the native update reads (an int: no enum conversion per step)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._rule_code = int(cls._rule)
-
 
     def update(self, model: Any, grad: Tree) -> None:
         """Take one step.
@@ -719,12 +694,12 @@ class Optimizer:
                 writeable C-contiguous arrays shaped like grad, stepped in place.
             grad: the gradient tree (never modified nor kept).
         """
-        # The native call reads lr, ascent, check_finite, keep_delta and the class's rule itself.
+        # One native call through the interface of fusedopt._paysage.native_step.
         mem = self._memory
         if mem._pending is None:
-            mem._update(self, model, grad)
+            mem._update(self, self._rule, self._stepsize, model, grad)
         else:
-            mem._step(grad, mem._update, self, model, grad)
+            mem._step(grad, mem._update, self, self._rule, self._stepsize, model, grad)
 
 
 def _show(value: Any) -> str:
