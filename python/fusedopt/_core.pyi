@@ -121,8 +121,12 @@ class SpanSet:
     overlap: tuple[int, int] | None
     def first_hit(self, arrays: Sequence[npt.NDArray[Any]]) -> tuple[int, int] | None:
         """(i, j) when arrays[i] overlaps the set's arrays[j] (the first found), else None."""
-def bound_update(state: State) -> Callable[[Any, Any, Any], None]:
-    """Optimizer.update's native call on `state`: f(optimizer, model, grad)."""
+def bound_update(state: State, unset_rate: Callable[[Any], tuple[Any, float]]
+                 ) -> Callable[[Any, Rule | int, Any, Any, Any], None]:
+    """Optimizer.update's native call on `state`: f(optimizer, rule, stepsize, model, grad).
+    It reads the optimizer's lr, ascent, check_finite, keep_delta and step_count, writes its
+    step_count and delta, and takes unset_rate(stepsize) -> (key, rate) while lr is None: the
+    interface declared in fusedopt._paysage.native_step."""
 def simd_level() -> Literal["avx512", "avx2", "baseline"]:
     """The SIMD level in use: 'avx512', 'avx2' or 'baseline'."""
 

@@ -25,7 +25,8 @@ half a step (docs/threads.md).
 
 Read elsewhere (:data:`OTHER_READS`): ``stepsize.value`` while ``lr`` is None, to find
 :func:`unset_rate`'s cached answer; ``model.parameter_update`` (looked up once per model
-class, and called with the delta); and ``optimizer.__dict__``.
+class, and called with the delta); ``grad.layers`` and ``grad.weights`` of a paysage
+Gradient (their lengths are check_convergence's n); and ``optimizer.__dict__``.
 """
 from typing import Any, Callable
 
@@ -36,7 +37,7 @@ from . import checks as _checks
 
 READS = ("lr", "ascent", "check_finite", "keep_delta", "step_count")
 WRITES = ("step_count", "delta")
-OTHER_READS = ("value", "parameter_update", "__dict__")
+OTHER_READS = ("value", "parameter_update", "layers", "weights", "__dict__")
 
 
 def unset_rate(stepsize: Any) -> tuple[Any, float]:
