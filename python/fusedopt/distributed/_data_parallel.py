@@ -100,6 +100,7 @@ class DataParallel(_Step):
         # itself (State.average_next) instead of a separate pass writing it to base; or None.
         self._fused: Any = None
         self._kernel_averages = self._averages_in_kernel()
+        self._grad_in_place = self._sends_in_place()  # a single-leaf gradient sent from the caller's memory
         self._message = np.empty(3, np.int64)  # the step's agreement message, reused
         self._flag = [bytearray(8), MPI.INT64_T]  # the message of the agreements inside a step (agree_flag)
         # During a step: the collectives every rank takes (their kinds, in order), how many this
@@ -136,10 +137,6 @@ class DataParallel(_Step):
     def _prepare_same(self, lay: Layout) -> Any:
         """What _adopt installs on the agreed layout (checked before the agreement)."""
         return None
-
-    def _refuse(self, method: str) -> None:
-        if method != self._STEPS_WITH:
-            raise TypeError(self._WRONG_CALL.format(type(self._opt).__name__))
 
     # -- passthrough of the wrapped optimizer ---------------------------------------------
     @property
@@ -209,13 +206,11 @@ class DataParallel(_Step):
                 every rank, with nothing modified anywhere.
             FloatingPointError: with the optimizer's check_finite, a non-finite average.
         """
-        self._refuse("update")
         self._step(model, grad)
 
     def step(self, params: Any, grads: Any) -> None:
         """One data-parallel step of a wrapped ``fusedopt.optim`` optimizer (collective): its
         ``step(params, average of every rank's grads)``; errors as in update()."""
-        self._refuse("step")
         self._step(params, grads)
 
     def check_convergence(self) -> bool:

@@ -17,11 +17,19 @@ from ._layout import Layout
 _MOMENTS = ("mean_gradient", "mean_square_gradient")
 
 
+def _refused(message: str) -> Callable[[DataParallel, Any, Any], None]:
+    """The stepping method of the other family: a TypeError naming the optimizer's class."""
+    def refused(self: DataParallel, model: Any, grad: Any) -> None:
+        """Refused (TypeError): the wrapped optimizer steps with the other method."""
+        raise TypeError(message.format(type(self._opt).__name__))
+    return refused
+
+
 class _Paysage(DataParallel):
     """A fusedopt.optimizers optimizer: a paysage model (its delta) or parameters in place."""
 
     _STATIC_NAMES = _fields.PAYSAGE_STATIC
-    _STEPS_WITH, _WRONG_CALL = "update", "fusedopt.optimizers' {} steps with update(model, grad)"
+    step = _refused("fusedopt.optimizers' {} steps with update(model, grad)")
 
     def _averages_in_kernel(self) -> bool:
         # A subclass's own update may read the gradient in Python: only Optimizer.update's native
@@ -103,7 +111,7 @@ class _Optim(DataParallel):
     """A fusedopt.optim optimizer: parameters stepped in place at a rate drawn before the agreement."""
 
     _STATIC_NAMES = _fields.OPTIM_STATIC
-    _STEPS_WITH, _WRONG_CALL = "step", "fusedopt.optim's {} steps with step(params, grads)"
+    update = _refused("fusedopt.optim's {} steps with step(params, grads)")
 
     def _averages_in_kernel(self) -> bool:
         return False  # its kernels take no rows

@@ -178,7 +178,7 @@ class _Step:
                 lay.pack.check(pleaves, "params", True)
             self._gather_flat = self._gather_target(lay, bufs, pleaves, is_model)
             self._check_ready()
-            prepared = self._prepare(lay, changed)
+            prepared = self._prepare_same(lay) if lay is self._layout else self._prepare(lay, changed)
             self._draw()  # last: nothing after it fails
             return lay, None, pleaves, prepared
         except Exception as exc:  # every local failure must reach the agreement
@@ -200,7 +200,7 @@ class _Step:
         """The flat bytes the collectives send: the caller's own memory for a tree of one
         plain C-contiguous leaf (nothing writes it), else the gradient packed into lay.send."""
         leaves = lay.plan.flatten(grad, "grad")
-        flat = lay.pack.flat_view(leaves, "grad") if lay.single and self._sends_in_place() else None
+        flat = lay.pack.flat_view(leaves, "grad") if lay.single and self._grad_in_place else None
         if flat is None:
             lay.pack.pack(leaves, lay.send, "grad")
             return lay.send
@@ -229,11 +229,9 @@ class _Step:
                          + _fields.mismatch_message(every))
 
     def _prepare(self, lay: Layout, changed: Optional[BaseException]) -> Any:
-        """What _adopt installs after the agreement, checked now (an error here is agreed on):
-        for a new layout, the shard of a waiting state and (fusedopt.optim) the pieces' mask;
-        for the agreed one, a mask the caller assigned since the last step."""
-        if lay is self._layout:
-            return self._prepare_same(lay)
+        """What _adopt installs after the agreement on a new layout, checked now (an error here
+        is agreed on): the shard of a waiting state and (fusedopt.optim) the pieces' mask. (On
+        the agreed one, _prepare_same: a mask the caller assigned since the last step.)"""
         if self._layout is not None and self._holds_moments():
             raise changed if changed is not None else ValueError(
                 "the gradient's structure differs from the optimizer's moments (call reset() first)")
