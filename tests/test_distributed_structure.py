@@ -12,7 +12,7 @@ import fusedopt
 PACKAGE = os.path.join(os.path.dirname(fusedopt.__file__), "distributed")
 # The facade, the step's machinery and the strategies; _strategies.py is the one place that
 # asks which family and mode (a table lookup).
-STRATEGY_FILES = ["_step.py", "_data_parallel.py", "_families.py", "_replicated.py", "_sharded.py",
+STRATEGY_FILES = ["_interface.py", "_step.py", "_data_parallel.py", "_families.py", "_replicated.py", "_sharded.py",
                   "_sharded_paysage.py", "_sharded_optim.py"]
 # The attributes that carried the family and the mode before the split, and the test that told
 # the family: no method may name them at all.

@@ -18,5 +18,13 @@ except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
 
 from ._abort import abort_on_uncaught
 from ._data_parallel import DataParallel
+from ._replicated import _ReplicatedOptim, _ReplicatedPaysage
+from ._sharded_optim import _ShardedOptim
+from ._sharded_paysage import _ShardedPaysage
+from ._strategies import STRATEGIES
+
+# (a fusedopt.optim optimizer, shard_state) -> the strategy class
+STRATEGIES.update({(False, False): _ReplicatedPaysage, (False, True): _ShardedPaysage,
+                   (True, False): _ReplicatedOptim, (True, True): _ShardedOptim})
 
 __all__ = ["DataParallel", "abort_on_uncaught"]

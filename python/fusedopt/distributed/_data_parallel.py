@@ -1,6 +1,6 @@
-"""DataParallel, the facade: its constructor picks the strategy class of the wrapped optimizer's
-family and the mode (_strategies.py), whose methods the public ones call; what every strategy
-shares (the step's machinery, _step.py, and the checkpoints' agreement) is here and there."""
+"""DataParallel, the facade: its constructor makes the strategy class of the wrapped optimizer's
+family and the mode (_strategies.py), a subclass of it whose methods the public ones call. What
+every strategy shares is here (the checkpoints' agreement) and in _step.py (the step)."""
 from __future__ import annotations
 
 import copy
@@ -15,6 +15,7 @@ from . import _abort, _checkpoint, _fields, _layout
 from ._agree import agree, try_local
 from ._layout import Layout, aligned_bytes
 from ._step import _leaves, _Step
+from ._strategies import strategy
 
 
 def _state_of(obj: Any) -> dict[str, Any]:
@@ -66,7 +67,6 @@ class DataParallel(_Step):
                 deterministic: bool = True) -> "DataParallel":
         if cls is not DataParallel:  # a strategy class itself (copy's reconstruction)
             return super().__new__(cls)
-        from ._strategies import strategy  # (they subclass this class)
         return super().__new__(strategy(optimizer, bool(shard_state)))
 
     def __init__(self, optimizer: Any, comm: Any = None, *, shard_state: bool = True,

@@ -17,7 +17,7 @@ from ._layout import Layout
 _MOMENTS = ("mean_gradient", "mean_square_gradient")
 
 
-def _refused(message: str) -> Callable[[DataParallel, Any, Any], None]:
+def _refused(message: str) -> Any:
     """The stepping method of the other family: a TypeError naming the optimizer's class."""
     def refused(self: DataParallel, model: Any, grad: Any) -> None:
         """Refused (TypeError): the wrapped optimizer steps with the other method."""

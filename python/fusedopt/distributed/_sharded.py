@@ -30,10 +30,11 @@ class _ShardBuffers(_RankRows):
 
     def __init__(self, lay: Layout, size: int, deterministic: bool, inplace: bool) -> None:
         super().__init__(lay, size, deterministic)
-        self.params: Any = lay.gather_buffer() if inplace else None
+        params: Any = lay.gather_buffer() if inplace else None
+        self.params = params
         self.avg: Any = aligned_bytes(lay.shard_nbytes)  # the averaged shard
         self.avg_pieces: Any = lay.shard_pieces(self.avg)
-        self.param_pieces: Any = lay.shard_pieces(self.params[lay.lo:lay.hi]) if inplace else None
+        self.param_pieces: Any = lay.shard_pieces(params[lay.lo:lay.hi]) if inplace else None
 
 
 class _Sharded(DataParallel):

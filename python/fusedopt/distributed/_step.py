@@ -16,6 +16,7 @@ from mpi4py import MPI
 from .. import _core
 from . import _fields
 from ._agree import agree, agree_flag
+from ._interface import _Interface
 from ._layout import Layout
 
 _RAISED = -1  # _Step._done once an agreement of the step raised on every rank
@@ -25,18 +26,8 @@ def _leaves(tree: Any) -> list[np.ndarray]:
     return list(_core.Plan(tree, "tree").flatten(tree)) if tree is not None else []
 
 
-class _Step:
+class _Step(_Interface):
     """The step's machinery, shared by every strategy (the attributes are DataParallel's)."""
-
-    _comm: Any
-    _opt: Any
-    _det: bool
-    _size: int
-    _rank: int
-    _layout: Optional[Layout]
-    _pending: Optional[dict[str, Any]]
-    timings: dict[str, float]
-    shard_state: bool
 
     def _step(self, model: Any, grad: Any) -> None:
         self._plan, self._done, self._adopting = ("agree",), 0, None

@@ -1,17 +1,15 @@
-"""The strategy class of a wrapped optimizer: its family by the mode, the one place that asks."""
+"""Which strategy class DataParallel makes: the wrapped optimizer's family by the mode, the one
+place that asks. The table is filled by the package's __init__, which imports the classes (they
+subclass DataParallel, whose constructor looks here)."""
 from __future__ import annotations
 
 import sys
 from typing import Any
 
 from .. import optimizers
-from ._replicated import _ReplicatedOptim, _ReplicatedPaysage
-from ._sharded_optim import _ShardedOptim
-from ._sharded_paysage import _ShardedPaysage
 
 # {(a fusedopt.optim optimizer, shard_state): the class DataParallel makes}
-_STRATEGIES = {(False, False): _ReplicatedPaysage, (False, True): _ShardedPaysage,
-               (True, False): _ReplicatedOptim, (True, True): _ShardedOptim}
+STRATEGIES: dict[tuple[bool, bool], type] = {}
 
 
 def _is_optim(opt: Any) -> bool:
@@ -25,4 +23,4 @@ def strategy(optimizer: Any, shard_state: bool) -> type:
     if not (is_optim or isinstance(optimizer, optimizers.Optimizer)):
         raise TypeError(f"DataParallel wraps a fusedopt.optimizers or fusedopt.optim optimizer, "
                         f"got {type(optimizer).__name__}")
-    return _STRATEGIES[is_optim, shard_state]
+    return STRATEGIES[is_optim, shard_state]
