@@ -125,18 +125,8 @@ class DataParallel(_Step):
     def _check_wrappable(self) -> None:
         """Refuse, at construction, an optimizer this strategy cannot step."""
 
-    def _check_ready(self) -> None:
-        """Refuse, before a step's agreement, an optimizer not ready to step."""
-
-    def _draw(self) -> None:
-        """Before a step's agreement (last of its local checks): what the step will use."""
-
     def _undraw(self) -> None:
-        """After a step that failed: put back what _draw took."""
-
-    def _prepare_same(self, lay: Layout) -> Any:
-        """What _adopt installs on the agreed layout (checked before the agreement)."""
-        return None
+        """After a step that failed: put back what its local checks took (the optim family's rate)."""
 
     # -- passthrough of the wrapped optimizer ---------------------------------------------
     @property

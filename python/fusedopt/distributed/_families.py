@@ -39,15 +39,17 @@ class _Paysage(DataParallel):
     def _is_model(self, model: Any) -> bool:
         return hasattr(model, "parameter_update")
 
-    def _fields(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        """(static, dynamic) fields of the wrapped optimizer that every rank must hold alike."""
-        return _fields.paysage(self._opt, self._pending is not None)
+    # (static, dynamic) fields of the wrapped optimizer that every rank must hold alike, given
+    # whether a state waits for a layout (called every step: no method of its own in between)
+    _fields = staticmethod(_fields.paysage)
 
-    def _check_ready(self) -> None:
+    def _ready(self, lay: Layout, changed: Optional[BaseException]) -> Any:
+        """The last of a step's local checks: the rate, and what _adopt installs on a new layout."""
         opt = self._opt
         if opt.lr is None and getattr(opt.stepsize, "value", None) is None:
             raise TypeError(f"call update_lr() before update(): the schedule "
                             f"{type(opt.stepsize).__name__} has no current value")
+        return None if lay is self._layout else self._prepare(lay, changed)
 
     def _holds_moments(self) -> bool:
         mem = getattr(self._opt, "memory", None)
@@ -119,13 +121,25 @@ class _Optim(DataParallel):
     def _is_model(self, model: Any) -> bool:
         return False
 
-    def _fields(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    def _fields(self, opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """(static, dynamic) fields of the wrapped optimizer that every rank must hold alike."""
-        pending = self._pending is not None
-        return _fields.optim(self._opt, None if self._drawn is None else self._drawn[0], pending)
+        return _fields.optim(opt, None if self._drawn is None else self._drawn[0], pending)
 
-    def _draw(self) -> None:
+    def _ready(self, lay: Layout, changed: Optional[BaseException]) -> Any:
+        """The last of a step's local checks: what _adopt installs (a new layout, or a mask the
+        caller assigned since the last step), then the rate drawn from the schedule (last:
+        nothing after it fails)."""
+        self._check_ready()
+        prepared = self._prepare_same(lay) if lay is self._layout else self._prepare(lay, changed)
         self._drawn = optim_family.draw_lr(self._opt)
+        return prepared
+
+    def _check_ready(self) -> None:
+        """Refuse, before a step's agreement, an optimizer this mode cannot step (none here)."""
+
+    def _prepare_same(self, lay: Layout) -> Any:
+        """What _adopt installs on the agreed layout (nothing here)."""
+        return None
 
     def _undraw(self) -> None:
         if self._drawn is not None:

@@ -50,11 +50,9 @@ class _Interface:
     _STATIC_NAMES: tuple[str, ...]
     _is_model: Any
     _fields: Any
-    _check_ready: Any
-    _draw: Any
+    _ready: Any
     _undraw: Any
     _holds_moments: Any
-    _prepare_same: Any
     _prepare_new: Any
     _install: Any
     _exchanged: Any

@@ -51,7 +51,7 @@ class _Step(_Interface):
         fields, value = None, 0
         if exc is None:
             assert lay is not None
-            fields = self._fields()
+            fields = self._fields(self._opt, self._pending is not None)
             # From the agreement on, every rank takes the same collectives (the plan's), and nothing
             # fails on one rank only for an input the checks above could see. What still can (an
             # interrupt, a MemoryError, a subclass's own update) is joined to them: see _join.
@@ -168,9 +168,7 @@ class _Step(_Interface):
                 pleaves = lay.plan.flatten(model, "params")
                 lay.pack.check(pleaves, "params", True)
             self._gather_flat = self._gather_target(lay, bufs, pleaves, is_model)
-            self._check_ready()
-            prepared = self._prepare_same(lay) if lay is self._layout else self._prepare(lay, changed)
-            self._draw()  # last: nothing after it fails
+            prepared = self._ready(lay, changed)
             return lay, None, pleaves, prepared
         except Exception as exc:  # every local failure must reach the agreement
             return lay, exc, None, None
@@ -221,8 +219,7 @@ class _Step(_Interface):
 
     def _prepare(self, lay: Layout, changed: Optional[BaseException]) -> Any:
         """What _adopt installs after the agreement on a new layout, checked now (an error here
-        is agreed on): the shard of a waiting state and (fusedopt.optim) the pieces' mask. (On
-        the agreed one, _prepare_same: a mask the caller assigned since the last step.)"""
+        is agreed on): the shard of a waiting state and (fusedopt.optim) the pieces' mask."""
         if self._layout is not None and self._holds_moments():
             raise changed if changed is not None else ValueError(
                 "the gradient's structure differs from the optimizer's moments (call reset() first)")
