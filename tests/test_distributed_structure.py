@@ -120,3 +120,26 @@ def test_the_facade_makes_one_strategy_per_family_and_mode():
     with pytest.raises(TypeError, match="DataParallel wraps a fusedopt.optimizers or fusedopt.optim optimizer, "
                                         "got int"):
         DataParallel(3)
+
+
+def test_the_facade_refuses_arguments_as_its_constructor_does():
+    """The strategy is picked before __init__ runs: a call __init__ refuses still gets Python's
+    own message about DataParallel.__init__, and a copy is of the same strategy."""
+    pytest.importorskip("mpi4py", reason="fusedopt.distributed needs mpi4py (pip install 'fusedopt[mpi]')")
+    import copy
+
+    from fusedopt import optimizers
+    from fusedopt.distributed import DataParallel
+
+    calls = [((), {}, "DataParallel.__init__() missing 1 required positional argument: 'optimizer'"),
+             ((optimizers.ADAM(stepsize=0.1), None, True), {},
+              "DataParallel.__init__() takes from 2 to 3 positional arguments but 4 were given"),
+             ((optimizers.ADAM(stepsize=0.1),), {"bogus": 1},
+              "DataParallel.__init__() got an unexpected keyword argument 'bogus'")]
+    for args, kwargs, message in calls:
+        with pytest.raises(TypeError) as raised:
+            DataParallel(*args, **kwargs)
+        assert str(raised.value) == message
+    dp = DataParallel(optimizers.ADAM(stepsize=0.1), shard_state=False)
+    twin = copy.copy(dp)  # (made by the strategy class itself, without arguments)
+    assert type(twin) is type(dp) and twin.optimizer is dp.optimizer and twin.comm is dp.comm

@@ -36,6 +36,12 @@ def _checked_comm(comm: Any) -> Any:
     return comm
 
 
+def _picked(optimizer: Any, comm: Any = None, *, shard_state: bool = True, deterministic: bool = True
+            ) -> tuple[Any, bool]:
+    """What picks the strategy, from DataParallel's arguments (its __init__'s signature)."""
+    return optimizer, shard_state
+
+
 class DataParallel(_Step):
     """A fusedopt optimizer stepped data-parallel over the ranks of an MPI communicator.
 
@@ -63,11 +69,14 @@ class DataParallel(_Step):
             single process and between rank counts).
     """
 
-    def __new__(cls, optimizer: Any = None, comm: Any = None, *, shard_state: bool = True,
-                deterministic: bool = True) -> "DataParallel":
-        if cls is not DataParallel:  # a strategy class itself (copy's reconstruction)
-            return super().__new__(cls)
-        return super().__new__(strategy(optimizer, bool(shard_state)))
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DataParallel":
+        if cls is DataParallel:  # (not a strategy class itself: a copy's reconstruction)
+            try:
+                optimizer, shard_state = _picked(*args, **kwargs)
+            except TypeError:  # arguments __init__ refuses, with Python's own message
+                return super().__new__(cls)
+            cls = strategy(optimizer, bool(shard_state))
+        return super().__new__(cls)
 
     def __init__(self, optimizer: Any, comm: Any = None, *, shard_state: bool = True,
                  deterministic: bool = True) -> None:
