@@ -82,6 +82,33 @@ double low_sum_squares(const std::uint16_t* g, std::size_t n) {
   return total;
 }
 
+// Master weights' conversions: whole vectors, then the tail on a zero-padded copy.
+template <LowFormat F>
+void widen_run(const std::uint16_t* h, float* f, std::size_t n) {
+  constexpr std::size_t L = LowLanes::lanes;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) store(f + i, widen<F>(load<VH>(h + i)));
+  if (i == n) return;
+  std::uint16_t hb[L] = {};
+  float fb[L];
+  std::memcpy(hb, h + i, (n - i) * sizeof(std::uint16_t));
+  store(fb, widen<F>(load<VH>(hb)));
+  std::memcpy(f + i, fb, (n - i) * sizeof(float));
+}
+
+template <LowFormat F, bool S>
+void narrow_run(const float* f, std::uint16_t* h, std::size_t n, std::uint64_t key, std::uint64_t index) {
+  constexpr std::size_t L = LowLanes::lanes;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) store(h + i, rounded<F, S>(load<VF>(f + i), key, index + i));
+  if (i == n) return;
+  float fb[L] = {};
+  std::uint16_t hb[L];
+  std::memcpy(fb, f + i, (n - i) * sizeof(float));
+  store(hb, rounded<F, S>(load<VF>(fb), key, index + i));
+  std::memcpy(h + i, hb, (n - i) * sizeof(std::uint16_t));
+}
+
 template <LowFormat F, bool S, std::size_t... I>
 void fill_kernels(LowpTable& t, std::index_sequence<I...>) {
   ((t.fn[static_cast<unsigned>(F)][S][I] =
@@ -99,6 +126,12 @@ void fill_lowp_table(LowpTable& t) {
   fill_kernels<LowFormat::F16, true>(t, all);
   t.sumsq[static_cast<unsigned>(LowFormat::BF16)] = &low_sum_squares<LowFormat::BF16>;
   t.sumsq[static_cast<unsigned>(LowFormat::F16)] = &low_sum_squares<LowFormat::F16>;
+  for (LowFormat f : {LowFormat::BF16, LowFormat::F16}) {
+    const unsigned k = static_cast<unsigned>(f);
+    t.widen[k] = f == LowFormat::BF16 ? &widen_run<LowFormat::BF16> : &widen_run<LowFormat::F16>;
+    t.narrow[k][0] = f == LowFormat::BF16 ? &narrow_run<LowFormat::BF16, false> : &narrow_run<LowFormat::F16, false>;
+    t.narrow[k][1] = f == LowFormat::BF16 ? &narrow_run<LowFormat::BF16, true> : &narrow_run<LowFormat::F16, true>;
+  }
 }
 
 }  // namespace FUSEDOPT_ISA

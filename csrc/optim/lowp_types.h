@@ -42,11 +42,18 @@ constexpr std::uint64_t low_key(std::uint64_t seed, std::uint64_t stream, std::u
 
 using LowFn = void (*)(const LowSegment&, const OptimScalars<float>&, const LowKeys&);
 using LowSumSquaresFn = double (*)(const std::uint16_t* g, std::size_t n);
+// Master weights (docs/lowbit.md): n 16-bit values widened to float32 (exact),
+// and n float32 values narrowed, to nearest even or stochastically with the
+// bits of `key` for the elements index, index + 1, ...
+using LowWidenFn = void (*)(const std::uint16_t* h, float* f, std::size_t n);
+using LowNarrowFn = void (*)(const float* f, std::uint16_t* h, std::size_t n, std::uint64_t key, std::uint64_t index);
 
 // [format][stochastic] kernels, index for index with kOptimKernels.
 struct LowpTable {
   std::array<LowFn, kOptimKernels.size()> fn[2][2];
   LowSumSquaresFn sumsq[2];
+  LowWidenFn widen[2];
+  LowNarrowFn narrow[2][2];
 };
 
 // The table of the SIMD level in use (common/dispatch.h's simd_level()).
