@@ -116,3 +116,21 @@ class LowReference:
             for j, name in enumerate(self.slots):
                 st[name][...] = self.round(st32[name], p.dtype, 1 + j, first)
             first += p.size
+
+
+class MasterReference(LowReference):
+    """master_weights: optim_reference.Reference steps float32 masters (16-bit parameters
+    widened at the first step; float32/float64 leaves are their own), and each 16-bit
+    parameter becomes its master rounded, to nearest or with the parameter's stream 0.
+    ``masters`` and ``ref.state`` (float32 slots) are the state to compare."""
+
+    masters = None
+
+    def step(self, params, grads, norm=None):
+        if self.masters is None:
+            self.masters = [p.astype(self.math(p)) for p in params]
+        self.ref.step(self.masters, [g.astype(self.math(g)) for g in grads], norm)
+        first = 0
+        for p, m in zip(params, self.masters):
+            p[...] = self.round(m, p.dtype, 0, first)
+            first += p.size

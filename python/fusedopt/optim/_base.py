@@ -540,9 +540,9 @@ def _parse_pending(state: Mapping[str, Any], version: int, spec: Mapping[str, An
     if sorted(names) != sorted(expected):
         raise ValueError(f"state: slots {names} do not match this optimizer's {expected} "
                          f"(a state of other options, e.g. amsgrad or momentum?)")
+    masters = fmt.master_leaves(state, paths, dtypes, master)
     slot_dtypes = ["float32" if master and d in lowp.LOW_DTYPES else d for d in dtypes]
     slots = {name: read_slot(state, name, paths, slot_dtypes) for name in names}
-    masters = fmt.master_leaves(state, paths, dtypes, master)
     scalar_names = fmt.get_strs(state, "scalars") if version >= 2 else []
     expected = list(spec["scalars"]) if paths else []
     if sorted(scalar_names) != sorted(expected):
