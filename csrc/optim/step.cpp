@@ -33,30 +33,15 @@ OptimSegment<T> segment(const OptimLeaf& d, std::size_t b, std::size_t e) {
           e - b};
 }
 
-LowSegment low_segment(const OptimLeaf& d, std::size_t b, std::size_t e, std::uint64_t leaf_index) {
+LowSegment low_segment(const OptimLeaf& d, std::size_t b, std::size_t e, std::uint64_t leaf_index, bool fresh) {
   auto at16 = [&](void* base) { return base ? static_cast<std::uint16_t*>(base) + b : nullptr; };
-  return {static_cast<const std::uint16_t*>(d.g) + b, at16(d.p), {at16(d.s[0]), at16(d.s[1]), at16(d.s[2])}, e - b,
-          leaf_index + b};
+  const std::uint16_t* g = static_cast<const std::uint16_t*>(d.g) + b;
+  if (!d.master) return {g, at16(d.p), {at16(d.s[0]), at16(d.s[1]), at16(d.s[2])}, e - b, leaf_index + b};
+  return {g, at16(d.p), {}, e - b, leaf_index + b, d.master + b,
+          {at<float>(d.s[0], b), at<float>(d.s[1], b), at<float>(d.s[2], b)}, fresh};
 }
 
 unsigned format_of(Dtype d) { return static_cast<unsigned>(d == BF16 ? LowFormat::BF16 : LowFormat::F16); }
-
-// A piece of a 16-bit leaf with master weights, in one pass over memory: the
-// gradient widened into a buffer in the core's cache, the float32 kernel over
-// the master and the float32 slots (the float32 optimizer's bits by
-// construction), the parameter narrowed from the new master while it is in cache.
-void master_piece(const OptimLeaf& d, std::size_t b, std::size_t e, OptimFn<float> fn, const OptimScalars<float>& c,
-                  const LowpTable& low, const LowRounding& r, std::uint64_t key, std::uint64_t index) {
-  alignas(64) float g[kChunk];
-  const unsigned f = format_of(d.dtype);
-  const std::size_t n = e - b;
-  std::uint16_t* p = static_cast<std::uint16_t*>(d.p) + b;
-  float* master = d.master + b;
-  low.widen[f](static_cast<const std::uint16_t*>(d.g) + b, g, n);
-  if (r.fresh_master) low.widen[f](p, master, n);
-  fn({g, master, {at<float>(d.s[0], b), at<float>(d.s[1], b), at<float>(d.s[2], b)}, n}, c);
-  low.narrow[f][r.stochastic](master, p, n, key, index);
-}
 
 // sqrt of the sum of every gradient element's square, in double: pieces in
 // parallel, then summed per leaf and over leaves in a fixed order.
@@ -119,10 +104,9 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
       table.f32[fn](segment<float>(d, pc.begin, pc.end), c32);
     else if (d.dtype == F64)
       table.f64[fn](segment<double>(d, pc.begin, pc.end), c64);
-    else if (d.master)
-      master_piece(d, pc.begin, pc.end, table.f32[fn], c32, lowp, low, keys.key[0], first[pc.leaf] + pc.begin);
     else
-      lowp.fn[format_of(d.dtype)][low.stochastic][fn](low_segment(d, pc.begin, pc.end, first[pc.leaf]), c32, keys);
+      (d.master ? lowp.master : lowp.fn)[format_of(d.dtype)][low.stochastic][fn](
+          low_segment(d, pc.begin, pc.end, first[pc.leaf], low.fresh_master), c32, keys);
   });
   return norm;
 }
