@@ -6,11 +6,36 @@ generator, written here again in NumPy uint64 arithmetic."""
 import ml_dtypes
 import numpy as np
 
+import fusedopt
+from fusedopt import _core
 from optim_cases import ENTRIES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 M32, M64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
+
+
+def bits_of(a):
+    """An array's bytes, flat (NaN payloads compared too)."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def assert_bits(mine, ref):
+    """Two lists of arrays with the same dtypes and bytes."""
+    assert len(mine) == len(ref)
+    for a, b in zip(mine, ref):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(bits_of(a), bits_of(b))
+
+
+def levels_and_thread_counts():
+    """Sets every supported SIMD level with 1 and 2 threads in turn (the fixtures
+    restore_simd_level and restore_num_threads put the originals back)."""
+    for level in _core.simd_levels_supported():
+        _core._set_simd_level(level)
+        for threads in (1, 2):
+            fusedopt.set_num_threads(threads)
+            yield level, threads
 
 
 def mix64(z):

@@ -10,25 +10,13 @@ import pytest
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 leaves need ml_dtypes (pip install 'fusedopt[test]')")
 
-import fusedopt  # noqa: E402
-from fusedopt import _core, optim  # noqa: E402
-from lowp_reference import BF16, F16, MasterReference  # noqa: E402
+from fusedopt import optim  # noqa: E402
+from lowp_reference import BF16, F16, MasterReference, assert_bits, levels_and_thread_counts  # noqa: E402
 from optim_cases import CASE_IDS, CASES  # noqa: E402
 
 SIZES = [(1,), (15,), (17, 3), (130,), (2049,)]
 BIG = (40000,)
 LOW = (BF16, F16)
-
-
-def _bits(a):
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-
-
-def _assert_bits(mine, ref):
-    assert len(mine) == len(ref)
-    for a, b in zip(mine, ref):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
 def _wide(leaves):
@@ -54,13 +42,13 @@ def _run(kind, hyper, dtypes, rng, steps=4, seed=None, clip=None, mask=None, siz
         ref.step(ref_params, grads, norm=opt.last_grad_norm)
         masters = opt.state_dict()
         masters = [masters[f"master.{i}"] for i in low]
-        _assert_bits(masters, [wide[i] for i in low])
-        _assert_bits(masters, [ref.masters[i] for i in low])
-        _assert_bits(params, ref_params)  # the 16-bit ones: their masters rounded
-        _assert_bits([p for i, p in enumerate(params) if i not in low], [w for i, w in enumerate(wide) if i not in low])
+        assert_bits(masters, [wide[i] for i in low])
+        assert_bits(masters, [ref.masters[i] for i in low])
+        assert_bits(params, ref_params)  # the 16-bit ones: their masters rounded
+        assert_bits([p for i, p in enumerate(params) if i not in low], [w for i, w in enumerate(wide) if i not in low])
         for name, tree in opt.state_arrays().items():
-            _assert_bits(tree, wide_opt.state_arrays()[name])  # float32 slots for the 16-bit leaves
-            _assert_bits(tree, [s[name] for s in ref.ref.state])
+            assert_bits(tree, wide_opt.state_arrays()[name])  # float32 slots for the 16-bit leaves
+            assert_bits(tree, [s[name] for s in ref.ref.state])
     return params, opt
 
 
@@ -95,15 +83,12 @@ def test_same_bits_at_every_simd_level_and_thread_count(kind, hyper, stochastic,
     dtypes = [BF16, F16, BF16, np.float32, F16, BF16]
     state = int(rng.integers(2**31))
     results = []
-    for level in fusedopt._core.simd_levels_supported():
-        _core._set_simd_level(level)
-        for threads in (1, 2):
-            fusedopt.set_num_threads(threads)
-            params, opt = _run(kind, hyper, dtypes, np.random.default_rng(state), steps=3, seed=seed, clip=1.0,
-                               mask=[True, False] * 3, sizes=SIZES + [BIG])
-            results.append(params + [m for m in opt.master_arrays() if m is not None])
+    for _ in levels_and_thread_counts():
+        params, opt = _run(kind, hyper, dtypes, np.random.default_rng(state), steps=3, seed=seed, clip=1.0,
+                           mask=[True, False] * 3, sizes=SIZES + [BIG])
+        results.append(params + [m for m in opt.master_arrays() if m is not None])
     for other in results[1:]:
-        _assert_bits(other, results[0])
+        assert_bits(other, results[0])
 
 
 def test_updates_below_half_an_ulp_land_in_the_master():
@@ -130,7 +115,7 @@ def test_a_write_to_the_parameter_is_overwritten_by_the_next_step(rng):
         if i == 1:
             written[0][...] = 7.0
         b.step(written, g)
-    _assert_bits(written, clean)
+    assert_bits(written, clean)
     b.master_arrays()[0][...] = 2.0  # the master is the truth: the next step starts from 2.0
     state = b.state_dict()  # as the float32 optimizer's state: the same slots, a float32 leaf
     state.update(master_weights=False, leaf_dtypes=np.array(["float32"]))
@@ -141,8 +126,8 @@ def test_a_write_to_the_parameter_is_overwritten_by_the_next_step(rng):
     g = [rng.standard_normal(700).astype(BF16)]
     b.step(written, g)
     reference.step(wide, [g[0].astype(np.float32)])
-    _assert_bits(b.master_arrays(), wide)
-    _assert_bits(written, [wide[0].astype(BF16)])
+    assert_bits(b.master_arrays(), wide)
+    assert_bits(written, [wide[0].astype(BF16)])
 
 
 def test_the_master_is_created_at_the_first_step_from_the_parameter(rng):
@@ -157,7 +142,7 @@ def test_the_master_is_created_at_the_first_step_from_the_parameter(rng):
     g = [rng.standard_normal(100).astype(F16)]
     opt.step(p, g)
     optim.Adam(lr=0.01).step(wide, [g[0].astype(np.float32)])
-    _assert_bits(opt.master_arrays(), wide)
+    assert_bits(opt.master_arrays(), wide)
 
 
 def test_float_leaves_alone_keep_no_master(rng):
@@ -168,7 +153,7 @@ def test_float_leaves_alone_keep_no_master(rng):
         grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
         opt.step(params, grads)
         other.step(plain, grads)
-    _assert_bits(params, plain)
+    assert_bits(params, plain)
     assert opt.master_arrays() is None
     assert not [k for k in opt.state_dict() if k.startswith("master.")]
 
@@ -208,10 +193,10 @@ def test_resume_continues_bit_for_bit(how, stochastic, rng):
     assert second.master_weights is True
     for g in grads[4:]:
         second.step(split, g)
-    _assert_bits(split, whole)
-    _assert_bits([m for m in second.master_arrays() if m is not None], [m for m in opt.master_arrays() if m is not None])
+    assert_bits(split, whole)
+    assert_bits([m for m in second.master_arrays() if m is not None], [m for m in opt.master_arrays() if m is not None])
     for name, tree in opt.state_arrays().items():
-        _assert_bits(second.state_arrays()[name], tree)
+        assert_bits(second.state_arrays()[name], tree)
 
 
 def test_a_state_without_masters_creates_them_at_the_next_step(rng):
@@ -226,8 +211,8 @@ def test_a_state_without_masters_creates_them_at_the_next_step(rng):
     g = [rng.standard_normal(64).astype(BF16)]
     opt.step(p, g)
     other.step(same, g)
-    _assert_bits(same, p)
-    _assert_bits(other.master_arrays(), opt.master_arrays())
+    assert_bits(same, p)
+    assert_bits(other.master_arrays(), opt.master_arrays())
 
 
 def test_master_weights_is_saved_and_an_older_state_loads_as_false(rng):
@@ -258,13 +243,13 @@ def _snapshot(opt, params):
 
 def _assert_unchanged(opt, params, snap):
     before_p, before_s, before_m, count, master = snap
-    _assert_bits(params, before_p)
+    assert_bits(params, before_p)
     for name, leaves in before_s.items():
-        _assert_bits(opt.state_arrays()[name], leaves)
+        assert_bits(opt.state_arrays()[name], leaves)
     for m, b in zip(opt.master_arrays(), before_m):
         assert (m is None) == (b is None)
         if m is not None:
-            _assert_bits([m], [b])
+            assert_bits([m], [b])
     assert (opt.step_count, opt.master_weights) == (count, master)
 
 
@@ -335,7 +320,7 @@ def test_a_bad_saved_master_is_refused(edit, exc, words, rng):
     with pytest.raises(exc):
         fresh.step(params, [np.ones(40, BF16), np.ones(9, np.float32)])
     assert fresh.master_arrays() is None
-    _assert_bits(params, snap[0])
+    assert_bits(params, snap[0])
 
 
 def test_a_missing_master_among_several_is_refused(rng):
@@ -366,5 +351,5 @@ def test_a_gradient_overlapping_a_master_is_read_as_it_was(rng):
     g_copy = grad.copy()
     opt.step(params, [grad, np.ones(9, np.float32)])
     twin.step(twin_params, [g_copy, np.ones(9, np.float32)])
-    _assert_bits(params, twin_params)
-    _assert_bits([m for m in opt.master_arrays() if m is not None], [m for m in twin.master_arrays() if m is not None])
+    assert_bits(params, twin_params)
+    assert_bits([m for m in opt.master_arrays() if m is not None], [m for m in twin.master_arrays() if m is not None])
