@@ -575,6 +575,7 @@ def _load_pending(state: _core.OptimState, pending: Dict[str, Any]) -> None:
                              f"the parameter is {dtype}")
         order.append(i)
     masters = pending.get("master")
+    extra = () if masters is None else ([masters[i] for i in order],)  # only an OptimState keeps masters
     state.load({name: [leaves[i] for i in order] for name, leaves in pending["slots"].items()},
-               pending["scalars"], pending["step_count"], None if masters is None else [masters[i] for i in order])
+               pending["scalars"], pending["step_count"], *extra)
     state.decay_mask = [pending["mask"][i] for i in order]
