@@ -6,11 +6,36 @@ generator, written here again in NumPy uint64 arithmetic."""
 import ml_dtypes
 import numpy as np
 
+import fusedopt
+from fusedopt import _core
 from optim_cases import ENTRIES
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 M32, M64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
+
+
+def bits_of(a):
+    """An array's bytes, flat (NaN payloads compared too)."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def assert_bits(mine, ref):
+    """Two lists of arrays with the same dtypes and bytes."""
+    assert len(mine) == len(ref)
+    for a, b in zip(mine, ref):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(bits_of(a), bits_of(b))
+
+
+def levels_and_thread_counts():
+    """Sets every supported SIMD level with 1 and 2 threads in turn (the fixtures
+    restore_simd_level and restore_num_threads put the originals back)."""
+    for level in _core.simd_levels_supported():
+        _core._set_simd_level(level)
+        for threads in (1, 2):
+            fusedopt.set_num_threads(threads)
+            yield level, threads
 
 
 def mix64(z):
@@ -115,4 +140,22 @@ class LowReference:
             p[...] = self.round(p32, p.dtype, 0, first)
             for j, name in enumerate(self.slots):
                 st[name][...] = self.round(st32[name], p.dtype, 1 + j, first)
+            first += p.size
+
+
+class MasterReference(LowReference):
+    """master_weights: optim_reference.Reference steps float32 masters (16-bit parameters
+    widened at the first step; float32/float64 leaves are their own), and each 16-bit
+    parameter becomes its master rounded, to nearest or with the parameter's stream 0.
+    ``masters`` and ``ref.state`` (float32 slots) are the state to compare."""
+
+    masters = None
+
+    def step(self, params, grads, norm=None):
+        if self.masters is None:
+            self.masters = [p.astype(self.math(p)) for p in params]
+        self.ref.step(self.masters, [g.astype(self.math(g)) for g in grads], norm)
+        first = 0
+        for p, m in zip(params, self.masters):
+            p[...] = self.round(m, p.dtype, 0, first)
             first += p.size

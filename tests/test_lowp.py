@@ -14,7 +14,8 @@ ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 leaves need ml_dty
 
 import fusedopt  # noqa: E402
 from fusedopt import _core, optim  # noqa: E402
-from lowp_reference import BF16, F16, LowReference, key, random_bits, round_nearest, round_stochastic  # noqa: E402
+from lowp_reference import (BF16, F16, LowReference, assert_bits, key, levels_and_thread_counts,  # noqa: E402
+                            random_bits, round_nearest, round_stochastic)
 from optim_cases import CASE_IDS, CASES  # noqa: E402
 from optim_reference import global_norm  # noqa: E402
 
@@ -49,19 +50,9 @@ def _run(kind, hyper, dtypes, rng, steps=5, seed=None, clip=None, mask=None, siz
     return mine, params, opt, ref
 
 
-def _bits(a):
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-
-
-def _assert_bits(mine, ref):
-    for a, b in zip(mine, ref):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(_bits(a), _bits(b))
-
-
 def _assert_state(opt, ref):
     for name, tree in opt.state_arrays().items():
-        _assert_bits(tree, [s[name] for s in ref.state])
+        assert_bits(tree, [s[name] for s in ref.state])
 
 
 @pytest.mark.parametrize("kind,hyper", CASES, ids=CASE_IDS)
@@ -73,7 +64,7 @@ def test_every_rule_bit_for_bit(kind, hyper, fmt, stochastic, rng):
     dtypes = [fmt, np.float32, fmt, np.float64, fmt]
     seed = int(rng.integers(2**64, dtype=np.uint64)) if stochastic else None
     mine, ref_params, opt, ref = _run(kind, hyper, dtypes, rng, seed=seed)
-    _assert_bits(mine, ref_params)
+    assert_bits(mine, ref_params)
     _assert_state(opt, ref)
 
 
@@ -87,17 +78,14 @@ def test_same_bits_at_every_simd_level_and_thread_count(kind, hyper, stochastic,
     sizes = SIZES + [BIG]
     state = int(rng.integers(2**31))
     results = []
-    for level in fusedopt._core.simd_levels_supported():
-        _core._set_simd_level(level)
-        for threads in (1, 2):
-            fusedopt.set_num_threads(threads)
-            mine, ref_params, opt, ref = _run(kind, hyper, dtypes, np.random.default_rng(state), steps=3, seed=seed,
-                                              clip=1.0, mask=[True, False] * 3, sizes=sizes)
-            _assert_bits(mine, ref_params)
-            _assert_state(opt, ref)
-            results.append(mine)
+    for _ in levels_and_thread_counts():
+        mine, ref_params, opt, ref = _run(kind, hyper, dtypes, np.random.default_rng(state), steps=3, seed=seed,
+                                          clip=1.0, mask=[True, False] * 3, sizes=sizes)
+        assert_bits(mine, ref_params)
+        _assert_state(opt, ref)
+        results.append(mine)
     for other in results[1:]:
-        _assert_bits(other, results[0])
+        assert_bits(other, results[0])
 
 
 # -- the conversions and the generator, exhaustively ---------------------------------------------
@@ -240,9 +228,9 @@ def test_resume_continues_the_stream(how, rng):
     assert (second.stochastic_rounding, second.seed) == (True, 2**64 - 1)
     for g in grads[4:]:
         second.step(split, g)
-    _assert_bits(split, whole)
+    assert_bits(split, whole)
     for name, tree in opt.state_arrays().items():
-        _assert_bits(second.state_arrays()[name], tree)
+        assert_bits(second.state_arrays()[name], tree)
 
 
 def test_seed_and_step_change_the_bits(rng):
@@ -266,9 +254,9 @@ def _snapshot(opt, params):
 
 def _assert_unchanged(opt, params, snap):
     before_p, before_s, count, seed, sr = snap
-    _assert_bits(params, before_p)
+    assert_bits(params, before_p)
     for name, leaves in before_s.items():
-        _assert_bits(opt.state_arrays()[name], leaves)
+        assert_bits(opt.state_arrays()[name], leaves)
     assert (opt.step_count, opt.seed, opt.stochastic_rounding) == (count, seed, sr)
 
 
@@ -346,7 +334,7 @@ def test_options_are_settable_and_saved(rng):
     reference = LowReference("SGD", 2.0**-9, [], seed=99)
     reference.ref.t = 1
     reference.step(ref, [np.ones(64, BF16)])
-    _assert_bits(mine, ref)
+    assert_bits(mine, ref)
 
 
 def test_paysage_family_refuses_16_bit():

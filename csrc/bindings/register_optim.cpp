@@ -11,6 +11,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,16 +33,19 @@ std::string got_of(PyObject* o) {
          shape_string(PyArray_DIMS(a), static_cast<std::size_t>(PyArray_NDIM(a)));
 }
 
-// An array of the leaf's dtype and shape, or a TypeError/ValueError naming the leaf
-// (messages are built only on failure: this runs for every leaf of every step).
-PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what) {
+// An array of the leaf's shape and dtype (or `dtype`: a master or its float32
+// slots), or a TypeError/ValueError naming the leaf (messages are built only on
+// failure: this runs for every leaf of every step).
+PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what,
+                             std::optional<Dtype> dtype = std::nullopt) {
   const LeafSpec& s = plan.leaves()[l];
+  const Dtype want = dtype.value_or(s.dtype);
   PyArrayObject* a = PyArray_Check(o) ? reinterpret_cast<PyArrayObject*>(o) : nullptr;
-  const bool dtype_ok = a && PyArray_TYPE(a) == type_number(s.dtype);
+  const bool dtype_ok = a && PyArray_TYPE(a) == type_number(want);
   const bool shape_ok = a && PyArray_NDIM(a) == static_cast<int>(s.shape.size()) &&
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
   if (dtype_ok && shape_ok) return a;
-  const std::string msg = where(what, s) + ": expected a " + dtype_name(s.dtype) + " array of shape " +
+  const std::string msg = where(what, s) + ": expected a " + dtype_name(want) + " array of shape " +
                           plan.shape_str(l) + (what == "grads" ? " (its parameter's)" : "") + ", got " + (a ? "a " : "") +
                           got_of(o);
   if (!dtype_ok) throw py::type_error(msg);
@@ -69,8 +73,8 @@ struct BusyGuard {
 
 class OptimState {
  public:
-  OptimState(OptimRule rule, py::object plan, std::vector<bool> decay_mask, py::object hyper)
-      : rule_(rule), plan_obj_(std::move(plan)), hyper_obj_(std::move(hyper)) {
+  OptimState(OptimRule rule, py::object plan, std::vector<bool> decay_mask, py::object hyper, bool master_weights)
+      : rule_(rule), plan_obj_(std::move(plan)), hyper_obj_(std::move(hyper)), master_(master_weights) {
     if (static_cast<unsigned>(rule) >= kNumOptimRules) throw py::value_error("rule: not an OptimRule");
     if (!py::isinstance<Plan>(plan_obj_)) throw py::type_error("plan must be a fusedopt._core.Plan");
     if (!py::isinstance<OptimHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.OptimHyper");
@@ -86,9 +90,9 @@ class OptimState {
       for (Dtype d : {F32, F64, BF16, F16}) {
         if (!has_arena(d)) continue;
         const std::size_t n = plan_->arena_size(d);
-        arenas_[k][d] = aligned_empty(n, d);
-        void* data = arena_data(arenas_[k][d], d, n, "slot");
-        if (d == F32)
+        arenas_[k][d] = aligned_empty(n, slot_dtype(d));
+        void* data = arena_data(arenas_[k][d], slot_dtype(d), n, "slot");
+        if (slot_dtype(d) == F32)
           std::fill_n(static_cast<float*>(data), n, static_cast<float>(fill));
         else if (d == F64)
           std::fill_n(static_cast<double*>(data), n, fill);
@@ -96,6 +100,9 @@ class OptimState {
           arenas_[k][d].attr("fill")(py::module_::import("numpy").attr("float32")(fill));
       }
     }
+    if (master_)
+      for (Dtype d : {BF16, F16})
+        if (has_arena(d)) masters_[d] = aligned_empty(plan_->arena_size(d), F32);  // written at the first step
   }
 
   void step(py::handle params, py::handle grads, double lr, bool check_finite) {
@@ -145,7 +152,10 @@ class OptimState {
       data[l].size = specs[l].size;
       for (std::size_t k = 0; k < kSlots; ++k)
         data[l].s[k] = uses_slot(rule_, k) ? slot_data(k, specs[l]) : nullptr;
+      data[l].master = master_data(specs[l]);
     }
+    LowRounding rounding = rounding_;
+    rounding.fresh_master = master_ && !master_ready_;
     const OptimHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
     ScalarState scalars = scalars_;   // committed with the step
     bool expected = false;
@@ -155,9 +165,10 @@ class OptimState {
     double norm;
     {
       py::gil_scoped_release nogil;
-      norm = run_optim_step(rule_, plan_->layout(), data, hyper, lr, step_count_ + 1, scalars, rounding_);
+      norm = run_optim_step(rule_, plan_->layout(), data, hyper, lr, step_count_ + 1, scalars, rounding);
     }
     ++step_count_;
+    master_ready_ = master_;
     scalars_ = scalars;
     last_norm_ = norm;
   }
@@ -177,7 +188,19 @@ class OptimState {
   py::list slot_views(const std::string& name) const {
     const std::size_t k = slot_of(name);
     py::list out;
-    for (const auto& s : plan_->leaves()) out.append(arena_view(arenas_[k][s.dtype], s.dtype, s.offset, s.shape));
+    for (const auto& s : plan_->leaves()) out.append(arena_view(arenas_[k][s.dtype], slot_dtype(s.dtype), s.offset, s.shape));
+    return out;
+  }
+
+  // The float32 masters, one per leaf: a writable view for a 16-bit leaf once
+  // its master exists (after the first step or a load), else None.
+  py::list master_views() const {
+    py::list out;
+    for (const auto& s : plan_->leaves())
+      if (master_ready_ && is_low(s.dtype))
+        out.append(arena_view(masters_[s.dtype], F32, s.offset, s.shape));
+      else
+        out.append(py::none());
     return out;
   }
 
@@ -209,9 +232,11 @@ class OptimState {
   }
 
   // Checks every array of `slots` (one list per used slot name), the rule's
-  // scalar state (every name, a finite value) and the count, then copies
-  // them in: all or nothing.
-  void load(py::dict slots, py::dict scalars, long long step_count) {
+  // scalar state (every name, a finite value), the count and, with master
+  // weights, `master` (a float32 array per 16-bit leaf, None for the others;
+  // None: each master is created from its parameter at the next step), then
+  // copies them in: all or nothing.
+  void load(py::dict slots, py::dict scalars, long long step_count, py::object master) {
     if (step_count < 0) throw py::value_error("step_count must be >= 0, got " + std::to_string(step_count));
     const ScalarState new_scalars = parsed_scalars(scalars);
     const auto& specs = plan_->leaves();
@@ -225,14 +250,28 @@ class OptimState {
                               std::to_string(specs.size()));
       std::vector<py::object> arrays;
       for (std::size_t l = 0; l < specs.size(); ++l) {
-        py::object leaf = leaves[l];
-        matching_leaf(*plan_, l, leaf.ptr(), name);
-        PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(type_number(specs[l].dtype)), 0, 0,
-                                      NPY_ARRAY_CARRAY_RO, nullptr);
-        if (!c) throw py::error_already_set();
-        arrays.push_back(py::reinterpret_steal<py::object>(c));
+        arrays.push_back(contiguous(l, leaves[l], name, slot_dtype(specs[l].dtype)));
       }
       sources.emplace_back(k, std::move(arrays));
+    }
+    std::vector<py::object> masters;
+    if (!master.is_none()) {
+      if (!master_) throw py::value_error("master: this state keeps no master weights (master_weights=False)");
+      py::sequence leaves = py::reinterpret_borrow<py::sequence>(master);
+      if (static_cast<std::size_t>(py::len(leaves)) != specs.size())
+        throw py::value_error("master has " + std::to_string(py::len(leaves)) + " leaves, expected " +
+                              std::to_string(specs.size()));
+      for (std::size_t l = 0; l < specs.size(); ++l) {
+        py::object leaf = leaves[l];
+        if (!is_low(specs[l].dtype)) {
+          if (!leaf.is_none())
+            throw py::value_error(where("master", specs[l]) + ": a " + dtype_name(specs[l].dtype) +
+                                  " leaf has no master, expected None");
+          masters.emplace_back();
+          continue;
+        }
+        masters.push_back(contiguous(l, leaf, "master", F32));
+      }
     }
     for (std::size_t k = 0; k < kSlots; ++k)
       if (uses_slot(rule_, k) && std::none_of(sources.begin(), sources.end(), [&](const auto& s) { return s.first == k; }))
@@ -241,7 +280,12 @@ class OptimState {
     for (const auto& [k, arrays] : sources)
       for (std::size_t l = 0; l < specs.size(); ++l)
         std::memcpy(slot_data(k, specs[l]), PyArray_DATA(reinterpret_cast<PyArrayObject*>(arrays[l].ptr())),
-                    specs[l].size * item_size(specs[l].dtype));
+                    specs[l].size * item_size(slot_dtype(specs[l].dtype)));
+    for (std::size_t l = 0; l < masters.size(); ++l)
+      if (masters[l])
+        std::memcpy(master_data(specs[l]), PyArray_DATA(reinterpret_cast<PyArrayObject*>(masters[l].ptr())),
+                    specs[l].size * sizeof(float));
+    master_ready_ = master_ && !master.is_none();
     step_count_ = step_count;
     scalars_ = new_scalars;
     last_norm_ = -1.0;
@@ -260,6 +304,7 @@ class OptimState {
   std::uint64_t seed() const { return rounding_.seed; }
   void set_seed(std::uint64_t seed) { rounding_.seed = seed; }
 
+  bool master_weights() const { return master_; }
   OptimRule rule() const { return rule_; }
   const py::object& plan() const { return plan_obj_; }
   const py::object& hyper() const { return hyper_obj_; }
@@ -278,9 +323,25 @@ class OptimState {
   // float32 and float64 arenas always exist (maybe empty); 16-bit ones when a leaf has that dtype.
   bool has_arena(Dtype d) const { return !is_low(d) || plan_->uses(d); }
 
+  // The slots of a 16-bit leaf are float32 with master weights, else of the leaf's dtype.
+  Dtype slot_dtype(Dtype d) const { return master_ && is_low(d) ? F32 : d; }
+
   void* slot_data(std::size_t k, const LeafSpec& s) const {
     char* base = static_cast<char*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][s.dtype].ptr())));
-    return base + s.offset * item_size(s.dtype);
+    return base + s.offset * item_size(slot_dtype(s.dtype));
+  }
+
+  float* master_data(const LeafSpec& s) const {
+    if (!master_ || !is_low(s.dtype)) return nullptr;
+    return static_cast<float*>(PyArray_DATA(reinterpret_cast<PyArrayObject*>(masters_[s.dtype].ptr()))) + s.offset;
+  }
+
+  // A C-contiguous array of leaf l's shape and `dtype` (a copy when needed), or the leaf's error.
+  py::object contiguous(std::size_t l, py::handle leaf, const std::string& what, Dtype dtype) const {
+    matching_leaf(*plan_, l, leaf.ptr(), what, dtype);
+    PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(type_number(dtype)), 0, 0, NPY_ARRAY_CARRAY_RO, nullptr);
+    if (!c) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(c);
   }
 
   // Parameters overlapping each other or a state arena are refused; a gradient
@@ -300,7 +361,11 @@ class OptimState {
         for (Dtype d : {F32, F64, BF16, F16})
           if (has_arena(d))
             add_span(spans, PyArray_DATA(reinterpret_cast<PyArrayObject*>(arenas_[k][d].ptr())),
-                   plan_->arena_size(d) * item_size(d), spec_of(rule_).slots[k].name, kNoIndex);
+                   plan_->arena_size(d) * item_size(slot_dtype(d)), spec_of(rule_).slots[k].name, kNoIndex);
+    for (Dtype d : {BF16, F16})
+      if (masters_[d])
+        add_span(spans, PyArray_DATA(reinterpret_cast<PyArrayObject*>(masters_[d].ptr())),
+                 plan_->arena_size(d) * sizeof(float), "master", kNoIndex);
     refuse_overlaps(*plan_, spans);
     bool copied = false;  // then the key is not remembered: this step reads copies
     for (std::size_t l = 0; l < specs.size(); ++l)
@@ -318,6 +383,9 @@ class OptimState {
   const OptimHyper* hyper_ = nullptr;
   py::object arenas_[kSlots][kNumDtypes];  // slot k, dtype d: 64-byte aligned, laid out as the plan's arenas
   LowRounding rounding_;                   // of bfloat16/float16 leaves
+  bool master_ = false;                    // 16-bit leaves keep a float32 master and float32 slots
+  py::object masters_[kNumDtypes];         // the masters of the BF16 and F16 leaves, laid out as the plan's arenas
+  bool master_ready_ = false;              // the masters hold values (else the next step widens the parameters)
   std::vector<char> decay_;
   ScalarState scalars_{};  // the rule's scalar state (spec_of(rule_).scalar_state)
   long long step_count_ = 0;
@@ -373,14 +441,20 @@ void register_optim(py::module_& m) {
       .def("__setitem__", [](OptimHyper& h, const std::string& name, double value) { h.*hyper_field(name) = value; });
 
   py::class_<OptimState>(m, "OptimState", "An optim rule's state over one tree: plan, slots, scalars, step count.")
-      .def(py::init<OptimRule, py::object, std::vector<bool>, py::object>(), py::arg("rule"), py::arg("plan"),
-           py::arg("decay_mask"), py::arg("hyper"))
+      .def(py::init<OptimRule, py::object, std::vector<bool>, py::object, bool>(), py::arg("rule"), py::arg("plan"),
+           py::arg("decay_mask"), py::arg("hyper"), py::arg("master_weights") = false)
       .def("step", &OptimState::step, py::arg("params"), py::arg("grads"), py::arg("lr"), py::arg("check_finite"),
            "One step of the rule over the whole tree: every array checked first, then one fused pass "
            "(two with clipping), the step count and scalar state committed with it.")
       .def("slot_views", &OptimState::slot_views, py::arg("name"), "Writable views of a slot, one per leaf.")
       .def("load", &OptimState::load, py::arg("slots"), py::arg("scalars"), py::arg("step_count"),
-           "Copy {slot name: leaves} and {scalar name: value} in and set the step count, after checking everything.")
+           py::arg("master") = py::none(),
+           "Copy {slot name: leaves}, {scalar name: value} and the masters (master weights: a float32 array per "
+           "16-bit leaf, None for the others; None: created from the parameters at the next step) in and set the "
+           "step count, after checking everything.")
+      .def("master_views", &OptimState::master_views,
+           "Writable views of the float32 masters, one per leaf (None for a leaf without one, and before they exist).")
+      .def_property_readonly("master_weights", &OptimState::master_weights)
       .def_property_readonly("slot_names", &OptimState::slot_names)
       .def_property("scalars", &OptimState::scalars, &OptimState::set_scalars)
       .def_property("decay_mask", &OptimState::decay_mask, &OptimState::set_decay_mask)

@@ -13,13 +13,18 @@ namespace fusedopt {
 enum class LowFormat : unsigned { BF16, F16 };
 
 // Pointers of one contiguous piece of a 16-bit leaf; `index` is the global
-// element index (in the tree's leaf order) of the piece's first element.
+// element index (in the tree's leaf order) of the piece's first element. With
+// master weights the step reads and writes the float32 master `m` and slots
+// `ms` (not `s`) and only writes `p`; `fresh`: the master is first widened from p.
 struct LowSegment {
   const std::uint16_t* g;
   std::uint16_t* p;
   std::uint16_t* s[kSlots];
   std::size_t n;
   std::uint64_t index;
+  float* m = nullptr;
+  float* ms[kSlots] = {};
+  bool fresh = false;
 };
 
 // Stochastic rounding's per-step keys: the parameter's (0) and slot k's (1 + k).
@@ -43,9 +48,11 @@ constexpr std::uint64_t low_key(std::uint64_t seed, std::uint64_t stream, std::u
 using LowFn = void (*)(const LowSegment&, const OptimScalars<float>&, const LowKeys&);
 using LowSumSquaresFn = double (*)(const std::uint16_t* g, std::size_t n);
 
-// [format][stochastic] kernels, index for index with kOptimKernels.
+// [format][stochastic] kernels, index for index with kOptimKernels: the state
+// in the leaf's format (fn), or float32 masters and slots (master).
 struct LowpTable {
   std::array<LowFn, kOptimKernels.size()> fn[2][2];
+  std::array<LowFn, kOptimKernels.size()> master[2][2];
   LowSumSquaresFn sumsq[2];
 };
 

@@ -33,10 +33,12 @@ OptimSegment<T> segment(const OptimLeaf& d, std::size_t b, std::size_t e) {
           e - b};
 }
 
-LowSegment low_segment(const OptimLeaf& d, std::size_t b, std::size_t e, std::uint64_t leaf_index) {
+LowSegment low_segment(const OptimLeaf& d, std::size_t b, std::size_t e, std::uint64_t leaf_index, bool fresh) {
   auto at16 = [&](void* base) { return base ? static_cast<std::uint16_t*>(base) + b : nullptr; };
-  return {static_cast<const std::uint16_t*>(d.g) + b, at16(d.p), {at16(d.s[0]), at16(d.s[1]), at16(d.s[2])}, e - b,
-          leaf_index + b};
+  const std::uint16_t* g = static_cast<const std::uint16_t*>(d.g) + b;
+  if (!d.master) return {g, at16(d.p), {at16(d.s[0]), at16(d.s[1]), at16(d.s[2])}, e - b, leaf_index + b};
+  return {g, at16(d.p), {}, e - b, leaf_index + b, d.master + b,
+          {at<float>(d.s[0], b), at<float>(d.s[1], b), at<float>(d.s[2], b)}, fresh};
 }
 
 unsigned format_of(Dtype d) { return static_cast<unsigned>(d == BF16 ? LowFormat::BF16 : LowFormat::F16); }
@@ -103,7 +105,8 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
     else if (d.dtype == F64)
       table.f64[fn](segment<double>(d, pc.begin, pc.end), c64);
     else
-      lowp.fn[format_of(d.dtype)][low.stochastic][fn](low_segment(d, pc.begin, pc.end, first[pc.leaf]), c32, keys);
+      (d.master ? lowp.master : lowp.fn)[format_of(d.dtype)][low.stochastic][fn](
+          low_segment(d, pc.begin, pc.end, first[pc.leaf], low.fresh_master), c32, keys);
   });
   return norm;
 }

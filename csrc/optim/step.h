@@ -18,6 +18,9 @@ struct OptimLeaf {
   void* s[kSlots];
   bool decay;  // weight decay applies to this leaf (weight_decay_mask)
   std::size_t size;  // elements
+  // A 16-bit leaf with master weights: its float32 master (and float32 slots
+  // in s); the float32 kernel steps the master, then p is narrowed from it.
+  float* master = nullptr;
 };
 
 using ScalarState = std::array<double, kMaxScalarState>;
@@ -27,6 +30,7 @@ using ScalarState = std::array<double, kMaxScalarState>;
 struct LowRounding {
   bool stochastic = false;
   std::uint64_t seed = 0;
+  bool fresh_master = false;  // this step first widens each master from its parameter
 };
 
 // Step number t (1 for the first step) of `rule` with learning rate lr;

@@ -1,7 +1,7 @@
 # Type stubs for fusedopt._core, the C++ extension (csrc/bindings/*.cpp).
 # tests/test_config.py checks that every public name of the module is here.
 import enum
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -212,13 +212,21 @@ class OptimHyper:
 
 class OptimState:
     """An optim rule's state over one tree: plan, slots, scalars, step count."""
-    def __init__(self, rule: OptimRule, plan: Plan, decay_mask: Sequence[bool], hyper: OptimHyper) -> None: ...
+    def __init__(self, rule: OptimRule, plan: Plan, decay_mask: Sequence[bool], hyper: OptimHyper,
+                 master_weights: bool = False) -> None: ...
     def step(self, params: Any, grads: Any, lr: float, check_finite: bool) -> None:
         """One step of the rule over the whole tree (every array checked first)."""
     def slot_views(self, name: str) -> list[_Arena]:
-        """Writable views of a slot, one per leaf."""
-    def load(self, slots: dict[str, Sequence[Any]], scalars: dict[str, float], step_count: int) -> None:
-        """Copy {slot name: leaves} and {scalar name: value} in and set the step count, after checking everything."""
+        """Writable views of a slot, one per leaf (float32 at 16-bit leaves with master weights)."""
+    def load(self, slots: dict[str, Sequence[Any]], scalars: dict[str, float], step_count: int,
+             master: Optional[Sequence[Any]] = None) -> None:
+        """Copy {slot name: leaves}, {scalar name: value} and the masters (a float32 array per 16-bit leaf,
+        None for the others; None: created from the parameters at the next step) in and set the step count,
+        after checking everything."""
+    def master_views(self) -> list[Optional[_Arena]]:
+        """Writable views of the float32 masters, one per leaf (None without one, and before they exist)."""
+    @property
+    def master_weights(self) -> bool: ...
     @property
     def slot_names(self) -> list[str]: ...
     @property

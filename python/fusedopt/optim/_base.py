@@ -39,7 +39,8 @@ Usage (``params`` and ``grads``: trees of the same structure of float32, float64
 shaped like ``params``, or a callable ``(path, array) -> bool``. ``max_grad_norm``
 (keyword) clips the whole gradient tree to that L2 norm; ``check_finite`` (keyword)
 refuses NaN/Inf gradients. ``stochastic_rounding`` and ``seed`` (keywords) round
-bfloat16/float16 parameters and state stochastically (docs/lowbit.md).
+bfloat16/float16 parameters and state stochastically; ``master_weights`` (keyword) keeps
+a float32 master copy and float32 state for them (docs/lowbit.md).
 """
 
 
@@ -144,7 +145,8 @@ class Optimizer:
     _fixed: Dict[str, float] = {}  # native fields the class fixes (AdamW: decoupled_weight_decay)
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
+                 check_finite: bool = False, stochastic_rounding: bool = False, seed: int = 0,
+                 master_weights: bool = False) -> None:
         """Called by the subclasses' constructors with the options every optimizer takes."""
         self._values: Dict[str, Any] = {}
         self._hyper = _core.OptimHyper()
@@ -158,6 +160,7 @@ class Optimizer:
         self.check_finite = check_finite
         self.stochastic_rounding = stochastic_rounding
         self.seed = seed
+        self.master_weights = master_weights
         self.weight_decay_mask = weight_decay_mask
 
     # -- what a class declares --------------------------------------------------------
@@ -266,6 +269,21 @@ class Optimizer:
             self._set_rounding(self._state)
 
     @property
+    def master_weights(self) -> bool:
+        """Keep a float32 master copy and float32 state slots for each bfloat16/float16
+        parameter (docs/lowbit.md, "Master weights"); it chooses the state's layout, so it
+        changes only while the optimizer has no state."""
+        return bool(self._values["master_weights"])
+
+    @master_weights.setter
+    def master_weights(self, value: bool) -> None:
+        value = checks.flag("master_weights", value)
+        if (self._state is not None or self._pending is not None) and value != self._values["master_weights"]:
+            raise ValueError("master_weights chooses the state's layout (float32 masters and slots): it cannot "
+                             "change once the optimizer has state (call reset() first)")
+        self._values["master_weights"] = value
+
+    @property
     def weight_decay_mask(self) -> Mask:
         """None (every leaf decays), a tree of bools shaped like the parameters, or a callable
         ``(path, array) -> bool``; resolved at the first step (the callable sees each parameter)
@@ -319,6 +337,13 @@ class Optimizer:
         plan = self._state.plan
         return {name: plan.unflatten(self._state.slot_views(name)) for name in self._state.slot_names}
 
+    def master_arrays(self) -> Any:
+        """With master_weights: the tree of writable float32 views of the masters (None at
+        float32/float64 leaves), the truth the next step reads; None before the masters exist
+        (the first step creates them from the parameters) and without master_weights."""
+        masters = _masters(self._state)
+        return None if masters is None else self._state.plan.unflatten(masters)
+
     def init(self, params: Any) -> None:
         """Create the state for `params` (slots at their initial values) without stepping."""
         if self._state is None:
@@ -333,7 +358,7 @@ class Optimizer:
     def _new_state(self, plan: _core.Plan, mask: List[bool]) -> Any:
         """The native state of a tree: an OptimState (the 8-bit classes keep a Quant8State,
         of the same interface)."""
-        state = _core.OptimState(self._native_rule(), plan, mask, self._hyper)
+        state = _core.OptimState(self._native_rule(), plan, mask, self._hyper, self._values["master_weights"])
         self._set_rounding(state)
         return state
 
@@ -345,7 +370,8 @@ class Optimizer:
 
     def _parse_state(self, state: Mapping[str, Any], version: int) -> Optional[Dict[str, Any]]:
         """The saved leaves and scalars of a state_dict, checked against this state's."""
-        return _parse_pending(state, version, _core.optim_rule_spec(self._native_rule()))
+        return _parse_pending(state, version, _core.optim_rule_spec(self._native_rule()),
+                              master=self._values["master_weights"])
 
     def _bind(self, params: Any) -> Any:
         plan = _core.Plan(params, "params", low_precision=True)
@@ -395,6 +421,7 @@ class Optimizer:
         out["check_finite"] = self.check_finite
         out["stochastic_rounding"] = self.stochastic_rounding
         out["seed"] = np.uint64(self.seed)
+        out["master_weights"] = self.master_weights
         lr = self._lr
         out["lr_kind"] = "float" if isinstance(lr, float) else "schedule" if isinstance(lr, schedules.Schedule) else "callable"
         if isinstance(lr, float):
@@ -408,12 +435,14 @@ class Optimizer:
             slots = {name: [np.array(v, copy=True) for v in self._state.slot_views(name)]
                      for name in self._state.slot_names}
             scalars = dict(self._state.scalars)
+            masters = _masters(self._state)
         elif self._pending is not None:
             paths, dtypes, mask = self._pending["paths"], self._pending["dtypes"], self._pending["mask"]
             slots = {name: [a.copy() for a in leaves] for name, leaves in self._pending["slots"].items()}
             scalars = dict(self._pending["scalars"])
+            masters = self._pending["master"]
         else:
-            paths, dtypes, mask, slots, scalars = [], [], [], {}, {}
+            paths, dtypes, mask, slots, scalars, masters = [], [], [], {}, {}, None
         out["leaf_paths"], out["leaf_dtypes"] = fmt.strs(paths), fmt.strs(dtypes)
         out["decay_mask"] = np.array(mask, dtype=bool)
         out["slots"] = fmt.strs(list(slots))
@@ -423,6 +452,9 @@ class Optimizer:
         out["scalars"] = fmt.strs(list(scalars))
         for name, value in scalars.items():
             out[f"scalar.{name}"] = value
+        for i, master in enumerate(masters or []):
+            if master is not None:
+                out[f"master.{i}"] = np.array(master, copy=True)
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -434,7 +466,7 @@ class Optimizer:
         max_grad_norm = fmt.get_value(state, "max_grad_norm")
         values["max_grad_norm"] = None if max_grad_norm == 0.0 else max_grad_norm
         values["check_finite"] = fmt.get_value(state, "check_finite")
-        rounding = fmt.rounding_entries(state)
+        rounding = fmt.lowp_entries(state)
         lr_kind = fmt.get_str(state, "lr_kind")
         if lr_kind == "float":
             values["lr"] = fmt.get_value(state, "lr")
@@ -475,12 +507,22 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+def _masters(state: Any) -> Optional[List[Optional[np.ndarray]]]:
+    """A native state's master views (None for leaves without one), or None when it has none."""
+    if not (isinstance(state, _core.OptimState) and state.master_weights):
+        return None
+    views = state.master_views()
+    return views if any(v is not None for v in views) else None
+
+
 def _parse_pending(state: Mapping[str, Any], version: int, spec: Mapping[str, Any],
-                   read_slot: Callable[..., List[np.ndarray]] = fmt.slot_leaves) -> Optional[Dict[str, Any]]:
+                   read_slot: Callable[..., List[np.ndarray]] = fmt.slot_leaves,
+                   master: bool = False) -> Optional[Dict[str, Any]]:
     """The saved leaves and scalar state, checked against `spec` (a rule's spec: its
     "slots" and "scalars") and read by `read_slot(state, name, paths, dtypes)`; None for
     a state saved before the first step. Version 1 has no scalar state (no rule of its
-    time kept one)."""
+    time kept one). With `master` (master_weights), the slots of 16-bit leaves are
+    float32 and each such leaf may have its master (all or none)."""
     paths = fmt.get_strs(state, "leaf_paths")
     dtypes = fmt.get_strs(state, "leaf_dtypes", len(paths))
     for path, dtype in zip(paths, dtypes):
@@ -498,7 +540,9 @@ def _parse_pending(state: Mapping[str, Any], version: int, spec: Mapping[str, An
     if sorted(names) != sorted(expected):
         raise ValueError(f"state: slots {names} do not match this optimizer's {expected} "
                          f"(a state of other options, e.g. amsgrad or momentum?)")
-    slots = {name: read_slot(state, name, paths, dtypes) for name in names}
+    masters = fmt.master_leaves(state, paths, dtypes, master)
+    slot_dtypes = ["float32" if master and d in lowp.LOW_DTYPES else d for d in dtypes]
+    slots = {name: read_slot(state, name, paths, slot_dtypes) for name in names}
     scalar_names = fmt.get_strs(state, "scalars") if version >= 2 else []
     expected = list(spec["scalars"]) if paths else []
     if sorted(scalar_names) != sorted(expected):
@@ -512,7 +556,7 @@ def _parse_pending(state: Mapping[str, Any], version: int, spec: Mapping[str, An
             raise ValueError(f"state: step_count is {step_count} but the state has no leaves")
         return None
     return {"paths": paths, "dtypes": dtypes, "mask": [bool(b) for b in mask], "slots": slots,
-            "scalars": scalars, "step_count": step_count}
+            "scalars": scalars, "step_count": step_count, "master": masters}
 
 
 def _load_pending(state: _core.OptimState, pending: Dict[str, Any]) -> None:
@@ -530,6 +574,8 @@ def _load_pending(state: _core.OptimState, pending: Dict[str, Any]) -> None:
             raise ValueError(f"params at {path or 'the root'}: the loaded state holds {pending['dtypes'][i]}, "
                              f"the parameter is {dtype}")
         order.append(i)
+    masters = pending.get("master")
+    extra = () if masters is None else ([masters[i] for i in order],)  # only an OptimState keeps masters
     state.load({name: [leaves[i] for i in order] for name, leaves in pending["slots"].items()},
-               pending["scalars"], pending["step_count"])
+               pending["scalars"], pending["step_count"], *extra)
     state.decay_mask = [pending["mask"][i] for i in order]

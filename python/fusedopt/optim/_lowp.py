@@ -9,6 +9,8 @@ import numpy as np
 
 #: The leaf dtypes fusedopt.optim steps, by the names Plan.leaf_dtypes and state_dict use.
 LEAF_DTYPES = ("float32", "float64", "bfloat16", "float16")
+#: The 16-bit ones: with master_weights, each keeps a float32 master and float32 slots.
+LOW_DTYPES = ("bfloat16", "float16")
 
 MAX_SEED = 2 ** 64 - 1
 

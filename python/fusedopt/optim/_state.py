@@ -13,6 +13,8 @@ the same without the rule's scalar state, still loads):
     stochastic_rounding, seed                     bool, uint64: bfloat16/float16
                                                   rounding (absent in older states:
                                                   False, 0)
+    master_weights                                bool: float32 masters and slots for
+                                                  the 16-bit leaves (absent: False)
     lr_kind                                       "float", "schedule" or "callable"
     lr                                            float (lr_kind "float")
     schedule, schedule.names, schedule.<name>     a fusedopt schedule's class and
@@ -27,6 +29,8 @@ the same without the rule's scalar state, still loads):
     scalars                                       str array of the rule's scalar state
                                                   (empty for most rules; version 2)
     scalar.<name>                                 float, e.g. NAdam's mu_product
+    master.<i>                                    float32 master of 16-bit leaf i
+                                                  (master_weights, once it exists)
 
 A callable lr is not saved (it may not be data): the optimizer that loads
 the state keeps its own lr then.
@@ -64,10 +68,12 @@ def get_value(state: Mapping[str, Any], key: str) -> Any:
 strs = _fields.strs
 
 
-def rounding_entries(state: Mapping[str, Any]) -> Dict[str, Any]:
-    """stochastic_rounding and seed as constructor keywords; a state saved before they
-    existed rounds to nearest (False, seed 0)."""
-    out: Dict[str, Any] = {"stochastic_rounding": False, "seed": 0}
+def lowp_entries(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """stochastic_rounding, seed and master_weights as constructor keywords; a state saved
+    before they existed rounds to nearest without masters (False, seed 0, False)."""
+    out: Dict[str, Any] = {"stochastic_rounding": False, "seed": 0, "master_weights": False}
+    if "master_weights" in state:
+        out["master_weights"] = _fields.as_bool(get(state, "master_weights"), "master_weights")
     if "stochastic_rounding" in state:
         out["stochastic_rounding"] = _fields.as_bool(get(state, "stochastic_rounding"), "stochastic_rounding")
     if "seed" in state:
@@ -96,6 +102,34 @@ def schedule_from(state: Mapping[str, Any]) -> schedules.Schedule:
             value = value[()] if value.dtype == np.float32 else value.item()
         attrs[key] = value
     return schedules.schedule_from_config([get_str(state, "schedule"), attrs])
+
+
+def master_leaves(state: Mapping[str, Any], paths: List[str], dtypes: List[str],
+                  master: bool) -> Optional[List[Optional[np.ndarray]]]:
+    """The saved masters (float32 arrays at the 16-bit leaves, None elsewhere), or None
+    when the state has none (they are then created from the parameters at the next step)."""
+    low = [i for i, d in enumerate(dtypes) if d in lowp.LOW_DTYPES]
+    where = lambda i: f"master.{i} (leaf {paths[i] or 'at the root'})"  # noqa: E731
+    for i, d in enumerate(dtypes):
+        if d not in lowp.LOW_DTYPES and f"master.{i}" in state:
+            raise ValueError(f"state: {where(i)}: a {d} leaf has no master")
+    saved = [i for i in low if f"master.{i}" in state]
+    if not saved:
+        return None
+    if not master:
+        raise ValueError(f"state: {where(saved[0])} is a master weight, but the state has master_weights False")
+    missing = [i for i in low if i not in saved]
+    if missing:
+        raise ValueError(f"state: {where(missing[0])} is missing (a state has the masters of all its "
+                         f"16-bit leaves or none)")
+    out: List[Optional[np.ndarray]] = [None] * len(paths)
+    for i in saved:
+        leaf = get(state, f"master.{i}")
+        if not (isinstance(leaf, np.ndarray) and leaf.dtype == np.float32):
+            raise TypeError(f"state: {where(i)} must be a float32 array, got "
+                            f"{leaf.dtype if isinstance(leaf, np.ndarray) else type(leaf).__name__}")
+        out[i] = _fields.snapshot(leaf)
+    return out
 
 
 def slot_leaves(state: Mapping[str, Any], name: str, paths: List[str], dtypes: List[str]) -> List[np.ndarray]:
