@@ -5,8 +5,10 @@ Run from the repository root::
     python bench/bench_step.py            # full run (a few minutes)
     python bench/bench_step.py --quick    # seconds: development check, no 6.4e7 case
 
-For ADAM, RMSProp, Momentum and Gradient, and the optim family (fusedopt.optim)
-(optim.Adam, optim.AdamW, optim.SGD, optim.RMSprop, optim.Adagrad, optim.Lion), at each size, in one process and in
+For ADAM, RMSProp, Momentum and Gradient, and the optim family (fusedopt.optim:
+optim.Adam, optim.AdamW, optim.SGD, optim.RMSprop, optim.Adagrad, optim.Lion,
+optim.NAdam, optim.RAdam, optim.Adamax, optim.Adadelta, optim.ASGD, optim.Rprop;
+peers_optim.py), at each size, in one process and in
 float32, every implementation of peers.py takes steps on its own copy of the
 same parameters and gradients; the time per step is the median over repeats
 after warm-up, and then over interleaved rounds (every implementation once per
@@ -45,6 +47,9 @@ TARGET_GELEM = 2.5             # G elements/s at 1e5 and 1e6
 TARGET_US_1E3 = 3.0            # microseconds per step at 1e3
 TARGET_US_TREE = 500.0         # microseconds per step for the many-leaf trees:
 TARGET_TREES = {(200, 200 * 4096), (1000, 1000 * 100)}  # (leaves, elements)
+# Issue 25's classes: at least this speed-up over torch's best row at 1000 x 100.
+TARGET_TORCH_X_1000X100 = 10.0
+ISSUE25 = tuple(f"optim.{c}" for c in ("NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop"))
 
 # Settings of the OpenMP runtime (shared by fusedopt, torch and DeepSpeed) that change timings.
 OPENMP_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "OMP_PLACES",
@@ -313,6 +318,12 @@ def check_targets(report):
         if (r["leaves"], r["elements"]) in TARGET_TREES:
             checks.append((r["case"], f"{r['us_per_step']:.0f} us", f"<= {TARGET_US_TREE:.0f} us",
                            r["us_per_step"] <= TARGET_US_TREE))
+    for r in rows:
+        best_torch = min((p["fusedopt_speedup"] for p in report["rows"] if p["implementation"].startswith("torch_")
+                          and (p["optimizer"], p["case"]) == (r["optimizer"], r["case"])), default=None)
+        if r["optimizer"] in ISSUE25 and (r["leaves"], r["elements"]) == (1000, 100_000) and best_torch:
+            checks.append((f"{r['optimizer']} {r['case']}", f"{best_torch:.1f}x torch's best",
+                           f">= {TARGET_TORCH_X_1000X100:g}x", best_torch >= TARGET_TORCH_X_1000X100))
     peer_rows = [r for r in report["rows"] if not r["implementation"].startswith("fusedopt")]
     slower = [r for r in peer_rows if r.get("fusedopt_speedup", 2.0) < 1.0]
     if peer_rows:

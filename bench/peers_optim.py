@@ -3,32 +3,45 @@
 Same contract as peers.py: ``make(name, params, grads) -> step`` on float32
 trees, ``Skip`` when a peer cannot run. Names are ``optim.<Class>``; every
 implementation uses ``HYPER`` (torch.optim's defaults, SGD with momentum 0.9,
-AdamW with weight decay 1e-2). The numpy implementation follows docs/optim.md
-operation by operation with reused temporaries (numpy at its best); torch and
-DeepSpeed are speed peers.
+AdamW with weight decay 1e-2). The numpy implementation (numpy_optim.py)
+follows docs/optim.md operation by operation with reused temporaries (numpy at
+its best); torch and DeepSpeed are speed peers. torch 2.13 has fused CPU kernels
+for Adam, AdamW, SGD and Adagrad only, and DeepSpeed CPU optimizers for Adam(W),
+Adagrad and Lion only: the other classes' rows say so (Skip with the reason).
 """
 import functools
 import inspect
 
-import numpy as np
-
 LR = 1e-3
-HYPER = {
-    "optim.Adam": {},
-    "optim.AdamW": {"weight_decay": 1e-2},
+ADAM_LIKE = {"betas": (0.9, 0.999), "eps": 1e-8}
+HYPER = {  # written out, so that the NumPy rules (numpy_optim.py) read the same values
+    "optim.Adam": ADAM_LIKE,
+    "optim.AdamW": {**ADAM_LIKE, "weight_decay": 1e-2},
     "optim.SGD": {"momentum": 0.9},
-    "optim.RMSprop": {},
-    "optim.Adagrad": {},
-    "optim.Lion": {},
+    "optim.RMSprop": {"alpha": 0.99, "eps": 1e-8},
+    "optim.Adagrad": {"eps": 1e-10},
+    "optim.Lion": {"betas": (0.9, 0.99)},
+    "optim.NAdam": {**ADAM_LIKE, "momentum_decay": 4e-3},
+    "optim.RAdam": ADAM_LIKE,
+    "optim.Adamax": ADAM_LIKE,
+    "optim.Adadelta": {"rho": 0.9, "eps": 1e-6},
+    "optim.ASGD": {"lambd": 1e-4, "alpha": 0.75, "t0": 1e6},
+    "optim.Rprop": {"etas": (0.5, 1.2), "step_sizes": (1e-6, 50)},
 }
 # Least bytes per float32 element of an in-place step (arrays read + written, 4 bytes each):
-# Adam(W) reads g, p, m, v and writes p, m, v; the others keep one slot (read g, p, s; write p, s).
+# - 28 (7 arrays): read g, p and two state arrays, write p and both: Adam(W), NAdam, RAdam
+#   (m, v), Adamax (m, exp_inf), Adadelta (square_avg, acc_delta), Rprop (step_size, prev);
+# - 20 (5 arrays): read g, p, one state array, write p and it: SGD, RMSprop, Adagrad, Lion;
+# - 16 (4 arrays): ASGD at HYPER's t0 (mu = 1 until step t0): read g, p, write p and ax = p
+#   (ax is read too once mu != 1: 20).
 BYTES = {"optim.Adam": 28, "optim.AdamW": 28, "optim.SGD": 20, "optim.RMSprop": 20, "optim.Adagrad": 20,
-         "optim.Lion": 20}
+         "optim.Lion": 20, "optim.NAdam": 28, "optim.RAdam": 28, "optim.Adamax": 28, "optim.Adadelta": 28,
+         "optim.ASGD": 16, "optim.Rprop": 28}
 
 # After the tables: peers imports this module at its end and reads them, whichever is imported first.
 import peers  # noqa: E402
-from peers import Implementation, Skip, leaves  # noqa: E402
+from numpy_optim import NumpyOptim  # noqa: E402
+from peers import Implementation, Skip  # noqa: E402
 
 
 def _cls(name):
@@ -41,87 +54,8 @@ def make_fusedopt(name, params, grads):
     return functools.partial(opt.step, params, grads)
 
 
-class NumpyOptim:
-    """docs/optim.md in float32 numpy, one in-place ufunc per operation."""
-
-    def __init__(self, name):
-        self.kind = _cls(name)
-        self.h = HYPER[name]
-        self.t = 0
-        self.state = None
-
-    def step(self, params, grads):
-        ps, gs = leaves(params), leaves(grads)
-        if self.state is None:
-            slots = 2 if self.kind in ("Adam", "AdamW") else 1
-            self.state = [([np.zeros_like(p) for _ in range(slots)], np.empty_like(p), np.empty_like(p)) for p in ps]
-        self.t += 1
-        f = np.float32
-        for p, g, (s, a, b) in zip(ps, gs, self.state):
-            if self.kind in ("Adam", "AdamW"):
-                m, v = s
-                if self.kind == "AdamW":
-                    np.multiply(p, f(1 - LR * self.h["weight_decay"]), out=p)
-                np.subtract(g, m, out=a)                 # m = m + (1 - b1) * (g - m)
-                np.multiply(f(0.1), a, out=a)
-                np.add(m, a, out=m)
-                np.multiply(v, f(0.999), out=v)          # v = v * b2 + ((1 - b2) * g) * g
-                np.multiply(f(1 - 0.999), g, out=a)
-                np.multiply(a, g, out=a)
-                np.add(v, a, out=v)
-                step_size = LR / (1 - 0.9 ** self.t)
-                bc2 = (1 - 0.999 ** self.t) ** 0.5
-                np.sqrt(v, out=a)                        # den = sqrt(v) / bc2 + eps
-                np.divide(a, f(bc2), out=a)
-                np.add(a, f(1e-8), out=a)
-                np.multiply(f(-step_size), m, out=b)     # p = p + (-step_size * m) / den
-                np.divide(b, a, out=b)
-                np.add(p, b, out=p)
-            elif self.kind == "SGD":
-                buf = s[0]
-                if self.t == 1:
-                    np.copyto(buf, g)
-                else:
-                    np.multiply(buf, f(0.9), out=buf)
-                    np.add(buf, g, out=buf)              # (1 - dampening) = 1
-                np.multiply(f(-LR), buf, out=a)
-                np.add(p, a, out=p)
-            elif self.kind == "RMSprop":
-                v = s[0]
-                np.multiply(v, f(0.99), out=v)
-                np.multiply(f(1 - 0.99), g, out=a)
-                np.multiply(a, g, out=a)
-                np.add(v, a, out=v)
-                _scaled_step(p, g, v, f(1e-8), a, b)
-            elif self.kind == "Adagrad":
-                acc = s[0]
-                np.multiply(g, g, out=a)
-                np.add(acc, a, out=acc)
-                _scaled_step(p, g, acc, f(1e-10), a, b)
-            else:  # Lion
-                m = s[0]
-                np.multiply(f(0.9), m, out=a)
-                np.multiply(f(0.1), g, out=b)
-                np.add(a, b, out=a)
-                np.sign(a, out=a)
-                np.multiply(f(-LR), a, out=a)
-                np.add(p, a, out=p)
-                np.multiply(f(0.99), m, out=m)
-                np.multiply(f(0.01), g, out=b)
-                np.add(m, b, out=m)
-
-
-def _scaled_step(p, g, v, eps, a, b):
-    """p = p + ((-lr) * g) / (sqrt(v) + eps), with temporaries a and b (RMSprop, Adagrad)."""
-    np.sqrt(v, out=a)
-    np.add(a, eps, out=a)
-    np.multiply(np.float32(-LR), g, out=b)
-    np.divide(b, a, out=b)
-    np.add(p, b, out=p)
-
-
 def make_numpy(name, params, grads):
-    return functools.partial(NumpyOptim(name).step, params, grads)
+    return functools.partial(NumpyOptim(_cls(name), HYPER[name], LR).step, params, grads)
 
 
 def make_torch(variant):
