@@ -136,19 +136,19 @@ def main():
         for name, cls in (("torch.optim.Muon", torch.optim.Muon), ("fusedopt.torch.Muon", ft.Muon)):
             print(f"{label:>14} {name:>22} {muon_case(cls, shapes, repeats):>9.2f}")
         totals = defaultdict(float)
-        real_core, real_mm = muon_core._core, ft_muon._torch_matmul
+        real_core, real_ns = muon_core._core, ft_muon._newton_schulz
 
-        def mm(a, b):
+        def ns(*args):
             t0 = time.perf_counter()
             try:
-                return real_mm(a, b)
+                return real_ns(*args)
             finally:
                 totals["blas"] += time.perf_counter() - t0
-        muon_core._core, ft_muon._torch_matmul = _Timed(real_core, totals), mm
+        muon_core._core, ft_muon._newton_schulz = _Timed(real_core, totals), ns
         try:
             muon_case(ft.Muon, shapes, repeats, totals)
         finally:
-            muon_core._core, ft_muon._torch_matmul = real_core, real_mm
+            muon_core._core, ft_muon._newton_schulz = real_core, real_ns
         print(f"{'':>14} {'fusedopt step shares:':>22} {shares(totals)}")
 
 

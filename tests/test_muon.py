@@ -194,3 +194,19 @@ def test_refusals_change_nothing(rng):
     with pytest.raises(ValueError, match="only supports 2D"):
         o.step({"w": np.zeros(3)}, {"w": np.zeros(3)})
     assert o.state_arrays() == {}
+
+
+def test_torch_iterations_sum_in_float32_and_round_once():
+    """fusedopt.torch.Muon's iterations run in torch's bfloat16 GEMMs. With small
+    integers and coefficients (1, 1, 1) every float32 sum is exact whatever its
+    order, so each stage must be the float64 value rounded once to bfloat16; a
+    product rounded before its term is added (double rounding) fails here."""
+    from fusedopt.torch._muon import _newton_schulz
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        x = rng.integers(-3, 4, size=(4, 6)).astype(np.float32)
+        gram = bf16(x.astype(np.float64) @ x.T)
+        upd = bf16(gram + gram.astype(np.float64) @ gram)
+        want = bf16(x + upd.astype(np.float64) @ x)
+        assert np.abs(upd).max() > 256  # beyond bfloat16's 8 bits: the rounding is exercised
+        assert _newton_schulz(x, (1.0, 1.0, 1.0), 1).tobytes() == want.tobytes()

@@ -16,10 +16,11 @@ their float results::
     p = p * (1 - lr * weight_decay)                  native pass, in the parameter's dtype
     p = p + (-adjusted_lr) * O                       (same pass; O = X, transposed back)
 
-The products are float32 GEMMs of bfloat16 values (each product exact, the
-sums in the BLAS's order, which depends on the library, its version, the CPU
-and its thread count); everything else is fixed. torch does the same products
-in bfloat16 GEMMs of its own, so the two agree to torch's tolerances, not bits.
+Here the products are float32 GEMMs of bfloat16 values through numpy's BLAS;
+fusedopt.torch.Muon runs the iterations in torch's bfloat16 GEMMs, which also
+sum in float32 and round once. Each product is exact, the sums in the BLAS's
+order (it depends on the library, its version, the CPU and its thread count);
+everything else is fixed. So both agree with torch to torch's tolerances, not bits.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from . import _checks as checks
 from ._tree import leaves_by_path
 
 DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-Matmul = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Orthogonalise = Callable[[np.ndarray, Tuple[float, float, float], int], np.ndarray]
 
 
 def _bf16(x: float) -> np.float32:
@@ -85,33 +86,37 @@ def adjusted_lr(lr: float, adjust_lr_fn: Optional[str], shape: Tuple[int, ...]) 
 
 
 def step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], bufs: Sequence[np.ndarray],
-         hyper: Dict[str, Any], matmul: Matmul) -> None:
+         hyper: Dict[str, Any], orthogonalise: Orthogonalise) -> None:
     """One Muon step of 2-D C-contiguous arrays (params and bufs written in
-    place); `matmul(a, b)` returns a new C-contiguous float32 a @ b."""
+    place); `orthogonalise(x, coefficients, steps)` runs the Newton-Schulz
+    iterations on a scaled float32 array of bfloat16 values and returns the
+    result as one (numpy_newton_schulz, or fusedopt.torch's)."""
     transposed = [p.shape[0] > p.shape[1] for p in params]
     xs = [np.empty(p.shape[::-1] if tr else p.shape, np.float32) for p, tr in zip(params, transposed)]
     sums = _core.muon_momentum(list(grads), list(bufs), xs, transposed, hyper["momentum"], hyper["nesterov"])
-    a, b, c = hyper["ns_coefficients"]
     eps = _bf16(hyper["eps"])
     outs = []
     for x, total in zip(xs, sums):
         _core.muon_scale(x, float(max(_bf16(math.sqrt(total)), eps)))
-        for _ in range(hyper["ns_steps"]):
-            gram = matmul(x, x.T)
-            _core.muon_round(gram)
-            update = matmul(gram, gram)
-            _core.muon_combine(update, gram, update, b, c)
-            prod = matmul(update, x)
-            _core.muon_combine(prod, x, prod, a, 1.0)
-            x = prod
-        outs.append(x)
+        outs.append(orthogonalise(x, hyper["ns_coefficients"], hyper["ns_steps"]))
     lr = hyper["lr"]
     neg = [-adjusted_lr(lr, hyper["adjust_lr_fn"], p.shape) for p in params]
     _core.muon_update(list(params), outs, transposed, 1 - lr * hyper["weight_decay"], neg)
 
 
-def _numpy_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.matmul(a, b)
+def numpy_newton_schulz(x: np.ndarray, coefficients: Tuple[float, float, float], steps: int) -> np.ndarray:
+    """The iterations with numpy's float32 GEMMs, each followed by a native
+    pass that adds the float32 term and rounds to bfloat16."""
+    a, b, c = coefficients
+    for _ in range(steps):
+        gram = np.matmul(x, x.T)
+        _core.muon_round(gram)
+        update = np.matmul(gram, gram)
+        _core.muon_combine(update, gram, update, b, c)
+        prod = np.matmul(update, x)
+        _core.muon_combine(prod, x, prod, a, 1.0)
+        x = prod
+    return x
 
 
 class Muon:
@@ -179,7 +184,7 @@ class Muon:
         # New buffers, committed after the parameters' pass: an exception before leaves the state as it was.
         old = self._bufs
         bufs = {k: np.zeros_like(p) if old is None else old[k].copy() for k, p in zip(paths, ps)}
-        step(ps, gs, [bufs[k] for k in paths], self._hyper, _numpy_matmul)
+        step(ps, gs, [bufs[k] for k in paths], self._hyper, numpy_newton_schulz)
         self._bufs = bufs
 
     def reset(self) -> None:

@@ -1,6 +1,6 @@
 """fusedopt.torch.Muon: torch.optim.Muon (torch 2.13) with fusedopt's native
-momentum, rounding, scaling and update passes around torch's own BLAS
-products (fusedopt/optim/_muon.py has the step and its operation order)."""
+momentum, rounding, scaling and update passes around torch's own bfloat16
+GEMMs (fusedopt/optim/_muon.py has the step and its operation order)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -12,8 +12,18 @@ from torch.optim import Optimizer
 from ..optim import _muon
 
 
-def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return torch.mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+def _newton_schulz(x: np.ndarray, coefficients: tuple[float, float, float], steps: int) -> np.ndarray:
+    """The iterations in torch's bfloat16 GEMMs (x holds bfloat16 values, so the
+    cast is exact). Each product sums in float32 and adds its float32 term
+    before one rounding to bfloat16, the documented order; on CPUs with
+    bfloat16 dot products they run at about four times the float32 GEMM."""
+    a, b, c = coefficients
+    xb = torch.from_numpy(x).bfloat16()
+    for _ in range(steps):
+        gram = torch.mm(xb, xb.T)
+        update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        xb = torch.addmm(xb, update, xb, beta=a)
+    return xb.float().numpy()
 
 
 def _hyper(group: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +112,7 @@ class Muon(Optimizer):
         for hyper, params, grads, bufs in plans:
             if params:
                 _muon.step([p.detach().numpy() for p in params], grads, [b.numpy() for b in bufs], hyper,
-                           _torch_matmul)
+                           _newton_schulz)
                 for p, b in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = b
         return loss
