@@ -11,8 +11,9 @@ namespace muon {
 float round_bf16(float x) {
   std::uint32_t u;
   std::memcpy(&u, &x, sizeof u);
-  if (std::isnan(x)) u = 0x7FC00000u;
-  else u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  // A select rather than a branch, so that the passes' loops vectorise.
+  const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  u = x != x ? 0x7FC00000u : rounded;
   float out;
   std::memcpy(&out, &u, sizeof out);
   return out;
@@ -20,11 +21,19 @@ float round_bf16(float x) {
 
 namespace {
 
-// torch's lerp(self, end, weight) for one element, in T.
+// torch's lerp(self, end, weight) for one element, in T, its formula chosen
+// by the weight once: both are computed and one selected, so loops vectorise.
 template <class T>
-T lerp(T self, T end, T weight) {
-  return std::fabs(weight) < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
-}
+struct Lerp {
+  T weight, rest;
+  bool small;
+  explicit Lerp(T w) : weight(w), rest(T(1) - w), small(std::fabs(w) < T(0.5)) {}
+  T operator()(T self, T end) const {
+    const T d = end - self;
+    const T from_self = self + weight * d, from_end = end - d * rest;
+    return small ? from_self : from_end;
+  }
+};
 
 }  // namespace
 
@@ -33,21 +42,23 @@ void momentum(const std::vector<const T*>& g, const std::vector<T*>& buf, const 
               const std::vector<std::size_t>& rows, const std::vector<std::size_t>& cols,
               const std::vector<bool>& transposed, double mu, bool nesterov, double* sumsq) {
   // torch passes 1 - mu (computed in double) and mu as lerp weights.
-  const T w = static_cast<T>(1.0 - mu), mom = static_cast<T>(mu);
+  const Lerp<T> to_grad(static_cast<T>(1.0 - mu)), to_buf(static_cast<T>(mu));
   for (std::size_t l = 0; l < g.size(); ++l) {
     const T* gl = g[l];
     T* bl = buf[l];
     float* xl = x[l];
     const std::size_t r = rows[l], c = cols[l];
-    const bool tr = transposed[l];
-    sumsq[l] = fixed_sum(r * c, [&](std::size_t i) {
-      const T b = lerp(bl[i], gl[i], w);
+    auto element = [&](std::size_t i, std::size_t to) {
+      const T b = to_grad(bl[i], gl[i]);
       bl[i] = b;
-      const T u = nesterov ? lerp(gl[i], b, mom) : b;
+      const T u = nesterov ? to_buf(gl[i], b) : b;
       const float xi = round_bf16(static_cast<float>(u));
-      xl[tr ? (i % c) * r + i / c : i] = xi;
+      xl[to] = xi;
       return static_cast<double>(xi) * static_cast<double>(xi);
-    });
+    };
+    // Two loops, so that the untransposed one has no index arithmetic.
+    sumsq[l] = transposed[l] ? fixed_sum(r * c, [&](std::size_t i) { return element(i, (i % c) * r + i / c); })
+                             : fixed_sum(r * c, [&](std::size_t i) { return element(i, i); });
   }
 }
 
