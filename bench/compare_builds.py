@@ -8,7 +8,8 @@ over rounds of each build's microseconds per step and their ratio::
     python bench/compare_builds.py --a /venvs/before/bin/python --b /venvs/after/bin/python \\
         --rounds 7 -- --impls fusedopt_inplace --optimizers ADAM --sizes 1e3,1e6
 
-Everything after ``--`` goes to bench_step.py (``--rounds 1 --no-plot --out ...`` are added).
+Everything after ``--`` goes to bench_step.py (``--rounds 1 --no-plot --out ...`` are added);
+``--bench torch`` runs bench_torch.py instead (fusedopt.torch; ``--rounds 1 --out ...`` added).
 """
 import argparse
 import json
@@ -18,13 +19,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent / "bench_step.py"
+HERE = Path(__file__).resolve().parent
+# The bench script, the flags it is given, and the report it writes.
+BENCHES = {"step": ("bench_step.py", ["--no-plot"], "bench_step.json"),
+           "torch": ("bench_torch.py", [], "bench_torch.json")}
 
 
-def run_once(python, bench_args, out):
-    cmd = [python, str(BENCH), *bench_args, "--rounds", "1", "--no-plot", "--out", out]
+def run_once(python, bench, bench_args, out):
+    script, flags, report = BENCHES[bench]
+    cmd = [python, str(HERE / script), *bench_args, "--rounds", "1", *flags, "--out", out]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    rows = json.loads((Path(out) / "bench_step.json").read_text())["rows"]
+    rows = json.loads((Path(out) / report).read_text())["rows"]
     return {(r["optimizer"], r["case"], r["implementation"]): r["us_per_step"] for r in rows if "us_per_step" in r}
 
 
@@ -35,6 +40,7 @@ def main(argv=None):
     ap.add_argument("--labels", default="A,B", help="names of the two builds in the table")
     ap.add_argument("--rounds", type=int, default=5, help="rounds per build, alternating")
     ap.add_argument("--json", help="write the medians here")
+    ap.add_argument("--bench", choices=sorted(BENCHES), default="step", help="bench_step.py or bench_torch.py")
     args, rest = ap.parse_known_args(argv)
     bench_args = [a for a in rest if a != "--"]
     label_a, label_b = args.labels.split(",")
@@ -43,7 +49,7 @@ def main(argv=None):
         for k in range(args.rounds):
             for label, python in ((label_a, args.a), (label_b, args.b)) if k % 2 == 0 else \
                     ((label_b, args.b), (label_a, args.a)):
-                for key, us in run_once(python, bench_args, tmp).items():
+                for key, us in run_once(python, args.bench, bench_args, tmp).items():
                     times[label].setdefault(key, []).append(us)
             print(f"round {k + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     keys = [k for k in times[label_a] if k in times[label_b]]
