@@ -59,7 +59,7 @@ class TorchOptimizerMachine(RuleBasedStateMachine):
         g = opt.param_groups[group]
         undo = None
         if how in ("dtype", "sparse", "meta", "expanded"):
-            bad = {"dtype": lambda: torch.zeros(3, dtype=torch.float16),
+            bad = {"dtype": lambda: torch.zeros(3, dtype=torch.float8_e4m3fn),
                    "sparse": lambda: torch.zeros(3, dtype=DTYPE),
                    "meta": lambda: torch.zeros(3, dtype=DTYPE, device="meta"),
                    "expanded": lambda: torch.zeros(1, dtype=DTYPE).expand(3)}[how]()

@@ -31,7 +31,9 @@ from torch.optim import Optimizer
 from .. import _docs
 from ._engine import check_values, engine_key
 from ._plan import GroupPlan, check_memory, named_group, step_dtype
-from ._specs import IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, Spec, check_flags, check_hyper, scalar
+from . import _lowp as lowp
+from ._specs import (IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, STOCHASTIC_SPECS, Spec, check_flags, check_hyper,
+                     scalar)
 from ._state import check_state_dict
 from ._tracked import State, changes, plain
 
@@ -63,10 +65,11 @@ class _FusedOptimizer(Optimizer):
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         spec = self._spec
         check_flags(spec, defaults)
-        check_hyper(spec, defaults)
+        unseeded = defaults.get("seed", 0) is None  # None: each group's own seed (lowp.group_seed)
+        check_hyper(spec, {**defaults, "seed": 0} if unseeded else defaults)
         if "betas" in defaults:
             defaults["betas"] = tuple(scalar(b) for b in defaults["betas"])  # 1-element tensors become floats
-        check_values(spec, defaults)
+        check_values(spec, {**defaults, "seed": 0} if unseeded else defaults)
         self._plans: list[Optional[GroupPlan]] = []
         super().__init__(params, defaults)
 
@@ -77,6 +80,7 @@ class _FusedOptimizer(Optimizer):
         group is not added when one is refused)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        lowp.group_seed(group, len(self.param_groups) - 1)
         try:
             check_flags(self._spec, group)
             check_hyper(self._spec, group, f"param_groups[{len(self.param_groups) - 1}]")
@@ -146,6 +150,8 @@ class _FusedOptimizer(Optimizer):
             OrderedDict(), OrderedDict()
         try:  # torch's load, without its hooks: the pre-hooks ran, the post-hooks run after it
             super().load_state_dict(state_dict)
+            lowp.widened_state(self.param_groups, state_dict["param_groups"], state_dict["state"], self.state,
+                               self._spec.slots)
         finally:
             self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
         for post_hook in post.values():
@@ -211,7 +217,7 @@ class _FusedOptimizer(Optimizer):
         """The group's plan for this step (the last one when still valid, its
         engines given the group's current values) and those values; checks
         everything, changes nothing visible."""
-        spec = self._spec
+        spec = STOCHASTIC_SPECS[self._spec.name] if group.get("stochastic_rounding") else self._spec
         params = group["params"]
         grads = [p.grad for p in params]
         ptrs = list(map(_data_ptr, params))
@@ -238,7 +244,7 @@ class _FusedOptimizer(Optimizer):
         return plan, hyper
 
 
-_PLAIN = (float, int, bool)
+_PLAIN = (float, int)
 
 
 def _hyper_values(group: dict[str, Any], keys: tuple[str, ...]) -> tuple[Any, ...]:
@@ -247,7 +253,9 @@ def _hyper_values(group: dict[str, Any], keys: tuple[str, ...]) -> tuple[Any, ..
     values = [group.get(k) for k in keys]
     for i, v in enumerate(values):
         if type(v) not in _PLAIN:
-            values[i] = tuple(map(_plain, v)) if isinstance(v, (list, tuple)) else _plain(v)
+            # a bool as itself in a 1-tuple: True == 1, but seed=True is refused and seed=1 is not
+            values[i] = (v,) if type(v) is bool else \
+                tuple(map(_plain, v)) if isinstance(v, (list, tuple)) else _plain(v)
     return tuple(values)
 
 
@@ -267,10 +275,12 @@ class SGD(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
-                 foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None) -> None:
+                 foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
                                   "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
-                                  "foreach": foreach, "differentiable": differentiable, "fused": fused})
+                                  "foreach": foreach, "differentiable": differentiable, "fused": fused,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class Adam(_FusedOptimizer):
@@ -284,11 +294,13 @@ class Adam(_FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
                  foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = None,
-                 decoupled_weight_decay: bool = False) -> None:
+                 decoupled_weight_decay: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
-                                  "decoupled_weight_decay": decoupled_weight_decay})
+                                  "decoupled_weight_decay": decoupled_weight_decay,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class AdamW(_FusedOptimizer):
@@ -300,11 +312,13 @@ class AdamW(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: Optional[bool] = None, capturable: bool = False, differentiable: bool = False,
-                 fused: Optional[bool] = None) -> None:
+                 fused: Optional[bool] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
-                                  "decoupled_weight_decay": True})
+                                  "decoupled_weight_decay": True,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -323,11 +337,13 @@ class NAdam(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, foreach: Optional[bool] = None, maximize: bool = False,
-                 capturable: bool = False, differentiable: bool = False) -> None:
+                 capturable: bool = False, differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay,
                                   "maximize": maximize, "foreach": foreach, "capturable": capturable,
-                                  "differentiable": differentiable})
+                                  "differentiable": differentiable,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class RAdam(_FusedOptimizer):
@@ -341,10 +357,12 @@ class RAdam(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
-                 differentiable: bool = False) -> None:
+                 differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize,
-                                  "foreach": foreach, "capturable": capturable, "differentiable": differentiable})
+                                  "foreach": foreach, "capturable": capturable, "differentiable": differentiable,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class Adamax(_FusedOptimizer):
@@ -355,10 +373,12 @@ class Adamax(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, foreach: Optional[bool] = None, *,
-                 maximize: bool = False, differentiable: bool = False, capturable: bool = False) -> None:
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
-                                  "capturable": capturable})
+                                  "capturable": capturable,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class Adadelta(_FusedOptimizer):
@@ -369,10 +389,12 @@ class Adadelta(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: Optional[bool] = None, *, capturable: bool = False,
-                 maximize: bool = False, differentiable: bool = False) -> None:
+                 maximize: bool = False, differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
                                   "foreach": foreach, "capturable": capturable, "maximize": maximize,
-                                  "differentiable": differentiable})
+                                  "differentiable": differentiable,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class ASGD(_FusedOptimizer):
@@ -384,10 +406,12 @@ class ASGD(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
                  t0: float = 1e6, weight_decay: float = 0, foreach: Optional[bool] = None, maximize: bool = False,
-                 differentiable: bool = False, capturable: bool = False) -> None:
+                 differentiable: bool = False, capturable: bool = False, *, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0, "weight_decay": weight_decay,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
-                                  "capturable": capturable})
+                                  "capturable": capturable,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class Rprop(_FusedOptimizer):
@@ -399,9 +423,11 @@ class Rprop(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
                  step_sizes: tuple[float, float] = (1e-6, 50), *, capturable: bool = False,
-                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False) -> None:
+                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes, "capturable": capturable,
-                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable})
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class RMSprop(_FusedOptimizer):
@@ -412,10 +438,12 @@ class RMSprop(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
-                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False) -> None:
+                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False, *, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps,
                                   "centered": centered, "weight_decay": weight_decay, "capturable": capturable,
-                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable})
+                                  "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 
 class Adagrad(_FusedOptimizer):
@@ -427,15 +455,18 @@ class Adagrad(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: Optional[bool] = None, *,
-                 maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None) -> None:
+                 maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
                                   "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
-                                  "maximize": maximize, "differentiable": differentiable, "fused": fused})
+                                  "maximize": maximize, "differentiable": differentiable, "fused": fused,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["step"] = torch.tensor(0.0, dtype=step_dtype())
-                self.state[p]["sum"] = torch.full_like(p, initial_accumulator_value,
-                                                       memory_format=torch.preserve_format)
+                wide = master_weights and p.dtype in lowp.LOW  # the float32 state of a master-weighted parameter
+                self.state[p]["sum"] = torch.full_like(p, initial_accumulator_value, memory_format=torch.preserve_format,
+                                                       dtype=torch.float32 if wide else p.dtype)
 
 
 class Lion(_FusedOptimizer):
@@ -446,8 +477,10 @@ class Lion(_FusedOptimizer):
     _spec = SPECS["Lion"]
 
     def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0, maximize: bool = False) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize})
+                 weight_decay: float = 0, maximize: bool = False, *, stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 master_weights: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
 
 # Not on the plan/engine path: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
 from ._lbfgs import LBFGS  # noqa: E402

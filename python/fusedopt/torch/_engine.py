@@ -23,7 +23,7 @@ _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a group's engines are made for: the rule-choosing settings and slots."""
-    return tuple(group[k] for k in _RULE_KEYS[spec.name]) + spec.slots(group)
+    return tuple(group[k] for k in _RULE_KEYS[spec.name]) + (group.get("master_weights"), group.get("stochastic_rounding")) + spec.slots(group)
 
 
 def _engine_class(spec: Spec, group: Mapping[str, Any]) -> type[optim.Optimizer]:
@@ -61,23 +61,30 @@ class Engine:
         count: the step count the bucket's parameters share.
         float32_scalars: the rule's scalar state is rounded to float32 (the
             dtype of torch's 0-d tensors holding it is float32).
+        masters: with master_weights, per parameter its float32 master to carry on
+            (None: none, for 16-bit parameters the parameter itself, widened).
     """
 
     def __init__(self, spec: Spec, group: Mapping[str, Any], arrays: Sequence[np.ndarray],
                  moments: Mapping[str, Sequence[Optional[np.ndarray]]], fresh: Mapping[str, float],
-                 count: int, float32_scalars: bool = False) -> None:
+                 count: int, float32_scalars: bool = False,
+                 masters: Optional[Sequence[Optional[np.ndarray]]] = None) -> None:
         self.spec = spec
         options = {"float32_scalars": float32_scalars} if spec.scalars else {}
         self.opt = _engine_class(spec, group)(lr=float(scalar(group["lr"])), **_values(spec, group), **options)
         self.opt.init(list(arrays))
-        if count:
-            # fusedopt.optim restores a step count through its state dict only
+        if count or masters:
+            # fusedopt.optim restores a step count and masters through its state dict only
             saved = self.opt.state_dict()
             saved["step_count"] = count
             for slot, leaves in moments.items():
                 for i, (m, a) in enumerate(zip(leaves, arrays)):
-                    saved[f"{slot}.{i}"] = np.full_like(a, fresh[slot]) if m is None else \
-                        np.asarray(m, dtype=a.dtype)
+                    like = saved[f"{slot}.{i}"]  # the slot's dtype: float32 for a master-weighted leaf
+                    saved[f"{slot}.{i}"] = np.full_like(like, fresh[slot]) if m is None else \
+                        np.asarray(m, dtype=like.dtype)
+            for i, m in enumerate(masters or ()):
+                if m is not None:
+                    saved[f"master.{i}"] = np.asarray(m, dtype=np.float32)
             self.opt.load_state_dict(saved)
         else:
             views = self.opt.state_arrays()
@@ -85,6 +92,12 @@ class Engine:
                 for view, m in zip(views[slot], leaves):
                     np.copyto(view, fresh[slot] if m is None else m, casting="same_kind")
         self._views = self.opt.state_arrays()
+
+    def masters(self) -> Optional[list[Optional[np.ndarray]]]:
+        """Writable views of the float32 masters, one per parameter (None where there is
+        none), or None before the first step makes them and without master_weights."""
+        views: Optional[list[Optional[np.ndarray]]] = self.opt.master_arrays()
+        return views
 
     def views(self, slot: str) -> list[np.ndarray]:
         """Writable views of a slot's arena, one per parameter: the state itself."""

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from .. import _core
+from . import _lowp as lowp
 from ._engine import Engine, engine_key
 from ._specs import Spec
 from ._tracked import changes
 
-_SUPPORTED = (torch.float32, torch.float64)
+_SUPPORTED = (torch.float32, torch.float64) + lowp.LOW
 
 
 def step_dtype() -> torch.dtype:
@@ -59,17 +60,19 @@ def array_of(t: torch.Tensor) -> np.ndarray:
     try:
         return t.numpy()  # the common case, and the cheapest call: about 1 µs a tensor
     except RuntimeError:  # requires grad (create_graph=True), or a lazily negated view
-        return t.detach().resolve_neg().numpy()
+        return t.detach().resolve_neg().numpy() if t.dtype != torch.bfloat16 else lowp.numpy_of(t)
+    except TypeError:  # bfloat16, which NumPy lacks
+        return lowp.numpy_of(t)
 
 
 def steps_of(state: MutableMapping[str, Any], spec: Spec) -> int:
     """A parameter's step count as its state says: 'step' (0 when new), or for
     SGD, which keeps none, 1 once a momentum buffer exists (the first step then
     no longer copies the gradient)."""
-    if not spec.keeps_step:
-        return 1 if state.get("momentum_buffer") is not None else 0
-    step = state.get("step")
-    return 0 if step is None else int(step)
+    step = state.get("step") if spec.keeps_step else None
+    if step is None:  # SGD's state saved without a 'step' (stochastic rounding keeps one)
+        return 1 if spec.name == "SGD" and state.get("momentum_buffer") is not None else 0
+    return int(step)
 
 
 def check_pair(spec: Spec, where: str, p: torch.Tensor, g: torch.Tensor) -> None:
@@ -85,8 +88,8 @@ def check_pair(spec: Spec, where: str, p: torch.Tensor, g: torch.Tensor) -> None
         raise ValueError(f"{where} has elements that share memory (strides {p.stride()}, e.g. an expand()ed "
                          "tensor): a step would write them more than once; step a tensor of memory of its own")
     if p.dtype not in _SUPPORTED:
-        raise TypeError(f"{where} is {p.dtype}; fusedopt.torch.{spec.name} steps float32 and float64 tensors "
-                        "only (keep an fp32 master copy of bf16/fp16 parameters)")
+        raise TypeError(f"{where} is {p.dtype}; fusedopt.torch.{spec.name} steps float32, float64, bfloat16 "
+                        "and float16 tensors only")
     if g.dtype != p.dtype or g.shape != p.shape:
         raise ValueError(f"{where}: the gradient is {g.dtype} of shape {tuple(g.shape)}, the parameter "
                          f"{p.dtype} of shape {tuple(p.shape)}")
@@ -147,18 +150,19 @@ class Bucket:
         self.copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         for p in params:
             if p.is_contiguous() and not p.is_neg():
-                self.arrays.append(p.detach().numpy())
+                self.arrays.append(array_of(p.detach()))
             else:
                 buf = torch.empty(p.shape, dtype=p.dtype)
                 self.copies.append((p, buf))
-                self.arrays.append(buf.numpy())
+                self.arrays.append(array_of(buf))
         self.grads = [array_of(g) for g in grads]
         self.slots = spec.slots(group)
         moments = {slot: [state[p].get(slot) if p in state else None for p in params] for slot in self.slots}
         self.engine = Engine(spec, group, self.arrays,
                              {slot: [None if m is None else array_of(m) for m in ms] for slot, ms in moments.items()},
                              {slot: spec.fresh(slot, defaults) for slot in self.slots}, count,
-                             not wide if spec.scalars_in_place else step_dtype() != torch.float64)
+                             not wide if spec.scalars_in_place else step_dtype() != torch.float64,
+                             lowp.masters(group, params, self.arrays, state))
         # The rule's scalar state, one row per parameter (equal rows: they share a bucket),
         # in the dtype torch keeps it in (float64 when wide); the rows are what the next run starts from.
         self.scalar_names = [name for name, _ in spec.scalars]
@@ -181,14 +185,17 @@ class Bucket:
         if self.counts is None and not self.slots:
             return  # plain SGD keeps no state, as torch's
         views = {slot: self.engine.views(slot) for slot in self.slots}
+        masters = self.engine.masters() or [None] * len(self.params)
         for j, p in enumerate(self.params):
             s = state[p]
+            if masters[j] is not None:
+                s[lowp.MASTER] = torch.from_numpy(masters[j])
             if self.counts is not None:
                 s["step"] = torch.from_numpy(self.counts[j:j + 1].reshape(()))
             for k, name in enumerate(self.scalar_names):
                 s[name] = torch.from_numpy(self.scalars[j, k:k + 1].reshape(()))
             for slot in self.slots:
-                s[slot] = torch.from_numpy(views[slot][j])
+                s[slot] = lowp.tensor_of(views[slot][j])
 
     def _shown(self) -> bytes | None:
         if self.counts is None:
@@ -256,7 +263,8 @@ class GroupPlan:
                 if state[p]:
                     scalars = tuple(check_scalar(f"state of {where}[{i}]['{name}']", state[p][name])
                                     if name in state[p] else start for name, start in spec.scalars)
-            made = bool(spec.made_by_first_step) and p in state and state[p].get(spec.made_by_first_step) is not None
+            first = spec.made_by_first_step
+            made = bool(first) and (first not in spec.slots(group) or (p in state and state[p].get(first) is not None))
             ps, gs = stepped.setdefault((_bucket_key(spec, count, made), scalars, wide), ([], []))
             ps.append(p)
             gs.append(g)
@@ -401,8 +409,8 @@ def _bucket_key(spec: Spec, count: int, made: bool) -> int:
     whether its momentum buffer exists yet (the first step copies the
     gradient), for Rprop whether its step sizes do (`made`: the first step
     makes them from lr); else one call, whatever the counts."""
-    if spec.counted:
-        return count
+    if spec.counted:  # (SGD with stochastic rounding: 0 until its momentum buffer is made)
+        return count if made or not spec.made_by_first_step else 0
     if spec.made_by_first_step:
         return int(made)
     return 0 if spec.keeps_step else min(count, 1)

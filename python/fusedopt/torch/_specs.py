@@ -7,7 +7,7 @@ Imports neither torch nor numpy: fusedopt.torch and its state checks read it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 # Checks of one hyper-parameter: (group key, torch's name for it in messages, predicate).
@@ -133,13 +133,27 @@ SPECS: dict[str, Spec] = {
                  (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg",)),
 }
 
+# The options of bfloat16/float16 parameters (docs/lowbit.md), group keys of every class,
+# with the value a group saved without them (by torch.optim) loads with, as fusedopt.optim's.
+LOWP_OPTIONS: dict[str, Any] = {"stochastic_rounding": False, "seed": 0, "master_weights": False}
+for _name, _spec in SPECS.items():
+    SPECS[_name] = replace(_spec, hyper=_spec.hyper + tuple(LOWP_OPTIONS))
+# With stochastic rounding the random bits of a step are keyed by its number, the
+# parameter's 'step' (docs/lowbit.md): parameters share a native call only with equal
+# counts, and SGD keeps a 'step' too (its momentum buffer still starts at the first
+# step that uses it).
+STOCHASTIC_SPECS: dict[str, Spec] = {
+    name: replace(spec, counted=True, keeps_step=True,
+                  made_by_first_step="momentum_buffer" if name == "SGD" else spec.made_by_first_step)
+    for name, spec in SPECS.items()}
+
 # Keys of torch's groups that name an implementation, not the math: loading a
 # state saved by torch.optim's foreach or fused optimizers resets them.
 IMPLEMENTATION_DEFAULTS: dict[str, Any] = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
 # Settings that torch's __setstate__ gives a loaded group lacking them (states
 # saved by older torch versions), with torch's values.
 LOAD_DEFAULTS: dict[str, Any] = {"maximize": False, "amsgrad": False, "nesterov": False,
-                                 "decoupled_weight_decay": False, "momentum": 0, "centered": False}
+                                 "decoupled_weight_decay": False, "momentum": 0, "centered": False, **LOWP_OPTIONS}
 
 
 def scalar(x: Any) -> Any:
@@ -177,12 +191,23 @@ def check_hyper(spec: Spec, group: Mapping[str, Any], where: str = "") -> None:
             raise TypeError(f"{at(key)}{key} must be a number, got {type(value).__name__}")
         if not ok(value):
             raise ValueError(f"{at(key)}Invalid {label}: {value}")
+    if "seed" in spec.hyper:
+        _check_seed(group["seed"], at("seed"))
     if spec.name == "SGD" and group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
         raise ValueError(f"{at('nesterov')}Nesterov momentum requires a momentum and zero dampening")
     for key in spec.hyper:
-        if key in ("amsgrad", "maximize", "nesterov", "centered", "decoupled_weight_decay") and \
+        if key in ("amsgrad", "maximize", "nesterov", "centered", "decoupled_weight_decay", "stochastic_rounding",
+                   "master_weights") and \
                 not isinstance(group[key], bool):
             raise TypeError(f"{at(key)}{key} must be a bool, got {type(group[key]).__name__}")
+
+
+def _check_seed(value: Any, at: str) -> None:
+    """TypeError/ValueError unless value is an int in [0, 2**64) (bool refused)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{at}seed must be an int in [0, 2**64) or None, got {type(value).__name__}")
+    if not 0 <= value.__index__() < 2 ** 64:
+        raise ValueError(f"{at}seed must be in [0, 2**64), got {value}")
 
 
 def _is_tensor(x: Any) -> bool:
