@@ -42,6 +42,7 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(lr_decay, NON_NEGATIVE)                                                                            \
   X(initial_accumulator_value, NON_NEGATIVE)                                                           \
   X(max_grad_norm, NON_NEGATIVE)         /* 0: no clipping */                                          \
+  X(grad_scale, NON_NEGATIVE)            /* 0: none; else g * (1/grad_scale) (GradScaler's unscale) */ \
   X(momentum_decay, NON_NEGATIVE)        /* NAdam: psi of mu_t = beta1 * (1 - 0.96**(t*psi) / 2) */     \
   X(float32_scalars, FLAG)               /* the scalar state rounded to float32 as updated (torch's */ \
                                          /* 0-d tensors under its default dtype float32) */            \

@@ -157,6 +157,7 @@ class Optimizer:
         self._lr: LR = 0.0
         self.lr = lr
         self.max_grad_norm = max_grad_norm
+        self._grad_scale: Optional[float] = None
         self.check_finite = check_finite
         self.stochastic_rounding = stochastic_rounding
         self.seed = seed
@@ -232,8 +233,30 @@ class Optimizer:
     @max_grad_norm.setter
     def max_grad_norm(self, value: Optional[float]) -> None:
         value = checks.max_norm("max_grad_norm", value)
+        if value is not None and getattr(self, "_grad_scale", None) is not None:
+            raise ValueError("max_grad_norm: grad_scale is set (the norm would be the scaled gradients')")
         self._values["max_grad_norm"] = value
         self._hyper["max_grad_norm"] = 0.0 if value is None else value
+
+    @property
+    def grad_scale(self) -> Optional[float]:
+        """GradScaler's unscale fused into the step (None: none): the kernels multiply each
+        gradient by ``1 / grad_scale`` (exactly ``g / grad_scale`` for a power of two, the
+        scales torch's GradScaler uses); not saved in state_dict(), refused with max_grad_norm
+        (the norm would be the scaled gradients')."""
+        return self._grad_scale
+
+    @grad_scale.setter
+    def grad_scale(self, value: Optional[float]) -> None:
+        value = checks.max_norm("grad_scale", value)
+        if value is not None and type(self)._new_state is not Optimizer._new_state:
+            raise ValueError(f"grad_scale: {type(self).__name__} does not unscale in the step (the rule-table "
+                             "optimizers do); unscale the gradients first")
+        if value is not None and self.max_grad_norm is not None:
+            raise ValueError("grad_scale: the step would clip the scaled gradients' norm (max_grad_norm is set); "
+                             "unscale the gradients first")
+        self._grad_scale = value
+        self._hyper["grad_scale"] = 0.0 if value is None else value
 
     @property
     def check_finite(self) -> bool:

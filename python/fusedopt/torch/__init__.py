@@ -57,6 +57,9 @@ class _FusedOptimizer(Optimizer):
     checked hyper-parameters and state, and torch's state dict format."""
 
     _spec: ClassVar[Spec]
+    # torch.amp.GradScaler passes grad_scale and found_inf (attributes set around step()):
+    # the kernels unscale, an inf skips the step (docs/torch.md, "GradScaler").
+    _step_supports_amp_scaling = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -197,14 +200,19 @@ class _FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss  # as torch's fused step: nothing changes, the step count included
+        scale = lowp.grad_scale(getattr(self, "grad_scale", None))
         ready = [self._prepare(i, group) for i, group in enumerate(self.param_groups)]
         self._memory = check_memory([plan for plan, _ in ready], getattr(self, "_memory", None))
         del self._plans[len(self.param_groups):]
         self._plans.extend([None] * (len(self.param_groups) - len(self._plans)))
-        for i, (plan, hyper) in enumerate(ready):
-            self._plans[i] = plan
-            plan.hyper = hyper
-            plan.run(self.state)
+        with lowp.unscaling([plan for plan, _ in ready], scale):
+            for i, (plan, hyper) in enumerate(ready):
+                self._plans[i] = plan
+                plan.hyper = hyper
+                plan.run(self.state)
         return loss
 
     def _finish(self) -> None:

@@ -6,7 +6,8 @@ Imports torch: only fusedopt.torch uses it.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, MutableMapping, Sequence
 
 import numpy as np
 import torch
@@ -84,3 +85,34 @@ def masters(group: Mapping[str, Any], params: Sequence[torch.Tensor], arrays: Se
         else:
             out.append(m.detach().to(torch.float32).numpy())
     return out
+
+
+def grad_scale(value: Any) -> Any:
+    """GradScaler's ``grad_scale`` (a 1-element tensor, or None) as a float: finite and > 0."""
+    if value is None:
+        return None
+    if torch.is_tensor(value) and value.numel() != 1:
+        raise ValueError(f"grad_scale must be a 1-element tensor (GradScaler's scale), got shape {tuple(value.shape)}")
+    if not (torch.is_tensor(value) or isinstance(value, (int, float))) or isinstance(value, bool):
+        raise TypeError(f"grad_scale must be a 1-element tensor or a number, got {type(value).__name__}")
+    out = float(value)
+    if not 0.0 < out < float("inf"):
+        raise ValueError(f"grad_scale must be finite and > 0, got {out}")
+    return out
+
+
+@contextmanager
+def unscaling(plans: Sequence[Any], scale: Any) -> Iterator[None]:
+    """The plans' engines divide the gradients by `scale` in the kernel for the runs
+    inside (none when scale is None)."""
+    if scale is None:
+        yield
+        return
+    engines = [bucket.engine.opt for plan in plans for bucket in plan.buckets]
+    try:
+        for engine in engines:
+            engine.grad_scale = scale
+        yield
+    finally:
+        for engine in engines:
+            engine.grad_scale = None

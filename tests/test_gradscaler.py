@@ -1,0 +1,133 @@
+"""torch.amp.GradScaler("cpu") with fusedopt.torch's optimizers (docs/torch.md,
+"GradScaler"): the scaler passes grad_scale and found_inf to the step, which
+unscales in the kernel and skips on an inf, as torch's fused optimizers do."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedopt.torch as ft  # noqa: E402
+
+CASES = [("AdamW", {"weight_decay": 0.01}), ("Adam", {"amsgrad": True}), ("SGD", {"momentum": 0.9}),
+         ("Adagrad", {}), ("RMSprop", {}), ("Lion", {})]
+
+
+def _data(seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(64, 8, generator=g).to(dtype))
+    b = torch.nn.Parameter(torch.randn(8, generator=g).to(dtype))
+    batches = [(torch.randn(16, 64, generator=g).to(dtype), torch.randn(16, 8, generator=g).to(dtype))
+               for _ in range(12)]
+    return [w, b], batches
+
+
+def _loss(params, batch):
+    w, b = params
+    x, y = batch
+    return ((x @ w + b - y) ** 2).float().mean()
+
+
+def _train(opt, params, batches, scaler=None, inf_at=()):
+    for k, batch in enumerate(batches):
+        opt.zero_grad()
+        loss = _loss(params, batch)
+        (scaler.scale(loss) if scaler else loss).backward()
+        if k in inf_at:
+            params[0].grad[3, 1] = float("inf")
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
+
+def _bits(t):
+    t = t.detach().contiguous()
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+@pytest.mark.parametrize("name,hyper", CASES, ids=[c[0] for c in CASES])
+def test_scaled_run_is_the_unscaled_run(name, hyper):
+    """GradScaler's scales are powers of two: unscaling in the kernel (g * (1/scale))
+    is exact, so a scaled run without overflow has the bits of the same run unscaled."""
+    params, batches = _data(1)
+    ref, _ = _data(1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3)
+    _train(getattr(ft, name)(params, lr=1e-2, **hyper), params, batches, scaler)
+    _train(getattr(ft, name)(ref, lr=1e-2, **hyper), ref, batches)
+    assert scaler.get_scale() == 2.0**16  # grew 4 times: the scales changed during the run
+    for a, b in zip(params, ref):
+        assert torch.equal(_bits(a), _bits(b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_injected_inf_skips_the_step_and_halves_the_scale_as_torch_fused(dtype):
+    """Steps 3 and 7 have an inf gradient: each changes neither parameters nor state and
+    halves the scale; the run stays within torch's fused AdamW under its own scaler
+    (float32: 1e-6 relative; bfloat16: tests/test_lowp_torch.py's tolerance, 1 ulp)."""
+    ours, batches = _data(2, dtype)
+    theirs, _ = _data(2, dtype)
+    opt, topt = ft.AdamW(ours, lr=1e-2), torch.optim.AdamW(theirs, lr=1e-2, fused=True)
+    s1, s2 = torch.amp.GradScaler("cpu", init_scale=2.0**10), torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    _train(opt, ours, batches[:3], s1)
+    _train(topt, theirs, batches[:3], s2)
+    before = [p.detach().clone() for p in ours]
+    state = {k: v.clone() for k, v in opt.state[ours[0]].items()}
+    _train(opt, ours, batches[3:4], s1, inf_at=(0,))
+    _train(topt, theirs, batches[3:4], s2, inf_at=(0,))
+    assert s1.get_scale() == s2.get_scale() == 2.0**9
+    for p, q in zip(ours, before):
+        assert torch.equal(_bits(p), _bits(q))
+    for k, v in opt.state[ours[0]].items():
+        assert torch.equal(v, state[k]), k
+    assert float(opt.state[ours[0]]["step"]) == float(topt.state[theirs[0]]["step"]) == 3
+    _train(opt, ours, batches[4:], s1, inf_at=(3,))
+    _train(topt, theirs, batches[4:], s2, inf_at=(3,))
+    assert s1.get_scale() == s2.get_scale() == 2.0**8
+    assert float(opt.state[ours[0]]["step"]) == float(topt.state[theirs[0]]["step"]) == 10
+    for a, b in zip(ours, theirs):
+        a64, b64 = a.detach().double(), b.detach().double()
+        if dtype == torch.float32:
+            torch.testing.assert_close(a64, b64, rtol=1e-6, atol=1e-7)
+        else:
+            ulp = torch.from_numpy(np.spacing(np.abs(b64.numpy()).astype(np.float32)) * 2**16)
+            assert torch.all((a64 - b64).abs() <= ulp + 1e-8)
+
+
+def test_explicit_unscale_then_clip():
+    """scaler.unscale_(opt) first (for clipping): the step then gets no grad_scale and
+    steps the unscaled gradients, as the unscaled run."""
+    params, batches = _data(3)
+    ref, _ = _data(3)
+    opt, ropt = ft.AdamW(params, lr=1e-2), ft.AdamW(ref, lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    for batch in batches:
+        opt.zero_grad()
+        ropt.zero_grad()
+        scaler.scale(_loss(params, batch)).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        scaler.step(opt)
+        scaler.update()
+        _loss(ref, batch).backward()
+        torch.nn.utils.clip_grad_norm_(ref, 0.5)
+        ropt.step()
+    for a, b in zip(params, ref):
+        assert torch.equal(a, b)
+
+
+def test_bad_grad_scale_changes_nothing():
+    params, batches = _data(4)
+    opt = ft.SGD(params, lr=0.1)
+    _loss(params, batches[0]).backward()
+    before = [p.detach().clone() for p in params]
+    for bad, exc in ((torch.tensor(0.0), ValueError), (torch.tensor(float("nan")), ValueError),
+                     (torch.ones(2), ValueError), ("2", TypeError)):
+        opt.grad_scale = bad
+        with pytest.raises(exc, match="grad_scale"):
+            opt.step()
+        for p, q in zip(params, before):
+            assert torch.equal(p, q)
+    del opt.grad_scale
+    opt.step()
+    assert not torch.equal(params[0], before[0])
