@@ -219,7 +219,7 @@ def test_small_updates_land_on_average():
     assert float(stochastic.state[w2]["step"]) == 8  # SGD keeps the stream's position with stochastic rounding
 
 
-@pytest.mark.parametrize("name,hyper", [("AdamW", {"weight_decay": 0.1}), ("SGD", {"momentum": 0.9}),
+@pytest.mark.parametrize("name,hyper", [("AdamW", {"weight_decay": 0.1}), ("SGD", {"momentum": 0.9}), ("SGD", {}),
                                         ("Adagrad", {}), ("RMSprop", {"momentum": 0.5})])
 @pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
 def test_master_weights(name, hyper, stochastic, rng):
@@ -233,10 +233,12 @@ def test_master_weights(name, hyper, stochastic, rng):
     opt = getattr(ft, name)(low, lr=0.01, master_weights=True, stochastic_rounding=stochastic, seed=3, **hyper)
     ref32 = getattr(ft, name)(wide, lr=0.01, **hyper)
     ref = getattr(optim, name)(lr=0.01, master_weights=True, stochastic_rounding=stochastic, seed=3, **hyper)
-    for _ in range(5):
+    for k in range(5):
         grads = _grads(rng, low)
         for a, b, g in zip(low, wide, grads):
             a.grad, b.grad = g, g.float()
+        if k == 2:
+            opt.load_state_dict(_save_load(opt.state_dict()))  # new arenas from the saved masters
         opt.step()
         ref32.step()
         ref.step(arrays, [as_numpy(g) for g in grads])

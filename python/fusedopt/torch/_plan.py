@@ -182,10 +182,10 @@ class Bucket:
     def install(self, state: MutableMapping[Any, Any]) -> None:
         """Point the parameters' state at this bucket's arenas and counts."""
         self.installed = True
-        if self.counts is None and not self.slots:
+        masters = self.engine.masters() or [None] * len(self.params)
+        if self.counts is None and not self.slots and not any(m is not None for m in masters):
             return  # plain SGD keeps no state, as torch's
         views = {slot: self.engine.views(slot) for slot in self.slots}
-        masters = self.engine.masters() or [None] * len(self.params)
         for j, p in enumerate(self.params):
             s = state[p]
             if masters[j] is not None:
