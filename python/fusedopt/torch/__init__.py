@@ -31,7 +31,7 @@ from torch.optim import Optimizer
 from .. import _docs
 from ._engine import check_values, engine_key
 from ._plan import GroupPlan, check_memory, named_group, step_dtype
-from . import _lowp as lowp
+from . import _lowp as lowp, _quant8
 from ._specs import (IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, STOCHASTIC_SPECS, Spec, check_flags, check_hyper,
                      scalar)
 from ._state import check_state_dict
@@ -153,12 +153,17 @@ class _FusedOptimizer(Optimizer):
             OrderedDict(), OrderedDict()
         try:  # torch's load, without its hooks: the pre-hooks ran, the post-hooks run after it
             super().load_state_dict(state_dict)
-            lowp.widened_state(self.param_groups, state_dict["param_groups"], state_dict["state"], self.state,
-                               self._spec.slots)
+            self._restore_dtypes(state_dict)
         finally:
             self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
         for post_hook in post.values():
             post_hook(self)
+
+    def _restore_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        """torch's load casts every floating state tensor to its parameter's dtype: put back
+        the float32 masters and slots of master-weighted 16-bit parameters."""
+        lowp.widened_state(self.param_groups, state_dict["param_groups"], state_dict["state"], self.state,
+                           self._spec.slots)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's zero_grad. With set_to_none (the default) the optimizer also
@@ -489,6 +494,58 @@ class Lion(_FusedOptimizer):
                  master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
                                   "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+
+class Adam8bit(_FusedOptimizer):
+    """fusedopt.optim.Adam8bit (bitsandbytes' and torchao's name): Adam with its moments
+    as 8-bit codes and a float32 absmax per block of block_size elements (parameters of
+    fewer than min_8bit_size elements keep float32 moments); float32 parameters only;
+    state: 'step', 'exp_avg', 'exp_avg_sq' (uint8 codes), 'exp_avg_absmax',
+    'exp_avg_sq_absmax'. load_state_dict also takes torch.optim.Adam's state (the moments
+    quantized); float32_state_dict() gives this state in torch.optim.Adam's format."""
+
+    _spec = _quant8.QUANT8_SPECS["Adam8bit"]
+    _step_supports_amp_scaling = False  # the 8-bit kernel does not unscale: GradScaler unscales first
+    _decoupled = False
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False, block_size: int = 256,
+                 min_8bit_size: int = 4096) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "maximize": maximize, "block_size": block_size, "min_8bit_size": min_8bit_size})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A state_dict() of this class, or torch.optim's float32 class's (Adam for
+        Adam8bit, AdamW for AdamW8bit, amsgrad False; also fusedopt.torch's): its moments
+        are quantized with this optimizer's groups' block_size and min_8bit_size."""
+        if _quant8.is_float32_format(state_dict):
+            state_dict = _quant8.from_float32(state_dict, self.param_groups, self._decoupled)
+        super().load_state_dict(state_dict)
+
+    def _restore_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        """The codes, which torch's load made float32 values: the saved uint8 tensors again."""
+        _quant8.restore_codes(self.param_groups, state_dict, self.state)
+
+    def float32_state_dict(self) -> dict[str, Any]:
+        """This state in the float32 class's format (torch.optim.Adam or AdamW, amsgrad
+        False): the moments decoded, loadable by torch.optim's and fusedopt.torch's class."""
+        return _quant8.to_float32(self.state_dict(), self._decoupled)
+
+
+class AdamW8bit(Adam8bit):
+    """fusedopt.optim.AdamW8bit: AdamW (decoupled weight decay, default 1e-2) with 8-bit
+    moments; everything else as Adam8bit (the float32 class: torch.optim.AdamW)."""
+
+    _spec = _quant8.QUANT8_SPECS["AdamW8bit"]
+    _decoupled = True
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False, block_size: int = 256,
+                 min_8bit_size: int = 4096) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, maximize=maximize, block_size=block_size,
+                         min_8bit_size=min_8bit_size)
+
+
+__all__ += ["Adam8bit", "AdamW8bit"]
 
 # Not on the plan/engine path: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
 from ._lbfgs import LBFGS  # noqa: E402

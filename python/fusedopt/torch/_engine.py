@@ -18,7 +18,8 @@ from ._specs import Spec, scalar
 # Settings that choose fusedopt.optim's rule and state slots: they cannot
 # change while an engine has state, so a change of one makes a new plan.
 _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"), "AdamW": ("amsgrad",),
-              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": (), "ASGD": (), "Rprop": ()}
+              "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": (), "ASGD": (), "Rprop": (),
+              "Adam8bit": ("block_size", "min_8bit_size"), "AdamW8bit": ("block_size", "min_8bit_size")}
 
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -90,7 +91,7 @@ class Engine:
             views = self.opt.state_arrays()
             for slot, leaves in moments.items():
                 for view, m in zip(views[slot], leaves):
-                    np.copyto(view, fresh[slot] if m is None else m, casting="same_kind")
+                    np.copyto(view, np.asarray(fresh[slot], view.dtype) if m is None else m, casting="same_kind")
         self._views = self.opt.state_arrays()
 
     def masters(self) -> Optional[list[Optional[np.ndarray]]]:

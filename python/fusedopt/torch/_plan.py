@@ -255,7 +255,7 @@ class GroupPlan:
             if p in state:
                 for slot in spec.slots(group):
                     if state[p].get(slot) is not None:
-                        check_slot(f"state of {where}[{i}]['{slot}']", p, state[p][slot])
+                        (spec.slot_check or check_slot)(f"state of {where}[{i}]['{slot}']", p, state[p][slot])
                 if spec.keeps_step and "step" in state[p]:
                     count = check_step(f"state of {where}[{i}]['step']", state[p]["step"])
                 else:

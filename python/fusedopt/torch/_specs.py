@@ -46,6 +46,8 @@ class Spec:
         keeps_step: whether torch keeps a per-parameter 'step' in the state.
         slots: the state slots that a group's settings use, in torch's names.
         fresh: the value a slot starts at (before the first step).
+        slot_check: the check of a state slot (Adam8bit's codes and absmax); None:
+            a floating-point tensor of the parameter's shape.
         made_by_first_step: the slot the rule's first step makes (Rprop's
             'step_size', from lr), not the step count: a parameter whose state
             has it steps as a later step, whatever its count.
@@ -69,6 +71,7 @@ class Spec:
     scalars: tuple[tuple[str, float], ...] = ()
     scalars_in_place: bool = True
     made_by_first_step: str = ""
+    slot_check: Any = None  # check(where, p, value) of a state slot, when not a floating tensor of p's shape
 
 
 def _sgd_slots(g: Mapping[str, Any]) -> tuple[str, ...]:
@@ -138,6 +141,13 @@ SPECS: dict[str, Spec] = {
 LOWP_OPTIONS: dict[str, Any] = {"stochastic_rounding": False, "seed": 0, "master_weights": False}
 for _name, _spec in SPECS.items():
     SPECS[_name] = replace(_spec, hyper=_spec.hyper + tuple(LOWP_OPTIONS))
+# The 8-bit classes (fusedopt.optim's Adam8bit/AdamW8bit): float32 parameters, no 16-bit options.
+_QUANT8_HYPER = ("lr", "betas", "eps", "weight_decay", "maximize", "block_size", "min_8bit_size")
+QUANT8_SLOTS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax")
+for _name in ("Adam8bit", "AdamW8bit"):
+    SPECS[_name] = Spec(_name, _QUANT8_HYPER, _ADAM_CHECKS, (), counted=True, keeps_step=True,
+                        slots=lambda g: QUANT8_SLOTS)
+
 # With stochastic rounding the random bits of a step are keyed by its number, the
 # parameter's 'step' (docs/lowbit.md): parameters share a native call only with equal
 # counts, and SGD keeps a 'step' too (its momentum buffer still starts at the first
