@@ -8,15 +8,16 @@
     for x, y in loader:
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
 
-SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop, RMSprop, Adagrad
-and Lion are subclasses of
+SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop, RMSprop, Adagrad,
+Lion, Adam8bit and AdamW8bit are subclasses of
 ``torch.optim.Optimizer`` with torch.optim 2.13's constructor signatures,
 defaults and per-element semantics (its ``foreach=False`` implementations,
 through fusedopt.optim), parameter groups, schedulers, closures, hooks and
 state dicts in torch's own format. Each step is one native call per parameter
 group (per step count, where the count enters the update), on the parameters'
-own memory. CPU float32 and float64 tensors only; docs/torch.md says what is
-refused and why.
+own memory. CPU float32, float64, bfloat16 and float16 tensors (the options
+``stochastic_rounding``, ``seed``, ``master_weights``: docs/lowbit.md), float32 for
+the 8-bit classes; docs/torch.md says what is refused and why.
 
 This module imports torch; ``import fusedopt`` does not import it.
 """
