@@ -263,7 +263,7 @@ def test_master_weights_state_dict_round_trip(rng):
     p[0].grad = _grads(rng, p)[0]
     opt.step()
     saved = _save_load(opt.state_dict())
-    assert saved["state"][0]["master_param"].dtype == torch.float32 and saved["state"][0]["exp_avg"].dtype == torch.float32
+    assert saved["state"][0]["master_param"].dtype == saved["state"][0]["exp_avg"].dtype == torch.float32
     q = [torch.nn.Parameter(p[0].detach().clone())]
     other = ft.AdamW(q, master_weights=True)
     other.load_state_dict(saved)

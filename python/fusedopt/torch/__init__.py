@@ -289,12 +289,13 @@ class SGD(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
-                 foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
                                   "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
                                   "foreach": foreach, "differentiable": differentiable, "fused": fused,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class Adam(_FusedOptimizer):
@@ -308,13 +309,14 @@ class Adam(_FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
                  foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = None,
-                 decoupled_weight_decay: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 decoupled_weight_decay: bool = False,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
                                   "decoupled_weight_decay": decoupled_weight_decay,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class AdamW(_FusedOptimizer):
@@ -326,13 +328,14 @@ class AdamW(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: Optional[bool] = None, capturable: bool = False, differentiable: bool = False,
-                 fused: Optional[bool] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 fused: Optional[bool] = None,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
                                   "decoupled_weight_decay": True,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -351,13 +354,14 @@ class NAdam(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, foreach: Optional[bool] = None, maximize: bool = False,
-                 capturable: bool = False, differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 capturable: bool = False, differentiable: bool = False,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay,
                                   "maximize": maximize, "foreach": foreach, "capturable": capturable,
                                   "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class RAdam(_FusedOptimizer):
@@ -371,12 +375,13 @@ class RAdam(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
-                 differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 differentiable: bool = False,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize,
                                   "foreach": foreach, "capturable": capturable, "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class Adamax(_FusedOptimizer):
@@ -387,12 +392,13 @@ class Adamax(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, foreach: Optional[bool] = None, *,
-                 maximize: bool = False, differentiable: bool = False, capturable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                                   "capturable": capturable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class Adadelta(_FusedOptimizer):
@@ -403,12 +409,13 @@ class Adadelta(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: Optional[bool] = None, *, capturable: bool = False,
-                 maximize: bool = False, differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 maximize: bool = False, differentiable: bool = False,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
                                   "foreach": foreach, "capturable": capturable, "maximize": maximize,
                                   "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class ASGD(_FusedOptimizer):
@@ -420,12 +427,13 @@ class ASGD(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
                  t0: float = 1e6, weight_decay: float = 0, foreach: Optional[bool] = None, maximize: bool = False,
-                 differentiable: bool = False, capturable: bool = False, *, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 differentiable: bool = False, capturable: bool = False, *,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0, "weight_decay": weight_decay,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                                   "capturable": capturable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class Rprop(_FusedOptimizer):
@@ -437,11 +445,12 @@ class Rprop(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
                  step_sizes: tuple[float, float] = (1e-6, 50), *, capturable: bool = False,
-                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes, "capturable": capturable,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class RMSprop(_FusedOptimizer):
@@ -452,12 +461,13 @@ class RMSprop(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
-                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False, *, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False, *,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps,
                                   "centered": centered, "weight_decay": weight_decay, "capturable": capturable,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 
 class Adagrad(_FusedOptimizer):
@@ -469,18 +479,19 @@ class Adagrad(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: Optional[bool] = None, *,
-                 maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
                                   "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
                                   "maximize": maximize, "differentiable": differentiable, "fused": fused,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["step"] = torch.tensor(0.0, dtype=step_dtype())
                 wide = master_weights and p.dtype in lowp.LOW  # the float32 state of a master-weighted parameter
-                self.state[p]["sum"] = torch.full_like(p, initial_accumulator_value, memory_format=torch.preserve_format,
-                                                       dtype=torch.float32 if wide else p.dtype)
+                self.state[p]["sum"] = torch.full_like(p, initial_accumulator_value, dtype=torch.float32 if wide
+                                                       else p.dtype, memory_format=torch.preserve_format)
 
 
 class Lion(_FusedOptimizer):
@@ -491,10 +502,11 @@ class Lion(_FusedOptimizer):
     _spec = SPECS["Lion"]
 
     def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0, maximize: bool = False, *, stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 master_weights: bool = False) -> None:
+                 weight_decay: float = 0, maximize: bool = False, *,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed, "master_weights": master_weights})
+                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "master_weights": master_weights})
 
 class Adam8bit(_FusedOptimizer):
     """fusedopt.optim.Adam8bit (bitsandbytes' and torchao's name): Adam with its moments
