@@ -131,3 +131,35 @@ def test_bad_grad_scale_changes_nothing():
     del opt.grad_scale
     opt.step()
     assert not torch.equal(params[0], before[0])
+
+
+def test_fusedopt_optim_grad_scale():
+    """fusedopt.optim's grad_scale: grads * 2**k stepped with grad_scale=2**k give the bits
+    of the unscaled step (float32 and float64 leaves); refused with max_grad_norm, by the
+    8-bit classes, and when not finite and > 0, nothing changed."""
+    from fusedopt import optim
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(100).astype(np.float32), rng.standard_normal(7)]
+    ref = [p.copy() for p in params]
+    opt, ropt = optim.Adam(lr=1e-2, weight_decay=0.1), optim.Adam(lr=1e-2, weight_decay=0.1)
+    for k in range(4):
+        grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+        opt.grad_scale = 2.0 ** (10 + k)
+        opt.step(params, [g * p.dtype.type(2.0 ** (10 + k)) for g, p in zip(grads, params)])
+        ropt.step(ref, grads)
+    for a, b in zip(params, ref):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        opt.max_grad_norm = 1.0
+    assert opt.max_grad_norm is None
+    opt.grad_scale = None
+    opt.max_grad_norm = 1.0
+    with pytest.raises(ValueError, match="grad_scale"):
+        opt.grad_scale = 2.0
+    assert opt.grad_scale is None
+    with pytest.raises(ValueError, match="grad_scale"):
+        optim.AdamW8bit().grad_scale = 2.0
+    for bad, exc in ((0.0, ValueError), (float("inf"), ValueError), ("2", TypeError)):
+        with pytest.raises(exc, match="grad_scale"):
+            ropt.grad_scale = bad
+        assert ropt.grad_scale is None
