@@ -90,9 +90,8 @@ class Timed:
         return slowest_median(self.samples)
 
 
-def load_before(path):
-    """Another version's fusedopt.distributed package (a directory), as fusedopt._distributed_before."""
-    name = "fusedopt._distributed_before"
+def load_before(path, name="fusedopt._distributed_before"):
+    """Another version's fusedopt.distributed package (a directory), as the module `name`."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__.py"),
                                                   submodule_search_locations=[path])
     module = importlib.util.module_from_spec(spec)
@@ -106,28 +105,33 @@ class Mode:
     own): where a step's buffers and Python objects lie in memory moves its time by several µs,
     so versions are compared over several placements, made in turn."""
 
-    def __init__(self, n, det, shard, package=distributed):
-        self.args, self.runs, self.turn = (n, det, shard, package), [], 0
+    def __init__(self, n, det, shard, package=distributed, family="paysage"):
+        self.args, self.runs, self.turn = (n, det, shard, package, family), [], 0
 
     def add(self):
-        n, det, shard, package = self.args
+        n, det, shard, package, family = self.args
         rng = np.random.default_rng(RANK)
         params = rng.standard_normal(n).astype(np.float32)
         grad = rng.standard_normal(n).astype(np.float32)
-        dp = package.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
-        self.runs.append((dp, params, grad))
+        if family == "optim":  # fusedopt.optim's Adam, stepped with step()
+            from fusedopt import optim
+            dp = package.DataParallel(optim.Adam(lr=1e-3), shard_state=shard, deterministic=det)
+            self.runs.append((dp.step, dp, params, grad))
+        else:
+            dp = package.DataParallel(optimizers.ADAM(stepsize=1e-3), shard_state=shard, deterministic=det)
+            self.runs.append((dp.update, dp, params, grad))
         return self
 
     def step(self):
-        dp, params, grad = self.runs[self.turn % len(self.runs)]
+        step, _, params, grad = self.runs[self.turn % len(self.runs)]
         self.turn += 1
-        dp.update(params, grad)
+        step(params, grad)
 
     def timings(self):  # the sum over the DataParallels: a step's increments are its own
-        return {p: sum(dp.timings[p] for dp, _, _ in self.runs) for p in PHASES}
+        return {p: sum(dp.timings[p] for _, dp, _, _ in self.runs) for p in PHASES}
 
     def item(self):
-        return Timed(self.step, self.timings), self.runs[0][0]
+        return Timed(self.step, self.timings), self.runs[0][1]
 
 
 def mode_result(n, item, dp):
@@ -259,7 +263,7 @@ def report(result):
             local = e["single_process_step_s"] / (result["ranks"] if key.endswith("/sharded") else 1)
             added = m["step_s"] - raw - local
             print(f"{n:>10} {key:>20} {m['step_s'] * us:10.1f} {100 * m['comm_share']:6.1f}% "
-                  f"{m['busbw_GBps']:11.2f} {100 * m['busbw_GBps'] / e['allreduce_busbw_GBps']:6.0f}% "
+                  f"{m['busbw_GBps']:11.2f} {100 * m['busbw_GBps'] / max(e['allreduce_busbw_GBps'], 1e-12):6.0f}% "
                   f"{m['step_s'] / e['allreduce_s']:16.2f}x {added * us:9.1f} {m['state_nbytes']:10d}")
         print(f"{n:>10} {'raw Allreduce':>20} {e['allreduce_s'] * us:10.1f} "
               f"  busbw {e['allreduce_busbw_GBps']:.2f} GB/s; Alltoallv+Allgatherv {e['alltoall_allgather_s'] * us:.1f} us;"

@@ -576,25 +576,26 @@ def _optim_changes(entry):
             break
 
 
+def refused(c, what, fn, p, words):
+    """fn() raises the same ValueError on every rank, naming each of `words`; `p` unchanged."""
+    before = copy_tree(p)
+    try:
+        fn()
+        got = None
+    except ValueError as exc:
+        got = str(exc)
+    every = COMM.allgather(got)
+    c.check(all(e is not None for e in every) and len(set(every)) == 1, f"{what}: raised {every}")
+    for word in words:
+        c.check(got is not None and word in got, f"{what}: {word!r} not in {got}")
+    c.equal_trees(before, p, f"{what}: params changed")
+
+
 def unlike(c, shard):
     """Every fusedopt.optimizers optimizer with each setting, and every fusedopt.optim one with each
     hyper-parameter, unlike on the last rank: the same ValueError on every rank, naming it and the
     rank, and nothing changed."""
     last = SIZE - 1
-
-    def refused(what, fn, p, words):
-        before = copy_tree(p)
-        try:
-            fn()
-            got = None
-        except ValueError as exc:
-            got = str(exc)
-        every = COMM.allgather(got)
-        c.check(all(e is not None for e in every) and len(set(every)) == 1, f"{what}: raised {every}")
-        for word in words:
-            c.check(got is not None and word in got, f"{what}: {word!r} not in {got}")
-        c.equal_trees(before, p, f"{what}: params changed")
-
     for kind, make in OPTIMIZERS.items():
         for field, change in _paysage_changes(make()):
             opt = make()
@@ -602,14 +603,46 @@ def unlike(c, shard):
             if RANK == last:
                 change(opt)
             dp, p = distributed.DataParallel(opt, shard_state=shard), params0("mixed")
-            refused(f"unlike {kind} {field} shard={shard}", lambda: dp.update(p, grad("mixed", 0, RANK)), p,
+            refused(c, f"unlike {kind} {field} shard={shard}", lambda: dp.update(p, grad("mixed", 0, RANK)), p,
                     [field, f"rank {last}"])
     for entry in OPTIM:
         for name, kwargs in _optim_changes(entry):
             opt = getattr(optim, entry.name)(**(kwargs if RANK == last else entry.rich))
             dp, p = distributed.DataParallel(opt, shard_state=shard), params0("mixed")
-            refused(f"unlike {entry.name} {name} shard={shard}", lambda: dp.step(p, grad("mixed", 0, RANK)), p,
+            refused(c, f"unlike {entry.name} {name} shard={shard}", lambda: dp.step(p, grad("mixed", 0, RANK)), p,
                     ["hyper-parameters", f"'{name}'", f"rank {last}"])
+
+
+def unlike_later(c, shard):
+    """A setting changed on the last rank after steps the ranks agreed on (the wrapper hashes
+    the fields again only when an object they are made of changes): refused on every rank,
+    naming it, and nothing changed; a float's sign and the step count included."""
+    last = SIZE - 1
+
+    def negative_zero(o):  # 0.0 on the other ranks: equal as floats, not as bits
+        o.lr = -0.0 if RANK == last else 0.0
+
+    paysage_changes = [*_paysage_changes(OPTIMIZERS["ADAM-no-mean"]()),
+                       ("step_count", lambda o: setattr(o, "step_count", o.step_count + 1)), ("lr", negative_zero)]
+    for field, change in paysage_changes:
+        dp, p = distributed.DataParallel(OPTIMIZERS["ADAM-no-mean"](), shard_state=shard), params0("mixed")
+        dp.update_lr()
+        for step in range(2):
+            dp.update(p, grad("mixed", step, RANK))
+        if RANK == last or change is negative_zero:
+            change(dp.optimizer)
+        refused(c, f"unlike later ADAM {field} shard={shard}", lambda: dp.update(p, grad("mixed", 2, RANK)), p,
+                [field, f"rank {last}"])
+    optim_changes = [("lr", "lr", 5e-4), ("hyper-parameters", "betas", (0.8, 0.999)),
+                     ("hyper-parameters", "weight_decay", 0.5), ("check_finite", "check_finite", True)]
+    for field, name, value in optim_changes:
+        dp, p = distributed.DataParallel(optim.Adam(lr=1e-3), shard_state=shard), params0("mixed")
+        for step in range(2):
+            dp.step(p, grad("mixed", step, RANK))
+        if RANK == last:
+            setattr(dp.optimizer, name, value)
+        refused(c, f"unlike later Adam {name} shard={shard}", lambda: dp.step(p, grad("mixed", 2, RANK)), p,
+                [field, f"rank {last}"])
 
 
 def foreign(c):
@@ -732,6 +765,7 @@ def main():
         if SIZE > 1:  # settings unlike on one rank; one rank failing at each point of a step
             for shard in (True, False):
                 c.run(f"unlike shard={shard}", unlike, shard)
+                c.run(f"unlike later shard={shard}", unlike_later, shard)
             import failpoints  # (it takes its trees and reference from this module)
             failpoints.run_all(c)
     if args.load:

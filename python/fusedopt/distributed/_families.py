@@ -39,9 +39,11 @@ class _Paysage(DataParallel):
     def _is_model(self, model: Any) -> bool:
         return hasattr(model, "parameter_update")
 
-    # (static, dynamic) fields of the wrapped optimizer that every rank must hold alike, given
-    # whether a state waits for a layout (called every step: no method of its own in between)
-    _fields = staticmethod(_fields.paysage)
+    # (step count, the objects of every other field) of the wrapped optimizer, given whether a
+    # state waits for a layout (called every step: no method of its own in between), and the
+    # (static, dynamic) fields every rank must hold alike, made from them
+    _key = staticmethod(_fields.paysage_key)
+    _fields = staticmethod(_fields.paysage_fields)
 
     def _ready(self, lay: Layout, changed: Optional[BaseException]) -> Any:
         """The last of a step's local checks: the rate, and what _adopt installs on a new layout."""
@@ -121,9 +123,13 @@ class _Optim(DataParallel):
     def _is_model(self, model: Any) -> bool:
         return False
 
-    def _fields(self, opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    def _key(self, opt: Any, pending: bool) -> tuple[Any, tuple[Any, ...]]:
+        """(step count, the objects of every other field) of the wrapped optimizer."""
+        return _fields.optim_key(opt, None if self._drawn is None else self._drawn[0], pending)
+
+    def _fields(self, count: Any, key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """(static, dynamic) fields of the wrapped optimizer that every rank must hold alike."""
-        return _fields.optim(opt, None if self._drawn is None else self._drawn[0], pending)
+        return _fields.optim_fields(count, key, self._opt)
 
     def _ready(self, lay: Layout, changed: Optional[BaseException]) -> Any:
         """The last of a step's local checks: what _adopt installs (a new layout, or a mask the

@@ -28,15 +28,6 @@ OPTIM_STATIC = ("optimizer", "hyper-parameters", "max_grad_norm", "check_finite"
 DYNAMIC = ("step_count", "lr", "optimizer state exists", "loaded state waiting")
 
 
-def schedule_position(schedule: Any) -> tuple[Any, ...]:
-    """Where a schedule is: its current ``value`` (fusedopt's schedules return it, or a rate
-    derived from it, next; a schedule without one contributes nothing). Only the value: a
-    step's rate is agreed on by itself, and the rest of a schedule's attributes would cost
-    more each step than they tell (a Step schedule's counter shows in its value when it matters)."""
-    value = getattr(schedule, "value", None)
-    return () if value is None else (value,)
-
-
 def _rate(value: Any) -> float:
     try:
         return float(value)
@@ -51,9 +42,11 @@ _OPT_NAMES = ("ascent", "check_finite", "keep_delta", "tolerance", "stepsize", "
 _WEIGHTS = operator.itemgetter("_w32", "_w2_32")
 
 
-def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """(static, dynamic) fields of a fusedopt.optimizers optimizer. `pending`: the wrapper
-    holds moments waiting for a layout."""
+def paysage_key(opt: Any, pending: bool) -> tuple[Any, tuple[Any, ...]]:
+    """(step count, the raw objects every other field is made of) of a fusedopt.optimizers
+    optimizer: a step whose objects are the same ones (identity) as the last step's has the
+    same fields but the count (see paysage_fields). `pending`: the wrapper holds moments
+    waiting for a layout."""
     d = opt.__dict__
     try:
         ascent, finite, keep, tolerance, schedule, lr, count = _OPT_FIELDS(d)
@@ -65,36 +58,65 @@ def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     # A structure is held from the first step until reset() (with the moments, if the rule has
     # any): read from the native state itself (the memory's property is a Python call more, slow
     # once the step's data has evicted its code from the caches).
-    weights, moments = None, False
+    w, w2, moments = None, None, False  # (the weights as two items: the same objects each step)
     if mem is not None:
         md = mem.__dict__
         try:
-            weights = _WEIGHTS(md)
+            w, w2 = _WEIGHTS(md)
             moments = md["_native"].plan is not None or md.get("_pending") is not None
         except KeyError:  # a memory that keeps them elsewhere
-            weights = (mem.mean_weight, mem.mean_square_weight)
+            w, w2 = mem.mean_weight, mem.mean_square_weight
             moments = mem._plan is not None or mem._pending is not None
-    value = getattr(schedule, "value", None)  # schedule_position(), inline: this runs every step
+    # Where a schedule is: its current value (fusedopt's schedules return it, or a rate derived
+    # from it, next). Only the value: a step's rate is agreed on by itself, and the rest of a
+    # schedule's attributes would cost more each step than they tell (a Step schedule's
+    # counter shows in its value when it matters).
+    value = getattr(schedule, "value", None)
+    return count, (type(opt), mem is None, w, w2, ascent, finite, keep, tolerance, schedule, lr, moments, pending,
+                   value)
+
+
+def paysage_fields(count: Any, key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(static, dynamic) fields of a fusedopt.optimizers optimizer, from paysage_key's."""
+    kind, no_memory, w, w2, ascent, finite, keep, tolerance, schedule, lr, moments, pending, value = key
+    static = (kind, None if no_memory else (w, w2), ascent, finite, keep, tolerance, type(schedule))
     position = () if value is None else (value,)
-    static = (type(opt), weights, ascent, finite, keep, tolerance, type(schedule))
-    dynamic = (count, lr if lr is not None else _rate(value), moments, pending, *position)
-    return static, dynamic
+    return static, (count, lr if lr is not None else _rate(value), moments, pending, *position)
+
+
+def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(static, dynamic) fields of a fusedopt.optimizers optimizer."""
+    return paysage_fields(*paysage_key(opt, pending))
+
+
+def optim_key(opt: Any, lr: Optional[float], pending: bool) -> tuple[Any, tuple[Any, ...]]:
+    """(step count, the raw objects every other field is made of) of a fusedopt.optim
+    optimizer, as paysage_key's; `lr`: this step's rate, already drawn from its schedule or
+    callable (None outside a step). Its settings' values are all read (a superset of those
+    agreed on: a change of any makes the fields again)."""
+    schedule = opt._lr
+    state = opt._state is not None or opt._pending is not None  # (state_arrays() would build views)
+    value = None if type(schedule) is float else getattr(schedule, "value", None)
+    return opt.step_count, (type(opt), schedule, lr, state, pending, value, *opt._values.values())
+
+
+def optim_fields(count: Any, key: tuple[Any, ...], opt: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(static, dynamic) fields of a fusedopt.optim optimizer, from optim_key's (`opt`: the
+    optimizer, for its hyper-parameters by name)."""
+    kind, schedule, lr, state, pending, value = key[:6]
+    name: Any = type(schedule).__name__
+    position: tuple[Any, ...] = ()
+    if type(schedule) is not float:  # (a constant rate is stored as a float)
+        position = () if value is None else (value,)
+        name = (name, getattr(schedule, "__qualname__", ""))
+    static = (kind.__name__, tuple(opt._hyper_values().items()), opt.max_grad_norm, opt.check_finite, name)
+    rate = _rate(schedule if lr is None and type(schedule) is float else lr)
+    return static, (count, rate, state, pending, *position)
 
 
 def optim(opt: Any, lr: Optional[float], pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """(static, dynamic) fields of a fusedopt.optim optimizer; `lr`: this step's rate, already
-    drawn from its schedule or callable (None outside a step)."""
-    schedule = opt.lr
-    kind: Any = type(schedule).__name__
-    position: tuple[Any, ...] = ()
-    if type(schedule) is not float:  # (a constant rate is stored as a float)
-        position = schedule_position(schedule)
-        kind = (kind, getattr(schedule, "__qualname__", ""))
-    static = (type(opt).__name__, tuple(opt._hyper_values().items()), opt.max_grad_norm, opt.check_finite, kind)
-    rate = _rate(schedule if lr is None and type(schedule) is float else lr)
-    state = opt._state is not None or opt._pending is not None  # (state_arrays() would build views)
-    dynamic = (opt.step_count, rate, state, pending, *position)
-    return static, dynamic
+    """(static, dynamic) fields of a fusedopt.optim optimizer."""
+    return optim_fields(*optim_key(opt, lr, pending), opt)
 
 
 def state_hash(state: Mapping[str, Any]) -> int:
@@ -117,8 +139,8 @@ _FORMATS: dict[int, struct.Struct] = {}
 
 
 def combined_hash(static: int, dynamic: tuple[Any, ...]) -> int:
-    """The hash a step agrees on: the static hash and the dynamic numbers' float64 bits (as one
-    int: an int's hash, unlike that of bytes, is the same in every process)."""
+    """The static hash and the dynamic numbers' float64 bits (as one int: an int's hash, unlike
+    that of bytes, is the same in every process), hashed."""
     fmt = _FORMATS.get(len(dynamic))
     if fmt is None:
         fmt = _FORMATS[len(dynamic)] = struct.Struct(f"<{len(dynamic)}d")
@@ -127,6 +149,25 @@ def combined_hash(static: int, dynamic: tuple[Any, ...]) -> int:
     except (struct.error, TypeError, ValueError, OverflowError):  # a schedule attribute that is no number
         return combined_hash(static, _numbers(dynamic))
     return hash((static, bits)) & _MASK
+
+
+_ODD = 0x9E3779B97F4A7C15  # odd: multiplying by it is one-to-one modulo 2**62
+
+
+def with_count(base: int, count: Any) -> int:
+    """The hash a step agrees on: `base` (every other field's) with the step count mixed in,
+    one-to-one for a given base (modulo 2**62). A count is taken as the number it is (7 and 7.0
+    alike); one that is no integer, by its float64 bits."""
+    if type(count) is not int:
+        try:
+            number = float(count)
+        except (TypeError, ValueError, OverflowError):
+            number = float("nan")
+        if number.is_integer():
+            count = int(number)
+        else:
+            count = (1 << 64) | int.from_bytes(struct.pack("<d", number), "little")
+    return (base ^ (count * _ODD)) & _MASK
 
 
 def _numbers(values: tuple[Any, ...]) -> tuple[float, ...]:

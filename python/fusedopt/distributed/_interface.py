@@ -49,6 +49,7 @@ class _Interface:
     _REDUCE: str
     _STATIC_NAMES: tuple[str, ...]
     _is_model: Any
+    _key: Any
     _fields: Any
     _ready: Any
     _undraw: Any

@@ -8,6 +8,7 @@ _families.py and the classes of both); nothing here looks at which one it is.
 from __future__ import annotations
 
 import time
+from operator import is_
 from typing import Any, Optional
 
 import numpy as np
@@ -48,14 +49,13 @@ class _Step(_Interface):
         t0 = time.perf_counter()
         is_model = self._is_model(model)
         lay, exc, pleaves, prepared = self._local_checks(model, grad, is_model)
-        fields, value = None, 0
+        value = 0
         if exc is None:
             assert lay is not None
-            fields = self._fields(self._opt, self._pending is not None)
             # From the agreement on, every rank takes the same collectives (the plan's), and nothing
             # fails on one rank only for an input the checks above could see. What still can (an
             # interrupt, a MemoryError, a subclass's own update) is joined to them: see _join.
-            value, self._plan = self._agreement_value(lay, is_model, fields)
+            value, self._plan = self._agreement_value(lay, is_model, *self._key(self._opt, self._pending is not None))
             self._step_layout = lay
         t1 = time.perf_counter()
         self._done = _RAISED  # if the agreement raises, it does so on every rank
@@ -66,7 +66,7 @@ class _Step(_Interface):
         timings["agree"] += time.perf_counter() - t1
         if not same:
             self._plan = ("agree", "describe")
-            self._raise_mismatch(lay, is_model, fields)
+            self._raise_mismatch(lay, is_model, self._fields(*self._key(self._opt, self._pending is not None)))
         assert lay is not None  # no error anywhere, so every rank has its layout
         if lay is not self._layout or prepared is not None:
             self._adopting = (lay, prepared)
@@ -173,17 +173,20 @@ class _Step(_Interface):
         except Exception as exc:  # every local failure must reach the agreement
             return lay, exc, None, None
 
-    def _agreement_value(self, lay: Layout, is_model: bool, fields: tuple[Any, ...]) -> tuple[int, tuple[str, ...]]:
+    def _agreement_value(self, lay: Layout, is_model: bool, count: Any, key: tuple[Any, ...]
+                         ) -> tuple[int, tuple[str, ...]]:
         """(the step's hash: the layout, path kind and configuration, and the wrapped optimizer's
-        fields; the plan of its collectives), the static part of both made again only when it
-        changes (the plan depends on nothing else)."""
-        static, dynamic = fields
+        fields; the plan of its collectives). All but the step count is hashed again only when
+        one of the objects it is made of (`key`) is not the last step's (the plan depends on
+        nothing else): the same objects hold the same values, and the memo keeps them alive."""
         memo, fresh = self._static, lay is not self._layout
-        if memo is None or memo[0] is not lay or memo[1] != (is_model, fresh) or memo[2] != static:
-            memo = self._static = (lay, (is_model, fresh), static,
-                                   _fields.static_hash(lay.hash(self._config, is_model, not fresh), static),
-                                   ("agree", *self._collectives(lay, is_model)))
-        return _fields.combined_hash(memo[3], dynamic), memo[4]
+        if (memo is None or memo[0] is not lay or memo[1] is not is_model or memo[2] is not fresh
+                or len(key) != len(memo[3]) or not all(map(is_, key, memo[3]))):
+            static, dynamic = self._fields(count, key)
+            base = _fields.combined_hash(_fields.static_hash(lay.hash(self._config, is_model, not fresh), static),
+                                         dynamic[1:])  # (the count, first, is mixed in below)
+            memo = self._static = (lay, is_model, fresh, key, base, ("agree", *self._collectives(lay, is_model)))
+        return _fields.with_count(memo[4], count), memo[5]
 
     def _grad_bytes(self, lay: Layout, grad: Any) -> np.ndarray:
         """The flat bytes the collectives send: the caller's own memory for a tree of one
