@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 
-_MASK = (1 << 62) - 1  # so that a hash and its negation fit an int64 for a MAX allreduce
+MASK = (1 << 62) - 1  # so that a hash and its negation fit an int64 for a MAX allreduce
 
 PAYSAGE_STATIC = ("optimizer", "mean_weight, mean_square_weight", "ascent", "check_finite", "keep_delta",
                   "tolerance", "stepsize schedule")
@@ -127,12 +127,12 @@ def state_hash(state: Mapping[str, Any]) -> int:
         value = np.asarray(state[key])
         h.update(f"{key!r}{value.dtype.str}{value.shape}".encode())
         h.update(value.tobytes() if value.dtype.kind != "O" else repr(value).encode())
-    return int.from_bytes(h.digest(), "little") & _MASK
+    return int.from_bytes(h.digest(), "little") & MASK
 
 
 def static_hash(*parts: Any) -> int:
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & _MASK
+    return int.from_bytes(digest, "little") & MASK
 
 
 _FORMATS: dict[int, struct.Struct] = {}
@@ -148,10 +148,10 @@ def combined_hash(static: int, dynamic: tuple[Any, ...]) -> int:
         bits = int.from_bytes(fmt.pack(*dynamic), "little")
     except (struct.error, TypeError, ValueError, OverflowError):  # a schedule attribute that is no number
         return combined_hash(static, _numbers(dynamic))
-    return hash((static, bits)) & _MASK
+    return hash((static, bits)) & MASK
 
 
-_ODD = 0x9E3779B97F4A7C15  # odd: multiplying by it is one-to-one modulo 2**62
+ODD = 0x9E3779B97F4A7C15  # odd: multiplying by it is one-to-one modulo 2**62
 
 
 def with_count(base: int, count: Any) -> int:
@@ -167,7 +167,7 @@ def with_count(base: int, count: Any) -> int:
             count = int(number)
         else:
             count = (1 << 64) | int.from_bytes(struct.pack("<d", number), "little")
-    return (base ^ (count * _ODD)) & _MASK
+    return (base ^ (count * ODD)) & MASK
 
 
 def _numbers(values: tuple[Any, ...]) -> tuple[float, ...]:

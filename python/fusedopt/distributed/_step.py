@@ -186,6 +186,8 @@ class _Step(_Interface):
             base = _fields.combined_hash(_fields.static_hash(lay.hash(self._config, is_model, not fresh), static),
                                          dynamic[1:])  # (the count, first, is mixed in below)
             memo = self._static = (lay, is_model, fresh, key, base, ("agree", *self._collectives(lay, is_model)))
+        if type(count) is int:  # (with_count's common case, inline: this runs every step)
+            return (memo[4] ^ (count * _fields.ODD)) & _fields.MASK, memo[5]
         return _fields.with_count(memo[4], count), memo[5]
 
     def _grad_bytes(self, lay: Layout, grad: Any) -> np.ndarray:
