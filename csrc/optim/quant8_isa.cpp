@@ -59,12 +59,14 @@ struct Quant8Values {
 };
 
 FUSEDOPT_INLINE VF decode(const float* table, const std::uint8_t* codes) {
-  const VI idx = __builtin_convertvector(load<VB>(codes), VI);
 #if defined(__AVX512F__)
-  return (VF)_mm512_i32gather_ps((__m512i)idx, table, 4);
+  const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+  return (VF)_mm512_i32gather_ps(idx, table, 4);
 #elif defined(__AVX2__)
-  return (VF)_mm256_i32gather_ps(table, (__m256i)idx, 4);
+  const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
+  return (VF)_mm256_i32gather_ps(table, idx, 4);
 #else
+  const VI idx = __builtin_convertvector(load<VB>(codes), VI);
   VF out;
   for (std::size_t k = 0; k < L; ++k) out[k] = table[idx[k]];
   return out;
@@ -116,11 +118,10 @@ FUSEDOPT_INLINE void step_block(const float* g, float* p, std::uint8_t* mc, std:
     a = max_or_nan(a, am[j]);
     b = max_or_nan(b, av[j]);
   }
-  // An absmax of 0 means every value is 0 (or -0): divided by 1 they stay 0.
-  const float dm = a > 0.0f ? a : 1.0f, dv = b > 0.0f ? b : 1.0f;
+  const float rm = quant8_reciprocal(a), rv = quant8_reciprocal(b);
   for (std::size_t i = 0; i < n; i += L) {
-    store(mc + i, encode_signed(load<VF>(m + i) / dm));
-    store(vc + i, encode_unsigned(load<VF>(v + i) / dv));
+    store(mc + i, encode_signed(load<VF>(m + i) * rm));
+    store(vc + i, encode_unsigned(load<VF>(v + i) * rv));
   }
   ma = a;
   va = b;

@@ -84,6 +84,11 @@ inline float quant8_signed_value(std::uint8_t code) {
 }
 inline float quant8_unsigned_value(std::uint8_t code) { return quant8_magnitude(code, kQuant8UnsignedBits); }
 
+// The factor a block's values are multiplied by before encoding: 1 / absmax in
+// float32 (as bitsandbytes scales), 1 where the absmax is 0 (every value is then
+// 0 or -0 and stays so).
+inline float quant8_reciprocal(float absmax) { return 1.0f / (absmax > 0.0f ? absmax : 1.0f); }
+
 // NaN-propagating maximum (torch.max): a block's absmax.
 inline float quant8_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 
