@@ -166,3 +166,19 @@ def test_the_class_step_is_not_wrapped_again():
     step = ft.AdamW.step
     ft.AdamW(params, **CONFIG)
     assert ft.AdamW.step is step and step.hooked is True
+
+
+def test_the_native_check_compares_grad_objects_and_addresses():
+    from fusedopt import _core
+    params = [torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    params[0].grad = torch.ones(3)
+    grads = [params[0].grad, None]
+    ptrs = [p.data_ptr() for p in params]
+    assert _core.same_grads_and_memory(params, grads, ptrs) is True
+    assert _core.same_grads_and_memory(params, [torch.ones(3), None], ptrs) is False  # an equal, other tensor
+    assert _core.same_grads_and_memory(params, grads, [ptrs[0], ptrs[1] + 4]) is False
+    assert _core.same_grads_and_memory(params, grads[:1], ptrs) is False
+    assert _core.same_grads_and_memory(params + [params[0]], grads + [grads[0]], ptrs + ptrs[:1]) is True
+    assert _core.same_grads_and_memory(tuple(params), grads, ptrs) is False  # lists only: the plan's own
+    with pytest.raises(AttributeError):
+        _core.same_grads_and_memory([object()], [None], [0])  # no .grad: Python's own error

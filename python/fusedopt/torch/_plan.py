@@ -21,7 +21,7 @@ into new arenas); ``run`` commits. Imports torch: only fusedopt.torch uses it.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any, Iterator, MutableMapping, Sequence
 
 import numpy as np
@@ -35,8 +35,6 @@ from ._tracked import changes
 
 _SUPPORTED = (torch.float32, torch.float64) + lowp.LOW
 _PLAIN = (float, int, bool)
-_grad = attrgetter("grad")
-_data_ptr = torch.Tensor.data_ptr
 
 
 def step_dtype() -> torch.dtype:
@@ -328,14 +326,12 @@ class GroupPlan:
         if self.raw is None or self.running or not self.grads_checked or \
                 self.state_id != (id(state), changes()):
             return False
-        try:
-            if self._hyper_of(group) != self.raw:
+        try:  # a value now a tensor compares as its value (equal: the same step) or raises
+            if not self._hyper_of(group) == self.raw:
                 return False
-        except KeyError:
+        except Exception:  # a key removed, a tensor of many elements: the full check says what
             return False
-        params = group["params"]
-        return list(map(id, map(_grad, params))) == self.grad_ids and \
-            list(map(_data_ptr, params)) == self.ptrs and self.current()
+        return _core.same_grads_and_memory(group["params"], self.grads, self.ptrs) and self.current()
 
     def refresh_grads(self, spec: Spec, index: int, group: dict[str, Any], grads: list[Any]) -> None:
         """New gradient tensors in the same places: check them and rebuild only their arrays."""
