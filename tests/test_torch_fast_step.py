@@ -182,3 +182,18 @@ def test_the_native_check_compares_grad_objects_and_addresses():
     assert _core.same_grads_and_memory(tuple(params), grads, ptrs) is False  # lists only: the plan's own
     with pytest.raises(AttributeError):
         _core.same_grads_and_memory([object()], [None], [0])  # no .grad: Python's own error
+
+
+def test_a_subclass_step_calling_ours_runs_the_hooks_once():
+    class Logged(ft.AdamW):
+        def step(self, closure=None):
+            seen.append("subclass step")
+            return super().step(closure)
+
+    seen = []
+    params = tc.make_params(torch.float32)
+    opt = Logged(params, **CONFIG)
+    opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
+    kept_train(opt, params, 2)
+    assert seen == ["pre", "subclass step", "post"] * 2

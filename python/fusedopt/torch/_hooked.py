@@ -12,7 +12,9 @@ arguments and the profiler's events are torch's. Otherwise it runs the step
 inside the C++ ``_RecordFunctionFast`` range of the same name (what other
 RecordFunction observers, such as the execution trace observer, see) and calls
 ``_optimizer_step_code`` as torch does. LR schedulers wrap the bound method
-(``_opt_called``) outside all this, so they see every step either way.
+(``_opt_called``) outside all this, so they see every step either way. A
+subclass's own ``step`` is wrapped by torch; called from it (``super().step()``),
+this one runs the step alone, so hooks run once.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def hooked(func: F) -> F:
 
     @functools.wraps(func)
     def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(self).step is not step:  # called by a subclass's own step, which torch wrapped: hooks ran there
+            return func(self, *args, **kwargs)
         if global_pre or global_post or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks \
                 or _profiler_enabled():
             return torch_step(self, *args, **kwargs)
