@@ -197,3 +197,13 @@ def test_a_subclass_step_calling_ours_runs_the_hooks_once():
     opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
     kept_train(opt, params, 2)
     assert seen == ["pre", "subclass step", "post"] * 2
+
+
+def test_a_bool_setting_given_an_equal_int_is_refused():
+    """amsgrad=0 equals False, but torch's checks (and fusedopt's) want a bool."""
+    params = tc.make_params(torch.float32)
+    opt = ft.AdamW(params, **CONFIG)
+    kept_train(opt, params, 2)
+    opt.param_groups[0]["amsgrad"] = 0
+    with pytest.raises(TypeError, match="amsgrad"):
+        opt.step()

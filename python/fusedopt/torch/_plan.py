@@ -279,6 +279,7 @@ class GroupPlan:
         self.hyper = hyper
         self._hyper_of = itemgetter(*spec.hyper)
         self.raw: tuple[Any, ...] | None = None  # the group's values as last taken, when all plain (remember)
+        self.raw_types: list[type] = []
         self.running = False  # between the start of run() and its commit's end
         self.ptrs = ptrs
         self.grad_ids = list(map(id, grads))
@@ -316,6 +317,7 @@ class GroupPlan:
         raw = self._hyper_of(group)
         plain = all(type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)) for v in raw)
         self.raw = raw if plain else None
+        self.raw_types = list(map(type, raw))  # True == 1, but a bool setting given 1 is refused
 
     def unchanged(self, group: dict[str, Any], state: MutableMapping[Any, Any]) -> bool:
         """Whether the next step can run this plan without any check: the same
@@ -327,7 +329,8 @@ class GroupPlan:
                 self.state_id != (id(state), changes()):
             return False
         try:  # a value now a tensor compares as its value (equal: the same step) or raises
-            if not self._hyper_of(group) == self.raw:
+            values = self._hyper_of(group)
+            if not (values == self.raw and list(map(type, values)) == self.raw_types):
                 return False
         except Exception:  # a key removed, a tensor of many elements: the full check says what
             return False
