@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 
 from .. import _docs
 from ._engine import check_values, engine_key
+from ._hooked import hooked
 from ._plan import GroupPlan, check_memory, named_group, step_dtype
 from . import _lowp as lowp, _quant8
 from ._specs import (IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, STOCHASTIC_SPECS, Spec, check_flags, check_hyper,
@@ -186,6 +187,7 @@ class _FusedOptimizer(Optimizer):
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
+    @hooked  # torch's step wrapper (hooks, profiler range), with a fast path when it has nothing to do
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         """One step of every parameter that has a gradient (others are skipped,
         as torch skips them), one native call per group and step count.
@@ -210,6 +212,12 @@ class _FusedOptimizer(Optimizer):
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # as torch's fused step: nothing changes, the step count included
         scale = lowp.grad_scale(getattr(self, "grad_scale", None))
+        plans, groups, state = self._plans, self.param_groups, self.state
+        if scale is None and len(plans) == len(groups) and all([plan is not None and plan.unchanged(group, state)
+                                                                for plan, group in zip(plans, groups)]):
+            for plan in plans:  # nothing the plans depend on changed: no check to repeat
+                plan.run(state)
+            return loss
         ready = [self._prepare(i, group) for i, group in enumerate(self.param_groups)]
         self._memory = check_memory([plan for plan, _ in ready], getattr(self, "_memory", None))
         del self._plans[len(self.param_groups):]
@@ -218,6 +226,7 @@ class _FusedOptimizer(Optimizer):
             for i, (plan, hyper) in enumerate(ready):
                 self._plans[i] = plan
                 plan.hyper = hyper
+                plan.remember(self.param_groups[i])
                 plan.run(self.state)
         return loss
 

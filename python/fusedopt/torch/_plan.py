@@ -21,6 +21,7 @@ into new arenas); ``run`` commits. Imports torch: only fusedopt.torch uses it.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any, Iterator, MutableMapping, Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ from ._specs import Spec
 from ._tracked import changes
 
 _SUPPORTED = (torch.float32, torch.float64) + lowp.LOW
+_PLAIN = (float, int, bool)
 
 
 def step_dtype() -> torch.dtype:
@@ -175,6 +177,7 @@ class Bucket:
         # The engine's own count is the commit mark of a kernel run: the counts
         # shown are those of the plan's start plus the runs since.
         self.start = None if self.counts is None else self.counts.copy()
+        self.runs = np.zeros(1, dtype=step_array_dtype())
         self.first_run = self.committed = self.engine.step_count
         self.shown = self._shown()  # the counts and scalars as last committed
         self.installed = False
@@ -225,7 +228,8 @@ class Bucket:
         if self.scalar_names:
             self.scalars[...] = self.engine.scalars
         if self.counts is not None and self.start is not None:
-            np.add(self.start, runs, out=self.counts)
+            self.runs[0] = runs  # an array operand: a ufunc converts a Python number slowly
+            np.add(self.start, self.runs, out=self.counts)
             self.shown = self._shown()
         if not self.installed:
             self.install(state)
@@ -273,6 +277,10 @@ class GroupPlan:
                             for (key, scalars, wide), (ps, gs) in sorted(stepped.items())]
         self.key = engine_key(spec, group)
         self.hyper = hyper
+        self._hyper_of = itemgetter(*spec.hyper)
+        self.raw: tuple[Any, ...] | None = None  # the group's values as last taken, when all plain (remember)
+        self.raw_types: list[type] = []
+        self.running = False  # between the start of run() and its commit's end
         self.ptrs = ptrs
         self.grad_ids = list(map(id, grads))
         self.grads: list[Any] | None = grads  # held, so that no other tensor can take a held one's id
@@ -301,6 +309,32 @@ class GroupPlan:
                 self.written_names.append(((index, -1), "the optimizer's scalar state"))
         self.read_names = [f"{where}[{position[id(p)]}].grad" for bucket in self.buckets for p in bucket.params]
         self.grads_checked = False  # check_memory has not seen these gradients
+
+    def remember(self, group: dict[str, Any]) -> None:
+        """Keep the group's values as this step took them, when every one is a
+        plain number, bool or tuple of them (values that cannot change in place,
+        unlike a tensor lr or a list), so that unchanged() can compare them as they are."""
+        raw = self._hyper_of(group)
+        plain = all(type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)) for v in raw)
+        self.raw = raw if plain else None
+        self.raw_types = list(map(type, raw))  # True == 1, but a bool setting given 1 is refused
+
+    def unchanged(self, group: dict[str, Any], state: MutableMapping[Any, Any]) -> bool:
+        """Whether the next step can run this plan without any check: the same
+        parameter memory, the same .grad objects (held, so their ids are theirs),
+        no assignment to the optimizer's state, no step count edited in place,
+        no unfinished commit and the group's plain values as remembered. False
+        sends the step through the full check, which decides."""
+        if self.raw is None or self.running or not self.grads_checked or \
+                self.state_id != (id(state), changes()):
+            return False
+        try:  # a value now a tensor compares as its value (equal: the same step) or raises
+            values = self._hyper_of(group)
+            if not (values == self.raw and list(map(type, values)) == self.raw_types):
+                return False
+        except Exception:  # a key removed, a tensor of many elements: the full check says what
+            return False
+        return _core.same_grads_and_memory(group["params"], self.grads, self.ptrs) and self.current()
 
     def refresh_grads(self, spec: Spec, index: int, group: dict[str, Any], grads: list[Any]) -> None:
         """New gradient tensors in the same places: check them and rebuild only their arrays."""
@@ -352,9 +386,11 @@ class GroupPlan:
             bucket.finish(state)
 
     def run(self, state: MutableMapping[Any, Any]) -> None:
+        self.running = True
         for bucket in self.buckets:
             bucket.run(state)
         self.state_id = (id(state), changes())
+        self.running = False
 
 
 class Memory:

@@ -1,0 +1,209 @@
+"""The steady-state step of fusedopt.torch (no hook, profiler off, nothing its
+plan depends on changed: no check repeated) takes every change torch's step
+would take, and torch's step wrapper runs as torch's when it has work to do.
+
+Each test trains with gradients written into the same .grad tensors (as with
+zero_grad(set_to_none=False)), so that the steps before the change run on the
+fast path; a fast path that ignored the change fails the comparison.
+References: torch.optim 2.13 AdamW (foreach=False) in float64 at torch_cases.TOL."""
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedopt.torch as ft  # noqa: E402
+import torch_cases as tc  # noqa: E402
+from test_torch_trust import assert_same  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
+
+CONFIG = {"lr": 0.05, "betas": (0.9, 0.99), "weight_decay": 0.1}
+
+
+def kept_train(opt, params, steps, start=0):
+    """`steps` steps whose gradients are copied into the existing .grad tensors."""
+    for k in range(start, start + steps):
+        for p, g in zip(params, tc.grads_for(params, k, none=lambda i, k: False)):
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+        opt.step()
+
+
+def make_pair(config=CONFIG, steps=3):
+    ref_params = tc.make_params(torch.float64)
+    our_params = tc.clone_params(ref_params)
+    ref = torch.optim.AdamW(ref_params, foreach=False, **config)
+    ours = ft.AdamW(our_params, **config)
+    for opt, params in ((ref, ref_params), (ours, our_params)):
+        kept_train(opt, params, steps)
+    return ref, ref_params, ours, our_params
+
+
+def both(pair, change, steps=2, start=3):
+    """Apply `change(opt, params)` to both optimizers, then train both on."""
+    ref, ref_params, ours, our_params = pair
+    for opt, params in ((ref, ref_params), (ours, our_params)):
+        change(opt, params)
+        kept_train(opt, params, steps, start)
+    assert_same(ref, ref_params, ours, our_params)
+
+
+def test_a_swapped_grad_tensor_is_taken():
+    def swap(opt, params):
+        params[0].grad = params[0].grad * -3.0  # another tensor object, other memory, other values
+        opt.step()
+    both(make_pair(), swap)
+
+
+def test_a_parameter_given_new_memory_is_stepped_there():
+    def rebind(opt, params):
+        with torch.no_grad():
+            params[1].data = params[1].detach().clone() + 1.0
+    both(make_pair(), rebind)
+
+
+def test_a_plain_lr_assigned_to_the_group_is_taken():
+    both(make_pair(), lambda opt, params: opt.param_groups[0].__setitem__("lr", 0.5))
+
+
+def test_a_tensor_lr_changed_in_place_is_taken():
+    config = {**CONFIG, "lr": torch.tensor(0.05, dtype=torch.float64)}
+
+    def change(opt, params):
+        opt.param_groups[0]["lr"].fill_(0.3)
+    both(make_pair(config), change)
+
+
+def test_betas_given_as_a_list_and_changed_in_place_are_taken():
+    pair = make_pair()
+    for opt in (pair[0], pair[2]):
+        opt.param_groups[0]["betas"] = [0.9, 0.99]
+    kept_train(pair[0], pair[1], 1, 3)
+    kept_train(pair[2], pair[3], 1, 3)
+    both(pair, lambda opt, params: opt.param_groups[0]["betas"].__setitem__(0, 0.5), start=4)
+
+
+def test_a_state_tensor_edited_in_place_and_a_step_count_are_taken():
+    def edit(opt, params):
+        opt.state[params[0]]["exp_avg"].mul_(0.5)
+        opt.state[params[2]]["step"].fill_(10)
+    both(make_pair(), edit)
+
+
+def test_an_assigned_state_tensor_is_taken():
+    def assign(opt, params):
+        opt.state[params[0]]["exp_avg_sq"] = torch.full_like(params[0], 0.25)
+    both(make_pair(), assign)
+
+
+def test_step_hooks_run_in_torchs_order_with_their_arguments():
+    """Global pre, instance pre, the step, instance post, global post; a pre-hook's
+    returned (args, kwargs) reach the step (here: a closure whose loss step returns)."""
+    runs = {}
+    for cls in (torch.optim.AdamW, ft.AdamW):
+        params = tc.make_params(torch.float64)
+        opt = cls(params, **CONFIG)
+        kept_train(opt, params, 2)  # steady state before the hooks appear
+        seen = []
+
+        def global_pre(o, args, kwargs):
+            seen.append("global pre")
+
+        def pre(o, args, kwargs):
+            seen.append("pre")
+            return args, {"closure": lambda: seen.append("closure") or 7.0}
+
+        handles = [register_optimizer_step_pre_hook(global_pre), opt.register_step_pre_hook(pre),
+                   opt.register_step_post_hook(lambda o, a, k: seen.append("post")),
+                   register_optimizer_step_post_hook(lambda o, a, k: seen.append("global post"))]
+        try:
+            loss = opt.step()
+        finally:
+            for h in handles:
+                h.remove()
+        opt.step()  # without hooks again: nothing more is seen
+        runs[cls] = (seen, loss)
+    assert runs[ft.AdamW] == runs[torch.optim.AdamW] == (["global pre", "pre", "closure", "post", "global post"], 7.0)
+
+
+def test_a_profiled_step_is_recorded_under_torchs_name():
+    params = tc.make_params(torch.float32)
+    opt = ft.AdamW(params, **CONFIG)
+    kept_train(opt, params, 2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    names = [e.name for e in prof.events()]
+    assert names.count("Optimizer.step#AdamW.step") == 1
+
+
+def test_the_profilers_step_entry_point_is_called_at_every_step():
+    params = tc.make_params(torch.float32)
+    opt = ft.AdamW(params, **CONFIG)
+    calls = []
+    opt._optimizer_step_code = lambda: calls.append(len(calls))
+    kept_train(opt, params, 3)
+    assert calls == [0, 1, 2]
+
+
+def test_a_scheduler_sees_the_steps():
+    """LRScheduler's wrapper marks _opt_called; with it unset, scheduler.step() warns."""
+    params = tc.make_params(torch.float64)
+    opt = ft.AdamW(params, **CONFIG)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for k in range(3):
+            kept_train(opt, params, 1, k)
+            sched.step()
+    assert opt._opt_called is True
+    assert opt.param_groups[0]["lr"] == CONFIG["lr"] * 0.5 ** 3
+
+
+def test_the_class_step_is_not_wrapped_again():
+    params = tc.make_params(torch.float32)
+    step = ft.AdamW.step
+    ft.AdamW(params, **CONFIG)
+    assert ft.AdamW.step is step and step.hooked is True
+
+
+def test_the_native_check_compares_grad_objects_and_addresses():
+    from fusedopt import _core
+    params = [torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    params[0].grad = torch.ones(3)
+    grads = [params[0].grad, None]
+    ptrs = [p.data_ptr() for p in params]
+    assert _core.same_grads_and_memory(params, grads, ptrs) is True
+    assert _core.same_grads_and_memory(params, [torch.ones(3), None], ptrs) is False  # an equal, other tensor
+    assert _core.same_grads_and_memory(params, grads, [ptrs[0], ptrs[1] + 4]) is False
+    assert _core.same_grads_and_memory(params, grads[:1], ptrs) is False
+    assert _core.same_grads_and_memory(params + [params[0]], grads + [grads[0]], ptrs + ptrs[:1]) is True
+    assert _core.same_grads_and_memory(tuple(params), grads, ptrs) is False  # lists only: the plan's own
+    with pytest.raises(AttributeError):
+        _core.same_grads_and_memory([object()], [None], [0])  # no .grad: Python's own error
+
+
+def test_a_subclass_step_calling_ours_runs_the_hooks_once():
+    class Logged(ft.AdamW):
+        def step(self, closure=None):
+            seen.append("subclass step")
+            return super().step(closure)
+
+    seen = []
+    params = tc.make_params(torch.float32)
+    opt = Logged(params, **CONFIG)
+    opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
+    kept_train(opt, params, 2)
+    assert seen == ["pre", "subclass step", "post"] * 2
+
+
+def test_a_bool_setting_given_an_equal_int_is_refused():
+    """amsgrad=0 equals False, but torch's checks (and fusedopt's) want a bool."""
+    params = tc.make_params(torch.float32)
+    opt = ft.AdamW(params, **CONFIG)
+    kept_train(opt, params, 2)
+    opt.param_groups[0]["amsgrad"] = 0
+    with pytest.raises(TypeError, match="amsgrad"):
+        opt.step()
