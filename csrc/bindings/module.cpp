@@ -21,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
   register_lbfgs(m);
   register_muon(m);
   register_quant8(m);
+  register_adafactor(m);
 }
