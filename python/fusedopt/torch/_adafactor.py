@@ -3,6 +3,7 @@ fusedopt's native Adafactor step, one call for every parameter of every group
 (fusedopt/optim/_adafactor.py has the step and its operation order)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -31,6 +32,21 @@ def _hyper(group: dict[str, Any]) -> dict[str, Any]:
 def _array(t: torch.Tensor) -> np.ndarray:
     """A C-contiguous numpy array with t's values (t's own memory when it is one)."""
     return _adafactor.c_order(t.detach().resolve_conj().resolve_neg().numpy())
+
+
+_NATIVE_NAME = re.compile(r"adafactor_step: (params|grads|old_rows|old_cols|old_vars)\[(\d+)\]")
+_SLOT_OF = {"old_rows": "row_var", "old_cols": "col_var", "old_vars": "variance"}
+
+
+def _torch_names(message: str, wheres: list[str]) -> str:
+    def name(m: re.Match) -> str:
+        what, k = m.group(1), wheres[int(m.group(2))]
+        if what == "params":
+            return k
+        if what == "grads":
+            return f"{k}.grad"
+        return f"the optimizer's state of {k} ({_SLOT_OF[what]!r})"
+    return _NATIVE_NAME.sub(name, message)
 
 
 class Adafactor(Optimizer):
@@ -100,7 +116,7 @@ class Adafactor(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, arrays, grads, olds, rows, counts = [], [], [], [], [], []
+        params, arrays, grads, olds, rows, counts, wheres = [], [], [], [], [], [], []
         for gi, group in enumerate(self.param_groups):  # everything checked before anything is written
             hyper = _hyper(group)
             eps1_dtype = None
@@ -108,6 +124,7 @@ class Adafactor(Optimizer):
                 if p.grad is None:
                     continue
                 where = f"param_groups[{gi}]['params'][{j}]"
+                wheres.append(where)
                 if torch.is_complex(p):
                     raise RuntimeError("Adafactor does not support complex parameters")
                 if p.grad.is_sparse:
@@ -134,7 +151,10 @@ class Adafactor(Optimizer):
                 counts.append(count + 1)
         if not params:
             return loss
-        new = _adafactor.step(arrays, grads, olds, rows, copy_grads=False)
+        try:
+            new = _adafactor.step(arrays, grads, olds, rows, copy_grads=False)
+        except ValueError as e:  # the native names (params[k]) as torch's
+            raise ValueError(_torch_names(str(e), wheres)) from None
         scalar = _get_scalar_dtype()
         for (p, own), a, leaf, count in zip(params, arrays, new, counts):
             if not own:
