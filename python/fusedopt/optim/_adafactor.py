@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import _core
 from . import _checks as checks
+from ._given import GivenHyper
 from ._tree import leaves_by_path
 
 HYPER = ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize")
@@ -110,7 +111,7 @@ def _int_step(value: Any) -> int:
     return int(value)
 
 
-class Adafactor:
+class Adafactor(GivenHyper):
     """Adafactor (torch.optim.Adafactor, torch 2.13) on a numpy tree of
     float32 or float64 arrays: the factored second moment (``row_var``,
     ``col_var``) for arrays of 2 or more dimensions (over the last two), the
@@ -126,6 +127,8 @@ class Adafactor:
     created at the first step. Bad input raises before anything is written.
     """
 
+    _check_hyper = staticmethod(check_hyper)
+
     def __init__(self, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: Tuple[Optional[float], float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0,
                  *, maximize: bool = False) -> None:
@@ -135,22 +138,6 @@ class Adafactor:
         self._hyper = check_hyper(self._given)
         self._count = 0
         self._state: Optional[Dict[str, LeafState]] = None
-
-    def __getattr__(self, name: str) -> Any:
-        hyper = self.__dict__.get("_hyper", {})
-        if name in hyper:
-            return hyper[name]
-        raise AttributeError(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-            return
-        if name not in self._given:
-            raise AttributeError(f"Adafactor has no hyper-parameter {name!r}")
-        given = dict(self._given, **{name: value})
-        self._hyper = check_hyper(given)
-        self._given = given
 
     @property
     def step_count(self) -> int:

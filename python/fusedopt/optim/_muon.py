@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _core
 from . import _checks as checks
+from ._given import GivenHyper
 from ._tree import leaves_by_path
 
 DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -119,7 +120,7 @@ def numpy_newton_schulz(x: np.ndarray, coefficients: Tuple[float, float, float],
     return x
 
 
-class Muon:
+class Muon(GivenHyper):
     """Muon (torch.optim.Muon, torch 2.13) on a numpy tree of 2-D float32 or
     float64 arrays: momentum, then Newton-Schulz orthogonalisation in
     bfloat16 through numpy's BLAS, then decoupled weight decay and the update
@@ -132,6 +133,8 @@ class Muon:
     first step. Bad input raises before anything is written.
     """
 
+    _check_hyper = staticmethod(check_hyper)
+
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95, nesterov: bool = True,
                  ns_coefficients: Tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS, eps: float = 1e-7,
                  ns_steps: int = 5, adjust_lr_fn: Optional[str] = None) -> None:
@@ -140,22 +143,6 @@ class Muon:
                            ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
         self._hyper = check_hyper(self._given)
         self._bufs: Optional[Dict[str, np.ndarray]] = None
-
-    def __getattr__(self, name: str) -> Any:
-        hyper = self.__dict__.get("_hyper", {})
-        if name in hyper:
-            return hyper[name]
-        raise AttributeError(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-            return
-        if name not in self._given:
-            raise AttributeError(f"Muon has no hyper-parameter {name!r}")
-        given = dict(self._given, **{name: value})
-        self._hyper = check_hyper(given)
-        self._given = given
 
     def _leaves(self, params: Any, grads: Any) -> Tuple[List[str], List[np.ndarray], List[np.ndarray]]:
         ps, gs = leaves_by_path(params), leaves_by_path(grads)

@@ -8,9 +8,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
+from ._checked_groups import CheckedGroups
 from ..optim import _adafactor
 from ._plan import check_step
 
@@ -49,7 +49,7 @@ def _torch_names(message: str, wheres: list[str]) -> str:
     return _NATIVE_NAME.sub(name, message)
 
 
-class Adafactor(Optimizer):
+class Adafactor(CheckedGroups):
     """torch.optim.Adafactor (torch 2.13): the same constructor, defaults,
     refusals, parameter groups and state (``step``, and ``row_var`` and
     ``col_var`` for parameters of 2 or more dimensions, ``variance`` for the
@@ -66,6 +66,8 @@ class Adafactor(Optimizer):
             opt.step()
     """
 
+    _check_group = staticmethod(_hyper)
+
     def __init__(self, params: Any, lr: Any = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[Optional[float], float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
                  foreach: Optional[bool] = None, maximize: bool = False) -> None:
@@ -74,14 +76,6 @@ class Adafactor(Optimizer):
                         maximize=maximize)
         _hyper(defaults)
         super().__init__(params, defaults)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        try:
-            _hyper(self.param_groups[-1])
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
