@@ -35,7 +35,7 @@ import numpy as np
 from .. import _core
 from . import _checks as checks
 from ._given import GivenHyper
-from ._tree import leaves_by_path
+from ._tree import float_leaves
 
 HYPER = ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize")
 SLOTS = ("row_var", "col_var", "variance")
@@ -145,14 +145,9 @@ class Adafactor(GivenHyper):
         return self._count
 
     def _leaves(self, params: Any, grads: Any) -> Tuple[List[str], List[np.ndarray], List[np.ndarray]]:
-        ps, gs = leaves_by_path(params), leaves_by_path(grads)
-        if list(ps) != list(gs):
-            raise ValueError(f"grads must have the parameters' structure {list(ps)}, got {list(gs)}")
+        ps, gs = float_leaves(params, grads)
         for path, p in ps.items():
             where = path or "the root"
-            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"params at {where}: expected a float32 or float64 numpy array, got "
-                                f"{getattr(p, 'dtype', type(p).__name__)}")
             if not (p.flags.c_contiguous and p.flags.writeable and p.flags.aligned):
                 raise ValueError(f"params at {where}: expected a writeable C-contiguous array")
             if p.size == 0:

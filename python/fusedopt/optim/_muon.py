@@ -33,7 +33,7 @@ import numpy as np
 from .. import _core
 from . import _checks as checks
 from ._given import GivenHyper
-from ._tree import leaves_by_path
+from ._tree import float_leaves
 
 DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 Orthogonalise = Callable[[np.ndarray, Tuple[float, float, float], int], np.ndarray]
@@ -145,13 +145,9 @@ class Muon(GivenHyper):
         self._bufs: Optional[Dict[str, np.ndarray]] = None
 
     def _leaves(self, params: Any, grads: Any) -> Tuple[List[str], List[np.ndarray], List[np.ndarray]]:
-        ps, gs = leaves_by_path(params), leaves_by_path(grads)
-        if list(ps) != list(gs):
-            raise ValueError(f"grads must have the parameters' structure {list(ps)}, got {list(gs)}")
+        ps, gs = float_leaves(params, grads)
         for path, p in ps.items():
             where = path or "the root"
-            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"params at {where}: expected a float32 or float64 numpy array, got {type(p).__name__}")
             if p.ndim != 2:
                 raise ValueError(f"params at {where}: Muon only supports 2D parameters whereas we found a "
                                  f"parameter with size: {p.shape}")

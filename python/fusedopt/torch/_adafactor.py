@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from ._checked_groups import CheckedGroups
+from ._checked_groups import CheckedGroups, group_lr
 from ..optim import _adafactor
 from ._plan import check_step
 
@@ -19,11 +19,7 @@ _FOREACH_WHY = ("fusedopt.torch.Adafactor does not take foreach=True: its native
 
 
 def _hyper(group: dict[str, Any]) -> dict[str, Any]:
-    lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        lr = lr.item()
+    lr = group_lr(group)
     if group.get("foreach"):
         raise ValueError(_FOREACH_WHY)
     return _adafactor.check_hyper({k: lr if k == "lr" else group[k] for k in _adafactor.HYPER})
@@ -106,10 +102,7 @@ class Adafactor(CheckedGroups):
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
         """One torch.optim.Adafactor step of every parameter with a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         params, arrays, grads, olds, rows, counts, wheres = [], [], [], [], [], [], []
         for gi, group in enumerate(self.param_groups):  # everything checked before anything is written
             hyper = _hyper(group)

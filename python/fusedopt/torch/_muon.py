@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ._checked_groups import CheckedGroups
+from ._checked_groups import CheckedGroups, group_lr
 from ..optim import _muon
 
 
@@ -27,11 +27,7 @@ def _newton_schulz(x: np.ndarray, coefficients: tuple[float, float, float], step
 
 
 def _hyper(group: dict[str, Any]) -> dict[str, Any]:
-    lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        lr = lr.item()
+    lr = group_lr(group)
     return _muon.check_hyper({k: lr if k == "lr" else group[k] for k in
                               ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps",
                                "adjust_lr_fn")})
@@ -72,10 +68,7 @@ class Muon(CheckedGroups):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         plans = []
         for group in self.param_groups:  # everything checked before anything is written
             hyper = _hyper(group)
