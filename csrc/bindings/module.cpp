@@ -22,4 +22,5 @@ PYBIND11_MODULE(_core, m) {
   register_muon(m);
   register_quant8(m);
   register_unchanged(m);
+  register_adafactor(m);
 }

@@ -14,4 +14,5 @@ void register_lbfgs(pybind11::module_& m);   // LBFGS's vector passes
 void register_muon(pybind11::module_& m);    // Muon's element passes
 void register_quant8(pybind11::module_& m);  // Adam8bit, AdamW8bit
 void register_unchanged(pybind11::module_& m);  // fusedopt.torch's steady-state check
+void register_adafactor(pybind11::module_& m);  // Adafactor's step
 }  // namespace fusedopt

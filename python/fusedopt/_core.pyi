@@ -307,6 +307,13 @@ def muon_combine(out: npt.NDArray[np.float32], c: npt.NDArray[np.float32], prod:
 def muon_update(params: list[_Arena], os: list[npt.NDArray[np.float32]], transposed: list[bool], decay: float,
                 neg_lr: list[float]) -> None: ...
 
+# Adafactor's step (csrc/optim/adafactor.h): every parameter in one call; hyper rows of
+# step, lr, beta2_decay, eps1, eps2, d, weight_decay, maximize.
+def adafactor_step(params: list[_Arena], grads: list[_Arena], old_rows: list[_Arena | None],
+                   old_cols: list[_Arena | None], old_vars: list[_Arena | None], new_rows: list[_Arena | None],
+                   new_cols: list[_Arena | None], new_vars: list[_Arena | None], hyper: npt.NDArray[np.float64],
+                   copy_grads: bool) -> None: ...
+
 # Adam8bit / AdamW8bit (csrc/bindings/register_quant8.cpp, docs/lowbit.md)
 def quantize_blockwise(x: Any, signed: bool, block_size: int) -> tuple[Any, Any]:
     """(codes uint8, absmax float32 per block) of a float32 array: Adam8bit's encoder."""

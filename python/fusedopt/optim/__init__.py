@@ -509,8 +509,9 @@ class Lion(Optimizer):
 # Not on the rule table: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
 from ._lbfgs_tree import LBFGS  # noqa: E402
 from ._muon import Muon  # noqa: E402
+from ._adafactor import Adafactor  # noqa: E402
 
-__all__ += ["LBFGS", "Muon"]
+__all__ += ["LBFGS", "Muon", "Adafactor"]
 
 # Adam's element math on 8-bit blockwise states of their own (docs/lowbit.md).
 from ._quant8 import Adam8bit, AdamW8bit  # noqa: E402

@@ -32,7 +32,8 @@ import numpy as np
 
 from .. import _core
 from . import _checks as checks
-from ._tree import leaves_by_path
+from ._given import GivenHyper
+from ._tree import float_leaves
 
 DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 Orthogonalise = Callable[[np.ndarray, Tuple[float, float, float], int], np.ndarray]
@@ -119,7 +120,7 @@ def numpy_newton_schulz(x: np.ndarray, coefficients: Tuple[float, float, float],
     return x
 
 
-class Muon:
+class Muon(GivenHyper):
     """Muon (torch.optim.Muon, torch 2.13) on a numpy tree of 2-D float32 or
     float64 arrays: momentum, then Newton-Schulz orthogonalisation in
     bfloat16 through numpy's BLAS, then decoupled weight decay and the update
@@ -132,6 +133,8 @@ class Muon:
     first step. Bad input raises before anything is written.
     """
 
+    _check_hyper = staticmethod(check_hyper)
+
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95, nesterov: bool = True,
                  ns_coefficients: Tuple[float, float, float] = DEFAULT_NS_COEFFICIENTS, eps: float = 1e-7,
                  ns_steps: int = 5, adjust_lr_fn: Optional[str] = None) -> None:
@@ -141,30 +144,10 @@ class Muon:
         self._hyper = check_hyper(self._given)
         self._bufs: Optional[Dict[str, np.ndarray]] = None
 
-    def __getattr__(self, name: str) -> Any:
-        hyper = self.__dict__.get("_hyper", {})
-        if name in hyper:
-            return hyper[name]
-        raise AttributeError(name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-            return
-        if name not in self._given:
-            raise AttributeError(f"Muon has no hyper-parameter {name!r}")
-        given = dict(self._given, **{name: value})
-        self._hyper = check_hyper(given)
-        self._given = given
-
     def _leaves(self, params: Any, grads: Any) -> Tuple[List[str], List[np.ndarray], List[np.ndarray]]:
-        ps, gs = leaves_by_path(params), leaves_by_path(grads)
-        if list(ps) != list(gs):
-            raise ValueError(f"grads must have the parameters' structure {list(ps)}, got {list(gs)}")
+        ps, gs = float_leaves(params, grads)
         for path, p in ps.items():
             where = path or "the root"
-            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"params at {where}: expected a float32 or float64 numpy array, got {type(p).__name__}")
             if p.ndim != 2:
                 raise ValueError(f"params at {where}: Muon only supports 2D parameters whereas we found a "
                                  f"parameter with size: {p.shape}")

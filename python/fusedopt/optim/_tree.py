@@ -2,7 +2,7 @@
 fusedopt._core.Plan spells them (``[0]``, ``['key']``, ``.field``)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +31,20 @@ def leaves_by_path(tree: Any, path: str = "") -> Dict[str, Any]:
     else:
         out[path] = tree
     return out
+
+
+def float_leaves(params: Any, grads: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The leaves of params and grads by path, refused unless the trees have one
+    structure and every parameter is a float32 or float64 numpy array (the
+    classes off the rule table: Muon, Adafactor)."""
+    ps, gs = leaves_by_path(params), leaves_by_path(grads)
+    if list(ps) != list(gs):
+        raise ValueError(f"grads must have the parameters' structure {list(ps)}, got {list(gs)}")
+    for path, p in ps.items():
+        if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
+            raise TypeError(f"params at {path or 'the root'}: expected a float32 or float64 numpy array, got "
+                            f"{getattr(p, 'dtype', type(p).__name__)}")
+    return ps, gs
 
 
 def _as_flag(value: Any, where: str) -> bool:

@@ -572,5 +572,6 @@ __all__ += ["Adam8bit", "AdamW8bit"]
 # Not on the plan/engine path: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
 from ._lbfgs import LBFGS  # noqa: E402
 from ._muon import Muon  # noqa: E402
+from ._adafactor import Adafactor  # noqa: E402
 
-__all__ += ["LBFGS", "Muon"]
+__all__ += ["LBFGS", "Muon", "Adafactor"]

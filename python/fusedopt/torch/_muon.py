@@ -7,8 +7,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from torch.optim import Optimizer
 
+from ._checked_groups import CheckedGroups, group_lr
 from ..optim import _muon
 
 
@@ -27,17 +27,13 @@ def _newton_schulz(x: np.ndarray, coefficients: tuple[float, float, float], step
 
 
 def _hyper(group: dict[str, Any]) -> dict[str, Any]:
-    lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        lr = lr.item()
+    lr = group_lr(group)
     return _muon.check_hyper({k: lr if k == "lr" else group[k] for k in
                               ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps",
                                "adjust_lr_fn")})
 
 
-class Muon(Optimizer):
+class Muon(CheckedGroups):
     """torch.optim.Muon (torch 2.13): the same constructor, defaults,
     refusals, parameter groups and ``momentum_buffer`` state (state dicts
     interchange with torch's). The Newton-Schulz products go through torch's
@@ -54,6 +50,8 @@ class Muon(Optimizer):
             opt.step()
     """
 
+    _check_group = staticmethod(_hyper)
+
     def __init__(self, params: Any, lr: Any = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_coefficients: tuple[float, float, float] = _muon.DEFAULT_NS_COEFFICIENTS,
                  eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: Optional[str] = None) -> None:
@@ -68,20 +66,9 @@ class Muon(Optimizer):
                     raise ValueError(
                         f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()}")
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        try:
-            _hyper(self.param_groups[-1])
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
-
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         plans = []
         for group in self.param_groups:  # everything checked before anything is written
             hyper = _hyper(group)

@@ -1,0 +1,88 @@
+"""Adafactor side by side: fusedopt.optim.Adafactor (numpy), fusedopt.torch.Adafactor,
+torch.optim.Adafactor with foreach=True (its fastest) and its default single-tensor loop.
+
+Run from the repository root::
+
+    python bench/bench_adafactor.py            # a few minutes
+    python bench/bench_adafactor.py --quick    # the small cases, fewer rounds
+
+Cases: one float32 matrix of 1e3 to 4e6 elements (near square), and a tree of
+1000 matrices of 10x10 ("1000x100"). Each implementation steps its own copy;
+the rounds are interleaved (every implementation once per round) and the
+median µs per step is reported with the ratio to torch's foreach. Timings are
+taken on whatever else the machine runs: give its load with the table.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import fusedopt
+import fusedopt.torch as ft
+from fusedopt import optim
+
+CASES = {"1e3": [(25, 40)], "1e4": [(100, 100)], "1e5": [(250, 400)], "1e6": [(1000, 1000)],
+         "4e6": [(2000, 2000)], "1000x100": [(10, 10)] * 1000}
+QUICK = ("1e3", "1e4", "1e5", "1000x100")
+
+
+def steppers(shapes):
+    gen = torch.Generator().manual_seed(0)
+    made = {}
+    for name in ("torch foreach", "torch single", "fusedopt.torch"):
+        ps = [torch.randn(s, generator=gen) for s in shapes]
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen)
+        if name == "fusedopt.torch":
+            opt = ft.Adafactor(ps)
+        else:
+            opt = torch.optim.Adafactor(ps, foreach=name == "torch foreach")
+        made[name] = opt.step
+    arrays = [np.asarray(np.random.default_rng(1).standard_normal(s), np.float32) for s in shapes]
+    grads = [np.asarray(np.random.default_rng(2).standard_normal(s), np.float32) for s in shapes]
+    numpy_opt = optim.Adafactor()
+    made["fusedopt.optim"] = lambda: numpy_opt.step(arrays, grads)
+    return made
+
+
+def measure(step, inner):
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        step()
+    return (time.perf_counter() - t0) / inner
+
+
+def run(case, rounds):
+    made = steppers(CASES[case])
+    for step in made.values():
+        step()  # state made
+    inner = {name: max(1, int(0.02 / max(measure(step, 1), 1e-7))) for name, step in made.items()}
+    times = {name: [] for name in made}
+    for _ in range(rounds):
+        for name, step in made.items():
+            times[name].append(measure(step, inner[name]))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=None)
+    args = ap.parse_args(argv)
+    cases = QUICK if args.quick else tuple(CASES)
+    rounds = args.rounds or (5 if args.quick else 9)
+    print(f"fusedopt {fusedopt.__version__}, torch {torch.__version__}, {fusedopt.get_num_threads()} threads, "
+          f"SIMD {fusedopt.simd_level()}, load average {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}")
+    names = ("fusedopt.optim", "fusedopt.torch", "torch foreach", "torch single")
+    print("| case | " + " | ".join(f"{n} µs" for n in names) + " | fusedopt.torch / torch foreach |")
+    print("|---" * (len(names) + 2) + "|")
+    for case in cases:
+        med = run(case, rounds)
+        cells = " | ".join(f"{med[n] * 1e6:.1f}" for n in names)
+        print(f"| {case} | {cells} | {med['torch foreach'] / med['fusedopt.torch']:.2f}x faster |")
+
+
+if __name__ == "__main__":
+    main()
