@@ -45,9 +45,8 @@ def quantize(x: np.ndarray, signed: bool, block: int):
     flat = x.ravel()
     starts = np.arange(0, flat.size, block)
     absmax = np.maximum.reduceat(np.abs(flat), starts).astype(np.float32) if flat.size else np.zeros(0, np.float32)
-    # scaled by the float32 reciprocal of the block's absmax (1 where it is not > 0)
-    inv = np.float32(1) / np.where(absmax > 0, absmax, np.float32(1))
-    q = flat * inv[block_index(flat.size, block)]
+    a = absmax[block_index(flat.size, block)]
+    q = np.divide(flat, a, out=np.zeros_like(flat), where=a > 0)
     return nearest_codes(q, signed).reshape(x.shape), absmax
 
 

@@ -43,14 +43,14 @@ def test_arithmetic_decoder_gives_the_map(signed):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_relative_error_of_the_map_is_as_documented(signed):
-    # q = x * (1 / absmax) in binade k (q in [2^-(k+1), 2^-k)) with bits(k) = max(0, M - k // 4) > 0 is
+    # q = x / absmax in binade k (q in [2^-(k+1), 2^-k)) with bits(k) = max(0, M - k // 4) > 0 is
     # within 2^-(bits+1) of its code, relative to q; a binade of one code within 1/3; below the
     # smallest code's half it is 0.
     M = 4 if signed else 5
     rng = np.random.default_rng(5)
     x = np.exp(rng.uniform(np.log(2.0 ** -40), 0, 200_000)).astype(np.float32)
     codes, absmax = _core.quantize_blockwise(x, signed, 4096)
-    q = (x * (np.float32(1) / absmax)[np.arange(x.size) // 4096]).astype(np.float64)  # the scaled value
+    q = (x / absmax[np.arange(x.size) // 4096]).astype(np.float64)
     got = ref.map_values(signed)[codes].astype(np.float64)
     k = -np.frexp(q)[1]
     bits = np.maximum(0, M - k // 4)
