@@ -3,7 +3,8 @@ settings (SIMD level, thread count) that some tests change, and hypothesis's pro
 
 Hypothesis profiles (HYPOTHESIS_PROFILE=name; CONTRIBUTING.md):
 - "deterministic" (the default, and what CI runs): examples derived from each test alone
-  (derandomize) and no example database, so a run's outcome depends only on the code;
+  (derandomize) and no example database, with hypothesis pinned in the test extra (its
+  derandomized examples change between releases), so a run's outcome depends only on the code;
 - "thorough": fresh random examples, ten times as many for every test (its own
   max_examples included), still without a database; run it before resolving an issue
   that touches kernels, trees or state."""

@@ -13,12 +13,14 @@ lines must match it line by line: the words exactly, and each number to a relati
 1e-3 (losses computed by BLAS matrix products may differ in their last digits
 from one CPU or BLAS build to another; fusedopt's own steps do not).
 """
+import ast
 import contextlib
 import importlib
 import importlib.util
 import io
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,24 @@ def blocks():
                                id=f"{path.relative_to(ROOT)}:{line}")
 
 
+# What an import needs beyond numpy: fusedopt's optional families need their extra.
+NEEDS = {"fusedopt.torch": "torch", "fusedopt.distributed": "mpi4py"}
+
+
+def imported_packages(code):
+    """The optional packages a block imports: every top-level package other than the
+    standard library, numpy and fusedopt, plus the extra each fusedopt family needs."""
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    needed = {NEEDS[n] for n in names if n in NEEDS}
+    needed |= {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"numpy", "fusedopt"}
+    return needed
+
+
 def available(name):
     try:
         return importlib.util.find_spec(name) is not None
@@ -62,6 +82,20 @@ def same_output(printed, expected):
             if not math.isclose(float(a), float(b), rel_tol=1e-3, abs_tol=1e-9):
                 return False
     return True
+
+
+@pytest.mark.parametrize("code,requires,expected", list(blocks()))
+def test_optional_imports_are_declared(code, requires, expected):
+    # An undeclared optional import fails only where the package is missing (the NumPy 1.23
+    # step runs without torch), so every block declares what it imports.
+    assert imported_packages(code) <= set(requires), \
+        f"declare <!-- requires: {', '.join(sorted(imported_packages(code)))} --> before this block"
+
+
+def test_imported_packages():
+    assert imported_packages("import torch\nimport fusedopt.torch as ft\nimport os") == {"torch"}
+    assert imported_packages("from fusedopt import distributed\nimport numpy as np") == {"mpi4py"}
+    assert imported_packages("from ml_dtypes import bfloat16\nimport fusedopt") == {"ml_dtypes"}
 
 
 def test_there_are_examples():

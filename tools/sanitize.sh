@@ -25,7 +25,7 @@ if [[ ! -x "$work/venv/bin/python" ]]; then
   "$python" -m venv "$work/venv"
 fi
 venv_py="$work/venv/bin/python"
-"$venv_py" -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=2.0" "pytest>=7" "hypothesis>=6" "ml_dtypes" "expecttest"
+"$venv_py" -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=2.0" "pytest>=7" "hypothesis==6.170.27" "ml_dtypes" "expecttest"
 # Two compile jobs: the instrumented bindings need ~0.5 GB each and the machine may be shared.
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 # --no-cache-dir: pip caches the wheel it builds from a local checkout, and a cached
