@@ -10,13 +10,20 @@ the time per step is the median over interleaved rounds (every implementation
 once per round), so a slow spell of a shared machine hits all of them alike.
 Bytes/element is the traffic of a step: parameter read and write, gradient
 read, and each moment read and written (1 byte per 8-bit code, the block
-absmax adds 8/256 per moment and step).
+absmax adds 8/256 per moment and step). "of probe" is the share of the
+bandwidth of fusedopt._core.probe (28 bytes per element, measured in each round)
+that a row's bytes per element reach.
 """
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_step  # noqa: E402  (bench/ is not a package)
 
 import fusedopt
 from fusedopt import optim
@@ -60,7 +67,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     print(f"threads {fusedopt.get_num_threads()}, SIMD {fusedopt.simd_level()}")
-    print(f"{'size':>8} {'implementation':<24} {'bytes/el':>8} {'ms/step':>9} {'GB/s':>6} {'x torch':>8}")
+    print(f"{'size':>8} {'implementation':<24} {'bytes/el':>8} {'ms/step':>9} {'GB/s':>6} {'x torch':>8} {'of probe':>8}")
     for size in args.sizes.split(","):
         n = int(float(size))
         fns = steppers(n, np.random.default_rng(0))
@@ -68,16 +75,20 @@ def main():
             fn()
             fn()
         times = {name: [] for name in fns}
+        probes = []
         for _ in range(args.rounds):
+            probes.append(bench_step.measure_probe(n, 0.2))
             for name, fn in fns.items():
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
         base = statistics.median(times["torch fused AdamW f32"]) if "torch fused AdamW f32" in times else None
+        probe_gbs = 28 * n / statistics.median(probes) / 1e9
         for name, ts in times.items():
             t = statistics.median(ts)
             ratio = f"{base / t:8.2f}" if base else "       -"
-            print(f"{size:>8} {name:<24} {BYTES[name]:8.2f} {t * 1e3:9.3f} {BYTES[name] * n / t / 1e9:6.1f} {ratio}")
+            gbs = BYTES[name] * n / t / 1e9
+            print(f"{size:>8} {name:<24} {BYTES[name]:8.2f} {t * 1e3:9.3f} {gbs:6.1f} {ratio} {gbs / probe_gbs:8.2f}")
         del fns
 
 

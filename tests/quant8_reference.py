@@ -45,8 +45,13 @@ def quantize(x: np.ndarray, signed: bool, block: int):
     flat = x.ravel()
     starts = np.arange(0, flat.size, block)
     absmax = np.maximum.reduceat(np.abs(flat), starts).astype(np.float32) if flat.size else np.zeros(0, np.float32)
-    a = absmax[block_index(flat.size, block)]
-    q = np.divide(flat, a, out=np.zeros_like(flat), where=a > 0)
+    # multiplied by the float32 reciprocal of the block's absmax (1 where it is not > 0),
+    # divided by the absmax where that reciprocal overflows
+    a = np.where(absmax > 0, absmax, np.float32(1))
+    at = block_index(flat.size, block)
+    with np.errstate(over="ignore", invalid="ignore"):  # the products of the divided blocks are discarded
+        inv = np.float32(1) / a
+        q = np.where(np.isinf(inv)[at], flat / a[at], flat * inv[at])
     return nearest_codes(q, signed).reshape(x.shape), absmax
 
 

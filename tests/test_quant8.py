@@ -43,14 +43,14 @@ def test_arithmetic_decoder_gives_the_map(signed):
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_relative_error_of_the_map_is_as_documented(signed):
-    # q = x / absmax in binade k (q in [2^-(k+1), 2^-k)) with bits(k) = max(0, M - k // 4) > 0 is
+    # q = x * (1 / absmax) in binade k (q in [2^-(k+1), 2^-k)) with bits(k) = max(0, M - k // 4) > 0 is
     # within 2^-(bits+1) of its code, relative to q; a binade of one code within 1/3; below the
     # smallest code's half it is 0.
     M = 4 if signed else 5
     rng = np.random.default_rng(5)
     x = np.exp(rng.uniform(np.log(2.0 ** -40), 0, 200_000)).astype(np.float32)
     codes, absmax = _core.quantize_blockwise(x, signed, 4096)
-    q = (x / absmax[np.arange(x.size) // 4096]).astype(np.float64)
+    q = (x * (np.float32(1) / absmax)[np.arange(x.size) // 4096]).astype(np.float64)  # the scaled value
     got = ref.map_values(signed)[codes].astype(np.float64)
     k = -np.frexp(q)[1]
     bits = np.maximum(0, M - k // 4)
@@ -102,14 +102,14 @@ def test_encoder_matches_exhaustive_search(x, block, signed, scale):
 SHAPES = [(70, 9), (37,), (5, 40)]  # with least=64: quantized, float32, quantized (a partial block)
 
 
-def _run(kind, hyper, rng, steps=4, block=64, least=64, shapes=SHAPES):
+def _run(kind, hyper, rng, steps=4, block=64, least=64, shapes=SHAPES, scales=(1e-3, 1.0, 30.0)):
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     mine = [p.copy() for p in params]
     opt = getattr(optim, kind)(lr=0.01, block_size=block, min_8bit_size=least, **hyper)
     r = ref.Reference([p.copy() for p in params], 0.01, block=block, least=least, decoupled=kind == "AdamW8bit",
                       weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, maximize=opt.maximize)
     for _ in range(steps):
-        grads = [(rng.standard_normal(s) * rng.choice([1e-3, 1.0, 30.0])).astype(np.float32) for s in shapes]
+        grads = [(rng.standard_normal(s) * rng.choice(scales)).astype(np.float32) for s in shapes]
         grads[0].flat[:5] = 0  # exact zeros: codes 0
         opt.step(mine, grads)
         r.step(params, grads)
@@ -141,6 +141,27 @@ def test_step_bits_at_every_simd_level_and_thread_count(kind, hyper, rng, restor
             first = first or mine
             for a, b in zip(mine, first):
                 _bits_equal(a, b)
+
+
+def test_block_whose_absmax_reciprocal_overflows_is_divided():
+    # absmax 2^-140: 1/absmax overflows float32, so the block is divided by it (exactly, powers
+    # of two): the codes of 1, 0, -0.5 and 2^-9. Scaled by inf, 0 would get the top code.
+    x = np.array([2.0 ** -140, 0.0, -(2.0 ** -141), 2.0 ** -149], np.float32)
+    codes, absmax = _core.quantize_blockwise(x, True, 64)
+    assert absmax[0] == np.float32(2.0 ** -140)
+    _bits_equal(codes, ref.nearest_codes(np.array([1.0, 0.0, -0.5, 2.0 ** -9], np.float32), True))
+    assert codes[1] == 0
+
+
+def test_step_bits_with_subnormal_moments(rng, restore_simd_level):
+    # gradients near 2^-130: the first moment's block absmax is subnormal (its reciprocal
+    # overflows) and the second moment underflows to 0, on the vector path of every level
+    seed = int(rng.integers(2 ** 31))
+    for level in _core.simd_levels_supported():
+        _core._set_simd_level(level)
+        mine, params, opt, r = _run("AdamW8bit", {}, np.random.default_rng(seed), scales=(2.0 ** -130,))
+        _assert_matches(mine, params, opt, r)
+        assert any(code.any() for code in opt.state_arrays()["exp_avg"])
 
 
 def test_large_tree_threaded_default_sizes(rng, restore_num_threads, restore_simd_level):

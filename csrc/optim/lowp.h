@@ -110,12 +110,23 @@ FUSEDOPT_INLINE VH narrow(VF x, VU noise) {
 
 // The generator (docs/lowbit.md gives it in full): lowbias32, a 32-bit
 // integer hash, applied twice to the 64-bit element index and the step key.
+// x >> 16 on every lane. AVX-512 shifts run on one port, shared with the
+// multiplies of the hash; a byte shuffle (the same bits) runs on another.
+FUSEDOPT_INLINE VU shr16(VU x) {
+#if defined(__AVX512BW__)
+  const __m512i moves = _mm512_set4_epi32(int(0x80800F0E), int(0x80800B0A), int(0x80800706), int(0x80800302));
+  return (VU)_mm512_shuffle_epi8((__m512i)x, moves);
+#else
+  return x >> 16;
+#endif
+}
+
 FUSEDOPT_INLINE VU lowbias32(VU x) {
-  x ^= x >> 16;
+  x ^= shr16(x);
   x *= 0x7FEB352Du;
   x ^= x >> 15;
   x *= 0x846CA68Bu;
-  x ^= x >> 16;
+  x ^= shr16(x);
   return x;
 }
 

@@ -81,10 +81,8 @@ void quant8_encode(const float* x, std::size_t n, std::size_t block, bool is_sig
     const std::size_t e = b0 + block < n ? b0 + block : n;
     float a = 0.0f;
     for (std::size_t i = b0; i < e; ++i) a = quant8_max(a, std::fabs(x[i]));
-    for (std::size_t i = b0; i < e; ++i) {
-      const float q = a > 0.0f ? x[i] / a : 0.0f;
-      codes[i] = is_signed ? quant8_signed(q) : quant8_unsigned(q);
-    }
+    const Quant8Scale scale(a);
+    for (std::size_t i = b0; i < e; ++i) codes[i] = is_signed ? quant8_signed(scale(x[i])) : quant8_unsigned(scale(x[i]));
     absmax[blk] = a;
   }
 }

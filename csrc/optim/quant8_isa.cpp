@@ -40,50 +40,128 @@ FUSEDOPT_INLINE V max_or_nan(V m, V a) {
   return (a > m) | (a != a) ? a : m;
 }
 
-// The largest |x[i]| (abs) or x[i], NaN if any is NaN, over native vectors
-// then lanes; max is exact, so the lane count does not change the result.
-inline float block_max(const float* x, std::size_t n, bool abs) {
-  using V = Vec<float>::type;
-  typedef std::int32_t IV __attribute__((vector_size(kVecBytes)));
-  constexpr std::size_t L = Vec<float>::lanes;
-  V acc = V{} + 0.0f;
-  std::size_t i = 0;
-  for (; i + L <= n; i += L) {
-    V a = load<V>(x + i);
-    if (abs) a = reinterpret_cast<V>(reinterpret_cast<IV>(a) & 0x7fffffff);  // fabs, NaNs included
-    acc = max_or_nan(acc, a);
+using VF = Vec<float>::type;
+typedef std::uint32_t VU __attribute__((vector_size(kVecBytes)));
+typedef std::int32_t VI __attribute__((vector_size(kVecBytes)));
+typedef std::uint8_t VB __attribute__((vector_size(kVecBytes / 4)));
+constexpr std::size_t L = Vec<float>::lanes;
+
+// The value of every code (quant8_map.h's arithmetic decoder, once per process): a
+// decode is one table read per lane, the same floats at every level.
+struct Quant8Values {
+  alignas(64) float m[256], v[256];
+  Quant8Values() {
+    for (unsigned c = 0; c < 256; ++c) {
+      m[c] = quant8_signed_value(static_cast<std::uint8_t>(c));
+      v[c] = quant8_unsigned_value(static_cast<std::uint8_t>(c));
+    }
   }
-  float out = 0.0f;
-  for (std::size_t j = 0; j < L; ++j) out = max_or_nan(out, acc[j]);
-  for (; i < n; ++i) out = max_or_nan(out, abs ? std::fabs(x[i]) : x[i]);
+};
+
+FUSEDOPT_INLINE VF decode(const float* table, const std::uint8_t* codes) {
+#if defined(__AVX512F__)
+  const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+  return (VF)_mm512_i32gather_ps(idx, table, 4);
+#elif defined(__AVX2__)
+  const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
+  return (VF)_mm256_i32gather_ps(table, idx, 4);
+#else
+  const VI idx = __builtin_convertvector(load<VB>(codes), VI);
+  VF out;
+  for (std::size_t k = 0; k < L; ++k) out[k] = table[idx[k]];
   return out;
+#endif
+}
+
+// Codes of x / absmax, as quant8_signed / quant8_unsigned on each lane.
+FUSEDOPT_INLINE VB encode_signed(VF q) {
+  const VU u = (VU)q;
+  const VU i = quant8_index_of_bits<VU, VI>(u, kQuant8SignedBits);
+  return __builtin_convertvector(i == 0u ? i : i | ((u >> 31) << 7), VB);
+}
+FUSEDOPT_INLINE VB encode_unsigned(VF q) {
+  return __builtin_convertvector(quant8_index_of_bits<VU, VI>((VU)q, kQuant8UnsignedBits), VB);
+}
+
+// adam_element on a vector of lanes (the same operations in the same order).
+template <Quant8Decay D>
+FUSEDOPT_INLINE VF adam_lanes(VF g, VF p, VF& m, VF& v, const Quant8Scalars& c) {
+  g = g * c.gscale;
+  if (D == Quant8Decay::L2) g = g + c.wd * p;
+  if (D == Quant8Decay::DECOUPLED) p = p * c.decay;
+  const VF diff = g - m;
+  m = c.lerp_small ? m + c.lerp_w * diff : g - diff * c.lerp_omw;
+  v = (v * c.b2) + ((c.omb2 * g) * g);
+  const VF den = (vsqrt(v) / c.bc2_sqrt) + c.eps;
+  return p + (c.neg_lr * m) / den;
+}
+
+// One block of n <= kMaxBlock elements at g, p and the codes mc, vc, whose
+// absmax are ma, va: decoded, stepped and the new moments kept on the stack,
+// then encoded with the new absmax. n is a whole number of vectors.
+template <Quant8Decay D>
+FUSEDOPT_INLINE void step_block(const float* g, float* p, std::uint8_t* mc, std::uint8_t* vc, float& ma, float& va,
+                                std::size_t n, const Quant8Scalars& c, const Quant8Values& t) {
+  alignas(64) float m[kMaxBlock], v[kMaxBlock];
+  VF am = VF{} + 0.0f, av = VF{} + 0.0f;
+  const float old_ma = ma, old_va = va;
+  for (std::size_t i = 0; i < n; i += L) {
+    VF mi = decode(t.m, mc + i) * old_ma, vi = decode(t.v, vc + i) * old_va;
+    store(p + i, adam_lanes<D>(load<VF>(g + i), load<VF>(p + i), mi, vi, c));
+    store(m + i, mi);
+    store(v + i, vi);
+    am = max_or_nan(am, (VF)((VI)mi & 0x7fffffff));  // fabs, NaNs included
+    av = max_or_nan(av, vi);
+  }
+  float a = 0.0f, b = 0.0f;
+  for (std::size_t j = 0; j < L; ++j) {
+    a = max_or_nan(a, am[j]);
+    b = max_or_nan(b, av[j]);
+  }
+  const Quant8Scale sm(a), sv(b);
+  if (!sm.divide && !sv.divide) {
+    for (std::size_t i = 0; i < n; i += L) {
+      store(mc + i, encode_signed(load<VF>(m + i) * sm.by));
+      store(vc + i, encode_unsigned(load<VF>(v + i) * sv.by));
+    }
+  } else {  // an absmax below 2^-128
+    for (std::size_t i = 0; i < n; i += L) {
+      store(mc + i, encode_signed(sm(load<VF>(m + i))));
+      store(vc + i, encode_unsigned(sv(load<VF>(v + i))));
+    }
+  }
+  ma = a;
+  va = b;
 }
 
 template <Quant8Decay D>
 void quantized_span(const Quant8Span& s, std::size_t block, const Quant8Scalars& c) {
+  static const Quant8Values table;
   const Quant8Leaf& l = s.leaf;
-  alignas(64) float m[kMaxBlock], v[kMaxBlock];
   for (std::size_t b0 = s.begin; b0 < s.end; b0 += block) {
     const std::size_t n = std::min(block, s.end - b0), blk = b0 / block;
-    const float old_ma = l.ma[blk], old_va = l.va[blk];
-    const std::uint8_t* mc = l.mc + b0;
-    const std::uint8_t* vc = l.vc + b0;
-    for (std::size_t i = 0; i < n; ++i) {
-      m[i] = quant8_signed_value(mc[i]) * old_ma;
-      v[i] = quant8_unsigned_value(vc[i]) * old_va;
+    const std::size_t whole = n / L * L;
+    if (whole == n) {
+      step_block<D>(l.g + b0, l.p + b0, l.mc + b0, l.vc + b0, l.ma[blk], l.va[blk], n, c, table);
+      continue;
     }
-    for (std::size_t i = 0; i < n; ++i) adam_element<D>(l.g + b0, l.p + b0, m[i], v[i], i, c);
-    const float am = block_max(m, n, true), av = block_max(v, n, false);
-    std::uint8_t* mo = l.mc + b0;
-    std::uint8_t* vo = l.vc + b0;
-    // An absmax of 0 means every value is 0 (or -0): divided by 1 they stay 0.
-    const float dm = am > 0.0f ? am : 1.0f, dv = av > 0.0f ? av : 1.0f;
-    for (std::size_t i = 0; i < n; ++i) {
-      mo[i] = quant8_signed(m[i] / dm);
-      vo[i] = quant8_unsigned(v[i] / dv);
-    }
-    l.ma[blk] = am;
-    l.va[blk] = av;
+    // A leaf's last block, shorter than whole vectors: stepped on a zero-padded copy
+    // (padding codes 0 and gradients 0 give moments 0, which leave the absmax as it is).
+    alignas(64) float g[kMaxBlock], p[kMaxBlock];
+    alignas(64) std::uint8_t mc[kMaxBlock], vc[kMaxBlock];
+    const std::size_t padded = whole + L;
+    std::fill(g + whole, g + padded, 0.0f);
+    std::fill(p + whole, p + padded, 0.0f);
+    std::fill(mc + whole, mc + padded, 0);
+    std::fill(vc + whole, vc + padded, 0);
+    std::copy(l.g + b0, l.g + b0 + n, g);
+    std::copy(l.p + b0, l.p + b0 + n, p);
+    std::copy(l.mc + b0, l.mc + b0 + n, mc);
+    std::copy(l.vc + b0, l.vc + b0 + n, vc);
+    step_block<D>(g, p, mc, vc, l.ma[blk], l.va[blk], padded, c, table);
+    std::copy(p, p + n, l.p + b0);
+    std::copy(mc, mc + n, l.mc + b0);
+    std::copy(vc, vc + n, l.vc + b0);
   }
 }
 

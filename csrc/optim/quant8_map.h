@@ -18,26 +18,31 @@ constexpr int quant8_binades(int M) { return 4 * M + 6; }
 // Index of the magnitude 1.0, the largest.
 constexpr std::uint32_t quant8_top(int M) { return (1u << (M + 3)) - 1u; }
 
-// Magnitude index (0 .. quant8_top(M)) of the code nearest |x| for |x| <= 1;
-// NaN and |x| > 1 give the top index. Branch-free (selects), so loops of it vectorise.
+// Magnitude index (0 .. quant8_top(M)) of the code nearest |x| for |x| <= 1,
+// from x's bits u; NaN and |x| > 1 give the top index. U and I are uint32_t
+// and int32_t, or vectors of them (GCC vector extensions: the ISA kernels run
+// it on whole vectors), so every level computes the same integers.
+template <class U, class I>
+inline U quant8_index_of_bits(U u, int M) {
+  u &= 0x7fffffffu;
+  const I K = I{} + quant8_binades(M);
+  const I k = (I{} + 126) - (I)(u >> 23);  // x in [2^-(k+1), 2^-k)
+  const U frac = u & 0x7fffffu;
+  const I kc = k < 0 ? I{} : (k > K - 1 ? K - 1 : k);
+  const I g = kc >> 2, j = kc & 3;
+  const I bits = g < M ? (I{} + M) - g : I{};
+  const U base = g < M ? ((U)((I{} + 7) - j) << (U)bits) - 1u : (U)(K - kc);
+  const U s = (U)((I{} + 23) - bits);
+  const U idx = base + ((frac + ((U{} + 1u) << (s - 1u)) - 1u) >> s);  // ties toward zero
+  const U top = U{} + quant8_top(M);
+  const U below = (k == K) & (frac != 0u) ? U{} + 1u : U{};  // 0 or the smallest code 2^-K (tie: 0)
+  return k >= K ? below : (k < 0 ? top : idx);
+}
+
 inline std::uint32_t quant8_index(float x, int M) {
   std::uint32_t u;
   std::memcpy(&u, &x, sizeof u);
-  u &= 0x7fffffffu;
-  const std::int32_t K = quant8_binades(M);
-  const std::int32_t k = 126 - static_cast<std::int32_t>(u >> 23);  // x in [2^-(k+1), 2^-k)
-  const std::uint32_t frac = u & 0x7fffffu;
-  const std::int32_t kc = k < 0 ? 0 : (k > K - 1 ? K - 1 : k);
-  const std::int32_t g = kc >> 2, j = kc & 3;
-  const bool fine = g < M;
-  const std::int32_t bits = fine ? M - g : 0;
-  const std::uint32_t base = fine ? (static_cast<std::uint32_t>(7 - j) << static_cast<std::uint32_t>(fine ? M - g : 0)) - 1u
-                                  : static_cast<std::uint32_t>(K - kc);
-  const std::uint32_t s = static_cast<std::uint32_t>(23 - bits);
-  std::uint32_t idx = base + ((frac + (1u << (s - 1u)) - 1u) >> s);  // ties toward zero
-  idx = k < 0 ? quant8_top(M) : idx;
-  const std::uint32_t below = (k == K && frac != 0) ? 1u : 0u;  // 0 or the smallest code 2^-K (tie: 0)
-  return k >= K ? below : idx;
+  return quant8_index_of_bits<std::uint32_t, std::int32_t>(u, M);
 }
 
 // The signed code of x: sign bit 7 (never set on the code 0), magnitude below.
@@ -78,6 +83,23 @@ inline float quant8_signed_value(std::uint8_t code) {
   return (code & 128u) && i != 0u ? -m : m;
 }
 inline float quant8_unsigned_value(std::uint8_t code) { return quant8_magnitude(code, kQuant8UnsignedBits); }
+
+// How a block's values are scaled before encoding: multiplied by the float32
+// reciprocal of the absmax (bitsandbytes' scaling), or divided by the absmax
+// where that reciprocal overflows (an absmax below 2^-128: 0 * inf would be NaN,
+// the top code). An absmax of 0 (or NaN) scales by 1: the values stay as they are.
+struct Quant8Scale {
+  float by;     // the factor, or the divisor where divide is set
+  bool divide;
+  explicit Quant8Scale(float absmax) {
+    const float a = absmax > 0.0f ? absmax : 1.0f;
+    const float r = 1.0f / a;
+    divide = r > 3.402823466e38f;  // +inf
+    by = divide ? a : r;
+  }
+  template <class V>
+  V operator()(V x) const { return divide ? x / by : x * by; }
+};
 
 // NaN-propagating maximum (torch.max): a block's absmax.
 inline float quant8_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
