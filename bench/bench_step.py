@@ -7,7 +7,8 @@ Run from the repository root::
 
 For ADAM, RMSProp, Momentum and Gradient, and the optim family (fusedopt.optim:
 optim.Adam, optim.AdamW, optim.SGD, optim.RMSprop, optim.Adagrad, optim.Lion,
-optim.NAdam, optim.RAdam, optim.Adamax, optim.Adadelta, optim.ASGD, optim.Rprop;
+optim.NAdam, optim.RAdam, optim.Adamax, optim.Adadelta, optim.ASGD, optim.Rprop,
+optim.Adafactor;
 peers_optim.py), at each size, in one process and in
 float32, every implementation of peers.py takes steps on its own copy of the
 same parameters and gradients; the time per step is the median over repeats
@@ -49,7 +50,7 @@ TARGET_US_TREE = 500.0         # microseconds per step for the many-leaf trees:
 TARGET_TREES = {(200, 200 * 4096), (1000, 1000 * 100)}  # (leaves, elements)
 # Issue 25's classes: at least this speed-up over torch's best row at 1000 x 100.
 TARGET_TORCH_X_1000X100 = 10.0
-ISSUE25 = tuple(f"optim.{c}" for c in ("NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop"))
+ISSUE25 = tuple(f"optim.{c}" for c in ("NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "Adafactor"))
 
 # Settings of the OpenMP runtime (shared by fusedopt, torch and DeepSpeed) that change timings.
 OPENMP_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "OMP_PLACES",

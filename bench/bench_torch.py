@@ -31,7 +31,7 @@ column header says which. Results: a table on stdout and
 bench/results/bench_torch.json (or --out), with the issues' targets checked for
 fusedopt.torch: at least torch's reference speed at every case, >= 10x at
 1000x100, >= 2x at 200x4096 (Adam, AdamW, SGD, Adagrad, RMSprop, Lion), and
-for NAdam, RAdam, Adamax, Adadelta, ASGD and Rprop (issue 25) ahead of every
+for NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop and Adafactor (issue 25) ahead of every
 peer row at every case.
 """
 import argparse
@@ -57,11 +57,11 @@ import fusedopt  # noqa: E402
 DEFAULT_CASES = "mlp,1000x100,200x4096,1e3,1e6,6.4e7"
 QUICK_CASES = "mlp,1000x100,200x4096,1e3,1e6"
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "Adagrad", "RMSprop", "Lion",
-              "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop")
+              "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "Adafactor")
 # Speed-up of fusedopt.torch over torch's reference the issues ask for (default: at least 1x);
 # issue 25's classes (torch has no fused kernel for them): >= 10x at 1000x100.
 TARGETS = {"1000x100": 10.0, "200x4096": 2.0}
-ISSUE25 = {"NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop"}
+ISSUE25 = {"NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "Adafactor"}
 TARGETS_ISSUE25 = {"1000x100": 10.0}
 # The torch row the others are compared with: fused where torch has it for the class, else foreach.
 TORCH_REFERENCES = ("torch_fused", "torch_foreach")

@@ -27,20 +27,23 @@ HYPER = {  # written out, so that the NumPy rules (numpy_optim.py) read the same
     "optim.Adadelta": {"rho": 0.9, "eps": 1e-6},
     "optim.ASGD": {"lambd": 1e-4, "alpha": 0.75, "t0": 1e6},
     "optim.Rprop": {"etas": (0.5, 1.2), "step_sizes": (1e-6, 50)},
+    "optim.Adafactor": {"beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0},
 }
 # Least bytes per float32 element of an in-place step (arrays read + written, 4 bytes each):
 # - 28 (7 arrays): read g, p and two state arrays, write p and both: Adam(W), NAdam, RAdam
 #   (m, v), Adamax (m, exp_inf), Adadelta (square_avg, acc_delta), Rprop (step_size, prev);
 # - 20 (5 arrays): read g, p, one state array, write p and it: SGD, RMSprop, Adagrad, Lion;
 # - 16 (4 arrays): ASGD at HYPER's t0 (mu = 1 until step t0): read g, p, write p and ax = p
-#   (ax is read too once mu != 1: 20).
+#   (ax is read too once mu != 1: 20);
+# - 40: Adafactor on vectors (the cases here), three passes as docs/optim.md gives them: g, p and
+#   variance read, variance written (16); g and variance read (8); g, p, variance read, p written (16).
 BYTES = {"optim.Adam": 28, "optim.AdamW": 28, "optim.SGD": 20, "optim.RMSprop": 20, "optim.Adagrad": 20,
          "optim.Lion": 20, "optim.NAdam": 28, "optim.RAdam": 28, "optim.Adamax": 28, "optim.Adadelta": 28,
-         "optim.ASGD": 16, "optim.Rprop": 28}
+         "optim.ASGD": 16, "optim.Rprop": 28, "optim.Adafactor": 40}
 
 # After the tables: peers imports this module at its end and reads them, whichever is imported first.
 import peers  # noqa: E402
-from numpy_optim import NumpyOptim  # noqa: E402
+from numpy_optim import RULES, NumpyOptim  # noqa: E402
 from peers import Implementation, Skip  # noqa: E402
 
 
@@ -55,6 +58,8 @@ def make_fusedopt(name, params, grads):
 
 
 def make_numpy(name, params, grads):
+    if _cls(name) not in RULES:
+        raise Skip(f"numpy_optim.py has element-wise rules only, not {_cls(name)}'s factored step")
     return functools.partial(NumpyOptim(_cls(name), HYPER[name], LR).step, params, grads)
 
 
