@@ -4,7 +4,9 @@ on float32 and bfloat16, and fusedopt.optim on float32; and master weights
 (``master_weights=True``: a float32 master and float32 moments per bfloat16
 parameter, the parameter written from the master in the same pass) against a
 float32 step followed by a separate conversion pass into the bfloat16 parameter
-(NumPy's ``astype``-style cast, one thread; and torch's ``copy_``, threaded).
+(NumPy's ``astype``-style cast, one thread; and torch's ``copy_``, threaded); and,
+where they are installed, the peers: DeepSpeed's CPU Adam on bfloat16 parameters
+with float32 or bfloat16 moments, and torchao's ``_AdamW(bf16_stochastic_round=True)``.
 
 Run from the repository root::
 
@@ -35,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402  (bench/ is not a package)
+import peers  # noqa: E402
 
 import fusedopt  # noqa: E402
 from fusedopt import optim  # noqa: E402
@@ -79,6 +82,39 @@ def separate_pass_row(torch, n, rng, how):
     return step
 
 
+def _bf16_pair(torch, n, rng):
+    p = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(n, dtype=np.float32)).to(torch.bfloat16))
+    p.grad = torch.from_numpy(rng.standard_normal(n, dtype=np.float32)).to(torch.bfloat16)
+    return p
+
+
+def deepspeed_row(torch, n, rng, fp32_state):
+    """DeepSpeed's CPU Adam (adamw_mode) on a bfloat16 parameter, its moments in float32 or in
+    bfloat16 (``fp32_optimizer_states``), rounded to nearest."""
+    cls = peers.deepspeed_adam()  # Skip when DeepSpeed or its op is unavailable
+    opt = cls([_bf16_pair(torch, n, rng)], adamw_mode=True, fp32_optimizer_states=fp32_state, **HYPER)
+    return opt.step
+
+
+def torchao_row(torch, n, rng):
+    """torchao's AdamW with the bfloat16 parameter rounded stochastically (its step is
+    torch.compile'd: the first call, untimed, compiles it)."""
+    try:
+        from torchao.optim import _AdamW
+    except ImportError as e:
+        raise peers.Skip(f"torchao is not installed (pip install --no-deps torchao): {e}") from None
+    opt = _AdamW([_bf16_pair(torch, n, rng)], bf16_stochastic_round=True, **HYPER)
+    return opt.step
+
+
+def peer_rows(torch, n, rng):
+    """The optional peers (name, bytes per element, make); a row whose peer is missing is
+    reported as skipped."""
+    return [("DeepSpeed CPU AdamW bf16, f32 state", 22, lambda: deepspeed_row(torch, n, rng, True)),
+            ("DeepSpeed CPU AdamW bf16, bf16 state", 14, lambda: deepspeed_row(torch, n, rng, False)),
+            ("torchao _AdamW bf16, stochastic", 14, lambda: torchao_row(torch, n, rng))]
+
+
 def rows(torch, n, rng):
     """(name, bytes per element, step)."""
     out = [("torch fused AdamW float32", 28, torch_row(torch, n, torch.float32, rng)),
@@ -92,6 +128,11 @@ def rows(torch, n, rng):
             fusedopt_row(n, BF16, rng, master_weights=True, stochastic_rounding=True, seed=1)),
            ("master: f32 AdamW + numpy cast to bf16", 34, separate_pass_row(torch, n, rng, "numpy")),
            ("master: f32 AdamW + torch copy_ to bf16", 34, separate_pass_row(torch, n, rng, "torch"))]
+    for name, nbytes, make in peer_rows(torch, n, rng):
+        try:
+            out.append((name, nbytes, make()))
+        except peers.Skip as e:
+            print(f"{name}: skipped: {e}")
     return out
 
 
