@@ -207,3 +207,52 @@ def test_a_bool_setting_given_an_equal_int_is_refused():
     opt.param_groups[0]["amsgrad"] = 0
     with pytest.raises(TypeError, match="amsgrad"):
         opt.step()
+
+
+# -- a new plain lr every step (a scheduler's) stays on the steady-state path ---------------
+
+@pytest.fixture
+def full_checks(monkeypatch):
+    """Counts the full path's hyper-parameter checks (the steady-state path makes none)."""
+    import fusedopt.torch as module
+    calls = []
+    real = module.check_hyper
+    monkeypatch.setattr(module, "check_hyper", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    return calls
+
+
+def test_a_schedulers_lr_is_taken_without_the_full_check(full_checks):
+    ref, ref_params, ours, our_params = make_pair()
+    scheds = [torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.7) for opt in (ref, ours)]
+    before = len(full_checks)
+    for k in range(3, 8):
+        for opt, params, sched in ((ref, ref_params, scheds[0]), (ours, our_params, scheds[1])):
+            kept_train(opt, params, 1, k)
+            sched.step()
+    assert len(full_checks) == before  # every lr taken on the steady-state path
+    assert_same(ref, ref_params, ours, our_params)
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf")])
+def test_a_bad_plain_lr_is_refused_and_no_group_is_stepped(lr):
+    params = tc.make_params(torch.float64)
+    opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:]}], **CONFIG)
+    kept_train(opt, params, 2)
+    opt.param_groups[0]["lr"] = 0.01  # a valid change in the first group
+    opt.param_groups[1]["lr"] = lr
+    snapshot = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr'\]: Invalid learning rate"):
+        opt.step()
+    for a, b in zip(params, snapshot):
+        assert torch.equal(a.detach(), b)
+
+
+def test_an_lr_taken_on_the_steady_state_path_is_not_lost_by_a_full_check():
+    # lr 0.5 taken on the steady-state path, then back to the first value in a step that
+    # takes the full path (a new .grad object): the engines must step with the first value again
+    def change(opt, params):
+        opt.param_groups[0]["lr"] = 0.5
+        kept_train(opt, params, 1, 10)
+        opt.param_groups[0]["lr"] = CONFIG["lr"]
+        params[0].grad = params[0].grad.clone()
+    both(make_pair(), change)

@@ -20,6 +20,7 @@ into new arenas); ``run`` commits. Imports torch: only fusedopt.torch uses it.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any, Iterator, MutableMapping, Sequence
@@ -281,6 +282,7 @@ class GroupPlan:
         self.raw: tuple[Any, ...] | None = None  # the group's values as last taken, when all plain (remember)
         self.raw_types: list[type] = []
         self.running = False  # between the start of run() and its commit's end
+        self.new_lr: float | int | None = None  # a plain lr unchanged() accepted, for run() to take
         self.ptrs = ptrs
         self.grad_ids = list(map(id, grads))
         self.grads: list[Any] | None = grads  # held, so that no other tensor can take a held one's id
@@ -292,6 +294,11 @@ class GroupPlan:
         self.written: list[np.ndarray] = []
         self.written_names: list[tuple[tuple[int, int], str]] = []
         position = {id(p): i for i, p in enumerate(params)}
+        # per parameter of the group: its bucket's index and its array there (None: no gradient)
+        self.places: list[tuple[int, np.ndarray] | None] = [None] * len(params)
+        for b, bucket in enumerate(self.buckets):
+            for p, a in zip(bucket.params, bucket.arrays):
+                self.places[position[id(p)]] = (b, a)
         for bucket in self.buckets:
             views = {slot: bucket.engine.views(slot) for slot in bucket.slots}
             for j, p in enumerate(bucket.params):
@@ -328,28 +335,51 @@ class GroupPlan:
         if self.raw is None or self.running or not self.grads_checked or \
                 self.state_id != (id(state), changes()):
             return False
+        new_lr = None
         try:  # a value now a tensor compares as its value (equal: the same step) or raises
             values = self._hyper_of(group)
             if not (values == self.raw and list(map(type, values)) == self.raw_types):
-                return False
+                # a scheduler's new plain lr (spec.hyper[0]) is all that may differ; it is checked as
+                # check_hyper checks it and given to the engines by run()
+                lr, kind = values[0], type(values[0])
+                if not (values[1:] == self.raw[1:] and list(map(type, values[1:])) == self.raw_types[1:]
+                        and (kind is float or kind is int) and 0.0 <= lr < math.inf):
+                    return False
+                new_lr = lr
         except Exception:  # a key removed, a tensor of many elements: the full check says what
             return False
-        return _core.same_grads_and_memory(group["params"], self.grads, self.ptrs) and self.current()
+        if not (_core.same_grads_and_memory(group["params"], self.grads, self.ptrs) and self.current()):
+            return False
+        self.new_lr = new_lr
+        return True
+
+    def take_lr(self) -> None:
+        """Give the engines the lr that unchanged() accepted; then remember it (a step
+        interrupted before that takes it again)."""
+        lr = self.new_lr
+        for bucket in self.buckets:
+            bucket.engine.opt.lr = float(lr)
+        self.hyper = (lr,) + self.hyper[1:]
+        self.raw = (lr,) + self.raw[1:]
+        self.raw_types = [type(lr)] + self.raw_types[1:]
+        self.new_lr = None
 
     def refresh_grads(self, spec: Spec, index: int, group: dict[str, Any], grads: list[Any]) -> None:
         """New gradient tensors in the same places: check them and rebuild only their arrays."""
-        where = f"param_groups[{index}]['params']"
-        params = group["params"]
         fresh: list[list[np.ndarray]] = [[] for _ in self.buckets]
-        bucket_of = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket.params}
-        strided = torch.strided
-        for i, (p, g) in enumerate(zip(params, grads)):  # in order: each bucket lists its parameters in order
-            if g is not None:
-                # the parameter passed check_pair when planned; a quick look at the
-                # new gradient, and check_pair's message when something is off
-                if not (g.dtype == p.dtype and g.is_cpu and g.layout == strided and g.shape == p.shape):
-                    check_pair(spec, f"{where}[{i}]", p, g)
-                fresh[bucket_of[id(p)]].append(array_of(g))
+        for i, (g, place) in enumerate(zip(grads, self.places)):  # in order: each bucket lists its parameters in order
+            if place is None:
+                continue
+            bucket, like = place
+            try:  # converts only a CPU strided tensor without autograd history, of a NumPy dtype
+                a = g.numpy()
+            except (RuntimeError, TypeError):
+                a = None
+            if a is None or a.dtype != like.dtype or a.shape != like.shape:
+                # the parameter passed check_pair when planned: its message when something is off
+                check_pair(spec, f"param_groups[{index}]['params'][{i}]", group["params"][i], g)
+                a = array_of(g)
+            fresh[bucket].append(a)
         for bucket, arrays in zip(self.buckets, fresh):
             bucket.grads = arrays
         self.grad_ids = list(map(id, grads))
@@ -386,6 +416,8 @@ class GroupPlan:
             bucket.finish(state)
 
     def run(self, state: MutableMapping[Any, Any]) -> None:
+        if self.new_lr is not None:
+            self.take_lr()
         self.running = True
         for bucket in self.buckets:
             bucket.run(state)
