@@ -8,16 +8,21 @@ Run from the repository root::
 
 Cases: one float32 matrix of 1e3 to 4e6 elements (near square), and a tree of
 1000 matrices of 10x10 ("1000x100"). Each implementation steps its own copy;
-the rounds are interleaved (every implementation once per round) and the
-median µs per step is reported with the ratio to torch's foreach. Timings are
+the time per step is bench_step.measure's median (after warm-up), then the
+median over interleaved rounds (every implementation once per round), reported with the ratio to torch's foreach. Timings are
 taken on whatever else the machine runs: give its load with the table.
 """
 import argparse
+import os
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_step  # noqa: E402  (bench/ is not a package)
 
 import fusedopt
 import fusedopt.torch as ft
@@ -47,22 +52,12 @@ def steppers(shapes):
     return made
 
 
-def measure(step, inner):
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        step()
-    return (time.perf_counter() - t0) / inner
-
-
-def run(case, rounds):
+def run(case, rounds, budget):
     made = steppers(CASES[case])
-    for step in made.values():
-        step()  # state made
-    inner = {name: max(1, int(0.02 / max(measure(step, 1), 1e-7))) for name, step in made.items()}
     times = {name: [] for name in made}
     for _ in range(rounds):
         for name, step in made.items():
-            times[name].append(measure(step, inner[name]))
+            times[name].append(bench_step.measure(step, budget, 50)[0])
     return {name: statistics.median(v) for name, v in times.items()}
 
 
@@ -70,16 +65,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--budget", type=float, default=0.1, help="seconds per measurement")
     args = ap.parse_args(argv)
     cases = QUICK if args.quick else tuple(CASES)
     rounds = args.rounds or (5 if args.quick else 9)
     print(f"fusedopt {fusedopt.__version__}, torch {torch.__version__}, {fusedopt.get_num_threads()} threads, "
-          f"SIMD {fusedopt.simd_level()}, load average {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}")
+          f"SIMD {fusedopt.simd_level()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     names = ("fusedopt.optim", "fusedopt.torch", "torch foreach", "torch single")
     print("| case | " + " | ".join(f"{n} µs" for n in names) + " | fusedopt.torch / torch foreach |")
     print("|---" * (len(names) + 2) + "|")
     for case in cases:
-        med = run(case, rounds)
+        med = run(case, rounds, args.budget)
         cells = " | ".join(f"{med[n] * 1e6:.1f}" for n in names)
         print(f"| {case} | {cells} | {med['torch foreach'] / med['fusedopt.torch']:.2f}x faster |")
 
