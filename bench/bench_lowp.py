@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402  (bench/ is not a package)
 import peers  # noqa: E402
+import plot_lowp  # noqa: E402
 
 import fusedopt  # noqa: E402
 from fusedopt import optim  # noqa: E402
@@ -178,8 +179,9 @@ def main():
                   f"{gbs / probe_gbs:>8.2f}")
         del table
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "simd": fusedopt.simd_level(), "rounds": rounds,
-                                    "results": results}, indent=1))
+    report = {"threads": args.threads, "simd": fusedopt.simd_level(), "rounds": rounds, "results": results}
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}; plot: {plot_lowp.plot(report, args.out.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":
