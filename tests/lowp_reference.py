@@ -28,6 +28,26 @@ def assert_bits(mine, ref):
         np.testing.assert_array_equal(bits_of(a), bits_of(b))
 
 
+# Parity with torch's fused CPU kernels on 16-bit parameters (round to nearest; the
+# operation orders differ): at most `ulps` spacings apart everywhere, and at most a `share`
+# of the elements with other bits, per optimizer.
+TORCH_FUSED_TOLERANCE = {"AdamW": (0.002, 1), "Adam": (0.002, 1), "Adagrad": (0.02, 16)}
+
+
+def assert_near_torch_fused(name, pairs):
+    """Each (what, ours, torch's) pair of 16-bit NumPy arrays within TORCH_FUSED_TOLERANCE[name]."""
+    share, ulps = TORCH_FUSED_TOLERANCE[name]
+    different = total = 0
+    for what, a, b in pairs:
+        assert a.dtype == b.dtype and a.dtype.itemsize == 2, what
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        ulp = np.spacing(np.abs(b)).astype(np.float64)
+        assert np.all(np.abs(a64 - b64) <= ulps * ulp + 1e-8), f"{what}: {np.max(np.abs(a64 - b64) / ulp)} ulps"
+        different += int(np.sum(a.view(np.uint16) != b.view(np.uint16)))
+        total += a.size
+    assert different <= share * total, f"{different} of {total} elements differ"
+
+
 def levels_and_thread_counts():
     """Sets every supported SIMD level with 1 and 2 threads in turn (the fixtures
     restore_simd_level and restore_num_threads put the originals back)."""

@@ -12,8 +12,7 @@ pytest.importorskip("ml_dtypes")
 
 import fusedopt.torch as ft  # noqa: E402
 from fusedopt import optim  # noqa: E402
-from lowp_reference import BF16, F16, levels_and_thread_counts  # noqa: E402
-from test_lowp_torch import TOLERANCE  # noqa: E402
+from lowp_reference import BF16, F16, assert_near_torch_fused, levels_and_thread_counts  # noqa: E402
 
 TORCH = {BF16: torch.bfloat16, F16: torch.float16, np.dtype(np.float32): torch.float32}
 NUMPY = {v: k for k, v in TORCH.items()}
@@ -96,18 +95,13 @@ def test_torch_fused_parity(fmt, name, hyper, rng):
             a.grad, b.grad = g, g.clone()
         opt.step()
         topt.step()
-    share, ulps = TOLERANCE[name]
-    different = total = 0
+    pairs = []
     for a, b in zip(mine, theirs):
-        for x, y in [(a, b)] + [(opt.state[a][k], topt.state[b][k]) for k in opt.state[a] if k != "step"]:
-            assert x.dtype == y.dtype == TORCH[fmt]
-            x64, y64 = as_numpy(x).astype(np.float64), as_numpy(y).astype(np.float64)
-            ulp = np.spacing(np.abs(as_numpy(y))).astype(np.float64)
-            assert np.all(np.abs(x64 - y64) <= ulps * ulp + 1e-8)
-            different += int(np.sum(bits(x) != bits(y)))
-            total += x.numel() * 2
+        pairs += [("p", as_numpy(a), as_numpy(b))]
+        pairs += [(k, as_numpy(opt.state[a][k]), as_numpy(topt.state[b][k])) for k in opt.state[a] if k != "step"]
+        assert all(opt.state[a][k].dtype == topt.state[b][k].dtype == TORCH[fmt] for k in opt.state[a] if k != "step")
         assert float(opt.state[a]["step"]) == float(topt.state[b]["step"]) == 200
-    assert different <= share * total
+    assert_near_torch_fused(name, pairs)
 
 
 @pytest.mark.parametrize("fmt", [BF16, F16], ids=str)
