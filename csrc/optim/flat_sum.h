@@ -15,8 +15,10 @@ constexpr std::size_t kLanes = 16;
 
 // The sum of f(i) over [b, e) in the lane order: i adds to lane (i - b) mod
 // 16, then the lanes in order. f may also write element i (fused passes).
+// Always inlined: the SIMD levels' copies of LBFGS's passes (lbfgs_isa.cpp) call it,
+// and an out-of-line copy would be shared between levels.
 template <class F>
-inline double lane_sum(std::size_t b, std::size_t e, F&& f) {
+inline __attribute__((always_inline)) double lane_sum(std::size_t b, std::size_t e, F&& f) {
   double acc[kLanes] = {};
   std::size_t i = b;
   for (; i + kLanes <= e; i += kLanes)

@@ -1,26 +1,56 @@
 #include "optim/lbfgs.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
+#include <vector>
+#include "common/level_tables.h"
 #include "optim/flat_sum.h"
+#include "optim/lbfgs_passes.h"
 
 namespace fusedopt {
+namespace baseline { void fill_lbfgs_table(LbfgsTable&); }
+namespace avx2 { void fill_lbfgs_table(LbfgsTable&); }
+namespace avx512 { void fill_lbfgs_table(LbfgsTable&); }
+
 namespace lbfgs {
 
 namespace {
 
+// The passes of the SIMD level in use.
 template <class T>
-double prod(T a, T b) { return static_cast<double>(a) * static_cast<double>(b); }
+const LbfgsPasses<T>& passes() {
+  static const LevelTables<LbfgsTable> tables(baseline::fill_lbfgs_table, FUSEDOPT_IF_AVX2(avx2::fill_lbfgs_table),
+                                              FUSEDOPT_IF_AVX512(avx512::fill_lbfgs_table));
+  if constexpr (std::is_same_v<T, float>) return tables.current().f32;
+  else return tables.current().f64;
+}
 
 // max(m, x) that keeps a NaN once seen.
 template <class T>
 T nan_max(T m, T x) { return (x > m || std::isnan(x)) && !std::isnan(m) ? x : m; }
 
+}  // namespace
+
 template <class T>
-T chunked_max(std::size_t n, T (*chunk)(const T*, T, std::size_t, std::size_t), const T* a, T alpha) {
+double dot(const T* a, const T* b, std::size_t n) {
+  const auto f = passes<T>().dot;
+  return chunked_sum(n, [&](std::size_t b0, std::size_t e) { return f(a, b, b0, e); });
+}
+
+template <class T>
+double abs_sum(const T* a, std::size_t n) {
+  const auto f = passes<T>().abs_sum;
+  return chunked_sum(n, [&](std::size_t b0, std::size_t e) { return f(a, b0, e); });
+}
+
+template <class T>
+T scaled_abs_max(const T* a, T alpha, std::size_t n) {
+  const auto f = passes<T>().scaled_abs_max;
   const std::size_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<T> part(chunks);
-  auto body = [&](std::size_t c) { part[c] = chunk(a, alpha, c * kChunk, std::min(n, (c + 1) * kChunk)); };
+  auto body = [&](std::size_t c) { part[c] = f(a, alpha, c * kChunk, std::min(n, (c + 1) * kChunk)); };
   for_each_chunk(chunks, n >= kSerialBelow, true, body);
   T m = T(0);
   for (T x : part) m = nan_max(m, x);
@@ -28,50 +58,15 @@ T chunked_max(std::size_t n, T (*chunk)(const T*, T, std::size_t, std::size_t), 
 }
 
 template <class T>
-T abs_max_chunk(const T* a, T alpha, std::size_t b, std::size_t e) {
-  T m = T(0);
-  for (std::size_t i = b; i < e; ++i) m = nan_max(m, std::fabs(alpha * a[i]));
-  return m;
-}
-
-}  // namespace
-
-template <class T>
-double dot(const T* a, const T* b, std::size_t n) {
-  return fixed_sum(n, [&](std::size_t i) { return prod(a[i], b[i]); });
-}
-
-template <class T>
-double abs_sum(const T* a, std::size_t n) {
-  return fixed_sum(n, [&](std::size_t i) { return static_cast<double>(std::fabs(a[i])); });
-}
-
-template <class T>
-T abs_max(const T* a, std::size_t n) { return chunked_max<T>(n, &abs_max_chunk<T>, a, T(1)); }
-
-template <class T>
-T scaled_abs_max(const T* a, T alpha, std::size_t n) { return chunked_max<T>(n, &abs_max_chunk<T>, a, alpha); }
+T abs_max(const T* a, std::size_t n) { return scaled_abs_max(a, T(1), n); }
 
 template <class T>
 std::pair<double, double> new_pair(const T* g, T* prev, const T* d, T t, T* y, T* s, std::size_t n) {
   // Two sums in one pass: each chunk returns y*s and keeps y*y in its slot.
-  const std::size_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> yy_part(chunks);
-  const double ys = chunked_sum(n, [&](std::size_t b, std::size_t e) {
-    double yy_acc[kLanes] = {};
-    const double ys_chunk = lane_sum(b, e, [&](std::size_t i) {
-      const T yi = g[i] - prev[i];
-      const T si = d[i] * t;
-      y[i] = yi;
-      s[i] = si;
-      prev[i] = g[i];
-      yy_acc[(i - b) % kLanes] += prod(yi, yi);
-      return prod(yi, si);
-    });
-    double yy = 0.0;
-    for (std::size_t j = 0; j < kLanes; ++j) yy += yy_acc[j];
-    yy_part[b / kChunk] = yy;
-    return ys_chunk;
+  const auto f = passes<T>().new_pair;
+  std::vector<double> yy_part((n + kChunk - 1) / kChunk);
+  const double ys = chunked_sum(n, [&](std::size_t b0, std::size_t e) {
+    return f(g, prev, d, t, y, s, b0, e, &yy_part[b0 / kChunk]);
   });
   double yy = 0.0;
   for (double x : yy_part) yy += x;
@@ -81,45 +76,30 @@ std::pair<double, double> new_pair(const T* g, T* prev, const T* d, T t, T* y, T
 template <class T>
 double two_loop(T* d, const T* g, const T* const* ys, const T* const* ss, const T* ro, std::size_t m, T h_diag,
                 T* al, std::size_t n) {
+  const LbfgsPasses<T>& k = passes<T>();
   // q lives in d. Pass 0: q = -g, with dot(s_{m-1}, q).
   const T* next = m ? ss[m - 1] : nullptr;
-  double dotv = fixed_sum(n, [&](std::size_t i) {
-    const T q = -g[i];
-    d[i] = q;
-    return next ? prod(next[i], q) : 0.0;
-  });
-  for (std::size_t k = m; k-- > 0;) {
-    al[k] = static_cast<T>(dotv) * ro[k];
-    const T alpha = -al[k];
-    const T* y = ys[k];
-    if (k > 0) {  // q = q + alpha * y_k, with dot(s_{k-1}, q)
-      const T* s = ss[k - 1];
-      dotv = fixed_sum(n, [&](std::size_t i) {
-        const T q = d[i] + alpha * y[i];
-        d[i] = q;
-        return prod(s[i], q);
-      });
+  double dotv = chunked_sum(n, [&](std::size_t b0, std::size_t e) { return k.negate_dot(d, g, next, b0, e); });
+  for (std::size_t i = m; i-- > 0;) {
+    al[i] = static_cast<T>(dotv) * ro[i];
+    const T alpha = -al[i];
+    const T* y = ys[i];
+    if (i > 0) {  // q = q + alpha * y_i, with dot(s_{i-1}, q)
+      const T* s = ss[i - 1];
+      dotv = chunked_sum(n, [&](std::size_t b0, std::size_t e) { return k.axpy_dot(d, alpha, y, s, b0, e); });
     } else {  // the last update of q, then r = q * h_diag, with dot(y_0, r)
-      const T* y0 = ys[0];
-      dotv = fixed_sum(n, [&](std::size_t i) {
-        const T r = (d[i] + alpha * y[i]) * h_diag;
-        d[i] = r;
-        return prod(y0[i], r);
+      dotv = chunked_sum(n, [&](std::size_t b0, std::size_t e) {
+        return k.axpy_scale_dot(d, alpha, y, h_diag, ys[0], b0, e);
       });
     }
   }
   if (m == 0) for_each_element(n, [&](std::size_t i) { d[i] = d[i] * h_diag; });
   // r = r + (al_i - be_i) * s_i, with dot(y_{i+1}, r); the last with dot(g, r).
-  for (std::size_t k = 0; k < m; ++k) {
-    const T be = static_cast<T>(dotv) * ro[k];
-    const T alpha = al[k] - be;
-    const T* s = ss[k];
-    const T* other = k + 1 < m ? ys[k + 1] : g;
-    dotv = fixed_sum(n, [&](std::size_t i) {
-      const T r = d[i] + alpha * s[i];
-      d[i] = r;
-      return prod(other[i], r);
-    });
+  for (std::size_t i = 0; i < m; ++i) {
+    const T be = static_cast<T>(dotv) * ro[i];
+    const T alpha = al[i] - be;
+    const T* other = i + 1 < m ? ys[i + 1] : g;
+    dotv = chunked_sum(n, [&](std::size_t b0, std::size_t e) { return k.axpy_dot(d, alpha, ss[i], other, b0, e); });
   }
   if (m == 0) dotv = dot(g, d, n);
   return dotv;

@@ -6,9 +6,10 @@
 // chunks; inside a chunk, element i adds its double product to lane i mod 16;
 // a chunk's total is its 16 lanes added in lane order, and the total is the
 // chunks' totals added in chunk order from 0.0. Chunks run on the thread team,
-// but which thread took a chunk does not change any bit. The passes are
-// compiled once (plain C++, no ISA copies): they are memory bound, and their
-// bits cannot depend on FUSEDOPT_SIMD.
+// but which thread took a chunk does not change any bit. A chunk's work is
+// compiled once per SIMD level (optim/lbfgs_isa.cpp, the level in use runs):
+// the same source, vectorised across the 16 lanes, with no contracted
+// operation, so the bits do not depend on FUSEDOPT_SIMD.
 #pragma once
 #include <cstddef>
 #include <utility>
