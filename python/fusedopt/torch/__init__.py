@@ -526,7 +526,6 @@ class Adam8bit(_FusedOptimizer):
     quantized); float32_state_dict() gives this state in torch.optim.Adam's format."""
 
     _spec = _quant8.QUANT8_SPECS["Adam8bit"]
-    _step_supports_amp_scaling = False  # the 8-bit kernel does not unscale: GradScaler unscales first
     _decoupled = False
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
