@@ -322,3 +322,45 @@ def test_8bit_injected_inf_skips_the_step_and_halves_the_scale(name):
         ropt.step()
     for a, b in zip(params, ref):
         assert torch.equal(_bits(a), _bits(b))
+
+
+@pytest.mark.parametrize("kind", ["float32", "float64", "bfloat16", "float16", "bfloat16-master", "8bit"])
+def test_unscale_in_place_bits_at_every_level_and_thread_count(kind, restore_simd_level, restore_num_threads):
+    """The gradient written back is NumPy's g * (1/scale) in the kernel's precision
+    (float32 for the 16-bit and 8-bit kernels, rounded to nearest into a 16-bit
+    gradient), for a scale that is not a power of two (the product rounds), at every
+    SIMD level and thread count; the parameters are those of the step without it."""
+    import ml_dtypes
+    from fusedopt import optim
+    from lowp_reference import levels_and_thread_counts
+
+    dtype = {"float64": np.float64, "bfloat16": ml_dtypes.bfloat16, "bfloat16-master": ml_dtypes.bfloat16,
+             "float16": np.float16}.get(kind, np.float32)
+    rng = np.random.default_rng(11)
+    sizes = [70001, 37, 5]  # several chunks, vector tails
+    p0 = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    g0 = [(rng.standard_normal(n) * 100).astype(dtype) for n in sizes]
+    scale = 3.0
+    if kind == "float64":
+        want = [g * (1 / scale) for g in g0]
+    else:
+        want = [(g.astype(np.float32) * np.float32(1 / scale)).astype(dtype) for g in g0]
+
+    def make():
+        if kind == "8bit":
+            return optim.AdamW8bit(lr=1e-2, min_8bit_size=64)
+        return optim.AdamW(lr=1e-2, master_weights=kind.endswith("master"))
+
+    ref = make()
+    ref.grad_scale = scale
+    expected = [p.copy() for p in p0]
+    ref.step(expected, [g.copy() for g in g0])
+    for level, threads in levels_and_thread_counts():
+        opt = make()
+        opt.grad_scale, opt.unscale_in_place = scale, True
+        params, grads = [p.copy() for p in p0], [g.copy() for g in g0]
+        opt.step(params, grads)
+        for a, b in zip(grads, want):
+            assert a.tobytes() == b.tobytes(), (level, threads)
+        for a, b in zip(params, expected):
+            assert a.tobytes() == b.tobytes(), (level, threads)

@@ -60,7 +60,8 @@ class _FusedOptimizer(Optimizer):
 
     _spec: ClassVar[Spec]
     # torch.amp.GradScaler passes grad_scale and found_inf (attributes set around step()):
-    # the kernels unscale, an inf skips the step (docs/torch.md, "GradScaler").
+    # the kernels unscale (and leave .grad unscaled, as torch's fused step), an inf skips the step
+    # (docs/torch.md, "GradScaler").
     _step_supports_amp_scaling = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
