@@ -94,9 +94,10 @@ def test_every_native_hyper_parameter_has_a_check_and_a_class():
     assert {domain for _, domain in _core.optim_hyper_fields} <= set(_checks.DOMAINS)
     exposed = {f for name in optim.__all__ for d in vars(getattr(optim, name)).values()
                if isinstance(d, _base._Hyper) for f in d.fields}
-    # max_grad_norm and grad_scale are the base class's options of every optimizer; decoupled_weight_decay
-    # AdamW fixes.
-    assert exposed | {"max_grad_norm", "grad_scale", "decoupled_weight_decay"} == {name for name, _ in _core.optim_hyper_fields}
+    # max_grad_norm, grad_scale and unscale_in_place are the base class's options of every optimizer;
+    # decoupled_weight_decay AdamW fixes.
+    assert exposed | {"max_grad_norm", "grad_scale", "unscale_in_place", "decoupled_weight_decay"} == \
+        {name for name, _ in _core.optim_hyper_fields}
 
 
 def test_the_kernel_table_is_generated_from_the_specs():

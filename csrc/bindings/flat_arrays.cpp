@@ -62,4 +62,9 @@ void check_disjoint(const std::vector<Named>& writes, const std::vector<Named>& 
   }
 }
 
+double* done_mark(py::handle done, const std::string& what) {
+  if (done.is_none()) return nullptr;
+  return static_cast<double*>(array_ref(done, what, true, F64, 1).data);
+}
+
 }  // namespace fusedopt

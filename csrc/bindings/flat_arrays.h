@@ -37,4 +37,10 @@ struct Named {
 };
 void check_disjoint(const std::vector<Named>& writes, const std::vector<Named>& reads, bool same_ok);
 
+// A step's commit mark (fusedopt.torch's Muon and Adafactor): a writeable 1-element
+// float64 array that the call sets to 1 once all its writes are done, in the same
+// call, so that no exception from a signal handler can come between the two
+// (nullptr for None). Checked with the other arguments, before anything is written.
+double* done_mark(py::handle done, const std::string& what);
+
 }  // namespace fusedopt

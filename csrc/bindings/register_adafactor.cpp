@@ -97,7 +97,8 @@ class Disjoint {
 void register_adafactor(py::module_& m) {
   m.def("adafactor_step", [](py::handle params, py::handle grads, py::handle old_rows, py::handle old_cols,
                              py::handle old_vars, py::handle new_rows, py::handle new_cols, py::handle new_vars,
-                             py::handle hyper, bool copy_grads) {
+                             py::handle hyper, bool copy_grads, py::handle done) {
+    double* mark = done_mark(done, "adafactor_step: done");
     std::vector<py::object> keep;
     const auto P = array_list(params, "adafactor_step: params", true, -1, keep);
     const std::size_t L = P.size();
@@ -163,12 +164,17 @@ void register_adafactor(py::module_& m) {
       std::memcpy(copies.back().get(), leaves[l].grad, bytes);
       leaves[l].grad = copies.back().get();
     }
-    py::gil_scoped_release nogil;
-    adafactor::step(leaves);
+    {
+      py::gil_scoped_release nogil;
+      adafactor::step(leaves);
+    }
+    if (mark) *mark = 1.0;
   }, py::arg("params"), py::arg("grads"), py::arg("old_rows"), py::arg("old_cols"), py::arg("old_vars"),
      py::arg("new_rows"), py::arg("new_cols"), py::arg("new_vars"), py::arg("hyper"), py::arg("copy_grads"),
+     py::arg("done") = py::none(),
      "One Adafactor step of every parameter (docs/optim.md, \"Adafactor\"); hyper: float64 (len(params), 8) rows "
-     "of step, lr, beta2_decay, eps1, eps2, d, weight_decay, maximize");
+     "of step, lr, beta2_decay, eps1, eps2, d, weight_decay, maximize; done: None, or a float64 array of one "
+     "element set to 1 when the step is done");
 }
 
 }  // namespace fusedopt

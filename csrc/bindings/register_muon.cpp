@@ -103,13 +103,24 @@ void register_muon(py::module_& m) {
     muon::combine(static_cast<float*>(O.data), static_cast<const float*>(C.data), static_cast<const float*>(P.data),
                   static_cast<float>(beta), static_cast<float>(alpha), O.n);
   }, "out = bf16(beta * c + alpha * prod), beta and alpha rounded to float32");
-  m.def("muon_update", [](py::handle params, py::handle os, const std::vector<bool>& transposed, double decay,
-                          const std::vector<double>& neg_lr) {
+  m.def("muon_update", [](py::handle params, py::handle os, const std::vector<bool>& transposed,
+                          py::handle decays, const std::vector<double>& neg_lr, py::handle done) {
+    double* mark = done_mark(done, "muon_update: done");
+    // one decay for every parameter, or one per parameter (groups of different lr and weight_decay)
+    const std::vector<double> decay = PyList_Check(decays.ptr()) ? decays.cast<std::vector<double>>()
+                                                                 : std::vector<double>(neg_lr.size(), decays.cast<double>());
+    if (!PyList_Check(params.ptr())) throw py::type_error("muon_update: params must be a list of numpy arrays");
+    const py::list items = py::reinterpret_borrow<py::list>(params);
     std::vector<py::object> keep;
-    const auto P = array_list(params, "muon_update: params", true, -1, keep);
+    std::vector<ArrayRef> P;
+    for (std::size_t l = 0; l < items.size(); ++l) {  // float32 and float64 alike: one call steps every group
+      P.push_back(array_ref(items[l], "muon_update: params[" + std::to_string(l) + "]", true));
+      keep.push_back(items[l]);
+    }
     const auto O = array_list(os, "muon_update: os", false, F32, keep);
     same_count(P.size(), O.size(), "muon_update");
     same_count(P.size(), transposed.size(), "muon_update");
+    same_count(P.size(), decay.size(), "muon_update");
     same_count(P.size(), neg_lr.size(), "muon_update");
     std::vector<std::size_t> rows, cols;
     matrix_shapes(keep, P.size(), "muon_update: params", rows, cols);
@@ -124,22 +135,24 @@ void register_muon(py::module_& m) {
       reads.push_back({O[l], "muon_update: os[" + std::to_string(l) + "]"});
     }
     check_disjoint(writes, reads, false);
-    py::gil_scoped_release nogil;
-    if (!P.empty() && P[0].dtype == F64) {
-      std::vector<double*> p;
-      std::vector<const float*> o;
+    {
+      py::gil_scoped_release nogil;
       for (std::size_t l = 0; l < P.size(); ++l) {
-        p.push_back(static_cast<double*>(P[l].data));
-        o.push_back(static_cast<const float*>(O[l].data));
+        const std::vector<const float*> o{static_cast<const float*>(O[l].data)};
+        const std::vector<std::size_t> r{rows[l]}, c{cols[l]};
+        const std::vector<bool> tr{transposed[l]};
+        if (P[l].dtype == F64)
+          muon::update<double>({static_cast<double*>(P[l].data)}, o, r, c, tr, decay[l], {neg_lr[l]});
+        else
+          muon::update<float>({static_cast<float*>(P[l].data)}, o, r, c, tr, static_cast<float>(decay[l]),
+                              {static_cast<float>(neg_lr[l])});
       }
-      muon::update<double>(p, o, rows, cols, transposed, decay, neg_lr);
-    } else {
-      std::vector<const float*> o;
-      for (const auto& a : O) o.push_back(static_cast<const float*>(a.data));
-      std::vector<float> lr32(neg_lr.begin(), neg_lr.end());
-      muon::update<float>(float_ptrs(P), o, rows, cols, transposed, static_cast<float>(decay), lr32);
     }
-  }, "p = p * decay; p = p + neg_lr * o (o read transposed where asked), per parameter");
+    if (mark) *mark = 1.0;
+  }, py::arg("params"), py::arg("os"), py::arg("transposed"), py::arg("decay"), py::arg("neg_lr"),
+     py::arg("done") = py::none(),
+     "p = p * decay (a number, or a list: one per parameter); p = p + neg_lr[l] * o (o read transposed where asked), per parameter; done: None, or a "
+     "float64 array of one element set to 1 when every parameter is stepped");
 }
 
 }  // namespace fusedopt

@@ -17,6 +17,7 @@
 
 #include "optim/step.h"
 #include "arrays.h"
+#include "grads_back.h"
 #include "numpy_api.h"
 #include "overlap.h"
 #include "registry.h"
@@ -113,17 +114,10 @@ class OptimState {
     std::vector<OptimLeaf> data(specs.size());
     std::vector<py::object> held;  // every array the kernels touch, alive while the GIL is released
     held.reserve(2 * specs.size());
+    const OptimHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
+    GradsBack back(hyper.grad_scale > 0.0 && hyper.unscale_in_place != 0.0);
     plan_->walk(grads.ptr(), "grads", [&](std::size_t l, PyObject* o) {
-      PyArrayObject* a = matching_leaf(*plan_, l, o, "grads");
-      if (!PyArray_ISCARRAY_RO(a) || !PyArray_ISNOTSWAPPED(a)) {  // strided: a contiguous copy
-        PyObject* c = PyArray_FromAny(o, PyArray_DescrFromType(PyArray_TYPE(a)), 0, 0,
-                                      NPY_ARRAY_CARRAY_RO | NPY_ARRAY_ENSURECOPY, nullptr);
-        if (!c) throw py::error_already_set();
-        held.push_back(py::reinterpret_steal<py::object>(c));
-        a = reinterpret_cast<PyArrayObject*>(c);
-      } else {
-        held.push_back(py::reinterpret_borrow<py::object>(o));
-      }
+      PyArrayObject* a = back.take(matching_leaf(*plan_, l, o, "grads"), specs[l], held);
       data[l].dtype = specs[l].dtype;
       data[l].g = PyArray_DATA(a);
     });
@@ -137,7 +131,13 @@ class OptimState {
       held.push_back(py::reinterpret_borrow<py::object>(o));
       data[l].p = PyArray_DATA(a);
     });
+    std::vector<const void*> taken;
+    for (const OptimLeaf& d : data) taken.push_back(d.g);
     check_overlaps(data, held);
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      back.refuse_moved(taken[l], data[l].g, specs[l]);
+      if (back.on()) data[l].gout = const_cast<void*>(data[l].g);
+    }
     if (check_finite)
       for (std::size_t l = 0; l < specs.size(); ++l) {
         const bool ok = all_finite(data[l].g, specs[l].dtype, specs[l].size);
@@ -156,7 +156,6 @@ class OptimState {
     }
     LowRounding rounding = rounding_;
     rounding.fresh_master = master_ && !master_ready_;
-    const OptimHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
     ScalarState scalars = scalars_;   // committed with the step
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true))
@@ -171,6 +170,7 @@ class OptimState {
     master_ready_ = master_;
     scalars_ = scalars;
     last_norm_ = norm;
+    back.copy_back();
   }
 
   std::vector<std::string> slot_names() const { return rule_slot_names(rule_); }

@@ -18,6 +18,7 @@
 #include "optim/quant8.h"
 #include "optim/step.h"
 #include "arrays.h"
+#include "grads_back.h"
 #include "numpy_api.h"
 #include "overlap.h"
 #include "registry.h"
@@ -112,8 +113,10 @@ class Quant8State {
     std::vector<Quant8Leaf> leaves(specs.size());
     std::vector<py::object> held;  // gradient l at held[l], then the parameters: alive while the GIL is released
     held.reserve(2 * specs.size());
+    const OptimHyper h = *hyper_;  // a copy: Python may assign to it while the GIL is released
+    GradsBack back(h.grad_scale > 0.0 && h.unscale_in_place != 0.0);
     plan_->walk(grads.ptr(), "grads", [&](std::size_t l, PyObject* o) {
-      PyArrayObject* a = contiguous(checked(o, NPY_FLOAT, specs[l].shape, where("grads", specs[l])), held);
+      PyArrayObject* a = back.take(checked(o, NPY_FLOAT, specs[l].shape, where("grads", specs[l])), specs[l], held);
       leaves[l].g = static_cast<const float*>(PyArray_DATA(a));
     });
     plan_->walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
@@ -126,7 +129,13 @@ class Quant8State {
       held.push_back(py::reinterpret_borrow<py::object>(o));
       leaves[l].p = static_cast<float*>(PyArray_DATA(a));
     });
+    std::vector<const float*> taken;
+    for (const Quant8Leaf& d : leaves) taken.push_back(d.g);
     check_overlaps(leaves, held);
+    for (std::size_t l = 0; l < specs.size(); ++l) {
+      back.refuse_moved(taken[l], leaves[l].g, specs[l]);
+      if (back.on()) leaves[l].gout = const_cast<float*>(leaves[l].g);
+    }
     if (check_finite)
       for (std::size_t l = 0; l < specs.size(); ++l)
         if (!all_finite(leaves[l].g, F32, specs[l].size)) {
@@ -134,9 +143,9 @@ class Quant8State {
                           (where("grads", specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
           throw py::error_already_set();
         }
-    const OptimHyper h = *hyper_;  // a copy: Python may assign to it while the GIL is released
     const bool decoupled = h.decoupled_weight_decay != 0.0;
-    const Quant8Hyper hyper{h.beta1, h.beta2, h.eps, h.weight_decay, h.maximize != 0.0, decoupled};
+    Quant8Hyper hyper{h.beta1, h.beta2, h.eps, h.weight_decay, h.maximize != 0.0, decoupled};
+    hyper.grad_scale = h.grad_scale;
     const Quant8Decay decays = h.weight_decay == 0.0 ? Quant8Decay::NONE : decoupled ? Quant8Decay::DECOUPLED : Quant8Decay::L2;
     for (std::size_t l = 0; l < specs.size(); ++l) {
       Quant8Leaf& d = leaves[l];
@@ -161,6 +170,7 @@ class Quant8State {
       run_quant8_step(leaves, block_, hyper, lr, step_count_ + 1);
     }
     ++step_count_;
+    back.copy_back();
   }
 
   std::vector<std::string> slot_names() const { return {kSlotNames, kSlotNames + 4}; }

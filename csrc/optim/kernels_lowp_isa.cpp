@@ -43,6 +43,7 @@ FUSEDOPT_INLINE void low_at(const LowSegment& s, std::size_t i, std::uint64_t in
   if constexpr (reads_slot<R, P>(0)) x.s0 = read<F, M>(s.s[0], s.ms[0], i);
   if constexpr (reads_slot<R, P>(1)) x.s1 = read<F, M>(s.s[1], s.ms[1], i);
   if constexpr (reads_slot<R, P>(2)) x.s2 = read<F, M>(s.s[2], s.ms[2], i);
+  if (s.gout) store(s.gout + i, rounded<F, false>(x.g * c.unscale, 0, 0));  // torch's fused step: .grad unscaled
   optim_math<R, D, P>(x, c);
   if constexpr (M) store(s.m + i, x.p);
   store(s.p + i, rounded<F, S>(x.p, k.key[0], index));
@@ -83,9 +84,9 @@ void run_low_segment(const LowSegment& seg, const OptimScalars<float>& scalars, 
   for (; i + L <= s.n; i += L) low_at<F, S, M, R, D, P>(s, i, s.index + i, c, k);
   if (i == s.n) return;
   const std::size_t rest = s.n - i, bytes = rest * sizeof(std::uint16_t), wide = rest * sizeof(float);
-  std::uint16_t g[L] = {}, p[L] = {}, st[kSlots][L] = {};
+  std::uint16_t g[L] = {}, p[L] = {}, st[kSlots][L] = {}, gout[L] = {};
   float m[L] = {}, ms[kSlots][L] = {};
-  LowSegment tail{g, p, {st[0], st[1], st[2]}, L, 0, m, {ms[0], ms[1], ms[2]}};
+  LowSegment tail{g, p, {st[0], st[1], st[2]}, L, 0, m, {ms[0], ms[1], ms[2]}, false, s.gout ? gout : nullptr};
   std::memcpy(g, s.g + i, bytes);
   if constexpr (M) std::memcpy(m, s.m + i, wide);
   else std::memcpy(p, s.p + i, bytes);
@@ -93,6 +94,7 @@ void run_low_segment(const LowSegment& seg, const OptimScalars<float>& scalars, 
     if (uses_slot(R, q)) M ? std::memcpy(ms[q], s.ms[q] + i, wide) : std::memcpy(st[q], s.s[q] + i, bytes);
   low_at<F, S, M, R, D, P>(tail, 0, s.index + i, c, k);
   std::memcpy(s.p + i, p, bytes);
+  if (s.gout) std::memcpy(s.gout + i, gout, bytes);
   if constexpr (M) std::memcpy(s.m + i, m, wide);
   for (std::size_t q = 0; q < kSlots; ++q)
     if (uses_slot(R, q)) M ? std::memcpy(s.ms[q] + i, ms[q], wide) : std::memcpy(s.s[q] + i, st[q], bytes);

@@ -25,6 +25,7 @@ struct LowSegment {
   float* m = nullptr;
   float* ms[kSlots] = {};
   bool fresh = false;
+  std::uint16_t* gout = nullptr;  // where g * unscale is stored, narrowed to nearest (g itself), or null
 };
 
 // Stochastic rounding's per-step keys: the parameter's (0) and slot k's (1 + k).

@@ -82,6 +82,7 @@ StepValues step_values(const StepInput& in, double* state) {
   const OptimHyper& h = in.h;
   StepValues v{};
   v.gscale = h.maximize != 0.0 ? -in.clip : in.clip;
+  v.unscale = in.clip;
   v.wd = h.weight_decay;
   v.decay = 1.0 - in.lr * h.weight_decay;
   v.neg_lr = -in.lr;
@@ -249,6 +250,7 @@ FUSEDOPT_INLINE void optim_at(const OptimSegment<T>& s, const OptimScalars<T>& c
   if constexpr (reads_slot<R, P>(0)) x.s0 = load<V>(s.s[0] + i);
   if constexpr (reads_slot<R, P>(1)) x.s1 = load<V>(s.s[1] + i);
   if constexpr (reads_slot<R, P>(2)) x.s2 = load<V>(s.s[2] + i);
+  if (s.gout) store(s.gout + i, x.g * c.unscale);  // GradScaler's unscale written back, as torch's fused step
   optim_math<R, D, P>(x, c);
   store(s.p + i, x.p);
   if constexpr (uses_slot(R, 0)) store(s.s[0] + i, x.s0);

@@ -36,10 +36,13 @@ const Quant8Fn* kernels_of_level() {
   return level == "avx512" ? a512 : level == "avx2" ? a2 : base;
 }
 
+double unscale_of(const Quant8Hyper& h) { return h.grad_scale > 0.0 ? 1.0 / h.grad_scale : 1.0; }
+
 Quant8Scalars scalars(const Quant8Hyper& h, double lr, long long t) {
   const double step = static_cast<double>(t);
   Quant8Scalars c{};
-  c.gscale = h.maximize ? -1.0f : 1.0f;
+  // 1/scale: exactly g / scale for GradScaler's powers of two, as the float32 optimizers unscale
+  c.gscale = static_cast<float>((h.maximize ? -1.0 : 1.0) * unscale_of(h));
   c.wd = static_cast<float>(h.weight_decay);
   c.decay = static_cast<float>(1.0 - lr * h.weight_decay);
   c.neg_lr = static_cast<float>(-(lr / (1.0 - std::pow(h.beta1, step))));
@@ -69,9 +72,13 @@ void run_quant8_step(const std::vector<Quant8Leaf>& leaves, std::size_t block, c
     for (std::size_t b = 0; b < l.n; b += per) spans.push_back({l, b, b + per < l.n ? b + per : l.n});
     total += l.n;
   }
+  const float unscale = static_cast<float>(unscale_of(h));
   auto body = [&](std::size_t k) {
     const Quant8Span& s = spans[k];
     fns[static_cast<int>(s.leaf.decay)](s, block, c);
+    // the span's gradient unscaled in place once the kernel has read it (torch's fused step leaves .grad so)
+    if (s.leaf.gout)
+      for (std::size_t i = s.begin; i < s.end; ++i) s.leaf.gout[i] = s.leaf.g[i] * unscale;
   };
   for_each_chunk(spans.size(), total >= kSerialBelow, true, body);
 }

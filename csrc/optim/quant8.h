@@ -25,6 +25,7 @@ struct Quant8Leaf {
   float *m = nullptr, *v = nullptr;
   std::size_t n = 0;
   Quant8Decay decay = Quant8Decay::NONE;
+  float* gout = nullptr;  // g itself, to take g * (1/grad_scale) after the step (unscale_in_place), or null
 };
 
 // Elements [begin, end) of a leaf (block-aligned for quantized leaves).
@@ -38,6 +39,7 @@ using Quant8Fn = void (*)(const Quant8Span&, std::size_t block, const Quant8Scal
 struct Quant8Hyper {
   double beta1, beta2, eps, weight_decay;
   bool maximize, decoupled;
+  double grad_scale = 0.0;  // GradScaler's scale, divided out in the step (0: none)
 };
 
 // Step t (1 for the first) over all leaves, on the thread team. Call without the GIL.

@@ -43,6 +43,7 @@ enum class Domain : unsigned { FINITE, NON_NEGATIVE, UNIT_OPEN, UNIT_CLOSED, FLA
   X(initial_accumulator_value, NON_NEGATIVE)                                                           \
   X(max_grad_norm, NON_NEGATIVE)         /* 0: no clipping */                                          \
   X(grad_scale, NON_NEGATIVE)            /* 0: none; else g * (1/grad_scale) (GradScaler's unscale) */ \
+  X(unscale_in_place, FLAG)              /* with grad_scale: g * (1/grad_scale) also stored into g */  \
   X(momentum_decay, NON_NEGATIVE)        /* NAdam: psi of mu_t = beta1 * (1 - 0.96**(t*psi) / 2) */     \
   X(float32_scalars, FLAG)               /* the scalar state rounded to float32 as updated (torch's */ \
                                          /* 0-d tensors under its default dtype float32) */            \
@@ -243,6 +244,7 @@ static_assert(kernels_complete(), "a (rule, decay, phase) that a step may choose
 // (optim/math.h, step_values), then rounds each to the leaf's dtype.
 #define FUSEDOPT_OPTIM_SCALARS(X)                                                                      \
   X(gscale)    /* g = g * gscale: the clip scale, negated for maximize */                              \
+  X(unscale)   /* the clip scale, not negated: the gradient stored back (unscale_in_place) */          \
   X(wd)        /* L2: g = g + wd * p */                                                                \
   X(decay)     /* decoupled: p = p * (1 - lr*wd) */                                                    \
   X(neg_lr)    /* -lr (SGD, RMSprop, Lion), -step_size (Adam), -clr (Adagrad, Adamax), g's (NAdam), */ \
@@ -292,6 +294,7 @@ struct OptimSegment {
   T* p;
   T* s[kSlots];
   std::size_t n;
+  T* gout = nullptr;  // where g * unscale is stored (g itself), or null
 };
 
 template <class T>

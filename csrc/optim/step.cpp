@@ -30,15 +30,17 @@ T* at(void* base, std::size_t offset) {
 template <class T>
 OptimSegment<T> segment(const OptimLeaf& d, std::size_t b, std::size_t e) {
   return {static_cast<const T*>(d.g) + b, static_cast<T*>(d.p) + b, {at<T>(d.s[0], b), at<T>(d.s[1], b), at<T>(d.s[2], b)},
-          e - b};
+          e - b, at<T>(d.gout, b)};
 }
 
 LowSegment low_segment(const OptimLeaf& d, std::size_t b, std::size_t e, std::uint64_t leaf_index, bool fresh) {
   auto at16 = [&](void* base) { return base ? static_cast<std::uint16_t*>(base) + b : nullptr; };
   const std::uint16_t* g = static_cast<const std::uint16_t*>(d.g) + b;
-  if (!d.master) return {g, at16(d.p), {at16(d.s[0]), at16(d.s[1]), at16(d.s[2])}, e - b, leaf_index + b};
+  if (!d.master)
+    return {g, at16(d.p), {at16(d.s[0]), at16(d.s[1]), at16(d.s[2])}, e - b, leaf_index + b, nullptr, {}, false,
+            at16(d.gout)};
   return {g, at16(d.p), {}, e - b, leaf_index + b, d.master + b,
-          {at<float>(d.s[0], b), at<float>(d.s[1], b), at<float>(d.s[2], b)}, fresh};
+          {at<float>(d.s[0], b), at<float>(d.s[1], b), at<float>(d.s[2], b)}, fresh, at16(d.gout)};
 }
 
 unsigned format_of(Dtype d) { return static_cast<unsigned>(d == BF16 ? LowFormat::BF16 : LowFormat::F16); }

@@ -21,6 +21,8 @@ struct OptimLeaf {
   // A 16-bit leaf with master weights: its float32 master (and float32 slots
   // in s); the float32 kernel steps the master, then p is narrowed from it.
   float* master = nullptr;
+  // GradScaler's unscale written back (unscale_in_place): g itself, writeable; else null.
+  void* gout = nullptr;
 };
 
 using ScalarState = std::array<double, kMaxScalarState>;

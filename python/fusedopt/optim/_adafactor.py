@@ -85,18 +85,26 @@ def state_shapes(shape: Tuple[int, ...]) -> Dict[str, Tuple[int, ...]]:
     return {"variance": shape}
 
 
-def step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], old: Sequence[Optional[LeafState]],
-         rows: Sequence[Sequence[float]], copy_grads: bool) -> List[LeafState]:
-    """One step of C-contiguous arrays (params written in place); returns each
-    leaf's new state (new arrays: the caller commits them)."""
+def new_state(params: Sequence[np.ndarray]) -> List[LeafState]:
+    """Each leaf's arrays for its new state (uninitialised; the step writes them)."""
     new: List[LeafState] = []
     for p in params:
         shapes = state_shapes(p.shape)
         new.append(tuple(np.empty(shapes[k], p.dtype) if k in shapes else None for k in SLOTS))  # type: ignore
+    return new
+
+
+def step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], old: Sequence[Optional[LeafState]],
+         rows: Sequence[Sequence[float]], copy_grads: bool, new: Optional[Sequence[LeafState]] = None,
+         done: Optional[np.ndarray] = None) -> List[LeafState]:
+    """One step of C-contiguous arrays (params written in place); returns each
+    leaf's new state (`new`'s arrays, or new ones: the caller commits them).
+    `done`: set to 1 by the native call once it has written everything."""
+    new = new_state(params) if new is None else list(new)
     olds = [(None, None, None) if s is None else s for s in old]
     _core.adafactor_step(list(params), list(grads), [s[0] for s in olds], [s[1] for s in olds],
                          [s[2] for s in olds], [s[0] for s in new], [s[1] for s in new], [s[2] for s in new],
-                         np.array(rows, np.float64).reshape(len(params), 8), copy_grads)
+                         np.array(rows, np.float64).reshape(len(params), 8), copy_grads, done)
     return new
 
 

@@ -243,20 +243,30 @@ class Optimizer:
         """GradScaler's unscale fused into the step (None: none): the kernels multiply each
         gradient by ``1 / grad_scale`` (exactly ``g / grad_scale`` for a power of two, the
         scales torch's GradScaler uses); not saved in state_dict(), refused with max_grad_norm
-        (the norm would be the scaled gradients')."""
+        (the norm would be the scaled gradients'). The gradients are not modified unless
+        unscale_in_place is set."""
         return self._grad_scale
 
     @grad_scale.setter
     def grad_scale(self, value: Optional[float]) -> None:
         value = checks.max_norm("grad_scale", value)
-        if value is not None and type(self)._new_state is not Optimizer._new_state:
-            raise ValueError(f"grad_scale: {type(self).__name__} does not unscale in the step (the rule-table "
-                             "optimizers do); unscale the gradients first")
         if value is not None and self.max_grad_norm is not None:
             raise ValueError("grad_scale: the step would clip the scaled gradients' norm (max_grad_norm is set); "
                              "unscale the gradients first")
         self._grad_scale = value
         self._hyper["grad_scale"] = 0.0 if value is None else value
+
+    @property
+    def unscale_in_place(self) -> bool:
+        """With grad_scale: the step also writes each unscaled gradient, ``g * (1 / grad_scale)``,
+        back into `grads` (in the kernel's pass; a strided gradient from the contiguous copy the
+        step reads), as torch's fused optimizers leave ``.grad`` unscaled under GradScaler
+        (fusedopt.torch sets it). False by default: the gradients are never modified."""
+        return bool(self._hyper["unscale_in_place"])
+
+    @unscale_in_place.setter
+    def unscale_in_place(self, value: bool) -> None:
+        self._hyper["unscale_in_place"] = float(checks.flag("unscale_in_place", value))
 
     @property
     def check_finite(self) -> bool:

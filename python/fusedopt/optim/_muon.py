@@ -92,6 +92,22 @@ def step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], bufs: Sequen
     place); `orthogonalise(x, coefficients, steps)` runs the Newton-Schulz
     iterations on a scaled float32 array of bfloat16 values and returns the
     result as one (numpy_newton_schulz, or fusedopt.torch's)."""
+    transposed, outs = directions(params, grads, bufs, hyper, orthogonalise)
+    decay, neg = update_scalars(params, hyper)
+    _core.muon_update(list(params), outs, transposed, decay, neg)
+
+
+def update_scalars(params: Sequence[np.ndarray], hyper: Dict[str, Any]) -> Tuple[List[float], List[float]]:
+    """Per parameter, the decay and -adjusted_lr of the update pass (p = p * decay + neg * O)."""
+    lr = hyper["lr"]
+    return [1 - lr * hyper["weight_decay"]] * len(params), [-adjusted_lr(lr, hyper["adjust_lr_fn"], p.shape)
+                                                              for p in params]
+
+
+def directions(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], bufs: Sequence[np.ndarray],
+               hyper: Dict[str, Any], orthogonalise: Orthogonalise) -> Tuple[List[bool], List[np.ndarray]]:
+    """The step up to the parameters' pass: bufs written in place; returns per
+    parameter whether its O is transposed, and O."""
     transposed = [p.shape[0] > p.shape[1] for p in params]
     xs = [np.empty(p.shape[::-1] if tr else p.shape, np.float32) for p, tr in zip(params, transposed)]
     sums = _core.muon_momentum(list(grads), list(bufs), xs, transposed, hyper["momentum"], hyper["nesterov"])
@@ -100,9 +116,7 @@ def step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], bufs: Sequen
     for x, total in zip(xs, sums):
         _core.muon_scale(x, float(max(_bf16(math.sqrt(total)), eps)))
         outs.append(orthogonalise(x, hyper["ns_coefficients"], hyper["ns_steps"]))
-    lr = hyper["lr"]
-    neg = [-adjusted_lr(lr, hyper["adjust_lr_fn"], p.shape) for p in params]
-    _core.muon_update(list(params), outs, transposed, 1 - lr * hyper["weight_decay"], neg)
+    return transposed, outs
 
 
 def numpy_newton_schulz(x: np.ndarray, coefficients: Tuple[float, float, float], steps: int) -> np.ndarray:

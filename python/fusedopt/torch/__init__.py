@@ -60,7 +60,8 @@ class _FusedOptimizer(Optimizer):
 
     _spec: ClassVar[Spec]
     # torch.amp.GradScaler passes grad_scale and found_inf (attributes set around step()):
-    # the kernels unscale, an inf skips the step (docs/torch.md, "GradScaler").
+    # the kernels unscale (and leave .grad unscaled, as torch's fused step), an inf skips the step
+    # (docs/torch.md, "GradScaler").
     _step_supports_amp_scaling = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -526,7 +527,6 @@ class Adam8bit(_FusedOptimizer):
     quantized); float32_state_dict() gives this state in torch.optim.Adam's format."""
 
     _spec = _quant8.QUANT8_SPECS["Adam8bit"]
-    _step_supports_amp_scaling = False  # the 8-bit kernel does not unscale: GradScaler unscales first
     _decoupled = False
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

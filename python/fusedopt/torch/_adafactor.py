@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from ._checked_groups import CheckedGroups, group_lr
+from ._checked_groups import CheckedGroups, Commit, group_lr
 from ..optim import _adafactor
 from ._plan import check_step
 
@@ -103,6 +103,7 @@ class Adafactor(CheckedGroups):
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
         """One torch.optim.Adafactor step of every parameter with a gradient."""
         loss = self._closure_loss(closure)
+        self._finish()
         params, arrays, grads, olds, rows, counts, wheres = [], [], [], [], [], [], []
         for gi, group in enumerate(self.param_groups):  # everything checked before anything is written
             hyper = _hyper(group)
@@ -138,18 +139,30 @@ class Adafactor(CheckedGroups):
                 counts.append(count + 1)
         if not params:
             return loss
+        scalar = _get_scalar_dtype()
+        steps = [self.state.get(p, {}).get("step") for p, _ in params]
+        step_dtypes = [t.dtype if torch.is_tensor(t) else scalar for t in steps]
+        # The new state as tensors made before the native call writes them: the commit only shows them.
+        new = [tuple(None if s is None else torch.from_numpy(s) for s in leaf)
+               for leaf in _adafactor.new_state(arrays)]
+        state = self.state
+
+        def show() -> None:
+            for (p, own), a, leaf, count, step_dtype in zip(params, arrays, new, counts, step_dtypes):
+                if not own:
+                    p.detach().copy_(torch.from_numpy(a))
+                entry = state[p]
+                entry["step"] = torch.tensor(float(count), dtype=step_dtype)
+                for slot, v in zip(_adafactor.SLOTS, leaf):
+                    if v is not None:
+                        entry[slot] = v
+
+        def native(done: np.ndarray) -> None:
+            _adafactor.step(arrays, grads, olds, rows, copy_grads=False,
+                            new=[tuple(None if t is None else t.numpy() for t in leaf) for leaf in new], done=done)
+
         try:
-            new = _adafactor.step(arrays, grads, olds, rows, copy_grads=False)
+            self._commit(Commit(show), native)
         except ValueError as e:  # the native names (params[k]) as torch's
             raise ValueError(_torch_names(str(e), wheres)) from None
-        scalar = _get_scalar_dtype()
-        for (p, own), a, leaf, count in zip(params, arrays, new, counts):
-            if not own:
-                p.copy_(torch.from_numpy(a))
-            state = self.state[p]
-            old_step = state.get("step")
-            state["step"] = torch.tensor(float(count), dtype=old_step.dtype if torch.is_tensor(old_step) else scalar)
-            for slot, v in zip(_adafactor.SLOTS, leaf):
-                if v is not None:
-                    state[slot] = torch.from_numpy(v)
         return loss

@@ -104,7 +104,8 @@ def grad_scale(value: Any) -> Any:
 @contextmanager
 def unscaling(plans: Sequence[Any], scale: Any) -> Iterator[None]:
     """The plans' engines divide the gradients by `scale` in the kernel for the runs
-    inside (none when scale is None)."""
+    inside, and write them back unscaled, as torch's fused optimizers leave ``.grad``
+    (none when scale is None)."""
     if scale is None:
         yield
         return
@@ -112,7 +113,9 @@ def unscaling(plans: Sequence[Any], scale: Any) -> Iterator[None]:
     try:
         for engine in engines:
             engine.grad_scale = scale
+            engine.unscale_in_place = True
         yield
     finally:
         for engine in engines:
             engine.grad_scale = None
+            engine.unscale_in_place = False

@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ._checked_groups import CheckedGroups, group_lr
+from ._checked_groups import CheckedGroups, Commit, group_lr
+from .. import _core
 from ..optim import _muon
 
 
@@ -69,6 +70,7 @@ class Muon(CheckedGroups):
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
         loss = self._closure_loss(closure)
+        self._finish()
         plans = []
         for group in self.param_groups:  # everything checked before anything is written
             hyper = _hyper(group)
@@ -96,10 +98,28 @@ class Muon(CheckedGroups):
                 grads.append(g.detach().contiguous().numpy())
                 bufs.append(new)
             plans.append((hyper, params, grads, bufs))
+        # Every group's momentum and orthogonalisation into new buffers and scratch arrays;
+        # then one native call updates every parameter, and the commit shows the buffers.
+        stepped, arrays, outs, transposed, decays, negs, new_bufs = [], [], [], [], [], [], []
         for hyper, params, grads, bufs in plans:
             if params:
-                _muon.step([p.detach().numpy() for p in params], grads, [b.numpy() for b in bufs], hyper,
-                           _newton_schulz)
-                for p, b in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = b
+                ps = [p.detach().numpy() for p in params]
+                tr, os = _muon.directions(ps, grads, [b.numpy() for b in bufs], hyper, _newton_schulz)
+                decay, neg = _muon.update_scalars(ps, hyper)
+                stepped += params
+                arrays += ps
+                outs += os
+                transposed += tr
+                decays += decay
+                negs += neg
+                new_bufs += bufs
+        if not stepped:
+            return loss
+        state = self.state
+
+        def show() -> None:
+            for p, b in zip(stepped, new_bufs):
+                state[p]["momentum_buffer"] = b
+
+        self._commit(Commit(show), lambda done: _core.muon_update(arrays, outs, transposed, decays, negs, done))
         return loss

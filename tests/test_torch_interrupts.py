@@ -1,0 +1,171 @@
+"""fusedopt.torch's Adafactor and Muon under exceptions from a signal handler
+(docs/torch.md, "Interrupts"): a KeyboardInterrupt raised at a random point of
+a step leaves the optimizer, at the next look at it, fully before or fully
+after the step: parameters, state and step counts. A timer interrupts steps of
+many small parameters (the commit is a good part of such a step); after each
+one the optimizer must equal, bit for bit, an uninterrupted twin either as it
+is or after the twin takes the same step."""
+import gc
+import signal
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedopt.torch as ft  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+
+
+def _adafactor_params(seed):
+    """Matrices, vectors and a transposed (non-contiguous) matrix, which the step copies back."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3), (5,), (2, 3, 2)] * 10
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    params.append(torch.nn.Parameter(torch.randn(6, 4, generator=g).t()))
+    return [{"params": params[:16]}, {"params": params[16:], "lr": 3e-3, "weight_decay": 0.1}]
+
+
+def _muon_params(seed):
+    """Two groups of different lr, weight decay and dtype: one native call updates both."""
+    g = torch.Generator().manual_seed(seed)
+    first = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(6, 4), (3, 5)] * 6]
+    second = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64)) for s in [(4, 4), (5, 2)] * 4]
+    return [{"params": first}, {"params": second, "lr": 2e-2, "weight_decay": 0.3}]
+
+
+CASES = {"Adafactor": (ft.Adafactor, _adafactor_params, {"lr": 1e-2}),
+         "Muon": (ft.Muon, _muon_params, {"lr": 1e-2})}
+
+
+def _params(opt):
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def _snapshot(opt):
+    """What a look at the optimizer shows: its state dict (every state tensor, the step
+    counts) and the parameters, as copies."""
+    saved = opt.state_dict()["state"]
+    state = {k: {slot: v.clone() for slot, v in entry.items()} for k, entry in saved.items()}
+    return state, [p.detach().clone() for p in _params(opt)]
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
+def _same(a, b):
+    (sa, pa), (sb, pb) = a, b
+    if sa.keys() != sb.keys() or any(sa[k].keys() != sb[k].keys() for k in sa):
+        return False
+    tensors = [(x, y) for k in sa for x, y in ((sa[k][s], sb[k][s]) for s in sa[k])] + list(zip(pa, pb))
+    return all(x.dtype == y.dtype and x.shape == y.shape and torch.equal(_bits(x), _bits(y)) for x, y in tensors)
+
+
+def _set_grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+
+
+def _step_time(cls, make, hyper):
+    """A step's duration (the median of a few, on a scratch optimizer)."""
+    opt = cls(make(0), **hyper)
+    times = []
+    for k in range(7):
+        _set_grads(_params(opt), k)
+        t0 = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_an_interrupted_step_is_all_done_or_not_begun(name):
+    cls, make, hyper = CASES[name]
+    opt, twin = cls(make(1), **hyper), cls(make(1), **hyper)
+    rng = np.random.default_rng(3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # steady step times (Muon's products), also on a loaded machine
+    # Even steps: log-uniform delays from 2 µs to 20 steps (early hits, whole steps); odd ones
+    # near the end of a step, as long as the twin's last step took (hits in the commit).
+    step_time = _step_time(cls, make, hyper)
+    delays = np.exp(rng.uniform(np.log(2e-6), np.log(20 * step_time), size=300))
+    near_end = rng.uniform(0.85, 1.1, size=300)
+    armed = [False]
+
+    def handler(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    gc.disable()  # a signal handled in a gc callback is unraisable, not raised in the step
+    outcomes = {(hit, stepped): 0 for hit in (False, True) for stepped in (False, True)}
+    try:
+        for k, delay in enumerate(delays):
+            _set_grads(_params(opt), 100 + k)
+            _set_grads(_params(twin), 100 + k)
+            hit = False
+            try:
+                armed[0] = True
+                signal.setitimer(signal.ITIMER_REAL, step_time * near_end[k] if k % 2 else delay)
+                opt.step()
+                armed[0] = False
+            except KeyboardInterrupt:
+                hit = True
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            ours = _snapshot(opt)
+            stepped = not _same(ours, _snapshot(twin))
+            if stepped:
+                t0 = time.perf_counter()
+                twin.step()
+                step_time = time.perf_counter() - t0
+                assert _same(ours, _snapshot(twin)), f"step {k}: half a step (interrupted: {hit})"
+            outcomes[hit, stepped] += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        gc.enable()
+        torch.set_grad_enabled(True)  # an interrupt inside torch.no_grad's __enter__ skips its __exit__
+        torch.set_num_threads(threads)
+    # The timer hit steps before their native call (not stepped) and after it (the commit completed).
+    assert outcomes[True, False] > 0 and outcomes[True, True] > 0 and outcomes[False, True] > 0, outcomes
+    for p, q in zip(_params(opt), _params(twin)):
+        assert torch.equal(_bits(p.detach()), _bits(q.detach()))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_commit_cut_short_shows_at_the_next_look(name, monkeypatch):
+    """An exception right after the native call (as a signal handler may raise there):
+    the step happened, so the next look at the state shows all of it; one raised
+    just before the call leaves everything as it was."""
+    from fusedopt.torch import _checked_groups
+
+    cls, make, hyper = CASES[name]
+    for after in (True, False):
+        opt, twin = cls(make(2), **hyper), cls(make(2), **hyper)
+        for o in (opt, twin):
+            _set_grads(_params(o), 7)
+            o.step()
+            _set_grads(_params(o), 8)
+        real = _checked_groups.CheckedGroups._commit
+
+        def cut_short(self, pending, native):
+            self._pending = pending
+            if after:
+                native(pending.mark)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(_checked_groups.CheckedGroups, "_commit", cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            opt.step()
+        monkeypatch.setattr(_checked_groups.CheckedGroups, "_commit", real)
+        if after:
+            twin.step()
+        assert opt._pending is not None
+        assert _same(_snapshot(opt), _snapshot(twin))
+        assert opt._pending is None
