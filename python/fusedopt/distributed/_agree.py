@@ -14,6 +14,8 @@ from typing import Any, Optional
 import numpy as np
 from mpi4py import MPI  # only fusedopt.distributed imports this module, after mpi4py
 
+from ._abort import out_of_step
+
 # An interrupt is raised as one on every rank, so that a script's `except KeyboardInterrupt:`
 # (a checkpoint, say) runs on all of them and they call the same collectives.
 _CODES: dict[type, int] = {ValueError: 1, TypeError: 2, FloatingPointError: 3, MemoryError: 4,
@@ -59,8 +61,12 @@ def agree_flag(comm: Any, exc: Optional[BaseException], flag: list[Any]) -> None
 def raise_everywhere(comm: Any, exc: Optional[BaseException]) -> None:
     """Called on all ranks once some rank is known to have failed: the lowest
     failing rank's error type and message are sent to all, and raised."""
-    first = comm.allreduce(comm.Get_rank() if exc is not None else comm.Get_size(), op=MPI.MIN)
-    info = comm.bcast((_code(exc), _text(exc)) if comm.Get_rank() == first else None, root=first)
+    try:
+        first = comm.allreduce(comm.Get_rank() if exc is not None else comm.Get_size(), op=MPI.MIN)
+        info = comm.bcast((_code(exc), _text(exc)) if comm.Get_rank() == first else None, root=first)
+    except BaseException as second:  # (an interrupt between the two: the peers wait in the bcast)
+        out_of_step(comm, exc, second)
+        raise
     if exc is not None:
         raise exc
     raise _TYPES.get(info[0], RuntimeError)(f"on rank {first}: {info[1]}")
