@@ -69,7 +69,10 @@ def paysage_key(opt: Any, pending: bool) -> tuple[Any, tuple[Any, ...]]:
             moments = md["_native"].plan is not None or md.get("_pending") is not None
         except KeyError:  # kept elsewhere (a subclass's own)
             return _paysage_objects(opt, pending)
-        return count, (opt, version, mem, mem_version, moments, pending, _held(getattr(schedule, "value", None)))
+        value = getattr(schedule, "value", None)
+        if isinstance(value, _MUTABLE):  # (_held, inline: this runs every step)
+            value = object()
+        return count, (opt, version, mem, mem_version, moments, pending, value)
     return _paysage_objects(opt, pending)
 
 
@@ -130,7 +133,9 @@ def optim_key(opt: Any, lr: Optional[float], pending: bool) -> tuple[Any, tuple[
     again)."""
     schedule = opt._lr
     state = opt._state is not None or opt._pending is not None  # (state_arrays() would build views)
-    value = _held(None if type(schedule) is float else getattr(schedule, "value", None))
+    value = None if type(schedule) is float else getattr(schedule, "value", None)
+    if isinstance(value, _MUTABLE):  # (_held, inline)
+        value = object()
     version = opt.__dict__.get("_version")
     if version is None:
         return opt.step_count, (type(opt), schedule, lr, state, pending, value, *opt._values.values())
