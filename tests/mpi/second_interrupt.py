@@ -39,8 +39,9 @@ class Comm:
         return self.comm.bcast(*args, **kwargs)
 
 
-def interrupting(method, then=None):
-    """`method` raising a KeyboardInterrupt at its first call (after calling `then`)."""
+def interrupting(then=None):
+    """A stand-in for a method that raises a KeyboardInterrupt: the first (after calling `then`)
+    or, without `then`, the second."""
     def wrapped(*args, **kwargs):
         if then is not None:
             then()
@@ -56,16 +57,15 @@ def main():
     if RANK == LAST:
         if POINT == "agreement":
             dp._comm = comm = Comm(dp._comm)
-            dp._average_shard = interrupting(dp._average_shard, lambda: setattr(comm, "armed", True))
+            dp._average_shard = interrupting(lambda: setattr(comm, "armed", True))
         else:
-            dp._average_shard = interrupting(dp._average_shard, lambda: None)
-            name = {"exchange": "_alltoall", "gather": "_allgather"}[POINT]
-            setattr(dp, name, interrupting(getattr(dp, name)))
+            dp._average_shard = interrupting(lambda: None)
+            setattr(dp, {"exchange": "_alltoall", "gather": "_allgather"}[POINT], interrupting())
     try:
         dp.update(params, np.full(1000, RANK + 2, np.float32))
     except KeyboardInterrupt:
-        dp.__dict__.pop("_alltoall", None)
-        dp.__dict__.pop("_allgather", None)
+        for name in ("_average_shard", "_alltoall", "_allgather"):
+            dp.__dict__.pop(name, None)
         dp.state_dict()  # the checkpoint a training loop saves on Ctrl-C: a collective
     print(f"rank {RANK}: went on after the second interrupt", flush=True)
 
