@@ -142,6 +142,20 @@ def test_one_rank_failing_ends_the_job(mode, n, message):
     assert "Traceback (most recent call last)" in proc.stderr and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("point, n, opt_out", [("exchange", 2, "1"), ("gather", 3, "1"), ("agreement", 2, "1"),
+                                               ("exchange", 2, "0")])
+def test_second_interrupt_during_the_catch_up_ends_the_job(point, n, opt_out):
+    # Every rank catches the step's KeyboardInterrupt and saves a checkpoint (a collective); a
+    # second interrupt on the failing rank while it took part in the step's remaining
+    # collectives left it out of step with its peers, which then waited in different
+    # collectives forever. The job must end instead (hook or not), within the time limit.
+    proc = _run(n, "second_interrupt.py", point, timeout=ABORT_TIMEOUT, FUSEDOPT_MPI_ABORT=opt_out)
+    assert proc.returncode == 130, (proc.returncode, proc.stdout, proc.stderr)
+    assert "went on after the second interrupt" not in proc.stdout, proc.stdout
+    assert f"KeyboardInterrupt on rank {n - 1} during the collectives that keep the ranks in step" in proc.stderr
+    assert "KeyboardInterrupt: second" in proc.stderr, proc.stderr
+
+
 def test_abort_hook_opt_out_by_environment():
     proc = _run(2, "abort.py", "opt-out", timeout=ABORT_TIMEOUT, FUSEDOPT_MPI_ABORT="0")
     assert proc.returncode == 0, proc.stderr

@@ -70,6 +70,13 @@ def _weight_property(name, attr, doc):
     return property(get, set, doc=doc)
 
 
+def _bump(obj):
+    """Count a change of a setting in ``obj._version``: fusedopt.distributed's agreement hashes
+    an optimizer's settings again only when this count (or a field it reads every step) moved."""
+    d = obj.__dict__
+    d["_version"] = d.get("_version", 0) + 1
+
+
 def _float32_slot(slot, native_name):
     """`_w` / `_w2`: the float32 weight, mirrored as a double in the native state."""
     def get(self):
@@ -78,6 +85,7 @@ def _float32_slot(slot, native_name):
     def set(self, value):
         self.__dict__[slot] = value
         setattr(self._native, native_name, float(value))
+        _bump(self)
     return property(get, set)
 
 
@@ -417,10 +425,13 @@ def _with_options(cls: _Class) -> _Class:
 class _Checked:
     """A public attribute checked on assignment (``check(name, value)`` returns what to store or
     raises, so a refused value changes nothing). It has no ``__get__``: reads are plain
-    instance-dict reads, and the step, which reads several of these, pays nothing for them."""
+    instance-dict reads, and the step, which reads several of these, pays nothing for them.
+    An assignment counts as a change of a setting (_bump) unless `counted` is False (the step
+    count, which the agreement reads every step anyway)."""
 
-    def __init__(self, check, doc):
+    def __init__(self, check, doc, counted=True):
         self._check = check
+        self._counted = counted
         self.__doc__ = doc
 
     def __set_name__(self, owner, name):
@@ -428,6 +439,8 @@ class _Checked:
 
     def __set__(self, obj, value):
         obj.__dict__[self._name] = self._check(self._name, value)
+        if self._counted:
+            _bump(obj)
 
 
 def _check_memory(name, value):
@@ -474,7 +487,7 @@ class Optimizer:
         keep_delta = _Checked(_checks.flag, "On the in-place path also keep the step's delta in ``delta``.")
         lr = _Checked(_check_lr, "The float32 rate of the last update_lr() (None before: steps use "
                                  "stepsize.value).")
-        step_count = _Checked(_checks.count, "Steps taken by update() (an integer >= 0).")
+        step_count = _Checked(_checks.count, "Steps taken by update() (an integer >= 0).", counted=False)
 
     def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, tolerance: float = 1e-7, ascent: bool = False, *,
                  check_finite: bool = False, keep_delta: bool = False) -> None:
@@ -503,6 +516,7 @@ class Optimizer:
     @stepsize.setter
     def stepsize(self, value: StepSize) -> None:
         self._stepsize = _as_schedule(value)
+        _bump(self)
 
     @property
     def _memory(self) -> GradientMemory:
@@ -623,6 +637,7 @@ class Optimizer:
         # Everything is checked: from here on nothing raises.
         mem._commit_state(*memory)
         self._stepsize = schedule
+        _bump(self)
         self._commit_fields(fields)
         self.delta = None
         self._conv_n = None  # check_convergence() is False until the next update
@@ -651,6 +666,7 @@ class Optimizer:
         mem = state["memory"]
         self.__dict__.update(state["extra"])
         self._stepsize = state["stepsize"]
+        _bump(self)
         self._commit_fields(fields)
         plan = None
         if mem is not None:

@@ -536,6 +536,16 @@ class OwnUpdate(optimizers.Gradient):
         model.parameter_update(self.delta)
 
 
+class ArrayValue:
+    """A schedule whose value is a 0-d array (which can change in place, with no assignment)."""
+
+    def __init__(self, value):
+        self.value = np.array(float(value))
+
+    def __next__(self):
+        return float(self.value)
+
+
 # -- every optimizer, one setting unlike on the last rank: refused on every rank -----------------
 def _paysage_changes(opt):
     """(field named in the message, what sets it otherwise on an optimizer like `opt`)."""
@@ -622,11 +632,22 @@ def unlike_later(c, shard):
     def negative_zero(o):  # 0.0 on the other ranks: equal as floats, not as bits
         o.lr = -0.0 if RANK == last else 0.0
 
+    def array_value(o):  # a schedule's value changed in place (no assignment: read every step)
+        o.stepsize.value[...] = 0.25
+
     paysage_changes = [*_paysage_changes(OPTIMIZERS["ADAM-no-mean"]()),
-                       ("step_count", lambda o: setattr(o, "step_count", o.step_count + 1)), ("lr", negative_zero)]
+                       ("step_count", lambda o: setattr(o, "step_count", o.step_count + 1)), ("lr", negative_zero),
+                       ("stepsize schedule", lambda o: setattr(o, "stepsize", ArrayValue(o.stepsize.value))),
+                       ("mean_weight, mean_square_weight",
+                        lambda o: setattr(o, "memory", type(o.memory)(mean_weight=0.5, mean_square_weight=0.9))),
+                       ("lr", array_value)]
     for field, change in paysage_changes:
-        dp, p = distributed.DataParallel(OPTIMIZERS["ADAM-no-mean"](), shard_state=shard), params0("mixed")
-        dp.update_lr()
+        opt = OPTIMIZERS["ADAM-no-mean"]()
+        if change is array_value:  # steps at stepsize.value: no update_lr()
+            opt.stepsize = ArrayValue(0.5)
+        dp, p = distributed.DataParallel(opt, shard_state=shard), params0("mixed")
+        if change is not array_value:
+            dp.update_lr()
         for step in range(2):
             dp.update(p, grad("mixed", step, RANK))
         if RANK == last or change is negative_zero:
@@ -634,7 +655,8 @@ def unlike_later(c, shard):
         refused(c, f"unlike later ADAM {field} shard={shard}", lambda: dp.update(p, grad("mixed", 2, RANK)), p,
                 [field, f"rank {last}"])
     optim_changes = [("lr", "lr", 5e-4), ("hyper-parameters", "betas", (0.8, 0.999)),
-                     ("hyper-parameters", "weight_decay", 0.5), ("check_finite", "check_finite", True)]
+                     ("hyper-parameters", "weight_decay", 0.5), ("check_finite", "check_finite", True),
+                     *([] if shard else [("max_grad_norm", "max_grad_norm", 1.0)])]
     for field, name, value in optim_changes:
         dp, p = distributed.DataParallel(optim.Adam(lr=1e-3), shard_state=shard), params0("mixed")
         for step in range(2):

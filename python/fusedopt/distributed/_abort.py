@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from typing import Any, Optional
 
 from mpi4py import MPI
@@ -46,6 +47,22 @@ def _abort(kind: type) -> None:
     time.sleep(_GRACE)
     # The status a shell gives a process killed by SIGINT, as mpi4py's own runner does.
     MPI.COMM_WORLD.Abort(128 + signal.SIGINT if issubclass(kind, KeyboardInterrupt) else 1)
+
+
+def out_of_step(comm: Any, first: Optional[BaseException], second: BaseException) -> None:
+    """A second exception (a second interrupt, say) cut short this rank's part in collectives its
+    peers are in (a failed step's catch-up, or the agreement raising a failure everywhere): the
+    ranks can no longer be brought to the same collective, so, rather than leave them waiting for
+    each other forever, the job ends (whether or not the hook is installed; alone, there is no
+    peer to wait and `second` is raised as it is)."""
+    if comm.Get_size() == 1:
+        raise second
+    after = f" while handling {type(first).__name__}: {first}" if first is not None else ""
+    print(f"fusedopt.distributed: {type(second).__name__} on rank {comm.Get_rank()} during the collectives "
+          f"that keep the ranks in step{after}; the ranks cannot be brought to the same collective any more: "
+          "ending the job (MPI_Abort)", file=sys.stderr)
+    traceback.print_exception(type(second), second, second.__traceback__)
+    _abort(type(second))
 
 
 def install() -> None:

@@ -9,10 +9,12 @@ rank goes on into a collective its peers will never join.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Optional
 
-import numpy as np
 from mpi4py import MPI  # only fusedopt.distributed imports this module, after mpi4py
+
+from ._abort import out_of_step
 
 # An interrupt is raised as one on every rank, so that a script's `except KeyboardInterrupt:`
 # (a checkpoint, say) runs on all of them and they call the same collectives.
@@ -31,17 +33,28 @@ def _code(exc: Optional[BaseException]) -> int:
     return _OTHER
 
 
-def agree(comm: Any, exc: Optional[BaseException], value: int = 0, msg: Optional[np.ndarray] = None) -> bool:
+_MESSAGE = struct.Struct("=3q")  # [error, hash, -hash], three native int64
+
+
+def message() -> list[Any]:
+    """A message for agree() to reuse: its bytes and MPI type (mpi4py reads a [buffer, type]
+    pair faster than a numpy array, whose dtype it must translate each call)."""
+    return [bytearray(_MESSAGE.size), MPI.INT64_T]
+
+
+def agree(comm: Any, exc: Optional[BaseException], value: int = 0, msg: Optional[list[Any]] = None) -> bool:
     """Raise `exc` (or its copy) on every rank if any rank has one; else return
-    whether every rank passed the same `value` (a non-negative 62-bit int). `msg`: an int64
-    array of 3 to reuse for the message (a step's own), else a new one."""
+    whether every rank passed the same `value` (a non-negative 62-bit int). `msg`: a message()
+    to reuse (a step's own), else a new one."""
     if msg is None:
-        msg = np.empty(3, np.int64)
-    msg[0], msg[1], msg[2] = _code(exc), value, -value
-    comm.Allreduce(MPI.IN_PLACE, msg, op=MPI.MAX)
-    if msg[0]:
+        msg = message()
+    data = msg[0]
+    _MESSAGE.pack_into(data, 0, 0 if exc is None else _code(exc), value, -value)
+    comm.Allreduce(MPI.IN_PLACE, msg, MPI.MAX)
+    code, high, low = _MESSAGE.unpack_from(data)
+    if code:
         raise_everywhere(comm, exc)
-    return bool(msg[1] == -msg[2])
+    return high == -low
 
 
 def agree_flag(comm: Any, exc: Optional[BaseException], flag: list[Any]) -> None:
@@ -59,8 +72,12 @@ def agree_flag(comm: Any, exc: Optional[BaseException], flag: list[Any]) -> None
 def raise_everywhere(comm: Any, exc: Optional[BaseException]) -> None:
     """Called on all ranks once some rank is known to have failed: the lowest
     failing rank's error type and message are sent to all, and raised."""
-    first = comm.allreduce(comm.Get_rank() if exc is not None else comm.Get_size(), op=MPI.MIN)
-    info = comm.bcast((_code(exc), _text(exc)) if comm.Get_rank() == first else None, root=first)
+    try:
+        first = comm.allreduce(comm.Get_rank() if exc is not None else comm.Get_size(), op=MPI.MIN)
+        info = comm.bcast((_code(exc), _text(exc)) if comm.Get_rank() == first else None, root=first)
+    except BaseException as second:  # (an interrupt between the two: the peers wait in the bcast)
+        out_of_step(comm, exc, second)
+        raise
     if exc is not None:
         raise exc
     raise _TYPES.get(info[0], RuntimeError)(f"on rank {first}: {info[1]}")

@@ -12,7 +12,7 @@ from mpi4py import MPI
 
 from .. import _core
 from . import _abort, _checkpoint, _fields, _layout
-from ._agree import agree, try_local
+from ._agree import agree, message, try_local
 from ._layout import Layout, aligned_bytes
 from ._step import _leaves, _Step
 from ._strategies import strategy
@@ -110,7 +110,7 @@ class DataParallel(_Step):
         self._fused: Any = None
         self._kernel_averages = self._averages_in_kernel()
         self._grad_in_place = self._sends_in_place()  # a single-leaf gradient sent from the caller's memory
-        self._message = np.empty(3, np.int64)  # the step's agreement message, reused
+        self._message = message()  # the step's agreement message, reused
         self._flag = [bytearray(8), MPI.INT64_T]  # the message of the agreements inside a step (agree_flag)
         # During a step: the collectives every rank takes (their kinds, in order), how many this
         # rank has entered (_RAISED: an agreement of the step raised on every rank), and the flat

@@ -42,11 +42,42 @@ _OPT_NAMES = ("ascent", "check_finite", "keep_delta", "tolerance", "stepsize", "
 _WEIGHTS = operator.itemgetter("_w32", "_w2_32")
 
 
+# Values that can change in place: a key holds a new object for them, so that it never matches
+# the last step's (their fields are then made again every step).
+_MUTABLE = (np.ndarray, list, dict, bytearray)
+
+
+def _held(value: Any) -> Any:
+    return object() if isinstance(value, _MUTABLE) else value
+
+
 def paysage_key(opt: Any, pending: bool) -> tuple[Any, tuple[Any, ...]]:
-    """(step count, the raw objects every other field is made of) of a fusedopt.optimizers
-    optimizer: a step whose objects are the same ones (identity) as the last step's has the
-    same fields but the count (see paysage_fields). `pending`: the wrapper holds moments
-    waiting for a layout."""
+    """(step count, a key) of a fusedopt.optimizers optimizer: a step whose key holds the same
+    objects (identity) as the last step's has the same fields but the count (see
+    paysage_fields). The optimizer's and its memory's change counts (``_version``, bumped by
+    every assignment of a setting, the schedule, the memory or a weight) stand for their
+    settings; what changes without an assignment is read every step: whether moments exist (the
+    step makes them), the schedule's value (``next()`` moves it) and `pending` (the wrapper holds
+    moments waiting for a layout). Without the counts: every raw object (_paysage_objects)."""
+    d = opt.__dict__
+    version = d.get("_version")
+    mem = d.get("memory", d.get("_memory"))
+    if version is not None and mem is not None:
+        md = mem.__dict__
+        try:
+            count, schedule, mem_version = d["step_count"], d["_stepsize"], md["_version"]
+            moments = md["_native"].plan is not None or md.get("_pending") is not None
+        except KeyError:  # kept elsewhere (a subclass's own)
+            return _paysage_objects(opt, pending)
+        value = getattr(schedule, "value", None)
+        if isinstance(value, _MUTABLE):  # (_held, inline: this runs every step)
+            value = object()
+        return count, (opt, version, mem, mem_version, moments, pending, value)
+    return _paysage_objects(opt, pending)
+
+
+def _paysage_objects(opt: Any, pending: bool) -> tuple[Any, tuple[Any, ...]]:
+    """(step count, the raw objects every other field is made of) of a fusedopt.optimizers optimizer."""
     d = opt.__dict__
     try:
         ascent, finite, keep, tolerance, schedule, lr, count = _OPT_FIELDS(d)
@@ -73,13 +104,17 @@ def paysage_key(opt: Any, pending: bool) -> tuple[Any, tuple[Any, ...]]:
     # counter shows in its value when it matters).
     value = getattr(schedule, "value", None)
     return count, (type(opt), mem is None, w, w2, ascent, finite, keep, tolerance, schedule, lr, moments, pending,
-                   value)
+                   _held(value))
 
 
 def paysage_fields(count: Any, key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """(static, dynamic) fields of a fusedopt.optimizers optimizer, from paysage_key's."""
+    if not isinstance(key[0], type):  # the change counts' key: (optimizer, ..., pending at 5, ...)
+        key = _paysage_objects(key[0], key[5])[1]
     kind, no_memory, w, w2, ascent, finite, keep, tolerance, schedule, lr, moments, pending, value = key
     static = (kind, None if no_memory else (w, w2), ascent, finite, keep, tolerance, type(schedule))
+    if type(value) is object:  # (a mutable value's stand-in: read it)
+        value = getattr(schedule, "value", None)
     position = () if value is None else (value,)
     return static, (count, lr if lr is not None else _rate(value), moments, pending, *position)
 
@@ -90,20 +125,29 @@ def paysage(opt: Any, pending: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
 
 
 def optim_key(opt: Any, lr: Optional[float], pending: bool) -> tuple[Any, tuple[Any, ...]]:
-    """(step count, the raw objects every other field is made of) of a fusedopt.optim
-    optimizer, as paysage_key's; `lr`: this step's rate, already drawn from its schedule or
-    callable (None outside a step). Its settings' values are all read (a superset of those
-    agreed on: a change of any makes the fields again)."""
+    """(step count, a key) of a fusedopt.optim optimizer, as paysage_key's; `lr`: this step's
+    rate, already drawn from its schedule or callable (None outside a step). Its settings are
+    those in its ``_values`` dict: the dict itself (load_state_dict puts in another) and the
+    change count ``_version`` (bumped by every write of an entry) stand for them, or, without a
+    count, all their values (a superset of those agreed on: a change of any makes the fields
+    again)."""
     schedule = opt._lr
     state = opt._state is not None or opt._pending is not None  # (state_arrays() would build views)
     value = None if type(schedule) is float else getattr(schedule, "value", None)
-    return opt.step_count, (type(opt), schedule, lr, state, pending, value, *opt._values.values())
+    if isinstance(value, _MUTABLE):  # (_held, inline)
+        value = object()
+    version = opt.__dict__.get("_version")
+    if version is None:
+        return opt.step_count, (type(opt), schedule, lr, state, pending, value, *opt._values.values())
+    return opt.step_count, (type(opt), schedule, lr, state, pending, value, opt._values, version)
 
 
 def optim_fields(count: Any, key: tuple[Any, ...], opt: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """(static, dynamic) fields of a fusedopt.optim optimizer, from optim_key's (`opt`: the
     optimizer, for its hyper-parameters by name)."""
     kind, schedule, lr, state, pending, value = key[:6]
+    if type(value) is object:  # (a mutable value's stand-in: read it)
+        value = getattr(schedule, "value", None)
     name: Any = type(schedule).__name__
     position: tuple[Any, ...] = ()
     if type(schedule) is not float:  # (a constant rate is stored as a float)

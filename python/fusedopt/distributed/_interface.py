@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
-
 from ._layout import Layout
 
 
@@ -32,7 +30,7 @@ class _Interface:
     _adopting: Any
     _step_layout: Any
     _gather_flat: Any
-    _message: np.ndarray
+    _message: list[Any]
     _flag: list[Any]
     _kernel_averages: bool
     _grad_in_place: bool

@@ -16,6 +16,7 @@ from mpi4py import MPI
 
 from .. import _core
 from . import _fields
+from ._abort import out_of_step
 from ._agree import agree, agree_flag
 from ._interface import _Interface
 from ._layout import Layout
@@ -90,10 +91,22 @@ class _Step(_Interface):
         entered yet (with its own buffers; their results are not used) up to the next in-step
         agreement, which raises `exc` on every rank (the others: the same type, naming this
         rank). A failure after the step's last collective (the model's parameter_update, or the
-        replicated step itself) stays on this rank; the next collective call sees it."""
-        done, lay = self._done, self._step_layout
+        replicated step itself) stays on this rank; the next collective call sees it. A second
+        failure while it catches up ends the job (_abort.out_of_step): the peers wait in a
+        collective this rank can no longer tell."""
+        done = self._done
         if done == _RAISED:  # raised by an agreement of the step: every rank raises it together
             return
+        try:
+            self._catch_up(exc, done)
+        except BaseException as second:
+            if second is not exc:  # a second failure (interrupt) amid the peers' collectives: no way back
+                out_of_step(self._comm, exc, second)
+            raise
+
+    def _catch_up(self, exc: BaseException, done: int) -> None:
+        """_join's collectives: those of the plan from `done` on, up to the agreement raising `exc`."""
+        lay = self._step_layout
         if self._adopting is not None:  # what the agreement installs, as on every other rank
             self._adopt(*self._adopting)
             self._adopting = None

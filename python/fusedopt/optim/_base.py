@@ -149,6 +149,9 @@ class Optimizer:
                  master_weights: bool = False) -> None:
         """Called by the subclasses' constructors with the options every optimizer takes."""
         self._values: Dict[str, Any] = {}
+        # Changes of _values' entries (see _store): fusedopt.distributed's agreement hashes the
+        # settings again only when this count, or the _values dict itself, changed.
+        self._version = 0
         self._hyper = _core.OptimHyper()
         for field, value in self._fixed.items():
             self._hyper[field] = value
@@ -179,6 +182,7 @@ class Optimizer:
         """Check and assign hyper-parameters together (all or none): each on its own, then
         the checks across them, then the choice of rule against an existing state."""
         old = dict(self._values)
+        self._bump()
         try:
             for name, value in values.items():
                 hyper = getattr(type(self), name)
@@ -193,6 +197,14 @@ class Optimizer:
             raise
         for name in values:
             getattr(type(self), name).store(self._hyper, self._values[name])
+
+    def _store(self, name: str, value: Any) -> None:
+        """Set one of the settings in _values (every write of an entry goes through here or _set_all)."""
+        self._values[name] = value
+        self._bump()
+
+    def _bump(self) -> None:
+        self._version = self.__dict__.get("_version", 0) + 1
 
     # -- learning rate ----------------------------------------------------------------
     @property
@@ -235,7 +247,7 @@ class Optimizer:
         value = checks.max_norm("max_grad_norm", value)
         if value is not None and getattr(self, "_grad_scale", None) is not None:
             raise ValueError("max_grad_norm: grad_scale is set (the norm would be the scaled gradients')")
-        self._values["max_grad_norm"] = value
+        self._store("max_grad_norm", value)
         self._hyper["max_grad_norm"] = 0.0 if value is None else value
 
     @property
@@ -275,7 +287,7 @@ class Optimizer:
 
     @check_finite.setter
     def check_finite(self, value: bool) -> None:
-        self._values["check_finite"] = checks.flag("check_finite", value)
+        self._store("check_finite", checks.flag("check_finite", value))
 
     @property
     def stochastic_rounding(self) -> bool:
@@ -285,7 +297,7 @@ class Optimizer:
 
     @stochastic_rounding.setter
     def stochastic_rounding(self, value: bool) -> None:
-        self._values["stochastic_rounding"] = checks.flag("stochastic_rounding", value)
+        self._store("stochastic_rounding", checks.flag("stochastic_rounding", value))
         if self._state is not None:
             self._set_rounding(self._state)
 
@@ -297,7 +309,7 @@ class Optimizer:
 
     @seed.setter
     def seed(self, value: int) -> None:
-        self._values["seed"] = lowp.check_seed("seed", value)
+        self._store("seed", lowp.check_seed("seed", value))
         if self._state is not None:
             self._set_rounding(self._state)
 
@@ -314,7 +326,7 @@ class Optimizer:
         if (self._state is not None or self._pending is not None) and value != self._values["master_weights"]:
             raise ValueError("master_weights chooses the state's layout (float32 masters and slots): it cannot "
                              "change once the optimizer has state (call reset() first)")
-        self._values["master_weights"] = value
+        self._store("master_weights", value)
 
     @property
     def weight_decay_mask(self) -> Mask:
@@ -332,7 +344,7 @@ class Optimizer:
             stand_ins = [np.broadcast_to(np.zeros((), lowp.dtype(dtype)), shape)
                          for dtype, shape in zip(plan.leaf_dtypes, plan.shapes)]
             self._state.decay_mask = resolve_mask(mask, plan.paths, stand_ins)
-        self._values["weight_decay_mask"] = mask
+        self._store("weight_decay_mask", mask)
 
     # -- state ------------------------------------------------------------------------
     @property

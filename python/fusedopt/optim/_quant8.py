@@ -112,7 +112,7 @@ class Adam8bit(Optimizer):
         if value is not None:
             raise ValueError(f"max_grad_norm: {type(self).__name__} does not clip gradients, got {value!r} "
                              f"(clip before the step, or use fusedopt.optim.{self._float32_kind})")
-        self._values["max_grad_norm"] = None
+        self._store("max_grad_norm", None)
 
     def _new_state(self, plan: _core.Plan, mask: List[bool]) -> _core.Quant8State:
         return _core.Quant8State(plan, mask, self._hyper, self._values["block_size"], self._values["min_8bit_size"])
