@@ -114,4 +114,10 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
   return norm;
 }
 
+OptimScalars<float> stateless_scalars32(OptimRule rule, const OptimHyper& hyper, double lr, long long t) {
+  ScalarState none{};
+  return rounded<float>(optim_kernels().values[static_cast<unsigned>(rule)]({hyper, lr, static_cast<double>(t), 1.0},
+                                                                            none.data()));
+}
+
 }  // namespace fusedopt
