@@ -4,6 +4,7 @@ float32 reference at every SIMD level and thread count, state memory, conversion
 from and to AdamW's and Lion's state, resume, bad input, and a training run.
 The tests of the state's contract run for AdamW8bit and Lion8bit alike (KINDS)."""
 import io
+import signal
 
 import numpy as np
 import pytest
@@ -565,3 +566,46 @@ def test_a_step_that_would_overflow_the_count_is_refused(kind, rng):
     for a, b in zip(params, values):
         _bits_equal(a, b)
     opt.load_state_dict(after)  # and the state still loads
+
+
+# -- an exception from a signal handler (tests/test_interrupts.py's loop) ------------------------
+class _Stepper:
+    """The interface interrupted_loop steps through: update(target, grads), step_count."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def update(self, target, grads):
+        self.opt.step(target, grads)
+
+    @property
+    def step_count(self):
+        return self.opt.step_count
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("schedule", [False, True], ids=["float-lr", "schedule"])
+def test_an_exception_from_a_signal_handler_never_leaves_a_half_step(kind, schedule, rng):
+    """A timer raises at random points of a loop of steps (the first one creating the state;
+    with a schedule every step advances it in Python): a replay of exactly the steps that
+    counted has the bits of the parameters and the state."""
+    from test_interrupts import interrupted_loop
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in SHAPES] for _ in range(100)]
+    lr = fusedopt.schedules.Constant(initial=0.01) if schedule else 0.01
+    opt = getattr(optim, kind)(lr=lr, block_size=64, min_8bit_size=64)
+    target = [p.copy() for p in params]
+    counted, interrupted = [], 0
+    for _ in range(3):
+        c, i = interrupted_loop(_Stepper(opt), target, grads, None, rng)
+        counted += c
+        interrupted += i
+    assert interrupted > 0, "the timer never interrupted a step: the test tested nothing"
+    assert counted and opt.step_count == len(counted)
+    rate = float(np.float32(0.01)) if schedule else 0.01  # a schedule's values are float32
+    r = ref.Reference([p.copy() for p in params], rate, block=64, least=64, rule="lion" if kind == "Lion8bit" else "adam",
+                      betas=opt.betas, weight_decay=opt.weight_decay)
+    for g in counted:
+        r.step(params, g)
+    _assert_matches(target, params, opt, r)
