@@ -609,3 +609,11 @@ def test_an_exception_from_a_signal_handler_never_leaves_a_half_step(kind, sched
     for g in counted:
         r.step(params, g)
     _assert_matches(target, params, opt, r)
+
+
+def test_a_rule_without_an_8bit_state_is_refused():
+    plan = _core.Plan([np.zeros(3, np.float32)], "params", low_precision=True)
+    with pytest.raises(ValueError, match="rule: SGD has no 8-bit state"):
+        _core.Quant8State(plan, [True], _core.OptimHyper(), 256, 0, _core.OptimRule.SGD)
+    state = _core.Quant8State(plan, [True], _core.OptimHyper(), 256, 0, _core.OptimRule.LION)
+    assert state.slot_names == ["exp_avg", "exp_avg_absmax"] and state.rule == _core.OptimRule.LION

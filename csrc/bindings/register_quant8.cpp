@@ -98,7 +98,7 @@ class Quant8State {
     hyper_ = &hyper_obj_.cast<const OptimHyper&>();
     block_ = static_cast<std::size_t>(block_size);
     min_8bit_ = static_cast<std::size_t>(min_8bit_size);
-    const bool lion = rule == kQuant8Rules[1];
+    const bool lion = rule == rule_named("LION");
     for (const LeafSpec& s : plan_->leaves())
       if (s.dtype != F32)
         throw py::type_error(where("params", s) + (lion ? ": Lion8bit steps" : ": Adam8bit and AdamW8bit step") +
