@@ -1,6 +1,7 @@
-"""AdamW with 8-bit states beside float32 AdamW: fusedopt.optim.AdamW8bit,
-fusedopt.optim.AdamW and torch.optim.AdamW(fused=True), float32 parameters;
-bitsandbytes' AdamW8bit on CPU too, up to 1e7, when it is installed (optional).
+"""AdamW and Lion with 8-bit states beside their float32 steps: fusedopt.optim.AdamW8bit,
+fusedopt.optim.AdamW and torch.optim.AdamW(fused=True), fusedopt.optim.Lion8bit and
+fusedopt.optim.Lion, float32 parameters; bitsandbytes' AdamW8bit on CPU too, up to
+1e7, when it is installed (optional).
 
     python bench/bench_quant8.py                 # 1e6, 1e7, 6.4e7
     python bench/bench_quant8.py --sizes 1e6     # one size
@@ -30,14 +31,16 @@ from fusedopt import optim
 
 BYTES = {"fusedopt AdamW8bit": 4 + 4 + 4 + 2 * (1 + 1) + 2 * 2 * 4 / 256,
          "bitsandbytes AdamW8bit": 4 + 4 + 4 + 2 * (1 + 1) + 2 * 2 * 4 / 256,
-         "fusedopt AdamW f32": 4 + 4 + 4 + 2 * (4 + 4), "torch fused AdamW f32": 4 + 4 + 4 + 2 * (4 + 4)}
+         "fusedopt AdamW f32": 4 + 4 + 4 + 2 * (4 + 4), "torch fused AdamW f32": 4 + 4 + 4 + 2 * (4 + 4),
+         "fusedopt Lion8bit": 4 + 4 + 4 + (1 + 1) + 2 * 4 / 256, "fusedopt Lion f32": 4 + 4 + 4 + (4 + 4)}
 
 
 def steppers(n, rng):
     p = rng.standard_normal(n).astype(np.float32)
     g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
     out = {}
-    for name, cls in (("fusedopt AdamW8bit", optim.AdamW8bit), ("fusedopt AdamW f32", optim.AdamW)):
+    for name, cls in (("fusedopt AdamW8bit", optim.AdamW8bit), ("fusedopt AdamW f32", optim.AdamW),
+                      ("fusedopt Lion8bit", optim.Lion8bit), ("fusedopt Lion f32", optim.Lion)):
         params, opt = [p.copy()], cls(lr=1e-4)
         out[name] = (lambda params=params, opt=opt: opt.step(params, [g]))
     try:

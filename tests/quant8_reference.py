@@ -1,4 +1,4 @@
-"""NumPy reference of Adam8bit/AdamW8bit (docs/lowbit.md): the maps from their
+"""NumPy reference of Adam8bit/AdamW8bit and Lion8bit (docs/lowbit.md): the maps from their
 definition, the nearest code by exhaustive search over all 256 codes, and the
 step in the documented order in float32."""
 from __future__ import annotations
@@ -69,8 +69,9 @@ def scalars(lr, betas, eps, weight_decay, t):
                 small=abs(lerp_w) < 0.5, eps=f(eps))
 
 
-def adam_math(p, g, m, v, c, decay, maximize):
+def adam_math(p, g, slots, c, decay, maximize):
     """Adam/AdamW in torch's order (fusedopt.optim.Adam's docstring), float32."""
+    m, v = slots
     if maximize:
         g = g * np.float32(-1)
     if decay == "l2":
@@ -81,43 +82,66 @@ def adam_math(p, g, m, v, c, decay, maximize):
     m = m + c["lerp_w"] * diff if c["small"] else g - diff * c["lerp_omw"]
     v = (v * c["b2"]) + ((c["omb2"] * g) * g)
     den = (np.sqrt(v) / c["bc2"]) + c["eps"]
-    return p + (c["neg_lr"] * m) / den, m, v
+    return p + (c["neg_lr"] * m) / den, [m, v]
+
+
+def lion_scalars(lr, betas, eps, weight_decay, t):
+    b1, b2 = betas
+    f = np.float32
+    return dict(neg_lr=f(-lr), decay=f(1.0 - lr * weight_decay), b1=f(b1), omb1=f(1.0 - b1), b2=f(b2),
+                omb2=f(1.0 - b2))
+
+
+def lion_math(p, g, slots, c, decay, maximize):
+    """Lion in fusedopt.optim.Lion's order (its docstring, docs/optim.md), float32;
+    weight decay is always decoupled."""
+    (m,) = slots
+    if maximize:
+        g = g * np.float32(-1)
+    if decay != "none":
+        p = p * c["decay"]
+    u = (c["b1"] * m) + (c["omb1"] * g)
+    p = p + c["neg_lr"] * np.sign(u)  # sign(0) = 0, sign(NaN) = NaN
+    m = (c["b2"] * m) + (c["omb2"] * g)
+    return p, [m]
+
+
+# Per rule: its slots with their map (signed or not), its per-step scalars and its element math.
+RULES = {"adam": ((("exp_avg", True), ("exp_avg_sq", False)), scalars, adam_math),
+         "lion": ((("exp_avg", True),), lion_scalars, lion_math)}
 
 
 class Reference:
-    """The 8-bit optimizer on a list of float32 arrays; quantized leaves hold codes."""
+    """The 8-bit optimizer of `rule` on a list of float32 arrays; quantized leaves hold codes."""
 
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=True,
-                 maximize=False, block=256, least=4096):
+                 maximize=False, block=256, least=4096, rule="adam"):
         self.lr, self.betas, self.eps, self.wd = lr, betas, eps, weight_decay
         self.decoupled, self.maximize, self.block, self.least, self.t = decoupled, maximize, block, least, 0
+        self.slots, self.scalars, self.math = RULES[rule]
         self.state = []
         for p in params:
-            if p.size >= least:
-                nb = -(-p.size // block)
-                self.state.append(dict(exp_avg=np.zeros(p.shape, np.uint8), exp_avg_sq=np.zeros(p.shape, np.uint8),
-                                       exp_avg_absmax=np.zeros(nb, np.float32),
-                                       exp_avg_sq_absmax=np.zeros(nb, np.float32)))
-            else:
-                self.state.append(dict(exp_avg=np.zeros(p.shape, np.float32), exp_avg_sq=np.zeros(p.shape, np.float32),
-                                       exp_avg_absmax=np.zeros(0, np.float32),
-                                       exp_avg_sq_absmax=np.zeros(0, np.float32)))
+            quantized = p.size >= least
+            st = {}
+            for name, _ in self.slots:
+                st[name] = np.zeros(p.shape, np.uint8 if quantized else np.float32)
+                st[f"{name}_absmax"] = np.zeros(-(-p.size // block) if quantized else 0, np.float32)
+            self.state.append(st)
 
     def step(self, params, grads):
         self.t += 1
-        c = scalars(self.lr, self.betas, self.eps, self.wd, self.t)
+        c = self.scalars(self.lr, self.betas, self.eps, self.wd, self.t)
         decay = "none" if self.wd == 0 else "decoupled" if self.decoupled else "l2"
         for i, (p, g) in enumerate(zip(params, grads)):
             st = self.state[i]
             quantized = st["exp_avg"].dtype == np.uint8
             if quantized:
-                m = dequantize(st["exp_avg"], st["exp_avg_absmax"], True, self.block)
-                v = dequantize(st["exp_avg_sq"], st["exp_avg_sq_absmax"], False, self.block)
+                values = [dequantize(st[name], st[f"{name}_absmax"], signed, self.block) for name, signed in self.slots]
             else:
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-            p[...], m, v = adam_math(p, g, m, v, c, decay, self.maximize)
-            if quantized:
-                st["exp_avg"], st["exp_avg_absmax"] = quantize(m, True, self.block)
-                st["exp_avg_sq"], st["exp_avg_sq_absmax"] = quantize(v, False, self.block)
-            else:
-                st["exp_avg"], st["exp_avg_sq"] = m, v
+                values = [st[name] for name, _ in self.slots]
+            p[...], values = self.math(p, g, values, c, decay, self.maximize)
+            for (name, signed), x in zip(self.slots, values):
+                if quantized:
+                    st[name], st[f"{name}_absmax"] = quantize(x, signed, self.block)
+                else:
+                    st[name] = x

@@ -1,8 +1,10 @@
-"""Adam8bit and AdamW8bit (docs/lowbit.md): the maps and the encoder against an
-exhaustive-search reference, the step bit for bit against a NumPy float32
-reference at every SIMD level and thread count, state memory, conversion
-from and to AdamW's state, resume, bad input, and a training run."""
+"""Adam8bit, AdamW8bit and Lion8bit (docs/lowbit.md): the maps and the encoder
+against an exhaustive-search reference, the step bit for bit against a NumPy
+float32 reference at every SIMD level and thread count, state memory, conversion
+from and to AdamW's and Lion's state, resume, bad input, and a training run.
+The tests of the state's contract run for AdamW8bit and Lion8bit alike (KINDS)."""
 import io
+import signal
 
 import numpy as np
 import pytest
@@ -13,6 +15,14 @@ import fusedopt
 from fusedopt import _core, optim
 
 import quant8_reference as ref
+
+
+# The 8-bit classes whose state contract every test below checks, and each one's moments
+# (slot, signed map) and float32 class.
+KINDS = ["AdamW8bit", "Lion8bit"]
+MOMENTS = {"Adam8bit": (("exp_avg", True), ("exp_avg_sq", False)),
+           "AdamW8bit": (("exp_avg", True), ("exp_avg_sq", False)), "Lion8bit": (("exp_avg", True),)}
+FLOAT32 = {"Adam8bit": "Adam", "AdamW8bit": "AdamW", "Lion8bit": "Lion"}
 
 
 def _bits_equal(a, b):
@@ -106,8 +116,9 @@ def _run(kind, hyper, rng, steps=4, block=64, least=64, shapes=SHAPES, scales=(1
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     mine = [p.copy() for p in params]
     opt = getattr(optim, kind)(lr=0.01, block_size=block, min_8bit_size=least, **hyper)
-    r = ref.Reference([p.copy() for p in params], 0.01, block=block, least=least, decoupled=kind == "AdamW8bit",
-                      weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, maximize=opt.maximize)
+    r = ref.Reference([p.copy() for p in params], 0.01, block=block, least=least, decoupled=kind != "Adam8bit",
+                      weight_decay=opt.weight_decay, betas=opt.betas, eps=getattr(opt, "eps", 0.0),
+                      maximize=opt.maximize, rule="lion" if kind == "Lion8bit" else "adam")
     for _ in range(steps):
         grads = [(rng.standard_normal(s) * rng.choice(scales)).astype(np.float32) for s in shapes]
         grads[0].flat[:5] = 0  # exact zeros: codes 0
@@ -117,7 +128,9 @@ def _run(kind, hyper, rng, steps=4, block=64, least=64, shapes=SHAPES, scales=(1
 
 
 CASES = [("AdamW8bit", {}), ("Adam8bit", {}), ("Adam8bit", {"weight_decay": 0.1}),
-         ("AdamW8bit", {"weight_decay": 0.3, "maximize": True, "betas": (0.3, 0.9)}), ("AdamW8bit", {"weight_decay": 0})]
+         ("AdamW8bit", {"weight_decay": 0.3, "maximize": True, "betas": (0.3, 0.9)}), ("AdamW8bit", {"weight_decay": 0}),
+         ("Lion8bit", {}), ("Lion8bit", {"weight_decay": 0.3, "maximize": True, "betas": (0.3, 0.9)}),
+         ("Lion8bit", {"weight_decay": 0.1, "betas": (0.95, 0.98)})]
 
 
 def _assert_matches(mine, params, opt, r):
@@ -153,18 +166,20 @@ def test_block_whose_absmax_reciprocal_overflows_is_divided():
     assert codes[1] == 0
 
 
-def test_step_bits_with_subnormal_moments(rng, restore_simd_level):
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_bits_with_subnormal_moments(kind, rng, restore_simd_level):
     # gradients near 2^-130: the first moment's block absmax is subnormal (its reciprocal
-    # overflows) and the second moment underflows to 0, on the vector path of every level
+    # overflows) and Adam's second moment underflows to 0, on the vector path of every level
     seed = int(rng.integers(2 ** 31))
     for level in _core.simd_levels_supported():
         _core._set_simd_level(level)
-        mine, params, opt, r = _run("AdamW8bit", {}, np.random.default_rng(seed), scales=(2.0 ** -130,))
+        mine, params, opt, r = _run(kind, {}, np.random.default_rng(seed), scales=(2.0 ** -130,))
         _assert_matches(mine, params, opt, r)
         assert any(code.any() for code in opt.state_arrays()["exp_avg"])
 
 
-def test_large_tree_threaded_default_sizes(rng, restore_num_threads, restore_simd_level):
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_tree_threaded_default_sizes(kind, rng, restore_num_threads, restore_simd_level):
     # Default block_size 256 and min_8bit_size 4096, above the serial threshold: the thread team runs the spans.
     shapes = [(40_001,), (4095,), (64, 64)]
     out = []
@@ -172,7 +187,7 @@ def test_large_tree_threaded_default_sizes(rng, restore_num_threads, restore_sim
         _core._set_simd_level(level)
         for threads in (1, 2):
             fusedopt.set_num_threads(threads)
-            mine, params, opt, r = _run("AdamW8bit", {}, np.random.default_rng(3), steps=2, block=256, least=4096,
+            mine, params, opt, r = _run(kind, {}, np.random.default_rng(3), steps=2, block=256, least=4096,
                                         shapes=shapes)
             _assert_matches(mine, params, opt, r)
             assert opt.state_arrays()["exp_avg"][1].dtype == np.float32  # 4095 < 4096: float32 state
@@ -183,22 +198,25 @@ def test_large_tree_threaded_default_sizes(rng, restore_num_threads, restore_sim
             _bits_equal(a, b)
 
 
-def test_small_leaves_step_as_fusedopt_adamw(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_small_leaves_step_as_the_float32_class(kind, rng):
     params = [rng.standard_normal((30,)).astype(np.float32)]
     a, b = [params[0].copy()], [params[0].copy()]
-    o8, o32 = optim.AdamW8bit(lr=0.01, weight_decay=0.1), optim.AdamW(lr=0.01, weight_decay=0.1)
+    o8, o32 = getattr(optim, kind)(lr=0.01, weight_decay=0.1), getattr(optim, FLOAT32[kind])(lr=0.01, weight_decay=0.1)
     for _ in range(3):
         g = [rng.standard_normal((30,)).astype(np.float32)]
         o8.step(a, g)
         o32.step(b, g)
     _bits_equal(a[0], b[0])
-    _bits_equal(o8.state_arrays()["exp_avg_sq"][0], o32.state_arrays()["exp_avg_sq"][0])
+    for name, _ in MOMENTS[kind]:
+        _bits_equal(o8.state_arrays()[name][0], o32.state_arrays()[name][0])
 
 
-def test_state_memory_at_most_27_percent_of_adam(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_memory_at_most_27_percent_of_the_float32_class(kind, rng):
     params = {"w": np.zeros((1000, 1000), np.float32), "b": np.zeros(1000, np.float32)}
     grads = {k: np.ones_like(v) for k, v in params.items()}
-    o8, o32 = optim.AdamW8bit(), optim.AdamW()
+    o8, o32 = getattr(optim, kind)(), getattr(optim, FLOAT32[kind])()
     o8.step(params, grads)
     o32.step({k: v.copy() for k, v in params.items()}, grads)
 
@@ -206,28 +224,29 @@ def test_state_memory_at_most_27_percent_of_adam(rng):
         return sum(leaf.nbytes for tree in opt.state_arrays().values() for leaf in tree.values())
 
     ratio = nbytes(o8) / nbytes(o32)
-    # 1e6 codes x2 + 3907 blocks x 4 bytes x2 + the 1000-element bias in float32
-    assert nbytes(o8) == 2 * 1_000_000 + 2 * 4 * 3907 + 2 * 4 * 1000
+    # per moment: 1e6 codes + 3907 blocks x 4 bytes + the 1000-element bias in float32
+    assert nbytes(o8) == len(MOMENTS[kind]) * (1_000_000 + 4 * 3907 + 4 * 1000)
     assert ratio <= 0.27, ratio
 
 
 # -- state_dict, resume, conversion ----------------------------------------------------
-def test_resume_from_state_dict_bit_for_bit(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_from_state_dict_bit_for_bit(kind, rng):
     shapes = SHAPES
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(6)]
     a = [p.copy() for p in params]
-    opt = optim.AdamW8bit(lr=0.02, block_size=64, min_8bit_size=64)
+    opt = getattr(optim, kind)(lr=0.02, block_size=64, min_8bit_size=64)
     for g in grads:
         opt.step(a, g)
     b = [p.copy() for p in params]
-    first = optim.AdamW8bit(lr=0.02, block_size=64, min_8bit_size=64)
+    first = getattr(optim, kind)(lr=0.02, block_size=64, min_8bit_size=64)
     for g in grads[:3]:
         first.step(b, g)
     buf = io.BytesIO()
     np.savez(buf, **first.state_dict())
     buf.seek(0)
-    second = optim.AdamW8bit(lr=0.5)  # every hyper-parameter comes from the state
+    second = getattr(optim, kind)(lr=0.5)  # every hyper-parameter comes from the state
     second.load_state_dict(dict(np.load(buf)))
     assert second.block_size == 64 and second.min_8bit_size == 64 and second.lr == 0.02
     for g in grads[3:]:
@@ -240,27 +259,29 @@ def test_resume_from_state_dict_bit_for_bit(rng):
     assert sd["exp_avg.1"].dtype == np.float32 and sd["exp_avg_absmax.1"].shape == (0,)
 
 
-def test_conversion_from_and_to_adamw_state(rng):
+@pytest.mark.parametrize("kind,other", [("AdamW8bit", "Adam8bit"), ("Lion8bit", "AdamW8bit")])
+def test_conversion_from_and_to_the_float32_state(kind, other, rng):
     shapes = SHAPES
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    o32 = optim.AdamW(lr=0.01)
+    o32 = getattr(optim, FLOAT32[kind])(lr=0.01)
     for _ in range(2):
         o32.step(params, [rng.standard_normal(s).astype(np.float32) for s in shapes])
     st32 = o32.state_dict()
-    o8 = optim.AdamW8bit(block_size=64, min_8bit_size=64)
+    o8 = getattr(optim, kind)(block_size=64, min_8bit_size=64)
     o8.load_state_dict(st32)
     assert o8.step_count == 2 and o8.lr == 0.01
     sd8 = o8.state_dict()
     arrays = {name: [sd8[f"{name}.{i}"] for i in range(3)] for name in sd8["slots"]}
+    assert sorted(arrays) == sorted([n for n, _ in MOMENTS[kind]] + [f"{n}_absmax" for n, _ in MOMENTS[kind]])
     for i in (0, 2):
-        codes, absmax = ref.quantize(st32[f"exp_avg.{i}"], True, 64)
-        _bits_equal(arrays["exp_avg"][i], codes)
-        _bits_equal(arrays["exp_avg_absmax"][i], absmax)
-        codes, absmax = ref.quantize(st32[f"exp_avg_sq.{i}"], False, 64)
-        _bits_equal(arrays["exp_avg_sq"][i], codes)
+        for name, signed in MOMENTS[kind]:
+            codes, absmax = ref.quantize(st32[f"{name}.{i}"], signed, 64)
+            _bits_equal(arrays[name][i], codes)
+            _bits_equal(arrays[f"{name}_absmax"][i], absmax)
     _bits_equal(arrays["exp_avg"][1], st32["exp_avg.1"])  # small leaf: float32 as it was
     back = o8.float32_state_dict()
-    o32b = optim.AdamW()
+    assert back["kind"] == FLOAT32[kind] and sorted(back["slots"]) == sorted(st32["slots"])
+    o32b = getattr(optim, FLOAT32[kind])()
     o32b.load_state_dict(back)  # the float32 class takes it
     sd32b = o32b.state_dict()
     for i in (0, 2):
@@ -271,9 +292,16 @@ def test_conversion_from_and_to_adamw_state(rng):
         top = np.repeat(arrays["exp_avg_absmax"][i], 64)[: err.size]
         assert np.all(err <= top * 2.0 ** -5)
     _bits_equal(sd32b["exp_avg.1"], st32["exp_avg.1"])
-    # the other way round: AdamW state -> Adam8bit is refused (AdamW8bit's), amsgrad refused
-    with pytest.raises(ValueError):
-        optim.Adam8bit().load_state_dict(st32)
+    o32b.step(params, [np.ones(s, np.float32) for s in shapes])  # and steps on
+    assert o32b.step_count == 3
+    # the float32 state of another class is refused (AdamW's by Adam8bit, Lion's by AdamW8bit)
+    with pytest.raises(ValueError, match=f"kind|{kind}|{FLOAT32[kind]}"):
+        getattr(optim, other)().load_state_dict(st32)
+
+
+def test_amsgrad_state_has_no_8bit_form():
+    shapes = SHAPES
+    params = [np.zeros(s, np.float32) for s in shapes]
     ams = optim.AdamW(amsgrad=True)
     ams.step(params, [np.ones(s, np.float32) for s in shapes])
     with pytest.raises(ValueError, match="amsgrad"):
@@ -293,9 +321,10 @@ def _unchanged(opt, params, snap):
             _bits_equal(a, b)
 
 
-def test_bad_input_is_refused_and_changes_nothing(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_input_is_refused_and_changes_nothing(kind, rng):
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-    opt = optim.AdamW8bit(block_size=64, min_8bit_size=64)
+    opt = getattr(optim, kind)(block_size=64, min_8bit_size=64)
     opt.step(params, [np.ones(s, np.float32) for s in SHAPES])
     snap = _snapshot(opt, params)
     bad = [np.ones(s, np.float32) for s in SHAPES]
@@ -310,7 +339,8 @@ def test_bad_input_is_refused_and_changes_nothing(rng):
     with pytest.raises(FloatingPointError, match=r"grads at \[1\]"):
         opt.step(params, nan)
     sd = opt.state_dict()
-    sd["exp_avg_sq_absmax.2"] = np.full_like(sd["exp_avg_sq_absmax.2"], -1.0)
+    last = MOMENTS[kind][-1][0]  # AdamW8bit: exp_avg_sq, Lion8bit: exp_avg
+    sd[f"{last}_absmax.2"] = np.full_like(sd[f"{last}_absmax.2"], -1.0)
     with pytest.raises(ValueError, match="absmax"):
         opt.load_state_dict(sd)
     sd = opt.state_dict()
@@ -326,21 +356,23 @@ def test_bad_input_is_refused_and_changes_nothing(rng):
     assert opt.block_size == 64
 
 
-def test_float64_and_bad_options_are_refused():
-    with pytest.raises(TypeError, match=r"params at \['w'\]: Adam8bit and AdamW8bit step float32 parameters, got float64"):
-        optim.AdamW8bit().step({"w": np.zeros(3)}, {"w": np.zeros(3)})
+@pytest.mark.parametrize("kind,message", [("AdamW8bit", "Adam8bit and AdamW8bit step"), ("Lion8bit", "Lion8bit steps")])
+def test_float64_and_bad_options_are_refused(kind, message):
+    cls = getattr(optim, kind)
+    with pytest.raises(TypeError, match=rf"params at \['w'\]: {message} float32 parameters, got float64"):
+        cls().step({"w": np.zeros(3)}, {"w": np.zeros(3)})
     for bad in (100, 8, 8192, 0, -256):
         with pytest.raises(ValueError, match="block_size must be a power of two from 16 to 4096"):
-            optim.Adam8bit(block_size=bad)
+            cls(block_size=bad)
     for bad in (256.0, True, "256", None):
         with pytest.raises(TypeError, match="block_size must be an int"):
-            optim.Adam8bit(block_size=bad)
+            cls(block_size=bad)
     with pytest.raises(ValueError, match="min_8bit_size must be an int >= 0, got -1"):
-        optim.Adam8bit(min_8bit_size=-1)
+        cls(min_8bit_size=-1)
     with pytest.raises(TypeError, match="min_8bit_size must be an int, got 1.5"):
-        optim.Adam8bit(min_8bit_size=1.5)
+        cls(min_8bit_size=1.5)
     with pytest.raises(ValueError, match="betas"):
-        optim.AdamW8bit(betas=(1.0, 0.9))
+        cls(betas=(1.0, 0.9))
 
 
 # -- a training run ------------------------------------------------------------------------
@@ -361,27 +393,28 @@ def _logistic(opt, steps=300):
     return np.array(losses)
 
 
-def test_training_loss_within_margin_of_float32_adamw():
-    l32 = _logistic(optim.AdamW(lr=0.01, weight_decay=1e-4))
-    l8 = _logistic(optim.AdamW8bit(lr=0.01, weight_decay=1e-4))
+@pytest.mark.parametrize("kind,lr", [("AdamW8bit", 0.01), ("Lion8bit", 0.002)])
+def test_training_loss_within_margin_of_the_float32_class(kind, lr):
+    l32 = _logistic(getattr(optim, FLOAT32[kind])(lr=lr, weight_decay=1e-4))
+    l8 = _logistic(getattr(optim, kind)(lr=lr, weight_decay=1e-4))
     assert l32[-1] < 0.5 * l32[0]  # it learns
-    # every step's loss within 3% of float32 AdamW's (relative)
+    # every step's loss within 3% of the float32 class's (relative)
     assert np.max(np.abs(l8 - l32) / l32) < 0.03
 
 
 @settings(max_examples=40, deadline=None)
 @given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=4), block=st.sampled_from([16, 32, 128]),
-       least=st.sampled_from([0, 20, 100]), decoupled=st.booleans(), wd=st.sampled_from([0.0, 0.05]),
-       beta1=st.sampled_from([0.0, 0.3, 0.9]), maximize=st.booleans(), scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e6]),
-       seed=st.integers(0, 2 ** 32 - 1))
-def test_step_matches_reference_on_drawn_trees(sizes, block, least, decoupled, wd, beta1, maximize, scale, seed):
+       least=st.sampled_from([0, 20, 100]), kind=st.sampled_from(["Adam8bit", "AdamW8bit", "Lion8bit"]),
+       wd=st.sampled_from([0.0, 0.05]), beta1=st.sampled_from([0.0, 0.3, 0.9]), maximize=st.booleans(),
+       scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e6]), seed=st.integers(0, 2 ** 32 - 1))
+def test_step_matches_reference_on_drawn_trees(sizes, block, least, kind, wd, beta1, maximize, scale, seed):
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     mine = [p.copy() for p in params]
-    cls = optim.AdamW8bit if decoupled else optim.Adam8bit
-    opt = cls(lr=0.01, betas=(beta1, 0.99), weight_decay=wd, maximize=maximize, block_size=block, min_8bit_size=least)
-    r = ref.Reference(params, 0.01, betas=(beta1, 0.99), weight_decay=wd, decoupled=decoupled, maximize=maximize,
-                      block=block, least=least)
+    opt = getattr(optim, kind)(lr=0.01, betas=(beta1, 0.99), weight_decay=wd, maximize=maximize, block_size=block,
+                               min_8bit_size=least)
+    r = ref.Reference(params, 0.01, betas=(beta1, 0.99), weight_decay=wd, decoupled=kind != "Adam8bit",
+                      maximize=maximize, block=block, least=least, rule="lion" if kind == "Lion8bit" else "adam")
     for _ in range(3):
         grads = [(rng.standard_normal(n) * scale).astype(np.float32) for n in sizes]
         opt.step(mine, grads)
@@ -389,11 +422,12 @@ def test_step_matches_reference_on_drawn_trees(sizes, block, least, decoupled, w
     _assert_matches(mine, params, opt, r)
 
 
-def test_pickle_resumes_bit_for_bit(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_pickle_resumes_bit_for_bit(kind, rng):
     import pickle
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-    opt = optim.AdamW8bit(lr=0.01, block_size=64, min_8bit_size=64)
+    opt = getattr(optim, kind)(lr=0.01, block_size=64, min_8bit_size=64)
     opt.step(params, grads)
     copy = pickle.loads(pickle.dumps(opt))
     a, b = [p.copy() for p in params], [p.copy() for p in params]
@@ -436,16 +470,18 @@ def _tree_and_grads(rng):
             [rng.standard_normal(s).astype(np.float32) for s in shapes])
 
 
-def _pair():
-    return [optim.AdamW8bit(lr=0.01, block_size=64, min_8bit_size=100) for _ in range(2)]
+def _pair(kind):
+    return [getattr(optim, kind)(lr=0.01, block_size=64, min_8bit_size=100) for _ in range(2)]
 
 
-def test_overlapping_gradient_equals_a_step_on_its_copy(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_overlapping_gradient_equals_a_step_on_its_copy(kind, rng):
     """A shifted view of the parameters and the optimizer's own state arrays (codes seen as float32,
     absmax, float32 moments) as gradients, mixed with clean steps at the same addresses (remembered
     after the first): every step has the bits of a twin stepped with copies."""
-    opt, twin = _pair()
+    opt, twin = _pair(kind)
     params, g = _tree_and_grads(rng)
+    last = MOMENTS[kind][-1][0]
     buf = np.concatenate([rng.standard_normal(3).astype(np.float32), params[0]])
     tbuf = buf.copy()
     mine, theirs = [buf[3:]] + params[1:], [tbuf[3:]] + [p.copy() for p in params[1:]]
@@ -454,8 +490,8 @@ def test_overlapping_gradient_equals_a_step_on_its_copy(rng):
 
     def own(o):
         s = o.state_arrays()
-        return [buf[:-3] if o is opt else tbuf[:-3], s["exp_avg_sq"][1], s["exp_avg"][0].view(np.float32),
-                s["exp_avg_sq_absmax"][0]]
+        return [buf[:-3] if o is opt else tbuf[:-3], s[last][1], s["exp_avg"][0].view(np.float32),
+                s[f"{last}_absmax"][0]]
 
     for k in range(6):
         grads = g if k % 2 == 0 else own(opt)
@@ -469,12 +505,13 @@ def test_overlapping_gradient_equals_a_step_on_its_copy(rng):
                 _bits_equal(a, b)
 
 
-@pytest.mark.parametrize("slot,leaf", [("exp_avg", 1), ("exp_avg_sq", 1), ("exp_avg", 0), ("exp_avg_sq", 0),
-                                       ("exp_avg_absmax", 0), ("exp_avg_sq_absmax", 0)])
-def test_own_state_as_parameters_is_refused(slot, leaf, rng):
+@pytest.mark.parametrize("kind,slot,leaf", [
+    (kind, f"{name}{suffix}", leaf) for kind in KINDS for name, _ in MOMENTS[kind]
+    for suffix, leaf in (("", 1), ("", 0), ("_absmax", 0))])
+def test_own_state_as_parameters_is_refused(kind, slot, leaf, rng):
     """Every kind of state array (float32 moments, codes, absmax) in the parameters' place: a ValueError
     naming the parameter and the slot, and nothing changes."""
-    opt, _ = _pair()
+    opt, _ = _pair(kind)
     params, g = _tree_and_grads(rng)
     opt.step(params, g)
     state = opt.state_arrays()[slot][leaf]
@@ -491,17 +528,19 @@ def test_own_state_as_parameters_is_refused(slot, leaf, rng):
         _bits_equal(a, b)
 
 
-def test_parameters_overlapping_each_other_are_refused_naming_both():
+@pytest.mark.parametrize("kind", ["Adam8bit", "Lion8bit"])
+def test_parameters_overlapping_each_other_are_refused_naming_both(kind):
     buf = np.zeros(300, np.float32)
-    opt = optim.Adam8bit(lr=0.1, block_size=64, min_8bit_size=100)
+    opt = getattr(optim, kind)(lr=0.1, block_size=64, min_8bit_size=100)
     with pytest.raises(ValueError, match=r"params at \['b'\]: shares memory with params at \['a'\]; each parameter"):
         opt.step({"a": buf[:200], "b": buf[100:]}, {"a": np.ones(200, np.float32), "b": np.ones(200, np.float32)})
     assert not buf.any() and opt.step_count == 0
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("count", [2 ** 63, 2 ** 70, -1])
-def test_step_count_out_of_range_is_refused_at_load(count, rng):
-    opt, _ = _pair()
+def test_step_count_out_of_range_is_refused_at_load(kind, count, rng):
+    opt, _ = _pair(kind)
     opt.step(*_tree_and_grads(rng))
     state, before = opt.state_dict(), opt.state_dict()
     state["step_count"] = count
@@ -511,8 +550,9 @@ def test_step_count_out_of_range_is_refused_at_load(count, rng):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-def test_a_step_that_would_overflow_the_count_is_refused(rng):
-    opt, _ = _pair()
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_step_that_would_overflow_the_count_is_refused(kind, rng):
+    opt, _ = _pair(kind)
     params, g = _tree_and_grads(rng)
     opt.step(params, g)
     state = opt.state_dict()
@@ -526,3 +566,54 @@ def test_a_step_that_would_overflow_the_count_is_refused(rng):
     for a, b in zip(params, values):
         _bits_equal(a, b)
     opt.load_state_dict(after)  # and the state still loads
+
+
+# -- an exception from a signal handler (tests/test_interrupts.py's loop) ------------------------
+class _Stepper:
+    """The interface interrupted_loop steps through: update(target, grads), step_count."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def update(self, target, grads):
+        self.opt.step(target, grads)
+
+    @property
+    def step_count(self):
+        return self.opt.step_count
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("schedule", [False, True], ids=["float-lr", "schedule"])
+def test_an_exception_from_a_signal_handler_never_leaves_a_half_step(kind, schedule, rng):
+    """A timer raises at random points of a loop of steps (the first one creating the state;
+    with a schedule every step advances it in Python): a replay of exactly the steps that
+    counted has the bits of the parameters and the state."""
+    from test_interrupts import interrupted_loop
+    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in SHAPES] for _ in range(100)]
+    lr = fusedopt.schedules.Constant(initial=0.01) if schedule else 0.01
+    opt = getattr(optim, kind)(lr=lr, block_size=64, min_8bit_size=64)
+    target = [p.copy() for p in params]
+    counted, interrupted = [], 0
+    for _ in range(3):
+        c, i = interrupted_loop(_Stepper(opt), target, grads, None, rng)
+        counted += c
+        interrupted += i
+    assert interrupted > 0, "the timer never interrupted a step: the test tested nothing"
+    assert counted and opt.step_count == len(counted)
+    rate = float(np.float32(0.01)) if schedule else 0.01  # a schedule's values are float32
+    r = ref.Reference([p.copy() for p in params], rate, block=64, least=64, rule="lion" if kind == "Lion8bit" else "adam",
+                      betas=opt.betas, weight_decay=opt.weight_decay)
+    for g in counted:
+        r.step(params, g)
+    _assert_matches(target, params, opt, r)
+
+
+def test_a_rule_without_an_8bit_state_is_refused():
+    plan = _core.Plan([np.zeros(3, np.float32)], "params", low_precision=True)
+    with pytest.raises(ValueError, match="rule: SGD has no 8-bit state"):
+        _core.Quant8State(plan, [True], _core.OptimHyper(), 256, 0, _core.OptimRule.SGD)
+    state = _core.Quant8State(plan, [True], _core.OptimHyper(), 256, 0, _core.OptimRule.LION)
+    assert state.slot_names == ["exp_avg", "exp_avg_absmax"] and state.rule == _core.OptimRule.LION

@@ -1,6 +1,7 @@
-// Binding of Adam8bit/AdamW8bit's native state (fusedopt.optim): Quant8State
-// holds a tree's plan, each leaf's moments (codes and block absmax for leaves
-// of at least min_8bit_size elements, float32 below) and the step count, reads
+// Binding of the 8-bit optimizers' native state (fusedopt.optim's Adam8bit,
+// AdamW8bit, Lion8bit): Quant8State holds a tree's plan, its rule, each leaf's
+// slots (codes and block absmax for leaves of at least min_8bit_size elements,
+// float32 below) and the step count, reads
 // the optim family's OptimHyper, and checks every array of a step (overlap as
 // OptimState: docs/aliasing.md) before anything is written. Also the blockwise
 // encoder and decoder themselves, for state conversion and tests.
@@ -29,7 +30,6 @@ namespace fusedopt {
 namespace {
 
 constexpr int kNpyUint8 = NPY_UINT8;
-const char* const kSlotNames[4] = {"exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"};
 
 std::string describe(PyObject* o) {
   if (!PyArray_Check(o)) return Py_TYPE(o)->tp_name;
@@ -86,8 +86,11 @@ void check_block(long long block) {
 
 class Quant8State {
  public:
-  Quant8State(py::object plan, std::vector<bool> decay_mask, py::object hyper, long long block_size, long long min_8bit_size)
-      : plan_obj_(std::move(plan)), hyper_obj_(std::move(hyper)) {
+  Quant8State(py::object plan, std::vector<bool> decay_mask, py::object hyper, long long block_size, long long min_8bit_size,
+              OptimRule rule)
+      : plan_obj_(std::move(plan)), hyper_obj_(std::move(hyper)), rule_(rule) {
+    if (quant8_rule_index(rule) == kNumQuant8Rules)
+      throw py::value_error(std::string("rule: ") + spec_of(rule).name + " has no 8-bit state (ADAM and LION have)");
     if (!py::isinstance<Plan>(plan_obj_)) throw py::type_error("plan must be a fusedopt._core.Plan");
     if (!py::isinstance<OptimHyper>(hyper_obj_)) throw py::type_error("hyper must be a fusedopt._core.OptimHyper");
     check_block(block_size);
@@ -96,13 +99,20 @@ class Quant8State {
     hyper_ = &hyper_obj_.cast<const OptimHyper&>();
     block_ = static_cast<std::size_t>(block_size);
     min_8bit_ = static_cast<std::size_t>(min_8bit_size);
+    const bool lion = rule == rule_named("LION");
     for (const LeafSpec& s : plan_->leaves())
       if (s.dtype != F32)
-        throw py::type_error(where("params", s) + ": Adam8bit and AdamW8bit step float32 parameters, got " +
-                             dtype_name(s.dtype) + " (use fusedopt.optim.Adam/AdamW for float64)");
+        throw py::type_error(where("params", s) + (lion ? ": Lion8bit steps" : ": Adam8bit and AdamW8bit step") +
+                             " float32 parameters, got " + dtype_name(s.dtype) + " (use fusedopt.optim." +
+                             (lion ? "Lion" : "Adam/AdamW") + " for float64)");
     set_decay_mask(decay_mask);
+    // the rule's slots, then one absmax slot for each
+    const std::size_t k_rule = quant8_slots(rule);
+    for (std::size_t k = 0; k < k_rule; ++k) names_.push_back(spec_of(rule).slots[k].name);
+    for (std::size_t k = 0; k < k_rule; ++k) names_.push_back(names_[k] + "_absmax");
+    slots_.resize(names_.size());
     for (std::size_t l = 0; l < plan_->leaves().size(); ++l)
-      for (int k = 0; k < 4; ++k) slots_[k].push_back(new_array(slot_type(l, k), slot_shape(l, k)));
+      for (std::size_t k = 0; k < slots_.size(); ++k) slots_[k].push_back(new_array(slot_type(l, k), slot_shape(l, k)));
   }
 
   void step(py::handle params, py::handle grads, double lr, bool check_finite) {
@@ -143,22 +153,18 @@ class Quant8State {
                           (where("grads", specs[l]) + " contains NaN or Inf (check_finite=True); nothing was modified").c_str());
           throw py::error_already_set();
         }
-    const bool decoupled = h.decoupled_weight_decay != 0.0;
-    Quant8Hyper hyper{h.beta1, h.beta2, h.eps, h.weight_decay, h.maximize != 0.0, decoupled};
-    hyper.grad_scale = h.grad_scale;
-    const Quant8Decay decays = h.weight_decay == 0.0 ? Quant8Decay::NONE : decoupled ? Quant8Decay::DECOUPLED : Quant8Decay::L2;
+    const std::size_t k_rule = rule_slots();
     for (std::size_t l = 0; l < specs.size(); ++l) {
       Quant8Leaf& d = leaves[l];
       d.n = specs[l].size;
-      d.decay = decay_[l] ? decays : Quant8Decay::NONE;
-      if (quantized(l)) {
-        d.mc = static_cast<std::uint8_t*>(data_of(slots_[0][l]));
-        d.vc = static_cast<std::uint8_t*>(data_of(slots_[1][l]));
-        d.ma = static_cast<float*>(data_of(slots_[2][l]));
-        d.va = static_cast<float*>(data_of(slots_[3][l]));
-      } else {
-        d.m = static_cast<float*>(data_of(slots_[0][l]));
-        d.v = static_cast<float*>(data_of(slots_[1][l]));
+      d.decay = decay_[l] != 0;
+      for (std::size_t k = 0; k < k_rule; ++k) {
+        if (quantized(l)) {
+          d.codes[k] = static_cast<std::uint8_t*>(data_of(slots_[k][l]));
+          d.absmax[k] = static_cast<float*>(data_of(slots_[k_rule + k][l]));
+        } else {
+          d.values[k] = static_cast<float*>(data_of(slots_[k][l]));
+        }
       }
     }
     bool expected = false;
@@ -167,41 +173,42 @@ class Quant8State {
     Busy guard{busy_};
     {
       py::gil_scoped_release nogil;
-      run_quant8_step(leaves, block_, hyper, lr, step_count_ + 1);
+      run_quant8_step(rule_, leaves, block_, h, lr, step_count_ + 1);
     }
     ++step_count_;
     back.copy_back();
   }
 
-  std::vector<std::string> slot_names() const { return {kSlotNames, kSlotNames + 4}; }
+  const std::vector<std::string>& slot_names() const { return names_; }
 
   py::list slot_views(const std::string& name) const {
-    const int k = slot_of(name);
+    const std::size_t k = slot_of(name);
     py::list out;
     for (const auto& a : slots_[k]) out.append(a[py::make_tuple(py::ellipsis())]);
     return out;
   }
 
-  // {slot name: leaves} for all four slots, each leaf checked, then copied in: all
+  // {slot name: leaves} for every slot, each leaf checked, then copied in: all
   // or nothing. `scalars` as OptimState.load's: this rule keeps none.
   void load(py::dict slots, py::dict scalars, long long step_count) {
     if (step_count < 0) throw py::value_error("step_count must be >= 0, got " + std::to_string(step_count));
     if (py::len(scalars) != 0) throw py::value_error("the state has scalars this rule does not keep (its scalars: 0)");
     const auto& specs = plan_->leaves();
-    std::vector<std::vector<py::object>> sources(4);
-    for (int k = 0; k < 4; ++k) {
-      if (!slots.contains(kSlotNames[k])) throw py::value_error(std::string("the state has no slot ") + kSlotNames[k]);
-      py::sequence leaves = py::reinterpret_borrow<py::sequence>(slots[kSlotNames[k]]);
+    std::vector<std::vector<py::object>> sources(slots_.size());
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      const std::string& name = names_[k];
+      if (!slots.contains(name)) throw py::value_error("the state has no slot " + name);
+      py::sequence leaves = py::reinterpret_borrow<py::sequence>(slots[name.c_str()]);
       if (static_cast<std::size_t>(py::len(leaves)) != specs.size())
-        throw py::value_error(std::string("state slot ") + kSlotNames[k] + " has " + std::to_string(py::len(leaves)) +
+        throw py::value_error("state slot " + name + " has " + std::to_string(py::len(leaves)) +
                               " leaves, expected " + std::to_string(specs.size()));
       for (std::size_t l = 0; l < specs.size(); ++l) {
         py::object leaf = leaves[l];
-        const std::string what = where(kSlotNames[k], specs[l]);
+        const std::string what = where(name, specs[l]);
         PyArrayObject* a = checked(leaf.ptr(), slot_type(l, k), slot_shape(l, k), what);
         std::vector<py::object> keep;
         a = contiguous(a, keep);
-        if (k >= 2) {  // absmax: finite and >= 0
+        if (k >= rule_slots()) {  // absmax: finite and >= 0
           const float* x = static_cast<const float*>(PyArray_DATA(a));
           const std::size_t n = static_cast<std::size_t>(PyArray_SIZE(a));
           if (!std::all_of(x, x + n, [](float f) { return f >= 0.0f && std::isfinite(f); }))
@@ -211,7 +218,7 @@ class Quant8State {
       }
     }
     if (busy_.load()) throw py::value_error("this optimizer is being stepped by another thread");
-    for (int k = 0; k < 4; ++k)
+    for (std::size_t k = 0; k < slots_.size(); ++k)
       for (std::size_t l = 0; l < specs.size(); ++l)
         std::memcpy(data_of(slots_[k][l]), data_of(sources[k][l]),
                     static_cast<std::size_t>(PyArray_NBYTES(reinterpret_cast<PyArrayObject*>(sources[k][l].ptr()))));
@@ -236,20 +243,24 @@ class Quant8State {
   long long step_count() const { return step_count_; }
   long long block_size() const { return static_cast<long long>(block_); }
   long long min_8bit_size() const { return static_cast<long long>(min_8bit_); }
+  OptimRule rule() const { return rule_; }
 
  private:
+  std::size_t rule_slots() const { return quant8_slots(rule_); }
   bool quantized(std::size_t l) const { return plan_->leaves()[l].size >= min_8bit_; }
-  int slot_type(std::size_t l, int k) const { return k < 2 && quantized(l) ? kNpyUint8 : NPY_FLOAT; }
-  std::vector<Py_ssize_t> slot_shape(std::size_t l, int k) const {
+  int slot_type(std::size_t l, std::size_t k) const { return k < rule_slots() && quantized(l) ? kNpyUint8 : NPY_FLOAT; }
+  std::vector<Py_ssize_t> slot_shape(std::size_t l, std::size_t k) const {
     const LeafSpec& s = plan_->leaves()[l];
-    if (k < 2) return s.shape;
+    if (k < rule_slots()) return s.shape;
     return {quantized(l) ? static_cast<Py_ssize_t>((s.size + block_ - 1) / block_) : 0};
   }
-  int slot_of(const std::string& name) const {
-    for (int k = 0; k < 4; ++k)
-      if (name == kSlotNames[k]) return k;
-    throw py::value_error("no state slot '" + name + "' in this optimizer (its slots: exp_avg, exp_avg_sq, "
-                          "exp_avg_absmax, exp_avg_sq_absmax)");
+  std::size_t slot_of(const std::string& name) const {
+    std::string all;
+    for (std::size_t k = 0; k < names_.size(); ++k) {
+      if (name == names_[k]) return k;
+      all += (k ? ", " : "") + names_[k];
+    }
+    throw py::value_error("no state slot '" + name + "' in this optimizer (its slots: " + all + ")");
   }
   // Parameters overlapping each other or a state array are refused; a gradient
   // overlapping either is read as it was before the step (a copy, kept in
@@ -260,12 +271,12 @@ class Quant8State {
     for (const Quant8Leaf& d : leaves) key.insert(key.end(), {static_cast<const void*>(d.g), static_cast<const void*>(d.p)});
     if (checked_.seen()) return;
     std::vector<Span> spans;
-    spans.reserve(5 * specs.size());
+    spans.reserve((1 + slots_.size()) * specs.size());
     for (std::size_t l = 0; l < specs.size(); ++l) add_span(spans, leaves[l].p, specs[l].size * sizeof(float), "params", l);
-    for (int k = 0; k < 4; ++k)
+    for (std::size_t k = 0; k < slots_.size(); ++k)
       for (const py::object& a : slots_[k])
         add_span(spans, data_of(a), static_cast<std::size_t>(PyArray_NBYTES(reinterpret_cast<PyArrayObject*>(a.ptr()))),
-                 kSlotNames[k], kNoIndex);
+                 names_[k].c_str(), kNoIndex);
     refuse_overlaps(*plan_, spans);
     bool copied = false;  // then the key is not remembered: this step reads copies
     for (std::size_t l = 0; l < specs.size(); ++l)
@@ -281,19 +292,14 @@ class Quant8State {
   py::object hyper_obj_;  // keeps hyper_ alive; Python assigns its fields between steps
   const OptimHyper* hyper_ = nullptr;
   std::size_t block_ = 256, min_8bit_ = 4096;
-  std::vector<py::object> slots_[4];
+  OptimRule rule_;
+  std::vector<std::string> names_;            // the rule's slots, then their absmax
+  std::vector<std::vector<py::object>> slots_;  // per name, one array per leaf
   std::vector<char> decay_;
   long long step_count_ = 0;
   std::atomic<bool> busy_{false};
   CheckedAddresses checked_;
 };
-
-// The rule whose element math the 8-bit step shares (fusedopt._core.OptimRule.ADAM).
-OptimRule adam_rule() {
-  for (unsigned r = 0; r < kNumOptimRules; ++r)
-    if (same_name(kOptimRuleSpecs[r].name, "ADAM")) return OptimRule(r);
-  throw std::logic_error("no ADAM rule in kOptimRuleSpecs");
-}
 
 py::tuple quantize_blockwise(py::handle x, bool is_signed, long long block_size) {
   check_block(block_size);
@@ -332,9 +338,10 @@ void register_quant8(py::module_& m) {
         "(codes uint8, absmax float32 per block) of a float32 array: Adam8bit's encoder (docs/lowbit.md).");
   m.def("dequantize_blockwise", &dequantize_blockwise, py::arg("codes"), py::arg("absmax"), py::arg("signed"),
         py::arg("block_size"), "The float32 values of blockwise codes.");
-  py::class_<Quant8State>(m, "Quant8State", "Adam8bit/AdamW8bit state over one tree: plan, moments, step count.")
-      .def(py::init<py::object, std::vector<bool>, py::object, long long, long long>(), py::arg("plan"),
-           py::arg("decay_mask"), py::arg("hyper"), py::arg("block_size"), py::arg("min_8bit_size"))
+  py::class_<Quant8State>(m, "Quant8State",
+                          "The 8-bit state of an optim rule (ADAM, LION) over one tree: plan, slots, step count.")
+      .def(py::init<py::object, std::vector<bool>, py::object, long long, long long, OptimRule>(), py::arg("plan"),
+           py::arg("decay_mask"), py::arg("hyper"), py::arg("block_size"), py::arg("min_8bit_size"), py::arg("rule"))
       .def("step", &Quant8State::step, py::arg("params"), py::arg("grads"), py::arg("lr"), py::arg("check_finite"))
       .def("slot_views", &Quant8State::slot_views, py::arg("name"))
       .def("load", &Quant8State::load, py::arg("slots"), py::arg("scalars"), py::arg("step_count"))
@@ -347,7 +354,7 @@ void register_quant8(py::module_& m) {
       .def_property_readonly("step_count", &Quant8State::step_count)
       .def_property_readonly("block_size", &Quant8State::block_size)
       .def_property_readonly("min_8bit_size", &Quant8State::min_8bit_size)
-      .def_property_readonly("rule", [](const Quant8State&) { return adam_rule(); })
+      .def_property_readonly("rule", &Quant8State::rule)
       .def_property_readonly("last_grad_norm", [](const Quant8State&) { return py::none(); });
 }
 

@@ -158,6 +158,12 @@ constexpr OptimRuleSpec kOptimRuleSpecs[] = {
 constexpr std::size_t kNumOptimRules = std::size(kOptimRuleSpecs);
 
 constexpr const OptimRuleSpec& spec_of(OptimRule r) { return kOptimRuleSpecs[static_cast<unsigned>(r)]; }
+// The rule named `name` (kNumOptimRules when there is none: a static_assert's test).
+constexpr OptimRule rule_named(const char* name) {
+  for (unsigned r = 0; r < kNumOptimRules; ++r)
+    if (same_name(kOptimRuleSpecs[r].name, name)) return OptimRule(r);
+  return OptimRule(kNumOptimRules);
+}
 constexpr bool uses_slot(OptimRule r, std::size_t k) { return spec_of(r).slots[k].name[0] != '\0'; }
 constexpr bool has_decay(OptimRule r, OptimDecay d) {
   return d == OptimDecay::NONE || (spec_of(r).decay & decays(d)) != 0;

@@ -116,4 +116,12 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
   return norm;
 }
 
+OptimScalars<float> stateless_scalars32(OptimRule rule, const OptimHyper& hyper, double lr, long long t) {
+  ScalarState none{};
+  // GradScaler's unscale as the float32 step takes it: g * (1/scale) through the clip factor
+  const double clip = hyper.grad_scale > 0.0 ? 1.0 / hyper.grad_scale : 1.0;
+  return rounded<float>(optim_kernels().values[static_cast<unsigned>(rule)]({hyper, lr, static_cast<double>(t), clip},
+                                                                            none.data()));
+}
+
 }  // namespace fusedopt

@@ -43,4 +43,8 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
                       const OptimHyper& hyper, double lr, long long t, ScalarState& state,
                       const LowRounding& low = {});
 
+// The float32 scalars of step t of a rule that keeps no scalar state, unclipped:
+// what run_optim_step hands a float32 kernel (the 8-bit optimizers' step, optim/quant8.h).
+OptimScalars<float> stateless_scalars32(OptimRule rule, const OptimHyper& hyper, double lr, long long t);
+
 }  // namespace fusedopt

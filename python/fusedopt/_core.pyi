@@ -314,16 +314,16 @@ def adafactor_step(params: list[_Arena], grads: list[_Arena], old_rows: list[_Ar
                    new_cols: list[_Arena | None], new_vars: list[_Arena | None], hyper: npt.NDArray[np.float64],
                    copy_grads: bool) -> None: ...
 
-# Adam8bit / AdamW8bit (csrc/bindings/register_quant8.cpp, docs/lowbit.md)
+# Adam8bit / AdamW8bit / Lion8bit (csrc/bindings/register_quant8.cpp, docs/lowbit.md)
 def quantize_blockwise(x: Any, signed: bool, block_size: int) -> tuple[Any, Any]:
     """(codes uint8, absmax float32 per block) of a float32 array: Adam8bit's encoder."""
 def dequantize_blockwise(codes: Any, absmax: Any, signed: bool, block_size: int) -> Any:
     """The float32 values of blockwise codes."""
 class Quant8State:
-    """Adam8bit/AdamW8bit state over one tree: plan, moments (codes and block absmax), step count;
-    the interface of OptimState."""
+    """The 8-bit state of an optim rule (OptimRule.ADAM, OptimRule.LION) over one tree: plan,
+    the rule's slots (codes and block absmax), step count; the interface of OptimState."""
     def __init__(self, plan: Plan, decay_mask: Sequence[bool], hyper: OptimHyper, block_size: int,
-                 min_8bit_size: int) -> None: ...
+                 min_8bit_size: int, rule: OptimRule) -> None: ...
     def step(self, params: Any, grads: Any, lr: float, check_finite: bool) -> None: ...
     def slot_views(self, name: str) -> list[Any]: ...
     def load(self, slots: dict[str, Sequence[Any]], scalars: dict[str, float], step_count: int) -> None: ...

@@ -513,7 +513,7 @@ from ._adafactor import Adafactor  # noqa: E402
 
 __all__ += ["LBFGS", "Muon", "Adafactor"]
 
-# Adam's element math on 8-bit blockwise states of their own (docs/lowbit.md).
-from ._quant8 import Adam8bit, AdamW8bit  # noqa: E402
+# Adam's and Lion's element math on 8-bit blockwise states of their own (docs/lowbit.md).
+from ._quant8 import Adam8bit, AdamW8bit, Lion8bit  # noqa: E402
 
-__all__ += ["Adam8bit", "AdamW8bit"]
+__all__ += ["Adam8bit", "AdamW8bit", "Lion8bit"]

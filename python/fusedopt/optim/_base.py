@@ -438,20 +438,26 @@ class Optimizer:
         self._step_with_lr(params, grads)
 
     def _step_with_lr(self, params: Any, grads: Any) -> None:
-        """A step that evaluates a schedule, or creates the state."""
-        lr, saved = self._next_lr()
-        state = self._state
+        """A step that evaluates a schedule, or creates the state. A new state is bound
+        before the native step, which commits on its own: no Python code runs between the
+        step and its commit, where a signal handler's exception could split them. On an
+        exception, whether the step happened is its step count's change: if it did not,
+        the schedule and the absence of state are restored."""
+        old, pending = self._state, self._pending
+        state, before, saved = old, None, None
         try:
+            lr, saved = self._next_lr()
             if state is None:
                 state = self._bind(params)
+                self._state, self._pending = state, None
+            before = state.step_count
             state.step(params, grads, lr, self._values["check_finite"])
         except BaseException:
-            if saved is not None:
-                vars(self._lr).update(saved)
+            if before is None or state.step_count == before:  # not stepped: as before the call
+                self._state, self._pending = old, pending
+                if saved is not None:
+                    vars(self._lr).update(saved)
             raise
-        if self._state is None:
-            self._state = state
-            self._pending = None
 
     # -- state_dict / pickle ------------------------------------------------------------
     def _hyper_values(self) -> Dict[str, Any]:

@@ -9,7 +9,7 @@
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
 
 SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop, RMSprop, Adagrad,
-Lion, Adam8bit and AdamW8bit are subclasses of
+Lion, Adam8bit, AdamW8bit and Lion8bit are subclasses of
 ``torch.optim.Optimizer`` with torch.optim 2.13's constructor signatures,
 defaults and per-element semantics (its ``foreach=False`` implementations,
 through fusedopt.optim), parameter groups, schedulers, closures, hooks and
@@ -518,7 +518,33 @@ class Lion(_FusedOptimizer):
                                   "stochastic_rounding": stochastic_rounding, "seed": seed,
                                   "master_weights": master_weights})
 
-class Adam8bit(_FusedOptimizer):
+
+class _Quant8Optimizer(_FusedOptimizer):
+    """What the 8-bit classes share: loading their float32 class's state (``_form``)
+    quantized, giving theirs decoded, and the uint8 codes kept through torch's load."""
+
+    _form: _quant8.Float32Form
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A state_dict() of this class, or its float32 class's (torch.optim.Adam for
+        Adam8bit, torch.optim.AdamW for AdamW8bit, amsgrad False, also fusedopt.torch's;
+        fusedopt.torch.Lion for Lion8bit): its moments are quantized with this optimizer's
+        groups' block_size and min_8bit_size."""
+        if _quant8.is_float32_format(state_dict):
+            state_dict = _quant8.from_float32(state_dict, self.param_groups, self._form)
+        super().load_state_dict(state_dict)
+
+    def _restore_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        """The codes, which torch's load made float32 values: the saved uint8 tensors again."""
+        _quant8.restore_codes(self.param_groups, state_dict, self.state, self._form)
+
+    def float32_state_dict(self) -> dict[str, Any]:
+        """This state in the float32 class's format (torch.optim.Adam or AdamW with amsgrad
+        False, fusedopt.torch.Lion): the moments decoded, loadable by that class."""
+        return _quant8.to_float32(self.state_dict(), self._form)
+
+
+class Adam8bit(_Quant8Optimizer):
     """fusedopt.optim.Adam8bit (bitsandbytes' and torchao's name): Adam with its moments
     as 8-bit codes and a float32 absmax per block of block_size elements (parameters of
     fewer than min_8bit_size elements keep float32 moments); float32 parameters only;
@@ -527,7 +553,7 @@ class Adam8bit(_FusedOptimizer):
     quantized); float32_state_dict() gives this state in torch.optim.Adam's format."""
 
     _spec = _quant8.QUANT8_SPECS["Adam8bit"]
-    _decoupled = False
+    _form = _quant8.FORMS["Adam8bit"]
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, *, maximize: bool = False, block_size: int = 256,
@@ -535,30 +561,13 @@ class Adam8bit(_FusedOptimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "maximize": maximize, "block_size": block_size, "min_8bit_size": min_8bit_size})
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """A state_dict() of this class, or torch.optim's float32 class's (Adam for
-        Adam8bit, AdamW for AdamW8bit, amsgrad False; also fusedopt.torch's): its moments
-        are quantized with this optimizer's groups' block_size and min_8bit_size."""
-        if _quant8.is_float32_format(state_dict):
-            state_dict = _quant8.from_float32(state_dict, self.param_groups, self._decoupled)
-        super().load_state_dict(state_dict)
-
-    def _restore_dtypes(self, state_dict: Mapping[str, Any]) -> None:
-        """The codes, which torch's load made float32 values: the saved uint8 tensors again."""
-        _quant8.restore_codes(self.param_groups, state_dict, self.state)
-
-    def float32_state_dict(self) -> dict[str, Any]:
-        """This state in the float32 class's format (torch.optim.Adam or AdamW, amsgrad
-        False): the moments decoded, loadable by torch.optim's and fusedopt.torch's class."""
-        return _quant8.to_float32(self.state_dict(), self._decoupled)
-
 
 class AdamW8bit(Adam8bit):
     """fusedopt.optim.AdamW8bit: AdamW (decoupled weight decay, default 1e-2) with 8-bit
     moments; everything else as Adam8bit (the float32 class: torch.optim.AdamW)."""
 
     _spec = _quant8.QUANT8_SPECS["AdamW8bit"]
-    _decoupled = True
+    _form = _quant8.FORMS["AdamW8bit"]
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False, block_size: int = 256,
@@ -567,7 +576,26 @@ class AdamW8bit(Adam8bit):
                          min_8bit_size=min_8bit_size)
 
 
-__all__ += ["Adam8bit", "AdamW8bit"]
+class Lion8bit(_Quant8Optimizer):
+    """fusedopt.optim.Lion8bit (bitsandbytes' name): Lion (as fusedopt.torch.Lion,
+    decoupled weight decay) with its moment as 8-bit codes and a float32 absmax per block
+    of block_size elements (parameters of fewer than min_8bit_size elements keep a float32
+    moment); float32 parameters only; state: 'step', 'exp_avg' (uint8 codes),
+    'exp_avg_absmax'. torch.optim has no Lion: load_state_dict also takes
+    fusedopt.torch.Lion's state (the moment quantized), float32_state_dict() gives this
+    state in its format."""
+
+    _spec = _quant8.QUANT8_SPECS["Lion8bit"]
+    _form = _quant8.FORMS["Lion8bit"]
+
+    def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0, maximize: bool = False, *, block_size: int = 256,
+                 min_8bit_size: int = 4096) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
+                                  "block_size": block_size, "min_8bit_size": min_8bit_size})
+
+
+__all__ += ["Adam8bit", "AdamW8bit", "Lion8bit"]
 
 # Not on the plan/engine path: L-BFGS's flat-vector passes and Muon's BLAS products (own files).
 from ._lbfgs import LBFGS  # noqa: E402

@@ -19,7 +19,8 @@ from ._specs import Spec, scalar
 # change while an engine has state, so a change of one makes a new plan.
 _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"), "AdamW": ("amsgrad",),
               "RMSprop": ("centered",), "Adagrad": (), "Lion": (), "NAdam": (), "RAdam": (), "Adamax": (), "Adadelta": (), "ASGD": (), "Rprop": (),
-              "Adam8bit": ("block_size", "min_8bit_size"), "AdamW8bit": ("block_size", "min_8bit_size")}
+              "Adam8bit": ("block_size", "min_8bit_size"), "AdamW8bit": ("block_size", "min_8bit_size"),
+              "Lion8bit": ("block_size", "min_8bit_size")}
 
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -141,12 +141,15 @@ SPECS: dict[str, Spec] = {
 LOWP_OPTIONS: dict[str, Any] = {"stochastic_rounding": False, "seed": 0, "master_weights": False}
 for _name, _spec in SPECS.items():
     SPECS[_name] = replace(_spec, hyper=_spec.hyper + tuple(LOWP_OPTIONS))
-# The 8-bit classes (fusedopt.optim's Adam8bit/AdamW8bit): float32 parameters, no 16-bit options.
+# The 8-bit classes (fusedopt.optim's Adam8bit/AdamW8bit/Lion8bit): float32 parameters, no 16-bit options.
 _QUANT8_HYPER = ("lr", "betas", "eps", "weight_decay", "maximize", "block_size", "min_8bit_size")
 QUANT8_SLOTS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax")
 for _name in ("Adam8bit", "AdamW8bit"):
     SPECS[_name] = Spec(_name, _QUANT8_HYPER, _ADAM_CHECKS, (), counted=True, keeps_step=True,
                         slots=lambda g: QUANT8_SLOTS)
+# Lion8bit: Lion's hyper-parameters and checks, one moment.
+SPECS["Lion8bit"] = Spec("Lion8bit", ("lr", "betas", "weight_decay", "maximize", "block_size", "min_8bit_size"),
+                         (_LR, _WD), (), counted=False, keeps_step=True, slots=lambda g: ("exp_avg", "exp_avg_absmax"))
 
 # With stochastic rounding the random bits of a step are keyed by its number, the
 # parameter's 'step' (docs/lowbit.md): parameters share a native call only with equal
