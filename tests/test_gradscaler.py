@@ -261,7 +261,7 @@ def test_unscale_in_place_of_fusedopt_optim():
     np.testing.assert_array_equal(_u8(grads["a"]), _u8(scaled["a"]))
 
 
-@pytest.mark.parametrize("name,hyper", [("Adam8bit", {}), ("AdamW8bit", {"maximize": True})])
+@pytest.mark.parametrize("name,hyper", [("Adam8bit", {}), ("AdamW8bit", {"maximize": True}), ("Lion8bit", {"weight_decay": 0.1})])
 def test_8bit_scaled_run_is_the_unscaled_run(name, hyper):
     """The 8-bit kernels divide the scale out (g * (1/scale), exact for powers of two):
     a scaled run has the bits of the unscaled run, state included (min_8bit_size 64:
@@ -289,7 +289,7 @@ def test_8bit_scaled_run_is_the_unscaled_run(name, hyper):
             assert torch.equal(v, ropt.state[b][k]), k
 
 
-@pytest.mark.parametrize("name", ["Adam8bit", "AdamW8bit"])
+@pytest.mark.parametrize("name", ["Adam8bit", "AdamW8bit", "Lion8bit"])
 def test_8bit_injected_inf_skips_the_step_and_halves_the_scale(name):
     """An inf gradient: the step changes nothing (parameters, codes, absmax, step count,
     .grad) and the scaler halves its scale; the run then goes on as the unscaled run
