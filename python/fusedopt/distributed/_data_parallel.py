@@ -93,7 +93,8 @@ class DataParallel(_Step):
         # (stepped before it was wrapped) waits the same way, to be cut into this rank's shard.
         self._pending: Optional[dict[str, Any]] = self._held_state()
         self._drawn: Any = None                  # fusedopt.optim during a step: (its rate, the schedule's undo)
-        self._static: Any = None                 # the last step's memo: (layout, is_model, fresh, key, base hash, collectives)
+        # the last step's memo: (layout, is_model, fresh, key, base hash, collectives)
+        self._static: Any = None
         self._user_mask: Optional[tuple[Any]] = None     # fusedopt.optim sharded: the caller's mask,
         self._piece_mask: Any = None                     # the mask of the pieces made from it,
         self._flags: list[bool] = []                     # and the whole tree's flags
