@@ -172,6 +172,22 @@ def test_fusedopt_optim_grad_scale():
         assert ropt.grad_scale is None
 
 
+def test_native_state_refuses_clipping_with_grad_scale():
+    """The native step has one gradient factor: hyper-parameters set around the Python
+    setters (the public _core.OptimHyper) with both clipping and grad_scale are refused
+    before anything changes."""
+    from fusedopt import optim
+    params = [np.arange(1.0, 5.0, dtype=np.float32)]
+    opt = optim.AdamW(lr=1e-2, max_grad_norm=1.0)
+    opt.step(params, [np.ones(4, np.float32)])
+    before = params[0].copy(), opt.state_dict()
+    opt._hyper["grad_scale"] = 4.0
+    with pytest.raises(ValueError, match="max_grad_norm and grad_scale"):
+        opt.step(params, [np.ones(4, np.float32)])
+    np.testing.assert_array_equal(params[0], before[0])
+    assert opt.step_count == before[1]["step_count"]
+
+
 def _fixed_grads(params, seed, scale, inf=False):
     """Each parameter's .grad: standard normal values (rounded to its dtype) times scale, a
     power of two (exact); with inf, one element of the first is inf. Returns the unscaled values."""

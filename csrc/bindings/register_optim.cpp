@@ -115,6 +115,9 @@ class OptimState {
     std::vector<py::object> held;  // every array the kernels touch, alive while the GIL is released
     held.reserve(2 * specs.size());
     const OptimHyper hyper = *hyper_;  // a copy: Python may assign to it while the GIL is released
+    // The step has one gradient factor: clipping's or the unscale's (the norm would be the scaled gradients').
+    if (hyper.max_grad_norm > 0.0 && hyper.grad_scale > 0.0)
+      throw py::value_error("max_grad_norm and grad_scale are both set: unscale the gradients before clipping them");
     GradsBack back(hyper.grad_scale > 0.0 && hyper.unscale_in_place != 0.0);
     plan_->walk(grads.ptr(), "grads", [&](std::size_t l, PyObject* o) {
       PyArrayObject* a = back.take(matching_leaf(*plan_, l, o, "grads"), specs[l], held);

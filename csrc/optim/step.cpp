@@ -85,7 +85,7 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
     clip = std::min(hyper.max_grad_norm / (norm + 1e-6), 1.0);
   }
   // GradScaler's unscale in the kernel's g * gscale: 1/scale, exactly g / scale for the
-  // powers of two GradScaler uses (Python refuses it together with clipping).
+  // powers of two GradScaler uses (refused together with clipping, by Python and OptimState).
   if (hyper.grad_scale > 0.0) clip = 1.0 / hyper.grad_scale;
   const StepValues values = table.values[static_cast<unsigned>(rule)]({hyper, lr, static_cast<double>(t), clip},
                                                                       state.data());
