@@ -350,3 +350,18 @@ def test_torch_state_loads_as_nearest_without_masters(rng):
     group = opt.param_groups[0]
     assert (group["stochastic_rounding"], group["seed"], group["master_weights"]) == (False, 0, False)
     assert opt.state[opt.param_groups[0]["params"][0]]["exp_avg"].dtype == torch.bfloat16
+
+
+def test_a_bad_master_is_refused_naming_its_parameter_and_nothing_changes(rng):
+    params = _params(rng, [torch.float32, torch.bfloat16], [(3,), (4, 2)])
+    opt = ft.AdamW(params, lr=1e-2, master_weights=True)
+    for p, g in zip(params, _grads(rng, params)):
+        p.grad = g
+    opt.step()
+    opt.state[params[1]]["master_param"] = torch.zeros(3)  # not the parameter's shape
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: state of \['params'\]\[1\]\['master_param'\]: "
+                                         r"expected a floating-point tensor of the parameter's shape \(4, 2\)"):
+        opt.step()
+    for a, b in zip(params, before):
+        _assert_same(a.detach(), b)

@@ -80,8 +80,9 @@ def masters(group: Mapping[str, Any], params: Sequence[torch.Tensor], arrays: Se
             out.append(a.astype(np.float32))
         elif not torch.is_tensor(m) or m.shape != p.shape or not m.is_floating_point():
             got = f"a {m.dtype} tensor of shape {tuple(m.shape)}" if torch.is_tensor(m) else type(m).__name__
-            raise ValueError(f"the state's {MASTER!r} of a parameter of shape {tuple(p.shape)}: expected a "
-                             f"floating-point tensor of its shape, got {got}")
+            at = next(i for i, q in enumerate(group["params"]) if q is p)
+            raise ValueError(f"state of ['params'][{at}][{MASTER!r}]: expected a floating-point tensor of the "
+                             f"parameter's shape {tuple(p.shape)}, got {got}")
         else:
             out.append(m.detach().to(torch.float32).numpy())
     return out
