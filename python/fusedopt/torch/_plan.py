@@ -119,7 +119,8 @@ def overlaps_itself(t: torch.Tensor) -> bool:
     return bool(np.unique(offsets).size != t.numel())
 
 
-def check_slot(where: str, p: torch.Tensor, value: Any) -> None:
+def check_slot(where: str, slot: str, p: torch.Tensor, value: Any) -> None:
+    """A slot of the state (`slot`, at `where`): a floating-point tensor of p's shape."""
     if not torch.is_tensor(value) or value.shape != p.shape or not value.is_floating_point() \
             or value.layout != torch.strided:
         got = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
@@ -260,7 +261,8 @@ class GroupPlan:
             if p in state:
                 for slot in spec.slots(group):
                     if state[p].get(slot) is not None:
-                        (spec.slot_check or check_slot)(f"state of {where}[{i}]['{slot}']", p, state[p][slot])
+                        (spec.slot_check or check_slot)(f"state of {where}[{i}]['{slot}']", slot, p,
+                                                        state[p][slot])
                 if spec.keeps_step and "step" in state[p]:
                     count = check_step(f"state of {where}[{i}]['step']", state[p]["step"])
                 else:

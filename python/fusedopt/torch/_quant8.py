@@ -33,10 +33,10 @@ FORMS = {"Adam8bit": Float32Form("torch.optim.Adam", _ADAM_MOMENTS, _TORCH_KEYS,
          "Lion8bit": Float32Form("fusedopt.torch.Lion", (("exp_avg", True),), LOWP_OPTIONS)}
 
 
-def check_slot(where: str, p: torch.Tensor, value: Any) -> None:
+def check_slot(where: str, slot: str, p: torch.Tensor, value: Any) -> None:
     """A slot of the 8-bit state: the moments as uint8 codes or float32 (a parameter below
     min_8bit_size), of the parameter's shape; the absmax float32 and one-dimensional."""
-    absmax = where.endswith("_absmax']")
+    absmax = slot.endswith("_absmax")
     ok = torch.is_tensor(value) and value.layout == torch.strided and (
         value.dtype == torch.float32 and value.dim() == 1 if absmax else
         value.dtype in (torch.uint8, torch.float32) and value.shape == p.shape)

@@ -71,7 +71,7 @@ class Spec:
     scalars: tuple[tuple[str, float], ...] = ()
     scalars_in_place: bool = True
     made_by_first_step: str = ""
-    slot_check: Any = None  # check(where, p, value) of a state slot, when not a floating tensor of p's shape
+    slot_check: Any = None  # check(where, slot, p, value) of a state slot, when not a floating tensor of p's shape
 
 
 def _sgd_slots(g: Mapping[str, Any]) -> tuple[str, ...]:

@@ -62,4 +62,4 @@ def check_state_dict(spec: Spec, groups: Sequence[Mapping[str, Any]], state_dict
                 if spec.keeps_step:  # SGD alone starts a missing momentum buffer at its next step
                     raise ValueError(f"{name} lacks {slot!r}, which the settings of param_groups[{gi}] use")
                 continue
-            (spec.slot_check or check_slot)(f"{name}[{slot!r}]", p, entry[slot])
+            (spec.slot_check or check_slot)(f"{name}[{slot!r}]", slot, p, entry[slot])
