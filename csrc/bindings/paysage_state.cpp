@@ -47,6 +47,19 @@ PyArrayObject* check_leaf(const Plan& plan, std::size_t l, PyObject* o, const ch
   return a;
 }
 
+// The leaf as an array when it is what `s` recorded (array, dtype, shape), else nullptr:
+// the check of every leaf of every step, inline; check_leaf then says what is wrong.
+inline PyArrayObject* matching(const LeafSpec& s, PyObject* o) {
+  if (!PyArray_Check(o)) return nullptr;
+  PyArrayObject* a = reinterpret_cast<PyArrayObject*>(o);
+  const int nd = PyArray_NDIM(a);
+  if (PyArray_TYPE(a) != npy_type_number(s.dtype) || nd != static_cast<int>(s.shape.size())) return nullptr;
+  const npy_intp* dims = PyArray_DIMS(a);
+  for (int k = 0; k < nd; ++k)
+    if (dims[k] != s.shape[k]) return nullptr;
+  return a;
+}
+
 bool leaf_finite(const void* data, const LeafSpec& s) { return all_finite(data, s.dtype, s.size); }
 
 // A moment's arenas, (float32 arena, float64 arena), or None.
@@ -134,7 +147,8 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
   };
   std::vector<PyArrayObject*> garrays(specs.size());
   plan.walk(grad.ptr(), gn, [&](std::size_t l, PyObject* o) {
-    PyArrayObject* a = check_leaf(plan, l, o, gn);
+    PyArrayObject* a = matching(specs[l], o);
+    if (!a) a = check_leaf(plan, l, o, gn);
     hold(o);
     garrays[l] = a;
     data[l].dtype = specs[l].dtype;
@@ -162,10 +176,13 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
   if (steps_p(mode)) {
     plan.walk(params.ptr(), "params", [&](std::size_t l, PyObject* o) {
       const LeafSpec& s = specs[l];
-      if (PyArray_Check(o) && PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != npy_type_number(s.dtype))
-        throw py::type_error(where("params", s) + ": dtype " + type_of(o).substr(6) + " does not match the gradient's " +
-                             dtype_name(s.dtype));
-      PyArrayObject* a = check_leaf(plan, l, o, "params");
+      PyArrayObject* a = matching(s, o);
+      if (!a) {
+        if (PyArray_Check(o) && PyArray_TYPE(reinterpret_cast<PyArrayObject*>(o)) != npy_type_number(s.dtype))
+          throw py::type_error(where("params", s) + ": dtype " + type_of(o).substr(6) + " does not match the gradient's " +
+                               dtype_name(s.dtype));
+        a = check_leaf(plan, l, o, "params");
+      }
       if (!PyArray_ISWRITEABLE(a)) throw py::value_error(where("params", s) + ": the array is read-only; it must be writeable to be stepped in place");
       if (!PyArray_ISCARRAY(a) || !PyArray_ISNOTSWAPPED(a))
         throw py::value_error(where("params", s) + ": the array must be C-contiguous, aligned and in native byte order to be stepped in place");
@@ -201,8 +218,10 @@ void prepare(Prepared& P, const Plan& plan, unsigned mode, py::handle grad, py::
     key.push_back(&plan);
     for (int k = 0; k < 4; ++k) key.insert(key.end(), {base[k][F32], base[k][F64]});
     key.insert(key.end(), {sums, reinterpret_cast<const void*>(sums_bytes)});
+    key.reserve(key.size() + 2 * data.size());
     for (const LeafData& d : data) {
-      key.insert(key.end(), {d.g, static_cast<const void*>(d.p)});
+      key.push_back(d.g);  // push_back: an initializer list costs a range insert per leaf
+      key.push_back(d.p);
       if (d.rows) {
         key.push_back(reinterpret_cast<const void*>(d.n_rows));
         key.insert(key.end(), d.rows, d.rows + d.n_rows);

@@ -10,7 +10,10 @@ enum Dtype : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
 constexpr int kNumDtypes = 4;
 
 constexpr bool is_low(Dtype d) { return d == BF16 || d == F16; }
-constexpr std::size_t item_size(Dtype d) { return d == F32 ? 4 : d == F64 ? 8 : 2; }
+// Tables indexed by Dtype: a step asks these of every leaf, and one load is
+// cheaper than a chain of comparisons.
+constexpr std::size_t kItemSize[kNumDtypes] = {4, 8, 2, 2};
+constexpr std::size_t item_size(Dtype d) { return kItemSize[d]; }
 constexpr const char* dtype_name(Dtype d) {
   return d == F32 ? "float32" : d == F64 ? "float64" : d == BF16 ? "bfloat16" : "float16";
 }
@@ -18,6 +21,7 @@ constexpr const char* dtype_name(Dtype d) {
 // NumPy's headers in bindings/numpy_api.h), so that kernels need no NumPy
 // header. bfloat16 (ml_dtypes) has none fixed: bindings/arrays.h's
 // type_number asks NumPy at run time.
-constexpr int npy_type_number(Dtype d) { return d == F32 ? 11 : d == F64 ? 12 : d == F16 ? 23 : -1; }
+constexpr int kNpyTypeNumber[kNumDtypes] = {11, 12, -1, 23};
+constexpr int npy_type_number(Dtype d) { return kNpyTypeNumber[d]; }
 
 }  // namespace fusedopt

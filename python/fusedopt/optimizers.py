@@ -438,9 +438,21 @@ class _Checked:
         self._name = name
 
     def __set__(self, obj, value):
-        obj.__dict__[self._name] = self._check(self._name, value)
+        self._store(obj.__dict__, self._check(self._name, value))
         if self._counted:
             _bump(obj)
+
+    def _store(self, d, value):
+        d[self._name] = value
+
+
+class _CheckedMemory(_Checked):
+    """``memory`` of the classes here: checked like any _Checked, and kept in the instance dict
+    twice, as ``memory`` and as ``_memory``, which the class declares plainly (``_memory = None``)
+    in place of the base class's property: Optimizer.update reads it with no Python call."""
+
+    def _store(self, d, value):
+        d.update({self._name: value, "_memory": value})  # one C call: both or neither
 
 
 def _check_memory(name, value):
@@ -792,7 +804,8 @@ class Momentum(Optimizer):
     if TYPE_CHECKING:
         memory: GradientMemory
     else:
-        memory = _Checked(_check_memory, _MEMORY_DOC)
+        memory = _CheckedMemory(_check_memory, _MEMORY_DOC)
+    _memory = None  # type: ignore[assignment]  # the instance dict's, set with memory (_CheckedMemory)
 
     def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, momentum: float = 0.9, tolerance: float = 1e-7,
                  ascent: bool = False, **options: bool) -> None:
@@ -825,7 +838,8 @@ class RMSProp(Optimizer):
     if TYPE_CHECKING:
         memory: GradientMemory
     else:
-        memory = _Checked(_check_memory, _MEMORY_DOC)
+        memory = _CheckedMemory(_check_memory, _MEMORY_DOC)
+    _memory = None  # type: ignore[assignment]  # the instance dict's, set with memory (_CheckedMemory)
 
     def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, mean_square_weight: float = 0.9,
                  tolerance: float = 1e-7, ascent: bool = False, **options: bool) -> None:
@@ -868,7 +882,8 @@ class ADAM(Optimizer):
     if TYPE_CHECKING:
         memory: GradientMemory
     else:
-        memory = _Checked(_check_memory, _MEMORY_DOC)
+        memory = _CheckedMemory(_check_memory, _MEMORY_DOC)
+    _memory = None  # type: ignore[assignment]  # the instance dict's, set with memory (_CheckedMemory)
 
     def __init__(self, stepsize: StepSize = _DEFAULT_STEPSIZE, mean_weight: float = 0.9,
                  mean_square_weight: float = 0.999, tolerance: float = 1e-7, ascent: bool = False,
