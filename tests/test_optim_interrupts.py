@@ -5,16 +5,14 @@ at the next look at it, fully before or fully after the step: parameters,
 state and step count. A timer interrupts steps of many small leaves; after
 each one the optimizer must equal, bit for bit, an uninterrupted twin either
 as it is or after the twin takes the same step."""
-import gc
 import pickle
 import signal
-import time
 
 import numpy as np
 import pytest
 
 from fusedopt import optim
-from fusedopt.optim import _commit
+from interrupt_twin import cut_short_step, interrupted_steps, step_time
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
 
@@ -70,64 +68,21 @@ def _same(a, b):
         for x, y in zip(xa + pa, xb + pb))
 
 
-def _step_time(cls, make, hyper):
-    """A step's duration (the median of a few, on a scratch optimizer)."""
-    opt, params = cls(**hyper), make(0)
-    times = []
-    for k in range(7):
-        grads = _grads(params, k)
-        t0 = time.perf_counter()
-        opt.step(params, grads)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_an_interrupted_step_is_all_done_or_not_begun(name):
     cls, make, hyper = CASES[name]
     opt, twin = cls(**hyper), cls(**hyper)
     ours, theirs = make(1), make(1)
-    rng = np.random.default_rng(3)
-    # Even steps: log-uniform delays from 2 µs to 20 steps (early hits, whole steps); odd ones
-    # near the end of a step, as long as the twin's last step took (hits in the commit).
-    step_time = _step_time(cls, make, hyper)
-    delays = np.exp(rng.uniform(np.log(2e-6), np.log(20 * step_time), size=300))
-    near_end = rng.uniform(0.85, 1.1, size=300)
-    armed = [False]
+    scratch, scratch_params = cls(**hyper), make(0)
+    grads = {}
 
-    def handler(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
+    def step(k):
+        grads[k] = _grads(ours, 100 + k)
+        opt.step(ours, grads[k])
 
-    previous = signal.signal(signal.SIGALRM, handler)
-    gc.disable()  # a signal handled in a gc callback is unraisable, not raised in the step
-    outcomes = {(hit, stepped): 0 for hit in (False, True) for stepped in (False, True)}
-    try:
-        for k, delay in enumerate(delays):
-            grads = _grads(ours, 100 + k)
-            hit = False
-            try:
-                armed[0] = True
-                signal.setitimer(signal.ITIMER_REAL, step_time * near_end[k] if k % 2 else delay)
-                opt.step(ours, grads)
-                armed[0] = False
-            except KeyboardInterrupt:
-                hit = True
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            seen = _snapshot(opt, ours)
-            stepped = not _same(seen, _snapshot(twin, theirs))
-            if stepped:
-                t0 = time.perf_counter()
-                twin.step(theirs, grads)
-                step_time = time.perf_counter() - t0
-                assert _same(seen, _snapshot(twin, theirs)), f"step {k}: half a step (interrupted: {hit})"
-            outcomes[hit, stepped] += 1
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        gc.enable()
+    outcomes = interrupted_steps(step, lambda k: twin.step(theirs, grads[k]),
+                                 lambda: (_snapshot(opt, ours), _snapshot(twin, theirs)), _same,
+                                 step_time(lambda k: scratch.step(scratch_params, _grads(scratch_params, k))))
     # The timer hit steps before their native call (not stepped) and after it (the commit completed).
     assert outcomes[True, False] > 0 and outcomes[True, True] > 0 and outcomes[False, True] > 0, outcomes
     assert _same(_snapshot(opt, ours), _snapshot(twin, theirs))
@@ -155,18 +110,7 @@ def test_a_commit_cut_short_shows_at_the_next_look(name, look, monkeypatch):
             for k in range(cut - 1):
                 opt.step(ours, _grads(ours, k))
                 twin.step(theirs, _grads(theirs, k))
-            real = _commit.PendingCommit._commit
-
-            def cut_short(self, pending, native):
-                self._pending = pending
-                if after:
-                    native(pending.mark)
-                raise KeyboardInterrupt
-
-            monkeypatch.setattr(_commit.PendingCommit, "_commit", cut_short)
-            with pytest.raises(KeyboardInterrupt):
-                opt.step(ours, _grads(ours, 7))
-            monkeypatch.setattr(_commit.PendingCommit, "_commit", real)
+            cut_short_step(monkeypatch, lambda: opt.step(ours, _grads(ours, 7)), after)
             if after:
                 twin.step(theirs, _grads(theirs, 7))
             assert opt._pending is not None
