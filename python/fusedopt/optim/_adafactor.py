@@ -211,8 +211,8 @@ class Adafactor(PendingCommit, GivenHyper):
         new = kept.spare if kept is not None and kept.spare is not None else new_slots(ps)
         plan = StepPlan(tree_plan(params), paths, self._hyper, [row] * len(ps))
         spare = old if old is not None else new_slots(ps)  # the loaded or the last state: now free
-        self._native(ps, gs, old if old is not None else ([None] * len(ps),) * 3, new, plan.rows, count, plan,
-                     spare)
+        none: List[Optional[np.ndarray]] = [None] * len(ps)
+        self._native(ps, gs, (none, none, none) if old is None else old, new, plan.rows, count, plan, spare)
 
     def _native(self, ps: List[Any], gs: List[Any], old: Slots, new: Slots, rows: np.ndarray, count: int,
                 plan: StepPlan, spare: Slots) -> None:
