@@ -11,6 +11,7 @@ import signal
 import numpy as np
 import pytest
 
+import fusedopt
 from fusedopt import optim
 from interrupt_twin import cut_short_step, interrupted_steps, step_time
 
@@ -80,11 +81,20 @@ def test_an_interrupted_step_is_all_done_or_not_begun(name):
         grads[k] = _grads(ours, 100 + k)
         opt.step(ours, grads[k])
 
-    outcomes = interrupted_steps(step, lambda k: twin.step(theirs, grads[k]),
-                                 lambda: (_snapshot(opt, ours), _snapshot(twin, theirs)), _same,
-                                 step_time(lambda k: scratch.step(scratch_params, _grads(scratch_params, k))))
-    # The timer hit steps before their native call (not stepped) and after it (the commit completed).
-    assert outcomes[True, False] > 0 and outcomes[True, True] > 0 and outcomes[False, True] > 0, outcomes
+    # The timer must hit steps before their native call (not stepped) and after it (the commit
+    # completed); the window after the call is a few µs, so on a loaded machine (timer jitter)
+    # a few more rounds of 300 steps may be needed to land in it.
+    total = {}
+    with fusedopt.thread_limits(blas=1):  # steady step times (Muon's products)
+        for seed in range(3, 9):
+            outcomes = interrupted_steps(step, lambda k: twin.step(theirs, grads[k]),
+                                         lambda: (_snapshot(opt, ours), _snapshot(twin, theirs)), _same,
+                                         step_time(lambda k: scratch.step(scratch_params, _grads(scratch_params, k))),
+                                         seed=seed)
+            total = {k: total.get(k, 0) + v for k, v in outcomes.items()}
+            if total[True, False] > 0 and total[True, True] > 0 and total[False, True] > 0:
+                break
+    assert total[True, False] > 0 and total[True, True] > 0 and total[False, True] > 0, total
     assert _same(_snapshot(opt, ours), _snapshot(twin, theirs))
 
 
