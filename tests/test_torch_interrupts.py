@@ -5,16 +5,14 @@ after the step: parameters, state and step counts. A timer interrupts steps of
 many small parameters (the commit is a good part of such a step); after each
 one the optimizer must equal, bit for bit, an uninterrupted twin either as it
 is or after the twin takes the same step."""
-import gc
 import signal
-import time
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import fusedopt.torch as ft  # noqa: E402
+from interrupt_twin import cut_short_step, interrupted_steps, step_time  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
 
@@ -70,66 +68,27 @@ def _set_grads(params, seed):
         p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
 
 
-def _step_time(cls, make, hyper):
-    """A step's duration (the median of a few, on a scratch optimizer)."""
-    opt = cls(make(0), **hyper)
-    times = []
-    for k in range(7):
-        _set_grads(_params(opt), k)
-        t0 = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_an_interrupted_step_is_all_done_or_not_begun(name):
     cls, make, hyper = CASES[name]
     opt, twin = cls(make(1), **hyper), cls(make(1), **hyper)
-    rng = np.random.default_rng(3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # steady step times (Muon's products), also on a loaded machine
-    # Even steps: log-uniform delays from 2 µs to 20 steps (early hits, whole steps); odd ones
-    # near the end of a step, as long as the twin's last step took (hits in the commit).
-    step_time = _step_time(cls, make, hyper)
-    delays = np.exp(rng.uniform(np.log(2e-6), np.log(20 * step_time), size=300))
-    near_end = rng.uniform(0.85, 1.1, size=300)
-    armed = [False]
+    scratch = cls(make(0), **hyper)
 
-    def handler(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
+    def scratch_step(k):
+        _set_grads(_params(scratch), k)
+        scratch.step()
 
-    previous = signal.signal(signal.SIGALRM, handler)
-    gc.disable()  # a signal handled in a gc callback is unraisable, not raised in the step
-    outcomes = {(hit, stepped): 0 for hit in (False, True) for stepped in (False, True)}
+    def step(k):
+        _set_grads(_params(opt), 100 + k)
+        _set_grads(_params(twin), 100 + k)
+        opt.step()
+
     try:
-        for k, delay in enumerate(delays):
-            _set_grads(_params(opt), 100 + k)
-            _set_grads(_params(twin), 100 + k)
-            hit = False
-            try:
-                armed[0] = True
-                signal.setitimer(signal.ITIMER_REAL, step_time * near_end[k] if k % 2 else delay)
-                opt.step()
-                armed[0] = False
-            except KeyboardInterrupt:
-                hit = True
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            ours = _snapshot(opt)
-            stepped = not _same(ours, _snapshot(twin))
-            if stepped:
-                t0 = time.perf_counter()
-                twin.step()
-                step_time = time.perf_counter() - t0
-                assert _same(ours, _snapshot(twin)), f"step {k}: half a step (interrupted: {hit})"
-            outcomes[hit, stepped] += 1
+        outcomes = interrupted_steps(step, lambda k: twin.step(), lambda: (_snapshot(opt), _snapshot(twin)), _same,
+                                     step_time(scratch_step))
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        gc.enable()
         torch.set_grad_enabled(True)  # an interrupt inside torch.no_grad's __enter__ skips its __exit__
         torch.set_num_threads(threads)
     # The timer hit steps before their native call (not stepped) and after it (the commit completed).
@@ -143,8 +102,6 @@ def test_a_commit_cut_short_shows_at_the_next_look(name, monkeypatch):
     """An exception right after the native call (as a signal handler may raise there):
     the step happened, so the next look at the state shows all of it; one raised
     just before the call leaves everything as it was."""
-    from fusedopt.torch import _checked_groups
-
     cls, make, hyper = CASES[name]
     for after in (True, False):
         opt, twin = cls(make(2), **hyper), cls(make(2), **hyper)
@@ -152,18 +109,7 @@ def test_a_commit_cut_short_shows_at_the_next_look(name, monkeypatch):
             _set_grads(_params(o), 7)
             o.step()
             _set_grads(_params(o), 8)
-        real = _checked_groups.CheckedGroups._commit
-
-        def cut_short(self, pending, native):
-            self._pending = pending
-            if after:
-                native(pending.mark)
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(_checked_groups.CheckedGroups, "_commit", cut_short)
-        with pytest.raises(KeyboardInterrupt):
-            opt.step()
-        monkeypatch.setattr(_checked_groups.CheckedGroups, "_commit", real)
+        cut_short_step(monkeypatch, opt.step, after)
         if after:
             twin.step()
         assert opt._pending is not None

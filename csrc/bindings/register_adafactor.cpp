@@ -23,15 +23,10 @@ constexpr int kHyper = 8;  // step, lr, beta2_decay, eps1, eps2, d, weight_decay
 
 using Shape = std::vector<npy_intp>;
 
-Shape shape_of(py::handle a) {
-  auto* arr = reinterpret_cast<PyArrayObject*>(a.ptr());
-  return Shape(PyArray_DIMS(arr), PyArray_DIMS(arr) + PyArray_NDIM(arr));
-}
-
-std::string show(const Shape& s) {
+std::string show(const npy_intp* dims, std::size_t nd) {
   std::string out = "(";
-  for (std::size_t k = 0; k < s.size(); ++k) out += (k ? ", " : "") + std::to_string(s[k]);
-  return out + (s.size() == 1 ? ",)" : ")");
+  for (std::size_t k = 0; k < nd; ++k) out += (k ? ", " : "") + std::to_string(dims[k]);
+  return out + (nd == 1 ? ",)" : ")");
 }
 
 py::list as_list(py::handle seq, const std::string& what, std::size_t count) {
@@ -42,23 +37,59 @@ py::list as_list(py::handle seq, const std::string& what, std::size_t count) {
   return items;
 }
 
-// The array at items[l], checked (dtype, shape, writeable), or nullptr for None where allowed.
+// An array of the step, named only when a refusal needs it: a tree has
+// thousands of arrays, and a step of an unchanged tree builds no string.
+struct Ref {
+  ArrayRef a;
+  const char* what;  // the argument: "params", "grads", "old_rows", ...
+  std::size_t l;     // its index
+};
+
+std::string name_of(const char* what, std::size_t l) {
+  return "adafactor_step: " + std::string(what) + "[" + std::to_string(l) + "]";
+}
+std::string name_of(const Ref& r) { return name_of(r.what, r.l); }
+
+// `o` as an array (array_ref's conditions: a float32/float64 ndarray, `want`
+// when >= 0, C-contiguous, aligned, writeable when asked); array_ref, with
+// the name, says why when it is refused.
+ArrayRef checked_array(PyObject* o, const char* what, std::size_t l, bool writeable, int want) {
+  if (PyArray_Check(o)) {
+    auto* a = reinterpret_cast<PyArrayObject*>(o);
+    const int type = PyArray_TYPE(a);
+    const bool f32 = type == NPY_FLOAT && (want < 0 || want == F32);
+    const bool f64 = type == NPY_DOUBLE && (want < 0 || want == F64);
+    if ((f32 || f64) && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISALIGNED(a) && (!writeable || PyArray_ISWRITEABLE(a)))
+      return {f32 ? F32 : F64, PyArray_DATA(a), static_cast<std::size_t>(PyArray_SIZE(a))};
+  }
+  return array_ref(o, name_of(what, l), writeable, want);
+}
+
+// The array at items[l], checked (dtype, shape `dims` with dims[one] = 1 when
+// one >= 0, writeable), or nullptr for None where allowed.
 struct Checked {
-  std::vector<py::object> keep;
-  std::vector<Named> writes, reads;
-  const void* get(const py::list& items, std::size_t l, const std::string& what, Dtype dtype, const Shape& shape,
-                  bool writeable, bool none_ok) {
-    py::object item = items[l];
-    const std::string name = "adafactor_step: " + what + "[" + std::to_string(l) + "]";
-    if (item.is_none()) {
-      if (!none_ok) throw py::type_error(name + " must be an array, got None");
+  std::vector<py::object> keep;  // a reference to every array, held through the call without the GIL
+  std::vector<Ref> writes, reads;
+  const void* get(const py::list& items, std::size_t l, const char* what, Dtype dtype, const npy_intp* dims,
+                  std::size_t nd, std::ptrdiff_t one, bool writeable, bool none_ok) {
+    PyObject* item = PyList_GET_ITEM(items.ptr(), static_cast<Py_ssize_t>(l));
+    if (item == Py_None) {
+      if (!none_ok) throw py::type_error(name_of(what, l) + " must be an array, got None");
       return nullptr;
     }
-    const ArrayRef a = array_ref(item, name, writeable, dtype);
-    if (shape_of(item) != shape)
-      throw py::value_error(name + " must have shape " + show(shape) + ", got " + show(shape_of(item)));
-    (writeable ? writes : reads).push_back({a, name});
-    keep.push_back(std::move(item));
+    const ArrayRef a = checked_array(item, what, l, writeable, dtype);
+    auto* arr = reinterpret_cast<PyArrayObject*>(item);
+    bool same = static_cast<std::size_t>(PyArray_NDIM(arr)) == nd;
+    for (std::size_t k = 0; same && k < nd; ++k)
+      same = PyArray_DIMS(arr)[k] == (static_cast<std::ptrdiff_t>(k) == one ? 1 : dims[k]);
+    if (!same) {
+      Shape want(dims, dims + nd);
+      if (one >= 0) want[static_cast<std::size_t>(one)] = 1;
+      throw py::value_error(name_of(what, l) + " must have shape " + show(want.data(), nd) + ", got " +
+                            show(PyArray_DIMS(arr), static_cast<std::size_t>(PyArray_NDIM(arr))));
+    }
+    (writeable ? writes : reads).push_back({a, what, l});
+    keep.push_back(py::reinterpret_borrow<py::object>(item));
     return a.data;
   }
 };
@@ -68,28 +99,28 @@ struct Checked {
 // thousands of arrays: no pairwise check).
 class Disjoint {
  public:
-  explicit Disjoint(const std::vector<Named>& writes) : w_(writes) {
-    std::sort(w_.begin(), w_.end(), [](const Named& a, const Named& b) { return begin(a) < begin(b); });
+  explicit Disjoint(const std::vector<Ref>& writes) : w_(writes) {
+    std::sort(w_.begin(), w_.end(), [](const Ref& a, const Ref& b) { return begin(a) < begin(b); });
     for (std::size_t k = 1; k < w_.size(); ++k)
       if (begin(w_[k]) < end(w_[k - 1]))
-        throw py::value_error(w_[k - 1].name + " and " + w_[k].name + " must not share memory");
+        throw py::value_error(name_of(w_[k - 1]) + " and " + name_of(w_[k]) + " must not share memory");
   }
-  const Named* find(const Named& r) const {
-    auto it = std::lower_bound(w_.begin(), w_.end(), end(r), [](const Named& a, const char* e) {
+  const Ref* find(const Ref& r) const {
+    auto it = std::lower_bound(w_.begin(), w_.end(), end(r), [](const Ref& a, const char* e) {
       return begin(a) < e;
     });
     if (it == w_.begin()) return nullptr;
     --it;
     return end(*it) > begin(r) ? &*it : nullptr;
   }
-  void refuse_overlap(const Named& r) const {
-    if (const Named* w = find(r)) throw py::value_error(w->name + " must not share memory with " + r.name);
+  void refuse_overlap(const Ref& r) const {
+    if (const Ref* w = find(r)) throw py::value_error(name_of(*w) + " must not share memory with " + name_of(r));
   }
 
  private:
-  static const char* begin(const Named& x) { return static_cast<const char*>(x.a.data); }
-  static const char* end(const Named& x) { return begin(x) + x.a.n * item_size(x.a.dtype); }
-  std::vector<Named> w_;
+  static const char* begin(const Ref& x) { return static_cast<const char*>(x.a.data); }
+  static const char* end(const Ref& x) { return begin(x) + x.a.n * item_size(x.a.dtype); }
+  std::vector<Ref> w_;
 };
 
 }  // namespace
@@ -99,8 +130,8 @@ void register_adafactor(py::module_& m) {
                              py::handle old_vars, py::handle new_rows, py::handle new_cols, py::handle new_vars,
                              py::handle hyper, bool copy_grads, py::handle done) {
     double* mark = done_mark(done, "adafactor_step: done");
-    std::vector<py::object> keep;
-    const auto P = array_list(params, "adafactor_step: params", true, -1, keep);
+    if (!PyList_Check(params.ptr())) throw py::type_error("adafactor_step: params must be a list of numpy arrays");
+    const py::list P = py::reinterpret_borrow<py::list>(params);
     const std::size_t L = P.size();
     const ArrayRef H = array_ref(hyper, "adafactor_step: hyper", false, F64, static_cast<long long>(L * kHyper));
     const double* h = static_cast<const double*>(H.data);
@@ -109,35 +140,41 @@ void register_adafactor(py::module_& m) {
                    R1 = as_list(new_rows, "new_rows", L), C1 = as_list(new_cols, "new_cols", L),
                    V1 = as_list(new_vars, "new_vars", L);
     Checked c;
-    std::vector<Named> grad_refs;
+    c.keep.reserve(6 * L);
+    std::vector<Ref> grad_refs;
     std::vector<adafactor::Leaf> leaves(L);
+    int dtype = -1;  // the first parameter's: every array of the step has it
     for (std::size_t l = 0; l < L; ++l) {
       adafactor::Leaf& leaf = leaves[l];
-      const Shape shape = shape_of(keep[l]);
-      leaf.dtype = P[l].dtype;
-      leaf.param = P[l].data;
-      leaf.n = P[l].n;
+      PyObject* item = PyList_GET_ITEM(P.ptr(), static_cast<Py_ssize_t>(l));
+      const ArrayRef p = checked_array(item, "params", l, true, dtype);
+      dtype = p.dtype;
+      auto* arr = reinterpret_cast<PyArrayObject*>(item);
+      const npy_intp* dims = PyArray_DIMS(arr);
+      const std::size_t nd = static_cast<std::size_t>(PyArray_NDIM(arr));
+      leaf.dtype = p.dtype;
+      leaf.param = p.data;
+      leaf.n = p.n;
       if (leaf.n == 0)
         throw py::value_error("adafactor_step: params[" + std::to_string(l) + "] has no elements");
-      c.writes.push_back({P[l], "adafactor_step: params[" + std::to_string(l) + "]"});
-      leaf.grad = c.get(G, l, "grads", leaf.dtype, shape, false, false);
+      c.writes.push_back({p, "params", l});
+      c.keep.push_back(py::reinterpret_borrow<py::object>(item));
+      leaf.grad = c.get(G, l, "grads", leaf.dtype, dims, nd, -1, false, false);
       grad_refs.push_back(c.reads.back());
       c.reads.pop_back();  // checked below: copied or refused
-      leaf.factored = shape.size() >= 2;
+      leaf.factored = nd >= 2;
       if (leaf.factored) {
-        Shape rs = shape, cs = shape;
-        rs.back() = 1;
-        cs[cs.size() - 2] = 1;
-        leaf.cols = static_cast<std::size_t>(shape.back());
-        leaf.rows = static_cast<std::size_t>(shape[shape.size() - 2]);
+        const auto last = static_cast<std::ptrdiff_t>(nd) - 1;
+        leaf.cols = static_cast<std::size_t>(dims[nd - 1]);
+        leaf.rows = static_cast<std::size_t>(dims[nd - 2]);
         leaf.batch = leaf.n / (leaf.rows * leaf.cols);
-        leaf.old_row = c.get(R0, l, "old_rows", leaf.dtype, rs, false, true);
-        leaf.old_col = c.get(C0, l, "old_cols", leaf.dtype, cs, false, true);
-        leaf.new_row = const_cast<void*>(c.get(R1, l, "new_rows", leaf.dtype, rs, true, false));
-        leaf.new_col = const_cast<void*>(c.get(C1, l, "new_cols", leaf.dtype, cs, true, false));
+        leaf.old_row = c.get(R0, l, "old_rows", leaf.dtype, dims, nd, last, false, true);
+        leaf.old_col = c.get(C0, l, "old_cols", leaf.dtype, dims, nd, last - 1, false, true);
+        leaf.new_row = const_cast<void*>(c.get(R1, l, "new_rows", leaf.dtype, dims, nd, last, true, false));
+        leaf.new_col = const_cast<void*>(c.get(C1, l, "new_cols", leaf.dtype, dims, nd, last - 1, true, false));
       } else {
-        leaf.old_var = c.get(V0, l, "old_vars", leaf.dtype, shape, false, true);
-        leaf.new_var = const_cast<void*>(c.get(V1, l, "new_vars", leaf.dtype, shape, true, false));
+        leaf.old_var = c.get(V0, l, "old_vars", leaf.dtype, dims, nd, -1, false, true);
+        leaf.new_var = const_cast<void*>(c.get(V1, l, "new_vars", leaf.dtype, dims, nd, -1, true, false));
       }
       const double* x = h + l * kHyper;
       leaf.step = x[0];

@@ -34,6 +34,8 @@ import numpy as np
 
 from .. import _core
 from . import _checks as checks
+from ._adafactor_plan import Slots, StepPlan, tree_plan
+from ._commit import Commit, PendingCommit
 from ._given import GivenHyper
 from ._tree import float_leaves
 
@@ -119,7 +121,7 @@ def _int_step(value: Any) -> int:
     return int(value)
 
 
-class Adafactor(GivenHyper):
+class Adafactor(PendingCommit, GivenHyper):
     """Adafactor (torch.optim.Adafactor, torch 2.13) on a numpy tree of
     float32 or float64 arrays: the factored second moment (``row_var``,
     ``col_var``) for arrays of 2 or more dimensions (over the last two), the
@@ -132,10 +134,13 @@ class Adafactor(GivenHyper):
         opt.step(params, grads)        # params stepped in place
 
     State: ``step_count`` and the slots per leaf (``state_arrays()``),
-    created at the first step. Bad input raises before anything is written.
+    created at the first step. Bad input raises before anything is written;
+    a KeyboardInterrupt leaves the step all done or not begun.
     """
 
     _check_hyper = staticmethod(check_hyper)
+    # The checked step's record for the next steps of the same tree (None: the next step checks).
+    _plan: Optional[StepPlan] = None
 
     def __init__(self, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: Tuple[Optional[float], float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0,
@@ -145,11 +150,14 @@ class Adafactor(GivenHyper):
                            maximize=maximize)
         self._hyper = check_hyper(self._given)
         self._count = 0
-        self._state: Optional[Dict[str, LeafState]] = None
+        # The state: the leaves' paths and, per slot, each leaf's array (None before the first step).
+        self._paths: List[str] = []
+        self._slots: Optional[Slots] = None
 
     @property
     def step_count(self) -> int:
         """Steps taken (torch's per-parameter ``step``; one count for the tree)."""
+        self._finish()
         return self._count
 
     def _leaves(self, params: Any, grads: Any) -> Tuple[List[str], List[np.ndarray], List[np.ndarray]]:
@@ -165,63 +173,124 @@ class Adafactor(GivenHyper):
             if not isinstance(g, np.ndarray) or g.dtype != p.dtype or g.shape != p.shape:
                 got = f"{g.dtype} of shape {g.shape}" if isinstance(g, np.ndarray) else type(g).__name__
                 raise TypeError(f"grads at {where}: expected a {p.dtype} array of shape {p.shape}, got {got}")
-        if self._state is not None:
-            if list(self._state) != list(ps):
-                raise ValueError(f"params: the tree {list(ps)} differs from the state's {list(self._state)} "
+        if self._slots is not None:
+            if self._paths != list(ps):
+                raise ValueError(f"params: the tree {list(ps)} differs from the state's {self._paths} "
                                  "(reset() forgets the state)")
-            for path, p in ps.items():
-                _check_leaf_state(f"params at {path or 'the root'}", p.shape, p.dtype, self._state[path])
+            for i, (path, p) in enumerate(ps.items()):
+                _check_leaf_state(f"params at {path or 'the root'}", p.shape, p.dtype, _leaf(self._slots, i))
         return list(ps), list(ps.values()), [c_order(g) for g in gs.values()]
 
     def step(self, params: Any, grads: Any) -> None:
         """One step: params (a tree of arrays) stepped in place by grads (the same tree)."""
+        self._finish()
+        plan, old = self._plan, self._slots
+        leaves = None if plan is None else plan.leaves(params, grads)
+        if plan is not None and leaves is not None and old is not None and plan.spare is not None:
+            count = self._count + 1
+            rows = plan.hyper_rows(self._hyper, count, self._row)
+            try:
+                self._native(leaves[0], leaves[1], old, plan.spare, rows, count, plan, old)
+                return
+            except (TypeError, ValueError):
+                pass  # refused before anything was written: the checked path names the leaf
+        self._checked_step(params, grads)
+
+    def _row(self, hyper: Dict[str, Any], count: int) -> List[float]:
+        return hyper_row(hyper, count, _first(self._slots).dtype)
+
+    def _checked_step(self, params: Any, grads: Any) -> None:
+        """A step with every leaf checked in Python; it leaves a plan for the next steps."""
         paths, ps, gs = self._leaves(params, grads)
         if not ps:
             return
         count = self._count + 1
         row = hyper_row(self._hyper, count, ps[0].dtype)
-        old = [None] * len(ps) if self._state is None else [self._state[k] for k in paths]
-        new = step(ps, gs, old, [row] * len(ps), copy_grads=True)
-        self._state, self._count = dict(zip(paths, new)), count
+        old = self._slots
+        kept = self._plan if self._plan is not None and self._plan.paths == paths else None
+        new = kept.spare if kept is not None and kept.spare is not None else new_slots(ps)
+        plan = StepPlan(tree_plan(params), paths, self._hyper, [row] * len(ps))
+        spare = old if old is not None else new_slots(ps)  # the loaded or the last state: now free
+        none: List[Optional[np.ndarray]] = [None] * len(ps)
+        self._native(ps, gs, (none, none, none) if old is None else old, new, plan.rows, count, plan, spare)
+
+    def _native(self, ps: List[Any], gs: List[Any], old: Slots, new: Slots, rows: np.ndarray, count: int,
+                plan: StepPlan, spare: Slots) -> None:
+        paths = plan.paths
+
+        def show() -> None:
+            self._paths, self._slots, self._count, self._plan = paths, new, count, plan
+            plan.spare = spare
+
+        self._commit(Commit(show), lambda done: _core.adafactor_step(ps, gs, *old, *new, rows, True, done))
 
     def reset(self) -> None:
         """Forget the state (the next step is a first step)."""
-        self._state, self._count = None, 0
+        self._pending = None
+        self._paths, self._slots, self._count, self._plan = [], None, 0, None
 
     def state_arrays(self) -> Dict[str, Dict[str, np.ndarray]]:
-        """``{slot: {path: array}}`` (the state's own arrays); ``{}`` before the first step."""
+        """``{slot: {path: array}}`` (the state's own arrays, which the second step after
+        this one writes again); ``{}`` before the first step."""
+        self._finish()
         out: Dict[str, Dict[str, np.ndarray]] = {}
-        for path, leaf in (self._state or {}).items():
-            for slot, a in zip(SLOTS, leaf):
+        for slot, arrays in zip(SLOTS, self._slots or ()):
+            for path, a in zip(self._paths, arrays):
                 if a is not None:
                     out.setdefault(slot, {})[path] = a
         return out
 
     def state_dict(self) -> Dict[str, Any]:
         """A versioned dict of plain values and array copies; load_state_dict resumes exactly."""
-        state = None if self._state is None else {
-            k: {slot: a.copy() for slot, a in zip(SLOTS, leaf) if a is not None} for k, leaf in self._state.items()}
+        self._finish()
+        slots = self._slots
+        state = None if slots is None else {
+            k: {slot: a.copy() for slot, a in zip(SLOTS, _leaf(slots, i)) if a is not None}
+            for i, k in enumerate(self._paths)}
         return {"version": 1, "class": "Adafactor", "hyper": dict(self._given), "step": self._count,
                 "state": state}
 
     def load_state_dict(self, saved: Dict[str, Any]) -> None:
         """Restore a state_dict(); checked whole before anything changes."""
+        self._finish()
         if not isinstance(saved, dict) or saved.get("class") != "Adafactor" or saved.get("version") != 1:
             raise ValueError("state_dict: expected a version 1 Adafactor state dict")
         hyper = check_hyper(saved["hyper"])
         count = _int_step(saved["step"])
         state = saved["state"]
-        leaves: Optional[Dict[str, LeafState]] = None
+        paths: List[str] = []
+        slots: Optional[Slots] = None
         if state is not None:
             if not isinstance(state, dict):
                 raise ValueError("state_dict: state must be a dict of leaf paths")
-            leaves = {}
-            for path, entry in state.items():
-                leaves[path] = _leaf_state_from(f"state_dict: state at {path}", entry)
-        self._given, self._hyper, self._count, self._state = dict(saved["hyper"]), hyper, count, leaves
+            leaves = [_leaf_state_from(f"state_dict: state at {path}", entry) for path, entry in state.items()]
+            paths = list(state)
+            slots = ([s[0] for s in leaves], [s[1] for s in leaves], [s[2] for s in leaves])
+        self._given, self._hyper, self._count, self._paths, self._slots, self._plan = \
+            dict(saved["hyper"]), hyper, count, paths, slots, None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        self._finish()
+        return {k: v for k, v in self.__dict__.items() if k not in ("_plan", "_pending")}
 
     def __repr__(self) -> str:
         return f"Adafactor({', '.join(f'{k}={v!r}' for k, v in self._given.items())})"
+
+
+def new_slots(params: Sequence[np.ndarray]) -> Slots:
+    """new_state's arrays, per slot."""
+    leaves = new_state(params)
+    return [s[0] for s in leaves], [s[1] for s in leaves], [s[2] for s in leaves]
+
+
+def _leaf(slots: Slots, i: int) -> LeafState:
+    return slots[0][i], slots[1][i], slots[2][i]
+
+
+def _first(slots: Optional[Slots]) -> np.ndarray:
+    """The first leaf's first state array (its dtype is the first parameter's)."""
+    assert slots is not None
+    return next(a for a in _leaf(slots, 0) if a is not None)
 
 
 def _leaf_state_from(where: str, entry: Any) -> LeafState:

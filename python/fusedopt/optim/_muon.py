@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _core
 from . import _checks as checks
+from ._commit import Commit, PendingCommit
 from ._given import GivenHyper
 from ._tree import float_leaves
 
@@ -87,14 +88,15 @@ def adjusted_lr(lr: float, adjust_lr_fn: Optional[str], shape: Tuple[int, ...]) 
 
 
 def step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], bufs: Sequence[np.ndarray],
-         hyper: Dict[str, Any], orthogonalise: Orthogonalise) -> None:
+         hyper: Dict[str, Any], orthogonalise: Orthogonalise, done: Optional[np.ndarray] = None) -> None:
     """One Muon step of 2-D C-contiguous arrays (params and bufs written in
     place); `orthogonalise(x, coefficients, steps)` runs the Newton-Schulz
     iterations on a scaled float32 array of bfloat16 values and returns the
-    result as one (numpy_newton_schulz, or fusedopt.torch's)."""
+    result as one (numpy_newton_schulz, or fusedopt.torch's). `done`: set to 1
+    by the parameters' native pass once it has written them."""
     transposed, outs = directions(params, grads, bufs, hyper, orthogonalise)
     decay, neg = update_scalars(params, hyper)
-    _core.muon_update(list(params), outs, transposed, decay, neg)
+    _core.muon_update(list(params), outs, transposed, decay, neg, done)
 
 
 def update_scalars(params: Sequence[np.ndarray], hyper: Dict[str, Any]) -> Tuple[List[float], List[float]]:
@@ -134,7 +136,7 @@ def numpy_newton_schulz(x: np.ndarray, coefficients: Tuple[float, float, float],
     return x
 
 
-class Muon(GivenHyper):
+class Muon(PendingCommit, GivenHyper):
     """Muon (torch.optim.Muon, torch 2.13) on a numpy tree of 2-D float32 or
     float64 arrays: momentum, then Newton-Schulz orthogonalisation in
     bfloat16 through numpy's BLAS, then decoupled weight decay and the update
@@ -144,7 +146,8 @@ class Muon(GivenHyper):
         opt.step(params, grads)        # params stepped in place
 
     State: ``momentum_buffer`` per leaf (``state_arrays()``), created at the
-    first step. Bad input raises before anything is written.
+    first step. Bad input raises before anything is written; a
+    KeyboardInterrupt leaves the step all done or not begun.
     """
 
     _check_hyper = staticmethod(check_hyper)
@@ -177,25 +180,35 @@ class Muon(GivenHyper):
         return list(ps), list(ps.values()), [np.ascontiguousarray(g) for g in gs.values()]
 
     def step(self, params: Any, grads: Any) -> None:
+        self._finish()
         paths, ps, gs = self._leaves(params, grads)
         # New buffers, committed after the parameters' pass: an exception before leaves the state as it was.
         old = self._bufs
         bufs = {k: np.zeros_like(p) if old is None else old[k].copy() for k, p in zip(paths, ps)}
-        step(ps, gs, [bufs[k] for k in paths], self._hyper, numpy_newton_schulz)
-        self._bufs = bufs
+        hyper = self._hyper
+
+        def show() -> None:
+            self._bufs = bufs
+
+        self._commit(Commit(show), lambda done: step(ps, gs, [bufs[k] for k in paths], hyper, numpy_newton_schulz,
+                                                     done))
 
     def reset(self) -> None:
+        self._pending = None
         self._bufs = None
 
     def state_arrays(self) -> Dict[str, Dict[str, np.ndarray]]:
         """``{"momentum_buffer": {path: array}}`` (the state's own arrays); ``{}`` before the first step."""
+        self._finish()
         return {} if self._bufs is None else {"momentum_buffer": dict(self._bufs)}
 
     def state_dict(self) -> Dict[str, Any]:
+        self._finish()
         bufs = None if self._bufs is None else {k: v.copy() for k, v in self._bufs.items()}
         return {"version": 1, "class": "Muon", "hyper": dict(self._given), "momentum_buffer": bufs}
 
     def load_state_dict(self, saved: Dict[str, Any]) -> None:
+        self._finish()
         if not isinstance(saved, dict) or saved.get("class") != "Muon" or saved.get("version") != 1:
             raise ValueError("state_dict: expected a version 1 Muon state dict")
         hyper = check_hyper(saved["hyper"])
@@ -206,6 +219,10 @@ class Muon(GivenHyper):
                     raise ValueError(f"state_dict: momentum_buffer at {k}: expected a 2-D float array")
             bufs = {k: np.array(v, copy=True, order="C") for k, v in bufs.items()}
         self._given, self._hyper, self._bufs = dict(saved["hyper"]), hyper, bufs
+
+    def __getstate__(self) -> Dict[str, Any]:
+        self._finish()
+        return {k: v for k, v in self.__dict__.items() if k != "_pending"}
 
     def __repr__(self) -> str:
         return f"Muon({', '.join(f'{k}={v!r}' for k, v in self._given.items())})"
