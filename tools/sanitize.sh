@@ -31,7 +31,8 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 # --no-cache-dir: pip caches the wheel it builds from a local checkout, and a cached
 # uninstrumented build of the same version would be installed instead of this one.
 "$venv_py" -m pip install --quiet --no-cache-dir --no-build-isolation --no-deps --force-reinstall \
-  -C cmake.define.FUSEDOPT_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$work/build" "$root"
+  -C cmake.define.FUSEDOPT_SANITIZE=ON -C cmake.build-type=RelWithDebInfo \
+  -C "cmake.define.CMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" -C build-dir="$work/build" "$root"
 
 # (Importing _core without the ASan runtime preloaded would abort, so look for the file.)
 platlib="$("$venv_py" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"
