@@ -7,34 +7,20 @@
 #include <string>
 #include "common/dispatch.h"
 #include "common/threads.h"
+#include "common/level_tables.h"
 #include "optim/step.h"
 
 namespace fusedopt {
 namespace baseline { void fill_quant8(Quant8Table&); }
-#if defined(FUSEDOPT_HAVE_AVX2)
 namespace avx2 { void fill_quant8(Quant8Table&); }
-#endif
-#if defined(FUSEDOPT_HAVE_AVX512)
 namespace avx512 { void fill_quant8(Quant8Table&); }
-#endif
 
 namespace {
 
 const Quant8Table& kernels_of_level() {
-  static Quant8Table base{}, a2{}, a512{};
-  static const bool filled = [] {
-    baseline::fill_quant8(base);
-#if defined(FUSEDOPT_HAVE_AVX2)
-    avx2::fill_quant8(a2);
-#endif
-#if defined(FUSEDOPT_HAVE_AVX512)
-    avx512::fill_quant8(a512);
-#endif
-    return true;
-  }();
-  (void)filled;
-  const std::string level = simd_level();
-  return level == "avx512" ? a512 : level == "avx2" ? a2 : base;
+  static const LevelTables<Quant8Table> tables(baseline::fill_quant8, FUSEDOPT_IF_AVX2(avx2::fill_quant8),
+                                               FUSEDOPT_IF_AVX512(avx512::fill_quant8));
+  return tables.current();
 }
 
 double unscale_of(const OptimHyper& h) { return h.grad_scale > 0.0 ? 1.0 / h.grad_scale : 1.0; }
