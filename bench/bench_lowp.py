@@ -1,5 +1,6 @@
 """Side-by-side speed of one AdamW step with bfloat16/float16 parameters on CPU:
-fusedopt.optim (rounded to nearest and stochastically) against torch's fused AdamW
+fusedopt.optim (rounded to nearest, the parameter stochastically, and the parameter and
+moments stochastically) against torch's fused AdamW
 on float32 and bfloat16, and fusedopt.optim on float32; and master weights
 (``master_weights=True``: a float32 master and float32 moments per bfloat16
 parameter, the parameter written from the master in the same pass) against a
@@ -123,6 +124,8 @@ def rows(torch, n, rng):
            ("fusedopt AdamW float32", 28, fusedopt_row(n, np.float32, rng)),
            ("fusedopt AdamW bfloat16, nearest", 14, fusedopt_row(n, BF16, rng)),
            ("fusedopt AdamW bfloat16, stochastic", 14, fusedopt_row(n, BF16, rng, stochastic_rounding=True, seed=1)),
+           ("fusedopt AdamW bfloat16, stochastic state too", 14,
+            fusedopt_row(n, BF16, rng, stochastic_rounding=True, stochastic_state=True, seed=1)),
            ("fusedopt AdamW float16, nearest", 14, fusedopt_row(n, np.float16, rng)),
            ("fusedopt AdamW bf16 master, nearest", 28, fusedopt_row(n, BF16, rng, master_weights=True)),
            ("fusedopt AdamW bf16 master, stochastic", 28,

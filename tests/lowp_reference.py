@@ -79,10 +79,16 @@ def lowbias32(x):
 
 
 def random_bits(k, index):
-    """32 random bits (as uint64) for the global element indices `index` (uint64)."""
-    lo, hi = index & np.uint64(M32), index >> np.uint64(32)
-    x = lowbias32(lo ^ np.uint64(k & M32))
-    return lowbias32(x ^ hi ^ np.uint64(k >> 32))
+    """16 random bits (as uint64) for the global element indices `index` (uint64): the
+    low (even index) or high (odd) half of lowbias32 of the pair index, salted with the
+    low word of mix64(k + the pair index's high word)."""
+    pair = index >> np.uint64(1)
+    lo, hi = pair & np.uint64(M32), pair >> np.uint64(32)
+    salts = {h: mix64((k + h) & M64) & M32 for h in np.unique(hi).tolist()}
+    salt = np.array([salts[h] for h in hi.tolist()], dtype=np.uint64) if len(salts) > 1 \
+        else np.full(index.shape, next(iter(salts.values()), 0), dtype=np.uint64)
+    word = lowbias32(lo ^ salt)
+    return (word >> (np.uint64(16) * (index & np.uint64(1)))) & np.uint64(0xFFFF)
 
 
 def round_stochastic(x, dtype, noise):
@@ -118,12 +124,14 @@ CANONICAL_NAN = {BF16: 0x7FC0, F16: 0x7E00}
 class LowReference:
     """Steps a list of leaves (bfloat16, float16 or float32) in place, as fusedopt.optim
     steps them: ``slots`` gives the rule's slot names in their order (the generator's
-    streams 1, 2, ...); ``seed`` None rounds to nearest even."""
+    streams 1, 2, ...); ``seed`` None rounds to nearest even; with a seed the parameters
+    round stochastically, and the 16-bit slots too with ``stochastic_state``."""
 
-    def __init__(self, kind, lr, slots, seed=None, max_grad_norm=None, mask=None, **hyper):
+    def __init__(self, kind, lr, slots, seed=None, max_grad_norm=None, mask=None, stochastic_state=False, **hyper):
         from optim_reference import Reference
         self.ref = Reference(kind, lr=lr, max_grad_norm=max_grad_norm, mask=mask, **hyper)
         self.entry, self.slots, self.seed = ENTRIES[kind], slots, seed
+        self.stochastic_state = stochastic_state
         self.state = None
 
     @staticmethod
@@ -134,7 +142,7 @@ class LowReference:
     def round(self, x, dtype, stream, first):
         if dtype not in (BF16, F16):
             return x
-        if self.seed is None:
+        if self.seed is None or (stream > 0 and not self.stochastic_state):
             return round_nearest(x, dtype)
         index = np.arange(x.size, dtype=np.uint64) + np.uint64(first)
         bits = random_bits(key(self.seed, stream, self.ref.t), index).reshape(x.shape)

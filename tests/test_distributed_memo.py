@@ -112,7 +112,7 @@ def test_every_optim_setting_write_is_counted():
     # Every entry of _values is written through _store or _set_all, which bump _version.
     opt = optim.Adam(lr=1e-3)
     for name, value in (("check_finite", True), ("max_grad_norm", 2.0), ("stochastic_rounding", True),
-                        ("seed", 3), ("master_weights", True), ("weight_decay_mask", [True]),
+                        ("stochastic_state", True), ("seed", 3), ("master_weights", True), ("weight_decay_mask", [True]),
                         ("betas", (0.5, 0.5)), ("eps", 1e-6)):
         before = opt._version
         setattr(opt, name, value)

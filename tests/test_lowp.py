@@ -34,13 +34,14 @@ def _slots(opt):
     return list(opt.state_arrays())
 
 
-def _run(kind, hyper, dtypes, rng, steps=5, seed=None, clip=None, mask=None, sizes=SIZES):
+def _run(kind, hyper, dtypes, rng, steps=5, seed=None, clip=None, mask=None, sizes=SIZES, state=False):
     params = _tree(rng, dtypes, sizes)
     mine = [p.copy() for p in params]
     opt = getattr(optim, kind)(lr=0.01, max_grad_norm=clip, weight_decay_mask=mask,
-                               stochastic_rounding=seed is not None, seed=seed or 0, **hyper)
+                               stochastic_rounding=seed is not None, stochastic_state=state, seed=seed or 0, **hyper)
     opt.init(mine)
-    ref = LowReference(kind, 0.01, _slots(opt), seed=seed, max_grad_norm=clip, mask=mask, **hyper)
+    ref = LowReference(kind, 0.01, _slots(opt), seed=seed, max_grad_norm=clip, mask=mask, stochastic_state=state,
+                       **hyper)
     for _ in range(steps):
         grads = [(rng.standard_normal(p.shape) * 3).astype(p.dtype) for p in params]
         opt.step(mine, grads)
@@ -55,32 +56,37 @@ def _assert_state(opt, ref):
         assert_bits(tree, [s[name] for s in ref.state])
 
 
+# How 16-bit leaves round: (parameters stochastically, slots stochastically).
+ROUNDINGS = [(False, False), (True, False), (True, True), (False, True)]
+ROUNDING_IDS = ["nearest", "stochastic", "stochastic_state", "only_state"]
+
+
 @pytest.mark.parametrize("kind,hyper", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("fmt", FORMATS, ids=str)
-@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
-def test_every_rule_bit_for_bit(kind, hyper, fmt, stochastic, rng):
+@pytest.mark.parametrize("stochastic,state", ROUNDINGS, ids=ROUNDING_IDS)
+def test_every_rule_bit_for_bit(kind, hyper, fmt, stochastic, state, rng):
     """Every rule's kernel serves 16-bit leaves: parameters and state in the leaf's format,
     math in float32, in a tree mixed with float32 and float64 leaves (one native call)."""
     dtypes = [fmt, np.float32, fmt, np.float64, fmt]
-    seed = int(rng.integers(2**64, dtype=np.uint64)) if stochastic else None
-    mine, ref_params, opt, ref = _run(kind, hyper, dtypes, rng, seed=seed)
+    seed = int(rng.integers(2**64, dtype=np.uint64)) if stochastic or state else None
+    mine, ref_params, opt, ref = _run(kind, hyper, dtypes, rng, seed=seed, state=state)
     assert_bits(mine, ref_params)
     _assert_state(opt, ref)
 
 
 @pytest.mark.parametrize("kind,hyper", [("AdamW", {}), ("SGD", {"momentum": 0.9}), ("Adagrad", {}),
                                         ("Lion", {"weight_decay": 0.1})])
-@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
-def test_same_bits_at_every_simd_level_and_thread_count(kind, hyper, stochastic, rng, restore_simd_level,
+@pytest.mark.parametrize("stochastic,state", ROUNDINGS[:3], ids=ROUNDING_IDS[:3])
+def test_same_bits_at_every_simd_level_and_thread_count(kind, hyper, stochastic, state, rng, restore_simd_level,
                                                         restore_num_threads):
     seed = int(rng.integers(2**63)) if stochastic else None
     dtypes = [BF16, F16, BF16, np.float32, F16, BF16]
     sizes = SIZES + [BIG]
-    state = int(rng.integers(2**31))
+    draw = int(rng.integers(2**31))
     results = []
     for _ in levels_and_thread_counts():
-        mine, ref_params, opt, ref = _run(kind, hyper, dtypes, np.random.default_rng(state), steps=3, seed=seed,
-                                          clip=1.0, mask=[True, False] * 3, sizes=sizes)
+        mine, ref_params, opt, ref = _run(kind, hyper, dtypes, np.random.default_rng(draw), steps=3, seed=seed,
+                                          clip=1.0, mask=[True, False] * 3, sizes=sizes, state=state)
         assert_bits(mine, ref_params)
         _assert_state(opt, ref)
         results.append(mine)
@@ -307,15 +313,32 @@ def test_bad_seed(seed, exc, rng):
     opt.step(params, [np.ones(5, BF16)])  # and the stream goes on from seed 11
 
 
-def test_bad_stochastic_rounding_flag():
-    with pytest.raises(TypeError, match="stochastic_rounding must be a bool"):
-        optim.Lion(stochastic_rounding=1)
+@pytest.mark.parametrize("flag", ["stochastic_rounding", "stochastic_state"])
+def test_bad_stochastic_rounding_flag(flag):
+    with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+        optim.Lion(**{flag: 1})
     opt = optim.Lion()
-    with pytest.raises(TypeError, match="stochastic_rounding must be a bool"):
-        opt.stochastic_rounding = "yes"
-    with pytest.raises(TypeError, match="stochastic_rounding"):
-        opt.load_state_dict(dict(opt.state_dict(), stochastic_rounding=2))
-    assert opt.stochastic_rounding is False
+    with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+        setattr(opt, flag, "yes")
+    with pytest.raises(TypeError, match=flag):
+        opt.load_state_dict(dict(opt.state_dict(), **{flag: 2}))
+    assert getattr(opt, flag) is False
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_state_saved_before_stochastic_state_rounds_slots_as_then(saved, rng):
+    """stochastic_rounding used to round the slots too: a state without the stochastic_state
+    key keeps that, and the resumed steps are the reference's with the slots' streams."""
+    params = [rng.standard_normal(40).astype(BF16)]
+    opt = optim.Adam(lr=0.01, stochastic_rounding=saved, seed=4)
+    opt.step(params, [np.ones(40, BF16)])
+    old = {k: v for k, v in opt.state_dict().items() if k != "stochastic_state"}
+    other = optim.Adam(lr=0.01, stochastic_state=not saved)
+    other.load_state_dict(old)
+    assert (other.stochastic_rounding, other.stochastic_state) == (saved, saved)
+    new = optim.Adam(lr=0.01, stochastic_state=not saved)
+    new.load_state_dict(opt.state_dict())
+    assert (new.stochastic_rounding, new.stochastic_state) == (saved, False)
 
 
 def test_options_are_settable_and_saved(rng):
@@ -326,11 +349,11 @@ def test_options_are_settable_and_saved(rng):
     opt.step(params, [np.ones(64, BF16)])
     opt.stochastic_rounding, opt.seed = True, 99
     state = opt.state_dict()
-    assert state["stochastic_rounding"] is True and int(state["seed"]) == 99
-    old = {k: v for k, v in state.items() if k not in ("stochastic_rounding", "seed")}
-    other = optim.SGD(lr=2.0**-9, stochastic_rounding=True, seed=5)
+    assert state["stochastic_rounding"] is True and int(state["seed"]) == 99 and state["stochastic_state"] is False
+    old = {k: v for k, v in state.items() if k not in ("stochastic_rounding", "stochastic_state", "seed")}
+    other = optim.SGD(lr=2.0**-9, stochastic_rounding=True, stochastic_state=True, seed=5)
     other.load_state_dict(old)
-    assert (other.stochastic_rounding, other.seed) == (False, 0)
+    assert (other.stochastic_rounding, other.stochastic_state, other.seed) == (False, False, 0)
     mine, ref = [params[0].copy()], [params[0].copy()]
     opt.step(mine, [np.ones(64, BF16)])
     reference = LowReference("SGD", 2.0**-9, [], seed=99)

@@ -52,16 +52,18 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(bits(a), bits(b))
 
 
-@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("stochastic,state", [(False, False), (True, False), (True, True), (False, True)],
+                         ids=["nearest", "stochastic", "stochastic_state", "only_state"])
 @pytest.mark.parametrize("name,hyper", CASES, ids=IDS)
-def test_fusedopt_optim_bits(name, hyper, stochastic, rng):
+def test_fusedopt_optim_bits(name, hyper, stochastic, state, rng):
     """A group mixing bfloat16, float16 and float32 parameters steps in one native call
     and gives exactly fusedopt.optim's bits on the same list (parameters and state)."""
     dtypes = [torch.bfloat16, torch.float16, torch.float32, torch.bfloat16]
     tparams = _params(rng, dtypes)
     arrays = [as_numpy(p) for p in tparams]
-    opt = getattr(ft, name)(tparams, lr=0.01, stochastic_rounding=stochastic, seed=123, **hyper)
-    ref = getattr(optim, name)(lr=0.01, stochastic_rounding=stochastic, seed=123, **hyper)
+    rounding = dict(stochastic_rounding=stochastic, stochastic_state=state, seed=123)
+    opt = getattr(ft, name)(tparams, lr=0.01, **rounding, **hyper)
+    ref = getattr(optim, name)(lr=0.01, **rounding, **hyper)
     for _ in range(6):
         grads = _grads(rng, tparams)
         for p, g in zip(tparams, grads):
@@ -331,7 +333,7 @@ def test_bad_seed(seed, exc):
     _assert_unchanged(before, opt, [p])
 
 
-@pytest.mark.parametrize("key", ["stochastic_rounding", "master_weights"])
+@pytest.mark.parametrize("key", ["stochastic_rounding", "stochastic_state", "master_weights"])
 def test_bad_flags(key):
     with pytest.raises(TypeError, match=key):
         ft.AdamW([torch.zeros(2, requires_grad=True)], **{key: 1})
@@ -348,8 +350,38 @@ def test_torch_state_loads_as_nearest_without_masters(rng):
     opt = ft.AdamW([torch.nn.Parameter(params[0].detach().clone())], master_weights=True, stochastic_rounding=True)
     opt.load_state_dict(_save_load(topt.state_dict()))
     group = opt.param_groups[0]
-    assert (group["stochastic_rounding"], group["seed"], group["master_weights"]) == (False, 0, False)
+    assert (group["stochastic_rounding"], group["stochastic_state"], group["seed"], group["master_weights"]) == \
+        (False, False, 0, False)
     assert opt.state[opt.param_groups[0]["params"][0]]["exp_avg"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_group_saved_before_stochastic_state_rounds_slots_as_then(saved, rng):
+    """stochastic_rounding used to round the slots too: a loaded group without the
+    stochastic_state key takes its stochastic_rounding's value, and steps as fusedopt.optim
+    does with both set so."""
+    params = _params(rng, [torch.bfloat16], SHAPES[:1])
+    arrays = [as_numpy(params[0].detach().clone())]
+    opt = ft.AdamW(params, lr=0.01, stochastic_rounding=saved, seed=8)
+    ref = optim.AdamW(lr=0.01, stochastic_rounding=saved, seed=8)
+    first = params[0].grad = _grads(rng, params)[0]
+    opt.step()
+    ref.step(arrays, [as_numpy(first)])
+    state = _save_load(opt.state_dict())
+    for group in state["param_groups"]:
+        del group["stochastic_state"]
+    copy = torch.nn.Parameter(params[0].detach().clone())
+    other = ft.AdamW([copy], lr=0.01, stochastic_state=not saved)
+    other.load_state_dict(state)
+    assert (other.param_groups[0]["stochastic_rounding"], other.param_groups[0]["stochastic_state"]) == (saved, saved)
+    grad = _grads(rng, params)[0]
+    copy.grad = grad
+    other.step()
+    ref.stochastic_state = saved
+    ref.step(arrays, [as_numpy(grad)])
+    np.testing.assert_array_equal(bits(copy), arrays[0].reshape(-1).view(np.uint8))
+    for slot, leaves in ref.state_arrays().items():
+        np.testing.assert_array_equal(bits(other.state[copy][slot]), leaves[0].reshape(-1).view(np.uint8))
 
 
 def test_a_bad_master_is_refused_naming_its_parameter_and_nothing_changes(rng):

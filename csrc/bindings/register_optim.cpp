@@ -304,6 +304,8 @@ class OptimState {
 
   bool stochastic_rounding() const { return rounding_.stochastic; }
   void set_stochastic_rounding(bool on) { rounding_.stochastic = on; }
+  bool stochastic_state() const { return rounding_.stochastic_state; }
+  void set_stochastic_state(bool on) { rounding_.stochastic_state = on; }
   std::uint64_t seed() const { return rounding_.seed; }
   void set_seed(std::uint64_t seed) { rounding_.seed = seed; }
 
@@ -462,7 +464,9 @@ void register_optim(py::module_& m) {
       .def_property("scalars", &OptimState::scalars, &OptimState::set_scalars)
       .def_property("decay_mask", &OptimState::decay_mask, &OptimState::set_decay_mask)
       .def_property("stochastic_rounding", &OptimState::stochastic_rounding, &OptimState::set_stochastic_rounding,
-                    "Round bfloat16/float16 parameters and slots stochastically (else to nearest even).")
+                    "Round bfloat16/float16 parameters stochastically (else to nearest even).")
+      .def_property("stochastic_state", &OptimState::stochastic_state, &OptimState::set_stochastic_state,
+                    "Round the bfloat16/float16 state slots stochastically (else to nearest even).")
       .def_property("seed", &OptimState::seed, &OptimState::set_seed, "The stochastic rounding's seed, 0 <= seed < 2**64.")
       .def_property_readonly("rule", &OptimState::rule)
       .def_property_readonly("plan", &OptimState::plan)

@@ -8,6 +8,7 @@
 // checks on every 16-bit pattern.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include "common/simd_vec.h"
 #include "optim/lowp_types.h"
 
@@ -108,8 +109,8 @@ FUSEDOPT_INLINE VH narrow(VF x, VU noise) {
   return truncate(r);
 }
 
-// The generator (docs/lowbit.md gives it in full): lowbias32, a 32-bit
-// integer hash, applied twice to the 64-bit element index and the step key.
+// The generator (docs/lowbit.md gives it in full, optim/lowp_types.h as
+// scalar code): lowbias32 of each pair index, salted by the stream's key.
 // x >> 16 on every lane. AVX-512 shifts run on one port, shared with the
 // multiplies of the hash; a byte shuffle (the same bits) runs on another.
 FUSEDOPT_INLINE VU shr16(VU x) {
@@ -130,15 +131,23 @@ FUSEDOPT_INLINE VU lowbias32(VU x) {
   return x;
 }
 
-// 32 random bits for each of the lanes of elements index, index + 1, ...
-FUSEDOPT_INLINE VU random_bits(std::uint64_t key, std::uint64_t index) {
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "a word's low half is the even element's");
+
+// The random bits of elements 2q .. 2q + 2L - 1 (q = first_pair): the words of
+// pairs q .. q + L - 1, split into the halves for the two vectors of elements
+// (zero-extended): `even` gets elements 2q .. 2q + L - 1.
+FUSEDOPT_INLINE void random_pairs(std::uint64_t key, std::uint64_t first_pair, VU& even, VU& odd) {
   VU lane{};
   for (std::size_t k = 0; k < LowLanes::lanes; ++k) lane[k] = static_cast<std::uint32_t>(k);
-  const VU base_lo = VU{} + static_cast<std::uint32_t>(index);
-  const VU lo = base_lo + lane;
-  const VU hi = (VU{} + static_cast<std::uint32_t>(index >> 32)) + (VU)(lo < base_lo ? VU{} + 1u : VU{});
-  const VU x = lowbias32(lo ^ static_cast<std::uint32_t>(key));
-  return lowbias32(x ^ hi ^ static_cast<std::uint32_t>(key >> 32));
+  const std::uint32_t hi = static_cast<std::uint32_t>(first_pair >> 32);
+  const VU base = VU{} + static_cast<std::uint32_t>(first_pair);
+  const VU lo = base + lane;
+  const VU salt0 = VU{} + pair_salt(key, hi), salt1 = VU{} + pair_salt(key, hi + 1u);
+  const VU w = lowbias32(lo ^ (lo < base ? salt1 : salt0));  // a carry into the high word: its salt
+  VH halves[2];
+  std::memcpy(halves, &w, sizeof w);
+  even = zero_extend(halves[0]);
+  odd = zero_extend(halves[1]);
 }
 
 template <LowFormat F>

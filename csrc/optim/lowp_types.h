@@ -46,13 +46,37 @@ constexpr std::uint64_t low_key(std::uint64_t seed, std::uint64_t stream, std::u
   return mix64(mix64(mix64(seed) ^ stream) + t);
 }
 
+// lowbias32 (Chris Wellons' integer hash search), a bijection of 32-bit integers.
+constexpr std::uint32_t lowbias32(std::uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  return x ^ (x >> 16);
+}
+
+// What lowbias32 hashes pair q with, for the pairs whose index has high word `hi`.
+constexpr std::uint32_t pair_salt(std::uint64_t key, std::uint32_t hi) {
+  return static_cast<std::uint32_t>(mix64(key + hi));
+}
+
+// The 16 random bits of element i (docs/lowbit.md): one 32-bit word serves the
+// two elements of pair i >> 1, the even one its low half. Vector code
+// (optim/lowp.h) computes the same words a vector of pairs at a time.
+constexpr std::uint32_t random_bits16(std::uint64_t key, std::uint64_t i) {
+  const std::uint64_t q = i >> 1;
+  const std::uint32_t w = lowbias32(static_cast<std::uint32_t>(q) ^ pair_salt(key, static_cast<std::uint32_t>(q >> 32)));
+  return (i & 1u) ? w >> 16 : w & 0xFFFFu;
+}
+
 using LowFn = void (*)(const LowSegment&, const OptimScalars<float>&, const LowKeys&);
 using LowSumSquaresFn = double (*)(const std::uint16_t* g, std::size_t n);
 
-// [format][stochastic] kernels, index for index with kOptimKernels: the state
-// in the leaf's format (fn), or float32 masters and slots (master).
+// Kernels index for index with kOptimKernels: [format][parameter stochastic]
+// [slots stochastic] with the state in the leaf's format (fn), or
+// [format][parameter stochastic] with float32 masters and slots (master).
 struct LowpTable {
-  std::array<LowFn, kOptimKernels.size()> fn[2][2];
+  std::array<LowFn, kOptimKernels.size()> fn[2][2][2];
   std::array<LowFn, kOptimKernels.size()> master[2][2];
   LowSumSquaresFn sumsq[2];
 };

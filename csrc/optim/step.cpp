@@ -110,7 +110,8 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
     else if (d.dtype == F64)
       table.f64[fn](segment<double>(d, pc.begin, pc.end), c64);
     else
-      (d.master ? lowp.master : lowp.fn)[format_of(d.dtype)][low.stochastic][fn](
+      (d.master ? lowp.master[format_of(d.dtype)][low.stochastic]
+                : lowp.fn[format_of(d.dtype)][low.stochastic][low.stochastic_state])[fn](
           low_segment(d, pc.begin, pc.end, first[pc.leaf], low.fresh_master), c32, keys);
   });
   return norm;

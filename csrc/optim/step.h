@@ -27,10 +27,11 @@ struct OptimLeaf {
 
 using ScalarState = std::array<double, kMaxScalarState>;
 
-// How bfloat16/float16 leaves round their parameters and slots: to nearest
-// even, or stochastically with the bits of the generator keyed by seed.
+// How bfloat16/float16 leaves round their parameters and their 16-bit slots:
+// to nearest even, or stochastically with the bits of the generator keyed by seed.
 struct LowRounding {
-  bool stochastic = false;
+  bool stochastic = false;        // the parameters
+  bool stochastic_state = false;  // the 16-bit slots (not float32 ones of master weights)
   std::uint64_t seed = 0;
   bool fresh_master = false;  // this step first widens each master from its parameter
 };

@@ -71,10 +71,11 @@ class SGD(Optimizer):
     def __init__(self, lr: LR = 1e-3, momentum: float = 0, dampening: float = 0, weight_decay: float = 0,
                  nesterov: bool = False, maximize: bool = False, *, weight_decay_mask: Mask = None,
                  max_grad_norm: Optional[float] = None, check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                            nesterov=nesterov, maximize=maximize))
 
@@ -119,10 +120,11 @@ class Adam(Optimizer):
                  weight_decay: float = 0, amsgrad: bool = False, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize))
 
     def _rule(self) -> str:
@@ -139,10 +141,11 @@ class AdamW(Adam):
                  weight_decay: float = 1e-2, amsgrad: bool = False, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, weight_decay_mask=weight_decay_mask,
                          max_grad_norm=max_grad_norm, check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
 
 
 class NAdam(Optimizer):
@@ -185,10 +188,11 @@ class NAdam(Optimizer):
                  weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
                  maximize: bool = False, float32_scalars: bool = False, weight_decay_mask: Mask = None,
                  max_grad_norm: Optional[float] = None, check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                            float32_scalars=float32_scalars))
@@ -232,10 +236,11 @@ class RAdam(Optimizer):
                  weight_decay: float = 0, decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay,
                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
 
@@ -266,10 +271,11 @@ class Adamax(Optimizer):
     def __init__(self, lr: LR = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, *, maximize: bool = False, weight_decay_mask: Mask = None,
                  max_grad_norm: Optional[float] = None, check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize))
 
     def _rule(self) -> str:
@@ -299,10 +305,11 @@ class Adadelta(Optimizer):
     def __init__(self, lr: LR = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0, *,
                  maximize: bool = False, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
 
     def _rule(self) -> str:
@@ -345,10 +352,11 @@ class ASGD(Optimizer):
                  weight_decay: float = 0, *, maximize: bool = False, float32_scalars: bool = False,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize,
                            float32_scalars=float32_scalars))
 
@@ -385,10 +393,11 @@ class Rprop(Optimizer):
                  step_sizes: Tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(etas=etas, step_sizes=step_sizes, maximize=maximize))
 
     def _validate(self) -> None:
@@ -427,10 +436,11 @@ class RMSprop(Optimizer):
                  momentum: float = 0, centered: bool = False, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                            centered=centered, maximize=maximize))
 
@@ -464,10 +474,11 @@ class Adagrad(Optimizer):
                  initial_accumulator_value: float = 0, eps: float = 1e-10, maximize: bool = False, *,
                  weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(lr_decay=lr_decay, weight_decay=weight_decay,
                            initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize))
 
@@ -496,10 +507,11 @@ class Lion(Optimizer):
     def __init__(self, lr: LR = 1e-4, betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0,
                  maximize: bool = False, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
                  check_finite: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False, seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(lr, weight_decay_mask=weight_decay_mask, max_grad_norm=max_grad_norm,
                          check_finite=check_finite,
-                         stochastic_rounding=stochastic_rounding, seed=seed, master_weights=master_weights)
+                         stochastic_rounding=stochastic_rounding,
+                         stochastic_state=stochastic_state, seed=seed, master_weights=master_weights)
         self._set_all(dict(betas=betas, weight_decay=weight_decay, maximize=maximize))
 
     def _rule(self) -> str:

@@ -39,7 +39,8 @@ Usage (``params`` and ``grads``: trees of the same structure of float32, float64
 shaped like ``params``, or a callable ``(path, array) -> bool``. ``max_grad_norm``
 (keyword) clips the whole gradient tree to that L2 norm; ``check_finite`` (keyword)
 refuses NaN/Inf gradients. ``stochastic_rounding`` and ``seed`` (keywords) round
-bfloat16/float16 parameters and state stochastically; ``master_weights`` (keyword) keeps
+bfloat16/float16 parameters stochastically, ``stochastic_state`` their 16-bit state
+slots too; ``master_weights`` (keyword) keeps
 a float32 master copy and float32 state for them (docs/lowbit.md).
 """
 
@@ -145,8 +146,8 @@ class Optimizer:
     _fixed: Dict[str, float] = {}  # native fields the class fixes (AdamW: decoupled_weight_decay)
 
     def __init__(self, lr: LR, *, weight_decay_mask: Mask = None, max_grad_norm: Optional[float] = None,
-                 check_finite: bool = False, stochastic_rounding: bool = False, seed: int = 0,
-                 master_weights: bool = False) -> None:
+                 check_finite: bool = False, stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: int = 0, master_weights: bool = False) -> None:
         """Called by the subclasses' constructors with the options every optimizer takes."""
         self._values: Dict[str, Any] = {}
         # Changes of _values' entries (see _store): fusedopt.distributed's agreement hashes the
@@ -163,6 +164,7 @@ class Optimizer:
         self._grad_scale: Optional[float] = None
         self.check_finite = check_finite
         self.stochastic_rounding = stochastic_rounding
+        self.stochastic_state = stochastic_state
         self.seed = seed
         self.master_weights = master_weights
         self.weight_decay_mask = weight_decay_mask
@@ -291,13 +293,25 @@ class Optimizer:
 
     @property
     def stochastic_rounding(self) -> bool:
-        """Round the bfloat16/float16 parameters and state slots stochastically (else to nearest
-        even), with the bits of the counter-based generator keyed by (seed, step, element)."""
+        """Round the bfloat16/float16 parameters stochastically (else to nearest even), with the
+        bits of the counter-based generator keyed by (seed, step, element)."""
         return bool(self._values["stochastic_rounding"])
 
     @stochastic_rounding.setter
     def stochastic_rounding(self, value: bool) -> None:
         self._store("stochastic_rounding", checks.flag("stochastic_rounding", value))
+        if self._state is not None:
+            self._set_rounding(self._state)
+
+    @property
+    def stochastic_state(self) -> bool:
+        """Round the 16-bit state slots of bfloat16/float16 parameters stochastically too (else
+        to nearest even); each slot has its own stream of the generator."""
+        return bool(self._values["stochastic_state"])
+
+    @stochastic_state.setter
+    def stochastic_state(self, value: bool) -> None:
+        self._store("stochastic_state", checks.flag("stochastic_state", value))
         if self._state is not None:
             self._set_rounding(self._state)
 
@@ -411,6 +425,7 @@ class Optimizer:
         """The stochastic rounding options into a native state that rounds 16-bit leaves."""
         if isinstance(state, _core.OptimState):
             state.stochastic_rounding = self._values["stochastic_rounding"]
+            state.stochastic_state = self._values["stochastic_state"]
             state.seed = self._values["seed"]
 
     def _parse_state(self, state: Mapping[str, Any], version: int) -> Optional[Dict[str, Any]]:
@@ -471,6 +486,7 @@ class Optimizer:
         out["max_grad_norm"] = 0.0 if self.max_grad_norm is None else self.max_grad_norm
         out["check_finite"] = self.check_finite
         out["stochastic_rounding"] = self.stochastic_rounding
+        out["stochastic_state"] = self.stochastic_state
         out["seed"] = np.uint64(self.seed)
         out["master_weights"] = self.master_weights
         lr = self._lr

@@ -13,6 +13,8 @@ the same without the rule's scalar state, still loads):
     stochastic_rounding, seed                     bool, uint64: bfloat16/float16
                                                   rounding (absent in older states:
                                                   False, 0)
+    stochastic_state                              bool: the 16-bit slots too (absent:
+                                                  stochastic_rounding's value)
     master_weights                                bool: float32 masters and slots for
                                                   the 16-bit leaves (absent: False)
     lr_kind                                       "float", "schedule" or "callable"
@@ -69,13 +71,19 @@ strs = _fields.strs
 
 
 def lowp_entries(state: Mapping[str, Any]) -> Dict[str, Any]:
-    """stochastic_rounding, seed and master_weights as constructor keywords; a state saved
-    before they existed rounds to nearest without masters (False, seed 0, False)."""
-    out: Dict[str, Any] = {"stochastic_rounding": False, "seed": 0, "master_weights": False}
+    """stochastic_rounding, stochastic_state, seed and master_weights as constructor keywords;
+    a state saved before they existed rounds to nearest without masters (False, False, seed 0,
+    False). One saved before stochastic_state existed, when stochastic_rounding rounded the
+    slots too, keeps doing so (stochastic_state = its stochastic_rounding)."""
+    out: Dict[str, Any] = {"stochastic_rounding": False, "stochastic_state": False, "seed": 0,
+                           "master_weights": False}
     if "master_weights" in state:
         out["master_weights"] = _fields.as_bool(get(state, "master_weights"), "master_weights")
     if "stochastic_rounding" in state:
         out["stochastic_rounding"] = _fields.as_bool(get(state, "stochastic_rounding"), "stochastic_rounding")
+        out["stochastic_state"] = out["stochastic_rounding"]
+    if "stochastic_state" in state:
+        out["stochastic_state"] = _fields.as_bool(get(state, "stochastic_state"), "stochastic_state")
     if "seed" in state:
         out["seed"] = lowp.check_seed("state['seed']", _fields.scalar(get(state, "seed")))
     return out

@@ -34,7 +34,7 @@ from ._engine import check_values, engine_key
 from ._hooked import hooked
 from ._plan import GroupPlan, check_memory, named_group, step_dtype
 from . import _lowp as lowp, _quant8
-from ._specs import (IMPLEMENTATION_DEFAULTS, LOAD_DEFAULTS, SPECS, STOCHASTIC_SPECS, Spec, check_flags, check_hyper,
+from ._specs import (IMPLEMENTATION_DEFAULTS, SPECS, STOCHASTIC_SPECS, Spec, check_flags, check_hyper, load_defaults, stochastic,
                      scalar)
 from ._state import check_state_dict
 from ._tracked import State, changes, plain
@@ -113,9 +113,8 @@ class _FusedOptimizer(Optimizer):
         if "differentiable" not in self._spec.flags:
             self.defaults.pop("differentiable", None)  # torch's __setstate__ adds it; Lion has no such flag
         for group in self.param_groups:
-            for key, value in LOAD_DEFAULTS.items():
-                if key in self._spec.hyper:
-                    group.setdefault(key, value)
+            for key, value in load_defaults(self._spec, group).items():
+                group.setdefault(key, value)
             for key in IMPLEMENTATION_DEFAULTS:
                 if key in self._spec.flags:
                     group[key] = self.defaults[key]  # a state saved by torch's foreach or fused optimizer
@@ -241,7 +240,7 @@ class _FusedOptimizer(Optimizer):
         """The group's plan for this step (the last one when still valid, its
         engines given the group's current values) and those values; checks
         everything, changes nothing visible."""
-        spec = STOCHASTIC_SPECS[self._spec.name] if group.get("stochastic_rounding") else self._spec
+        spec = STOCHASTIC_SPECS[self._spec.name] if stochastic(group) else self._spec
         params = group["params"]
         grads = [p.grad for p in params]
         ptrs = list(map(_data_ptr, params))
@@ -300,11 +299,13 @@ class SGD(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
                                   "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
                                   "foreach": foreach, "differentiable": differentiable, "fused": fused,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -320,12 +321,14 @@ class Adam(_FusedOptimizer):
                  foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = None,
                  decoupled_weight_decay: bool = False,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
                                   "decoupled_weight_decay": decoupled_weight_decay,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -339,12 +342,14 @@ class AdamW(_FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  foreach: Optional[bool] = None, capturable: bool = False, differentiable: bool = False,
                  fused: Optional[bool] = None,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                                   "capturable": capturable, "differentiable": differentiable, "fused": fused,
                                   "decoupled_weight_decay": True,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -365,12 +370,14 @@ class NAdam(_FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, foreach: Optional[bool] = None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay,
                                   "maximize": maximize, "foreach": foreach, "capturable": capturable,
                                   "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -386,11 +393,13 @@ class RAdam(_FusedOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize,
                                   "foreach": foreach, "capturable": capturable, "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -403,11 +412,13 @@ class Adamax(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, foreach: Optional[bool] = None, *,
                  maximize: bool = False, differentiable: bool = False, capturable: bool = False,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                                   "capturable": capturable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -420,11 +431,13 @@ class Adadelta(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: Optional[bool] = None, *, capturable: bool = False,
                  maximize: bool = False, differentiable: bool = False,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
                                   "foreach": foreach, "capturable": capturable, "maximize": maximize,
                                   "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -438,11 +451,13 @@ class ASGD(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
                  t0: float = 1e6, weight_decay: float = 0, foreach: Optional[bool] = None, maximize: bool = False,
                  differentiable: bool = False, capturable: bool = False, *,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0, "weight_decay": weight_decay,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                                   "capturable": capturable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -456,10 +471,12 @@ class Rprop(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
                  step_sizes: tuple[float, float] = (1e-6, 50), *, capturable: bool = False,
                  foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes, "capturable": capturable,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -472,11 +489,13 @@ class RMSprop(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach: Optional[bool] = None, maximize: bool = False, differentiable: bool = False, *,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps,
                                   "centered": centered, "weight_decay": weight_decay, "capturable": capturable,
                                   "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 
@@ -490,11 +509,13 @@ class Adagrad(_FusedOptimizer):
     def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: Optional[bool] = None, *,
                  maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
                                   "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
                                   "maximize": maximize, "differentiable": differentiable, "fused": fused,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
         for group in self.param_groups:
             for p in group["params"]:
@@ -513,9 +534,11 @@ class Lion(_FusedOptimizer):
 
     def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0, maximize: bool = False, *,
-                 stochastic_rounding: bool = False, seed: Optional[int] = None, master_weights: bool = False) -> None:
+                 stochastic_rounding: bool = False, stochastic_state: bool = False,
+                 seed: Optional[int] = None, master_weights: bool = False) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
-                                  "stochastic_rounding": stochastic_rounding, "seed": seed,
+                                  "stochastic_rounding": stochastic_rounding,
+                                  "stochastic_state": stochastic_state, "seed": seed,
                                   "master_weights": master_weights})
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .. import optim
-from ._specs import Spec, scalar
+from ._specs import Spec, scalar, stochastic
 
 # Settings that choose fusedopt.optim's rule and state slots: they cannot
 # change while an engine has state, so a change of one makes a new plan.
@@ -25,7 +25,7 @@ _RULE_KEYS = {"SGD": ("nesterov",), "Adam": ("amsgrad", "decoupled_weight_decay"
 
 def engine_key(spec: Spec, group: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a group's engines are made for: the rule-choosing settings and slots."""
-    return tuple(group[k] for k in _RULE_KEYS[spec.name]) + (group.get("master_weights"), group.get("stochastic_rounding")) + spec.slots(group)
+    return tuple(group[k] for k in _RULE_KEYS[spec.name]) + (group.get("master_weights"), stochastic(group)) + spec.slots(group)
 
 
 def _engine_class(spec: Spec, group: Mapping[str, Any]) -> type[optim.Optimizer]:

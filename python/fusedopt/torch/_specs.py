@@ -138,7 +138,8 @@ SPECS: dict[str, Spec] = {
 
 # The options of bfloat16/float16 parameters (docs/lowbit.md), group keys of every class,
 # with the value a group saved without them (by torch.optim) loads with, as fusedopt.optim's.
-LOWP_OPTIONS: dict[str, Any] = {"stochastic_rounding": False, "seed": 0, "master_weights": False}
+LOWP_OPTIONS: dict[str, Any] = {"stochastic_rounding": False, "stochastic_state": False, "seed": 0,
+                                "master_weights": False}
 for _name, _spec in SPECS.items():
     SPECS[_name] = replace(_spec, hyper=_spec.hyper + tuple(LOWP_OPTIONS))
 # The 8-bit classes (fusedopt.optim's Adam8bit/AdamW8bit/Lion8bit): float32 parameters, no 16-bit options.
@@ -167,6 +168,21 @@ IMPLEMENTATION_DEFAULTS: dict[str, Any] = {"foreach": None, "fused": None, "capt
 # saved by older torch versions), with torch's values.
 LOAD_DEFAULTS: dict[str, Any] = {"maximize": False, "amsgrad": False, "nesterov": False,
                                  "decoupled_weight_decay": False, "momentum": 0, "centered": False, **LOWP_OPTIONS}
+
+
+def load_defaults(spec: Spec, group: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a loaded group lacking keys of spec's takes: LOAD_DEFAULTS', except that a
+    group saved before stochastic_state existed (when stochastic_rounding rounded the slots
+    too) keeps rounding its slots as it did."""
+    out = {k: v for k, v in LOAD_DEFAULTS.items() if k in spec.hyper}
+    if "stochastic_state" in out:
+        out["stochastic_state"] = group.get("stochastic_rounding", False)
+    return out
+
+
+def stochastic(group: Mapping[str, Any]) -> bool:
+    """Whether a group rounds anything stochastically (its steps are then keyed by 'step')."""
+    return bool(group.get("stochastic_rounding") or group.get("stochastic_state"))
 
 
 def scalar(x: Any) -> Any:
@@ -210,7 +226,7 @@ def check_hyper(spec: Spec, group: Mapping[str, Any], where: str = "") -> None:
         raise ValueError(f"{at('nesterov')}Nesterov momentum requires a momentum and zero dampening")
     for key in spec.hyper:
         if key in ("amsgrad", "maximize", "nesterov", "centered", "decoupled_weight_decay", "stochastic_rounding",
-                   "master_weights") and \
+                   "stochastic_state", "master_weights") and \
                 not isinstance(group[key], bool):
             raise TypeError(f"{at(key)}{key} must be a bool, got {type(group[key]).__name__}")
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ._engine import check_values
 from ._plan import check_scalar, check_slot, check_step, named_group
-from ._specs import LOAD_DEFAULTS, Spec, check_hyper
+from ._specs import Spec, check_hyper, load_defaults
 
 
 def check_state_dict(spec: Spec, groups: Sequence[Mapping[str, Any]], state_dict: Any) -> None:
@@ -31,7 +31,7 @@ def check_state_dict(spec: Spec, groups: Sequence[Mapping[str, Any]], state_dict
             raise ValueError(f"loaded state dict contains a parameter group that doesn't match the size of "
                              f"optimizer's group: param_groups[{i}] has {len(old['params'])} parameters, "
                              f"the optimizer's {len(group['params'])}")
-        merged = {**{k: v for k, v in LOAD_DEFAULTS.items() if k in spec.hyper}, **old}
+        merged = {**load_defaults(spec, old), **old}
         if spec.name == "AdamW":
             merged["decoupled_weight_decay"] = True
         check_hyper(spec, merged, f"loaded param_groups[{i}]")
