@@ -101,6 +101,21 @@ def test_abs_max_propagates_nan():
     assert np.isnan(_core.lbfgs_abs_max(a))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,at", [(1, 0), (17, 16), (40, 5), (100_003, 100_002), (100_003, 65_537)])
+def test_abs_max_one_special_value_anywhere(dtype, n, at, rng, restore_simd_level, restore_num_threads):
+    """The lanes keep a NaN seen anywhere (the vector body, a lane's last element, the tail,
+    any chunk), and an infinity is the largest value; at every level and thread count."""
+    a = rng.standard_normal(n).astype(dtype)
+    for value, check in ((np.nan, np.isnan), (-np.inf, lambda m: m == np.inf), (dtype(1e30), None)):
+        b = a.copy()
+        b[at] = value
+        expect = np.abs(dtype(0.5) * b).max()
+        for _ in _levels_and_threads():
+            got = _core.lbfgs_abs_max(b, 0.5)
+            assert check(got) if check else got == expect
+
+
 def test_shared_memory_is_refused_and_nothing_changes():
     x = np.arange(6.0)
     with pytest.raises(ValueError, match=r"lbfgs_two_loop: d must not share memory with lbfgs_two_loop: g"):

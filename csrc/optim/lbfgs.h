@@ -22,7 +22,7 @@ template <class T>
 double dot(const T* a, const T* b, std::size_t n);
 template <class T>
 double abs_sum(const T* a, std::size_t n);
-// max |a_i|; NaN if any element is NaN (as torch's max); 0 for n == 0.
+// max |a_i|; the quiet NaN if any element is NaN (torch's max gives a NaN); 0 for n == 0.
 template <class T>
 T abs_max(const T* a, std::size_t n);
 // max |alpha * a_i| (torch's d.mul(t).abs().max()), the product rounded in T.

@@ -2,6 +2,7 @@
 // see the fusedopt_isa function in CMakeLists.txt): the sums in double, each
 // element's product into lane (i - b) mod 16, vectorised across the lanes.
 #include <cmath>
+#include <limits>
 #include "optim/flat_sum.h"
 #include "optim/lbfgs_passes.h"
 
@@ -26,14 +27,26 @@ double abs_sum(const T* a, std::size_t b0, std::size_t e) {
   return lane_sum(b0, e, [&](std::size_t i) { return static_cast<double>(std::fabs(a[i])); });
 }
 
+// Element i into lane (i - b) mod 16 as the sums: a lane keeps its largest
+// value and whether it saw a NaN, so the loop vectorises; any NaN gives the
+// quiet NaN (which NaN came first is not kept).
 template <class T>
 T scaled_abs_max(const T* a, T alpha, std::size_t b0, std::size_t e) {
-  T m = T(0);
-  for (std::size_t i = b0; i < e; ++i) {
+  T m[kLanes] = {};
+  unsigned nan[kLanes] = {};
+  auto take = [&](std::size_t j, std::size_t i) {
     const T x = std::fabs(alpha * a[i]);
-    m = (x > m || std::isnan(x)) && !std::isnan(m) ? x : m;  // the first NaN stays
-  }
-  return m;
+    m[j] = x > m[j] ? x : m[j];
+    nan[j] |= x != x;
+  };
+  std::size_t i = b0;
+  for (; i + kLanes <= e; i += kLanes)
+    for (std::size_t j = 0; j < kLanes; ++j) take(j, i + j);
+  for (std::size_t j = 0; i + j < e; ++j) take(j, i + j);
+  T out = T(0);
+  unsigned any = 0;
+  for (std::size_t j = 0; j < kLanes; ++j) out = m[j] > out ? m[j] : out, any |= nan[j];
+  return any ? std::numeric_limits<T>::quiet_NaN() : out;
 }
 
 template <class T>
