@@ -1,9 +1,13 @@
 // fusedopt.torch's steady-state check in one call instead of Python passes
 // over a group's parameters: whether every parameter's .grad is still the
-// object the plan holds and its data_ptr() still the address it recorded.
-// Read only; attribute lookups are Python's own, so tensor subclasses answer
-// as they would to Python code.
+// object the plan holds and its data_ptr() still the address it recorded,
+// and (plan_unchanged) whether the group's values and the step counts shown
+// are as the last step left them. Read only; attribute lookups are Python's
+// own, so tensor subclasses answer as they would to Python code.
 #include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstring>
 
 #include "registry.h"
 
@@ -35,12 +39,102 @@ bool same_grads_and_memory(py::handle params, py::handle grads, py::handle ptrs)
   return PyList_GET_SIZE(gs) == PyList_GET_SIZE(ps) && PyList_GET_SIZE(as) == PyList_GET_SIZE(ps);
 }
 
+// Whether value v (now in the group) may stand for `old` (as the plan took it):
+// the same object, or of the same exact type and equal (exact types first: True == 1,
+// but a bool setting given 1 is refused). -1: the comparison raised (cleared).
+int same_value(PyObject* v, PyObject* old) {
+  if (v == old) return 1;
+  if (Py_TYPE(v) != Py_TYPE(old)) return 0;
+  const int eq = PyObject_RichCompareBool(v, old, Py_EQ);
+  if (eq < 0) PyErr_Clear();  // e.g. a tuple now holding a tensor: the full check says what is wrong
+  return eq;
+}
+
+// A new plain lr the steady path may take (as check_hyper would accept it): a float or
+// int (exactly), 0 <= lr < inf.
+bool plain_lr(PyObject* lr) {
+  if (!PyFloat_CheckExact(lr) && !PyLong_CheckExact(lr)) return false;
+  const double x = PyFloat_CheckExact(lr) ? PyFloat_AS_DOUBLE(lr) : PyLong_AsDouble(lr);
+  if (x == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();  // an int too large for a double: the full check refuses it
+    return false;
+  }
+  return x >= 0.0 && x < INFINITY;
+}
+
+// Whether every array's bytes still equal its snapshot (a bytes object).
+bool same_bytes(PyObject* arrays, PyObject* snapshots) {
+  if (!PyList_CheckExact(arrays) || !PyList_CheckExact(snapshots) ||
+      PyList_GET_SIZE(arrays) != PyList_GET_SIZE(snapshots))
+    return false;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(arrays); ++i) {
+    PyObject* snap = PyList_GET_ITEM(snapshots, i);
+    if (!PyBytes_CheckExact(snap)) return false;
+    Py_buffer view;
+    if (PyObject_GetBuffer(PyList_GET_ITEM(arrays, i), &view, PyBUF_C_CONTIGUOUS) != 0) {
+      PyErr_Clear();
+      return false;
+    }
+    const bool same = view.len == PyBytes_GET_SIZE(snap) &&
+                      std::memcmp(view.buf, PyBytes_AS_STRING(snap), static_cast<size_t>(view.len)) == 0;
+    PyBuffer_Release(&view);
+    if (!same) return false;
+  }
+  return true;
+}
+
+// The whole steady-state check of a plan: None when the next step needs the full check,
+// else the group's lr to step with (raw[0] itself when unchanged).
+py::object plan_unchanged(py::handle group, py::handle keys, py::handle raw, py::handle grads, py::handle ptrs,
+                          py::handle watched, py::handle shown) {
+  PyObject* g = group.ptr();
+  PyObject* ks = keys.ptr();
+  PyObject* rs = raw.ptr();
+  if (!PyDict_CheckExact(g) || !PyTuple_CheckExact(ks) || !PyTuple_CheckExact(rs) ||
+      PyTuple_GET_SIZE(ks) != PyTuple_GET_SIZE(rs) || PyTuple_GET_SIZE(ks) == 0)
+    return py::none();
+  py::object lr;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ks); ++i) {
+    PyObject* v = PyDict_GetItemWithError(g, PyTuple_GET_ITEM(ks, i));  // borrowed
+    if (!v) {
+      if (PyErr_Occurred()) PyErr_Clear();
+      return py::none();  // a key removed: the full check says what
+    }
+    py::object held = py::reinterpret_borrow<py::object>(v);  // the comparisons below may run Python code
+    PyObject* old = PyTuple_GET_ITEM(rs, i);
+    const int same = same_value(v, old);
+    if (same == 1) {
+      if (i == 0) lr = py::reinterpret_borrow<py::object>(old);
+    } else if (i == 0 && same == 0 && plain_lr(v)) {
+      lr = std::move(held);  // a scheduler's new plain lr, checked as check_hyper checks it
+    } else {
+      return py::none();
+    }
+  }
+  static PyObject* params_name = PyUnicode_InternFromString("params");
+  PyObject* params = PyDict_GetItemWithError(g, params_name);
+  if (!params) {
+    if (PyErr_Occurred()) PyErr_Clear();
+    return py::none();
+  }
+  py::object held_params = py::reinterpret_borrow<py::object>(params);
+  if (!same_grads_and_memory(held_params, grads, ptrs) || !same_bytes(watched.ptr(), shown.ptr()))
+    return py::none();
+  return lr;
+}
+
 }  // namespace
 
 void register_unchanged(py::module_& m) {
   m.def("same_grads_and_memory", &same_grads_and_memory, py::arg("params"), py::arg("grads"), py::arg("ptrs"),
         "Whether lists params, grads and ptrs have equal lengths and every params[i].grad is grads[i] "
         "(the same object) and params[i].data_ptr() == ptrs[i] (fusedopt.torch's steady-state check).");
+  m.def("plan_unchanged", &plan_unchanged, py::arg("group"), py::arg("keys"), py::arg("raw"), py::arg("grads"),
+        py::arg("ptrs"), py::arg("watched"), py::arg("shown"),
+        "fusedopt.torch's steady-state check of one plan: None unless every group[keys[i]] is raw[i] or of its "
+        "exact type and equal (keys[0], the lr, may also be any float or int in [0, inf)), "
+        "same_grads_and_memory(group['params'], grads, ptrs) holds and every array of the list `watched` "
+        "has the bytes of the same entry of the list `shown`; else the lr to step with (raw[0] when unchanged).");
 }
 
 }  // namespace fusedopt

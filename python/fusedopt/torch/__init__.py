@@ -212,13 +212,18 @@ class _FusedOptimizer(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # as torch's fused step: nothing changes, the step count included
-        scale = lowp.grad_scale(getattr(self, "grad_scale", None))
+        scale = getattr(self, "grad_scale", None)
+        if scale is not None:
+            scale = lowp.grad_scale(scale)
         plans, groups, state = self._plans, self.param_groups, self.state
-        if scale is None and len(plans) == len(groups) and all([plan is not None and plan.unchanged(group, state)
-                                                                for plan, group in zip(plans, groups)]):
-            for plan in plans:  # nothing the plans depend on changed: no check to repeat
-                plan.run(state)
-            return loss
+        if scale is None and len(plans) == len(groups):
+            for plan, group in zip(plans, groups):
+                if plan is None or not plan.unchanged(group, state):
+                    break
+            else:
+                for plan in plans:  # nothing the plans depend on changed: no check to repeat
+                    plan.run(state)
+                return loss
         ready = [self._prepare(i, group) for i, group in enumerate(self.param_groups)]
         self._memory = check_memory([plan for plan, _ in ready], getattr(self, "_memory", None))
         del self._plans[len(self.param_groups):]
