@@ -215,15 +215,21 @@ class _FusedOptimizer(Optimizer):
         scale = getattr(self, "grad_scale", None)
         if scale is not None:
             scale = lowp.grad_scale(scale)
-        plans, groups, state = self._plans, self.param_groups, self.state
+        plans, groups, state = self._plans, self.param_groups, self._tracked_state  # (the state property's)
         if scale is None and len(plans) == len(groups):
-            for plan, group in zip(plans, groups):
-                if plan is None or not plan.unchanged(group, state):
-                    break
+            if len(plans) == 1:  # the common case, without the loops' iterators
+                plan = plans[0]
+                if plan is not None and plan.unchanged(groups[0], state):
+                    plan.run(state)  # nothing the plan depends on changed: no check to repeat
+                    return loss
             else:
-                for plan in plans:  # nothing the plans depend on changed: no check to repeat
-                    plan.run(state)
-                return loss
+                for plan, group in zip(plans, groups):
+                    if plan is None or not plan.unchanged(group, state):
+                        break
+                else:
+                    for plan in plans:  # nothing the plans depend on changed: no check to repeat
+                        plan.run(state)
+                    return loss
         ready = [self._prepare(i, group) for i, group in enumerate(self.param_groups)]
         self._memory = check_memory([plan for plan, _ in ready], getattr(self, "_memory", None))
         del self._plans[len(self.param_groups):]

@@ -223,14 +223,18 @@ class Bucket:
         if self.scalar_names:
             self.engine.scalars = self.scalars[0]  # as shown (torch's dtype), so a resumed state steps the same
         self.opt.step(self.arrays, self.grads)
-        self.commit(state)
+        # the native step counted this run (its commit mark) and returned: one run past the
+        # last commit (a commit cut short leaves the plan running, so the next step finishes it first)
+        self.commit(state, self.committed - self.first_run + 1)
 
-    def commit(self, state: MutableMapping[Any, Any]) -> None:
-        """Show the kernel's runs: the copied parameters, the step counts, the
-        state tensors. Every line can run again with the same result, so a
-        commit that an exception from a signal handler cut short is completed
-        by the next call (finish)."""
-        runs = self.opt.step_count - self.first_run
+    def commit(self, state: MutableMapping[Any, Any], runs: int | None = None) -> None:
+        """Show the kernel's runs (the engine's count since the plan began, read
+        when not given): the copied parameters, the step counts, the state
+        tensors. Every line can run again with the same result, so a commit that
+        an exception from a signal handler cut short is completed by the next
+        call (finish)."""
+        if runs is None:
+            runs = self.opt.step_count - self.first_run
         for p, buf in self.copies:
             p.detach().copy_(buf)
         if self.scalar_names:
