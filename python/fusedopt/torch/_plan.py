@@ -195,10 +195,11 @@ class Bucket:
         self.installed = False
 
     def install(self, state: MutableMapping[Any, Any]) -> None:
-        """Point the parameters' state at this bucket's arenas and counts."""
-        self.installed = True
+        """Point the parameters' state at this bucket's arenas and counts; marked done
+        at the end (an install an exception cut short runs again, whole, at finish)."""
         masters = self.engine.masters() or [None] * len(self.params)
         if self.counts is None and not self.slots and not any(m is not None for m in masters):
+            self.installed = True
             return  # plain SGD keeps no state, as torch's
         views = {slot: self.engine.views(slot) for slot in self.slots}
         for j, p in enumerate(self.params):
@@ -211,6 +212,7 @@ class Bucket:
                 s[name] = torch.from_numpy(self.scalars[j, k:k + 1].reshape(()))
             for slot in self.slots:
                 s[slot] = lowp.tensor_of(views[slot][j])
+        self.installed = True
 
     def current(self) -> bool:
         """Whether the step counts and scalars are still as committed (not edited in place)."""
