@@ -184,6 +184,34 @@ def test_the_native_check_compares_grad_objects_and_addresses():
         _core.same_grads_and_memory([object()], [None], [0])  # no .grad: Python's own error
 
 
+def test_the_native_check_looks_up_grad_and_data_ptr_as_python_does():
+    from fusedopt import _core
+    other = torch.ones(3)
+
+    class OwnGrad(torch.Tensor):
+        grad = property(lambda self: other)  # a Python property over torch's getter
+
+    class Later(torch.Tensor):
+        pass
+
+    own = torch.zeros(3).as_subclass(OwnGrad)
+    assert _core.same_grads_and_memory([own], [other], [own.data_ptr()]) is True
+    assert _core.same_grads_and_memory([own], [None], [own.data_ptr()]) is False
+    shadowed = torch.zeros(3, requires_grad=True)
+    real = shadowed.data_ptr()
+    assert _core.same_grads_and_memory([shadowed], [None], [real]) is True  # the type's lookups cached
+    shadowed.data_ptr = lambda: 12345  # an instance attribute shadows the method, as in Python
+    assert _core.same_grads_and_memory([shadowed], [None], [12345]) is True
+    assert _core.same_grads_and_memory([shadowed], [None], [real]) is False
+    later = torch.zeros(3).as_subclass(Later)
+    for t in (later, torch.zeros(3), later):  # cached, then the type changes: looked up again
+        assert _core.same_grads_and_memory([t], [None], [t.data_ptr()]) is True
+    Later.data_ptr = lambda self: 7
+    assert _core.same_grads_and_memory([later], [None], [7]) is True
+    Later.grad = property(lambda self: other)
+    assert _core.same_grads_and_memory([later], [other], [7]) is True
+
+
 def test_the_native_plan_check_compares_values_grads_addresses_and_counts():
     import numpy as np
     from fusedopt import _core

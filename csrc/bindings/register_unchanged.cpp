@@ -17,21 +17,103 @@ namespace fusedopt {
 
 namespace {
 
+// What Python's own lookups of p.grad and p.data_ptr() find on a tensor type, taken
+// once per type: the getter of the 'grad' data descriptor and the C function of the
+// 'data_ptr' method, valid while the type's version tag stands (any change to the type
+// or its bases clears it). Calling them directly skips the generic attribute and method
+// machinery, about a third of this check's cost per parameter.
+struct TensorAccess {
+  PyTypeObject* type = nullptr;
+  unsigned int tag = 0;
+  getter grad = nullptr;
+  void* grad_closure = nullptr;
+  PyCFunction data_ptr = nullptr;
+};
+
+PyObject* grad_name() {
+  static PyObject* name = PyUnicode_InternFromString("grad");
+  return name;
+}
+
+PyObject* data_ptr_name() {
+  static PyObject* name = PyUnicode_InternFromString("data_ptr");
+  return name;
+}
+
+bool tag_valid(PyTypeObject* tp) {
+#ifdef Py_TPFLAGS_VALID_VERSION_TAG
+  if (!PyType_HasFeature(tp, Py_TPFLAGS_VALID_VERSION_TAG)) return false;
+#endif
+  return tp->tp_version_tag != 0;
+}
+
+// The cached access for p's type, or nullptr: then the generic lookups (a type whose
+// 'grad' is not a C getter or whose 'data_ptr' not a C method without arguments, e.g. a
+// subclass overriding either in Python, or a type without a version tag).
+const TensorAccess* access_of(PyTypeObject* tp) {
+  static TensorAccess cache[2];  // parameters are torch.nn.Parameter or torch.Tensor
+  static int next = 0;
+  if (!tag_valid(tp)) return nullptr;
+  for (const auto& c : cache)
+    if (c.type == tp && c.tag == tp->tp_version_tag) return &c;
+  // Looked up on the type, a descriptor gives itself; the lookup (re)assigns the tag
+  py::object g = py::reinterpret_steal<py::object>(PyObject_GetAttr(reinterpret_cast<PyObject*>(tp), grad_name()));
+  py::object d =
+      py::reinterpret_steal<py::object>(PyObject_GetAttr(reinterpret_cast<PyObject*>(tp), data_ptr_name()));
+  if (!g || !d) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  if (!Py_IS_TYPE(g.ptr(), &PyGetSetDescr_Type) || !Py_IS_TYPE(d.ptr(), &PyMethodDescr_Type)) return nullptr;
+  const PyGetSetDef* gs = reinterpret_cast<PyGetSetDescrObject*>(g.ptr())->d_getset;
+  const PyMethodDef* md = reinterpret_cast<PyMethodDescrObject*>(d.ptr())->d_method;
+  if (gs->get == nullptr || (md->ml_flags & (METH_VARARGS | METH_KEYWORDS | METH_NOARGS | METH_O | METH_FASTCALL)) !=
+                                METH_NOARGS ||
+      !tag_valid(tp))
+    return nullptr;
+  TensorAccess& c = cache[next];
+  next = (next + 1) % 2;
+  c = {tp, tp->tp_version_tag, gs->get, gs->closure, md->ml_meth};
+  return &c;
+}
+
+// p.grad, as Python's lookup gives it (new reference; nullptr with an exception set).
+PyObject* grad_of(PyObject* p, const TensorAccess* a) {
+  return a ? a->grad(p, a->grad_closure) : PyObject_GetAttr(p, grad_name());
+}
+
+// p.data_ptr(), as Python's call gives it: an instance attribute of that name (a
+// non-data descriptor's method can be shadowed) takes the generic call.
+PyObject* data_ptr_of(PyObject* p, const TensorAccess* a) {
+  if (a) {
+    const PyCFunction method = a->data_ptr;  // taken first: the dict lookup may run Python code
+    PyObject* dict = PyObject_GenericGetDict(p, nullptr);
+    if (!dict) {
+      PyErr_Clear();  // no instance dict: nothing shadows the method
+    } else {
+      const bool shadowed = PyDict_GET_SIZE(dict) != 0 && PyDict_Contains(dict, data_ptr_name()) != 0;
+      Py_DECREF(dict);
+      if (!shadowed) return method(p, nullptr);
+    }
+  }
+  return PyObject_CallMethodNoArgs(p, data_ptr_name());
+}
+
 bool same_grads_and_memory(py::handle params, py::handle grads, py::handle ptrs) {
   PyObject* ps = params.ptr();
   PyObject* gs = grads.ptr();
   PyObject* as = ptrs.ptr();
   if (!PyList_CheckExact(ps) || !PyList_CheckExact(gs) || !PyList_CheckExact(as)) return false;
-  static PyObject* grad_name = PyUnicode_InternFromString("grad");
-  static PyObject* data_ptr_name = PyUnicode_InternFromString("data_ptr");
   // each index is checked against the current sizes: a getter may change the lists
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ps); ++i) {
     if (PyList_GET_SIZE(gs) != PyList_GET_SIZE(ps) || PyList_GET_SIZE(as) != PyList_GET_SIZE(ps)) return false;
     py::object p = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(ps, i));
-    py::object g = py::reinterpret_steal<py::object>(PyObject_GetAttr(p.ptr(), grad_name));
+    const TensorAccess* access = access_of(Py_TYPE(p.ptr()));
+    py::object g = py::reinterpret_steal<py::object>(grad_of(p.ptr(), access));
     if (!g) throw py::error_already_set();
     if (i >= PyList_GET_SIZE(gs) || g.ptr() != PyList_GET_ITEM(gs, i)) return false;
-    py::object ptr = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(p.ptr(), data_ptr_name));
+    access = access_of(Py_TYPE(p.ptr()));  // the getter ran Python code: look again
+    py::object ptr = py::reinterpret_steal<py::object>(data_ptr_of(p.ptr(), access));
     if (!ptr) throw py::error_already_set();
     if (i >= PyList_GET_SIZE(as)) return false;
     const int eq = PyObject_RichCompareBool(ptr.ptr(), PyList_GET_ITEM(as, i), Py_EQ);
