@@ -263,7 +263,7 @@ class _FusedOptimizer(Optimizer):
         hyper_changed = plan is None or hyper != plan.hyper
         if hyper_changed:
             check_hyper(spec, group, f"param_groups[{index}]")
-        if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), changes()) and \
+        if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), changes(self.state)) and \
                 plan.current() and (not hyper_changed or engine_key(spec, group) == plan.key):
             if list(map(id, grads)) != plan.grad_ids:
                 if [g is None for g in grads] == plan.missing:

@@ -31,7 +31,7 @@ from .. import _core
 from . import _lowp as lowp
 from ._engine import Engine, engine_key
 from ._specs import Spec
-from ._tracked import _changes, changes
+from ._tracked import changes
 
 _SUPPORTED = (torch.float32, torch.float64) + lowp.LOW
 _PLAIN = (float, int, bool)
@@ -318,7 +318,7 @@ class GroupPlan:
         self.grad_ids = list(map(id, grads))
         self.grads: list[Any] | None = grads  # held, so that no other tensor can take a held one's id
         self.missing = [g is None for g in grads]
-        self.state_id = (id(state), changes())
+        self.state_id = (id(state), changes(state))
         # What check_memory compares: the memory a step writes (parameters, their state, the
         # step counts) and reads (gradients), with names for its messages.
         # Names sort as the parameters are listed (messages name the later one first).
@@ -363,7 +363,7 @@ class GroupPlan:
         no unfinished commit and the group's plain values as remembered. False
         sends the step through the full check, which decides."""
         raw = self.raw
-        if raw is None or self.running or not self.grads_checked or self.state_id != (id(state), _changes[0]):
+        if raw is None or self.running or not self.grads_checked or self.state_id != (id(state), state.count[0]):
             return False
         # Every value the same object as taken, or of its exact type and equal (True == 1, but a bool
         # setting given 1 is refused); a scheduler's new plain lr (spec.hyper[0]) may differ, checked as
@@ -442,7 +442,7 @@ class GroupPlan:
         self.running = True
         for bucket in self.buckets:
             bucket.run(state)
-        self.state_id = (id(state), _changes[0])  # changes(), without the call
+        self.state_id = (id(state), state.count[0])  # changes(state), without the call
         self.running = False
 
 
