@@ -1,6 +1,7 @@
 """The cost of fusedopt.torch's adapter: a step of fusedopt.torch minus a step of
 fusedopt.optim (the same rule and sizes on a numpy tree: the kernel floor), and
-DeepSpeed's CPU optimizer on the same tensors where it builds.
+DeepSpeed's CPU optimizer and torch.optim's fused=True on the same tensors where
+they run.
 
 Run from the repository root::
 
@@ -29,14 +30,22 @@ import bench_torch  # noqa: E402
 import peers  # noqa: E402
 import peers_optim  # noqa: E402
 
-CASES = "1e3,1e4,1e5,1e6,1000x100,100x1000"
+CASES = "1e3,1e4,1e5,1e6,10x100,100x100,1000x100,100x1000"
 OPTIMIZERS = "AdamW,Adagrad"
 IMPLS = {"optim": bench_torch.make_fusedopt_optim, "torch": bench_torch.make_fusedopt_torch,
-         "deepspeed": lambda name, p, g: peers_optim.make_deepspeed(f"optim.{name}", p, g)}
+         "deepspeed": lambda name, p, g: peers_optim.make_deepspeed(f"optim.{name}", p, g),
+         "torch_fused": lambda name, p, g: peers_optim.make_torch("fused")(f"optim.{name}", p, g)}
 
 
 def target_us(tensors):
     return 3.0 + 0.1 * tensors
+
+
+def fit_overhead(tensors, overheads):
+    """(a, b) of the least-squares line overhead = a + b * tensors."""
+    a_mat = np.stack([np.ones(len(tensors)), np.asarray(tensors, dtype=float)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(a_mat, np.asarray(overheads, dtype=float), rcond=None)
+    return float(a), float(b)
 
 
 def one_round(args):
@@ -62,7 +71,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default=CASES)
     ap.add_argument("--optimizers", default=OPTIMIZERS)
-    ap.add_argument("--impls", default="optim,torch,deepspeed", help="of optim, torch, deepspeed")
+    ap.add_argument("--impls", default="optim,torch,deepspeed", help="of optim, torch, deepspeed, torch_fused")
     ap.add_argument("--before", help="another Python (e.g. main's venv) whose fusedopt.torch is 'before'")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--budget", type=float, default=0.1, help="seconds per measurement")
@@ -78,7 +87,7 @@ def main(argv=None):
     rounds = {side: [] for side in sides}
     for _ in range(args.rounds):
         for side, python in sides.items():
-            impls = args.impls if side == "after" else "torch"  # optim and DeepSpeed: measured once per round
+            impls = args.impls if side == "after" else "torch"  # the peers: measured once per round
             cmd = [python, __file__, "--worker", "--cases", args.cases, "--optimizers", args.optimizers,
                    "--impls", impls, "--budget", str(args.budget), "--repeats", str(args.repeats),
                    "--threads", str(args.threads)]
@@ -88,13 +97,13 @@ def main(argv=None):
     print(f"fusedopt.torch's overhead over fusedopt.optim, median of {args.rounds} interleaved rounds, "
           f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}")
     head = f"{'optimizer':<9}{'case':<10}{'optim us':>10}" + (f"{'before us':>11}{'over':>8}" if args.before else "") \
-        + f"{'torch us':>10}{'over':>8}{'target':>8}  {'met':<5}{'DeepSpeed us':>13}"
+        + f"{'torch us':>10}{'over':>8}{'target':>8}  {'met':<5}{'DeepSpeed us':>13}{'torch fused us':>15}"
     print(head)
     for name in args.optimizers.split(","):
         for label in args.cases.split(","):
             row = {"optimizer": name, "case": label, "tensors": len(bench_torch.parse_case(label).shapes)}
             for side in sides:
-                for impl in ("optim", "torch", "deepspeed"):
+                for impl in IMPLS:
                     vals = [r.get(f"{name} {label} {impl}") for r in rounds[side]]
                     if vals and all(isinstance(v, float) for v in vals):
                         row[f"{side}_{impl}_us"] = statistics.median(vals) * 1e6
@@ -105,14 +114,23 @@ def main(argv=None):
             for side in sides:
                 row[f"{side}_overhead_us"] = row[f"{side}_torch_us"] - optim
             row["met"] = row["after_overhead_us"] <= row["target_us"]
-            ds = row.get("after_deepspeed_us")
+            ds, fused = row.get("after_deepspeed_us"), row.get("after_torch_fused_us")
             line = f"{name:<9}{label:<10}{optim:>10.1f}"
             if args.before:
                 line += f"{row['before_torch_us']:>11.1f}{row['before_overhead_us']:>8.1f}"
             line += (f"{row['after_torch_us']:>10.1f}{row['after_overhead_us']:>8.1f}{row['target_us']:>8.1f}  "
-                     f"{'yes' if row['met'] else 'NO':<5}" + (f"{ds:>13.1f}" if ds is not None else f"{'-':>13}"))
+                     f"{'yes' if row['met'] else 'NO':<5}" + (f"{ds:>13.1f}" if ds is not None else f"{'-':>13}")
+                     + (f"{fused:>15.1f}" if fused is not None else f"{'-':>15}"))
             print(line)
             report["rows"].append(row)
+    for name in args.optimizers.split(","):
+        for side in sides:
+            rows = [r for r in report["rows"] if r["optimizer"] == name]
+            if len({r["tensors"] for r in rows}) > 1:
+                a, b = fit_overhead([r["tensors"] for r in rows], [r[f"{side}_overhead_us"] for r in rows])
+                report.setdefault("fits", {})[f"{name} {side}"] = {"a_us": a, "b_us_per_tensor": b}
+                print(f"{name} {side}: overhead ~ {a:.2f} us + {b:.3f} us x tensors (least squares over the rows; "
+                      f"target 3 + 0.1 x tensors)")
     skipped = {v for r in rounds["after"] for v in r.values() if isinstance(v, str)}
     for reason in sorted(skipped):
         print(f"skipped: {reason}")

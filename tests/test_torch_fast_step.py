@@ -184,6 +184,68 @@ def test_the_native_check_compares_grad_objects_and_addresses():
         _core.same_grads_and_memory([object()], [None], [0])  # no .grad: Python's own error
 
 
+def test_the_native_check_looks_up_grad_and_data_ptr_as_python_does():
+    from fusedopt import _core
+    other = torch.ones(3)
+
+    class OwnGrad(torch.Tensor):
+        grad = property(lambda self: other)  # a Python property over torch's getter
+
+    class Later(torch.Tensor):
+        pass
+
+    own = torch.zeros(3).as_subclass(OwnGrad)
+    assert _core.same_grads_and_memory([own], [other], [own.data_ptr()]) is True
+    assert _core.same_grads_and_memory([own], [None], [own.data_ptr()]) is False
+    shadowed = torch.zeros(3, requires_grad=True)
+    real = shadowed.data_ptr()
+    assert _core.same_grads_and_memory([shadowed], [None], [real]) is True  # the type's lookups cached
+    shadowed.data_ptr = lambda: 12345  # an instance attribute shadows the method, as in Python
+    assert _core.same_grads_and_memory([shadowed], [None], [12345]) is True
+    assert _core.same_grads_and_memory([shadowed], [None], [real]) is False
+    later = torch.zeros(3).as_subclass(Later)
+    for t in (later, torch.zeros(3), later):  # cached, then the type changes: looked up again
+        assert _core.same_grads_and_memory([t], [None], [t.data_ptr()]) is True
+    Later.data_ptr = lambda self: 7
+    assert _core.same_grads_and_memory([later], [None], [7]) is True
+    Later.grad = property(lambda self: other)
+    assert _core.same_grads_and_memory([later], [other], [7]) is True
+
+
+def test_the_native_plan_check_compares_values_grads_addresses_and_counts():
+    import numpy as np
+    from fusedopt import _core
+    params = [torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    params[0].grad = torch.ones(3)
+    grads = [params[0].grad, None]
+    ptrs = [p.data_ptr() for p in params]
+    counts = np.array([4.0, 4.0], dtype=np.float32)
+    keys, lr = ("lr", "betas", "amsgrad"), 0.1
+    raw = (lr, (0.9, 0.99), False)
+
+    def check(group=None, grads=grads, ptrs=ptrs, watched=(counts,), shown=(counts.tobytes(),), raw=raw):
+        group = {"params": params, "lr": lr, "betas": (0.9, 0.99), "amsgrad": False} if group is None else group
+        return _core.plan_unchanged(group, keys, raw, grads, ptrs, list(watched), list(shown))
+
+    def group(**changed):
+        return {"params": params, "lr": lr, "betas": (0.9, 0.99), "amsgrad": False, **changed}
+
+    assert check() is lr  # the remembered lr object itself: nothing to take
+    assert check(group(betas=(0.9, 0.99))) is lr  # an equal tuple of the same types
+    assert check(group(lr=0.2)) == 0.2 and check(group(lr=3)) == 3  # a scheduler's new plain lr
+    for bad_lr in (-0.1, float("inf"), float("nan"), True, torch.tensor(0.1), 10 ** 400, "0.1"):
+        assert check(group(lr=bad_lr)) is None  # the full check decides (and refuses or takes it)
+    assert check(group(amsgrad=0)) is None  # equal, but an int where a bool was: the full check refuses it
+    assert check(group(betas=(0.9, 0.98))) is None and check(group(betas=[0.9, 0.99])) is None
+    assert check(group(betas=(torch.tensor([0.9, 0.8]), 0.99))) is None  # a comparison that raises: full check
+    assert check({"params": params, "lr": lr, "betas": (0.9, 0.99)}) is None  # a key removed
+    assert check({"lr": lr, "betas": (0.9, 0.99), "amsgrad": False}) is None  # no params
+    assert check(grads=[torch.ones(3), None]) is None and check(ptrs=[ptrs[0], ptrs[1] + 4]) is None
+    assert check(shown=(np.array([4.0, 5.0], dtype=np.float32).tobytes(),)) is None  # a count edited in place
+    assert check(watched=(counts, counts)) is None  # lists of one length only
+    assert check(raw=raw[:2]) is None
+
+
 def test_a_subclass_step_calling_ours_runs_the_hooks_once():
     class Logged(ft.AdamW):
         def step(self, closure=None):

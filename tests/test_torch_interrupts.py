@@ -68,9 +68,34 @@ def _set_grads(params, seed):
         p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+def _plan_params(seed):
+    """One group (one native call: the unit the classes on the plan commit atomically; the
+    groups of a step run one after another, docs/torch.md) of many small parameters."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(3, 2), (5,)] * 20]
+
+
+# The classes on the plan, stepped with gradients written into the same .grad tensors: every
+# step after the first runs the steady-state path (no check repeated), whose commit is timed.
+KEPT_CASES = {"AdamW": (ft.AdamW, _plan_params, {"lr": 1e-2}),
+              "NAdam": (ft.NAdam, _plan_params, {"lr": 1e-2})}
+
+
+def _kept_grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        new = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        if p.grad is None:
+            p.grad = new
+        else:
+            p.grad.copy_(new)
+
+
+@pytest.mark.parametrize("name", sorted(CASES) + [f"{n} kept grads" for n in sorted(KEPT_CASES)])
 def test_an_interrupted_step_is_all_done_or_not_begun(name):
-    cls, make, hyper = CASES[name]
+    kept = name.endswith(" kept grads")
+    cls, make, hyper = KEPT_CASES[name.split()[0]] if kept else CASES[name]
+    _set_grads = _kept_grads if kept else globals()["_set_grads"]
     opt, twin = cls(make(1), **hyper), cls(make(1), **hyper)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # steady step times (Muon's products), also on a loaded machine

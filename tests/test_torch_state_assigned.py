@@ -90,6 +90,40 @@ def test_copies_keep_tracking_assignments(how):
     assert_same(ref, ref_params, ours, our_params)
 
 
+def test_two_optimizers_stepped_in_turn_keep_their_plans():
+    """Each optimizer counts the changes to its own state: the other's plan (whose first
+    step assigns into its own state) does not rebuild this one's, step after step."""
+    params = [tc.make_params(torch.float32), tc.make_params(torch.float32)]
+    opts = [ft.AdamW(ps, lr=1e-2) for ps in params]
+    for ps in params:
+        tc.set_grads(ps, tc.grads_for(ps, 0, none=lambda i, k: False))
+    plans = []
+    for _ in range(4):
+        for opt in opts:
+            opt.step()
+        plans.append([id(opt._plans[0]) for opt in opts])
+    assert all(p == plans[0] for p in plans)
+
+
+def test_a_state_dict_shared_by_two_optimizers_counts_in_both():
+    """Another optimizer's dict of a parameter's state put into ours (one Slots object
+    in both): an entry assigned through the other optimizer is what our next step uses."""
+    ref, ref_params, ours, our_params = pair("Adam")
+    other = ft.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    donor = other.state[other.param_groups[0]["params"][0]]  # other's own dict
+    donor.update({k: v.clone() for k, v in ours.state[our_params[0]].items()})
+    ours.state[our_params[0]] = donor
+    assert ours.state[our_params[0]] is donor
+    ref.state[ref_params[0]] = {k: v.clone() for k, v in ref.state[ref_params[0]].items()}
+    tc.train(ref, ref_params, 2, start=3, none=ALWAYS)
+    tc.train(ours, our_params, 2, start=3, none=ALWAYS)  # new plans, installed into donor; then steady
+    for target in (ref.state[ref_params[0]], other.state[other.param_groups[0]["params"][0]]):
+        target["exp_avg"] = target["exp_avg"].clone() * 2
+    tc.train(ref, ref_params, 2, start=5, none=ALWAYS)
+    tc.train(ours, our_params, 2, start=5, none=ALWAYS)
+    assert_same(ref, ref_params, ours, our_params)
+
+
 ZERO_SCRIPT = textwrap.dedent("""
     import io, sys
     import torch, torch.distributed as dist

@@ -228,11 +228,11 @@ def test_a_commit_cut_short_by_a_signal_handler_is_completed(monkeypatch):
     ref, ref_params, ours, our_params = pair("Adam", none=ALWAYS)
     commit, calls = _plan.Bucket.commit, []
 
-    def cut_short(self, state):
+    def cut_short(self, state, *runs):
         calls.append(self)
         if len(calls) == 1:
             raise KeyboardInterrupt
-        commit(self, state)
+        commit(self, state, *runs)
 
     monkeypatch.setattr(_plan.Bucket, "commit", cut_short)
     tc.set_grads(our_params, tc.grads_for(our_params, 3, none=ALWAYS))

@@ -211,13 +211,24 @@ class _FusedOptimizer(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # as torch's fused step: nothing changes, the step count included
-        scale = lowp.grad_scale(getattr(self, "grad_scale", None))
-        plans, groups, state = self._plans, self.param_groups, self.state
-        if scale is None and len(plans) == len(groups) and all([plan is not None and plan.unchanged(group, state)
-                                                                for plan, group in zip(plans, groups)]):
-            for plan in plans:  # nothing the plans depend on changed: no check to repeat
-                plan.run(state)
-            return loss
+        scale = getattr(self, "grad_scale", None)
+        if scale is not None:
+            scale = lowp.grad_scale(scale)
+        plans, groups, state = self._plans, self.param_groups, self._tracked_state  # (the state property's)
+        if scale is None and len(plans) == len(groups):
+            if len(plans) == 1:  # the common case, without the loops' iterators
+                plan = plans[0]
+                if plan is not None and plan.unchanged(groups[0], state):
+                    plan.run(state)  # nothing the plan depends on changed: no check to repeat
+                    return loss
+            else:
+                for plan, group in zip(plans, groups):
+                    if plan is None or not plan.unchanged(group, state):
+                        break
+                else:
+                    for plan in plans:  # nothing the plans depend on changed: no check to repeat
+                        plan.run(state)
+                    return loss
         ready = [self._prepare(i, group) for i, group in enumerate(self.param_groups)]
         self._memory = check_memory([plan for plan, _ in ready], getattr(self, "_memory", None))
         del self._plans[len(self.param_groups):]
@@ -251,7 +262,7 @@ class _FusedOptimizer(Optimizer):
         hyper_changed = plan is None or hyper != plan.hyper
         if hyper_changed:
             check_hyper(spec, group, f"param_groups[{index}]")
-        if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), changes()) and \
+        if plan is not None and ptrs == plan.ptrs and plan.state_id == (id(self.state), changes(self.state)) and \
                 plan.current() and (not hyper_changed or engine_key(spec, group) == plan.key):
             if list(map(id, grads)) != plan.grad_ids:
                 if [g is None for g in grads] == plan.missing:

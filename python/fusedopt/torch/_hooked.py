@@ -39,19 +39,20 @@ def hooked(func: F) -> F:
     global_pre = _torch_optimizer._global_optimizer_pre_hooks  # torch's registries, mutated in place
     global_post = _torch_optimizer._global_optimizer_post_hooks
     names: dict[type, str] = {}
+    record = _record_fast if _record_fast is not None else lambda name: nullcontext()
 
     @functools.wraps(func)
     def step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if type(self).step is not step:  # called by a subclass's own step, which torch wrapped: hooks ran there
+        cls = type(self)
+        if cls.step is not step:  # called by a subclass's own step, which torch wrapped: hooks ran there
             return func(self, *args, **kwargs)
         if global_pre or global_post or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks \
                 or _profiler_enabled():
             return torch_step(self, *args, **kwargs)
-        cls = type(self)
         name = names.get(cls)
         if name is None:
             name = names[cls] = f"Optimizer.step#{cls.__name__}.step"
-        with _record_fast(name) if _record_fast is not None else nullcontext():
+        with record(name):
             out = func(self, *args, **kwargs)
             self._optimizer_step_code()
         return out

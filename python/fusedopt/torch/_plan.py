@@ -20,7 +20,6 @@ into new arenas); ``run`` commits. Imports torch: only fusedopt.torch uses it.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any, Iterator, MutableMapping, Sequence
@@ -180,15 +179,27 @@ class Bucket:
         # shown are those of the plan's start plus the runs since.
         self.start = None if self.counts is None else self.counts.copy()
         self.runs = np.zeros(1, dtype=step_array_dtype())
-        self.first_run = self.committed = self.engine.step_count
-        self.shown = self._shown()  # the counts and scalars as last committed
+        # All counts equal (always where the count enters the update: it is the bucket's key):
+        # a commit fills the counts with start + runs, exact below 2**24 in either dtype, as the
+        # ufunc's sum (a fill costs a fraction of a ufunc call)
+        self.uniform_start = float(self.start[0]) if self.start is not None and self.start.size and \
+            bool((self.start == self.start[0]).all()) else None
+        self.opt = self.engine.opt  # fusedopt.optim's optimizer: its step and step_count, one call each
+        self.first_run = self.committed = self.opt.step_count
+        # The arrays whose values torch users see as the 'step' (and scalar) tensors, and their
+        # bytes as last committed (a list the plan may share: from index shown_at on, this bucket's)
+        self.watched: list[np.ndarray] = [] if self.counts is None else \
+            [self.counts] + ([self.scalars] if self.scalar_names else [])
+        self.shown: list[bytes] = [a.tobytes() for a in self.watched]
+        self.shown_at = 0
         self.installed = False
 
     def install(self, state: MutableMapping[Any, Any]) -> None:
-        """Point the parameters' state at this bucket's arenas and counts."""
-        self.installed = True
+        """Point the parameters' state at this bucket's arenas and counts; marked done
+        at the end (an install an exception cut short runs again, whole, at finish)."""
         masters = self.engine.masters() or [None] * len(self.params)
         if self.counts is None and not self.slots and not any(m is not None for m in masters):
+            self.installed = True
             return  # plain SGD keeps no state, as torch's
         views = {slot: self.engine.views(slot) for slot in self.slots}
         for j, p in enumerate(self.params):
@@ -201,45 +212,54 @@ class Bucket:
                 s[name] = torch.from_numpy(self.scalars[j, k:k + 1].reshape(()))
             for slot in self.slots:
                 s[slot] = lowp.tensor_of(views[slot][j])
-
-    def _shown(self) -> bytes | None:
-        if self.counts is None:
-            return None
-        return self.counts.tobytes() + self.scalars.tobytes() if self.scalar_names else self.counts.tobytes()
+        self.installed = True
 
     def current(self) -> bool:
         """Whether the step counts and scalars are still as committed (not edited in place)."""
-        return self.counts is None or self._shown() == self.shown
+        at = self.shown_at
+        return all(a.tobytes() == self.shown[at + k] for k, a in enumerate(self.watched))
 
     def run(self, state: MutableMapping[Any, Any]) -> None:
         for p, buf in self.copies:  # detached: no autograd record, no grad mode to switch off
             buf.copy_(p.detach())
         if self.scalar_names:
             self.engine.scalars = self.scalars[0]  # as shown (torch's dtype), so a resumed state steps the same
-        self.engine.step(self.arrays, self.grads)
-        self.commit(state)
+        self.opt.step(self.arrays, self.grads)
+        # the native step counted this run (its commit mark) and returned: one run past the
+        # last commit (a commit cut short leaves the plan running, so the next step finishes it first)
+        self.commit(state, self.committed - self.first_run + 1)
 
-    def commit(self, state: MutableMapping[Any, Any]) -> None:
-        """Show the kernel's runs: the copied parameters, the step counts, the
-        state tensors. Every line can run again with the same result, so a
-        commit that an exception from a signal handler cut short is completed
-        by the next call (finish)."""
-        runs = self.engine.step_count - self.first_run
+    def commit(self, state: MutableMapping[Any, Any], runs: int | None = None) -> None:
+        """Show the kernel's runs (the engine's count since the plan began, read
+        when not given): the copied parameters, the step counts, the state
+        tensors. Every line can run again with the same result, so a commit that
+        an exception from a signal handler cut short is completed by the next
+        call (finish)."""
+        if runs is None:
+            runs = self.opt.step_count - self.first_run
         for p, buf in self.copies:
             p.detach().copy_(buf)
         if self.scalar_names:
             self.scalars[...] = self.engine.scalars
-        if self.counts is not None and self.start is not None:
-            self.runs[0] = runs  # an array operand: a ufunc converts a Python number slowly
-            np.add(self.start, self.runs, out=self.counts)
-            self.shown = self._shown()
+        counts = self.counts
+        if counts is not None and self.start is not None:
+            start = self.uniform_start
+            if start is not None and start + runs < 16777216.0:  # 2**24: every whole number exact
+                counts.fill(start + runs)
+            else:
+                self.runs[0] = runs  # an array operand: a ufunc converts a Python number slowly
+                np.add(self.start, self.runs, out=counts)
+            shown, at = self.shown, self.shown_at
+            shown[at] = counts.tobytes()
+            if self.scalar_names:
+                shown[at + 1] = self.scalars.tobytes()
         if not self.installed:
             self.install(state)
         self.committed = self.first_run + runs
 
     def finish(self, state: MutableMapping[Any, Any]) -> None:
         """Complete a commit that was cut short (the engine ran past it)."""
-        if self.engine.step_count != self.committed:
+        if self.opt.step_count != self.committed:
             self.commit(state)
 
 
@@ -280,16 +300,25 @@ class GroupPlan:
                             for (key, scalars, wide), (ps, gs) in sorted(stepped.items())]
         self.key = engine_key(spec, group)
         self.hyper = hyper
+        self.keys = tuple(spec.hyper)
         self._hyper_of = itemgetter(*spec.hyper)
+        # The buckets' watched arrays and their committed bytes in two flat lists (the buckets
+        # write their entries of `shown`), for unchanged()'s one native call.
+        self.watched: list[np.ndarray] = []
+        self.shown: list[bytes] = []
+        for bucket in self.buckets:
+            bucket.shown_at = len(self.shown)
+            self.watched += bucket.watched
+            self.shown += bucket.shown
+            bucket.shown = self.shown
         self.raw: tuple[Any, ...] | None = None  # the group's values as last taken, when all plain (remember)
-        self.raw_types: list[type] = []
         self.running = False  # between the start of run() and its commit's end
         self.new_lr: float | int | None = None  # a plain lr unchanged() accepted, for run() to take
         self.ptrs = ptrs
         self.grad_ids = list(map(id, grads))
         self.grads: list[Any] | None = grads  # held, so that no other tensor can take a held one's id
         self.missing = [g is None for g in grads]
-        self.state_id = (id(state), changes())
+        self.state_id = (id(state), changes(state))
         # What check_memory compares: the memory a step writes (parameters, their state, the
         # step counts) and reads (gradients), with names for its messages.
         # Names sort as the parameters are listed (messages name the later one first).
@@ -326,7 +355,6 @@ class GroupPlan:
         raw = self._hyper_of(group)
         plain = all(type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)) for v in raw)
         self.raw = raw if plain else None
-        self.raw_types = list(map(type, raw))  # True == 1, but a bool setting given 1 is refused
 
     def unchanged(self, group: dict[str, Any], state: MutableMapping[Any, Any]) -> bool:
         """Whether the next step can run this plan without any check: the same
@@ -334,25 +362,17 @@ class GroupPlan:
         no assignment to the optimizer's state, no step count edited in place,
         no unfinished commit and the group's plain values as remembered. False
         sends the step through the full check, which decides."""
-        if self.raw is None or self.running or not self.grads_checked or \
-                self.state_id != (id(state), changes()):
+        raw = self.raw
+        if raw is None or self.running or not self.grads_checked or self.state_id != (id(state), state.count[0]):
             return False
-        new_lr = None
-        try:  # a value now a tensor compares as its value (equal: the same step) or raises
-            values = self._hyper_of(group)
-            if not (values == self.raw and list(map(type, values)) == self.raw_types):
-                # a scheduler's new plain lr (spec.hyper[0]) is all that may differ; it is checked as
-                # check_hyper checks it and given to the engines by run()
-                lr, kind = values[0], type(values[0])
-                if not (values[1:] == self.raw[1:] and list(map(type, values[1:])) == self.raw_types[1:]
-                        and (kind is float or kind is int) and 0.0 <= lr < math.inf):
-                    return False
-                new_lr = lr
-        except Exception:  # a key removed, a tensor of many elements: the full check says what
+        # Every value the same object as taken, or of its exact type and equal (True == 1, but a bool
+        # setting given 1 is refused); a scheduler's new plain lr (spec.hyper[0]) may differ, checked as
+        # check_hyper checks it and given to the engines by run(). Then the .grad objects, the
+        # parameters' memory and the step counts shown: all in one native call.
+        lr = _core.plan_unchanged(group, self.keys, raw, self.grads, self.ptrs, self.watched, self.shown)
+        if lr is None:
             return False
-        if not (_core.same_grads_and_memory(group["params"], self.grads, self.ptrs) and self.current()):
-            return False
-        self.new_lr = new_lr
+        self.new_lr = None if lr is raw[0] else lr
         return True
 
     def take_lr(self) -> None:
@@ -363,7 +383,6 @@ class GroupPlan:
             bucket.engine.opt.lr = float(lr)
         self.hyper = (lr,) + self.hyper[1:]
         self.raw = (lr,) + self.raw[1:]
-        self.raw_types = [type(lr)] + self.raw_types[1:]
         self.new_lr = None
 
     def refresh_grads(self, spec: Spec, index: int, group: dict[str, Any], grads: list[Any]) -> None:
@@ -423,7 +442,7 @@ class GroupPlan:
         self.running = True
         for bucket in self.buckets:
             bucket.run(state)
-        self.state_id = (id(state), changes())
+        self.state_id = (id(state), state.count[0])  # changes(state), without the call
         self.running = False
 
 
