@@ -152,7 +152,7 @@ def _peer(make):
 
 
 Implementation = namedtuple("Implementation", "key label make")
-PEER_KEYS = ("torch_foreach", "torch_fused", "deepspeed")  # the rows that are not fusedopt
+PEER_KEYS = ("torch_foreach", "torch_single", "torch_fused", "deepspeed")  # the rows that are not fusedopt
 
 
 def implementations(name):
@@ -161,6 +161,7 @@ def implementations(name):
         Implementation("fusedopt_torch_regrad", f"fusedopt.torch.{name}, new .grad objects*", make_fusedopt_torch_regrad),
         Implementation("fusedopt_optim", f"fusedopt.optim.{name} (numpy arrays)", make_fusedopt_optim),
         Implementation("torch_foreach", f"torch.optim.{name}(foreach=True)", _peer(optim_peers.make_torch("foreach"))),
+        Implementation("torch_single", f"torch.optim.{name}(foreach=False)", _peer(optim_peers.make_torch("single"))),
         Implementation("torch_fused", f"torch.optim.{name}(fused=True)", _peer(optim_peers.make_torch("fused"))),
         Implementation("deepspeed", f"DeepSpeed CPU {name}", _peer(optim_peers.make_deepspeed)),
     ]

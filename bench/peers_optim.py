@@ -64,16 +64,19 @@ def make_numpy(name, params, grads):
 
 
 def make_torch(variant):
-    """torch.optim on CPU with foreach=True or fused=True (fused: Adam, AdamW, SGD, Adagrad)."""
+    """torch.optim on CPU with foreach=True or fused=True (fused: Adam, AdamW, SGD, Adagrad), or
+    its single-tensor implementation ("single": foreach=False; on CPU it can beat foreach)."""
+    option, value = ("foreach", False) if variant == "single" else (variant, True)
+
     def make(name, params, grads):
         torch = peers._torch()
         cls = getattr(torch.optim, _cls(name), None)
         if cls is None:
             raise Skip(f"torch.optim has no {_cls(name)} in torch {torch.__version__}")
-        if variant not in inspect.signature(cls).parameters:
-            raise Skip(f"torch.optim.{_cls(name)} has no {variant}= option in torch {torch.__version__}")
+        if option not in inspect.signature(cls).parameters:
+            raise Skip(f"torch.optim.{_cls(name)} has no {option}= option in torch {torch.__version__}")
         try:
-            opt = cls(peers._torch_tensors(params, grads), lr=LR, **HYPER[name], **{variant: True})
+            opt = cls(peers._torch_tensors(params, grads), lr=LR, **HYPER[name], **{option: value})
             opt.step()  # fused CPU kernels missing for a class raise here, not inside a timing
         except RuntimeError as e:
             raise Skip(f"torch.optim.{_cls(name)}({variant}=True) fails on CPU: {e}") from None
@@ -111,6 +114,7 @@ def implementations(name):
         Implementation("fusedopt_inplace", f"fusedopt {name}", make_fusedopt),
         Implementation("numpy", "numpy float32 (out=)", make_numpy),
         Implementation("torch_foreach", f"torch.optim.{_cls(name)}(foreach=True)", make_torch("foreach")),
+        Implementation("torch_single", f"torch.optim.{_cls(name)}(foreach=False)", make_torch("single")),
         Implementation("torch_fused", f"torch.optim.{_cls(name)}(fused=True)", make_torch("fused")),
         Implementation("deepspeed", f"DeepSpeed CPU {_cls(name)}", make_deepspeed),
     ]

@@ -23,6 +23,8 @@ SHAPES = [(3, 5), (7,), (), (2, 3, 4), (300, 40), (5000,), (130, 70), (1, 1), (4
 OPTIONS = [
     {},
     {"weight_decay": 0.1, "maximize": True, "lr": 0.05},
+    {"maximize": True},  # each of the passes' four branches (decay, maximize)
+    {"weight_decay": 0.1},
     {"eps": (1e-3, 1e-2), "d": 1.5, "beta2_decay": -1.0},
     {"eps": (0.0, 0.0), "lr": 0.0},
 ]

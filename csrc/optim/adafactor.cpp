@@ -3,12 +3,20 @@
 #include <algorithm>
 #include <cmath>
 
+#include <type_traits>
+
+#include "common/level_tables.h"
 #include "common/multi_tensor.h"
 #include "common/threads.h"
+#include "optim/adafactor_passes.h"
 #include "optim/flat_sum.h"
 #include "optim/torch_lerp.h"
 
 namespace fusedopt {
+namespace baseline { void fill_adafactor_table(AdafactorTable&); }
+namespace avx2 { void fill_adafactor_table(AdafactorTable&); }
+namespace avx512 { void fill_adafactor_table(AdafactorTable&); }
+
 namespace adafactor {
 
 std::size_t block_rows(std::size_t cols) {
@@ -38,19 +46,21 @@ inline std::size_t row_end(const Leaf& L, std::size_t r) {
   return L.factored ? (r + 1) * L.cols : std::min(L.n, (r + 1) * kChunk);
 }
 
+// The passes of the SIMD level in use.
 template <class T>
-T grad_at(const Leaf& L, std::size_t i) {
-  const T g = static_cast<const T*>(L.grad)[i];
-  return L.maximize ? -g : g;
+const AdafactorPasses<T>& passes() {
+  static const LevelTables<AdafactorTable> tables(baseline::fill_adafactor_table,
+                                                  FUSEDOPT_IF_AVX2(avx2::fill_adafactor_table),
+                                                  FUSEDOPT_IF_AVX512(avx512::fill_adafactor_table));
+  if constexpr (std::is_same_v<T, float>) return tables.current().f32;
+  else return tables.current().f64;
 }
-
-template <class T>
-double square(T x) { return static_cast<double>(x) * static_cast<double>(x); }
 
 // Pass 1: sum p*p per row; the new row_var (and the block's column partials),
 // or the new variance.
 template <class T>
 void first_pass(const Leaf& L, const Work& W, const Task& t, Sums& s) {
+  const AdafactorPasses<T>& k = passes<T>();
   const T* p = static_cast<const T*>(L.param);
   const T* g = static_cast<const T*>(L.grad);
   const T w = static_cast<T>(W.w);
@@ -60,28 +70,15 @@ void first_pass(const Leaf& L, const Work& W, const Task& t, Sums& s) {
     const T* old = static_cast<const T*>(L.old_row);
     T* row = static_cast<T*>(L.new_row);
     for (std::size_t r = t.first; r < t.last; ++r) {
-      const T* pr = p + r * L.cols;
-      const T* gr = g + r * L.cols;
-      s.rowp[W.row_base + r] = lane_sum(0, L.cols, [&](std::size_t j) { return square(pr[j]); });
-      const double sum = lane_sum(0, L.cols, [&](std::size_t j) {
-        const double x = square(gr[j]);
-        part[j] += x;
-        return x;
-      });
+      const double sum = k.row_first(p + r * L.cols, g + r * L.cols, L.cols, part, &s.rowp[W.row_base + r]);
       row[r] = torch_lerp(old ? old[r] : T(0), static_cast<T>(sum / static_cast<double>(L.cols)), w);
     }
     return;
   }
   const T* old = static_cast<const T*>(L.old_var);
   T* var = static_cast<T*>(L.new_var);
-  for (std::size_t r = t.first; r < t.last; ++r) {
-    const std::size_t b = row_begin(L, r), e = row_end(L, r);
-    s.rowp[W.row_base + r] = lane_sum(b, e, [&](std::size_t i) { return square(p[i]); });
-    for (std::size_t i = b; i < e; ++i) {
-      const T gi = grad_at<T>(L, i);
-      var[i] = torch_lerp(old ? old[i] : T(0), gi * gi, w);
-    }
-  }
+  for (std::size_t r = t.first; r < t.last; ++r)
+    s.rowp[W.row_base + r] = k.var_first(p, g, old, var, row_begin(L, r), row_end(L, r), w);
 }
 
 // Between the passes, per leaf: alpha from the parameter's RMS; the new
@@ -117,35 +114,40 @@ void after_first(const Leaf& L, Work& W, Sums& s) {
   }
 }
 
-// The update of row r's elements, u(i) for i in the row (torch's order:
-// row_var * col_var / clamped mean, clamped below at eps1**2, rsqrt, times g).
-template <class T, class F>
-void for_update(const Leaf& L, const Work& W, const Sums& s, std::size_t r, F&& f) {
-  const T floor = static_cast<T>(L.eps1 * L.eps1);
-  auto rsqrt = [&](T v) { return T(1) / std::sqrt(v < floor ? floor : v); };
-  const std::size_t b = row_begin(L, r), e = row_end(L, r);
+// What the update of row r reads (torch's order: row_var * col_var / clamped
+// mean, clamped below at eps1**2, rsqrt, times g): the factored row's values
+// and columns, or the variance.
+template <class T>
+struct RowUpdate {
+  const T* g;
+  const T* c = nullptr;
+  T ri = 0, den = 0, floor;
+  std::size_t b, e;
+};
+
+template <class T>
+RowUpdate<T> row_update(const Leaf& L, const Work& W, const Sums& s, std::size_t r) {
+  RowUpdate<T> u{static_cast<const T*>(L.grad), nullptr, 0, 0, static_cast<T>(L.eps1 * L.eps1), row_begin(L, r),
+                 row_end(L, r)};
   if (L.factored) {
-    const T ri = static_cast<const T*>(L.new_row)[r];
     const std::size_t m = r / L.rows;
-    const T den = static_cast<T>(s.rden[W.batch_base + m]);
-    const T* c = static_cast<const T*>(L.new_col) + m * L.cols;
-    for (std::size_t i = b; i < e; ++i) f(i, rsqrt(ri * c[i - b] / den) * grad_at<T>(L, i));
-  } else {
-    const T* var = static_cast<const T*>(L.new_var);
-    for (std::size_t i = b; i < e; ++i) f(i, rsqrt(var[i]) * grad_at<T>(L, i));
+    u.g += u.b;
+    u.ri = static_cast<const T*>(L.new_row)[r];
+    u.den = static_cast<T>(s.rden[W.batch_base + m]);
+    u.c = static_cast<const T*>(L.new_col) + m * L.cols;
   }
+  return u;
 }
 
 // Pass 2: sum u*u per row, in the lane order.
 template <class T>
 void second_pass(const Leaf& L, const Work& W, const Task& t, Sums& s) {
+  const AdafactorPasses<T>& k = passes<T>();
+  const T* var = static_cast<const T*>(L.new_var);
   for (std::size_t r = t.first; r < t.last; ++r) {
-    double acc[kLanes] = {};
-    const std::size_t b = row_begin(L, r);
-    for_update<T>(L, W, s, r, [&](std::size_t i, T u) { acc[(i - b) % kLanes] += square(u); });
-    double total = 0.0;
-    for (std::size_t j = 0; j < kLanes; ++j) total += acc[j];
-    s.rowu[W.row_base + r] = total;
+    const RowUpdate<T> u = row_update<T>(L, W, s, r);
+    s.rowu[W.row_base + r] = L.factored ? k.row_update_sq(u.g, u.c, u.ri, u.den, u.floor, L.maximize, L.cols)
+                                        : k.var_update_sq(u.g, var, u.floor, L.maximize, u.b, u.e);
   }
 }
 
@@ -161,14 +163,18 @@ void after_second(const Leaf& L, Work& W, const Sums& s) {
 // Pass 3: p = p * (1 - lr * weight_decay) (when weight_decay != 0); p = p + coef * u.
 template <class T>
 void third_pass(const Leaf& L, const Work& W, const Task& t, const Sums& s) {
+  const AdafactorPasses<T>& k = passes<T>();
   T* p = static_cast<T*>(L.param);
+  const T* var = static_cast<const T*>(L.new_var);
   const T coef = static_cast<T>(W.coef), decay = static_cast<T>(1.0 - L.lr * L.weight_decay);
   const bool decays = L.weight_decay != 0.0;
-  for (std::size_t r = t.first; r < t.last; ++r)
-    for_update<T>(L, W, s, r, [&](std::size_t i, T u) {
-      const T q = decays ? p[i] * decay : p[i];
-      p[i] = q + coef * u;
-    });
+  for (std::size_t r = t.first; r < t.last; ++r) {
+    const RowUpdate<T> u = row_update<T>(L, W, s, r);
+    if (L.factored)
+      k.row_apply(p + u.b, u.g, u.c, u.ri, u.den, u.floor, L.maximize, coef, decay, decays, L.cols);
+    else
+      k.var_apply(p, u.g, var, u.floor, L.maximize, coef, decay, decays, u.b, u.e);
+  }
 }
 
 template <class F>
