@@ -23,8 +23,6 @@ const Quant8Table& kernels_of_level() {
   return tables.current();
 }
 
-double unscale_of(const OptimHyper& h) { return h.grad_scale > 0.0 ? 1.0 / h.grad_scale : 1.0; }
-
 // Elements per span handed to one thread at a time (a whole number of blocks).
 constexpr std::size_t kSpanElements = 8192;
 
@@ -43,13 +41,9 @@ void run_quant8_step(OptimRule rule, const std::vector<Quant8Leaf>& leaves, std:
     for (std::size_t b = 0; b < l.n; b += per) spans.push_back({l, b, b + per < l.n ? b + per : l.n});
     total += l.n;
   }
-  const float unscale = static_cast<float>(unscale_of(h));
   auto body = [&](std::size_t k) {
     const Quant8Span& s = spans[k];
     (s.leaf.decay ? decayed : plain)(s, block, c);
-    // the span's gradient unscaled in place once the kernel has read it (torch's fused step leaves .grad so)
-    if (s.leaf.gout)
-      for (std::size_t i = s.begin; i < s.end; ++i) s.leaf.gout[i] = s.leaf.g[i] * unscale;
   };
   for_each_chunk(spans.size(), total >= kSerialBelow, true, body);
 }
