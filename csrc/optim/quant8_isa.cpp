@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
+#include <cstring>
 #include <utility>
 #include "common/simd_vec.h"
 #include "optim/math.h"
@@ -69,6 +69,20 @@ FUSEDOPT_INLINE VU lookup32(const std::uint32_t* table, VU idx) {
   VU out;
   for (std::size_t k = 0; k < L; ++k) out[k] = table[idx[k] & 31u];
   return out;
+#endif
+}
+
+// x limited to [lo, hi] as unsigned integers.
+FUSEDOPT_INLINE VU clamp(VU x, std::uint32_t lo, std::uint32_t hi) {
+#if defined(__AVX512F__)
+  return (VU)_mm512_min_epu32(_mm512_max_epu32((__m512i)x, _mm512_set1_epi32(static_cast<int>(lo))),
+                              _mm512_set1_epi32(static_cast<int>(hi)));
+#elif defined(__AVX2__)
+  return (VU)_mm256_min_epu32(_mm256_max_epu32((__m256i)x, _mm256_set1_epi32(static_cast<int>(lo))),
+                              _mm256_set1_epi32(static_cast<int>(hi)));
+#else
+  x = x < lo ? VU{} + lo : x;
+  return x > hi ? VU{} + hi : x;
 #endif
 }
 
@@ -134,9 +148,7 @@ template <bool Signed>
 FUSEDOPT_INLINE VU encode(VF q) {
   const Quant8Encoding& t = Signed ? kQuant8SignedEncoding : kQuant8UnsignedEncoding;
   const VU u = (VU)q;
-  VU a = u & 0x7fffffffu;
-  a = a < kQuant8ClampLow ? VU{} + kQuant8ClampLow : a;
-  a = a > kQuant8ClampHigh ? VU{} + kQuant8ClampHigh : a;
+  const VU a = clamp(u & 0x7fffffffu, kQuant8ClampLow, kQuant8ClampHigh);
   const VU e = a >> 23;
   const VU i = (a + lookup32(t.add, e)) >> lookup32(t.shift, e);
   if constexpr (Signed) return (u > 0x80000000u) & (i != 0u) ? i | 128u : i;
@@ -271,6 +283,41 @@ void span(const Quant8Span& s, std::size_t block, const OptimScalars<float>& c) 
     float_span<R, D>(s, c);
 }
 
+// The blockwise encoder on its own (state conversion): each block's absmax in element
+// order (quant8_max), its codes by the step's encoder on a zero-padded copy.
+void encode_blocks(const float* x, std::size_t n, std::size_t block, bool is_signed, std::uint8_t* codes, float* absmax) {
+  alignas(64) float buf[kMaxBlock];
+  alignas(64) std::uint8_t out[kMaxBlock];
+  for (std::size_t b0 = 0, blk = 0; b0 < n; b0 += block, ++blk) {
+    const std::size_t m = std::min(block, n - b0), whole = (m + L - 1) / L * L;
+    float a = 0.0f;
+    for (std::size_t i = 0; i < m; ++i) a = quant8_max(a, std::fabs(x[b0 + i]));
+    std::copy(x + b0, x + b0 + m, buf);
+    std::fill(buf + m, buf + whole, 0.0f);
+    if (is_signed)
+      encode_block<true>(buf, out, whole, a);
+    else
+      encode_block<false>(buf, out, whole, a);
+    std::copy(out, out + m, codes + b0);
+    absmax[blk] = a;
+  }
+}
+
+// The decoder on its own: map(code) * absmax of the block.
+void decode_blocks(const std::uint8_t* codes, const float* absmax, std::size_t n, std::size_t block, bool is_signed,
+                   float* out) {
+  alignas(64) std::uint8_t buf[kMaxBlock];
+  alignas(64) float values[kMaxBlock];
+  for (std::size_t b0 = 0, blk = 0; b0 < n; b0 += block, ++blk) {
+    const std::size_t m = std::min(block, n - b0), whole = (m + L - 1) / L * L;
+    std::copy(codes + b0, codes + b0 + m, buf);
+    std::fill(buf + m, buf + whole, std::uint8_t{0});
+    for (std::size_t i = 0; i < whole; i += L)
+      store(values + i, (is_signed ? decode<true>(buf + i) : decode<false>(buf + i)) * absmax[blk]);
+    std::copy(values, values + m, out + b0);
+  }
+}
+
 template <std::size_t Q, unsigned D>
 constexpr Quant8Fn entry() {
   constexpr OptimRule R = kQuant8Rules[Q];
@@ -282,13 +329,17 @@ constexpr Quant8Fn entry() {
 
 static_assert(kNumOptimDecays == 3, "fill() sets the entries of the three decay modes");
 template <std::size_t... Q>
-void fill(Quant8Table& fns, std::index_sequence<Q...>) {
+void fill(Quant8Fn (&fns)[kNumQuant8Rules][kNumOptimDecays], std::index_sequence<Q...>) {
   ((fns[Q][0] = entry<Q, 0>(), fns[Q][1] = entry<Q, 1>(), fns[Q][2] = entry<Q, 2>()), ...);
 }
 
 }  // namespace
 
-void fill_quant8(Quant8Table& fns) { fill(fns, std::make_index_sequence<kNumQuant8Rules>{}); }
+void fill_quant8(Quant8Table& t) {
+  fill(t.step, std::make_index_sequence<kNumQuant8Rules>{});
+  t.encode = &encode_blocks;
+  t.decode = &decode_blocks;
+}
 
 }  // namespace FUSEDOPT_ISA
 }  // namespace fusedopt
