@@ -91,6 +91,41 @@ def test_encoder_at_every_code_tie_and_edge(signed):
     _bits_equal(codes, ref.nearest_codes(x, signed))
 
 
+def _patterns(signed):
+    """Every binade from 2^-35 to 1, each with 2^12 fractions (the top 10 fraction bits, and
+    low bits 0, 1, half-1 and all ones: the step's rounding sits at 2^17 and above), either
+    sign, then 1.0, the subnormals' edges and zeros; one 1.0 starts every block of 4096."""
+    e = np.arange(127 - 35, 127, dtype=np.uint32)
+    top = np.arange(1024, dtype=np.uint32) << 13
+    low = np.array([0, 1, 0xFFF, 0x1FFF], np.uint32)
+    bits = ((e[:, None, None] << 23) | top[None, :, None] | low[None, None, :]).ravel()
+    bits = np.concatenate([bits, np.array([0x3F800000, 1, 0x7FFFFF, 0x800000, 0], np.uint32)])
+    x = bits.view(np.float32)
+    if signed:
+        x = np.concatenate([x, -x])
+    pad = -x.size % 4095
+    x = np.concatenate([x, np.zeros(pad, np.float32)]).reshape(-1, 4095)
+    return np.concatenate([np.ones((x.shape[0], 1), np.float32), x], axis=1).ravel()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_encoder_and_decoder_at_every_simd_level(signed, restore_simd_level):
+    # the step's vector encoder and decoder (the tables and arithmetic of quant8_map.h), which
+    # quantize_blockwise and dequantize_blockwise run at the selected level, against the
+    # exhaustive search: every binade densely, subnormals, zeros (absmax 1 in every block)
+    x = _patterns(signed)
+    want = ref.nearest_codes(x, signed)
+    codes_all = np.arange(256, dtype=np.uint8)
+    for level in _core.simd_levels_supported():
+        _core._set_simd_level(level)
+        codes, absmax = _core.quantize_blockwise(x, signed, 4096)
+        assert np.all(absmax == 1.0)
+        _bits_equal(codes, want)
+        for a in np.float32([1.0, 3.5, 2.0 ** -140, 0.0]):  # the map's values times an absmax
+            got = _core.dequantize_blockwise(codes_all, np.full(1, a, np.float32), signed, 256)
+            _bits_equal(got, ref.map_values(signed) * a)
+
+
 finite32 = st.floats(-2.0 ** 100, 2.0 ** 100, width=32, allow_subnormal=True)
 
 

@@ -23,8 +23,6 @@ const Quant8Table& kernels_of_level() {
   return tables.current();
 }
 
-double unscale_of(const OptimHyper& h) { return h.grad_scale > 0.0 ? 1.0 / h.grad_scale : 1.0; }
-
 // Elements per span handed to one thread at a time (a whole number of blocks).
 constexpr std::size_t kSpanElements = 8192;
 
@@ -32,7 +30,7 @@ constexpr std::size_t kSpanElements = 8192;
 
 void run_quant8_step(OptimRule rule, const std::vector<Quant8Leaf>& leaves, std::size_t block, const OptimHyper& h,
                      double lr, long long t) {
-  const auto& fns = kernels_of_level()[quant8_rule_index(rule)];
+  const auto& fns = kernels_of_level().step[quant8_rule_index(rule)];
   const OptimScalars<float> c = stateless_scalars32(rule, h, lr, t);
   const OptimDecay decays = h.weight_decay != 0.0 ? decay_of(rule, h.decoupled_weight_decay != 0.0) : OptimDecay::NONE;
   const Quant8Fn plain = fns[static_cast<unsigned>(OptimDecay::NONE)], decayed = fns[static_cast<unsigned>(decays)];
@@ -43,35 +41,20 @@ void run_quant8_step(OptimRule rule, const std::vector<Quant8Leaf>& leaves, std:
     for (std::size_t b = 0; b < l.n; b += per) spans.push_back({l, b, b + per < l.n ? b + per : l.n});
     total += l.n;
   }
-  const float unscale = static_cast<float>(unscale_of(h));
   auto body = [&](std::size_t k) {
     const Quant8Span& s = spans[k];
     (s.leaf.decay ? decayed : plain)(s, block, c);
-    // the span's gradient unscaled in place once the kernel has read it (torch's fused step leaves .grad so)
-    if (s.leaf.gout)
-      for (std::size_t i = s.begin; i < s.end; ++i) s.leaf.gout[i] = s.leaf.g[i] * unscale;
   };
   for_each_chunk(spans.size(), total >= kSerialBelow, true, body);
 }
 
 void quant8_encode(const float* x, std::size_t n, std::size_t block, bool is_signed, std::uint8_t* codes, float* absmax) {
-  for (std::size_t b0 = 0, blk = 0; b0 < n; b0 += block, ++blk) {
-    const std::size_t e = b0 + block < n ? b0 + block : n;
-    float a = 0.0f;
-    for (std::size_t i = b0; i < e; ++i) a = quant8_max(a, std::fabs(x[i]));
-    const Quant8Scale scale(a);
-    for (std::size_t i = b0; i < e; ++i) codes[i] = is_signed ? quant8_signed(scale(x[i])) : quant8_unsigned(scale(x[i]));
-    absmax[blk] = a;
-  }
+  kernels_of_level().encode(x, n, block, is_signed, codes, absmax);
 }
 
 void quant8_decode(const std::uint8_t* codes, const float* absmax, std::size_t n, std::size_t block, bool is_signed,
                    float* out) {
-  for (std::size_t b0 = 0, blk = 0; b0 < n; b0 += block, ++blk) {
-    const std::size_t e = b0 + block < n ? b0 + block : n;
-    for (std::size_t i = b0; i < e; ++i)
-      out[i] = (is_signed ? quant8_signed_value(codes[i]) : quant8_unsigned_value(codes[i])) * absmax[blk];
-  }
+  kernels_of_level().decode(codes, absmax, n, block, is_signed, out);
 }
 
 }  // namespace fusedopt

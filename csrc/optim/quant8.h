@@ -60,15 +60,25 @@ struct Quant8Span {
 };
 
 using Quant8Fn = void (*)(const Quant8Span&, std::size_t block, const OptimScalars<float>&);
-// One instruction set's span kernels, per rule of kQuant8Rules and decay (null: not a mode of the rule).
-using Quant8Table = Quant8Fn[kNumQuant8Rules][kNumOptimDecays];
+using Quant8EncodeFn = void (*)(const float* x, std::size_t n, std::size_t block, bool is_signed, std::uint8_t* codes,
+                                float* absmax);
+using Quant8DecodeFn = void (*)(const std::uint8_t* codes, const float* absmax, std::size_t n, std::size_t block,
+                                bool is_signed, float* out);
+// One instruction set's kernels: the span kernels per rule of kQuant8Rules and decay (null:
+// not a mode of the rule), and the blockwise encoder and decoder of the step on their own.
+struct Quant8Table {
+  Quant8Fn step[kNumQuant8Rules][kNumOptimDecays];
+  Quant8EncodeFn encode;
+  Quant8DecodeFn decode;
+};
 
 // Step t (1 for the first) of `rule` (one of kQuant8Rules) over all leaves, on the
 // thread team. Call without the GIL.
 void run_quant8_step(OptimRule rule, const std::vector<Quant8Leaf>& leaves, std::size_t block, const OptimHyper& h,
                      double lr, long long t);
 
-// Blockwise quantization of n float32 values (the step's own encoder) and back.
+// Blockwise quantization of n float32 values (the step's own encoder and decoder, of the
+// selected SIMD level) and back.
 void quant8_encode(const float* x, std::size_t n, std::size_t block, bool is_signed, std::uint8_t* codes, float* absmax);
 void quant8_decode(const std::uint8_t* codes, const float* absmax, std::size_t n, std::size_t block, bool is_signed,
                    float* out);

@@ -39,6 +39,59 @@ inline U quant8_index_of_bits(U u, int M) {
   return k >= K ? below : (k < 0 ? top : idx);
 }
 
+// The same encoder as a lookup by binade, for vectors: with |x|'s bits clamped to
+// [2^-31, 1.0] (NaN and |x| > 1 to 1.0, anything below 2^-31 is far below the
+// smallest codes), the index is (bits + add[e & 31]) >> shift[e & 31] for the
+// exponent field e in 96 .. 127. In a binade with codes, add holds the rounding
+// half (2^(shift-1) - 1: ties toward zero), the binade's first index (shifted up
+// by shift) and minus its exponent field, so the sum is the rounded fraction on
+// the first index; a carry out of the fraction is the next binade's first code,
+// as above. Binade K (the half of the smallest code and above gives it) rounds
+// with 2^23 - 1; binades below K give 0 (shift 31 of a sum below 2^31); 1.0 gives
+// the top index. quant8_index_of_bits is the definition; tests compare the two.
+struct Quant8Encoding {
+  std::uint32_t add[32], shift[32];
+};
+constexpr std::uint32_t kQuant8ClampLow = 96u << 23, kQuant8ClampHigh = 127u << 23;  // 2^-31, 1.0
+
+constexpr Quant8Encoding quant8_encoding(int M) {
+  Quant8Encoding t{};
+  const int K = quant8_binades(M);
+  for (int e = 96; e <= 127; ++e) {
+    const int k = 126 - e;  // |x| in [2^-(k+1), 2^-k)
+    std::uint32_t add = 0, shift = 31, base = 0;
+    if (k < 0) {  // exactly 1.0 after the clamp
+      shift = 23, base = quant8_top(M);
+    } else if (k == K) {
+      shift = 23, add = (1u << 23) - 1u;
+    } else if (k < K) {
+      const int bits = k / 4 < M ? M - k / 4 : 0;
+      shift = static_cast<std::uint32_t>(23 - bits);
+      base = k / 4 < M ? ((7u - static_cast<std::uint32_t>(k % 4)) << bits) - 1u : static_cast<std::uint32_t>(K - k);
+      add = (1u << (shift - 1)) - 1u;
+    }
+    if (k <= K) add += (base << shift) - (static_cast<std::uint32_t>(e) << 23);
+    t.add[e & 31] = add;
+    t.shift[e & 31] = shift;
+  }
+  return t;
+}
+constexpr Quant8Encoding kQuant8SignedEncoding = quant8_encoding(kQuant8SignedBits);
+constexpr Quant8Encoding kQuant8UnsignedEncoding = quant8_encoding(kQuant8UnsignedBits);
+
+// The decoder for vectors: in a group of codes with b >= 1 fraction bits the
+// value's bits are linear in i, (w << (23 - b)) + ((119 - 4g) << 23) with
+// w = i + 1 and g = M - b, and w << (23 - b) is float(w)'s bits shifted left
+// by 2 plus a constant that cancels the group's: value bits =
+// (bits of float(w)) * 4 + quant8_decode_bias(M) (mod 2^32) for every i >= 7,
+// the top (1.0) included. Indices 1 .. 6 are one code per binade,
+// ((126 - K + i) << 23); index 0 is 0.
+constexpr std::uint32_t quant8_decode_bias(int M) {
+  // group g = 0 (b = M, w in [2^(M+2), 2^(M+3))): 2^25 + (119 << 23) - ((127 + M + 2) << 25)
+  return (1u << 25) + (119u << 23) - (static_cast<std::uint32_t>(129 + M) << 25);
+}
+constexpr std::uint32_t kQuant8TailCodes = 6;
+
 inline std::uint32_t quant8_index(float x, int M) {
   std::uint32_t u;
   std::memcpy(&u, &x, sizeof u);

@@ -2,7 +2,8 @@
 // steps (through run_step: chunk layout, threads, dispatch) against a scalar
 // reference written here in the operation order of docs/semantics.md, compared
 // bit for bit, for float32 and float64, several steps, leaf sizes with SIMD
-// tails, and 1 and 3 threads. tools/check_aarch64.sh cross-compiles it for
+// tails, and 1 and 3 threads; and the 8-bit maps' vector encoder and decoder against
+// their scalar definitions (optim/quant8_map.h). tools/check_aarch64.sh cross-compiles it for
 // aarch64 and runs it under qemu-user; it builds natively as well.
 #include <cmath>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include "paysage/kernel_modes.h"
 #include "common/multi_tensor.h"
 #include "common/threads.h"
+#include "optim/quant8.h"
 
 namespace {
 
@@ -168,6 +170,46 @@ std::vector<double> run_case(Opt rule, unsigned out, const std::vector<std::size
   return sums;
 }
 
+// The 8-bit maps (docs/lowbit.md): the level's blockwise encoder and decoder (the step's
+// vector code) against quant8_map.h's scalar definitions, for every code and, with a 1.0
+// starting each block (absmax 1), every exponent up to 1.0 with its top 9 fraction bits
+// and low bits 0, 1, 0x1FFF and 0x3FFF (the rounding sits at 2^17 and above), both signs.
+void check_quant8(const std::string& level) {
+  std::vector<float> x;
+  for (std::uint32_t e = 0; e <= 127; ++e)
+    for (std::uint32_t top = 0; top < (e == 127 ? 1u : 512u); ++top)
+      for (std::uint32_t low : {0u, 1u, 0x1FFFu, 0x3FFFu}) {
+        const std::uint32_t bits = (e << 23) | (top << 14) | (e == 127 ? 0u : low);
+        for (std::uint32_t sign : {0u, 0x80000000u}) {
+          if (x.size() % 4096 == 0) x.push_back(1.0f);
+          float v;
+          const std::uint32_t b = bits | sign;
+          std::memcpy(&v, &b, sizeof v);
+          x.push_back(v);
+        }
+      }
+  const std::size_t blocks = (x.size() + 4095) / 4096;
+  std::vector<std::uint8_t> codes(x.size()), want(x.size());
+  std::vector<float> absmax(blocks);
+  for (bool is_signed : {true, false}) {
+    const std::string what = level + (is_signed ? " quant8 signed" : " quant8 unsigned");
+    quant8_encode(x.data(), x.size(), 4096, is_signed, codes.data(), absmax.data());
+    for (std::size_t i = 0; i < x.size(); ++i) want[i] = is_signed ? quant8_signed(x[i]) : quant8_unsigned(x[i]);
+    const std::vector<float> ones(blocks, 1.0f);
+    same_bits(absmax.data(), ones.data(), blocks, what + " absmax");
+    same_bits(codes.data(), want.data(), x.size(), what + " codes");
+    std::uint8_t all[256];
+    float got[256], value[256];
+    for (unsigned c = 0; c < 256; ++c) {
+      all[c] = static_cast<std::uint8_t>(c);
+      value[c] = (is_signed ? quant8_signed_value(all[c]) : quant8_unsigned_value(all[c])) * 3.5f;
+    }
+    const float a = 3.5f;
+    quant8_decode(all, &a, 256, 256, is_signed, got);
+    same_bits(got, value, 256, what + " values");
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -204,6 +246,7 @@ int main() {
         }
       }
     }
+    check_quant8(level);
     std::printf("level %s: checked\n", level.c_str());
   }
   std::printf("kernel_bits: %d passed, %d failed\n", cases - failed_cases, failed_cases);
