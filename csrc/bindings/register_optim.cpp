@@ -37,7 +37,7 @@ std::string got_of(PyObject* o) {
 // An array of the leaf's shape and dtype (or `dtype`: a master or its float32
 // slots), or a TypeError/ValueError naming the leaf (messages are built only on
 // failure: this runs for every leaf of every step).
-PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const std::string& what,
+PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const char* what,
                              std::optional<Dtype> dtype = std::nullopt) {
   const LeafSpec& s = plan.leaves()[l];
   const Dtype want = dtype.value_or(s.dtype);
@@ -47,7 +47,7 @@ PyArrayObject* matching_leaf(const Plan& plan, std::size_t l, PyObject* o, const
                         std::equal(s.shape.begin(), s.shape.end(), PyArray_DIMS(a));
   if (dtype_ok && shape_ok) return a;
   const std::string msg = where(what, s) + ": expected a " + dtype_name(want) + " array of shape " +
-                          plan.shape_str(l) + (what == "grads" ? " (its parameter's)" : "") + ", got " + (a ? "a " : "") +
+                          plan.shape_str(l) + (std::strcmp(what, "grads") == 0 ? " (its parameter's)" : "") + ", got " + (a ? "a " : "") +
                           got_of(o);
   if (!dtype_ok) throw py::type_error(msg);
   throw py::value_error(msg);
@@ -134,12 +134,17 @@ class OptimState {
       held.push_back(py::reinterpret_borrow<py::object>(o));
       data[l].p = PyArray_DATA(a);
     });
-    std::vector<const void*> taken;
-    for (const OptimLeaf& d : data) taken.push_back(d.g);
-    check_overlaps(data, held);
-    for (std::size_t l = 0; l < specs.size(); ++l) {
-      back.refuse_moved(taken[l], data[l].g, specs[l]);
-      if (back.on()) data[l].gout = const_cast<void*>(data[l].g);
+    if (back.on()) {
+      std::vector<const void*> taken;
+      taken.reserve(data.size());
+      for (const OptimLeaf& d : data) taken.push_back(d.g);
+      check_overlaps(data, held);
+      for (std::size_t l = 0; l < specs.size(); ++l) {
+        back.refuse_moved(taken[l], data[l].g, specs[l]);
+        data[l].gout = const_cast<void*>(data[l].g);
+      }
+    } else {
+      check_overlaps(data, held);
     }
     if (check_finite)
       for (std::size_t l = 0; l < specs.size(); ++l) {
@@ -343,7 +348,7 @@ class OptimState {
 
   // A C-contiguous array of leaf l's shape and `dtype` (a copy when needed), or the leaf's error.
   py::object contiguous(std::size_t l, py::handle leaf, const std::string& what, Dtype dtype) const {
-    matching_leaf(*plan_, l, leaf.ptr(), what, dtype);
+    matching_leaf(*plan_, l, leaf.ptr(), what.c_str(), dtype);
     PyObject* c = PyArray_FromAny(leaf.ptr(), PyArray_DescrFromType(type_number(dtype)), 0, 0, NPY_ARRAY_CARRAY_RO, nullptr);
     if (!c) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(c);
@@ -355,7 +360,10 @@ class OptimState {
   void check_overlaps(std::vector<OptimLeaf>& data, std::vector<py::object>& held) {
     const auto& specs = plan_->leaves();
     auto& key = checked_.probe();  // the arenas and the plan are this state's for life
-    for (const OptimLeaf& d : data) key.insert(key.end(), {d.g, static_cast<const void*>(d.p)});
+    for (const OptimLeaf& d : data) {  // push_back: an initializer-list insert is a range insert per leaf
+      key.push_back(d.g);
+      key.push_back(d.p);
+    }
     if (checked_.seen()) return;
     std::vector<Span> spans;
     spans.reserve(specs.size() + 2 * kSlots);

@@ -11,6 +11,7 @@ namespace {
 
 struct Level {
   const char* name;
+  SimdLevel id;
   void (*fill)(KernelTable&);
   void (*fill_optim)(OptimTable&);
   bool (*cpu_has)();
@@ -34,12 +35,12 @@ bool has_avx512() {
 const std::vector<Level>& levels() {
   static const std::vector<Level> all = {
 #ifdef FUSEDOPT_HAVE_AVX512
-      {"avx512", &avx512::fill_table, &avx512::fill_optim_table, &has_avx512},
+      {"avx512", SimdLevel::AVX512, &avx512::fill_table, &avx512::fill_optim_table, &has_avx512},
 #endif
 #ifdef FUSEDOPT_HAVE_AVX2
-      {"avx2", &avx2::fill_table, &avx2::fill_optim_table, &has_avx2},
+      {"avx2", SimdLevel::AVX2, &avx2::fill_table, &avx2::fill_optim_table, &has_avx2},
 #endif
-      {"baseline", &baseline::fill_table, &baseline::fill_optim_table, &always},
+      {"baseline", SimdLevel::BASELINE, &baseline::fill_table, &baseline::fill_optim_table, &always},
   };
   return all;
 }
@@ -88,6 +89,8 @@ const OptimTable& optim_kernels() {
 }
 
 std::string simd_level() { return levels()[tables().current.load(std::memory_order_acquire)].name; }
+
+SimdLevel simd_level_id() { return levels()[tables().current.load(std::memory_order_acquire)].id; }
 
 std::vector<std::string> simd_levels_compiled() {
   std::vector<std::string> out;

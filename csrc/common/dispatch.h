@@ -13,6 +13,9 @@ const KernelTable& kernels();
 // The optim family's kernels of the same level.
 const OptimTable& optim_kernels();
 std::string simd_level();
+// The same level as a number, for the tables chosen per step (no string built).
+enum class SimdLevel { BASELINE, AVX2, AVX512 };
+SimdLevel simd_level_id();
 // Levels compiled into this build, and those of them this CPU can run.
 std::vector<std::string> simd_levels_compiled();
 std::vector<std::string> simd_levels_supported();

@@ -2,7 +2,6 @@
 // once by that level's fill function; current() is the table of the level in
 // use (chosen from the CPU, FUSEDOPT_SIMD or set_simd_level).
 #pragma once
-#include <string>
 #include "common/dispatch.h"
 
 #if defined(FUSEDOPT_HAVE_AVX2)
@@ -29,8 +28,8 @@ class LevelTables {
     if (avx512) avx512(avx512_);
   }
   const Table& current() const {
-    const std::string level = simd_level();
-    return level == "avx512" ? avx512_ : level == "avx2" ? avx2_ : baseline_;
+    const SimdLevel level = simd_level_id();
+    return level == SimdLevel::AVX512 ? avx512_ : level == SimdLevel::AVX2 ? avx2_ : baseline_;
   }
 
  private:

@@ -242,7 +242,9 @@ FUSEDOPT_INLINE void optim_math(OptimLanes<V>& x, const OptimScalars<T>& c) {
 template <OptimRule R, OptimPhase P>
 constexpr bool reads_slot(std::size_t k) { return uses_slot(R, k) && !(P == OptimPhase::FIRST && k == 0); }
 
-template <OptimRule R, OptimDecay D, OptimPhase P, class V, class T>
+// Gout: the segment writes the unscaled gradient back (s.gout set), chosen once per
+// segment so that the element loop tests nothing.
+template <OptimRule R, OptimDecay D, OptimPhase P, bool Gout, class V, class T>
 FUSEDOPT_INLINE void optim_at(const OptimSegment<T>& s, const OptimScalars<T>& c, std::size_t i) {
   OptimLanes<V> x{};
   x.g = load<V>(s.g + i);
@@ -250,7 +252,7 @@ FUSEDOPT_INLINE void optim_at(const OptimSegment<T>& s, const OptimScalars<T>& c
   if constexpr (reads_slot<R, P>(0)) x.s0 = load<V>(s.s[0] + i);
   if constexpr (reads_slot<R, P>(1)) x.s1 = load<V>(s.s[1] + i);
   if constexpr (reads_slot<R, P>(2)) x.s2 = load<V>(s.s[2] + i);
-  if (s.gout) store(s.gout + i, x.g * c.unscale);  // GradScaler's unscale written back, as torch's fused step
+  if constexpr (Gout) store(s.gout + i, x.g * c.unscale);  // GradScaler's unscale written back, as torch's fused step
   optim_math<R, D, P>(x, c);
   store(s.p + i, x.p);
   if constexpr (uses_slot(R, 0)) store(s.s[0] + i, x.s0);
@@ -261,19 +263,27 @@ FUSEDOPT_INLINE void optim_at(const OptimSegment<T>& s, const OptimScalars<T>& c
 // One segment: four native vectors at a time, then one, then scalars. Every
 // element goes through the same operations whichever path takes it, so the
 // bits do not depend on the vector width or where a segment starts.
-template <class T, OptimRule R, OptimDecay D, OptimPhase P>
-void run_optim_segment(const OptimSegment<T>& seg, const OptimScalars<T>& scalars) {
-  const OptimSegment<T> s = seg;  // local copies: stores cannot alias them
-  const OptimScalars<T> c = scalars;
+template <class T, OptimRule R, OptimDecay D, OptimPhase P, bool Gout>
+FUSEDOPT_INLINE void optim_lanes(const OptimSegment<T>& s, const OptimScalars<T>& c) {
   using V = typename Vec<T>::type;
   constexpr std::size_t L = Vec<T>::lanes;
   std::size_t i = 0;
   for (; i + 4 * L <= s.n; i += 4 * L) {
 #pragma GCC unroll 4
-    for (std::size_t k = 0; k < 4; ++k) optim_at<R, D, P, V>(s, c, i + k * L);
+    for (std::size_t k = 0; k < 4; ++k) optim_at<R, D, P, Gout, V>(s, c, i + k * L);
   }
-  for (; i + L <= s.n; i += L) optim_at<R, D, P, V>(s, c, i);
-  for (; i < s.n; ++i) optim_at<R, D, P, T>(s, c, i);
+  for (; i + L <= s.n; i += L) optim_at<R, D, P, Gout, V>(s, c, i);
+  for (; i < s.n; ++i) optim_at<R, D, P, Gout, T>(s, c, i);
+}
+
+template <class T, OptimRule R, OptimDecay D, OptimPhase P>
+void run_optim_segment(const OptimSegment<T>& seg, const OptimScalars<T>& scalars) {
+  const OptimSegment<T> s = seg;  // local copies: stores cannot alias them
+  const OptimScalars<T> c = scalars;
+  if (s.gout)
+    optim_lanes<T, R, D, P, true>(s, c);
+  else
+    optim_lanes<T, R, D, P, false>(s, c);
 }
 
 // sum(g*g) in double: element i adds to accumulator i mod 16 (the same at

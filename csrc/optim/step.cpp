@@ -48,7 +48,7 @@ unsigned format_of(Dtype d) { return static_cast<unsigned>(d == BF16 ? LowFormat
 // sqrt of the sum of every gradient element's square, in double: pieces in
 // parallel, then summed per leaf and over leaves in a fixed order.
 double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leaves, const OptimTable& t,
-                   const LowpTable& low) {
+                   const LowpTable* low) {
   std::vector<double> partial(layout.pieces().size());
   for_each_piece(layout, false, [&](std::size_t k, const ChunkLayout::Piece& pc) {
     const OptimLeaf& d = leaves[pc.leaf];
@@ -58,7 +58,7 @@ double global_norm(const ChunkLayout& layout, const std::vector<OptimLeaf>& leav
     else if (d.dtype == F64)
       partial[k] = t.sumsq64(static_cast<const double*>(d.g) + pc.begin, n);
     else
-      partial[k] = low.sumsq[format_of(d.dtype)](static_cast<const std::uint16_t*>(d.g) + pc.begin, n);
+      partial[k] = low->sumsq[format_of(d.dtype)](static_cast<const std::uint16_t*>(d.g) + pc.begin, n);
   });
   std::vector<double> per_leaf(leaves.size());
   sum_by_leaf(layout, partial, per_leaf.data(), leaves.size());
@@ -73,7 +73,9 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
                       const OptimHyper& hyper, double lr, long long t, ScalarState& state,
                       const LowRounding& low) {
   const OptimTable& table = optim_kernels();
-  const LowpTable& lowp = lowp_kernels();
+  // The 16-bit table, each element's index and the random keys only for a tree with such leaves.
+  const bool any_low = std::any_of(leaves.begin(), leaves.end(), [](const OptimLeaf& d) { return is_low(d.dtype); });
+  const LowpTable* lowp = any_low ? &lowp_kernels() : nullptr;
   const OptimPhase phase = has_phase(rule, OptimPhase::FIRST) && t == 1 ? OptimPhase::FIRST : OptimPhase::STEADY;
   const OptimDecay decays =
       hyper.weight_decay != 0.0 ? decay_of(rule, hyper.decoupled_weight_decay != 0.0) : OptimDecay::NONE;
@@ -93,15 +95,18 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
   const OptimScalars<double> c64 = rounded<double>(values);
   // 16-bit leaves: each element's index in the whole tree and the step's keys
   // (docs/lowbit.md), so the random bits do not depend on the chunking.
-  std::vector<std::uint64_t> first(leaves.size());
-  std::uint64_t total = 0;
-  for (std::size_t l = 0; l < leaves.size(); ++l) first[l] = total, total += leaves[l].size;
+  std::vector<std::uint64_t> first;
   LowKeys keys{};
-  // Streams: 0 the parameter, 1, 2, ... the rule's slots in their order.
-  std::uint64_t stream = 0;
-  keys.key[0] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
-  for (std::size_t k = 0; k < kSlots; ++k)
-    if (uses_slot(rule, k)) keys.key[1 + k] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
+  if (any_low) {
+    first.resize(leaves.size());
+    std::uint64_t total = 0;
+    for (std::size_t l = 0; l < leaves.size(); ++l) first[l] = total, total += leaves[l].size;
+    // Streams: 0 the parameter, 1, 2, ... the rule's slots in their order.
+    std::uint64_t stream = 0;
+    keys.key[0] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
+    for (std::size_t k = 0; k < kSlots; ++k)
+      if (uses_slot(rule, k)) keys.key[1 + k] = low_key(low.seed, stream++, static_cast<std::uint64_t>(t));
+  }
   for_each_piece(layout, true, [&](std::size_t, const ChunkLayout::Piece& pc) {
     const OptimLeaf& d = leaves[pc.leaf];
     const std::size_t fn = d.decay ? decayed : plain;
@@ -110,8 +115,8 @@ double run_optim_step(OptimRule rule, const ChunkLayout& layout, const std::vect
     else if (d.dtype == F64)
       table.f64[fn](segment<double>(d, pc.begin, pc.end), c64);
     else
-      (d.master ? lowp.master[format_of(d.dtype)][low.stochastic]
-                : lowp.fn[format_of(d.dtype)][low.stochastic][low.stochastic_state])[fn](
+      (d.master ? lowp->master[format_of(d.dtype)][low.stochastic]
+                : lowp->fn[format_of(d.dtype)][low.stochastic][low.stochastic_state])[fn](
           low_segment(d, pc.begin, pc.end, first[pc.leaf], low.fresh_master), c32, keys);
   });
   return norm;

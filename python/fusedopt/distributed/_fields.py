@@ -136,7 +136,9 @@ def optim_key(opt: Any, lr: Optional[float], pending: bool) -> tuple[Any, tuple[
     value = None if type(schedule) is float else getattr(schedule, "value", None)
     if isinstance(value, _MUTABLE):  # (_held, inline)
         value = object()
-    version = opt.__dict__.get("_version")
+    # getattr, not opt.__dict__: reading the dict makes CPython 3.11 keep the optimizer's
+    # attributes where its step's attribute reads cannot specialize (fusedopt.optim._base._bump).
+    version = getattr(opt, "_version", None)
     if version is None:
         return opt.step_count, (type(opt), schedule, lr, state, pending, value, *opt._values.values())
     return opt.step_count, (type(opt), schedule, lr, state, pending, value, opt._values, version)
